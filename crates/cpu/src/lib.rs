@@ -1,0 +1,1 @@
+//! apf-cpu: see DESIGN.md §3.

@@ -1,0 +1,1 @@
+//! apf-host: see DESIGN.md §3.

@@ -1,0 +1,1 @@
+//! apf-mem: see DESIGN.md §3.

@@ -1,0 +1,1 @@
+//! apf-vm: see DESIGN.md §3.
