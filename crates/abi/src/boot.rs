@@ -279,11 +279,11 @@ mod tests {
         block.results[15].checksum = 0xABCD;
         let bytes = block.to_bytes();
         assert_eq!(BootBlock::from_bytes(&bytes), Some(block));
-        let stop = BOOT_OFF_STOP as usize;
-        assert_eq!(bytes[stop], 1);
-        let p1 = (BOOT_OFF_PROCS + BOOT_PROC_SPEC_SIZE) as usize;
-        assert_eq!(bytes[p1], workload::SCAN as u8);
-        let r15 = (BOOT_OFF_RESULTS + 15 * BOOT_PROC_RESULT_SIZE + 16) as usize;
+        let at = |off: u64| usize::try_from(off).unwrap();
+        assert_eq!(bytes[at(BOOT_OFF_STOP)], 1);
+        let p1 = at(BOOT_OFF_PROCS + BOOT_PROC_SPEC_SIZE);
+        assert_eq!(u32::from(bytes[p1]), workload::SCAN);
+        let r15 = at(BOOT_OFF_RESULTS + 15 * BOOT_PROC_RESULT_SIZE + 16);
         assert_eq!(bytes[r15..r15 + 2], [0xCD, 0xAB]);
         let mut bad = bytes;
         bad[0] ^= 1;
