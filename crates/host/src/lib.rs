@@ -1,1 +1,3 @@
-//! apf-host: see DESIGN.md §3.
+//! apf-host: the hypervisor side of apf (DESIGN §2, §4, §5).
+
+pub mod apf;

@@ -1,0 +1,664 @@
+//! `ApfControl`: one vCPU's asynchronous page fault engine.
+//!
+//! The state machine of `apf-protocol.md` §b with the corrections of DESIGN §5:
+//!
+//! ```text
+//!  fault ──try_async──► Sync(reason)            the vCPU waits on the same fetch
+//!                   ├─► Halt                     repeated fault: wait for that page
+//!                   └─► Async: token, slot, block {token, reason=1}, SDEI queued
+//!                          │ (any failure rolls all of it back → Sync)
+//!     SDEI delivered ──────┤ on_not_present_delivered
+//!     fetch completes ─────┤ CompletionPort::complete (any thread) ─► done FIFO
+//!                          ▼ service (vCPU thread, before entry)
+//!          not-present still queued? ─► cancel both: silent
+//!          ready channel free and no page-ready awaiting ACK?
+//!                          ▼
+//!          block {token, reason=2}, PPI high ─► IRQ_ACK ─► PPI low, next
+//! ```
+//!
+//! Everything here runs on the vCPU's own thread except
+//! [`CompletionPort::complete`]. Nothing allocates after construction: work items
+//! live in a fixed array of 64, the done FIFO is a 64-entry ring.
+
+use super::completion::{AtomicWord, Completed, CompletionPort};
+use super::counters::{ApfCounters, SyncReason, bump};
+use super::slots::GfnSlots;
+use super::vcpu::ApfVcpu;
+use apf_abi::control::ControlWord;
+use apf_abi::shared::{
+    Channel, REASON_NONE, REASON_PAGE_NOT_PRESENT, REASON_PAGE_READY, SHARED_HOST_WINDOW,
+};
+use apf_abi::{ASYNC_PF_PER_VCPU, Token};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use thiserror::Error;
+
+const N: usize = ASYNC_PF_PER_VCPU;
+/// Failed fetches remembered so that the retry resolves synchronously.
+const RECENT_FAILURES: usize = 8;
+
+/// What the caller should do with a fault that needs I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultDecision {
+    /// Start the fetch with `cookie` as its completion cookie and resume the guest:
+    /// the not-present notification is queued.
+    Async {
+        /// The token the guest will see.
+        token: Token,
+        /// Pass to [`CompletionPort::complete`] via
+        /// [`ItemHandle::from_cookie`](super::ItemHandle::from_cookie).
+        cookie: u64,
+    },
+    /// A repeated fault on a page already in flight: halt the vCPU in the host until
+    /// [`ApfControl::halted_on`] clears (that page arrived) or an interrupt is pending.
+    Halt,
+    /// Resolve synchronously: the vCPU waits for the fetch itself.
+    Sync(SyncReason),
+}
+
+/// Why a control word was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EnableError {
+    /// The VMM does not offer APF to this guest.
+    #[error("APF is not offered to this guest")]
+    NotOffered,
+    /// Reserved control bits were set.
+    #[error("control word {0:#x} sets reserved bits 5:3")]
+    ReservedBits(u64),
+    /// Enabling before the VMM set the SDEI event and the PPI.
+    #[error("enabling before the VMM set the SDEI event ({sdei:#x}) and PPI ({ppi})")]
+    NotConfigured {
+        /// The SDEI event number (0 = unset).
+        sdei: u32,
+        /// The PPI (0 = unset).
+        ppi: u32,
+    },
+    /// The shared block is outside guest RAM, in device memory, or overlaps another
+    /// vCPU's block.
+    #[error("shared block at {0:#x} is not usable guest RAM")]
+    BadBlock(u64),
+    /// The enabled bit did not change (guest ENABLE only; NOT_REQUIRED).
+    #[error("APF is already {}", if *.0 { "enabled" } else { "disabled" })]
+    Unchanged(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ItemState {
+    Free,
+    /// Queued; the fetch is in flight.
+    InFlight,
+    /// The fetch finished; waiting in the done FIFO for its page-ready.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WorkItem {
+    gfn: u64,
+    token: Token,
+    /// The stage-2 syndrome of the fault, kept so the access kind can be replayed.
+    esr: u64,
+    state: ItemState,
+}
+
+impl WorkItem {
+    const FREE: WorkItem = WorkItem {
+        gfn: 0,
+        token: Token(0),
+        esr: 0,
+        state: ItemState::Free,
+    };
+}
+
+/// FIFO of slot indices, capacity 64.
+#[derive(Debug, Clone)]
+struct DoneFifo {
+    ring: [u8; N],
+    head: usize,
+    len: usize,
+}
+
+impl DoneFifo {
+    const fn new() -> Self {
+        DoneFifo {
+            ring: [0; N],
+            head: 0,
+            len: 0,
+        }
+    }
+    fn push(&mut self, slot: u8) {
+        debug_assert!(self.len < N);
+        self.ring[(self.head + self.len) % N] = slot;
+        self.len += 1;
+    }
+    fn front(&self) -> Option<u8> {
+        (self.len > 0).then(|| self.ring[self.head])
+    }
+    fn pop(&mut self) {
+        if self.len > 0 {
+            self.head = (self.head + 1) % N;
+            self.len -= 1;
+        }
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Removes `slot` wherever it is, keeping the order of the rest.
+    fn remove(&mut self, slot: u8) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let s = self.ring[(self.head + i) % N];
+            if s != slot {
+                self.ring[(self.head + kept) % N] = s;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+}
+
+enum ReadyOutcome {
+    Delivered,
+    ChannelBusy,
+    WriteFailed,
+}
+
+/// One vCPU's APF state: the VMM's configuration (SDEI event, PPI), the guest's
+/// control word, the work items and the notification state.
+#[derive(Debug)]
+pub struct ApfControl<W: AtomicWord = AtomicU64> {
+    vcpu_id: u32,
+    offered: bool,
+    sdei_event: u32,
+    ppi: u32,
+    control: ControlWord,
+    next_id: u32,
+    slots: GfnSlots,
+    items: [WorkItem; N],
+    /// Bit n set: item slot n is free.
+    free: u64,
+    done: DoneFifo,
+    wake_all_pending: bool,
+    /// The item whose not-present SDEI is queued but not yet delivered.
+    not_present_pending: Option<u8>,
+    /// The token of the page-ready awaiting IRQ_ACK.
+    page_ready_pending: Option<Token>,
+    halted_on: Option<u64>,
+    recent_failures: [Option<u64>; RECENT_FAILURES],
+    port: Arc<CompletionPort<W>>,
+    counters: Arc<ApfCounters>,
+}
+
+impl ApfControl {
+    /// A vCPU's engine. `offered` says whether the VMM offers APF to this guest at
+    /// all (when false, every hypercall answers NOT_SUPPORTED). The VMM must set the
+    /// SDEI event and PPI (control API) before the guest can enable.
+    pub fn new(vcpu_id: u32, offered: bool) -> Self {
+        ApfControl::new_generic(vcpu_id, offered)
+    }
+}
+
+impl<W: AtomicWord> ApfControl<W> {
+    /// [`ApfControl::new`] with another atomic word type: the model-checked tests run
+    /// the engine on shuttle's atomics.
+    pub fn new_generic(vcpu_id: u32, offered: bool) -> Self {
+        ApfControl {
+            vcpu_id,
+            offered,
+            sdei_event: 0,
+            ppi: 0,
+            control: ControlWord::DISABLED,
+            next_id: 0,
+            slots: GfnSlots::default(),
+            items: [WorkItem::FREE; N],
+            free: u64::MAX,
+            done: DoneFifo::new(),
+            wake_all_pending: false,
+            not_present_pending: None,
+            page_ready_pending: None,
+            halted_on: None,
+            recent_failures: [None; RECENT_FAILURES],
+            port: Arc::new(CompletionPort::default()),
+            counters: Arc::new(ApfCounters::default()),
+        }
+    }
+
+    /// The port fetch completions are delivered to (from any thread).
+    pub fn port(&self) -> &Arc<CompletionPort<W>> {
+        &self.port
+    }
+
+    /// The counters (readable from any thread).
+    pub fn counters(&self) -> &Arc<ApfCounters> {
+        &self.counters
+    }
+
+    /// Whether the VMM offers APF to this guest.
+    pub fn offered(&self) -> bool {
+        self.offered
+    }
+
+    /// The guest's current control word.
+    pub fn control(&self) -> ControlWord {
+        self.control
+    }
+
+    /// The VMM-chosen SDEI event (0 = unset).
+    pub fn sdei_event(&self) -> u32 {
+        self.sdei_event
+    }
+
+    /// The VMM-chosen page-ready PPI (0 = unset).
+    pub fn ppi(&self) -> u32 {
+        self.ppi
+    }
+
+    /// Work items outstanding (fetch in flight or awaiting page-ready).
+    pub fn outstanding(&self) -> usize {
+        N - self.free.count_ones() as usize
+    }
+
+    /// The GFN this vCPU is halted on after a repeated fault, until it arrives.
+    pub fn halted_on(&self) -> Option<u64> {
+        self.halted_on
+    }
+
+    /// Ends a repeated-fault halt early (an interrupt became pending).
+    pub fn end_halt(&mut self) {
+        self.halted_on = None;
+    }
+
+    /// The token of the page-ready awaiting IRQ_ACK, if any.
+    pub fn page_ready_pending(&self) -> Option<Token> {
+        self.page_ready_pending
+    }
+
+    /// Whether [`ApfControl::service`] has anything to do: completions to collect or
+    /// page-readies to send. The run loop's "runnable" test for a halted vCPU.
+    pub fn has_work(&self) -> bool {
+        self.port.has_ready()
+            || (self.page_ready_pending.is_none() && (self.wake_all_pending || self.done.len > 0))
+    }
+
+    /// The saved stage-2 syndrome of an outstanding item, by its token.
+    pub fn saved_esr(&self, token: Token) -> Option<u64> {
+        self.items
+            .iter()
+            .find(|i| i.state != ItemState::Free && i.token == token)
+            .map(|i| i.esr)
+    }
+
+    fn alloc_token(&mut self) -> Token {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1) & 0xF_FFFF;
+            if let Some(token) = Token::compose(self.next_id, self.vcpu_id) {
+                return token;
+            }
+        }
+    }
+
+    fn block_addr(&self, channel: Channel) -> (u64, u64) {
+        (
+            self.control.gpa + channel.reason_offset(),
+            self.control.gpa + channel.token_offset(),
+        )
+    }
+
+    fn channel_free(&self, vcpu: &mut impl ApfVcpu, channel: Channel) -> Option<bool> {
+        let (reason, token) = self.block_addr(channel);
+        let r = vcpu.read_u32(reason).ok()?;
+        let t = vcpu.read_u32(token).ok()?;
+        Some(r == REASON_NONE && t == 0)
+    }
+
+    /// Writes `{token, reason}` to a channel, token first. On failure the channel is
+    /// cleared again as far as possible and false returned.
+    fn post(&self, vcpu: &mut impl ApfVcpu, channel: Channel, reason: u32, token: Token) -> bool {
+        let (r_addr, t_addr) = self.block_addr(channel);
+        if vcpu.write_u32(t_addr, token.0).is_ok() && vcpu.write_u32(r_addr, reason).is_ok() {
+            return true;
+        }
+        self.clear_channel(vcpu, channel);
+        false
+    }
+
+    fn clear_channel(&self, vcpu: &mut impl ApfVcpu, channel: Channel) {
+        let (r_addr, t_addr) = self.block_addr(channel);
+        // Best effort: the write that just failed will likely fail again, and then
+        // nothing was posted there either.
+        let _ = vcpu.write_u32(r_addr, REASON_NONE);
+        let _ = vcpu.write_u32(t_addr, 0);
+    }
+
+    fn fallback(&self, gfn: u64, reason: SyncReason) -> FaultDecision {
+        self.counters.fallback(reason);
+        tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
+            decision = "sync", reason = reason.name());
+        FaultDecision::Sync(reason)
+    }
+
+    fn item_of_gfn(&self, gfn: u64) -> Option<usize> {
+        if !self.slots.contains(gfn) {
+            return None;
+        }
+        self.items
+            .iter()
+            .position(|i| i.state != ItemState::Free && i.gfn == gfn)
+    }
+
+    /// Decides how to handle a stage-2 fault on `gfn` that needs I/O (DESIGN §5.1–5.3,
+    /// §5.7). `esr` is the fault's ESR_EL2, kept with the work item.
+    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: u64, esr: u64) -> FaultDecision {
+        if !self.offered {
+            return self.fallback(gfn, SyncReason::NotOffered);
+        }
+        if !self.control.enabled {
+            return self.fallback(gfn, SyncReason::Disabled);
+        }
+        if let Some(failed) = self.recent_failures.iter_mut().find(|f| **f == Some(gfn)) {
+            *failed = None;
+            return self.fallback(gfn, SyncReason::RetryAfterError);
+        }
+        if vcpu.exception_level() != 0 && !self.control.send_always {
+            return self.fallback(gfn, SyncReason::KernelMode);
+        }
+        if let Some(index) = self.item_of_gfn(gfn) {
+            if self.items[index].state == ItemState::Done {
+                return self.fallback(gfn, SyncReason::RefaultBeforeReady);
+            }
+            self.halted_on = Some(gfn);
+            bump(&self.counters.repeated_fault_halts);
+            tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
+                decision = "halt");
+            tracing::trace!(name: "async_pf_repeated_fault", target: "apf", vcpu = self.vcpu_id,
+                gfn, token = self.items[index].token.0);
+            return FaultDecision::Halt;
+        }
+        if vcpu.sdei_running() {
+            return self.fallback(gfn, SyncReason::SdeiRunning);
+        }
+        if !vcpu.sdei_deliverable(self.sdei_event) {
+            return self.fallback(gfn, SyncReason::SdeiNotDeliverable);
+        }
+        if self.not_present_pending.is_some()
+            || self.channel_free(vcpu, Channel::NotPresent) != Some(true)
+        {
+            return self.fallback(gfn, SyncReason::ChannelBusy);
+        }
+        if self.free == 0 {
+            return self.fallback(gfn, SyncReason::QueueFull);
+        }
+        let slot = u8::try_from(self.free.trailing_zeros()).unwrap_or(0);
+        let token = self.alloc_token();
+        if !self.post(vcpu, Channel::NotPresent, REASON_PAGE_NOT_PRESENT, token) {
+            return self.fallback(gfn, SyncReason::BlockWriteFailed);
+        }
+        if vcpu.sdei_inject(self.sdei_event).is_err() {
+            // DESIGN §5.2: roll back the block (and there is no slot or item yet), so
+            // no page-ready is ever sent for this fault and the channel is free.
+            self.clear_channel(vcpu, Channel::NotPresent);
+            return self.fallback(gfn, SyncReason::InjectFailed);
+        }
+        self.slots.add(gfn);
+        self.free &= !(1 << slot);
+        self.items[usize::from(slot)] = WorkItem {
+            gfn,
+            token,
+            esr,
+            state: ItemState::InFlight,
+        };
+        self.not_present_pending = Some(slot);
+        let handle = self.port.arm(slot);
+        bump(&self.counters.not_present);
+        tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
+            decision = "async");
+        tracing::trace!(name: "async_pf_not_present", target: "apf", vcpu = self.vcpu_id, gfn,
+            token = token.0);
+        FaultDecision::Async {
+            token,
+            cookie: handle.to_cookie(),
+        }
+    }
+
+    /// The platform delivered the APF SDEI event to the guest.
+    pub fn on_not_present_delivered(&mut self) {
+        if self.not_present_pending.take().is_some() {
+            bump(&self.counters.not_present_delivered);
+        }
+    }
+
+    fn take_completion(&mut self, c: Completed) {
+        let item = &mut self.items[usize::from(c.slot)];
+        if item.state != ItemState::InFlight {
+            return;
+        }
+        item.state = ItemState::Done;
+        let gfn = item.gfn;
+        let token = item.token;
+        self.done.push(c.slot);
+        bump(&self.counters.completions);
+        if !c.ok {
+            bump(&self.counters.failed_fetches);
+            let spot = self
+                .recent_failures
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or(0);
+            self.recent_failures[spot] = Some(gfn);
+        }
+        if self.halted_on == Some(gfn) {
+            self.halted_on = None;
+        }
+        tracing::trace!(name: "async_pf_completed", target: "apf", vcpu = self.vcpu_id, gfn,
+            token = token.0, ok = c.ok);
+    }
+
+    fn release(&mut self, slot: u8) {
+        let item = &mut self.items[usize::from(slot)];
+        self.slots.remove(item.gfn);
+        *item = WorkItem::FREE;
+        self.free |= 1 << slot;
+        self.port.disarm(slot);
+    }
+
+    fn ready_channel(&self) -> Channel {
+        if self.control.separate_ready {
+            Channel::Ready
+        } else {
+            Channel::NotPresent
+        }
+    }
+
+    fn send_ready(&mut self, vcpu: &mut impl ApfVcpu, token: Token) -> ReadyOutcome {
+        let channel = self.ready_channel();
+        match self.channel_free(vcpu, channel) {
+            Some(true) => {}
+            Some(false) => return ReadyOutcome::ChannelBusy,
+            None => return ReadyOutcome::WriteFailed,
+        }
+        if !self.post(vcpu, channel, REASON_PAGE_READY, token) {
+            return ReadyOutcome::WriteFailed;
+        }
+        vcpu.set_ppi_level(self.ppi, true);
+        self.page_ready_pending = Some(token);
+        tracing::trace!(name: "async_pf_ready", target: "apf", vcpu = self.vcpu_id,
+            token = token.0);
+        ReadyOutcome::Delivered
+    }
+
+    /// DESIGN §5.4: if the page of the not-present still queued for delivery has
+    /// arrived, cancel both notifications; the guest never learns of the fault. This
+    /// also frees the channel if the guest masked its PE after the injection, which
+    /// in the series could hold the block busy forever (§d.21).
+    fn withdraw_arrived_not_present(&mut self, vcpu: &mut impl ApfVcpu) {
+        let Some(slot) = self.not_present_pending else {
+            return;
+        };
+        if self.items[usize::from(slot)].state != ItemState::Done {
+            return;
+        }
+        self.not_present_pending = None;
+        if vcpu.sdei_cancel(self.sdei_event).is_ok() {
+            self.clear_channel(vcpu, Channel::NotPresent);
+            self.done.remove(slot);
+            self.release(slot);
+            bump(&self.counters.cancelled);
+        } else {
+            // Delivered after all, and the platform's notice has not reached us yet:
+            // the page-ready goes out in turn.
+            bump(&self.counters.not_present_delivered);
+        }
+    }
+
+    /// Collects completions and sends what page-readies can go (DESIGN §5.4, §5.5).
+    /// Call before every guest entry and when a halted vCPU is woken; it costs one
+    /// atomic load when there is nothing to do.
+    pub fn service(&mut self, vcpu: &mut impl ApfVcpu) {
+        if self.port.has_ready() {
+            let port = Arc::clone(&self.port);
+            port.collect(|c| self.take_completion(c));
+        }
+        self.withdraw_arrived_not_present(vcpu);
+        while self.page_ready_pending.is_none() {
+            if self.wake_all_pending {
+                match self.send_ready(vcpu, Token::WAKE_ALL) {
+                    ReadyOutcome::ChannelBusy => return,
+                    ReadyOutcome::Delivered => bump(&self.counters.wake_all),
+                    ReadyOutcome::WriteFailed => bump(&self.counters.ready_write_failed),
+                }
+                self.wake_all_pending = false;
+                continue;
+            }
+            let Some(slot) = self.done.front() else {
+                return;
+            };
+            let token = self.items[usize::from(slot)].token;
+            match self.send_ready(vcpu, token) {
+                ReadyOutcome::ChannelBusy => return,
+                ReadyOutcome::Delivered => bump(&self.counters.page_ready),
+                ReadyOutcome::WriteFailed => bump(&self.counters.ready_write_failed),
+            }
+            self.done.pop();
+            self.release(slot);
+        }
+    }
+
+    /// The guest's IRQ_ACK: lowers the PPI and lets the next page-ready through.
+    /// Returns true if a page-ready was pending.
+    pub fn irq_ack(&mut self, vcpu: &mut impl ApfVcpu) -> bool {
+        if self.page_ready_pending.take().is_none() {
+            bump(&self.counters.spurious_acks);
+            return false;
+        }
+        vcpu.set_ppi_level(self.ppi, false);
+        bump(&self.counters.acks);
+        self.service(vcpu);
+        true
+    }
+
+    /// Discards every work item and notification (disable, reset, re-enable).
+    fn drain(&mut self, vcpu: &mut impl ApfVcpu) {
+        if self.not_present_pending.take().is_some() && vcpu.sdei_cancel(self.sdei_event).is_ok() {
+            self.clear_channel(vcpu, Channel::NotPresent);
+        }
+        if self.page_ready_pending.take().is_some() {
+            vcpu.set_ppi_level(self.ppi, false);
+        }
+        for slot in 0..N {
+            if self.items[slot].state != ItemState::Free {
+                self.release(u8::try_from(slot).unwrap_or(0));
+                bump(&self.counters.drained);
+            }
+        }
+        // Completions that raced in are refused now; clear their ready bits.
+        let port = Arc::clone(&self.port);
+        port.collect(|_| {});
+        self.done.clear();
+        self.slots.clear();
+        self.wake_all_pending = false;
+        self.halted_on = None;
+        self.recent_failures = [None; RECENT_FAILURES];
+    }
+
+    fn check_control(&self, vcpu: &impl ApfVcpu, raw: u64) -> Result<ControlWord, EnableError> {
+        if !self.offered {
+            return Err(EnableError::NotOffered);
+        }
+        let word = ControlWord::decode(raw).map_err(|_| EnableError::ReservedBits(raw))?;
+        if word.enabled {
+            if self.sdei_event == 0 || self.ppi == 0 {
+                return Err(EnableError::NotConfigured {
+                    sdei: self.sdei_event,
+                    ppi: self.ppi,
+                });
+            }
+            if !vcpu.shared_block_ok(word.gpa, SHARED_HOST_WINDOW) {
+                return Err(EnableError::BadBlock(word.gpa));
+            }
+        }
+        Ok(word)
+    }
+
+    fn apply_control(&mut self, vcpu: &mut impl ApfVcpu, word: ControlWord) {
+        self.drain(vcpu);
+        self.control = word;
+        if word.enabled {
+            // DESIGN §5.6: sleepers from before (a previous enable, the source host of
+            // a migration) wake and retry.
+            self.wake_all_pending = true;
+            self.service(vcpu);
+        }
+    }
+
+    /// The guest's ENABLE (series semantics: NOT_REQUIRED when the enabled bit does
+    /// not change). Refused words change nothing.
+    pub fn guest_enable(&mut self, vcpu: &mut impl ApfVcpu, raw: u64) -> Result<(), EnableError> {
+        let word = self.check_control(vcpu, raw)?;
+        if word.enabled == self.control.enabled {
+            return Err(EnableError::Unchanged(word.enabled));
+        }
+        self.apply_control(vcpu, word);
+        Ok(())
+    }
+
+    /// The VMM's SET_CONTROL (restore): always re-applies, and an enabling word
+    /// queues a wake-all even if APF was already enabled.
+    pub fn vmm_set_control(
+        &mut self,
+        vcpu: &mut impl ApfVcpu,
+        raw: u64,
+    ) -> Result<(), EnableError> {
+        let word = self.check_control(vcpu, raw)?;
+        self.apply_control(vcpu, word);
+        Ok(())
+    }
+
+    /// Sets the SDEI event number (VMM). Validated by the control API.
+    pub(crate) fn set_sdei_event(&mut self, event: u32) {
+        self.sdei_event = event;
+    }
+
+    /// Sets the page-ready PPI (VMM). Validated by the control API.
+    pub(crate) fn set_ppi(&mut self, ppi: u32) {
+        self.ppi = ppi;
+    }
+
+    /// vCPU reset (PSCI CPU_ON after CPU_OFF, SYSTEM_RESET): drains everything and
+    /// disables APF, as x86 does and the arm64 series did not (§d.12). The VMM's SDEI
+    /// event and PPI stay; the guest's next ENABLE queues the wake-all.
+    pub fn reset(&mut self, vcpu: &mut impl ApfVcpu) {
+        self.drain(vcpu);
+        self.control = ControlWord::DISABLED;
+    }
+}
+
+impl<W: AtomicWord> Drop for ApfControl<W> {
+    /// No work item outlives its vCPU (§d.28): completions still on their way are
+    /// refused by the port, which the fetch path may keep alive a little longer.
+    fn drop(&mut self) {
+        for slot in 0..N {
+            if self.items[slot].state != ItemState::Free {
+                self.port.disarm(u8::try_from(slot).unwrap_or(0));
+            }
+        }
+    }
+}
