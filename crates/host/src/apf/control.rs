@@ -156,6 +156,18 @@ impl DoneFifo {
     }
 }
 
+fn channel_addrs(block: u64, channel: Channel) -> (u64, u64) {
+    (
+        block + channel.reason_offset(),
+        block + channel.token_offset(),
+    )
+}
+
+fn clear_channel_at(vcpu: &mut impl ApfVcpu, block: u64, channel: Channel) -> bool {
+    let (reason, token) = channel_addrs(block, channel);
+    vcpu.write_u32(reason, REASON_NONE).is_ok() && vcpu.write_u32(token, 0).is_ok()
+}
+
 enum ReadyOutcome {
     Delivered,
     ChannelBusy,
@@ -317,16 +329,15 @@ impl<W: AtomicWord> ApfControl<W> {
         if vcpu.write_u32(t_addr, token.0).is_ok() && vcpu.write_u32(r_addr, reason).is_ok() {
             return true;
         }
+        // Best effort: the write that just failed will likely fail again, and then
+        // nothing was posted there either.
         self.clear_channel(vcpu, channel);
         false
     }
 
-    fn clear_channel(&self, vcpu: &mut impl ApfVcpu, channel: Channel) {
-        let (r_addr, t_addr) = self.block_addr(channel);
-        // Best effort: the write that just failed will likely fail again, and then
-        // nothing was posted there either.
-        let _ = vcpu.write_u32(r_addr, REASON_NONE);
-        let _ = vcpu.write_u32(t_addr, 0);
+    /// Clears a channel; returns whether both words were written.
+    fn clear_channel(&self, vcpu: &mut impl ApfVcpu, channel: Channel) -> bool {
+        clear_channel_at(vcpu, self.control.gpa, channel)
     }
 
     fn fallback(&self, gfn: u64, reason: SyncReason) -> FaultDecision {
@@ -395,6 +406,7 @@ impl<W: AtomicWord> ApfControl<W> {
         if vcpu.sdei_inject(self.sdei_event).is_err() {
             // DESIGN §5.2: roll back the block (and there is no slot or item yet), so
             // no page-ready is ever sent for this fault and the channel is free.
+            // (Writing the same words just succeeded.)
             self.clear_channel(vcpu, Channel::NotPresent);
             return self.fallback(gfn, SyncReason::InjectFailed);
         }
@@ -496,17 +508,23 @@ impl<W: AtomicWord> ApfControl<W> {
         if self.items[usize::from(slot)].state != ItemState::Done {
             return;
         }
+        // Withdraw the words first: if that fails, leave everything as it is and
+        // try again at the next service (or the guest takes the not-present).
+        if !self.clear_channel(vcpu, Channel::NotPresent) {
+            return;
+        }
         self.not_present_pending = None;
         if vcpu.sdei_cancel(self.sdei_event).is_ok() {
-            self.clear_channel(vcpu, Channel::NotPresent);
             self.done.remove(slot);
             self.release(slot);
             bump(&self.counters.cancelled);
-        } else {
-            // Delivered after all, and the platform's notice has not reached us yet:
-            // the page-ready goes out in turn.
-            bump(&self.counters.not_present_delivered);
+            return;
         }
+        // Delivered after all, before the platform's notice reached us: the guest's
+        // handler will read the channel, so put the words back; a page-ready follows.
+        let token = self.items[usize::from(slot)].token;
+        self.post(vcpu, Channel::NotPresent, REASON_PAGE_NOT_PRESENT, token);
+        bump(&self.counters.not_present_delivered);
     }
 
     /// Collects completions and sends what page-readies can go (DESIGN §5.4, §5.5).
@@ -598,7 +616,20 @@ impl<W: AtomicWord> ApfControl<W> {
         Ok(word)
     }
 
-    fn apply_control(&mut self, vcpu: &mut impl ApfVcpu, word: ControlWord) {
+    fn apply_control(
+        &mut self,
+        vcpu: &mut impl ApfVcpu,
+        word: ControlWord,
+    ) -> Result<(), EnableError> {
+        if word.enabled {
+            // From here on the host owns the two channels: start them empty, so that
+            // words left behind before a disable cannot hold them busy.
+            if !clear_channel_at(vcpu, word.gpa, Channel::NotPresent)
+                || !clear_channel_at(vcpu, word.gpa, Channel::Ready)
+            {
+                return Err(EnableError::BadBlock(word.gpa));
+            }
+        }
         self.drain(vcpu);
         self.control = word;
         if word.enabled {
@@ -607,6 +638,7 @@ impl<W: AtomicWord> ApfControl<W> {
             self.wake_all_pending = true;
             self.service(vcpu);
         }
+        Ok(())
     }
 
     /// The guest's ENABLE (series semantics: NOT_REQUIRED when the enabled bit does
@@ -616,8 +648,7 @@ impl<W: AtomicWord> ApfControl<W> {
         if word.enabled == self.control.enabled {
             return Err(EnableError::Unchanged(word.enabled));
         }
-        self.apply_control(vcpu, word);
-        Ok(())
+        self.apply_control(vcpu, word)
     }
 
     /// The VMM's SET_CONTROL (restore): always re-applies, and an enabling word
@@ -628,8 +659,7 @@ impl<W: AtomicWord> ApfControl<W> {
         raw: u64,
     ) -> Result<(), EnableError> {
         let word = self.check_control(vcpu, raw)?;
-        self.apply_control(vcpu, word);
-        Ok(())
+        self.apply_control(vcpu, word)
     }
 
     /// Sets the SDEI event number (VMM). Validated by the control API.
