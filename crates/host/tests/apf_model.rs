@@ -137,39 +137,39 @@ impl World {
             }
             Op::Entry => {
                 self.engine.service(&mut self.vcpu);
-                if self.vcpu.enter_guest(&mut self.engine) {
-                    if let Some(token) = self.vcpu.guest_sdei_handler(BLOCK) {
-                        prop_assert!(
-                            self.guest_on.is_some(),
-                            "not-present to a guest with APF off"
-                        );
-                        prop_assert!(token.0 != 0 && !token.is_wake_all());
-                        prop_assert!(
-                            self.taken.insert(token, false).is_none(),
-                            "token {token:?} issued twice"
-                        );
-                        self.sleepers.insert(token);
-                    }
+                if self.vcpu.enter_guest(&mut self.engine)
+                    && let Some(token) = self.vcpu.guest_sdei_handler(BLOCK)
+                {
+                    prop_assert!(
+                        self.guest_on.is_some(),
+                        "not-present to a guest with APF off"
+                    );
+                    prop_assert!(token.0 != 0 && !token.is_wake_all());
+                    prop_assert!(
+                        self.taken.insert(token, false).is_none(),
+                        "token {token:?} issued twice"
+                    );
+                    self.sleepers.insert(token);
                 }
             }
             Op::TakeReady => {
                 self.engine.service(&mut self.vcpu);
-                if let (true, Some(separate)) = (self.vcpu.ppi(PPI), self.guest_on) {
-                    if let Some(token) = self.vcpu.guest_ppi_handler(BLOCK, separate) {
-                        self.unacked = true;
-                        if token.is_wake_all() {
-                            self.sleepers.clear();
-                        } else {
-                            let readied = self.taken.get_mut(&token);
-                            prop_assert!(
-                                readied.is_some(),
-                                "page-ready {token:?} without a not-present the guest took"
-                            );
-                            let readied = readied.unwrap();
-                            prop_assert!(!*readied, "second page-ready for {token:?}");
-                            *readied = true;
-                            self.sleepers.remove(&token);
-                        }
+                if let (true, Some(separate)) = (self.vcpu.ppi(PPI), self.guest_on)
+                    && let Some(token) = self.vcpu.guest_ppi_handler(BLOCK, separate)
+                {
+                    self.unacked = true;
+                    if token.is_wake_all() {
+                        self.sleepers.clear();
+                    } else {
+                        let readied = self.taken.get_mut(&token);
+                        prop_assert!(
+                            readied.is_some(),
+                            "page-ready {token:?} without a not-present the guest took"
+                        );
+                        let readied = readied.unwrap();
+                        prop_assert!(!*readied, "second page-ready for {token:?}");
+                        *readied = true;
+                        self.sleepers.remove(&token);
                     }
                 }
             }
