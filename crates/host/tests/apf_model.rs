@@ -1,42 +1,14 @@
-//! Property test: random sequences of faults, completions (some failed, some
-//! duplicated), guest entries, page-ready handling, IRQ_ACKs, enable/disable/reset,
-//! SEPARATE_READY on and off, PE masking and failing block writes or injections,
-//! checked against a small model of what the guest may see:
-//!
-//! - every not-present that reached the guest is followed by a page-ready with its
-//!   token or by a wake-all, and never by two page-readies;
-//! - no page-ready for a token whose not-present the guest did not take;
-//! - no token 0, and `~0` only as a wake-all;
-//! - never more than 64 outstanding;
-//! - a failed injection leaves the shared block as it found it.
+//! Property test of the APF engine against the guest model in
+//! `support/engine_model.rs`: random sequences of faults, completions (some failed,
+//! some duplicated), guest entries, page-ready handling, IRQ_ACKs, enable, disable,
+//! reset, SEPARATE_READY on and off, PE masking and failing block writes or
+//! injections.
 
-use apf_abi::Token;
-use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
-use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
-use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
-use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle, SyncReason};
+#[path = "support/engine_model.rs"]
+mod engine_model;
+
+use engine_model::Op;
 use proptest::prelude::*;
-use std::collections::HashSet;
-
-const PPI: u32 = 17;
-const BLOCK: u64 = 0x4000_2000;
-
-#[derive(Debug, Clone)]
-enum Op {
-    Fault { gfn: u64, el1: bool },
-    Complete { pick: usize, ok: bool, twice: bool },
-    Entry,
-    TakeReady,
-    Ack,
-    SpuriousAck,
-    Enable { separate: bool },
-    Disable,
-    Reset,
-    MaskPe(bool),
-    FailWrites(bool),
-    FailInject(bool),
-}
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -56,216 +28,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-struct World {
-    engine: ApfControl,
-    vcpu: FakeVcpu,
-    /// Cookies of asynchronous faults whose completion has not been sent.
-    in_flight: Vec<u64>,
-    /// Guest side: tokens of not-presents the guest took and still sleeps on.
-    sleepers: HashSet<Token>,
-    /// Guest side: tokens of not-presents taken since the last enable, and whether
-    /// their page-ready came (a wake-all may have woken the sleeper before it).
-    taken: std::collections::HashMap<Token, bool>,
-    /// Guest side: its driver is on, with this ready channel.
-    guest_on: Option<bool>,
-    /// Guest side: it took a page-ready and has not acknowledged it yet.
-    unacked: bool,
-}
-
-impl World {
-    fn new() -> World {
-        let mut engine = ApfControl::new(3, true);
-        let mut vcpu = FakeVcpu::new(0x10000);
-        engine
-            .command(
-                &mut vcpu,
-                ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-            )
-            .unwrap();
-        engine
-            .command(&mut vcpu, ApfCommand::SetIrq(u64::from(PPI)))
-            .unwrap();
-        World {
-            engine,
-            vcpu,
-            in_flight: Vec::new(),
-            sleepers: HashSet::new(),
-            taken: Default::default(),
-            guest_on: None,
-            unacked: false,
-        }
-    }
-
-    fn block(&self) -> [u32; 4] {
-        [0, 4, 8, 12].map(|off| self.vcpu.peek(BLOCK + off))
-    }
-
-    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
-        match *op {
-            Op::Fault { gfn, el1 } => {
-                self.vcpu.el = u8::from(el1);
-                let before = self.block();
-                match self.engine.try_async(&mut self.vcpu, gfn, 0) {
-                    FaultDecision::Async { token, cookie } => {
-                        prop_assert!(token.0 != 0 && !token.is_wake_all(), "bad token {token:?}");
-                        self.in_flight.push(cookie);
-                    }
-                    FaultDecision::Sync(
-                        SyncReason::InjectFailed | SyncReason::BlockWriteFailed,
-                    ) => {
-                        // (a failed write may not have been able to undo itself, but
-                        // then it never wrote anything either)
-                        prop_assert_eq!(
-                            self.block(),
-                            before,
-                            "failed injection left the block changed"
-                        );
-                    }
-                    FaultDecision::Sync(_) | FaultDecision::Halt => {}
-                }
-                self.vcpu.el = 0;
-            }
-            Op::Complete { pick, ok, twice } => {
-                if !self.in_flight.is_empty() {
-                    let cookie = self.in_flight.swap_remove(pick % self.in_flight.len());
-                    let handle = ItemHandle::from_cookie(cookie).unwrap();
-                    self.engine.port().complete(handle, ok);
-                    if twice {
-                        prop_assert!(!self.engine.port().complete(handle, ok), "duplicate taken");
-                    }
-                }
-            }
-            Op::Entry => {
-                self.engine.service(&mut self.vcpu);
-                if self.vcpu.enter_guest(&mut self.engine)
-                    && let Some(token) = self.vcpu.guest_sdei_handler(BLOCK)
-                {
-                    prop_assert!(
-                        self.guest_on.is_some(),
-                        "not-present to a guest with APF off"
-                    );
-                    prop_assert!(token.0 != 0 && !token.is_wake_all());
-                    prop_assert!(
-                        self.taken.insert(token, false).is_none(),
-                        "token {token:?} issued twice"
-                    );
-                    self.sleepers.insert(token);
-                }
-            }
-            Op::TakeReady => {
-                self.engine.service(&mut self.vcpu);
-                if let (true, Some(separate)) = (self.vcpu.ppi(PPI), self.guest_on)
-                    && let Some(token) = self.vcpu.guest_ppi_handler(BLOCK, separate)
-                {
-                    self.unacked = true;
-                    if token.is_wake_all() {
-                        self.sleepers.clear();
-                    } else {
-                        let readied = self.taken.get_mut(&token);
-                        prop_assert!(
-                            readied.is_some(),
-                            "page-ready {token:?} without a not-present the guest took"
-                        );
-                        let readied = readied.unwrap();
-                        prop_assert!(!*readied, "second page-ready for {token:?}");
-                        *readied = true;
-                        self.sleepers.remove(&token);
-                    }
-                }
-            }
-            // A guest acknowledges what it handled; acknowledging a page-ready it has
-            // not read would lose it, and that would be the guest's own bug.
-            Op::Ack => {
-                if std::mem::take(&mut self.unacked) {
-                    self.engine
-                        .hypercall(&mut self.vcpu, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
-                }
-            }
-            Op::SpuriousAck => {
-                if !self.vcpu.ppi(PPI) {
-                    self.engine
-                        .hypercall(&mut self.vcpu, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
-                }
-            }
-            Op::Enable { separate } => {
-                let flags = CONTROL_ENABLED | if separate { CONTROL_SEPARATE_READY } else { 0 };
-                let r =
-                    self.engine
-                        .hypercall(&mut self.vcpu, ASYNC_PF_FUNC_ENABLE, BLOCK | flags, 0);
-                if r.status == 0 {
-                    self.guest_on = Some(separate);
-                }
-            }
-            Op::Disable => {
-                let r = self
-                    .engine
-                    .hypercall(&mut self.vcpu, ASYNC_PF_FUNC_ENABLE, 0, 0);
-                if r.status == 0 {
-                    // The guest's offline path: disable, then wake local sleepers.
-                    self.guest_on = None;
-                    self.sleepers.clear();
-                    self.taken.clear();
-                    self.unacked = false;
-                }
-            }
-            Op::Reset => {
-                self.engine.reset(&mut self.vcpu);
-                self.vcpu.ram.fill(0);
-                self.vcpu.sdei.pending = false;
-                self.vcpu.sdei.running = false;
-                self.guest_on = None;
-                self.sleepers.clear();
-                self.taken.clear();
-                self.unacked = false;
-            }
-            Op::MaskPe(m) => self.vcpu.sdei.pe_masked = m,
-            Op::FailWrites(f) => self.vcpu.fail_writes = f,
-            Op::FailInject(f) => self.vcpu.fail_inject = f,
-        }
-        prop_assert!(self.engine.outstanding() <= 64);
-        Ok(())
-    }
-
-    /// Every fetch finishes and the guest runs until nothing is left to deliver.
-    fn settle(&mut self) -> Result<(), TestCaseError> {
-        self.vcpu.fail_writes = false;
-        self.vcpu.fail_inject = false;
-        self.vcpu.sdei.pe_masked = false;
-        for cookie in std::mem::take(&mut self.in_flight) {
-            self.engine
-                .port()
-                .complete(ItemHandle::from_cookie(cookie).unwrap(), true);
-        }
-        for _ in 0..400 {
-            self.step(&Op::Entry)?;
-            self.step(&Op::TakeReady)?;
-            self.step(&Op::Ack)?;
-        }
-        prop_assert_eq!(self.engine.outstanding(), 0, "work items left behind");
-        Ok(())
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_the_guest_model(ops in prop::collection::vec(op(), 1..160)) {
-        let mut world = World::new();
-        world.step(&Op::Enable { separate: false })?;
-        for op in &ops {
-            world.step(op)?;
-        }
-        world.settle()?;
-        // A page-ready lost to a failed block write is the one case where only a
-        // later wake-all frees a sleeper (§d.30): re-enabling provides it.
-        if !world.sleepers.is_empty() {
-            let lost = world.engine.counters().snapshot().ready_write_failed;
-            prop_assert!(lost > 0, "sleepers {:?} never woken", world.sleepers);
-            let word = world.engine.control().encode();
-            world.engine.command(&mut world.vcpu, ApfCommand::SetControl(word)).unwrap();
-            world.settle()?;
-            prop_assert!(world.sleepers.is_empty(), "wake-all did not free {:?}", world.sleepers);
+        if let Err(e) = engine_model::run(&ops) {
+            return Err(TestCaseError::fail(e));
         }
     }
 }
