@@ -1,1 +1,3 @@
-//! apf-vm: see DESIGN.md §3.
+//! apf-vm: a VM built from a configuration (DESIGN §3).
+
+pub mod config;

@@ -1,0 +1,572 @@
+//! A VM's configuration: what the `apf` command line and TOML files describe.
+//!
+//! Every field has a default, and [`VmConfig::default`] is the built-in
+//! configuration `apf compare` runs. [`VmConfig::validate`] turns every bad value
+//! into one line that says what to change.
+
+use apf_abi::PAGE_SIZE;
+use apf_abi::boot::{BOOT_MAX_PROCS, workload};
+use serde::Deserialize;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Guest RAM the kernel keeps for itself below the processes' working sets.
+pub const KERNEL_RESERVE: u64 = 16 << 20;
+/// Most vCPUs a VM can have (the guest's per-CPU tables and the GIC model).
+pub const MAX_VCPUS: u32 = 16;
+
+/// A size in bytes, written as `4096`, `64KiB`, `256MiB`, `4GiB` (or `K`, `M`, `G`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+/// A duration written as `250us`, `1ms`, `2.5s` or `0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+/// Why a size or duration did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("`{text}` is not a {what}: write it like {example}")]
+pub struct ParseValueError {
+    text: String,
+    what: &'static str,
+    example: &'static str,
+}
+
+fn split_number(s: &str) -> (&str, &str) {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    (&s[..end], s[end..].trim())
+}
+
+impl FromStr for ByteSize {
+    type Err = ParseValueError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = || ParseValueError {
+            text: text.to_string(),
+            what: "size",
+            example: "`512MiB`, `4GiB` or `65536`",
+        };
+        let (num, unit) = split_number(text.trim());
+        let n: u64 = num.parse().map_err(|_| err())?;
+        let shift = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => return Err(err()),
+        };
+        n.checked_mul(1 << shift).map(ByteSize).ok_or_else(err)
+    }
+}
+
+impl FromStr for Span {
+    type Err = ParseValueError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = || ParseValueError {
+            text: text.to_string(),
+            what: "duration",
+            example: "`100us`, `1ms`, `2.5s` or `0`",
+        };
+        let (num, unit) = split_number(text.trim());
+        let n: f64 = num.parse().map_err(|_| err())?;
+        let scale = match unit {
+            "" if n == 0.0 => 0.0,
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            _ => return Err(err()),
+        };
+        Duration::try_from_secs_f64(n * scale)
+            .map(Span)
+            .map_err(|_| err())
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+        for (shift, unit) in units {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        if us == 0 {
+            write!(f, "0")
+        } else if us.is_multiple_of(1_000_000) {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us.is_multiple_of(1000) {
+            write!(f, "{}ms", us / 1000)
+        } else {
+            write!(f, "{us}us")
+        }
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    Text(String),
+                    Number(u64),
+                }
+                match Raw::deserialize(d)? {
+                    Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+                    Raw::Number(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
+}
+deserialize_from_str!(ByteSize);
+deserialize_from_str!(Span);
+
+/// A workload kind (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// Random page touches over a working set.
+    Scan,
+    /// CPU only.
+    Calc,
+    /// Hash-table gets in guest memory.
+    Kv,
+    /// Alternating compute and memory phases.
+    Build,
+}
+
+impl WorkloadKind {
+    /// The boot block's number for this kind.
+    pub const fn abi(self) -> u32 {
+        match self {
+            WorkloadKind::Scan => workload::SCAN,
+            WorkloadKind::Calc => workload::CALC,
+            WorkloadKind::Kv => workload::KV,
+            WorkloadKind::Build => workload::BUILD,
+        }
+    }
+
+    /// The lowercase name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Scan => "scan",
+            WorkloadKind::Calc => "calc",
+            WorkloadKind::Kv => "kv",
+            WorkloadKind::Build => "build",
+        }
+    }
+}
+
+impl FromStr for WorkloadKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "scan" => Ok(WorkloadKind::Scan),
+            "calc" => Ok(WorkloadKind::Calc),
+            "kv" => Ok(WorkloadKind::Kv),
+            "build" => Ok(WorkloadKind::Build),
+            other => Err(format!(
+                "unknown workload `{other}`: use scan, calc, kv or build"
+            )),
+        }
+    }
+}
+
+/// One guest process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// What it runs.
+    pub kind: WorkloadKind,
+    /// The vCPU it is pinned to.
+    #[serde(default)]
+    pub vcpu: u32,
+    /// Its working set (ignored by `calc`).
+    #[serde(default = "default_working_set")]
+    pub mem: ByteSize,
+    /// Units of work; 0 = run until the run's duration ends.
+    #[serde(default)]
+    pub work: u64,
+}
+
+fn default_working_set() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+/// Which backing store holds evicted pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A swap file read and written with real I/O (the default).
+    File,
+    /// Host memory: for tests only.
+    Mem,
+}
+
+/// The backing store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The store kind.
+    pub kind: StoreKind,
+    /// Directory or file for the swap file; a temporary file when unset.
+    pub path: Option<PathBuf>,
+    /// io_uring queue depth.
+    pub queue_depth: u32,
+    /// Latency added to every read and write, on top of the real I/O.
+    pub latency: Span,
+    /// Log-normal spread (sigma) of the added latency; 0 = fixed.
+    pub latency_sigma: f64,
+    /// Use O_DIRECT when the filesystem allows it.
+    pub direct: bool,
+    /// Fraction of reads that fail (fault injection, for tests).
+    pub read_error_rate: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::File,
+            path: None,
+            queue_depth: 32,
+            latency: Span(Duration::from_micros(500)),
+            latency_sigma: 0.0,
+            direct: true,
+            read_error_rate: 0.0,
+        }
+    }
+}
+
+/// A whole VM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM.
+    pub ram: ByteSize,
+    /// Host memory the guest's resident pages may use.
+    pub budget: ByteSize,
+    /// Offer APF to the guest.
+    pub apf: bool,
+    /// Let the guest use the separate page-ready channel (ABI 1.1).
+    pub separate_ready: bool,
+    /// The backing store.
+    pub store: StoreConfig,
+    /// The guest's processes.
+    pub processes: Vec<ProcessConfig>,
+    /// Stop the run after this long. Without it the run ends when every process
+    /// with work to do has done it; processes with `work = 0` run until then.
+    pub duration: Option<Span>,
+    /// Seed for the guest's workloads and the store's latency and faults.
+    pub seed: u64,
+}
+
+impl Default for VmConfig {
+    /// The built-in configuration: two vCPUs, each with a `scan` and a `calc`
+    /// process, guest RAM four times the host budget, 500 µs added to each read.
+    fn default() -> Self {
+        let procs = (0..2)
+            .flat_map(|vcpu| {
+                [
+                    ProcessConfig {
+                        kind: WorkloadKind::Scan,
+                        vcpu,
+                        mem: ByteSize(96 << 20),
+                        work: 20_000,
+                    },
+                    ProcessConfig {
+                        kind: WorkloadKind::Calc,
+                        vcpu,
+                        mem: ByteSize(0),
+                        work: 0,
+                    },
+                ]
+            })
+            .collect();
+        VmConfig {
+            vcpus: 2,
+            ram: ByteSize(256 << 20),
+            budget: ByteSize(64 << 20),
+            apf: true,
+            separate_ready: true,
+            store: StoreConfig::default(),
+            processes: procs,
+            duration: None,
+            seed: 1,
+        }
+    }
+}
+
+/// A configuration value that cannot work; the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// The TOML did not parse.
+    #[error("config: {0}")]
+    Toml(String),
+    /// vCPU count out of range.
+    #[error("vcpus = {0}: use 1 to {MAX_VCPUS}")]
+    Vcpus(u32),
+    /// Guest RAM not a whole number of pages, or too small.
+    #[error("ram = {0}: use a multiple of 4KiB of at least {min}", min = ByteSize(KERNEL_RESERVE * 2))]
+    Ram(ByteSize),
+    /// Budget below one page.
+    #[error("budget = {0}: the host budget must hold at least one page (4KiB)")]
+    Budget(ByteSize),
+    /// Too many processes.
+    #[error("{0} processes: a run can have at most {BOOT_MAX_PROCS}")]
+    TooManyProcesses(usize),
+    /// No processes at all.
+    #[error("no processes: add at least one (for example kind = \"scan\")")]
+    NoProcesses,
+    /// A process pinned to a vCPU that does not exist.
+    #[error("process {index} ({kind}) is pinned to vcpu {vcpu}, but the VM has {vcpus} vCPUs")]
+    ProcessVcpu {
+        /// Process index.
+        index: usize,
+        /// Its kind.
+        kind: &'static str,
+        /// The vCPU asked for.
+        vcpu: u32,
+        /// vCPUs the VM has.
+        vcpus: u32,
+    },
+    /// Working sets do not fit in guest RAM.
+    #[error(
+        "working sets total {total} but guest RAM leaves {room} for them: raise ram or lower mem"
+    )]
+    WorkingSets {
+        /// Sum of the working sets.
+        total: ByteSize,
+        /// RAM minus the kernel's reserve.
+        room: ByteSize,
+    },
+    /// No process ends and the run has no duration.
+    #[error(
+        "every process has work = 0 (run until stopped) and the run has no duration: set duration or some work"
+    )]
+    Endless,
+    /// Queue depth out of range.
+    #[error("store.queue_depth = {0}: use 1 to 4096")]
+    QueueDepth(u32),
+    /// A number out of its range.
+    #[error("{name} = {value}: use a number from {range}")]
+    Range {
+        /// The field.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted range.
+        range: &'static str,
+    },
+}
+
+impl VmConfig {
+    /// Parses a TOML configuration; missing fields take their defaults.
+    pub fn from_toml(text: &str) -> Result<VmConfig, ConfigError> {
+        let config: VmConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.message().replace('\n', " ")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that the configuration can run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !self.ram.0.is_multiple_of(PAGE_SIZE) || self.ram.0 < KERNEL_RESERVE * 2 {
+            return Err(ConfigError::Ram(self.ram));
+        }
+        if self.budget.0 < PAGE_SIZE {
+            return Err(ConfigError::Budget(self.budget));
+        }
+        if self.processes.is_empty() {
+            return Err(ConfigError::NoProcesses);
+        }
+        if self.processes.len() > BOOT_MAX_PROCS {
+            return Err(ConfigError::TooManyProcesses(self.processes.len()));
+        }
+        let mut total = 0u64;
+        for (index, p) in self.processes.iter().enumerate() {
+            if p.vcpu >= self.vcpus {
+                return Err(ConfigError::ProcessVcpu {
+                    index,
+                    kind: p.kind.name(),
+                    vcpu: p.vcpu,
+                    vcpus: self.vcpus,
+                });
+            }
+            if p.kind != WorkloadKind::Calc {
+                total = total.saturating_add(p.mem.0.next_multiple_of(PAGE_SIZE));
+            }
+        }
+        if self.duration.is_none() && self.processes.iter().all(|p| p.work == 0) {
+            return Err(ConfigError::Endless);
+        }
+        let room = self.ram.0 - KERNEL_RESERVE;
+        if total > room {
+            return Err(ConfigError::WorkingSets {
+                total: ByteSize(total),
+                room: ByteSize(room),
+            });
+        }
+        if self.store.queue_depth == 0 || self.store.queue_depth > 4096 {
+            return Err(ConfigError::QueueDepth(self.store.queue_depth));
+        }
+        let rate = self.store.read_error_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(ConfigError::Range {
+                name: "store.read_error_rate",
+                value: rate.to_string(),
+                range: "0 to 1",
+            });
+        }
+        let sigma = self.store.latency_sigma;
+        if !(0.0..=4.0).contains(&sigma) {
+            return Err(ConfigError::Range {
+                name: "store.latency_sigma",
+                value: sigma.to_string(),
+                range: "0 to 4",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_is_valid() {
+        VmConfig::default().validate().unwrap();
+        assert!(VmConfig::default().ram.0 >= 4 * VmConfig::default().budget.0);
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_and_print() {
+        assert_eq!("256MiB".parse(), Ok(ByteSize(256 << 20)));
+        assert_eq!("4G".parse(), Ok(ByteSize(4 << 30)));
+        assert_eq!("4096".parse(), Ok(ByteSize(4096)));
+        assert!("4 potatoes".parse::<ByteSize>().is_err());
+        assert!("99999999999T".parse::<ByteSize>().is_err(), "overflow");
+        assert_eq!("1ms".parse(), Ok(Span(Duration::from_millis(1))));
+        assert_eq!("2.5s".parse(), Ok(Span(Duration::from_millis(2500))));
+        assert_eq!("0".parse(), Ok(Span(Duration::ZERO)));
+        assert!(
+            "5".parse::<Span>().is_err(),
+            "a bare non-zero number has no unit"
+        );
+        assert_eq!(ByteSize(256 << 20).to_string(), "256MiB");
+        assert_eq!(Span(Duration::from_micros(100)).to_string(), "100us");
+    }
+
+    #[test]
+    fn toml_fills_in_defaults_and_refuses_unknown_fields() {
+        let c = VmConfig::from_toml(
+            "vcpus = 1\nram = \"128MiB\"\n[[processes]]\nkind = \"scan\"\nmem = \"32MiB\"\nwork = 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.vcpus, c.ram, c.processes.len()),
+            (1, ByteSize(128 << 20), 1)
+        );
+        assert_eq!(c.store, StoreConfig::default());
+        let e = VmConfig::from_toml("vcpu = 2\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `vcpu`"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn bad_values_get_one_line_that_names_the_fix() {
+        let base = VmConfig::default();
+        let cases: Vec<(VmConfig, &str)> = vec![
+            (
+                VmConfig {
+                    vcpus: 0,
+                    ..base.clone()
+                },
+                "vcpus = 0: use 1 to 16",
+            ),
+            (
+                VmConfig {
+                    budget: ByteSize(100),
+                    ..base.clone()
+                },
+                "at least one page",
+            ),
+            (
+                VmConfig {
+                    ram: ByteSize(1 << 20),
+                    ..base.clone()
+                },
+                "ram = 1MiB",
+            ),
+            (
+                VmConfig {
+                    processes: vec![],
+                    ..base.clone()
+                },
+                "no processes",
+            ),
+            (
+                VmConfig {
+                    processes: vec![ProcessConfig {
+                        kind: WorkloadKind::Scan,
+                        vcpu: 5,
+                        mem: ByteSize(4096),
+                        work: 1,
+                    }],
+                    ..base.clone()
+                },
+                "pinned to vcpu 5, but the VM has 2",
+            ),
+            (
+                VmConfig {
+                    processes: vec![ProcessConfig {
+                        kind: WorkloadKind::Scan,
+                        vcpu: 0,
+                        mem: ByteSize(1 << 30),
+                        work: 1,
+                    }],
+                    ..base.clone()
+                },
+                "raise ram or lower mem",
+            ),
+            (
+                VmConfig {
+                    processes: vec![ProcessConfig {
+                        kind: WorkloadKind::Calc,
+                        vcpu: 0,
+                        mem: ByteSize(0),
+                        work: 0,
+                    }],
+                    ..base.clone()
+                },
+                "set duration or some work",
+            ),
+        ];
+        for (config, want) in cases {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should say {want:?}");
+            assert!(!e.contains('\n'));
+        }
+    }
+}
