@@ -114,6 +114,7 @@ static void load_config(void)
 		struct cpu *c = &cpus[p->spec.vcpu];
 		c->procs[c->nr_procs++] = p;
 		c->alive++;
+		c->rr = c->nr_procs - 1;	/* the first one pinned runs first */
 	}
 	kprintf("apf-guest: config=%s vcpus=%u procs=%u ram=0x%lx heap=0x%lx..0x%lx\n",
 		config.from_boot_block ? "boot-block" : "default", config.nr_vcpus,

@@ -14,7 +14,10 @@
 
 static u8 user_stacks[MAX_PROCS][USTACK_SIZE] __attribute__((aligned(APF_PAGE_SIZE)));
 
-/* The first EL0 context: user_main(kind, base, bytes, work, seed) at EL0t, IRQs on. */
+/*
+ * The first EL0 context: user_main(kind, base, bytes, work, seed) at EL0t, IRQs
+ * on; and the result as of 0 units done.
+ */
 void proc_init(struct proc *p)
 {
 	memset(&p->ctx, 0, sizeof(p->ctx));
@@ -29,7 +32,7 @@ void proc_init(struct proc *p)
 	p->state = P_RUNNABLE;
 	p->res->kill_esr = 0;
 	p->res->progress = 0;
-	p->res->checksum = 0;
+	p->res->checksum = p->spec.seed;	/* every workload's checksum after 0 units */
 	p->res->state = APF_PROC_RUNNING;
 }
 
@@ -119,6 +122,7 @@ static void syscall(struct cpu *c, struct frame *f)
 		f->x[0] = 0;
 		break;
 	case SYS_EXIT:
+		kprintf("APF-EXIT proc=%u\n", p->idx);
 		end_proc(c, p, APF_PROC_DONE, 0);
 		break;
 	case SYS_PROGRESS:

@@ -1,1 +1,3 @@
 //! apf-vm: see DESIGN.md §3.
+
+pub mod workload;
