@@ -179,7 +179,8 @@ struct sdei_finish apf_sdei_handler(u64 event, u64 arg, u64 pc, u64 pstate)
 	if (reason != APF_REASON_PAGE_NOT_PRESENT)
 		return plain;
 	int from_el0 = (pstate & PSTATE_M_MASK) == 0;
-	int parked = from_el0 && c->cur && add_sleeper(c, token, c->cur);
+	int real_token = token != 0 && token != APF_TOKEN_WAKE_ALL;	/* 0 marks a free entry */
+	int parked = from_el0 && real_token && c->cur && add_sleeper(c, token, c->cur);
 	blk->token = 0;
 	barrier_st();
 	blk->reason = 0;	/* the host may signal the next not-present now */

@@ -16,6 +16,7 @@ struct config config;
 struct proc procs[MAX_PROCS];
 static struct apf_proc_result local_results[MAX_PROCS];	/* without a boot block */
 static struct apf_boot_block *const boot = (struct apf_boot_block *)APF_BOOT_BLOCK_GPA;
+static u64 boot_ticks;	/* virtual counter at boot, for the run's length */
 extern char __image_end[];
 
 /*
@@ -123,6 +124,7 @@ static void load_config(void)
 
 static void boot_primary(void)
 {
+	boot_ticks = read_sysreg(cntvct_el0);
 	load_config();
 	gic_dist_init();
 	for (u64 i = 1; i < config.nr_vcpus; i++) {
@@ -162,7 +164,8 @@ static void print_results(void)
 			state_names[r->state & 3], r->progress, r->checksum, r->kill_esr,
 			p->spec.mem_bytes, p->spec.work, p->spec.seed);
 	}
-	kprintf("APF-END procs=%u\n", config.nr_procs);
+	kprintf("APF-END procs=%u ticks=%lu cntfrq=%lu\n", config.nr_procs,
+		read_sysreg(cntvct_el0) - boot_ticks, read_sysreg(cntfrq_el0));
 }
 
 /*
