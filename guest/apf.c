@@ -168,10 +168,10 @@ void apf_cpu_offline(struct cpu *c)
 struct sdei_finish apf_sdei_handler(u64 event, u64 arg, u64 pc, u64 pstate)
 {
 	struct sdei_finish plain = { SDEI_EVENT_COMPLETE, 0 };
-	struct cpu *c = (struct cpu *)arg;
+	struct cpu *c = this_cpu();	/* the argument we registered is only checked */
 	struct apf_shared_data *blk = &c->apf_block;
 	(void)pc;
-	if (!c->apf.on || event != c->apf.event)
+	if (!c->apf.on || event != c->apf.event || arg != (u64)c)
 		return plain;
 	u32 reason = blk->reason;
 	barrier_ld();
