@@ -123,7 +123,10 @@ mod tests {
     fn the_deadline_ends_a_halt_nobody_kicks() {
         let waker = VcpuWaker::for_current_thread();
         let deadline = Instant::now() + Duration::from_millis(2);
-        assert_eq!(waker.halt(Duration::ZERO, Some(deadline), || false), WakeReason::Deadline);
+        assert_eq!(
+            waker.halt(Duration::ZERO, Some(deadline), || false),
+            WakeReason::Deadline
+        );
         assert!(Instant::now() >= deadline);
     }
 
