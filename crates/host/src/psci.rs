@@ -196,8 +196,11 @@ impl Psci {
             return ret(PSCI_RET_INVALID_PARAMETERS);
         };
         // The last instruction must fit in RAM as well as the first byte.
-        let entry_ok =
-            entry.is_multiple_of(4) && self.ram.contains(&entry) && self.ram.contains(&(entry + 3));
+        let entry_ok = entry.is_multiple_of(4)
+            && self.ram.contains(&entry)
+            && entry
+                .checked_add(3)
+                .is_some_and(|last| self.ram.contains(&last));
         if !entry_ok {
             return ret(PSCI_RET_INVALID_ADDRESS);
         }

@@ -15,7 +15,7 @@
 //! preferred return address): SDEI COMPLETE and PSCI CPU_ON replace the PC, and
 //! every other call resumes there.
 
-use crate::apf::HypercallResult;
+use crate::apf::{ApfControl, ApfVcpu, AtomicWord, HypercallResult};
 use crate::psci::{Psci, PsciAction, PsciOutcome};
 use crate::regs::GuestRegs;
 use crate::sdei::{SdeiEvents, SdeiOutcome, SdeiVcpu};
@@ -35,6 +35,24 @@ pub trait AsyncPfService {
     /// ASYNC_PF with sub-function `x1` and arguments `x2`, `x3` (already 32-bit,
     /// it is an SMC32 call). Returns x0 (an SMCCC status) and x1.
     fn call(&mut self, x1: u64, x2: u64, x3: u64) -> HypercallResult;
+}
+
+/// The APF engine of one vCPU, with that vCPU's view, as its ASYNC_PF service.
+#[derive(Debug)]
+pub struct ApfService<'a, W: AtomicWord, V> {
+    /// The vCPU's engine.
+    pub engine: &'a mut ApfControl<W>,
+    /// The vCPU as the engine sees it.
+    pub vcpu: &'a mut V,
+}
+
+impl<W: AtomicWord, V: ApfVcpu> AsyncPfService for ApfService<'_, W, V> {
+    fn available(&self) -> bool {
+        self.engine.offered()
+    }
+    fn call(&mut self, x1: u64, x2: u64, x3: u64) -> HypercallResult {
+        self.engine.hypercall(self.vcpu, x1, x2, x3)
+    }
 }
 
 /// What the run loop must do after a call.
