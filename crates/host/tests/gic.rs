@@ -8,6 +8,7 @@ use apf_host::gic::{
     ConnectError, CpuInterfaceError, Gic, GicCpuInterface, GicNewError, INTID_SPURIOUS, IccReg,
     IrqLine, Kick, PpiLevelError, SpiLine, SpiLineError,
 };
+use apf_host::waker::VcpuWaker;
 use proptest::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -619,6 +620,16 @@ fn kicks_go_to_the_vcpus_whose_line_may_have_changed() {
         (1, 1),
         "distributor changes kick everyone"
     );
+}
+
+#[test]
+fn a_vcpu_waker_is_a_kick() {
+    let gic = Gic::new(1).unwrap();
+    let waker = Arc::new(VcpuWaker::for_current_thread());
+    gic.connect(0, waker.clone()).unwrap();
+    assert!(!waker.is_kicked());
+    gic.set_ppi_level(0, 17, true).unwrap();
+    assert!(waker.is_kicked());
 }
 
 #[test]
