@@ -104,20 +104,17 @@ impl<W: Word> Bank<W> {
         self.priority[bit as usize % 32].set(u64::from(priority & PRIORITY_MASK));
     }
 
-    /// Drives the input line of bank bit `bit`. Returns whether the interrupt
-    /// may have become pending (a rising edge).
-    pub(crate) fn set_level(&self, bit: u32, high: bool) -> bool {
+    /// Drives the input line of bank bit `bit`; a rising edge latches an
+    /// edge-triggered interrupt.
+    pub(crate) fn set_level(&self, bit: u32, high: bool) {
         let mask = 1u64 << bit;
         if high {
-            let before = self.level.or(mask);
-            let rising = before & mask == 0;
+            let rising = self.level.or(mask) & mask == 0;
             if rising && self.edge.get() & mask != 0 {
                 self.latch.or(mask);
             }
-            rising
         } else {
             self.level.and(!mask);
-            false
         }
     }
 
