@@ -848,3 +848,27 @@ fn hostile_control_commands_get_their_error_and_change_nothing() {
         Err(ApfCommandError::NotOffered)
     );
 }
+
+#[test]
+fn a_not_present_the_guest_discards_unseen_is_owed_no_page_ready() {
+    let mut rig = Rig::enabled(true);
+    let (_, cookie) = rig.fault_async(4);
+    // The guest unregisters the event before delivery; the platform drops the
+    // queued instance and tells the engine.
+    rig.vcpu.sdei.pending = false;
+    rig.engine.on_not_present_discarded(&mut rig.vcpu);
+    assert_eq!((rig.block(OFF_REASON), rig.block(OFF_TOKEN)), (0, 0));
+    assert_eq!(
+        rig.fault(4),
+        FaultDecision::Halt,
+        "a re-fault waits for the page"
+    );
+    assert!(rig.complete(cookie, true));
+    rig.engine.service(&mut rig.vcpu);
+    assert!(
+        !rig.vcpu.ppi(PPI),
+        "no page-ready for a fault the guest never saw"
+    );
+    assert_eq!(rig.engine.halted_on(), None);
+    assert_eq!(rig.engine.outstanding(), 0);
+}

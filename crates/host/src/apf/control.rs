@@ -98,6 +98,9 @@ struct WorkItem {
     /// The stage-2 syndrome of the fault, kept so the access kind can be replayed.
     esr: u64,
     state: ItemState,
+    /// A page-ready is owed: false once the guest threw the not-present away
+    /// unseen (it unregistered the event while the instance was queued).
+    owed: bool,
 }
 
 impl WorkItem {
@@ -106,6 +109,7 @@ impl WorkItem {
         token: Token(0),
         esr: 0,
         state: ItemState::Free,
+        owed: false,
     };
 }
 
@@ -417,6 +421,7 @@ impl<W: AtomicWord> ApfControl<W> {
             token,
             esr,
             state: ItemState::InFlight,
+            owed: true,
         };
         self.not_present_pending = Some(slot);
         let handle = self.port.arm(slot);
@@ -436,6 +441,18 @@ impl<W: AtomicWord> ApfControl<W> {
         if self.not_present_pending.take().is_some() {
             bump(&self.counters.not_present_delivered);
         }
+    }
+
+    /// The guest unregistered the APF event (UNREGISTER, PRIVATE_RESET) while the
+    /// not-present was still queued, and the platform dropped it. The guest never
+    /// saw the fault: withdraw the words and owe it no page-ready (§5.2's "not
+    /// injected"); a re-fault on the page halts until it arrives.
+    pub fn on_not_present_discarded(&mut self, vcpu: &mut impl ApfVcpu) {
+        let Some(slot) = self.not_present_pending.take() else {
+            return;
+        };
+        self.clear_channel(vcpu, Channel::NotPresent);
+        self.items[usize::from(slot)].owed = false;
     }
 
     fn take_completion(&mut self, c: Completed) {
@@ -549,6 +566,12 @@ impl<W: AtomicWord> ApfControl<W> {
             let Some(slot) = self.done.front() else {
                 return;
             };
+            if !self.items[usize::from(slot)].owed {
+                self.done.pop();
+                self.release(slot);
+                bump(&self.counters.cancelled);
+                continue;
+            }
             let token = self.items[usize::from(slot)].token;
             match self.send_ready(vcpu, token) {
                 ReadyOutcome::ChannelBusy => return,
