@@ -52,7 +52,7 @@ fn add_with_carry(x: u64, y: u64, carry: bool, sf: bool) -> (u64, u64) {
         let (r, c2) = r1.overflowing_add(u64::from(carry));
         let v = ((x ^ r) & (y ^ r)) >> 63;
         let flags =
-            (r & bits::N) | (u64::from(r == 0) << 30) | (u64::from(c1 | c2) << 29) | (v << 28);
+            ((r >> 63) << 31) | (u64::from(r == 0) << 30) | (u64::from(c1 | c2) << 29) | (v << 28);
         (r, flags)
     } else {
         let (x, y) = (x as u32, y as u32);
