@@ -1110,12 +1110,14 @@ impl Cpu {
         if let Err(f) = self.aligned(addr, size.bytes(), true) {
             return f;
         }
-        // A pair that crosses a page: probe the second page first, so a fault
-        // there cannot leave the first half written.
-        if second_addr & 0xFFF == 0
-            && let Err(e) = bus.read(second_addr, size)
-        {
-            return self.access_fault(e, second_addr, info);
+        // A pair that crosses a page: probe both pages with reads first, in
+        // address order, so a fault on the second cannot leave the first written.
+        if second_addr & 0xFFF == 0 {
+            for probe in [addr, second_addr] {
+                if let Err(e) = bus.read(probe, size) {
+                    return self.access_fault(e, probe, info);
+                }
+            }
         }
         if let Err(f) = self.store(bus, addr, size, v1, info) {
             return f;
