@@ -76,7 +76,7 @@ proptest! {
             2 => 0x3800_0000 | (w & 0xC0FF_FFFF),          // single-register and atomics
             _ => 0xD400_0000 | (w & 0x00FF_FFFF),          // exception generation
         }).collect();
-        let regs: Vec<u64> = (0..31).map(|i| (i as u64) * 0x88).collect();
+        let regs: Vec<u64> = (0..31u64).map(|i| i * 0x88).collect();
         run_words(&words, &regs, el1, false, false);
     }
 }
