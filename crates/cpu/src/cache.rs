@@ -12,13 +12,25 @@ const NO_SLAB: u32 = u32::MAX;
 
 type DecodedPage = Box<[Op; OPS_PER_PAGE]>;
 
-#[derive(Debug)]
 pub(crate) struct DecodeCache {
     /// Page number held by each entry.
     tags: Vec<u64>,
     /// The slab index of each entry's decoded page.
     slab_of: Vec<u32>,
     slab: Vec<DecodedPage>,
+}
+
+impl std::fmt::Debug for DecodeCache {
+    /// A summary: the decoded pages themselves are 16 KiB each.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeCache")
+            .field(
+                "pages",
+                &self.tags.iter().filter(|&&t| t != NO_PAGE).count(),
+            )
+            .field("allocated", &self.slab.len())
+            .finish()
+    }
 }
 
 fn empty_page() -> DecodedPage {
