@@ -702,13 +702,16 @@ impl Cpu {
             }
 
             Op::Hint(Hint::Nop) | Op::Prefetch => Flow::Next,
-            Op::Hint(Hint::Wfi) => {
+            Op::Hint(hint @ (Hint::Wfi | Hint::Wfe)) => {
+                let wfe = hint == Hint::Wfe;
+                if self.wait_trapped(wfe) {
+                    // EC 0x01; from AArch64 CV = 1 and COND = 0b1110; TI = WFE.
+                    let iss = (1 << 24) | (0xE << 20) | u64::from(wfe);
+                    self.sync_exception(Esr::new(ec::WFX, iss), None);
+                    return Flow::Trap;
+                }
                 self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::Wfi)
-            }
-            Op::Hint(Hint::Wfe) => {
-                self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::Wfe)
+                Flow::Exit(if wfe { Exit::Wfe } else { Exit::Wfi })
             }
             Op::Clrex => {
                 self.monitor = None;

@@ -146,6 +146,8 @@ const SCTLR_M: u64 = 1 << 0;
 const SCTLR_SA: u64 = 1 << 3;
 const SCTLR_SA0: u64 = 1 << 4;
 const SCTLR_UMA: u64 = 1 << 9;
+const SCTLR_NTWI: u64 = 1 << 16;
+const SCTLR_NTWE: u64 = 1 << 18;
 const SCTLR_UCT: u64 = 1 << 15;
 const SCTLR_UCI: u64 = 1 << 26;
 /// CPACR_EL1.FPEN, the only field implemented.
@@ -360,6 +362,13 @@ impl Cpu {
             SCTLR_SA
         };
         self.sys.sctlr_el1 & bit != 0
+    }
+
+    /// Whether WFI (or WFE) at the current EL traps to EL1: at EL0 unless
+    /// SCTLR_EL1.nTWI (nTWE) is set.
+    pub(crate) fn wait_trapped(&self, wfe: bool) -> bool {
+        let allow = if wfe { SCTLR_NTWE } else { SCTLR_NTWI };
+        self.pstate.el == 0 && self.sys.sctlr_el1 & allow == 0
     }
 
     /// Whether CPACR_EL1.FPEN traps SIMD/FP at the current EL.

@@ -201,6 +201,19 @@ fn syndromes_of_each_exception_class() {
     assert_eq!(trap(0xD503_42FF, EL0T).0 >> 26, 0x18);
     // MSR SPSel at EL0: UNDEFINED.
     assert_eq!(trap(0xD500_40BF, EL0T).0, 0x0200_0000);
+    // WFI and WFE at EL0 with SCTLR_EL1.nTWI/nTWE clear: EC 0x01, CV, COND 0xE, TI.
+    assert_eq!(trap(0xD503_207F, EL0T), (0x07E0_0000, CODE, VBAR + 0x400));
+    assert_eq!(trap(0xD503_205F, EL0T).0, 0x07E0_0001);
+}
+
+#[test]
+fn wfi_at_el0_exits_when_not_trapped() {
+    let (mut cpu, mut bus) = machine(&[0xD503_207F]);
+    let sctlr = cpu.sysreg(SysReg::SctlrEl1);
+    cpu.set_sysreg(SysReg::SctlrEl1, sctlr | (1 << 16));
+    cpu.set_pstate(EL0T);
+    assert_eq!(cpu.run(&mut bus, 1), Exit::Wfi);
+    assert_eq!((cpu.el(), cpu.pc()), (0, CODE + 4));
 }
 
 #[test]

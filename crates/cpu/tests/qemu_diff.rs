@@ -570,6 +570,9 @@ impl Interp {
         cpu.set_sysreg(SysReg::VbarEl1, 0x7000_0000);
         // FP enabled, so SIMD/FP words are UNDEFINED rather than trapped.
         cpu.set_sysreg(SysReg::CpacrEl1, 0b11 << 20);
+        // WFI and WFE do not trap at EL0, as Linux configures it (nTWI, nTWE).
+        let sctlr = cpu.sysreg(SysReg::SctlrEl1);
+        cpu.set_sysreg(SysReg::SctlrEl1, sctlr | (1 << 16) | (1 << 18));
         Interp { cpu, bus, pattern }
     }
 
