@@ -191,7 +191,7 @@ impl Cpu {
             #[allow(clippy::cast_possible_truncation)]
             let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
             let mut op = self.cache.op(slab, index);
-            if op == Op::NotDecoded {
+            if matches!(op, Op::NotDecoded) {
                 match bus.fetch(self.pc) {
                     Ok(word) => {
                         op = decode(word);
