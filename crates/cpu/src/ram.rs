@@ -111,17 +111,27 @@ impl RamBus {
 
     #[inline]
     fn get(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
-        let src = self.locate(addr, len_of(size))?;
-        let mut buf = [0u8; 8];
-        buf[..src.len()].copy_from_slice(src);
-        Ok(u64::from_le_bytes(buf))
+        let b = self.locate(addr, len_of(size))?;
+        Ok(match size {
+            AccessSize::Byte => u64::from(b[0]),
+            AccessSize::Half => u64::from(u16::from_le_bytes([b[0], b[1]])),
+            AccessSize::Word => u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            AccessSize::Double => {
+                u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            }
+        })
     }
 
     #[inline]
     fn put(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         let dst = self.locate(addr, len_of(size))?;
-        let n = dst.len();
-        dst.copy_from_slice(&value.to_le_bytes()[..n]);
+        let bytes = value.to_le_bytes();
+        match size {
+            AccessSize::Byte => dst[0] = bytes[0],
+            AccessSize::Half => dst[..2].copy_from_slice(&bytes[..2]),
+            AccessSize::Word => dst[..4].copy_from_slice(&bytes[..4]),
+            AccessSize::Double => dst[..8].copy_from_slice(&bytes),
+        }
         Ok(())
     }
 }
