@@ -180,14 +180,14 @@ impl Bus for RamBus {
 
     fn compare_exchange_pair(&mut self, addr: u64, old: u128, new: u128) -> Result<u128, BusError> {
         let lo = self.get(addr, AccessSize::Double)?;
-        let hi = self.get(addr + 8, AccessSize::Double)?;
+        let hi = self.get(addr.wrapping_add(8), AccessSize::Double)?;
         let cur = (u128::from(hi) << 64) | u128::from(lo);
         if cur == old {
             // Splitting the pair into its two doublewords.
             #[allow(clippy::cast_possible_truncation)]
             let (new_lo, new_hi) = (new as u64, (new >> 64) as u64);
             self.put(addr, AccessSize::Double, new_lo)?;
-            self.put(addr + 8, AccessSize::Double, new_hi)?;
+            self.put(addr.wrapping_add(8), AccessSize::Double, new_hi)?;
         }
         Ok(cur)
     }
