@@ -1,0 +1,248 @@
+//! The decoded-instruction cache: decoded pages keyed by guest physical page,
+//! two-way set associative over hashed page numbers (so code pages a power of
+//! two apart do not evict each other). A slot is decoded on first execution; a
+//! store by this CPU resets the slots it overwrites, so self-modifying code
+//! sees its new words.
+
+use crate::decode::Op;
+
+/// Instructions per 4 KiB page.
+pub(crate) const OPS_PER_PAGE: usize = 1024;
+const WAYS: usize = 2;
+const SET_BITS: u32 = 9;
+const SETS: usize = 1 << SET_BITS;
+const NO_PAGE: u64 = u64::MAX;
+const NO_SLAB: u32 = u32::MAX;
+
+type DecodedPage = Box<[Op; OPS_PER_PAGE]>;
+
+pub(crate) struct DecodeCache {
+    /// Page number held by each entry (set * WAYS + way).
+    tags: Vec<u64>,
+    /// The slab index of each entry's decoded page.
+    slab_of: Vec<u32>,
+    /// Per set, the way used last (the other one is evicted next).
+    recent: Vec<u8>,
+    slab: Vec<DecodedPage>,
+}
+
+impl std::fmt::Debug for DecodeCache {
+    /// A summary: the decoded pages themselves are 16 KiB each.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeCache")
+            .field(
+                "pages",
+                &self.tags.iter().filter(|&&t| t != NO_PAGE).count(),
+            )
+            .field("allocated", &self.slab.len())
+            .finish()
+    }
+}
+
+fn empty_page() -> DecodedPage {
+    Box::new([Op::NotDecoded; OPS_PER_PAGE])
+}
+
+/// The set of page `pfn` (Fibonacci hashing).
+#[inline]
+fn set_of(pfn: u64) -> usize {
+    // The top SET_BITS bits always fit.
+    #[allow(clippy::cast_possible_truncation)]
+    let set = (pfn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SET_BITS)) as usize;
+    set
+}
+
+impl DecodeCache {
+    pub(crate) fn new() -> DecodeCache {
+        DecodeCache {
+            tags: vec![NO_PAGE; SETS * WAYS],
+            slab_of: vec![NO_SLAB; SETS * WAYS],
+            recent: vec![0; SETS],
+            slab: Vec::new(),
+        }
+    }
+
+    /// The entry holding page `pfn`, if any.
+    #[inline]
+    fn find(&self, pfn: u64) -> Option<usize> {
+        let first = set_of(pfn) * WAYS;
+        (first..first + WAYS).find(|&e| self.tags[e] == pfn)
+    }
+
+    /// The slab index of page `pfn`'s decoded ops, evicting the less recently
+    /// used page of its set on a miss.
+    pub(crate) fn page(&mut self, pfn: u64) -> usize {
+        let set = set_of(pfn);
+        let e = match self.find(pfn) {
+            Some(e) => e,
+            None => {
+                let e = set * WAYS + (1 - usize::from(self.recent[set]));
+                if self.slab_of[e] == NO_SLAB {
+                    self.slab.push(empty_page());
+                    self.slab_of[e] = u32::try_from(self.slab.len() - 1).unwrap_or(0);
+                }
+                self.tags[e] = pfn;
+                self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);
+                e
+            }
+        };
+        self.recent[set] = u8::from(e % WAYS == 1);
+        self.slab_of[e] as usize
+    }
+
+    #[inline]
+    pub(crate) fn op(&self, slab: usize, index: usize) -> Op {
+        self.slab[slab][index & (OPS_PER_PAGE - 1)]
+    }
+
+    #[inline]
+    pub(crate) fn set(&mut self, slab: usize, index: usize, op: Op) {
+        self.slab[slab][index & (OPS_PER_PAGE - 1)] = op;
+    }
+
+    /// This CPU stored `len` bytes at `addr`: forget any ops decoded from them.
+    #[inline]
+    pub(crate) fn stored(&mut self, addr: u64, len: u64) {
+        if let Some(e) = self.find(addr >> 12) {
+            self.reset_range(e, addr, len);
+        }
+        let last = addr.wrapping_add(len - 1);
+        if last >> 12 != addr >> 12
+            && let Some(e) = self.find(last >> 12)
+        {
+            self.reset_range(e, last & !0xFFF, (last & 0xFFF) + 1);
+        }
+    }
+
+    #[cold]
+    fn reset_range(&mut self, e: usize, addr: u64, len: u64) {
+        let s = self.slab_of[e] as usize;
+        // Page offsets are below 4096.
+        #[allow(clippy::cast_possible_truncation)]
+        let first = ((addr & 0xFFF) >> 2) as usize;
+        #[allow(clippy::cast_possible_truncation)]
+        let last = (((addr & 0xFFF) + len - 1).min(0xFFF) >> 2) as usize;
+        self.slab[s][first..=last].fill(Op::NotDecoded);
+    }
+
+    /// Forgets page `pfn`.
+    pub(crate) fn invalidate_page(&mut self, pfn: u64) {
+        if let Some(e) = self.find(pfn) {
+            self.tags[e] = NO_PAGE;
+        }
+    }
+
+    /// Forgets every page.
+    pub(crate) fn invalidate_all(&mut self) {
+        self.tags.fill(NO_PAGE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_reset_only_the_overwritten_slots() {
+        let mut c = DecodeCache::new();
+        let s = c.page(5);
+        for i in 0..8 {
+            c.set(s, i, Op::Barrier);
+        }
+        // An 8-byte store at offset 6 touches words 1, 2 and 3.
+        c.stored(0x5006, 8);
+        assert_eq!(c.op(s, 0), Op::Barrier);
+        assert_eq!(c.op(s, 1), Op::NotDecoded);
+        assert_eq!(c.op(s, 3), Op::NotDecoded);
+        assert_eq!(c.op(s, 4), Op::Barrier);
+        // Other pages are unaffected.
+        c.stored(0x6000, 8);
+        assert_eq!(c.op(s, 4), Op::Barrier);
+    }
+
+    #[test]
+    fn a_store_across_a_page_end_reaches_the_next_page() {
+        let mut c = DecodeCache::new();
+        let s = c.page(6);
+        c.set(s, 0, Op::Barrier);
+        c.set(s, 1, Op::Barrier);
+        c.stored(0x5FFC, 8);
+        assert_eq!(c.op(s, 0), Op::NotDecoded);
+        assert_eq!(c.op(s, 1), Op::Barrier);
+    }
+
+    /// Pages other than `pfn` that share its set.
+    fn set_mates(pfn: u64) -> impl Iterator<Item = u64> {
+        (pfn + 1..).filter(move |&p| set_of(p) == set_of(pfn))
+    }
+
+    #[test]
+    fn two_pages_share_a_set_and_a_third_evicts_the_older() {
+        let mut c = DecodeCache::new();
+        let mut mates = set_mates(7);
+        let (b, third) = (mates.next().unwrap(), mates.next().unwrap());
+        let sa = c.page(7);
+        c.set(sa, 0, Op::Barrier);
+        let sb = c.page(b);
+        assert_ne!(sa, sb);
+        c.set(sb, 0, Op::Isb);
+        // Both stay decoded while they alternate.
+        assert_eq!(
+            {
+                let s = c.page(7);
+                c.op(s, 0)
+            },
+            Op::Barrier
+        );
+        assert_eq!(
+            {
+                let s = c.page(b);
+                c.op(s, 0)
+            },
+            Op::Isb
+        );
+        // Page 7 was used less recently than b, so the third page takes its entry.
+        let s3 = c.page(third);
+        assert_eq!(s3, sa);
+        assert_eq!(c.op(s3, 0), Op::NotDecoded);
+        assert_eq!(
+            {
+                let s = c.page(b);
+                c.op(s, 0)
+            },
+            Op::Isb
+        );
+    }
+
+    #[test]
+    fn pages_a_power_of_two_apart_do_not_collide() {
+        let base = 0x40080;
+        let sets: std::collections::HashSet<usize> =
+            (0..8).map(|k| set_of(base + (k << 10))).collect();
+        assert!(sets.len() >= 7, "4 MiB strides map to {} sets", sets.len());
+    }
+
+    #[test]
+    fn invalidation_forgets_a_page() {
+        let mut c = DecodeCache::new();
+        let s = c.page(9);
+        c.set(s, 0, Op::Barrier);
+        c.invalidate_page(9);
+        assert_eq!(
+            {
+                let s = c.page(9);
+                c.op(s, 0)
+            },
+            Op::NotDecoded
+        );
+        c.set(s, 0, Op::Barrier);
+        c.invalidate_all();
+        assert_eq!(
+            {
+                let s = c.page(9);
+                c.op(s, 0)
+            },
+            Op::NotDecoded
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! The vCPU: architectural state, the run loop and the host's view of both.
+
+use apf_abi::esr::{Esr, ec};
+
+use crate::bus::Bus;
+use crate::cache::{DecodeCache, OPS_PER_PAGE};
+use crate::decode::{Op, decode, reg};
+use crate::exception::Exception;
+use crate::pstate::{Pstate, bits};
+use crate::sysreg::SysRegs;
+use crate::timer::{TimeScale, Timer, TimerLines};
+
+/// Per-vCPU configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuConfig {
+    /// MPIDR_EL1 affinity value (bit 31, RES1, is added).
+    pub mpidr: u64,
+    /// CNTFRQ_EL0: the counter frequency the guest is told, in Hz.
+    pub cntfrq: u64,
+    /// Virtual time: counter ticks per retired instruction.
+    pub time_scale: TimeScale,
+}
+
+impl Default for CpuConfig {
+    /// MPIDR 0, 100 MHz counter, one tick per instruction.
+    fn default() -> CpuConfig {
+        CpuConfig {
+            mpidr: 0,
+            cntfrq: 100_000_000,
+            time_scale: TimeScale::default(),
+        }
+    }
+}
+
+/// Why [`Cpu::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// HVC #imm at EL1; PC is past the instruction (the preferred return).
+    Hvc {
+        /// The immediate.
+        imm: u16,
+    },
+    /// SMC #imm at EL1; PC is past the instruction.
+    Smc {
+        /// The immediate.
+        imm: u16,
+    },
+    /// WFI; PC is past the instruction.
+    Wfi,
+    /// WFE; PC is past the instruction.
+    Wfe,
+    /// A stage-2 translation fault; PC is at the faulting instruction, which had
+    /// no architectural effect and can be retried.
+    Stage2Abort {
+        /// ESR_EL2 as hardware builds it (EC 0x24 data / 0x20 instruction).
+        esr_el2: u64,
+        /// FAR_EL2: the faulting virtual address (= IPA, the stage-1 MMU is off).
+        far: u64,
+        /// HPFAR_EL2: the faulting IPA page.
+        hpfar: u64,
+    },
+    /// A timer output level may have changed: the counter reached
+    /// [`Cpu::next_timer_deadline`], or the guest wrote a timer register. Read
+    /// [`Cpu::timer_irq_lines`].
+    TimerDeadline,
+    /// The step budget was used up.
+    Budget,
+    /// [`Bus::kicked`] said so.
+    Kicked,
+}
+
+/// The local exclusive monitor: the address, size and value an LDXR/LDXP saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Monitor {
+    pub(crate) addr: u64,
+    pub(crate) bytes: u64,
+    pub(crate) value: u128,
+}
+
+/// What executing one op did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Retired; PC advances by 4.
+    Next,
+    /// Retired; PC was set (a branch).
+    Jump,
+    /// Retired; PC was set to the next instruction and PSTATE or timer state may
+    /// have changed: leave the block so interrupts and deadlines are rechecked.
+    Resync,
+    /// Not retired: an exception was taken (PC is at the vector).
+    Trap,
+    /// Not retired, no state changed: return this exit (a stage-2 abort).
+    Fault(Exit),
+    /// Retired (PC already past it): return this exit.
+    Exit(Exit),
+}
+
+/// One vCPU: architectural state plus its decoded-instruction cache.
+#[derive(Debug)]
+pub struct Cpu {
+    /// X0..X30, the zero slot, the live SP and the sink (see `decode::reg`).
+    pub(crate) regs: [u64; reg::FILE],
+    pub(crate) pc: u64,
+    pub(crate) pstate: Pstate,
+    /// The banked stack pointer not in use (the live one is `regs[SP]`).
+    pub(crate) sp_el0: u64,
+    pub(crate) sp_el1: u64,
+    pub(crate) sys: SysRegs,
+    pub(crate) timer: Timer,
+    pub(crate) monitor: Option<Monitor>,
+    pub(crate) irq_line: bool,
+    pub(crate) retired: u64,
+    pub(crate) config: CpuConfig,
+    pub(crate) cache: DecodeCache,
+}
+
+impl Cpu {
+    /// A vCPU in its reset state: EL1h, D, A, I, F masked, MMU off, registers 0.
+    pub fn new(config: CpuConfig) -> Cpu {
+        Cpu {
+            regs: [0; reg::FILE],
+            pc: 0,
+            pstate: Pstate::reset(),
+            sp_el0: 0,
+            sp_el1: 0,
+            sys: SysRegs::reset(),
+            timer: Timer::new(config.time_scale),
+            monitor: None,
+            irq_line: false,
+            retired: 0,
+            config,
+            cache: DecodeCache::new(),
+        }
+    }
+
+    /// Runs until an exit, for at most `budget` steps (a step is a retired
+    /// instruction or an exception entry). Never returns with a half-executed
+    /// instruction: on an exit caused by an access, no architectural state of
+    /// that instruction has changed, so the host can retry it.
+    pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        let mut left = budget;
+        loop {
+            if left == 0 {
+                return Exit::Budget;
+            }
+            if bus.kicked() {
+                return Exit::Kicked;
+            }
+            if self.pstate.il {
+                self.sync_exception(Esr::new(ec::ILLEGAL_STATE, 0), None);
+                left -= 1;
+                continue;
+            }
+            if self.irq_line && self.pstate.daif & bits::I == 0 {
+                self.take_exception(Exception::Irq);
+                left -= 1;
+                continue;
+            }
+            if self.pc & 3 != 0 {
+                self.sync_exception(Esr::new(ec::PC_ALIGNMENT, 0), Some(self.pc));
+                left -= 1;
+                continue;
+            }
+            let deadline = self.timer.next_deadline().and_then(|d| {
+                self.timer
+                    .instructions_until(self.retired, d)
+                    .map(|n| (d, n))
+            });
+            let limit = deadline.map_or(left, |(_, n)| n.min(left));
+            let (steps, exit) = self.run_page(bus, limit);
+            left -= steps;
+            if let Some(exit) = exit {
+                return exit;
+            }
+            if let Some((d, _)) = deadline
+                && self.counter() >= d
+            {
+                return Exit::TimerDeadline;
+            }
+        }
+    }
+
+    /// Executes up to `limit` steps without leaving the current code page.
+    #[inline]
+    fn run_page<B: Bus>(&mut self, bus: &mut B, limit: u64) -> (u64, Option<Exit>) {
+        let page = self.pc & !0xFFF;
+        let slab = self.cache.page(page >> 12);
+        let mut steps = 0;
+        while steps < limit {
+            // A word index within the page.
+            #[allow(clippy::cast_possible_truncation)]
+            let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
+            let mut op = self.cache.op(slab, index);
+            if matches!(op, Op::NotDecoded) {
+                match bus.fetch(self.pc) {
+                    Ok(word) => {
+                        op = decode(word);
+                        self.cache.set(slab, index, op);
+                    }
+                    Err(crate::BusError::Stage2Fault) => {
+                        let esr = Cpu::stage2_fetch_syndrome();
+                        return (steps, Some(self.stage2_exit(esr, self.pc)));
+                    }
+                    Err(crate::BusError::ExternalAbort) => {
+                        self.fetch_abort_el1();
+                        return (steps + 1, None);
+                    }
+                }
+            }
+            match self.exec(bus, op) {
+                Flow::Next => {
+                    self.pc = self.pc.wrapping_add(4);
+                    self.retired += 1;
+                    steps += 1;
+                    if index == OPS_PER_PAGE - 1 {
+                        break;
+                    }
+                }
+                Flow::Jump => {
+                    self.retired += 1;
+                    steps += 1;
+                    // Same page and still aligned, else the outer loop decides.
+                    if self.pc & !0xFFC != page {
+                        break;
+                    }
+                    if bus.kicked() {
+                        return (steps, Some(Exit::Kicked));
+                    }
+                }
+                Flow::Resync => {
+                    self.retired += 1;
+                    return (steps + 1, None);
+                }
+                Flow::Trap => return (steps + 1, None),
+                Flow::Fault(exit) => return (steps, Some(exit)),
+                Flow::Exit(exit) => {
+                    self.retired += 1;
+                    return (steps + 1, Some(exit));
+                }
+            }
+        }
+        (steps, None)
+    }
+
+    /// A stage-2 abort exit for `far`. The exit goes to EL2 and back, which
+    /// clears the local monitor on hardware too.
+    pub(crate) fn stage2_exit(&mut self, esr: Esr, far: u64) -> Exit {
+        self.monitor = None;
+        Exit::Stage2Abort {
+            esr_el2: esr.0,
+            far,
+            hpfar: apf_abi::esr::hpfar_from_ipa(far),
+        }
+    }
+
+    /// X`n` for n in 0..=30; 0 for anything else.
+    pub fn x(&self, n: usize) -> u64 {
+        if n < 31 { self.regs[n] } else { 0 }
+    }
+
+    /// Sets X`n` for n in 0..=30; other indices are ignored.
+    pub fn set_x(&mut self, n: usize, v: u64) {
+        if n < 31 {
+            self.regs[n] = v;
+        }
+    }
+
+    /// The current stack pointer (SP_EL0 or SP_EL1 per PSTATE).
+    pub fn sp(&self) -> u64 {
+        self.regs[usize::from(reg::SP)]
+    }
+
+    /// Sets the current stack pointer.
+    pub fn set_sp(&mut self, v: u64) {
+        self.regs[usize::from(reg::SP)] = v;
+    }
+
+    /// The program counter.
+    pub fn pc(&self) -> u64 {
+        self.pc
+    }
+
+    /// Sets the program counter.
+    pub fn set_pc(&mut self, pc: u64) {
+        self.pc = pc;
+    }
+
+    /// PSTATE in SPSR format (NZCV, SS, IL, DAIF, M[3:0]).
+    pub fn pstate(&self) -> u64 {
+        self.pstate.to_spsr()
+    }
+
+    /// Sets PSTATE from an SPSR-format value, banking SP as a mode change does.
+    /// A mode this PE cannot be in (AArch32, EL2/EL3, EL0 with SPSel set) keeps
+    /// the current EL and SP selection and sets PSTATE.IL, so the next
+    /// instruction takes an Illegal Execution State exception.
+    pub fn set_pstate(&mut self, spsr_format: u64) {
+        match Pstate::from_spsr(spsr_format) {
+            Some(p) => self.switch_pstate(p),
+            None => {
+                self.pstate.nzcv = spsr_format & bits::NZCV;
+                self.pstate.daif = spsr_format & bits::DAIF;
+                self.pstate.il = true;
+            }
+        }
+    }
+
+    /// The current exception level (0 or 1).
+    pub fn el(&self) -> u8 {
+        self.pstate.el
+    }
+
+    /// Sets the level of the IRQ line from the GIC; the IRQ is taken when
+    /// PSTATE.I is clear.
+    pub fn set_irq_line(&mut self, asserted: bool) {
+        self.irq_line = asserted;
+    }
+
+    /// The virtual counter (CNTVCT_EL0; CNTPCT_EL0 reads the same).
+    pub fn counter(&self) -> u64 {
+        self.timer.count(self.retired)
+    }
+
+    /// Moves virtual time forward by `ticks` (an idle skip while halted in WFI).
+    pub fn advance_counter(&mut self, ticks: u64) {
+        self.timer.advance(ticks);
+    }
+
+    /// Instructions retired since reset.
+    pub fn retired(&self) -> u64 {
+        self.retired
+    }
+
+    /// The output levels of the virtual (PPI 27) and physical (PPI 30) timers.
+    pub fn timer_irq_lines(&self) -> TimerLines {
+        self.timer.lines(self.counter())
+    }
+
+    /// The earliest CVAL among the enabled, unmasked timers (it may be past).
+    pub fn next_timer_deadline(&self) -> Option<u64> {
+        self.timer.next_deadline()
+    }
+
+    /// Forgets the decoded instructions of the page holding `page_gpa`: the page
+    /// left, or another agent wrote it.
+    pub fn invalidate_decoded(&mut self, page_gpa: u64) {
+        self.cache.invalidate_page(page_gpa >> 12);
+    }
+
+    /// Moves the live SP into its bank.
+    pub(crate) fn store_sp_bank(&mut self) {
+        let sp = self.regs[usize::from(reg::SP)];
+        if self.pstate.uses_sp_el1() {
+            self.sp_el1 = sp;
+        } else {
+            self.sp_el0 = sp;
+        }
+    }
+
+    /// Makes the banked SP of the current mode live.
+    pub(crate) fn load_sp_bank(&mut self) {
+        self.regs[usize::from(reg::SP)] = if self.pstate.uses_sp_el1() {
+            self.sp_el1
+        } else {
+            self.sp_el0
+        };
+    }
+
+    /// Forgets every decoded instruction (IC IALLU).
+    pub(crate) fn invalidate_all_decoded(&mut self) {
+        self.cache.invalidate_all();
+    }
+}
