@@ -30,7 +30,11 @@ impl Histogram {
         if n == 0 {
             return 0;
         }
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
         let want = ((n as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
         let mut seen = 0;
         for (i, b) in self.buckets.iter().enumerate() {
@@ -58,7 +62,9 @@ impl AtomicHistogram {
     }
 
     fn snapshot(&self) -> Histogram {
-        Histogram { buckets: std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)) }
+        Histogram {
+            buckets: std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -212,7 +218,12 @@ pub struct PageCounts {
 impl PageCounts {
     /// Sum over states: always the pages of guest RAM.
     pub fn total(&self) -> u64 {
-        self.untouched + self.resident + self.evicting + self.dropping + self.in_store + self.fetching
+        self.untouched
+            + self.resident
+            + self.evicting
+            + self.dropping
+            + self.in_store
+            + self.fetching
     }
 }
 
@@ -246,7 +257,16 @@ pub struct MemMetrics {
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self) -> (FaultCounts, FetchCounts, IoCounts, EvictCounts, Histogram, Histogram) {
+    pub(crate) fn snapshot(
+        &self,
+    ) -> (
+        FaultCounts,
+        FetchCounts,
+        IoCounts,
+        EvictCounts,
+        Histogram,
+        Histogram,
+    ) {
         (
             self.faults.snapshot(),
             self.fetch.snapshot(),

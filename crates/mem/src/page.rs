@@ -55,8 +55,6 @@ const SLOT_SHIFT: u32 = 32;
 pub(crate) struct PageWord(u64);
 
 impl PageWord {
-    pub(crate) const UNTOUCHED: PageWord = PageWord(0);
-
     pub(crate) fn state(self) -> State {
         State::from_bits(self.0)
     }
@@ -83,7 +81,11 @@ impl PageWord {
     /// Adds `delta` (±1) pins. Returns false if the count would leave 0..=0xFFFF.
     pub(crate) fn add_pin(&mut self, up: bool) -> bool {
         let p = self.pins();
-        let p = if up { p.checked_add(1).filter(|&p| p <= 0xFFFF) } else { p.checked_sub(1) };
+        let p = if up {
+            p.checked_add(1).filter(|&p| p <= 0xFFFF)
+        } else {
+            p.checked_sub(1)
+        };
         match p {
             Some(p) => {
                 self.0 = (self.0 & !PIN_MASK) | (p << PIN_SHIFT);
@@ -95,7 +97,11 @@ impl PageWord {
     /// The store slot holding a valid copy of this page.
     pub(crate) fn slot(self) -> Option<u32> {
         let s = self.0 >> SLOT_SHIFT;
-        if s == 0 { None } else { u32::try_from(s - 1).ok() }
+        if s == 0 {
+            None
+        } else {
+            u32::try_from(s - 1).ok()
+        }
     }
     pub(crate) fn set_slot(&mut self, slot: Option<u32>) {
         let v = slot.map_or(0, |s| u64::from(s) + 1);
@@ -126,7 +132,8 @@ pub(crate) struct PageTable {
 pub(crate) struct PageGuard<'a> {
     table: &'a PageTable,
     index: usize,
-    guard: MutexGuard<'a, ()>,
+    /// Always Some outside `wait_change`.
+    guard: Option<MutexGuard<'a, ()>>,
     pub(crate) word: PageWord,
     before: PageWord,
 }
@@ -155,7 +162,13 @@ impl PageTable {
     pub(crate) fn lock(&self, index: usize) -> PageGuard<'_> {
         let guard = lock(&self.stripe(index).lock);
         let word = PageWord(self.words[index].load(Ordering::Relaxed));
-        PageGuard { table: self, index, guard, word, before: word }
+        PageGuard {
+            table: self,
+            index,
+            guard: Some(guard),
+            word,
+            before: word,
+        }
     }
 
     /// Reads a page's word without the lock (reports and invariant checks).
@@ -179,22 +192,19 @@ impl PageTable {
 }
 
 impl PageGuard<'_> {
-    pub(crate) fn index(&self) -> usize {
-        self.index
-    }
-
     /// Waits on the stripe's condition (for a Dropping page to settle), then
     /// reloads the word.
-    pub(crate) fn wait_change(self) -> Self {
-        let PageGuard { table, index, guard, .. } = self;
-        let guard = crate::sync::wait(&table.stripe(index).changed, guard);
-        let word = PageWord(table.words[index].load(Ordering::Relaxed));
-        PageGuard { table, index, guard, word, before: word }
+    pub(crate) fn wait_change(mut self) -> Self {
+        self.publish();
+        let guard = self.guard.take().expect("held");
+        let guard = crate::sync::wait(&self.table.stripe(self.index).changed, guard);
+        self.guard = Some(guard);
+        self.word = self.table.peek(self.index);
+        self.before = self.word;
+        self
     }
-}
 
-impl Drop for PageGuard<'_> {
-    fn drop(&mut self) {
+    fn publish(&mut self) {
         if self.word != self.before {
             let t = self.table;
             let (old, new) = (self.before.state(), self.word.state());
@@ -203,8 +213,15 @@ impl Drop for PageGuard<'_> {
                 t.counts[new as usize].fetch_add(1, Ordering::Relaxed);
             }
             t.words[self.index].store(self.word.0, Ordering::Relaxed);
+            self.before = self.word;
         }
-        let _ = &self.guard;
+    }
+}
+
+impl Drop for PageGuard<'_> {
+    fn drop(&mut self) {
+        // Publish before the lock is released (fields drop after this body).
+        self.publish();
     }
 }
 
@@ -214,7 +231,7 @@ mod tests {
 
     #[test]
     fn word_fields_are_independent() {
-        let mut w = PageWord::UNTOUCHED;
+        let mut w = PageWord(0);
         w.set_state(State::Fetching);
         w.set_slot(Some(u32::MAX - 1));
         w.set_dirty(true);
@@ -228,6 +245,9 @@ mod tests {
         w.set_dirty(false);
         assert!(w.add_pin(false));
         assert!(!w.add_pin(false), "pins cannot go negative");
-        assert_eq!((w.slot(), w.dirty(), w.pins(), w.state()), (None, false, 0, State::Fetching));
+        assert_eq!(
+            (w.slot(), w.dirty(), w.pins(), w.state()),
+            (None, false, 0, State::Fetching)
+        );
     }
 }

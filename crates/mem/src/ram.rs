@@ -35,7 +35,7 @@ unsafe impl Sync for GuestRam {}
 impl GuestRam {
     /// Maps `len` bytes (a multiple of the page size) of zeroed memory.
     pub(crate) fn new(len: usize) -> io::Result<GuestRam> {
-        debug_assert!(len > 0 && len % PAGE == 0);
+        debug_assert!(len > 0 && len.is_multiple_of(PAGE));
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
         let p = unsafe {
             libc::mmap(
@@ -50,7 +50,8 @@ impl GuestRam {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let base =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         let ram = GuestRam { base, len };
         // Huge pages would make one touched 4 KiB page cost 2 MiB and a discard
         // free nothing; failure only costs memory, so it is not an error.
@@ -84,7 +85,11 @@ impl GuestRam {
                 libc::MADV_DONTNEED,
             )
         };
-        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Pages of the mapping the kernel holds in host memory now (`mincore`).
@@ -92,7 +97,11 @@ impl GuestRam {
         let mut vec = vec![0u8; self.pages()];
         // SAFETY: the range is our mapping and `vec` has one byte per page.
         let r = unsafe {
-            libc::mincore(self.base.as_ptr().cast::<libc::c_void>(), self.len, vec.as_mut_ptr())
+            libc::mincore(
+                self.base.as_ptr().cast::<libc::c_void>(),
+                self.len,
+                vec.as_mut_ptr(),
+            )
         };
         if r != 0 {
             return Err(io::Error::last_os_error());

@@ -46,14 +46,24 @@ struct FaultState {
 impl<S: Store> FaultyStore<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, cfg: FaultConfig) -> FaultyStore<S> {
-        FaultyStore { inner, cfg, state: Mutex::new(FaultState { rng: Rng::new(cfg.seed), kinds: HashMap::new() }) }
+        FaultyStore {
+            inner,
+            cfg,
+            state: Mutex::new(FaultState {
+                rng: Rng::new(cfg.seed),
+                kinds: HashMap::new(),
+            }),
+        }
     }
 }
 
 impl<S: Store> Store for FaultyStore<S> {
     fn info(&self) -> StoreInfo {
         let inner = self.inner.info();
-        StoreInfo { description: format!("{} with injected faults {:?}", inner.description, self.cfg), ..inner }
+        StoreInfo {
+            description: format!("{} with injected faults {:?}", inner.description, self.cfg),
+            ..inner
+        }
     }
 
     fn alloc_slot(&self) -> Result<Slot, StoreFull> {
@@ -81,15 +91,25 @@ impl<S: Store> Store for FaultyStore<S> {
         let mut st = lock(&self.state);
         let c = &self.cfg;
         for mut done in fresh {
-            let Some((kind, slot)) = st.kinds.remove(&done.tag) else { continue };
+            let Some((kind, slot)) = st.kinds.remove(&done.tag) else {
+                continue;
+            };
             let op = IoError::op_name(kind);
             if done.result.is_ok() {
-                let error_rate = if kind == IoKind::Read { c.read_error } else { c.write_error };
+                let error_rate = if kind == IoKind::Read {
+                    c.read_error
+                } else {
+                    c.write_error
+                };
                 if st.rng.chance(error_rate) {
                     done.result = Err(IoError::Injected { op, slot: slot.0 });
                 } else if kind == IoKind::Read && st.rng.chance(c.short_read) {
                     let done_bytes = usize::try_from(st.rng.next_u64() % 4096).unwrap_or(0);
-                    done.result = Err(IoError::Short { op, slot: slot.0, done: done_bytes });
+                    done.result = Err(IoError::Short {
+                        op,
+                        slot: slot.0,
+                        done: done_bytes,
+                    });
                 }
             }
             if st.rng.chance(c.lost) {

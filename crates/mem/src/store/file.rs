@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, types};
 
-use super::{IoCompletion, IoError, IoKind, IoRequest, Slot, SlotAllocator, Store, StoreFull, StoreInfo};
+use super::{
+    IoCompletion, IoError, IoKind, IoRequest, Slot, SlotAllocator, Store, StoreFull, StoreInfo,
+};
 use crate::ram::PAGE;
 
 /// How the file store does its I/O.
@@ -51,7 +53,13 @@ pub struct FileStoreConfig {
 
 impl Default for FileStoreConfig {
     fn default() -> Self {
-        FileStoreConfig { path: None, queue_depth: 32, direct: true, backend: Backend::Auto, capacity: u32::MAX }
+        FileStoreConfig {
+            path: None,
+            queue_depth: 32,
+            direct: true,
+            backend: Backend::Auto,
+            capacity: u32::MAX,
+        }
     }
 }
 
@@ -103,7 +111,7 @@ pub struct FileStore {
 
 #[derive(Debug)]
 enum Engine {
-    Uring(Uring),
+    Uring(Box<Uring>),
     Threads(Pool),
 }
 
@@ -123,26 +131,48 @@ impl FileStore {
             }
         }
         if !direct {
-            probe(&file).map_err(|source| StoreOpenError::Probe { path: path.clone(), source })?;
+            probe(&file).map_err(|source| StoreOpenError::Probe {
+                path: path.clone(),
+                source,
+            })?;
         }
         let file = Arc::new(file);
         let depth = cfg.queue_depth;
         let (engine, how) = match cfg.backend {
-            Backend::Threads => (Engine::Threads(Pool::start(&file, depth)?), "threads".to_string()),
+            Backend::Threads => (
+                Engine::Threads(Pool::start(&file, depth)?),
+                "threads".to_string(),
+            ),
             Backend::IoUring => match Uring::new(depth) {
-                Ok(u) => (Engine::Uring(u), "io_uring".to_string()),
+                Ok(u) => (Engine::Uring(Box::new(u)), "io_uring".to_string()),
                 Err(source) => return Err(StoreOpenError::IoUring { depth, source }),
             },
             Backend::Auto => match Uring::new(depth) {
-                Ok(u) => (Engine::Uring(u), "io_uring".to_string()),
-                Err(e) => (Engine::Threads(Pool::start(&file, depth)?), format!("threads: io_uring unavailable: {e}")),
+                Ok(u) => (Engine::Uring(Box::new(u)), "io_uring".to_string()),
+                Err(e) => (
+                    Engine::Threads(Pool::start(&file, depth)?),
+                    format!("threads: io_uring unavailable: {e}"),
+                ),
             },
         };
         let description = format!(
             "file ({how}, {}) at {shown}",
-            if direct { "O_DIRECT" } else if cfg.direct { "buffered: O_DIRECT refused" } else { "buffered" }
+            if direct {
+                "O_DIRECT"
+            } else if cfg.direct {
+                "buffered: O_DIRECT refused"
+            } else {
+                "buffered"
+            }
         );
-        Ok(FileStore { file, slots: SlotAllocator::new(cfg.capacity), engine, direct, depth, description })
+        Ok(FileStore {
+            file,
+            slots: SlotAllocator::new(cfg.capacity),
+            engine,
+            direct,
+            depth,
+            description,
+        })
     }
 
     /// Whether I/O bypasses the page cache.
@@ -169,7 +199,11 @@ fn create_file(path: Option<&Path>) -> Result<(File, PathBuf, String), StoreOpen
         Some(p) => (p.to_path_buf(), p.is_dir()),
     };
     let file_path = if unlink {
-        path.join(format!("apf-swap-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+        path.join(format!(
+            "apf-swap-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
     } else {
         path.clone()
     };
@@ -180,10 +214,16 @@ fn create_file(path: Option<&Path>) -> Result<(File, PathBuf, String), StoreOpen
         .truncate(true)
         .mode(0o600)
         .open(&file_path)
-        .map_err(|source| StoreOpenError::Create { path: file_path.clone(), source })?;
+        .map_err(|source| StoreOpenError::Create {
+            path: file_path.clone(),
+            source,
+        })?;
     if unlink {
         // The file lives as long as it is open and vanishes with the process.
-        std::fs::remove_file(&file_path).map_err(|source| StoreOpenError::Create { path: file_path.clone(), source })?;
+        std::fs::remove_file(&file_path).map_err(|source| StoreOpenError::Create {
+            path: file_path.clone(),
+            source,
+        })?;
         let shown = format!("{} (unlinked)", file_path.display());
         return Ok((file, file_path, shown));
     }
@@ -239,7 +279,11 @@ impl AlignedPage {
         let layout = std::alloc::Layout::from_size_align(PAGE, PAGE).map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        if p.is_null() { Err(io::Error::from(io::ErrorKind::OutOfMemory)) } else { Ok(AlignedPage(p)) }
+        if p.is_null() {
+            Err(io::Error::from(io::ErrorKind::OutOfMemory))
+        } else {
+            Ok(AlignedPage(p))
+        }
     }
 }
 
@@ -257,7 +301,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Store for FileStore {
     fn info(&self) -> StoreInfo {
-        StoreInfo { description: self.description.clone(), queue_depth: self.depth }
+        StoreInfo {
+            description: self.description.clone(),
+            queue_depth: self.depth,
+        }
     }
 
     fn alloc_slot(&self) -> Result<Slot, StoreFull> {
@@ -297,16 +344,22 @@ struct Uring {
 
 impl std::fmt::Debug for Uring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uring").field("entries", &self.ring.params().sq_entries()).finish_non_exhaustive()
+        f.debug_struct("Uring")
+            .field("entries", &self.ring.params().sq_entries())
+            .finish_non_exhaustive()
     }
 }
 
 impl Uring {
     fn new(depth: usize) -> io::Result<Uring> {
         let entries = u32::try_from(depth.next_power_of_two()).map_err(io::Error::other)?;
-        let ring = IoUring::builder().setup_cqsize(entries * 2).build(entries)?;
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)?;
         if !ring.params().is_feature_ext_arg() {
-            return Err(io::Error::other("kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11)"));
+            return Err(io::Error::other(
+                "kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11)",
+            ));
         }
         Ok(Uring {
             ring,
@@ -327,8 +380,12 @@ impl Uring {
                 for r in chunk {
                     let len = u32::try_from(PAGE).expect("page fits u32");
                     let entry = match r.kind {
-                        IoKind::Read => opcode::Read::new(types::Fd(fd), r.buf.as_ptr(), len).offset(r.slot.offset()).build(),
-                        IoKind::Write => opcode::Write::new(types::Fd(fd), r.buf.as_ptr(), len).offset(r.slot.offset()).build(),
+                        IoKind::Read => opcode::Read::new(types::Fd(fd), r.buf.as_ptr(), len)
+                            .offset(r.slot.offset())
+                            .build(),
+                        IoKind::Write => opcode::Write::new(types::Fd(fd), r.buf.as_ptr(), len)
+                            .offset(r.slot.offset())
+                            .build(),
                     }
                     .user_data(r.tag);
                     // SAFETY: the buffer stays valid until the completion is collected
@@ -337,7 +394,11 @@ impl Uring {
                     if unsafe { sq.push(&entry) }.is_err() {
                         lock(&self.failed).push_back(IoCompletion {
                             tag: r.tag,
-                            result: Err(IoError::Os { op: IoError::op_name(r.kind), slot: r.slot.0, errno: libc::EBUSY }),
+                            result: Err(IoError::Os {
+                                op: IoError::op_name(r.kind),
+                                slot: r.slot.0,
+                                errno: libc::EBUSY,
+                            }),
                         });
                         continue;
                     }
@@ -348,7 +409,14 @@ impl Uring {
             loop {
                 match self.ring.submitter().submit() {
                     Ok(_) => break,
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => continue,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                        ) =>
+                    {
+                        continue;
+                    }
                     Err(e) => {
                         // The kernel took none of them: fail them all.
                         let errno = e.raw_os_error().unwrap_or(libc::EIO);
@@ -357,7 +425,11 @@ impl Uring {
                             if inflight.remove(&r.tag).is_some() {
                                 failed.push_back(IoCompletion {
                                     tag: r.tag,
-                                    result: Err(IoError::Os { op: IoError::op_name(r.kind), slot: r.slot.0, errno }),
+                                    result: Err(IoError::Os {
+                                        op: IoError::op_name(r.kind),
+                                        slot: r.slot.0,
+                                        errno,
+                                    }),
                                 });
                             }
                         }
@@ -384,10 +456,19 @@ impl Uring {
         let mut inflight = lock(&self.inflight);
         for cqe in cq {
             let tag = cqe.user_data();
-            let Some((kind, slot)) = inflight.remove(&tag) else { continue };
+            let Some((kind, slot)) = inflight.remove(&tag) else {
+                continue;
+            };
             let res = cqe.result();
-            let r = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res.unsigned_abs() as usize) };
-            out.push(IoCompletion { tag, result: IoError::from_result(kind, slot, r) });
+            let r = if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res.unsigned_abs() as usize)
+            };
+            out.push(IoCompletion {
+                tag,
+                result: IoError::from_result(kind, slot, r),
+            });
             n += 1;
         }
         n
@@ -436,7 +517,10 @@ impl Pool {
             fd: file.as_raw_fd(),
             _file: Arc::clone(file),
         });
-        let mut pool = Pool { shared, workers: Vec::new() };
+        let mut pool = Pool {
+            shared,
+            workers: Vec::new(),
+        };
         for i in 0..threads {
             let s = Arc::clone(&pool.shared);
             let h = std::thread::Builder::new()
@@ -457,10 +541,15 @@ impl Pool {
 
     fn complete(&self, out: &mut Vec<IoCompletion>, wait: Option<Duration>) -> usize {
         let mut done = lock(&self.shared.done);
-        if let Some(d) = wait {
-            if done.is_empty() {
-                done = self.shared.finished.wait_timeout(done, d).unwrap_or_else(PoisonError::into_inner).0;
-            }
+        if let Some(d) = wait
+            && done.is_empty()
+        {
+            done = self
+                .shared
+                .finished
+                .wait_timeout(done, d)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         let n = done.len();
         out.extend(done.drain(..));
@@ -492,7 +581,10 @@ impl PoolShared {
                 IoKind::Write => unsafe { libc::pwrite(self.fd, buf, PAGE, off) },
             };
             let r = usize::try_from(n).map_err(|_| io::Error::last_os_error());
-            let c = IoCompletion { tag: req.tag, result: IoError::from_result(req.kind, req.slot, r) };
+            let c = IoCompletion {
+                tag: req.tag,
+                result: IoError::from_result(req.kind, req.slot, r),
+            };
             lock(&self.done).push_back(c);
             self.finished.notify_all();
         }

@@ -75,7 +75,12 @@ impl<S: Store> LatencyStore<S> {
             Latency::Fixed(_) => 0,
             Latency::LogNormal { seed, .. } => seed,
         };
-        LatencyStore { inner, latency, rng: Mutex::new(Rng::new(seed)), held: Mutex::new(Held::default()) }
+        LatencyStore {
+            inner,
+            latency,
+            rng: Mutex::new(Rng::new(seed)),
+            held: Mutex::new(Held::default()),
+        }
     }
 
     /// The wrapped store.
@@ -103,7 +108,11 @@ impl<S: Store> LatencyStore<S> {
         for (c, d) in fresh.drain(..).zip(delays) {
             h.seq += 1;
             let seq = h.seq;
-            h.heap.push(Reverse(Due { at: now + d, seq, completion: c }));
+            h.heap.push(Reverse(Due {
+                at: now + d,
+                seq,
+                completion: c,
+            }));
         }
     }
 
@@ -129,11 +138,18 @@ impl<S: Store> Store for LatencyStore<S> {
         let inner = self.inner.info();
         let added = match self.latency {
             Latency::Fixed(d) => format!("{d:?} fixed"),
-            Latency::LogNormal { median, sigma, seed } => {
+            Latency::LogNormal {
+                median,
+                sigma,
+                seed,
+            } => {
                 format!("log-normal median {median:?} sigma {sigma} seed {seed}")
             }
         };
-        StoreInfo { description: format!("{} + {added} latency", inner.description), queue_depth: inner.queue_depth }
+        StoreInfo {
+            description: format!("{} + {added} latency", inner.description),
+            queue_depth: inner.queue_depth,
+        }
     }
 
     fn alloc_slot(&self) -> Result<Slot, StoreFull> {
@@ -162,7 +178,8 @@ impl<S: Store> Store for LatencyStore<S> {
             }
             let until = next.map_or(deadline, |t| t.min(deadline));
             // Sleep in the inner store: a fresh completion may be due sooner.
-            self.inner.complete(&mut fresh, Some(until.saturating_duration_since(now)));
+            self.inner
+                .complete(&mut fresh, Some(until.saturating_duration_since(now)));
             self.hold(&mut fresh);
         }
     }

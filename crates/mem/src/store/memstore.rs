@@ -38,7 +38,10 @@ impl MemStore {
 
 impl Store for MemStore {
     fn info(&self) -> StoreInfo {
-        StoreInfo { description: "memory (tests only)".into(), queue_depth: self.depth }
+        StoreInfo {
+            description: "memory (tests only)".into(),
+            queue_depth: self.depth,
+        }
     }
 
     fn alloc_slot(&self) -> Result<Slot, StoreFull> {
@@ -67,7 +70,10 @@ impl Store for MemStore {
                     unsafe { crate::ram::copy_to_shared(src, r.buf.as_ptr()) };
                 }
             }
-            st.done.push_back(IoCompletion { tag: r.tag, result: Ok(()) });
+            st.done.push_back(IoCompletion {
+                tag: r.tag,
+                result: Ok(()),
+            });
         }
         drop(st);
         self.ready.notify_all();
@@ -75,12 +81,12 @@ impl Store for MemStore {
 
     fn complete(&self, out: &mut Vec<IoCompletion>, wait_for: Option<Duration>) -> usize {
         let mut st = lock(&self.state);
-        if let Some(d) = wait_for {
-            if st.done.is_empty() {
-                // Completions exist from submission on, so a caller that waits with
-                // something in flight never sleeps here.
-                st = wait_timeout(&self.ready, st, d);
-            }
+        if let Some(d) = wait_for
+            && st.done.is_empty()
+        {
+            // Completions exist from submission on, so a caller that waits with
+            // something in flight never sleeps here.
+            st = wait_timeout(&self.ready, st, d);
         }
         let n = st.done.len();
         out.extend(st.done.drain(..));

@@ -15,7 +15,7 @@ mod faulty;
 mod file;
 mod latency;
 mod memstore;
-mod rng;
+pub(crate) mod rng;
 mod slots;
 
 use std::fmt;
@@ -131,12 +131,24 @@ impl IoError {
         }
     }
 
-    pub(crate) fn from_result(kind: IoKind, slot: Slot, r: std::io::Result<usize>) -> Result<(), IoError> {
+    pub(crate) fn from_result(
+        kind: IoKind,
+        slot: Slot,
+        r: std::io::Result<usize>,
+    ) -> Result<(), IoError> {
         let op = IoError::op_name(kind);
         match r {
             Ok(4096) => Ok(()),
-            Ok(done) => Err(IoError::Short { op, slot: slot.0, done }),
-            Err(e) => Err(IoError::Os { op, slot: slot.0, errno: e.raw_os_error().unwrap_or(libc::EIO) }),
+            Ok(done) => Err(IoError::Short {
+                op,
+                slot: slot.0,
+                done,
+            }),
+            Err(e) => Err(IoError::Os {
+                op,
+                slot: slot.0,
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            }),
         }
     }
 }

@@ -22,19 +22,31 @@ struct Slots {
 impl SlotAllocator {
     /// An allocator of at most `capacity` slots.
     pub fn new(capacity: u32) -> SlotAllocator {
-        SlotAllocator { inner: Mutex::new(Slots { free: Vec::new(), next_unused: 0, in_use: 0 }), capacity }
+        SlotAllocator {
+            inner: Mutex::new(Slots {
+                free: Vec::new(),
+                next_unused: 0,
+                in_use: 0,
+            }),
+            capacity,
+        }
     }
 
     /// Takes a slot.
     pub fn alloc(&self) -> Result<Slot, StoreFull> {
-        let mut s = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let slot = if let Some(v) = s.free.pop() {
             v
         } else if s.next_unused < self.capacity {
             s.next_unused += 1;
             s.next_unused - 1
         } else {
-            return Err(StoreFull { capacity: self.capacity });
+            return Err(StoreFull {
+                capacity: self.capacity,
+            });
         };
         s.in_use += 1;
         Ok(Slot(slot))
@@ -42,15 +54,24 @@ impl SlotAllocator {
 
     /// Returns a slot taken with [`SlotAllocator::alloc`].
     pub fn free(&self, slot: Slot) {
-        let mut s = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        debug_assert!(slot.0 < s.next_unused && !s.free.contains(&slot.0), "double free of {slot:?}");
+        let mut s = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        debug_assert!(
+            slot.0 < s.next_unused && !s.free.contains(&slot.0),
+            "double free of {slot:?}"
+        );
         s.in_use -= 1;
         s.free.push(slot.0);
     }
 
     /// Slots now taken.
     pub fn in_use(&self) -> u32 {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).in_use
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .in_use
     }
 
     /// Slots the allocator may hand out.
