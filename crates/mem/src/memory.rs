@@ -414,6 +414,8 @@ impl GuestMemory {
     /// other thread is using this memory (all vCPUs stopped, no fetch in flight).
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
         let inner = &*self.inner;
+        // The reclaimer works on its own: see it between batches.
+        let _batch = lock(&inner.reclaim.batch);
         let pages = inner.pages.len();
         let mut scanned = [0u64; crate::page::STATES];
         let mut framed = 0u64;

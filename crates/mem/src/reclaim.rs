@@ -79,6 +79,8 @@ pub(crate) struct Reclaim {
     wanted: AtomicBool,
     m: Mutex<usize>,
     cv: Condvar,
+    /// Held for the whole of a batch, so checks can see a state between batches.
+    pub(crate) batch: Mutex<()>,
 }
 
 impl Reclaim {
@@ -87,6 +89,7 @@ impl Reclaim {
             wanted: AtomicBool::new(false),
             m: Mutex::new(0),
             cv: Condvar::new(),
+            batch: Mutex::new(()),
         }
     }
 }
@@ -181,6 +184,7 @@ impl Inner {
     /// Evicts one batch; returns the frames freed.
     fn evict_batch(&self) -> u64 {
         let ev = &self.counters.evict;
+        let _batch = lock(&self.reclaim.batch);
         let mut victims = self.choose_victims();
         if victims.is_empty() {
             return 0;
