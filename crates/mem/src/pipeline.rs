@@ -533,15 +533,17 @@ impl Inner {
     /// Gives free frames to fetches waiting for one, oldest first.
     pub(crate) fn grant_frames(&self) {
         loop {
-            if !self.frames.try_take() {
-                if !self.pipe.state().frame_waiters.is_empty() {
-                    self.kick_reclaim();
+            let index = {
+                let mut st = self.pipe.state();
+                if st.frame_waiters.is_empty() {
+                    break;
                 }
-                break;
-            }
-            let Some(index) = self.pipe.state().frame_waiters.pop_front() else {
-                self.frames.release(1);
-                break;
+                if !self.frames.try_take() {
+                    drop(st);
+                    self.kick_reclaim();
+                    break;
+                }
+                st.frame_waiters.pop_front().expect("checked non-empty")
             };
             let mut g = self.pages.lock(index);
             debug_assert!(g.word.state() == State::Fetching && !g.word.framed());

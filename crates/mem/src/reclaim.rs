@@ -154,11 +154,13 @@ impl Inner {
             && (!self.frames.satisfied() || !self.pipe.state().frame_waiters.is_empty())
         {
             let seen = self.pipe.state().dispatches;
-            let freed = self.evict_batch();
-            if freed > 0 {
-                idle = 0;
-                self.grant_frames();
-                continue;
+            {
+                let _batch = lock(&self.reclaim.batch);
+                if self.evict_batch() > 0 {
+                    idle = 0;
+                    self.grant_frames();
+                    continue;
+                }
             }
             // Nothing left: frames are held by pages being fetched (wait for them
             // to land, then they can go), or pinned by host copies (short).
@@ -181,10 +183,9 @@ impl Inner {
         }
     }
 
-    /// Evicts one batch; returns the frames freed.
+    /// Evicts one batch; returns the frames freed. The caller holds the batch lock.
     fn evict_batch(&self) -> u64 {
         let ev = &self.counters.evict;
-        let _batch = lock(&self.reclaim.batch);
         let mut victims = self.choose_victims();
         if victims.is_empty() {
             return 0;

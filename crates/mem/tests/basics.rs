@@ -173,7 +173,9 @@ fn never_written_pages_leave_without_io() {
 #[test]
 fn host_access_spans_pages_and_fetches_what_it_needs() {
     let mem = memory(32, 2);
-    let data: Vec<u8> = (0..3 * 4096u32).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let data: Vec<u8> = (0..3 * 4096u32)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
     mem.write_bytes(BASE + PAGE - 100, &data).unwrap();
     // Push those pages out.
     let mut tlb = mem.vcpu_tlb();

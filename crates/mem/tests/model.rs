@@ -32,9 +32,16 @@ fn vcpu(mut tlb: VcpuTlb, me: u64) {
         // Touch another page: with two frames, someone's page 0 has to go.
         write(&mut tlb, other_page, AccessSize::Double, round).unwrap();
         tlb.sync();
-        assert_eq!(read(&mut tlb, mine, AccessSize::Double).unwrap(), round, "vCPU {me} lost its own write");
+        assert_eq!(
+            read(&mut tlb, mine, AccessSize::Double).unwrap(),
+            round,
+            "vCPU {me} lost its own write"
+        );
         let seen = read(&mut tlb, theirs, AccessSize::Double).unwrap();
-        assert!(seen >= last_seen && seen <= ROUNDS, "vCPU {me} saw {seen} after {last_seen}");
+        assert!(
+            seen >= last_seen && seen <= ROUNDS,
+            "vCPU {me} saw {seen} after {last_seen}"
+        );
         last_seen = seen;
         tlb.sync();
     }
@@ -57,8 +64,14 @@ fn scenario() {
     }
     let mut tlb = mem.vcpu_tlb();
     for me in 0..2 {
-        assert_eq!(read(&mut tlb, BASE + 8 * me, AccessSize::Double).unwrap(), ROUNDS);
-        assert_eq!(read(&mut tlb, BASE + PAGE * (1 + me), AccessSize::Double).unwrap(), ROUNDS);
+        assert_eq!(
+            read(&mut tlb, BASE + 8 * me, AccessSize::Double).unwrap(),
+            ROUNDS
+        );
+        assert_eq!(
+            read(&mut tlb, BASE + PAGE * (1 + me), AccessSize::Double).unwrap(),
+            ROUNDS
+        );
     }
     drop(tlb);
     mem.check_invariants().unwrap();
