@@ -124,7 +124,7 @@ fn run(
 fn thread_ops() -> impl Strategy<Value = Vec<Vec<(u64, bool)>>> {
     proptest::collection::vec(
         proptest::collection::vec((0u64..1 << 20, any::<bool>()), 50..200),
-        THREADS as usize,
+        3usize,
     )
 }
 
