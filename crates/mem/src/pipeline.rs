@@ -79,7 +79,8 @@ impl std::fmt::Debug for Waiter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WriteOutcome {
     Written,
-    Failed,
+    /// The store refused it (or had no slot): why, for reports.
+    Failed(String),
     /// Given up on; the write may still land, so its slot must not be reused.
     TimedOut,
 }
@@ -465,9 +466,9 @@ impl Inner {
                         bump(&io.pages_written);
                         WriteOutcome::Written
                     }
-                    IoEnd::Failed(_) => {
+                    IoEnd::Failed(e) => {
                         bump(&io.write_errors);
-                        WriteOutcome::Failed
+                        WriteOutcome::Failed(e.to_string())
                     }
                     IoEnd::TimedOut => {
                         bump(&io.write_errors);

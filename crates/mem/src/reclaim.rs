@@ -81,6 +81,9 @@ pub(crate) struct Reclaim {
     cv: Condvar,
     /// Held for the whole of a batch, so checks can see a state between batches.
     pub(crate) batch: Mutex<()>,
+    /// Why the last page could not be evicted, for the error of a fetch that
+    /// cannot get a frame.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Reclaim {
@@ -90,6 +93,7 @@ impl Reclaim {
             m: Mutex::new(0),
             cv: Condvar::new(),
             batch: Mutex::new(()),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -158,6 +162,7 @@ impl Inner {
                 let _batch = lock(&self.reclaim.batch);
                 if self.evict_batch() > 0 {
                     idle = 0;
+                    *lock(&self.reclaim.last_error) = None;
                     self.grant_frames();
                     continue;
                 }
@@ -174,9 +179,12 @@ impl Inner {
             }
             idle += 1;
             if idle >= IDLE_ROUNDS {
-                self.fail_frame_waiters(
-                    "every resident page is pinned or cannot be written to the store",
-                );
+                let why = lock(&self.reclaim.last_error).take();
+                let reason = match why {
+                    Some(e) => format!("no resident page can be evicted: {e}"),
+                    None => "every resident page is pinned".to_string(),
+                };
+                self.fail_frame_waiters(&reason);
                 return;
             }
             thread::yield_now();
@@ -205,7 +213,7 @@ impl Inner {
                     v.new_slot = Some(s);
                     writes.push((v.index, s));
                 }
-                Err(_) => v.write = Some(WriteOutcome::Failed),
+                Err(e) => v.write = Some(WriteOutcome::Failed(e.to_string())),
             }
         }
         if !writes.is_empty() {
@@ -243,8 +251,13 @@ impl Inner {
                     g.word.set_dirty(false);
                     bump(&ev.written);
                 }
-                (_, true) => {
+                (w, true) => {
                     // The write failed (or no slot): the page stays, still dirty.
+                    let why = match w {
+                        Some(WriteOutcome::Failed(e)) => e.clone(),
+                        _ => format!("a write did not complete within {:?}", self.io_timeout),
+                    };
+                    *lock(&self.reclaim.last_error) = Some(why);
                     g.word.set_state(State::Resident);
                     keep_slot(v.new_slot);
                     bump(&ev.aborted);
