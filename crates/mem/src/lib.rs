@@ -1,1 +1,35 @@
-//! apf-mem: see DESIGN.md §3.
+//! apf-mem: guest RAM, stage-2 page state, per-vCPU software TLBs, reclaim under a
+//! host budget, backing stores with real I/O, and the fetch pipeline (DESIGN §6).
+//!
+//! - [`GuestMemory`] owns guest RAM (one anonymous mapping; evicted pages are given
+//!   back to the host) and every page's state: untouched, resident (clean or
+//!   dirty), evicting, dropping, in the store, fetching.
+//! - [`VcpuTlb`] is one vCPU's software TLB: hits are a tag compare and an atomic
+//!   access; misses go through [`VcpuTlb::resolve`], the stage-2 fault path.
+//! - A page leaves memory only after a TLB shootdown every running vCPU has
+//!   acknowledged ([`VcpuTlb::sync`]) or a parked one cannot delay.
+//! - The reclaimer keeps resident pages under the budget with CLOCK, evicting in
+//!   batches; dirty pages are written to the [`store::Store`], clean ones dropped.
+//! - [`GuestMemory::start_fetch`] (asynchronous, for APF) and
+//!   [`VcpuTlb::fetch_blocking`] bring pages back, one read per page however many
+//!   ask, read straight into place and published atomically.
+
+mod fault;
+mod memory;
+pub mod metrics;
+mod page;
+mod pipeline;
+mod ram;
+mod reclaim;
+pub mod store;
+pub mod store_bench;
+mod sync;
+mod tlb;
+
+pub use memory::{
+    FetchSink, FetchStart, GuestMemory, HostAccessError, InvariantError, MemConfig, MemError,
+};
+pub use metrics::MemMetrics;
+pub use pipeline::FetchError;
+pub use store::Store;
+pub use tlb::{AccessSize, Resolve, TLB_ENTRIES, TlbMiss, VcpuTlb};

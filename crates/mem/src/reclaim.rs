@@ -1,0 +1,330 @@
+//! The host budget and the reclaimer that keeps resident pages under it.
+//!
+//! A frame is the host memory one resident page uses. Taking one (first touch,
+//! fetch) counts against the budget; when fewer than a batch are left the
+//! reclaimer runs CLOCK over the pages (second chance on the accessed bit set at
+//! TLB fill), marks a batch Evicting, shoots down every vCPU's TLB once for the
+//! whole batch, writes the dirty ones, then drops them with one `madvise` per run
+//! of pages. Clean pages with a valid store copy, and never-written pages, leave
+//! without I/O. A fault on a chosen page before it is dropped rescues it.
+
+use crate::memory::Inner;
+use crate::metrics::{add, bump};
+use crate::page::State;
+use crate::pipeline::WriteOutcome;
+use crate::store::Slot;
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, thread, wait};
+
+/// Times the reclaimer retries a batch that found nothing to evict (every
+/// resident page pinned by a host copy) before failing the fetches that wait.
+const IDLE_ROUNDS: u32 = 1000;
+
+/// Frames: the budget and how much of it is in use.
+#[derive(Debug)]
+pub(crate) struct Frames {
+    used: AtomicU64,
+    budget: u64,
+    batch: u64,
+}
+
+impl Frames {
+    pub(crate) fn new(budget: u64, batch: u64) -> Frames {
+        Frames {
+            used: AtomicU64::new(0),
+            budget,
+            batch: batch.min(budget).max(1),
+        }
+    }
+
+    /// Takes a frame if the budget allows.
+    pub(crate) fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < self.budget).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release(&self, n: u64) {
+        let prev = self.used.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(prev >= n, "released more frames than taken");
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn free(&self) -> u64 {
+        self.budget.saturating_sub(self.used())
+    }
+
+    /// Fewer than a batch free: time to reclaim.
+    fn low(&self) -> bool {
+        self.free() < self.batch
+    }
+
+    /// Reclaim until two batches are free (or the budget, if smaller).
+    fn satisfied(&self) -> bool {
+        self.free() >= (2 * self.batch).min(self.budget)
+    }
+}
+
+/// The reclaimer's wake-up and its clock hand.
+#[derive(Debug)]
+pub(crate) struct Reclaim {
+    wanted: AtomicBool,
+    m: Mutex<usize>,
+    cv: Condvar,
+    /// Held for the whole of a batch, so checks can see a state between batches.
+    pub(crate) batch: Mutex<()>,
+    /// Why the last page could not be evicted, for the error of a fetch that
+    /// cannot get a frame.
+    last_error: Mutex<Option<String>>,
+}
+
+impl Reclaim {
+    pub(crate) fn new() -> Reclaim {
+        Reclaim {
+            wanted: AtomicBool::new(false),
+            m: Mutex::new(0),
+            cv: Condvar::new(),
+            batch: Mutex::new(()),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+/// A page chosen for eviction.
+#[derive(Debug)]
+struct Victim {
+    index: usize,
+    /// Needs writing (dirty, so it has no valid store copy).
+    dirty: bool,
+    /// Where it is being written.
+    new_slot: Option<Slot>,
+    write: Option<WriteOutcome>,
+}
+
+impl Inner {
+    /// Wakes the reclaimer (once until it has run).
+    pub(crate) fn kick_reclaim(&self) {
+        if !self.reclaim.wanted.swap(true, Ordering::SeqCst) {
+            let _g = lock(&self.reclaim.m);
+            self.reclaim.cv.notify_one();
+        }
+    }
+
+    pub(crate) fn kick_reclaim_if_low(&self) {
+        if self.frames.low() {
+            self.kick_reclaim();
+        }
+    }
+
+    pub(crate) fn wake_reclaimer(&self) {
+        let _g = lock(&self.reclaim.m);
+        self.reclaim.cv.notify_all();
+    }
+
+    fn reclaim_needed(&self) -> bool {
+        self.frames.low() || !self.pipe.state().frame_waiters.is_empty()
+    }
+
+    pub(crate) fn reclaim_loop(&self) {
+        loop {
+            {
+                let mut g = lock(&self.reclaim.m);
+                loop {
+                    if self.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    self.reclaim.wanted.store(false, Ordering::SeqCst);
+                    if self.reclaim_needed() {
+                        break;
+                    }
+                    g = wait(&self.reclaim.cv, g);
+                }
+            }
+            self.reclaim_until_satisfied();
+        }
+    }
+
+    fn reclaim_until_satisfied(&self) {
+        let mut idle = 0;
+        while !self.stop.load(Ordering::SeqCst)
+            && (!self.frames.satisfied() || !self.pipe.state().frame_waiters.is_empty())
+        {
+            let seen = self.pipe.state().dispatches;
+            {
+                let _batch = lock(&self.reclaim.batch);
+                if self.evict_batch() > 0 {
+                    idle = 0;
+                    *lock(&self.reclaim.last_error) = None;
+                    self.grant_frames();
+                    continue;
+                }
+            }
+            // Nothing left: frames are held by pages being fetched (wait for them
+            // to land, then they can go), or pinned by host copies (short).
+            let (reads, writes) = self.in_flight_by_kind();
+            if reads + writes > 0 {
+                self.wait_dispatch_after(seen);
+                continue;
+            }
+            if self.pipe.state().frame_waiters.is_empty() {
+                return;
+            }
+            idle += 1;
+            if idle >= IDLE_ROUNDS {
+                let why = lock(&self.reclaim.last_error).take();
+                let reason = match why {
+                    Some(e) => format!("no resident page can be evicted: {e}"),
+                    None => "every resident page is pinned".to_string(),
+                };
+                self.fail_frame_waiters(&reason);
+                return;
+            }
+            thread::yield_now();
+        }
+    }
+
+    /// Evicts one batch; returns the frames freed. The caller holds the batch lock.
+    fn evict_batch(&self) -> u64 {
+        let ev = &self.counters.evict;
+        let mut victims = self.choose_victims();
+        if victims.is_empty() {
+            return 0;
+        }
+        bump(&ev.batches);
+        add(&ev.chosen, victims.len() as u64);
+
+        // Every vCPU drops its mappings (they cannot refill: the pages are
+        // Evicting) before anything is read from or discarded in them.
+        self.shoot.shoot_down();
+        bump(&ev.shootdowns);
+
+        let mut writes = Vec::new();
+        for v in victims.iter_mut().filter(|v| v.dirty) {
+            match self.store.alloc_slot() {
+                Ok(s) => {
+                    v.new_slot = Some(s);
+                    writes.push((v.index, s));
+                }
+                Err(e) => v.write = Some(WriteOutcome::Failed(e.to_string())),
+            }
+        }
+        if !writes.is_empty() {
+            let tags = self.queue_writes(&writes);
+            let outcomes = self.wait_writes(&tags);
+            let mut it = outcomes.into_iter();
+            for v in victims.iter_mut().filter(|v| v.new_slot.is_some()) {
+                v.write = it.next();
+            }
+        }
+
+        let mut dropping = Vec::new();
+        for v in &victims {
+            let mut g = self.pages.lock(v.index);
+            let keep_slot = |slot: Option<Slot>| match (&v.write, slot) {
+                (Some(WriteOutcome::TimedOut), Some(_)) => bump(&self.counters.io.slots_abandoned),
+                (_, s) => self.free_slot(s.map(|s| s.0)),
+            };
+            if g.word.state() != State::Evicting {
+                // Rescued by a fault while we worked: whatever we wrote is stale.
+                bump(&ev.rescued);
+                keep_slot(v.new_slot);
+                continue;
+            }
+            match (&v.write, v.dirty) {
+                (_, false) => {
+                    bump(if g.word.slot().is_some() {
+                        &ev.dropped_clean
+                    } else {
+                        &ev.dropped_zero
+                    });
+                }
+                (Some(WriteOutcome::Written), true) => {
+                    g.word.set_slot(v.new_slot.map(|s| s.0));
+                    g.word.set_dirty(false);
+                    bump(&ev.written);
+                }
+                (w, true) => {
+                    // The write failed (or no slot): the page stays, still dirty.
+                    let why = match w {
+                        Some(WriteOutcome::Failed(e)) => e.clone(),
+                        _ => format!("a write did not complete within {:?}", self.io_timeout),
+                    };
+                    *lock(&self.reclaim.last_error) = Some(why);
+                    g.word.set_state(State::Resident);
+                    keep_slot(v.new_slot);
+                    bump(&ev.aborted);
+                    continue;
+                }
+            }
+            g.word.set_state(State::Dropping);
+            dropping.push(v.index);
+        }
+
+        dropping.sort_unstable();
+        let mut i = 0;
+        while i < dropping.len() {
+            let mut j = i + 1;
+            while j < dropping.len() && dropping[j] == dropping[j - 1] + 1 {
+                j += 1;
+            }
+            // Discarding anonymous memory cannot fail for a valid range; if it
+            // did, the pages would only stay allocated (they read as stale, but
+            // nothing maps them before a fetch overwrites them).
+            let _ = self.ram.discard(dropping[i], j - i);
+            i = j;
+        }
+        for &index in &dropping {
+            let mut g = self.pages.lock(index);
+            g.word.set_state(if g.word.slot().is_some() {
+                State::InStore
+            } else {
+                State::Untouched
+            });
+            self.pages.stripe(index).changed.notify_all();
+        }
+        self.frames.release(dropping.len() as u64);
+        dropping.len() as u64
+    }
+
+    /// Runs the clock hand over at most two rotations and marks up to a batch of
+    /// unpinned resident pages without the accessed bit Evicting.
+    fn choose_victims(&self) -> Vec<Victim> {
+        let n = self.pages.len();
+        let want = usize::try_from(self.frames.batch).unwrap_or(usize::MAX);
+        let mut hand = lock(&self.reclaim.m);
+        let mut victims = Vec::new();
+        for _ in 0..2 * n {
+            if victims.len() >= want {
+                break;
+            }
+            let index = *hand;
+            *hand = (*hand + 1) % n;
+            let w = self.pages.peek(index);
+            if w.state() != State::Resident || w.pins() != 0 {
+                continue;
+            }
+            if self.pages.test_and_clear_accessed(index) {
+                continue;
+            }
+            let mut g = self.pages.lock(index);
+            if g.word.state() == State::Resident && g.word.pins() == 0 {
+                g.word.set_state(State::Evicting);
+                victims.push(Victim {
+                    index,
+                    dirty: g.word.dirty(),
+                    new_slot: None,
+                    write: None,
+                });
+            }
+        }
+        victims
+    }
+}

@@ -1,0 +1,172 @@
+//! Raw store benchmarks: the device limit the fetch pipeline is compared with
+//! (`apf store-bench` and the criterion benches use these).
+
+use std::time::{Duration, Instant};
+
+use crate::ram::{GuestRam, PAGE};
+use crate::store::rng::Rng;
+use crate::store::{IoBuf, IoKind, IoRequest, Slot, Store, StoreFull};
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Buffers could not be mapped.
+    #[error("cannot map {pages} buffer pages: {source}")]
+    Buffers {
+        /// Pages asked for.
+        pages: usize,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store has no room for the test data.
+    #[error("preparing {want} slots: {source}")]
+    Full {
+        /// Slots wanted.
+        want: u32,
+        /// The store's error.
+        source: StoreFull,
+    },
+    /// An I/O failed.
+    #[error("{0} I/O errors while {1}")]
+    Io(u64, &'static str),
+    /// Nothing to read.
+    #[error("no slots to read")]
+    NoSlots,
+}
+
+/// A random-read run's result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BenchResult {
+    /// Reads completed.
+    pub ios: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Queue depth used.
+    pub depth: usize,
+}
+
+impl BenchResult {
+    /// Reads per second.
+    pub fn iops(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let ios = self.ios as f64;
+        ios / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Writes `count` pages of non-zero data to fresh slots, `depth` at a time, and
+/// returns the slots (so reads of them are real device reads, not file holes).
+pub fn prepare(store: &dyn Store, count: u32, depth: usize) -> Result<Vec<Slot>, BenchError> {
+    let depth = depth.clamp(1, store.info().queue_depth.max(1));
+    let bufs = GuestRam::new(depth * PAGE).map_err(|source| BenchError::Buffers {
+        pages: depth,
+        source,
+    })?;
+    let mut slots = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        slots.push(store.alloc_slot().map_err(|source| BenchError::Full {
+            want: count,
+            source,
+        })?);
+    }
+    for b in 0..depth {
+        let fill = [0xA5u8; PAGE];
+        // SAFETY: buffer page `b` is ours and valid for 4096 bytes.
+        unsafe { crate::ram::copy_to_shared(&fill, bufs.page_ptr(b)) };
+    }
+    let mut errors = 0;
+    let mut done = Vec::new();
+    for chunk in slots.chunks(depth) {
+        let reqs: Vec<IoRequest> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &slot)| request(&bufs, i, i as u64, IoKind::Write, slot))
+            .collect();
+        store.submit(&reqs);
+        let mut got = 0;
+        while got < reqs.len() {
+            done.clear();
+            got += store.complete(&mut done, Some(Duration::from_millis(100)));
+            errors += done.iter().filter(|c| c.result.is_err()).count() as u64;
+        }
+    }
+    if errors > 0 {
+        return Err(BenchError::Io(errors, "preparing"));
+    }
+    Ok(slots)
+}
+
+fn request(bufs: &GuestRam, buf: usize, tag: u64, kind: IoKind, slot: Slot) -> IoRequest {
+    let ptr = std::ptr::NonNull::new(bufs.page_ptr(buf)).expect("mapping is non-null");
+    // SAFETY: each buffer page is used by one request at a time: a buffer is only
+    // resubmitted after its previous request's completion was collected, and the
+    // mapping outlives the benchmark's requests (it waits for all of them).
+    let buf = unsafe { IoBuf::new(ptr) };
+    IoRequest {
+        tag,
+        kind,
+        slot,
+        buf,
+    }
+}
+
+/// Random 4 KiB reads of `slots` with `depth` requests in flight until `duration`
+/// passes or `max_ios` complete (seeded, so runs read the same sequence).
+pub fn random_reads(
+    store: &dyn Store,
+    slots: &[Slot],
+    depth: usize,
+    duration: Duration,
+    max_ios: u64,
+    seed: u64,
+) -> Result<BenchResult, BenchError> {
+    if slots.is_empty() {
+        return Err(BenchError::NoSlots);
+    }
+    let depth = depth.clamp(1, store.info().queue_depth.max(1));
+    let bufs = GuestRam::new(depth * PAGE).map_err(|source| BenchError::Buffers {
+        pages: depth,
+        source,
+    })?;
+    let mut rng = Rng::new(seed);
+    let mut pick = || slots[usize::try_from(rng.next_u64() % slots.len() as u64).unwrap_or(0)];
+    let start = Instant::now();
+    let first: Vec<IoRequest> = (0..depth)
+        .map(|b| request(&bufs, b, b as u64, IoKind::Read, pick()))
+        .collect();
+    store.submit(&first);
+    let mut in_flight = depth;
+    let (mut ios, mut errors) = (0u64, 0u64);
+    let mut done = Vec::new();
+    while in_flight > 0 {
+        done.clear();
+        store.complete(&mut done, Some(Duration::from_millis(100)));
+        let stop = start.elapsed() >= duration || ios >= max_ios;
+        let mut again = Vec::new();
+        for c in &done {
+            in_flight -= 1;
+            if c.result.is_ok() {
+                ios += 1;
+            } else {
+                errors += 1;
+            }
+            if !stop {
+                let b = usize::try_from(c.tag).expect("tags are buffer indices");
+                again.push(request(&bufs, b, c.tag, IoKind::Read, pick()));
+            }
+        }
+        in_flight += again.len();
+        if !again.is_empty() {
+            store.submit(&again);
+        }
+    }
+    let elapsed = start.elapsed();
+    if errors > 0 {
+        return Err(BenchError::Io(errors, "reading"));
+    }
+    Ok(BenchResult {
+        ios,
+        elapsed,
+        depth,
+    })
+}

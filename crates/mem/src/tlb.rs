@@ -1,0 +1,489 @@
+//! Per-vCPU software TLBs and the shootdown that lets pages leave.
+//!
+//! A TLB maps guest pages to host addresses: a hit is a tag compare and an atomic
+//! load or store. Fills happen in [`VcpuTlb::resolve`] (the stage-2 fault path):
+//! a read maps the page read-only unless it is already dirty, so the first write to
+//! a clean page faults and marks it dirty, as hardware dirty tracking does.
+//!
+//! Shootdown: the reclaimer marks a batch Evicting (no TLB can refill them), bumps
+//! the global epoch and waits until every vCPU has either acknowledged the new
+//! epoch in [`VcpuTlb::sync`] (flushing its TLB first) or is parked (it promised
+//! not to touch guest memory through its TLB until [`VcpuTlb::unpark`], which
+//! flushes if the epoch moved). Accesses happen only between those points, so after
+//! the wait no vCPU can reach the batch's pages.
+
+// Loads are narrowed to the access size and page indices to usize: truncation is
+// the semantics here.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64 as StdAtomicU64};
+
+pub use apf_abi::esr::AccessSize;
+use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
+
+use crate::memory::GuestMemory;
+use crate::metrics::bump;
+use crate::pipeline::FetchError;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, lock, wait};
+
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "guest memory accesses assume a little-endian host"
+);
+
+/// Entries in a TLB (direct-mapped on the low bits of the page number).
+pub const TLB_ENTRIES: usize = 1024;
+
+/// A tag no page-aligned address equals.
+const INVALID: u64 = u64::MAX;
+const OFFSET_MASK: u64 = PAGE_SIZE - 1;
+
+/// The access missed the TLB: call [`VcpuTlb::resolve`], then retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TlbMiss;
+
+/// What [`VcpuTlb::resolve`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resolve {
+    /// The page is mapped now; retry the access.
+    Mapped,
+    /// The page must be fetched first (this gfn): the APF decision point.
+    NeedsFetch(u64),
+    /// The address is not guest RAM.
+    NotRam,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Page address when readable, else INVALID.
+    read_tag: u64,
+    /// Page address when writable, else INVALID.
+    write_tag: u64,
+    host: *mut u8,
+}
+
+const EMPTY: Entry = Entry {
+    read_tag: INVALID,
+    write_tag: INVALID,
+    host: std::ptr::null_mut(),
+};
+
+/// One vCPU's view of the shootdown protocol.
+#[derive(Debug)]
+pub(crate) struct VcpuSlot {
+    acked: AtomicU64,
+    parked: AtomicBool,
+}
+
+/// The shootdown epoch and the vCPUs that must acknowledge it.
+#[derive(Debug)]
+pub(crate) struct Shootdown {
+    epoch: AtomicU64,
+    vcpus: Mutex<Vec<Arc<VcpuSlot>>>,
+    waiting: AtomicBool,
+    m: Mutex<()>,
+    cv: Condvar,
+    running: AtomicUsize,
+}
+
+impl Shootdown {
+    pub(crate) fn new() -> Shootdown {
+        Shootdown {
+            epoch: AtomicU64::new(0),
+            vcpus: Mutex::new(Vec::new()),
+            waiting: AtomicBool::new(false),
+            m: Mutex::new(()),
+            cv: Condvar::new(),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    /// vCPUs not parked.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Returns once every vCPU has flushed its TLB or is parked.
+    pub(crate) fn shoot_down(&self) {
+        let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let vcpus: Vec<Arc<VcpuSlot>> = lock(&self.vcpus).clone();
+        let mut g = lock(&self.m);
+        loop {
+            self.waiting.store(true, Ordering::SeqCst);
+            let done = vcpus
+                .iter()
+                .all(|v| v.parked.load(Ordering::SeqCst) || v.acked.load(Ordering::SeqCst) >= e);
+            if done {
+                break;
+            }
+            g = wait(&self.cv, g);
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    fn notify_if_waiting(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            let _g = lock(&self.m);
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// A vCPU's software TLB over guest memory. Not shared: one per vCPU thread.
+#[derive(Debug)]
+pub struct VcpuTlb {
+    entries: Box<[Entry; TLB_ENTRIES]>,
+    mem: Arc<GuestMemory>,
+    slot: Arc<VcpuSlot>,
+    seen: u64,
+    parked: bool,
+}
+
+// SAFETY: the raw host pointers in `entries` point into the guest RAM mapping,
+// which `mem` keeps alive; the TLB is used by one thread at a time (it is not
+// Sync), so moving it to the vCPU thread that will own it is sound.
+unsafe impl Send for VcpuTlb {}
+
+#[inline]
+fn slot_of(gpa: u64) -> usize {
+    (gpa >> PAGE_SHIFT) as usize & (TLB_ENTRIES - 1)
+}
+
+/// The tag an access of `bytes` at `gpa` must match: the page address, with the
+/// alignment bits kept so a misaligned access can never hit.
+#[inline]
+fn tag_of(gpa: u64, bytes: u64) -> u64 {
+    gpa & (!OFFSET_MASK | (bytes - 1))
+}
+
+impl VcpuTlb {
+    pub(crate) fn new(mem: Arc<GuestMemory>) -> VcpuTlb {
+        let sd = &mem.inner.shoot;
+        let seen = sd.epoch.load(Ordering::SeqCst);
+        let slot = Arc::new(VcpuSlot {
+            acked: AtomicU64::new(seen),
+            parked: AtomicBool::new(false),
+        });
+        sd.running.fetch_add(1, Ordering::SeqCst);
+        lock(&sd.vcpus).push(Arc::clone(&slot));
+        VcpuTlb {
+            entries: Box::new([EMPTY; TLB_ENTRIES]),
+            mem,
+            slot,
+            seen,
+            parked: false,
+        }
+    }
+
+    /// The memory this TLB maps.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    #[inline]
+    fn hit_read(&self, gpa: u64, bytes: u64) -> Option<*mut u8> {
+        let e = &self.entries[slot_of(gpa)];
+        (e.read_tag == tag_of(gpa, bytes))
+            .then(|| e.host.wrapping_add((gpa & OFFSET_MASK) as usize))
+    }
+
+    #[inline]
+    fn hit_write(&self, gpa: u64, bytes: u64) -> Option<*mut u8> {
+        let e = &self.entries[slot_of(gpa)];
+        (e.write_tag == tag_of(gpa, bytes))
+            .then(|| e.host.wrapping_add((gpa & OFFSET_MASK) as usize))
+    }
+
+    /// Reads a naturally aligned value (a misaligned access always misses).
+    #[inline]
+    pub fn read(&mut self, gpa: u64, size: AccessSize) -> Result<u64, TlbMiss> {
+        let p = self.hit_read(gpa, size.bytes()).ok_or(TlbMiss)?;
+        // SAFETY: a hit means `p` lies in a page this vCPU may read (resident until
+        // this vCPU acknowledges a shootdown, mapped while `mem` lives) and is
+        // aligned to the access size (the tag compare includes the alignment bits).
+        Ok(unsafe { load(p, size) })
+    }
+
+    /// Writes the low `size` bytes of `value` at a naturally aligned address.
+    #[inline]
+    pub fn write(&mut self, gpa: u64, size: AccessSize, value: u64) -> Result<(), TlbMiss> {
+        let p = self.hit_write(gpa, size.bytes()).ok_or(TlbMiss)?;
+        // SAFETY: as in `read`, and a write hit means the page is dirty-tracked
+        // (mapped writable only once marked dirty).
+        unsafe { store(p, size, value) };
+        Ok(())
+    }
+
+    /// Fetches the instruction word at a 4-aligned address.
+    #[inline]
+    pub fn fetch_insn(&mut self, gpa: u64) -> Result<u32, TlbMiss> {
+        self.read(gpa, AccessSize::Word).map(|v| v as u32)
+    }
+
+    /// Atomically replaces the value at `gpa` with `new` if it equals `old` (both
+    /// zero-extended from `size`); returns the previous value either way. Needs a
+    /// writable mapping (resolve with `write = true` on a miss).
+    pub fn compare_exchange(
+        &mut self,
+        gpa: u64,
+        size: AccessSize,
+        old: u64,
+        new: u64,
+    ) -> Result<u64, TlbMiss> {
+        let p = self.hit_write(gpa, size.bytes()).ok_or(TlbMiss)?;
+        macro_rules! cas {
+            ($t:ty, $a:ty) => {{
+                // SAFETY: as in `write`; the pointer is aligned for $a.
+                let a = unsafe { <$a>::from_ptr(p.cast::<$t>()) };
+                match a.compare_exchange(old as $t, new as $t, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(v) | Err(v) => u64::from(v),
+                }
+            }};
+        }
+        Ok(match size {
+            AccessSize::Byte => cas!(u8, AtomicU8),
+            AccessSize::Half => cas!(u16, AtomicU16),
+            AccessSize::Word => cas!(u32, AtomicU32),
+            AccessSize::Double => cas!(u64, StdAtomicU64),
+        })
+    }
+
+    /// The 16-byte compare-and-swap (CASP, STXP pairs) at a 16-aligned address;
+    /// the low half is at `gpa`. Returns the previous value.
+    pub fn compare_exchange_pair(
+        &mut self,
+        gpa: u64,
+        old: u128,
+        new: u128,
+    ) -> Result<u128, TlbMiss> {
+        let p = self.hit_write(gpa, 16).ok_or(TlbMiss)?;
+        // SAFETY: as in `write`; the tag compare checked 16-byte alignment.
+        let a = unsafe { portable_atomic::AtomicU128::from_ptr(p.cast::<u128>()) };
+        Ok(
+            match a.compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(v) | Err(v) => v,
+            },
+        )
+    }
+
+    /// Atomically replaces the value `v` at `gpa` with `op(v)` (truncated to
+    /// `size`); returns the previous value.
+    pub fn atomic_rmw(
+        &mut self,
+        gpa: u64,
+        size: AccessSize,
+        op: impl Fn(u64) -> u64,
+    ) -> Result<u64, TlbMiss> {
+        let p = self.hit_write(gpa, size.bytes()).ok_or(TlbMiss)?;
+        macro_rules! rmw {
+            ($t:ty, $a:ty) => {{
+                // SAFETY: as in `write`; the pointer is aligned for $a.
+                let a = unsafe { <$a>::from_ptr(p.cast::<$t>()) };
+                match a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                    Some(op(u64::from(v)) as $t)
+                }) {
+                    Ok(v) | Err(v) => u64::from(v),
+                }
+            }};
+        }
+        Ok(match size {
+            AccessSize::Byte => rmw!(u8, AtomicU8),
+            AccessSize::Half => rmw!(u16, AtomicU16),
+            AccessSize::Word => rmw!(u32, AtomicU32),
+            AccessSize::Double => rmw!(u64, StdAtomicU64),
+        })
+    }
+
+    /// The stage-2 fault path after a miss: maps the page if it is resident (a
+    /// write to a clean page marks it dirty and maps it writable), rescues it if
+    /// it is being evicted, zero-fills it if never touched (no I/O); else says
+    /// which page needs a fetch, or that the address is not RAM.
+    pub fn resolve(&mut self, gpa: u64, write: bool) -> Resolve {
+        debug_assert!(!self.parked, "resolve on a parked vCPU");
+        let inner = &self.mem.inner;
+        let gfn = gpa >> PAGE_SHIFT;
+        let Some(index) = inner.index_of(gfn) else {
+            bump(&inner.counters.faults.not_ram);
+            return Resolve::NotRam;
+        };
+        match inner.fault(index, write) {
+            Some(writable) => {
+                let page = gpa & !OFFSET_MASK;
+                self.entries[slot_of(gpa)] = Entry {
+                    read_tag: page,
+                    write_tag: if writable { page } else { INVALID },
+                    host: inner.ram.page_ptr(index),
+                };
+                Resolve::Mapped
+            }
+            None => Resolve::NeedsFetch(gfn),
+        }
+    }
+
+    /// Brings page `gfn` in on this thread (APF off, or a fallback): joins a fetch
+    /// in flight or starts one, and returns once the page is installed or the read
+    /// failed. The vCPU counts as parked meanwhile, so it never delays a shootdown.
+    pub fn fetch_blocking(&mut self, gfn: u64) -> Result<(), FetchError> {
+        let inner = &self.mem.inner;
+        let Some(index) = inner.index_of(gfn) else {
+            return Err(FetchError::NotRam { gfn });
+        };
+        let was_parked = self.parked;
+        if !was_parked {
+            self.park();
+        }
+        let r = self.mem.inner.fetch_blocking(index);
+        if !was_parked {
+            self.unpark();
+        }
+        r
+    }
+
+    /// Host-side read from a vCPU thread ([`GuestMemory::read_bytes`] that may
+    /// wait for a fetch without delaying shootdowns).
+    pub fn read_bytes(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), crate::HostAccessError> {
+        let was_parked = self.parked;
+        if !was_parked {
+            self.park();
+        }
+        let r = self.mem.read_bytes(gpa, buf);
+        if !was_parked {
+            self.unpark();
+        }
+        r
+    }
+
+    /// Host-side write from a vCPU thread (see [`VcpuTlb::read_bytes`]).
+    pub fn write_bytes(&mut self, gpa: u64, buf: &[u8]) -> Result<(), crate::HostAccessError> {
+        let was_parked = self.parked;
+        if !was_parked {
+            self.park();
+        }
+        let r = self.mem.write_bytes(gpa, buf);
+        if !was_parked {
+            self.unpark();
+        }
+        r
+    }
+
+    /// Between slices: acknowledges a pending shootdown (flushing the TLB) and
+    /// collects finished I/O if nobody else is.
+    pub fn sync(&mut self) {
+        debug_assert!(!self.parked, "sync on a parked vCPU");
+        let e = self.mem.inner.shoot.epoch.load(Ordering::SeqCst);
+        if e != self.seen {
+            self.flush();
+            self.seen = e;
+            self.slot.acked.store(e, Ordering::SeqCst);
+            self.mem.inner.shoot.notify_if_waiting();
+        }
+        self.mem.inner.poll_completions();
+    }
+
+    /// The vCPU stops touching guest memory (halted, or blocked in the host):
+    /// shootdowns no longer wait for it.
+    pub fn park(&mut self) {
+        if self.parked {
+            return;
+        }
+        self.parked = true;
+        let sd = &self.mem.inner.shoot;
+        self.slot.parked.store(true, Ordering::SeqCst);
+        sd.notify_if_waiting();
+        if sd.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.mem.inner.vcpus_all_parked();
+        }
+    }
+
+    /// The vCPU resumes; its TLB is flushed if a shootdown happened meanwhile.
+    pub fn unpark(&mut self) {
+        if !self.parked {
+            return;
+        }
+        self.parked = false;
+        let sd = &self.mem.inner.shoot;
+        sd.running.fetch_add(1, Ordering::SeqCst);
+        self.slot.parked.store(false, Ordering::SeqCst);
+        let e = sd.epoch.load(Ordering::SeqCst);
+        if e != self.seen {
+            self.flush();
+            self.seen = e;
+            self.slot.acked.store(e, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the vCPU is parked.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Drops every mapping.
+    pub fn flush(&mut self) {
+        self.entries.fill(EMPTY);
+    }
+}
+
+impl Drop for VcpuTlb {
+    fn drop(&mut self) {
+        self.park();
+        let sd = &self.mem.inner.shoot;
+        lock(&sd.vcpus).retain(|s| !Arc::ptr_eq(s, &self.slot));
+    }
+}
+
+/// # Safety
+/// `p` must be valid for reads of `size` bytes and aligned to `size`.
+#[inline]
+unsafe fn load(p: *mut u8, size: AccessSize) -> u64 {
+    match size {
+        AccessSize::Byte => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { AtomicU8::from_ptr(p) };
+            u64::from(a.load(Ordering::Relaxed))
+        }
+        AccessSize::Half => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { AtomicU16::from_ptr(p.cast()) };
+            u64::from(a.load(Ordering::Relaxed))
+        }
+        AccessSize::Word => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { AtomicU32::from_ptr(p.cast()) };
+            u64::from(a.load(Ordering::Relaxed))
+        }
+        AccessSize::Double => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { StdAtomicU64::from_ptr(p.cast()) };
+            a.load(Ordering::Relaxed)
+        }
+    }
+}
+
+/// # Safety
+/// `p` must be valid for writes of `size` bytes and aligned to `size`.
+#[inline]
+unsafe fn store(p: *mut u8, size: AccessSize, v: u64) {
+    match size {
+        AccessSize::Byte => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { AtomicU8::from_ptr(p) };
+            a.store(v as u8, Ordering::Relaxed);
+        }
+        AccessSize::Half => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { AtomicU16::from_ptr(p.cast()) };
+            a.store(v as u16, Ordering::Relaxed);
+        }
+        AccessSize::Word => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { AtomicU32::from_ptr(p.cast()) };
+            a.store(v as u32, Ordering::Relaxed);
+        }
+        AccessSize::Double => {
+            // SAFETY: per the caller, `p` is valid and aligned for this type.
+            let a = unsafe { StdAtomicU64::from_ptr(p.cast()) };
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+}

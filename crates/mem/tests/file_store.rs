@@ -1,0 +1,279 @@
+//! Guest memory over a real swap file: io_uring with and without O_DIRECT, the
+//! pread/pwrite thread fallback, and bad input (a path that cannot be created, a
+//! full store, a file-size limit).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use apf_mem::store::{
+    Backend, FileStore, FileStoreConfig, Latency, LatencyStore, Store, StoreOpenError,
+};
+use apf_mem::{AccessSize, FetchError, GuestMemory, MemConfig};
+use common::{AccessFail, BASE, read, write};
+
+const PAGE: u64 = 4096;
+
+fn open(dir: &Path, direct: bool, backend: Backend) -> FileStore {
+    let cfg = FileStoreConfig {
+        path: Some(dir.to_path_buf()),
+        queue_depth: 16,
+        direct,
+        backend,
+        ..Default::default()
+    };
+    FileStore::open(&cfg).expect("swap file")
+}
+
+/// Writes a stamp into every page of 8× the budget, reads them all back.
+fn round_trip(store: Box<dyn Store>) -> apf_mem::MemMetrics {
+    let pages = 512;
+    let mem = GuestMemory::new(MemConfig::new(BASE, pages * PAGE, 64 * PAGE), store).unwrap();
+    let mut tlb = mem.vcpu_tlb();
+    for p in 0..pages {
+        write(
+            &mut tlb,
+            BASE + p * PAGE + 16,
+            AccessSize::Double,
+            p ^ 0x5A5A_0000,
+        )
+        .unwrap();
+        tlb.sync();
+    }
+    for p in 0..pages {
+        assert_eq!(
+            read(&mut tlb, BASE + p * PAGE + 16, AccessSize::Double),
+            Ok(p ^ 0x5A5A_0000),
+            "page {p}"
+        );
+        tlb.sync();
+    }
+    drop(tlb);
+    mem.check_invariants().unwrap();
+    let m = mem.metrics();
+    assert!(
+        m.io.pages_written >= pages - 64 && m.io.pages_read >= pages - 64,
+        "{m:?}"
+    );
+    assert!(mem.host_resident_pages().unwrap() <= 64);
+    m
+}
+
+fn require_io_uring(store: &FileStore) -> bool {
+    if store.uses_io_uring() {
+        return true;
+    }
+    let why = store.info().description;
+    assert!(
+        std::env::var_os("APF_REQUIRE_ORACLES").is_none(),
+        "io_uring required but {why}"
+    );
+    eprintln!("skipping the io_uring part: {why}");
+    false
+}
+
+#[test]
+fn io_uring_with_o_direct() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), true, Backend::Auto);
+    if !store.is_direct() {
+        eprintln!(
+            "skipping the O_DIRECT part: the filesystem refused it ({})",
+            store.info()
+        );
+    }
+    if !require_io_uring(&store) {
+        return;
+    }
+    assert!(
+        store.info().description.contains("io_uring"),
+        "{}",
+        store.info()
+    );
+    round_trip(Box::new(store));
+}
+
+#[test]
+fn io_uring_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), false, Backend::Auto);
+    assert!(!store.is_direct());
+    assert!(
+        store.info().description.contains("buffered"),
+        "{}",
+        store.info()
+    );
+    if !require_io_uring(&store) {
+        return;
+    }
+    round_trip(Box::new(store));
+}
+
+#[test]
+fn thread_fallback_without_io_uring() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), true, Backend::Threads);
+    assert!(!store.uses_io_uring());
+    assert!(
+        store.info().description.contains("threads"),
+        "{}",
+        store.info()
+    );
+    round_trip(Box::new(store));
+}
+
+#[test]
+fn latency_is_added_on_top_of_real_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let added = std::time::Duration::from_millis(2);
+    let store = LatencyStore::new(open(dir.path(), true, Backend::Auto), Latency::Fixed(added));
+    assert!(
+        store.info().description.contains("fixed latency"),
+        "{}",
+        store.info()
+    );
+    let m = round_trip(Box::new(store));
+    // Every read took at least the added latency: nothing lands in a bucket below 1 ms.
+    let below: u64 = m.read_latency.buckets[..10].iter().sum();
+    assert_eq!(below, 0, "{:?}", m.read_latency);
+}
+
+#[test]
+fn o_direct_refused_falls_back_to_buffered_and_says_so() {
+    // tmpfs refuses O_DIRECT on older kernels; where it accepts it there is
+    // nothing to fall back from.
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipping: no /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let store = open(dir.path(), true, Backend::Auto);
+    if store.is_direct() {
+        eprintln!(
+            "skipping: this kernel's tmpfs accepts O_DIRECT ({})",
+            store.info()
+        );
+        return;
+    }
+    assert!(
+        store.info().description.contains("O_DIRECT refused"),
+        "{}",
+        store.info()
+    );
+    round_trip(Box::new(store));
+}
+
+#[test]
+fn a_store_path_that_cannot_be_created_is_a_clear_error() {
+    let cfg = FileStoreConfig {
+        path: Some("/nonexistent-apf-dir/sub/swap".into()),
+        ..Default::default()
+    };
+    let e = FileStore::open(&cfg).unwrap_err();
+    assert!(matches!(e, StoreOpenError::Create { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/nonexistent-apf-dir/sub/swap") && msg.contains("No such file"),
+        "{msg}"
+    );
+    let e = FileStore::open(&FileStoreConfig {
+        queue_depth: 0,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "queue depth 0 is out of range: use 1 to 4096"
+    );
+}
+
+/// Touches more pages than the budget and the store together can hold: the
+/// accesses that cannot get a frame fail with the store's reason; the data that
+/// fit is intact.
+fn overfill(store: Box<dyn Store>) -> (Vec<(u64, FetchError)>, Arc<GuestMemory>) {
+    let pages = 64;
+    let mem = GuestMemory::new(MemConfig::new(BASE, pages * PAGE, 4 * PAGE), store).unwrap();
+    let mut tlb = mem.vcpu_tlb();
+    let mut failed = Vec::new();
+    for p in 0..pages {
+        match write(&mut tlb, BASE + p * PAGE, AccessSize::Double, p + 1) {
+            Ok(()) => {}
+            Err(AccessFail::Fetch(e)) => failed.push((p, e)),
+            Err(e) => panic!("{e:?}"),
+        }
+        tlb.sync();
+    }
+    for p in 0..pages {
+        if failed.iter().any(|f| f.0 == p) {
+            continue;
+        }
+        if let Ok(v) = read(&mut tlb, BASE + p * PAGE, AccessSize::Double) {
+            assert_eq!(v, p + 1, "page {p}");
+        }
+        tlb.sync();
+    }
+    drop(tlb);
+    (failed, mem)
+}
+
+#[test]
+fn a_full_store_fails_fetches_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FileStoreConfig {
+        path: Some(dir.path().into()),
+        capacity: 8,
+        ..Default::default()
+    };
+    let (failed, mem) = overfill(Box::new(FileStore::open(&cfg).unwrap()));
+    assert!(!failed.is_empty(), "64 pages cannot fit 4 frames + 8 slots");
+    let msg = failed[0].1.to_string();
+    assert!(msg.contains("store full: all 8 slots"), "{msg}");
+    mem.check_invariants().unwrap();
+}
+
+/// The child half of `a_file_size_limit_surfaces_as_write_errors`.
+#[test]
+fn file_size_limit_child() {
+    if std::env::var_os("APF_FSIZE_CHILD").is_none() {
+        return;
+    }
+    // SAFETY: plain libc calls on this (child) process: writes past the limit
+    // then fail with EFBIG instead of raising SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let limit = libc::rlimit {
+        rlim_cur: 16 * PAGE,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit for this process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (failed, mem) = overfill(Box::new(open(dir.path(), true, Backend::Auto)));
+    assert!(!failed.is_empty());
+    let msg = failed[0].1.to_string();
+    assert!(msg.contains("File too large"), "{msg}");
+    assert!(mem.metrics().io.write_errors > 0);
+    mem.check_invariants().unwrap();
+}
+
+#[test]
+fn a_file_size_limit_surfaces_as_write_errors() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "file_size_limit_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("APF_FSIZE_CHILD", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
