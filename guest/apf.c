@@ -124,12 +124,18 @@ static void wake(struct apf_sleeper *s)
 	s->proc = NULL;
 }
 
+/*
+ * Wake-up preemption: a process whose page arrived runs at once rather than at the
+ * next tick, as a sleeper that was waiting for I/O would under a Linux scheduler.
+ */
 static void wake_token(struct cpu *c, u32 token)
 {
 	for (unsigned i = 0; i < c->apf.nr_sleepers; i++) {
 		struct apf_sleeper *s = &c->apf.sleepers[i];
-		if (s->token && (token == APF_TOKEN_WAKE_ALL || s->token == token))
+		if (s->token && (token == APF_TOKEN_WAKE_ALL || s->token == token)) {
 			wake(s);
+			c->need_resched = 1;
+		}
 	}
 }
 

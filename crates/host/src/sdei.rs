@@ -227,6 +227,17 @@ impl SdeiVcpu {
         }
     }
 
+    /// Whether [`SdeiVcpu::deliver`] would dispatch something now: the run loop's
+    /// wake-up test for a vCPU halted in WFI.
+    pub fn has_deliverable(&self) -> bool {
+        !self.masked
+            && self.running.is_none()
+            && self
+                .handlers
+                .iter()
+                .any(|h| h.pending && h.registered && h.enabled)
+    }
+
     /// Called before guest entry: if an event is pending, registered and enabled,
     /// the PE is unmasked and no handler runs, dispatches it (critical events
     /// first) and returns its number.

@@ -216,9 +216,11 @@ impl ApfControl {
 impl<W: AtomicWord> ApfControl<W> {
     /// [`ApfControl::new`] with another atomic word type: the model-checked tests run
     /// the engine on shuttle's atomics.
+    /// vCPU ids above 0xFFF alias in the token's 12 bits: harmless, tokens only
+    /// need to be unique per vCPU.
     pub fn new_generic(vcpu_id: u32, offered: bool) -> Self {
         ApfControl {
-            vcpu_id,
+            vcpu_id: vcpu_id & apf_abi::token::TOKEN_MAX_VCPU,
             offered,
             sdei_event: 0,
             ppi: 0,

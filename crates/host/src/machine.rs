@@ -1,0 +1,169 @@
+//! The platform state every vCPU shares: the GIC, the UART, PSCI power states,
+//! CPU_ON requests, the APF shared blocks in use, and how the run ends.
+
+use crate::gic::Gic;
+use crate::psci::Psci;
+use crate::uart::Pl011;
+use crate::waker::VcpuWaker;
+use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE, UART_BASE, UART_SIZE};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// Why the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest called PSCI SYSTEM_OFF.
+    SystemOff,
+    /// The guest called PSCI SYSTEM_RESET (apf ends the run; it does not reboot).
+    SystemReset,
+    /// The host ended the run (timeout, or the VMM asked).
+    Host,
+}
+
+/// A CPU_ON waiting for its target vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartRequest {
+    /// Entry point.
+    pub entry: u64,
+    /// Context id for x0.
+    pub context: u64,
+}
+
+/// The shared platform.
+#[derive(Debug)]
+pub struct Machine {
+    /// The interrupt controller.
+    pub gic: Arc<Gic>,
+    /// The console.
+    pub uart: Pl011,
+    /// PSCI power states.
+    pub psci: Psci,
+    /// Guest RAM.
+    pub ram: Range<u64>,
+    stopping: AtomicBool,
+    stop_reason: Mutex<Option<StopReason>>,
+    wakers: OnceLock<Vec<Arc<VcpuWaker>>>,
+    starts: Vec<Mutex<Option<StartRequest>>>,
+    blocks: Mutex<Vec<Option<u64>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking vCPU thread is reported by its join; the data stays usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Machine {
+    /// A machine with `vcpus` vCPUs over guest RAM `ram`.
+    pub fn new(gic: Arc<Gic>, uart: Pl011, ram: Range<u64>) -> Machine {
+        let vcpus = gic.vcpus();
+        Machine {
+            gic,
+            uart,
+            psci: Psci::new(vcpus, ram.clone()),
+            ram,
+            stopping: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
+            wakers: OnceLock::new(),
+            starts: (0..vcpus).map(|_| Mutex::new(None)).collect(),
+            blocks: Mutex::new(vec![None; vcpus]),
+        }
+    }
+
+    /// vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Registers the vCPU threads' wakers (once, before they run).
+    pub fn set_wakers(&self, wakers: Vec<Arc<VcpuWaker>>) {
+        let _ = self.wakers.set(wakers);
+    }
+
+    /// The waker of vCPU `index`.
+    pub fn waker(&self, index: usize) -> Option<&Arc<VcpuWaker>> {
+        self.wakers.get().and_then(|w| w.get(index))
+    }
+
+    /// Ends the run (the first reason wins) and wakes every vCPU.
+    pub fn stop(&self, reason: StopReason) {
+        lock(&self.stop_reason).get_or_insert(reason);
+        self.stopping.store(true, Ordering::SeqCst);
+        for w in self.wakers.get().into_iter().flatten() {
+            w.kick();
+        }
+    }
+
+    /// Whether the run is ending.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Why the run ended, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *lock(&self.stop_reason)
+    }
+
+    /// Hands a CPU_ON to its target and wakes it.
+    pub fn request_start(&self, target: usize, request: StartRequest) {
+        if let Some(slot) = self.starts.get(target) {
+            *lock(slot) = Some(request);
+            if let Some(w) = self.waker(target) {
+                w.kick();
+            }
+        }
+    }
+
+    /// Takes the CPU_ON waiting for `index`, if any.
+    pub fn take_start(&self, index: usize) -> Option<StartRequest> {
+        self.starts.get(index).and_then(|s| lock(s).take())
+    }
+
+    /// Whether `[gpa, gpa + len)` is guest RAM.
+    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        gpa >= self.ram.start && gpa.checked_add(len).is_some_and(|end| end <= self.ram.end)
+    }
+
+    /// Whether `gpa` may become vCPU `index`'s APF block: in RAM, and not the block
+    /// of another vCPU.
+    pub fn shared_block_ok(&self, index: usize, gpa: u64, len: u64) -> bool {
+        self.is_ram(gpa, len)
+            && lock(&self.blocks)
+                .iter()
+                .enumerate()
+                .all(|(i, b)| i == index || *b != Some(gpa))
+    }
+
+    /// Records vCPU `index`'s APF block (`None` when disabled).
+    pub fn set_shared_block(&self, index: usize, gpa: Option<u64>) {
+        if let Some(b) = lock(&self.blocks).get_mut(index) {
+            *b = gpa;
+        }
+    }
+
+    /// MMIO read; `None` if nothing is there.
+    pub fn mmio_read(&self, addr: u64, size: usize) -> Option<u64> {
+        match addr {
+            a if self.is_gic(a) => self.gic.mmio_read(a, size),
+            a if (UART_BASE..UART_BASE + UART_SIZE).contains(&a) => self.uart.mmio_read(a, size),
+            _ => None,
+        }
+    }
+
+    /// MMIO write; false if nothing is there.
+    pub fn mmio_write(&self, addr: u64, size: usize, value: u64) -> bool {
+        match addr {
+            a if self.is_gic(a) => self.gic.mmio_write(a, size, value),
+            a if (UART_BASE..UART_BASE + UART_SIZE).contains(&a) => {
+                self.uart.mmio_write(a, size, value)
+            }
+            _ => false,
+        }
+    }
+
+    fn is_gic(&self, addr: u64) -> bool {
+        let gicr_end = GICR_BASE + GICR_STRIDE * self.vcpus() as u64;
+        (GICD_BASE..GICD_BASE + apf_abi::platform::GICD_SIZE).contains(&addr)
+            || (GICR_BASE..gicr_end).contains(&addr)
+    }
+}

@@ -1,0 +1,131 @@
+//! The interpreter's [`Bus`] for one vCPU: guest RAM through the stage-2 TLB, the
+//! GIC and UART by MMIO, the GIC CPU interface as system registers.
+
+use super::ram::GuestRam;
+use crate::gic::{GicCpuInterface, IccReg};
+use crate::machine::Machine;
+use crate::waker::VcpuWaker;
+use apf_cpu::{AccessSize, AtomicOp, Bus, BusError, SysRegId};
+
+/// One vCPU's bus, borrowed for one slice of `Cpu::run`.
+pub(crate) struct VcpuBus<'a, R> {
+    pub(crate) ram: &'a mut R,
+    pub(crate) icc: &'a mut GicCpuInterface,
+    pub(crate) machine: &'a Machine,
+    pub(crate) waker: &'a VcpuWaker,
+    /// MMIO accesses in this slice, for the exit statistics.
+    pub(crate) mmio: u64,
+}
+
+impl<R: GuestRam> VcpuBus<'_, R> {
+    /// After a TLB miss: RAM misses go to the stage-2 fault path (an exit), other
+    /// addresses are MMIO or nothing.
+    fn miss(&self, addr: u64) -> BusError {
+        if self.machine.is_ram(addr, 1) {
+            BusError::Stage2Fault
+        } else {
+            BusError::ExternalAbort
+        }
+    }
+}
+
+fn bytes(size: AccessSize) -> usize {
+    match size {
+        AccessSize::Byte => 1,
+        AccessSize::Half => 2,
+        AccessSize::Word => 4,
+        AccessSize::Double => 8,
+    }
+}
+
+impl<R: GuestRam> Bus for VcpuBus<'_, R> {
+    #[inline]
+    fn fetch(&mut self, addr: u64) -> Result<u32, BusError> {
+        // Instructions execute from RAM only; a fetch from MMIO is an abort.
+        self.ram.fetch_insn(addr).map_err(|_| self.miss(addr))
+    }
+
+    #[inline]
+    fn read(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
+        match self.ram.read(addr, size) {
+            Ok(v) => Ok(v),
+            Err(_) if self.machine.is_ram(addr, 1) => Err(BusError::Stage2Fault),
+            Err(_) => {
+                self.mmio += 1;
+                self.machine
+                    .mmio_read(addr, bytes(size))
+                    .ok_or(BusError::ExternalAbort)
+            }
+        }
+    }
+
+    #[inline]
+    fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
+        match self.ram.write(addr, size, value) {
+            Ok(()) => Ok(()),
+            Err(_) if self.machine.is_ram(addr, 1) => Err(BusError::Stage2Fault),
+            Err(_) => {
+                self.mmio += 1;
+                if self.machine.mmio_write(addr, bytes(size), value) {
+                    // A GIC write may change this vCPU's interrupt line.
+                    self.waker.kick();
+                    Ok(())
+                } else {
+                    Err(BusError::ExternalAbort)
+                }
+            }
+        }
+    }
+
+    fn compare_exchange(
+        &mut self,
+        addr: u64,
+        size: AccessSize,
+        old: u64,
+        new: u64,
+    ) -> Result<u64, BusError> {
+        self.ram
+            .compare_exchange(addr, size, old, new)
+            .map_err(|_| self.miss(addr))
+    }
+
+    fn compare_exchange_pair(&mut self, addr: u64, old: u128, new: u128) -> Result<u128, BusError> {
+        self.ram
+            .compare_exchange_pair(addr, old, new)
+            .map_err(|_| self.miss(addr))
+    }
+
+    fn atomic_rmw(
+        &mut self,
+        addr: u64,
+        size: AccessSize,
+        op: AtomicOp,
+        operand: u64,
+    ) -> Result<u64, BusError> {
+        self.ram
+            .atomic_rmw(addr, size, &|old| op.apply(size, old, operand))
+            .map_err(|_| self.miss(addr))
+    }
+
+    fn sysreg_read(&mut self, reg: SysRegId) -> Option<u64> {
+        let icc = IccReg::decode(reg.op0, reg.op1, reg.crn, reg.crm, reg.op2)?;
+        let v = self.icc.read(icc);
+        // IAR changes the running priority, and so the line.
+        self.waker.kick();
+        v
+    }
+
+    fn sysreg_write(&mut self, reg: SysRegId, value: u64) -> bool {
+        let Some(icc) = IccReg::decode(reg.op0, reg.op1, reg.crn, reg.crm, reg.op2) else {
+            return false;
+        };
+        let ok = self.icc.write(icc, value);
+        self.waker.kick();
+        ok
+    }
+
+    #[inline]
+    fn kicked(&self) -> bool {
+        self.waker.is_kicked()
+    }
+}

@@ -1,0 +1,554 @@
+//! The vCPU run loop: one host thread per vCPU runs the interpreter in slices and
+//! handles each exit as KVM's run loop would (DESIGN §2, §5).
+//!
+//! ```text
+//! loop:  ack TLB shootdowns ─ APF service (completions, page-ready) ─ SDEI delivery
+//!        ─ timer → GIC PPIs ─ IRQ line → CPU ─ Cpu::run(slice)
+//!   HVC/SMC  → SMCCC dispatch (PSCI, SDEI, vendor-hyp, ASYNC_PF)
+//!   WFI      → halt (poll briefly, then sleep) until an interrupt, an SDEI event,
+//!              an APF completion or the timer deadline
+//!   stage-2  → resolve; if the page needs I/O: APF decision
+//!              async → start the fetch, resume the guest (not-present queued)
+//!              halt  → wait for that page or an interrupt (repeated fault)
+//!              sync  → read it on this thread; a lost page → external abort
+//! ```
+
+mod bus;
+mod ram;
+mod stats;
+mod view;
+
+pub use ram::{FetchStarted, GuestRam, PageLost, RamMiss, RamResolve};
+pub use stats::{ExitCounts, FaultCounts, VcpuStats};
+
+use crate::apf::{
+    ApfCommand, ApfControl, ApfCountersSnapshot, CompletionPort, FaultDecision, ItemHandle,
+};
+use crate::gic::GicCpuInterface;
+use crate::machine::{Machine, StartRequest, StopReason};
+use crate::psci::{PowerState, PsciAction, enter_cpu};
+use crate::sdei::SdeiVcpu;
+use crate::smccc::{AsyncPfService, Firmware, SmcccExit, dispatch};
+use crate::waker::{VcpuWaker, WakeReason};
+use apf_abi::esr::{DataAbort, Esr, InstructionAbort, ec, fsc, ipa_from_hpfar};
+use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
+use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
+use apf_abi::smccc::{SMCCC_RET_NOT_SUPPORTED, VENDOR_HYP_ASYNC_PF};
+use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
+use bus::VcpuBus;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use view::{ApfView, CpuRegs};
+
+/// How one vCPU is set up.
+#[derive(Debug, Clone)]
+pub struct VcpuSpec {
+    /// Index (also the MPIDR affinity and the token's vCPU id).
+    pub index: usize,
+    /// The interpreter's configuration.
+    pub cpu: CpuConfig,
+    /// Whether the VMM offers APF.
+    pub apf_offered: bool,
+    /// The VMM's SDEI event and PPI for APF (used when offered).
+    pub apf_sdei_event: u32,
+    /// The page-ready PPI.
+    pub apf_ppi: u32,
+    /// Where the vCPU starts, if it is powered on at boot.
+    pub boot: Option<StartRequest>,
+    /// Instructions per slice: bounds the latency of shootdowns and kicks.
+    pub slice: u64,
+    /// How long a halting vCPU polls before it sleeps.
+    pub halt_poll: Duration,
+}
+
+/// What a vCPU thread returns.
+#[derive(Debug, Clone)]
+pub struct VcpuReport {
+    /// Index.
+    pub index: usize,
+    /// Time split and counters.
+    pub stats: VcpuStats,
+    /// APF counters.
+    pub apf: ApfCountersSnapshot,
+    /// The virtual counter at the end.
+    pub counter: u64,
+}
+
+/// Makes the vCPU's RAM view on its own thread, given its waker and APF port (the
+/// fetch completion path kicks one and completes on the other).
+pub type RamFactory<R> = Box<dyn FnOnce(Arc<VcpuWaker>, Arc<CompletionPort>) -> R + Send>;
+
+/// A spawned vCPU thread, waiting at the start barrier.
+#[derive(Debug)]
+pub struct VcpuThread {
+    /// Its waker (for the GIC and the machine).
+    pub waker: Arc<VcpuWaker>,
+    /// Its result.
+    pub handle: JoinHandle<VcpuReport>,
+}
+
+/// Spawns vCPU `spec.index`. The thread builds its state, hands back its waker, and
+/// waits at `start` until every vCPU's waker is registered with the machine.
+pub fn spawn<R: GuestRam + 'static>(
+    spec: VcpuSpec,
+    machine: Arc<Machine>,
+    start: Arc<Barrier>,
+    make_ram: RamFactory<R>,
+) -> std::io::Result<VcpuThread> {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("vcpu{}", spec.index))
+        .spawn(move || {
+            let waker = Arc::new(VcpuWaker::for_current_thread());
+            let mut apf = ApfControl::new(
+                u32::try_from(spec.index).unwrap_or(u32::MAX),
+                spec.apf_offered,
+            );
+            let ram = make_ram(Arc::clone(&waker), Arc::clone(apf.port()));
+            let _ = tx.send(Arc::clone(&waker));
+            start.wait();
+            let mut vcpu = Vcpu::new(spec, machine, waker, ram, &mut apf);
+            vcpu.run(apf)
+        })?;
+    let waker = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("vCPU thread died at start"))?;
+    Ok(VcpuThread { waker, handle })
+}
+
+struct Vcpu<R> {
+    spec: VcpuSpec,
+    cpu: Cpu,
+    ram: R,
+    icc: GicCpuInterface,
+    sdei: SdeiVcpu,
+    machine: Arc<Machine>,
+    waker: Arc<VcpuWaker>,
+    stats: VcpuStats,
+    timer_lines: TimerLines,
+}
+
+/// What to do after an exit.
+enum Next {
+    Continue,
+    PowerOff,
+}
+
+impl<R: GuestRam> Vcpu<R> {
+    fn new(
+        spec: VcpuSpec,
+        machine: Arc<Machine>,
+        waker: Arc<VcpuWaker>,
+        mut ram: R,
+        apf: &mut ApfControl,
+    ) -> Self {
+        let icc = GicCpuInterface::new(Arc::clone(&machine.gic), spec.index)
+            .expect("the machine's GIC has a CPU interface for every vCPU index");
+        let mut sdei = SdeiVcpu::new();
+        if spec.apf_offered {
+            let mut view = ApfView {
+                index: spec.index,
+                el: 1,
+                sdei: &mut sdei,
+                machine: &machine,
+                ram: &mut ram,
+            };
+            // The VMM's configuration; the spec's values are validated by the
+            // control API, and a refusal leaves APF unconfigured (ENABLE fails).
+            for command in [
+                ApfCommand::SetSdei(u64::from(spec.apf_sdei_event)),
+                ApfCommand::SetIrq(u64::from(spec.apf_ppi)),
+            ] {
+                if let Err(e) = apf.command(&mut view, command) {
+                    tracing::error!(vcpu = spec.index, error = %e, "APF configuration refused");
+                }
+            }
+        }
+        Vcpu {
+            cpu: Cpu::new(spec.cpu),
+            spec,
+            ram,
+            icc,
+            sdei,
+            machine,
+            waker,
+            stats: VcpuStats::default(),
+            timer_lines: TimerLines::default(),
+        }
+    }
+
+    fn view<'a>(&'a mut self) -> ApfView<'a, R> {
+        ApfView {
+            index: self.spec.index,
+            el: self.cpu.el(),
+            sdei: &mut self.sdei,
+            machine: &self.machine,
+            ram: &mut self.ram,
+        }
+    }
+
+    fn run(&mut self, mut apf: ApfControl) -> VcpuReport {
+        let begin = Instant::now();
+        let mut on = match self.spec.boot {
+            Some(boot) => {
+                self.power_on(boot, &mut apf);
+                true
+            }
+            None => false,
+        };
+        while !self.machine.stopping() {
+            if !on {
+                on = self.wait_for_cpu_on(&mut apf);
+                continue;
+            }
+            match self.step(&mut apf) {
+                Next::Continue => {}
+                Next::PowerOff => {
+                    apf.reset(&mut self.view());
+                    self.machine.set_shared_block(self.spec.index, None);
+                    on = false;
+                }
+            }
+        }
+        self.stats.total = begin.elapsed();
+        self.stats.instructions = self.cpu.retired();
+        self.ram.park();
+        VcpuReport {
+            index: self.spec.index,
+            stats: self.stats,
+            apf: apf.counters().snapshot(),
+            counter: self.cpu.counter(),
+        }
+    }
+
+    /// Resets the vCPU and starts it at `req` (boot, or CPU_ON).
+    fn power_on(&mut self, req: StartRequest, apf: &mut ApfControl) {
+        let counter = self.cpu.counter();
+        self.cpu = Cpu::new(self.spec.cpu);
+        self.cpu.advance_counter(counter);
+        enter_cpu(&mut CpuRegs(&mut self.cpu), req.entry, req.context);
+        self.sdei.reset();
+        if let Ok(icc) = GicCpuInterface::new(Arc::clone(&self.machine.gic), self.spec.index) {
+            self.icc = icc;
+        }
+        apf.reset(&mut self.view());
+        self.machine.psci.mark_on(self.spec.index);
+        self.ram.unpark();
+    }
+
+    /// Powered off: sleep until a CPU_ON for this vCPU or the end of the run.
+    fn wait_for_cpu_on(&mut self, apf: &mut ApfControl) -> bool {
+        self.ram.park();
+        let t = Instant::now();
+        let index = self.spec.index;
+        let machine = Arc::clone(&self.machine);
+        let mut request = None;
+        self.waker.halt(self.spec.halt_poll, None, || {
+            request = request.or_else(|| machine.take_start(index));
+            request.is_some() || machine.stopping()
+        });
+        self.stats.idle += t.elapsed();
+        match request {
+            Some(req) => {
+                self.power_on(req, apf);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn step(&mut self, apf: &mut ApfControl) -> Next {
+        self.ram.sync();
+        apf.service(&mut self.view());
+        if self.sdei.deliver(&mut CpuRegs(&mut self.cpu)) == Some(SDEI_EVENT_ASYNC_PF) {
+            apf.on_not_present_delivered();
+        }
+        self.update_timer_lines();
+        self.waker.clear();
+        self.cpu.set_irq_line(self.icc.irq_line());
+
+        let t = Instant::now();
+        let mut bus = VcpuBus {
+            ram: &mut self.ram,
+            icc: &mut self.icc,
+            machine: &self.machine,
+            waker: &self.waker,
+            mmio: 0,
+        };
+        let exit = self.cpu.run(&mut bus, self.spec.slice);
+        self.stats.exits.mmio += bus.mmio;
+        self.stats.guest += t.elapsed();
+
+        let exits = &mut self.stats.exits;
+        match exit {
+            Exit::Hvc { imm } => {
+                exits.hvc += 1;
+                return self.hypercall(apf, imm);
+            }
+            Exit::Smc { imm } => {
+                exits.smc += 1;
+                return self.hypercall(apf, imm);
+            }
+            Exit::Wfi => {
+                exits.wfi += 1;
+                self.wait_for_interrupt(apf);
+            }
+            Exit::Wfe => {
+                // No SEV model: a WFE is a hint to let others run.
+                exits.wfe += 1;
+                std::thread::yield_now();
+            }
+            Exit::Stage2Abort {
+                esr_el2,
+                far,
+                hpfar,
+            } => {
+                exits.stage2 += 1;
+                self.stage2_abort(apf, Esr(esr_el2), far, hpfar);
+            }
+            Exit::TimerDeadline => exits.timer += 1,
+            Exit::Budget => exits.budget += 1,
+            Exit::Kicked => exits.kicked += 1,
+        }
+        Next::Continue
+    }
+
+    fn update_timer_lines(&mut self) {
+        let lines = self.cpu.timer_irq_lines();
+        if lines != self.timer_lines {
+            let gic = &self.machine.gic;
+            let _ = gic.set_ppi_level(self.spec.index, PPI_TIMER_VIRT, lines.virt);
+            let _ = gic.set_ppi_level(self.spec.index, PPI_TIMER_PHYS, lines.phys);
+            self.timer_lines = lines;
+        }
+    }
+
+    fn cntfrq(&self) -> u64 {
+        self.cpu.sysreg(SysReg::CntfrqEl0).max(1)
+    }
+
+    /// WFI: halt until something could make the guest run. Virtual time passes at
+    /// the counter's nominal frequency while halted, so the timer still fires.
+    fn wait_for_interrupt(&mut self, apf: &mut ApfControl) {
+        let t = Instant::now();
+        let freq = self.cntfrq();
+        let now_ticks = self.cpu.counter();
+        let deadline_ticks = self.cpu.next_timer_deadline();
+        let wall_deadline = deadline_ticks.map(|d| {
+            let ticks = d.saturating_sub(now_ticks);
+            t + Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / freq)
+        });
+        self.ram.park();
+        let (icc, sdei, machine) = (&self.icc, &self.sdei, &self.machine);
+        let reason = self.waker.halt(self.spec.halt_poll, wall_deadline, || {
+            machine.stopping() || icc.irq_line() || sdei.has_deliverable() || apf.has_work()
+        });
+        self.ram.unpark();
+        let elapsed = t.elapsed();
+        self.stats.idle += elapsed;
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut ticks = nanos.saturating_mul(freq) / 1_000_000_000;
+        if let (WakeReason::Deadline, Some(d)) = (reason, deadline_ticks) {
+            ticks = ticks.max(d.saturating_sub(now_ticks));
+        }
+        self.cpu.advance_counter(ticks);
+    }
+
+    fn hypercall(&mut self, apf: &mut ApfControl, imm: u16) -> Next {
+        let el = self.cpu.el();
+        if imm != 0 {
+            // SMCCC calls use immediate 0; anything else is not a call we know.
+            self.cpu.set_x(0, SMCCC_RET_NOT_SUPPORTED.cast_unsigned());
+            return Next::Continue;
+        }
+        let function = self.cpu.x(0) & 0xFFFF_FFFF;
+        if function == u64::from(VENDOR_HYP_ASYNC_PF) && el == 1 {
+            // Handled here rather than through the dispatcher's service, which would
+            // need the SDEI state the engine's vCPU view also borrows.
+            let (x1, x2, x3) = (self.cpu.x(1), self.cpu.x(2), self.cpu.x(3));
+            let r = apf.hypercall(&mut self.view(), x1, x2, x3);
+            self.cpu.set_x(0, r.status.cast_unsigned());
+            self.cpu.set_x(1, r.value);
+            let block = apf.control();
+            self.machine
+                .set_shared_block(self.spec.index, block.enabled.then_some(block.gpa));
+            return Next::Continue;
+        }
+        let mut service = Offered(apf.offered());
+        let mut fw = Firmware {
+            vcpu: self.spec.index,
+            psci: &self.machine.psci,
+            sdei: &mut self.sdei,
+            async_pf: &mut service,
+        };
+        match dispatch(&mut fw, el, &mut CpuRegs(&mut self.cpu)) {
+            SmcccExit::Return | SmcccExit::SdeiCompleted { .. } => Next::Continue,
+            SmcccExit::SdeiDiscarded(events) => {
+                if events.contains(SDEI_EVENT_ASYNC_PF) {
+                    apf.on_not_present_discarded(&mut self.view());
+                }
+                Next::Continue
+            }
+            SmcccExit::Psci(action) => self.psci(action),
+        }
+    }
+
+    fn psci(&mut self, action: PsciAction) -> Next {
+        match action {
+            PsciAction::StartCpu {
+                target,
+                entry,
+                context,
+            } => {
+                self.machine
+                    .request_start(target, StartRequest { entry, context });
+                Next::Continue
+            }
+            PsciAction::CpuOff => Next::PowerOff,
+            PsciAction::SystemOff => {
+                self.machine.stop(StopReason::SystemOff);
+                Next::Continue
+            }
+            PsciAction::SystemReset => {
+                self.machine.stop(StopReason::SystemReset);
+                Next::Continue
+            }
+        }
+    }
+
+    fn stage2_abort(&mut self, apf: &mut ApfControl, esr: Esr, far: u64, hpfar: u64) {
+        let gpa = ipa_from_hpfar(hpfar) | (far & 0xFFF);
+        let write = esr.is_write_abort();
+        let gfn = match self.ram.resolve(gpa, write) {
+            RamResolve::Mapped => {
+                self.stats.faults.mapped += 1;
+                return;
+            }
+            RamResolve::NotRam => {
+                self.stats.faults.unmapped += 1;
+                self.external_abort(esr, far);
+                return;
+            }
+            RamResolve::NeedsFetch(gfn) => gfn,
+        };
+        match apf.try_async(&mut self.view(), gfn, esr.0) {
+            FaultDecision::Async { cookie, .. } => {
+                self.stats.faults.asynchronous += 1;
+                match self.ram.start_fetch(gfn, cookie) {
+                    FetchStarted::InFlight => {}
+                    FetchStarted::Resident | FetchStarted::NotRam => {
+                        // No completion will come: complete it here. The engine
+                        // then withdraws the undelivered not-present.
+                        if let Some(handle) = ItemHandle::from_cookie(cookie) {
+                            apf.port().complete(handle, true);
+                        }
+                    }
+                }
+            }
+            FaultDecision::Halt => {
+                self.stats.faults.halted += 1;
+                self.halt_for_page(apf);
+            }
+            FaultDecision::Sync(_) => {
+                self.stats.faults.synchronous += 1;
+                let t = Instant::now();
+                let result = self.ram.fetch_blocking(gfn);
+                self.stats.blocked += t.elapsed();
+                if let Err(lost) = result {
+                    tracing::warn!(vcpu = self.spec.index, gfn, error = %lost,
+                        "page could not be read: external abort to the guest");
+                    self.stats.faults.lost += 1;
+                    self.external_abort(esr, far);
+                }
+            }
+        }
+    }
+
+    /// A repeated fault on a page in flight: wait in the host for that page (or an
+    /// interrupt the guest should take) instead of re-entering the guest to fault
+    /// again (DESIGN §5.3).
+    fn halt_for_page(&mut self, apf: &mut ApfControl) {
+        let t = Instant::now();
+        self.ram.park();
+        let index = self.spec.index;
+        let (icc, machine) = (&self.icc, &self.machine);
+        let (sdei, ram) = (&mut self.sdei, &mut self.ram);
+        self.waker.halt(self.spec.halt_poll, None, || {
+            let mut view = ApfView {
+                index,
+                el: 0,
+                sdei: &mut *sdei,
+                machine,
+                ram: &mut *ram,
+            };
+            apf.service(&mut view);
+            apf.halted_on().is_none() || machine.stopping() || icc.irq_line()
+        });
+        apf.end_halt();
+        self.ram.unpark();
+        self.stats.blocked += t.elapsed();
+    }
+
+    /// The access at `far` cannot be satisfied: a synchronous external abort to EL1,
+    /// of the same kind (data or instruction) as the stage-2 abort.
+    fn external_abort(&mut self, esr: Esr, far: u64) {
+        let lower = self.cpu.el() == 0;
+        let syndrome = if esr.is_instruction_abort() {
+            let class = if lower {
+                ec::IABT_LOWER
+            } else {
+                ec::IABT_CURRENT
+            };
+            InstructionAbort {
+                s1ptw: false,
+                external: false,
+                far_not_valid: false,
+                ifsc: fsc::SYNC_EXTERNAL,
+            }
+            .encode(class)
+        } else {
+            let class = if lower {
+                ec::DABT_LOWER
+            } else {
+                ec::DABT_CURRENT
+            };
+            DataAbort {
+                syndrome: None,
+                write: esr.is_write_abort(),
+                s1ptw: false,
+                cache_maintenance: false,
+                external: false,
+                far_not_valid: false,
+                dfsc: fsc::SYNC_EXTERNAL,
+            }
+            .encode(class)
+        };
+        self.cpu.take_exception(Exception::Synchronous {
+            esr: syndrome,
+            far: Some(far),
+        });
+    }
+}
+
+/// The dispatcher's view of ASYNC_PF for FEATURES; the calls themselves are
+/// handled before dispatch (see [`Vcpu::hypercall`]).
+struct Offered(bool);
+
+impl AsyncPfService for Offered {
+    fn available(&self) -> bool {
+        self.0
+    }
+    fn call(&mut self, _x1: u64, _x2: u64, _x3: u64) -> crate::apf::HypercallResult {
+        crate::apf::HypercallResult {
+            status: SMCCC_RET_NOT_SUPPORTED,
+            value: 0,
+        }
+    }
+}
+
+/// Whether vCPU `index` of `machine` is powered on.
+pub fn is_on(machine: &Machine, index: usize) -> bool {
+    machine.psci.power_state(index) == Some(PowerState::On)
+}

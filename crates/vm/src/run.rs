@@ -1,0 +1,456 @@
+//! Building and running a VM: guest memory over a store, the platform, one thread
+//! per vCPU, the image and the boot block; then the results.
+
+use crate::config::{StoreKind, VmConfig, WorkloadKind};
+use crate::ram::MemRam;
+use crate::workload;
+use apf_abi::boot::{
+    BOOT_BLOCK_BYTES, BOOT_BLOCK_GPA, BOOT_OFF_STOP, BootBlock, ProcSpec, proc_state,
+};
+use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
+use apf_abi::ppi::APF_DEFAULT_PPI;
+use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
+use apf_cpu::CpuConfig;
+use apf_host::gic::{Gic, SpiLine};
+use apf_host::machine::{Machine, StartRequest, StopReason};
+use apf_host::regs::mpidr_el1_of;
+use apf_host::uart::Pl011;
+use apf_host::vcpu::{self, VcpuReport, VcpuSpec};
+use apf_mem::store::{
+    Backend, FaultConfig, FaultyStore, FileStore, FileStoreConfig, Latency, LatencyStore, MemStore,
+    Store, StoreInfo,
+};
+use apf_mem::{GuestMemory, MemConfig, MemMetrics};
+use std::io::Write;
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The guest image built from `guest/` (see `guest/README.md`).
+pub const GUEST_IMAGE: &[u8] = include_bytes!("../../../guest/apf-guest.bin");
+
+/// Instructions per interpreter slice.
+const SLICE: u64 = 20_000;
+/// How long a halting vCPU polls before it sleeps (cross-CPU wake-ups cost
+/// 22–28 µs on the machines this runs on).
+const HALT_POLL: Duration = Duration::from_micros(30);
+/// How often the host looks at the boot block's results while the guest runs.
+const MONITOR_PERIOD: Duration = Duration::from_millis(2);
+
+/// Why a VM could not be built or run.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The swap file could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] apf_mem::store::StoreOpenError),
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(#[from] apf_mem::MemError),
+    /// The image does not fit in guest RAM.
+    #[error("the image is {len} bytes but RAM above {IMAGE_LOAD_ADDR:#x} holds {room}")]
+    ImageTooBig {
+        /// Image size.
+        len: u64,
+        /// Room.
+        room: u64,
+    },
+    /// Writing the image or boot block into guest memory failed.
+    #[error("loading the guest: {0}")]
+    Load(String),
+    /// A thread could not be started.
+    #[error("starting a vCPU thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// The GIC model refused the configuration.
+    #[error("interrupt controller: {0}")]
+    Gic(String),
+    /// A vCPU thread panicked.
+    #[error("vCPU {0} panicked")]
+    VcpuPanicked(usize),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The guest powered off.
+    SystemOff,
+    /// The guest asked for a reset (not followed: the run ends).
+    SystemReset,
+    /// The timeout passed.
+    Timeout,
+}
+
+/// One process's outcome, checked against the Rust reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOutcome {
+    /// Index in the configuration.
+    pub index: usize,
+    /// Workload.
+    pub kind: WorkloadKind,
+    /// The vCPU it ran on.
+    pub vcpu: u32,
+    /// Final state ([`proc_state`]).
+    pub state: u32,
+    /// Units of work done.
+    pub progress: u64,
+    /// Its checksum.
+    pub checksum: u64,
+    /// Whether the checksum equals the reference's for that progress.
+    pub checksum_ok: bool,
+    /// The syndrome that killed it, if it was killed.
+    pub kill_esr: u32,
+}
+
+/// Everything a run produced.
+#[derive(Debug)]
+pub struct VmRun {
+    /// How it ended.
+    pub end: RunEnd,
+    /// Wall time from the first vCPU's start to the end.
+    pub wall: Duration,
+    /// Wall time until every process with work to do had done it (workload runs).
+    pub work_done_at: Option<Duration>,
+    /// Console output.
+    pub uart: String,
+    /// Per-vCPU reports.
+    pub vcpus: Vec<VcpuReport>,
+    /// Memory system metrics at the end.
+    pub mem: MemMetrics,
+    /// The store.
+    pub store: StoreInfo,
+    /// Per-process outcomes (workload runs).
+    pub processes: Vec<ProcessOutcome>,
+}
+
+/// The console: kept for the report, and echoed to standard output if asked.
+#[derive(Debug, Clone)]
+struct Console {
+    text: Arc<Mutex<Vec<u8>>>,
+    echo: bool,
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        if self.echo {
+            std::io::stdout().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.echo {
+            std::io::stdout().flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Options of a run that are not part of the VM's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// End the run after this long, whatever the guest does.
+    pub timeout: Duration,
+    /// Echo the console to standard output.
+    pub echo_console: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            timeout: Duration::from_secs(120),
+            echo_console: false,
+        }
+    }
+}
+
+fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
+    let s = &config.store;
+    let pages = u32::try_from(config.ram.0 / apf_abi::PAGE_SIZE).unwrap_or(u32::MAX);
+    let depth = usize::try_from(s.queue_depth).unwrap_or(1);
+    let base: Box<dyn Store> = match s.kind {
+        StoreKind::File => Box::new(FileStore::open(&FileStoreConfig {
+            path: s.path.clone(),
+            queue_depth: depth,
+            direct: s.direct,
+            backend: Backend::Auto,
+            capacity: pages,
+        })?),
+        StoreKind::Mem => Box::new(MemStore::new(pages, depth)),
+    };
+    let delayed: Box<dyn Store> = if s.latency.0.is_zero() {
+        base
+    } else if s.latency_sigma == 0.0 {
+        Box::new(LatencyStore::new(base, Latency::Fixed(s.latency.0)))
+    } else {
+        Box::new(LatencyStore::new(
+            base,
+            Latency::LogNormal {
+                median: s.latency.0,
+                sigma: s.latency_sigma,
+                seed: config.seed,
+            },
+        ))
+    };
+    Ok(if s.read_error_rate > 0.0 {
+        Box::new(FaultyStore::new(
+            delayed,
+            FaultConfig {
+                seed: config.seed,
+                read_error: s.read_error_rate,
+                ..FaultConfig::default()
+            },
+        ))
+    } else {
+        delayed
+    })
+}
+
+/// A seed per process, derived from the run's (splitmix64).
+fn process_seed(run_seed: u64, index: usize) -> u64 {
+    let mut z = run_seed.wrapping_add((index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The boot block that tells the built-in guest what to run.
+pub fn boot_block(config: &VmConfig) -> BootBlock {
+    let mut block = BootBlock {
+        nr_vcpus: config.vcpus,
+        nr_procs: u32::try_from(config.processes.len()).unwrap_or(0),
+        ram_base: RAM_BASE,
+        ram_size: config.ram.0,
+        seed: config.seed,
+        ..BootBlock::default()
+    };
+    for (i, p) in config.processes.iter().enumerate() {
+        block.procs[i] = ProcSpec {
+            kind: p.kind.abi(),
+            vcpu: p.vcpu,
+            mem_bytes: if p.kind == WorkloadKind::Calc {
+                0
+            } else {
+                p.mem.0
+            },
+            work: p.work,
+            seed: process_seed(config.seed, i),
+        };
+    }
+    block
+}
+
+struct Built {
+    memory: Arc<GuestMemory>,
+    machine: Arc<Machine>,
+    console: Arc<Mutex<Vec<u8>>>,
+}
+
+fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
+    config.validate()?;
+    let store = open_store(config)?;
+    let memory = GuestMemory::new(
+        MemConfig::new(RAM_BASE, config.ram.0, config.budget.0),
+        store,
+    )?;
+    let room = (RAM_BASE + config.ram.0).saturating_sub(IMAGE_LOAD_ADDR);
+    if image.len() as u64 > room {
+        return Err(VmError::ImageTooBig {
+            len: image.len() as u64,
+            room,
+        });
+    }
+    memory
+        .write_bytes(IMAGE_LOAD_ADDR, image)
+        .map_err(|e| VmError::Load(e.to_string()))?;
+    let vcpus = usize::try_from(config.vcpus).unwrap_or(1);
+    let gic = Arc::new(Gic::new(vcpus).map_err(|e| VmError::Gic(e.to_string()))?);
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let line =
+        SpiLine::new(Arc::clone(&gic), UART_INTID).map_err(|e| VmError::Gic(e.to_string()))?;
+    let uart = Pl011::new(
+        Box::new(Console {
+            text: Arc::clone(&console),
+            echo,
+        }),
+        Box::new(line),
+    );
+    let machine = Arc::new(Machine::new(gic, uart, RAM_BASE..RAM_BASE + config.ram.0));
+    Ok(Built {
+        memory,
+        machine,
+        console,
+    })
+}
+
+fn start_vcpus(
+    config: &VmConfig,
+    built: &Built,
+) -> Result<Vec<std::thread::JoinHandle<VcpuReport>>, VmError> {
+    let n = usize::try_from(config.vcpus).unwrap_or(1);
+    let start = Arc::new(Barrier::new(n + 1));
+    let mut threads = Vec::with_capacity(n);
+    for index in 0..n {
+        let spec = VcpuSpec {
+            index,
+            cpu: CpuConfig {
+                mpidr: mpidr_el1_of(index),
+                ..CpuConfig::default()
+            },
+            apf_offered: config.apf,
+            apf_sdei_event: SDEI_EVENT_ASYNC_PF,
+            apf_ppi: APF_DEFAULT_PPI,
+            boot: (index == 0).then_some(StartRequest {
+                entry: IMAGE_LOAD_ADDR,
+                context: 0,
+            }),
+            slice: SLICE,
+            halt_poll: HALT_POLL,
+        };
+        let memory = Arc::clone(&built.memory);
+        let make_ram: vcpu::RamFactory<MemRam> =
+            Box::new(move |waker, port| MemRam::new(memory.vcpu_tlb(), port, waker));
+        threads.push(vcpu::spawn(
+            spec,
+            Arc::clone(&built.machine),
+            Arc::clone(&start),
+            make_ram,
+        )?);
+    }
+    built
+        .machine
+        .set_wakers(threads.iter().map(|t| Arc::clone(&t.waker)).collect());
+    for (i, t) in threads.iter().enumerate() {
+        let kick: Arc<dyn apf_host::gic::Kick> = Arc::clone(&t.waker);
+        built
+            .machine
+            .gic
+            .connect(i, kick)
+            .map_err(|e| VmError::Gic(e.to_string()))?;
+    }
+    start.wait();
+    Ok(threads.into_iter().map(|t| t.handle).collect())
+}
+
+fn finish(
+    built: Built,
+    handles: Vec<std::thread::JoinHandle<VcpuReport>>,
+    begin: Instant,
+    work_done_at: Option<Duration>,
+    processes: Vec<ProcessOutcome>,
+) -> Result<VmRun, VmError> {
+    let mut vcpus = Vec::with_capacity(handles.len());
+    for (i, h) in handles.into_iter().enumerate() {
+        vcpus.push(h.join().map_err(|_| VmError::VcpuPanicked(i))?);
+    }
+    let wall = begin.elapsed();
+    built.machine.uart.flush();
+    let end = match built.machine.stop_reason() {
+        Some(StopReason::SystemOff) => RunEnd::SystemOff,
+        Some(StopReason::SystemReset) => RunEnd::SystemReset,
+        Some(StopReason::Host) | None => RunEnd::Timeout,
+    };
+    let uart =
+        String::from_utf8_lossy(&built.console.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_owned();
+    Ok(VmRun {
+        end,
+        wall,
+        work_done_at,
+        uart,
+        vcpus,
+        mem: built.memory.metrics(),
+        store: built.memory.store_info(),
+        processes,
+    })
+}
+
+/// Boots any flat AArch64 image (loaded at 0x40080000, entered at EL1h with x0 = 0)
+/// and runs it until it powers off or `options.timeout` passes.
+pub fn run_image(config: &VmConfig, image: &[u8], options: RunOptions) -> Result<VmRun, VmError> {
+    let built = build(config, image, options.echo_console)?;
+    let begin = Instant::now();
+    let handles = start_vcpus(config, &built)?;
+    while !built.machine.stopping() && begin.elapsed() < options.timeout {
+        std::thread::park_timeout(MONITOR_PERIOD);
+    }
+    built.machine.stop(StopReason::Host);
+    finish(built, handles, begin, None, Vec::new())
+}
+
+fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
+    let mut bytes = [0u8; BOOT_BLOCK_BYTES];
+    memory.read_bytes(BOOT_BLOCK_GPA, &mut bytes).ok()?;
+    BootBlock::from_bytes(&bytes)
+}
+
+fn outcomes(config: &VmConfig, block: &BootBlock) -> Vec<ProcessOutcome> {
+    config
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let r = block.results[i];
+            ProcessOutcome {
+                index: i,
+                kind: p.kind,
+                vcpu: p.vcpu,
+                state: r.state,
+                progress: r.progress,
+                checksum: r.checksum,
+                checksum_ok: workload::verify(&block.procs[i], &r).is_ok(),
+                kill_esr: r.kill_esr,
+            }
+        })
+        .collect()
+}
+
+/// Runs the built-in guest with the configuration's processes. The run ends when
+/// every process with work to do has done it (processes with `work = 0` are then
+/// stopped), when `config.duration` passes, or at `options.timeout`.
+pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, VmError> {
+    let built = build(config, GUEST_IMAGE, options.echo_console)?;
+    let block = boot_block(config);
+    built
+        .memory
+        .write_bytes(BOOT_BLOCK_GPA, &block.to_bytes())
+        .map_err(|e| VmError::Load(e.to_string()))?;
+    let begin = Instant::now();
+    let handles = start_vcpus(config, &built)?;
+    let finite: Vec<usize> = (0..config.processes.len())
+        .filter(|&i| config.processes[i].work > 0)
+        .collect();
+    let mut work_done_at = None;
+    let mut stop_sent = false;
+    while !built.machine.stopping() && begin.elapsed() < options.timeout {
+        std::thread::park_timeout(MONITOR_PERIOD);
+        if stop_sent {
+            continue;
+        }
+        let Some(now) = read_boot_block(&built.memory) else {
+            continue;
+        };
+        let ended =
+            |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
+        let all_done = !finite.is_empty() && finite.iter().all(ended);
+        if all_done && work_done_at.is_none() {
+            work_done_at = Some(begin.elapsed());
+        }
+        let out_of_time = config.duration.is_some_and(|d| begin.elapsed() >= d.0);
+        if all_done || out_of_time {
+            let _ = built
+                .memory
+                .write_bytes(BOOT_BLOCK_GPA + BOOT_OFF_STOP, &1u32.to_le_bytes());
+            stop_sent = true;
+        }
+    }
+    built.machine.stop(StopReason::Host);
+    let processes = read_boot_block(&built.memory)
+        .map(|b| outcomes(config, &b))
+        .unwrap_or_default();
+    finish(built, handles, begin, work_done_at, processes)
+}
