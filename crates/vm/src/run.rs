@@ -325,7 +325,7 @@ fn start_vcpus(
         .machine
         .set_wakers(threads.iter().map(|t| Arc::clone(&t.waker)).collect());
     for (i, t) in threads.iter().enumerate() {
-        let kick: Arc<dyn apf_host::gic::Kick> = Arc::clone(&t.waker);
+        let kick: Arc<dyn apf_host::gic::Kick> = t.waker.clone();
         built
             .machine
             .gic
