@@ -872,3 +872,28 @@ fn a_not_present_the_guest_discards_unseen_is_owed_no_page_ready() {
     assert_eq!(rig.engine.halted_on(), None);
     assert_eq!(rig.engine.outstanding(), 0);
 }
+
+#[test]
+fn a_vmm_offering_abi_1_0_reports_it_and_refuses_separate_ready() {
+    let mut rig = Rig::configured(0);
+    rig.engine.limit_to_v1_0();
+    let r = rig
+        .engine
+        .hypercall(&mut rig.vcpu, ASYNC_PF_FUNC_VERSION, 0, 0);
+    assert_eq!(r.value, 0x01_00_00);
+    let r = rig.engine.hypercall(
+        &mut rig.vcpu,
+        ASYNC_PF_FUNC_ENABLE,
+        BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY,
+        0,
+    );
+    assert_eq!(r.status, SMCCC_RET_INVALID_PARAMETER);
+    assert!(!rig.engine.control().enabled);
+    let r = rig.engine.hypercall(
+        &mut rig.vcpu,
+        ASYNC_PF_FUNC_ENABLE,
+        BLOCK | CONTROL_ENABLED,
+        0,
+    );
+    assert_eq!(r.status, SMCCC_RET_SUCCESS);
+}

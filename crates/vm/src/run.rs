@@ -304,6 +304,7 @@ fn start_vcpus(
             apf_offered: config.apf,
             apf_sdei_event: SDEI_EVENT_ASYNC_PF,
             apf_ppi: APF_DEFAULT_PPI,
+            apf_separate_ready: config.separate_ready,
             boot: (index == 0).then_some(StartRequest {
                 entry: IMAGE_LOAD_ADDR,
                 context: 0,

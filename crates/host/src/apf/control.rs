@@ -184,6 +184,8 @@ enum ReadyOutcome {
 pub struct ApfControl<W: AtomicWord = AtomicU64> {
     vcpu_id: u32,
     offered: bool,
+    /// The VMM offers ABI 1.1 (the separate page-ready channel); else 1.0.
+    separate_ready_offered: bool,
     sdei_event: u32,
     ppi: u32,
     control: ControlWord,
@@ -222,6 +224,7 @@ impl<W: AtomicWord> ApfControl<W> {
         ApfControl {
             vcpu_id: vcpu_id & apf_abi::token::TOKEN_MAX_VCPU,
             offered,
+            separate_ready_offered: true,
             sdei_event: 0,
             ppi: 0,
             control: ControlWord::DISABLED,
@@ -253,6 +256,21 @@ impl<W: AtomicWord> ApfControl<W> {
     /// Whether the VMM offers APF to this guest.
     pub fn offered(&self) -> bool {
         self.offered
+    }
+
+    /// The VMM offers only ABI 1.0: VERSION reports 1.0.0 and SEPARATE_READY is a
+    /// reserved bit, as the series had it.
+    pub fn limit_to_v1_0(&mut self) {
+        self.separate_ready_offered = false;
+    }
+
+    /// The interface version this vCPU reports.
+    pub fn version(&self) -> u32 {
+        if self.separate_ready_offered {
+            apf_abi::APF_VERSION
+        } else {
+            0x01_00_00
+        }
     }
 
     /// The guest's current control word.
@@ -627,6 +645,9 @@ impl<W: AtomicWord> ApfControl<W> {
             return Err(EnableError::NotOffered);
         }
         let word = ControlWord::decode(raw).map_err(|_| EnableError::ReservedBits(raw))?;
+        if word.separate_ready && !self.separate_ready_offered {
+            return Err(EnableError::ReservedBits(raw));
+        }
         if word.enabled {
             if self.sdei_event == 0 || self.ppi == 0 {
                 return Err(EnableError::NotConfigured {

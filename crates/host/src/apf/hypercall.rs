@@ -3,13 +3,13 @@
 use super::completion::AtomicWord;
 use super::control::{ApfControl, EnableError};
 use super::vcpu::ApfVcpu;
+use apf_abi::ASYNC_PF_PER_VCPU;
 use apf_abi::control::ControlWord;
 use apf_abi::smccc::{
     ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ, ASYNC_PF_FUNC_IRQ_ACK, ASYNC_PF_FUNC_SDEI,
     ASYNC_PF_FUNC_SLOTS, ASYNC_PF_FUNC_VERSION, SMCCC_RET_INVALID_PARAMETER,
     SMCCC_RET_NOT_REQUIRED, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS,
 };
-use apf_abi::{APF_VERSION, ASYNC_PF_PER_VCPU};
 
 /// What the hypercall returns: x0 (an SMCCC status, sign-extended) and x1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl<W: AtomicWord> ApfControl<W> {
             return HypercallResult::err(SMCCC_RET_NOT_SUPPORTED);
         }
         match x1 & 0xFFFF_FFFF {
-            ASYNC_PF_FUNC_VERSION => HypercallResult::ok(u64::from(APF_VERSION)),
+            ASYNC_PF_FUNC_VERSION => HypercallResult::ok(u64::from(self.version())),
             ASYNC_PF_FUNC_SLOTS => HypercallResult::ok(ASYNC_PF_PER_VCPU as u64),
             ASYNC_PF_FUNC_SDEI => HypercallResult::ok(u64::from(self.sdei_event())),
             ASYNC_PF_FUNC_IRQ => HypercallResult::ok(u64::from(self.ppi())),

@@ -7,7 +7,6 @@
 use super::completion::AtomicWord;
 use super::control::{ApfControl, EnableError};
 use super::vcpu::ApfVcpu;
-use apf_abi::APF_VERSION;
 use apf_abi::ppi::is_valid_apf_ppi;
 use thiserror::Error;
 
@@ -103,7 +102,7 @@ impl<W: AtomicWord> ApfControl<W> {
             return Err(ApfCommandError::NotOffered);
         }
         match command {
-            ApfCommand::GetVersion => Ok(u64::from(APF_VERSION)),
+            ApfCommand::GetVersion => Ok(u64::from(self.version())),
             ApfCommand::GetSdei => Ok(u64::from(self.sdei_event())),
             ApfCommand::GetIrq => Ok(u64::from(self.ppi())),
             ApfCommand::GetControl => Ok(self.control().encode()),

@@ -55,6 +55,8 @@ pub struct VcpuSpec {
     pub apf_sdei_event: u32,
     /// The page-ready PPI.
     pub apf_ppi: u32,
+    /// Offer ABI 1.1 (the separate page-ready channel); else 1.0.
+    pub apf_separate_ready: bool,
     /// Where the vCPU starts, if it is powered on at boot.
     pub boot: Option<StartRequest>,
     /// Instructions per slice: bounds the latency of shootdowns and kicks.
@@ -106,6 +108,9 @@ pub fn spawn<R: GuestRam + 'static>(
                 u32::try_from(spec.index).unwrap_or(u32::MAX),
                 spec.apf_offered,
             );
+            if !spec.apf_separate_ready {
+                apf.limit_to_v1_0();
+            }
             let ram = make_ram(Arc::clone(&waker), Arc::clone(apf.port()));
             let _ = tx.send(Arc::clone(&waker));
             start.wait();
