@@ -19,6 +19,7 @@
 //! - SVC (it would make real system calls), SIMD/FP (UNDEFINED here, real on
 //!   QEMU), and system-register accesses other than the targeted set below
 //!   (Linux lets EL0 read ID and cache-type registers that EL1 controls here).
+//! - Immediate branches to themselves (a loop on QEMU; one step here).
 //! - Register branches in the fully random class: Linux runs EL0 with the top
 //!   byte of addresses ignored, which canonicalises a tagged branch target.
 //!
@@ -43,6 +44,7 @@ const SIGILL: u32 = 4;
 const SIGTRAP: u32 = 5;
 const SIGBUS: u32 = 7;
 const SIGSEGV: u32 = 11;
+const SIGALRM: u32 = 14;
 /// Compared cases per class by default: 9 classes x 12,000 > 100k.
 const DEFAULT_CASES_PER_CLASS: usize = 12_000;
 const BATCH: usize = 6_000;
@@ -139,6 +141,8 @@ enum Kind {
     Breakpoint,
     /// A data access faulted (SIGSEGV), at this address.
     DataFault(u64),
+    /// Still running after the oracle's watchdog expired (a loop).
+    Hung,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,11 +414,20 @@ fn generate(class: Class, rng: &mut Rng) -> Case {
             let svc = w & 0xFFE0_001F == 0xD400_0001;
             let system = w >> 22 == 0x354;
             let register_branch = w >> 25 == 0b110_1011;
-            if !(simd_fp || svc || system || register_branch) {
+            if !(simd_fp || svc || system || register_branch || branches_to_itself(w)) {
                 break new_case(class, rng, vec![w]);
             }
         },
     }
+}
+
+/// An immediate branch with offset 0: a loop on QEMU when taken.
+fn branches_to_itself(w: u32) -> bool {
+    let b = w & 0x7C00_0000 == 0x1400_0000 && field(w, 0, 26) == 0;
+    let b_cond = w & 0xFF00_0000 == 0x5400_0000 && field(w, 5, 19) == 0;
+    let cbz = w & 0x7E00_0000 == 0x3400_0000 && field(w, 5, 19) == 0;
+    let tbz = w & 0x7E00_0000 == 0x3600_0000 && field(w, 5, 14) == 0;
+    b || b_cond || cbz || tbz
 }
 
 /// An exclusive-class case: either an LDXR/STXR pair or a single word of the
@@ -790,6 +803,7 @@ fn parse_results(mut out: &[u8], cases: &[&Case]) -> Vec<Outcome> {
                 Kind::DataFault(fault)
             }
             SIGTRAP | SIGSEGV | SIGBUS => Kind::Completed,
+            SIGALRM => Kind::Hung,
             other => panic!("oracle reported signal {other}"),
         };
         results.push(Outcome {
