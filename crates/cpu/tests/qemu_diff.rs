@@ -44,7 +44,7 @@ const SIGILL: u32 = 4;
 const SIGTRAP: u32 = 5;
 const SIGBUS: u32 = 7;
 const SIGSEGV: u32 = 11;
-const SIGALRM: u32 = 14;
+const SIGVTALRM: u32 = 26;
 /// Compared cases per class by default: 9 classes x 12,000 > 100k.
 const DEFAULT_CASES_PER_CLASS: usize = 12_000;
 const BATCH: usize = 6_000;
@@ -803,7 +803,7 @@ fn parse_results(mut out: &[u8], cases: &[&Case]) -> Vec<Outcome> {
                 Kind::DataFault(fault)
             }
             SIGTRAP | SIGSEGV | SIGBUS => Kind::Completed,
-            SIGALRM => Kind::Hung,
+            SIGVTALRM => Kind::Hung,
             other => panic!("oracle reported signal {other}"),
         };
         results.push(Outcome {
