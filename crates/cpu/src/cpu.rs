@@ -146,13 +146,15 @@ impl Cpu {
             if bus.kicked() {
                 return Exit::Kicked;
             }
-            if self.pstate.il {
-                self.sync_exception(Esr::new(ec::ILLEGAL_STATE, 0), None);
+            // An interrupt is taken at the instruction boundary, before the
+            // instruction there can raise anything (SPSR keeps PSTATE.IL).
+            if self.irq_line && self.pstate.daif & bits::I == 0 {
+                self.take_exception(Exception::Irq);
                 left -= 1;
                 continue;
             }
-            if self.irq_line && self.pstate.daif & bits::I == 0 {
-                self.take_exception(Exception::Irq);
+            if self.pstate.il {
+                self.sync_exception(Esr::new(ec::ILLEGAL_STATE, 0), None);
                 left -= 1;
                 continue;
             }
