@@ -9,7 +9,8 @@
  * whatever happens next (finishing the words, branching anywhere, faulting,
  * UNDEF) ends in a signal whose frame holds the resulting state. The handler
  * records it, together with the bytes of the data region that changed, and
- * installs the next case. Results go to stdout.
+ * installs the next case. A case still running after two CPU seconds is stopped
+ * by SIGVTALRM and reported as such. Results go to stdout.
  *
  * Input:  header { u64 magic, n_cases, data_base, data_len, code_base }
  *         u8 pattern[data_len]  (the data region's contents before every case)
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -144,6 +146,14 @@ static void install(mcontext_t *mc, const struct test_case *c)
 	mc->pstate = c->nzcv & 0xF0000000u; /* EL0t, nothing masked */
 }
 
+/* A case that never reaches a signal of its own (a loop) ends with SIGVTALRM
+ * after two seconds of CPU time (not wall time: a busy machine is no loop). */
+static void arm_watchdog(long seconds)
+{
+	struct itimerval it = { .it_interval = { 0, 0 }, .it_value = { seconds, 0 } };
+	setitimer(ITIMER_VIRTUAL, &it, NULL);
+}
+
 static void handler(int sig, siginfo_t *si, void *ctx)
 {
 	ucontext_t *uc = ctx;
@@ -160,8 +170,10 @@ static void handler(int sig, siginfo_t *si, void *ctx)
 	if (next_case < hdr.n_cases) {
 		const struct test_case *c = &cases[next_case++];
 		install(&uc->uc_mcontext, c);
+		arm_watchdog(2);
 		__asm__ volatile("msr tpidr_el0, %0" ::"r"(c->tpidr));
 	} else {
+		arm_watchdog(0);
 		running = 0;
 		uint64_t pc = main_context.pc, sp = main_context.sp, ps = main_context.pstate;
 		memcpy(uc->uc_mcontext.regs, main_context.regs, sizeof main_context.regs);
@@ -206,7 +218,7 @@ int main(void)
 	sa.sa_sigaction = handler;
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
 	sigemptyset(&sa.sa_mask);
-	int sigs[] = { SIGTRAP, SIGILL, SIGSEGV, SIGBUS, SIGFPE };
+	int sigs[] = { SIGTRAP, SIGILL, SIGSEGV, SIGBUS, SIGFPE, SIGVTALRM };
 	for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
 		if (sigaction(sigs[i], &sa, NULL) != 0)
 			die("sigaction");

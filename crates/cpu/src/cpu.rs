@@ -146,13 +146,15 @@ impl Cpu {
             if bus.kicked() {
                 return Exit::Kicked;
             }
-            if self.pstate.il {
-                self.sync_exception(Esr::new(ec::ILLEGAL_STATE, 0), None);
+            // An interrupt is taken at the instruction boundary, before the
+            // instruction there can raise anything (SPSR keeps PSTATE.IL).
+            if self.irq_line && self.pstate.daif & bits::I == 0 {
+                self.take_exception(Exception::Irq);
                 left -= 1;
                 continue;
             }
-            if self.irq_line && self.pstate.daif & bits::I == 0 {
-                self.take_exception(Exception::Irq);
+            if self.pstate.il {
+                self.sync_exception(Esr::new(ec::ILLEGAL_STATE, 0), None);
                 left -= 1;
                 continue;
             }
@@ -185,8 +187,11 @@ impl Cpu {
     fn run_page<B: Bus>(&mut self, bus: &mut B, limit: u64) -> (u64, Option<Exit>) {
         let page = self.pc & !0xFFF;
         let slab = self.cache.page(page >> 12);
-        let mut steps = 0;
-        while steps < limit {
+        // Every step in here retires an instruction except the last one when
+        // it is an exception entry, so the retired count is the step count.
+        let start = self.retired;
+        let stop = start + limit;
+        while self.retired < stop {
             // A word index within the page.
             #[allow(clippy::cast_possible_truncation)]
             let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
@@ -199,11 +204,12 @@ impl Cpu {
                     }
                     Err(crate::BusError::Stage2Fault) => {
                         let esr = Cpu::stage2_fetch_syndrome();
-                        return (steps, Some(self.stage2_exit(esr, self.pc)));
+                        let exit = self.stage2_exit(esr, self.pc);
+                        return (self.retired - start, Some(exit));
                     }
                     Err(crate::BusError::ExternalAbort) => {
                         self.fetch_abort_el1();
-                        return (steps + 1, None);
+                        return (self.retired - start + 1, None);
                     }
                 }
             }
@@ -211,35 +217,33 @@ impl Cpu {
                 Flow::Next => {
                     self.pc = self.pc.wrapping_add(4);
                     self.retired += 1;
-                    steps += 1;
                     if index == OPS_PER_PAGE - 1 {
                         break;
                     }
                 }
                 Flow::Jump => {
                     self.retired += 1;
-                    steps += 1;
                     // Same page and still aligned, else the outer loop decides.
                     if self.pc & !0xFFC != page {
                         break;
                     }
                     if bus.kicked() {
-                        return (steps, Some(Exit::Kicked));
+                        return (self.retired - start, Some(Exit::Kicked));
                     }
                 }
                 Flow::Resync => {
                     self.retired += 1;
-                    return (steps + 1, None);
+                    break;
                 }
-                Flow::Trap => return (steps + 1, None),
-                Flow::Fault(exit) => return (steps, Some(exit)),
+                Flow::Trap => return (self.retired - start + 1, None),
+                Flow::Fault(exit) => return (self.retired - start, Some(exit)),
                 Flow::Exit(exit) => {
                     self.retired += 1;
-                    return (steps + 1, Some(exit));
+                    return (self.retired - start, Some(exit));
                 }
             }
         }
-        (steps, None)
+        (self.retired - start, None)
     }
 
     /// A stage-2 abort exit for `far`. The exit goes to EL2 and back, which
@@ -371,3 +375,9 @@ impl Cpu {
         self.cache.invalidate_all();
     }
 }
+
+// The host runs each vCPU on its own thread.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Cpu>();
+};

@@ -267,7 +267,7 @@ impl Cpu {
     }
 
     /// The base register of an access, with the SP alignment check.
-    #[inline]
+    #[inline(always)]
     fn base(&mut self, n: u8) -> Result<u64, Flow> {
         let b = self.r(n);
         if n == reg::SP && b & 0xF != 0 && self.sp_alignment_checked() {
@@ -293,7 +293,7 @@ impl Cpu {
 
     /// Alignment check: with the stage-1 MMU off every access is to Device
     /// memory, where an unaligned access faults.
-    #[inline]
+    #[inline(always)]
     fn aligned(&mut self, addr: u64, bytes: u64, write: bool) -> Result<(), Flow> {
         if addr & (bytes - 1) != 0 {
             self.alignment_fault(addr, write);
@@ -307,7 +307,7 @@ impl Cpu {
         self.data_abort_el1(addr, write, fsc::ALIGNMENT);
     }
 
-    #[inline]
+    #[inline(always)]
     fn load<B: Bus>(
         &mut self,
         bus: &mut B,
@@ -320,7 +320,7 @@ impl Cpu {
             .map_err(|e| self.access_fault(e, addr, info))
     }
 
-    #[inline]
+    #[inline(always)]
     fn store<B: Bus>(
         &mut self,
         bus: &mut B,
@@ -988,7 +988,7 @@ impl Cpu {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn logic(&mut self, d: u8, x: u64, y: u64, op: LogicOp, sf: bool) {
         let r = match op {
             LogicOp::And | LogicOp::Ands => x & y,
@@ -1001,7 +1001,7 @@ impl Cpu {
         self.w(d, r);
     }
 
-    #[inline]
+    #[inline(always)]
     fn add_sub(&mut self, d: u8, x: u64, y: u64, sf: bool, sub: bool, flags: bool) {
         if flags {
             let (r, f) = if sub {

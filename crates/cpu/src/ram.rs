@@ -89,7 +89,7 @@ impl RamBus {
         self.load(addr, &bytes)
     }
 
-    #[inline]
+    #[inline(always)]
     fn locate(&mut self, addr: u64, len: usize) -> Result<&mut [u8], BusError> {
         if !self.unmapped_pages.is_empty() && self.unmapped_pages.contains(&(addr >> 12)) {
             return Err(BusError::Stage2Fault);
@@ -109,7 +109,7 @@ impl RamBus {
         Err(BusError::ExternalAbort)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
         let b = self.locate(addr, len_of(size))?;
         Ok(match size {
@@ -122,7 +122,7 @@ impl RamBus {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         let dst = self.locate(addr, len_of(size))?;
         let bytes = value.to_le_bytes();
@@ -154,12 +154,12 @@ impl Bus for RamBus {
         Ok(w as u32)
     }
 
-    #[inline]
+    #[inline(always)]
     fn read(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
         self.get(addr, size)
     }
 
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         self.put(addr, size, value)
     }

@@ -19,6 +19,7 @@
 //! - SVC (it would make real system calls), SIMD/FP (UNDEFINED here, real on
 //!   QEMU), and system-register accesses other than the targeted set below
 //!   (Linux lets EL0 read ID and cache-type registers that EL1 controls here).
+//! - Immediate branches to themselves (a loop on QEMU; one step here).
 //! - Register branches in the fully random class: Linux runs EL0 with the top
 //!   byte of addresses ignored, which canonicalises a tagged branch target.
 //!
@@ -43,6 +44,7 @@ const SIGILL: u32 = 4;
 const SIGTRAP: u32 = 5;
 const SIGBUS: u32 = 7;
 const SIGSEGV: u32 = 11;
+const SIGVTALRM: u32 = 26;
 /// Compared cases per class by default: 9 classes x 12,000 > 100k.
 const DEFAULT_CASES_PER_CLASS: usize = 12_000;
 const BATCH: usize = 6_000;
@@ -139,6 +141,8 @@ enum Kind {
     Breakpoint,
     /// A data access faulted (SIGSEGV), at this address.
     DataFault(u64),
+    /// Still running after the oracle's watchdog expired (a loop).
+    Hung,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +242,44 @@ fn generate(class: Class, rng: &mut Rng) -> Case {
             new_case(class, rng, vec![w])
         }
         Class::DataProcessingRegister => {
-            let w = (rng.bits(32) & !(0b111 << 25)) | (0b101 << 25);
+            let mut w = (rng.bits(32) & !(0b111 << 25)) | (0b101 << 25);
+            // A third fully random; the rest steered to allocated op1/op2
+            // groups, so most words are instructions rather than UNDEFINED.
+            match rng.below(3) {
+                0 => {}
+                1 => w &= !(1 << 28), // logical, add/sub shifted and extended
+                _ => {
+                    const OP2: [u32; 8] = [
+                        0b0000, 0b0010, 0b0100, 0b0110, 0b1000, 0b1001, 0b1101, 0b1110,
+                    ];
+                    let op2 = OP2[usize::try_from(rng.below(8)).unwrap_or(0)];
+                    w = (w & !(0xF << 21)) | (1 << 28) | (op2 << 21);
+                    let steer = !rng.chance(4);
+                    match op2 {
+                        0b0000 => w &= !(0x3F << 10),
+                        0b0010 if steer => w = (w | (1 << 29)) & !(1 << 10) & !(1 << 4),
+                        0b0100 if steer => w &= !(1 << 29) & !(1 << 11),
+                        0b0110 => {
+                            w &= !(1 << 29);
+                            if steer {
+                                // 1-source: opcode2 = 0, opcode RBIT..CLS;
+                                // 2-source: UDIV..RORV and CRC32.
+                                const TWO: [u32; 14] =
+                                    [2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23];
+                                let opcode = if w & (1 << 30) != 0 {
+                                    w &= !(0x1F << 16);
+                                    u32::try_from(rng.below(6)).unwrap_or(0)
+                                } else {
+                                    TWO[usize::try_from(rng.below(14)).unwrap_or(0)]
+                                };
+                                w = (w & !(0x3F << 10)) | (opcode << 10);
+                            }
+                        }
+                        o if o & 0b1000 != 0 => w &= !(0b11 << 29),
+                        _ => {}
+                    }
+                }
+            }
             new_case(class, rng, vec![w])
         }
         Class::BranchImmediate => {
@@ -357,6 +398,9 @@ fn generate(class: Class, rng: &mut Rng) -> Case {
         Class::LoadStoreRegisterOffset => {
             let mut w = (rng.bits(32) & !(0b111111 << 24)) | (0b111000 << 24) | (1 << 21);
             w = (w & !(0b11 << 10)) | (0b10 << 10);
+            if !rng.chance(8) {
+                w |= 1 << 14; // option<1> = 0 is reserved
+            }
             let mut case = new_case(class, rng, vec![w]);
             let rm = field(w, 16, 5) as usize;
             if rm < 31 {
@@ -391,12 +435,19 @@ fn generate(class: Class, rng: &mut Rng) -> Case {
         }
         Class::Exclusive => exclusive(rng),
         Class::Atomic => {
+            // o3:opc: mostly the allocated LD<op> (0xxx), SWP (1000), LDAPR (1100).
+            let op = match rng.below(8) {
+                0 => rng.bits(4),
+                1 => 0b1000,
+                2 => 0b1100,
+                _ => rng.bits(3),
+            };
             let w = (rng.bits(2) << 30)
                 | (0b111000 << 24)
                 | (rng.bits(2) << 22)
                 | (1 << 21)
                 | (rng.bits(5) << 16)
-                | (rng.bits(4) << 12)
+                | (op << 12)
                 | (rng.bits(10));
             let mut case = new_case(class, rng, vec![w]);
             point_base(&mut case, w, rng);
@@ -410,11 +461,20 @@ fn generate(class: Class, rng: &mut Rng) -> Case {
             let svc = w & 0xFFE0_001F == 0xD400_0001;
             let system = w >> 22 == 0x354;
             let register_branch = w >> 25 == 0b110_1011;
-            if !(simd_fp || svc || system || register_branch) {
+            if !(simd_fp || svc || system || register_branch || branches_to_itself(w)) {
                 break new_case(class, rng, vec![w]);
             }
         },
     }
+}
+
+/// An immediate branch with offset 0: a loop on QEMU when taken.
+fn branches_to_itself(w: u32) -> bool {
+    let b = w & 0x7C00_0000 == 0x1400_0000 && field(w, 0, 26) == 0;
+    let b_cond = w & 0xFF00_0000 == 0x5400_0000 && field(w, 5, 19) == 0;
+    let cbz = w & 0x7E00_0000 == 0x3400_0000 && field(w, 5, 19) == 0;
+    let tbz = w & 0x7E00_0000 == 0x3600_0000 && field(w, 5, 14) == 0;
+    b || b_cond || cbz || tbz
 }
 
 /// An exclusive-class case: either an LDXR/STXR pair or a single word of the
@@ -790,6 +850,7 @@ fn parse_results(mut out: &[u8], cases: &[&Case]) -> Vec<Outcome> {
                 Kind::DataFault(fault)
             }
             SIGTRAP | SIGSEGV | SIGBUS => Kind::Completed,
+            SIGVTALRM => Kind::Hung,
             other => panic!("oracle reported signal {other}"),
         };
         results.push(Outcome {
@@ -841,6 +902,10 @@ fn compare(ours: &Outcome, theirs: &Outcome) -> String {
 #[derive(Debug, Default)]
 struct Tally {
     compared: usize,
+    /// Of the compared: ran to completion, UNDEFINED, breakpoint or data fault.
+    completed: usize,
+    undefined: usize,
+    faulted: usize,
     unaligned: usize,
     tagged: usize,
     unpredictable: usize,
@@ -885,7 +950,13 @@ fn interpreter_matches_qemu_user_mode() {
         let cases: Vec<&Case> = pending.iter().map(|(c, _)| c).collect();
         let theirs = run_oracle(&runner, &pattern, &cases);
         for ((case, ours), theirs) in pending.iter().zip(&theirs) {
-            tallies.entry(case.class).or_default().compared += 1;
+            let tally = tallies.entry(case.class).or_default();
+            tally.compared += 1;
+            match ours.kind {
+                Kind::Completed => tally.completed += 1,
+                Kind::Undefined | Kind::Breakpoint => tally.undefined += 1,
+                Kind::DataFault(_) | Kind::Hung => tally.faulted += 1,
+            }
             let diff = compare(ours, theirs);
             if !diff.is_empty() {
                 total_failures += 1;
@@ -928,15 +999,25 @@ fn interpreter_matches_qemu_user_mode() {
     }
     let mut total = 0;
     println!(
-        "{:<26} {:>9} {:>10} {:>7} {:>14}",
-        "class", "compared", "unaligned", "tagged", "unpredictable"
+        "{:<26} {:>9} {:>10} {:>10} {:>8} {:>10} {:>7} {:>14}",
+        "class",
+        "compared",
+        "completed",
+        "undef/brk",
+        "faulted",
+        "unaligned",
+        "tagged",
+        "unpredictable"
     );
     for (class, t) in &tallies {
         total += t.compared;
         println!(
-            "{:<26} {:>9} {:>10} {:>7} {:>14}",
+            "{:<26} {:>9} {:>10} {:>10} {:>8} {:>10} {:>7} {:>14}",
             format!("{class:?}"),
             t.compared,
+            t.completed,
+            t.undefined,
+            t.faulted,
             t.unaligned,
             t.tagged,
             t.unpredictable
