@@ -118,6 +118,8 @@ pub struct VmRun {
     pub vcpus: Vec<VcpuReport>,
     /// Memory system metrics at the end.
     pub mem: MemMetrics,
+    /// The memory system's invariant check at the end.
+    pub mem_invariants: Result<(), apf_mem::InvariantError>,
     /// The store.
     pub store: StoreInfo,
     /// Per-process outcomes (workload runs).
@@ -365,6 +367,7 @@ fn finish(
         uart,
         vcpus,
         mem: built.memory.metrics(),
+        mem_invariants: built.memory.check_invariants(),
         store: built.memory.store_info(),
         processes,
     })
