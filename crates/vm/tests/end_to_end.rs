@@ -13,8 +13,18 @@ fn scan_calc(apf: bool) -> VmConfig {
     let processes = (0..2)
         .flat_map(|vcpu| {
             [
-                ProcessConfig { kind: WorkloadKind::Scan, vcpu, mem: ByteSize(20 << 20), work: 2500 },
-                ProcessConfig { kind: WorkloadKind::Calc, vcpu, mem: ByteSize(0), work: 0 },
+                ProcessConfig {
+                    kind: WorkloadKind::Scan,
+                    vcpu,
+                    mem: ByteSize(20 << 20),
+                    work: 2500,
+                },
+                ProcessConfig {
+                    kind: WorkloadKind::Calc,
+                    vcpu,
+                    mem: ByteSize(0),
+                    work: 0,
+                },
             ]
         })
         .collect();
@@ -24,7 +34,10 @@ fn scan_calc(apf: bool) -> VmConfig {
         budget: ByteSize(16 << 20),
         apf,
         separate_ready: true,
-        store: StoreConfig { latency: Span(Duration::from_micros(200)), ..StoreConfig::default() },
+        store: StoreConfig {
+            latency: Span(Duration::from_micros(200)),
+            ..StoreConfig::default()
+        },
         processes,
         duration: None,
         seed: 7,
@@ -32,9 +45,17 @@ fn scan_calc(apf: bool) -> VmConfig {
 }
 
 fn run(config: &VmConfig) -> VmRun {
-    let options = RunOptions { timeout: Duration::from_secs(300), echo_console: false };
+    let options = RunOptions {
+        timeout: Duration::from_secs(300),
+        echo_console: false,
+    };
     let run = run_workloads(config, options).expect("the VM runs");
-    assert_eq!(run.end, RunEnd::SystemOff, "the guest powers off; console:\n{}", run.uart);
+    assert_eq!(
+        run.end,
+        RunEnd::SystemOff,
+        "the guest powers off; console:\n{}",
+        run.uart
+    );
     run
 }
 
@@ -53,20 +74,38 @@ fn apf_off_and_on_both_correct_and_apf_removes_blocktime() {
     assert_all_correct(&off);
     assert_all_correct(&on);
 
-    let sum = |r: &VmRun, f: fn(&apf_host::vcpu::VcpuReport) -> u64| r.vcpus.iter().map(f).sum::<u64>();
+    let sum =
+        |r: &VmRun, f: fn(&apf_host::vcpu::VcpuReport) -> u64| r.vcpus.iter().map(f).sum::<u64>();
     assert_eq!(sum(&off, |v| v.apf.not_present), 0, "APF off sends nothing");
-    assert!(sum(&off, |v| v.stats.faults.synchronous) > 0, "the scans needed pages back");
+    assert!(
+        sum(&off, |v| v.stats.faults.synchronous) > 0,
+        "the scans needed pages back"
+    );
 
     let not_present = sum(&on, |v| v.apf.not_present);
     let delivered = sum(&on, |v| v.apf.not_present_delivered);
     let page_ready = sum(&on, |v| v.apf.page_ready);
     let cancelled = sum(&on, |v| v.apf.cancelled);
-    assert!(not_present > 0 && page_ready > 0, "APF on: {not_present} not-present, {page_ready} page-ready");
-    assert_eq!(not_present, delivered + cancelled, "each not-present was delivered or cancelled");
-    assert_eq!(delivered, page_ready, "each delivered not-present got its page-ready");
+    assert!(
+        not_present > 0 && page_ready > 0,
+        "APF on: {not_present} not-present, {page_ready} page-ready"
+    );
+    assert_eq!(
+        not_present,
+        delivered + cancelled,
+        "each not-present was delivered or cancelled"
+    );
+    assert_eq!(
+        delivered, page_ready,
+        "each delivered not-present got its page-ready"
+    );
     for v in &on.vcpus {
         assert!(v.apf.wake_all >= 1, "the enable's wake-all");
-        assert_eq!(v.apf.acks, v.apf.page_ready + v.apf.wake_all, "every page-ready acknowledged");
+        assert_eq!(
+            v.apf.acks,
+            v.apf.page_ready + v.apf.wake_all,
+            "every page-ready acknowledged"
+        );
     }
     let blocked = |r: &VmRun| r.vcpus.iter().map(|v| v.stats.blocked).sum::<Duration>();
     assert!(
@@ -84,13 +123,24 @@ fn store_errors_kill_only_the_process_that_needed_the_page() {
     let mut config = scan_calc(true);
     config.store.read_error_rate = 0.2;
     let run = run(&config);
-    let killed: Vec<_> = run.processes.iter().filter(|p| p.state == proc_state::KILLED).collect();
-    assert!(!killed.is_empty(), "with 20% read errors some access must fail twice");
+    let killed: Vec<_> = run
+        .processes
+        .iter()
+        .filter(|p| p.state == proc_state::KILLED)
+        .collect();
+    assert!(
+        !killed.is_empty(),
+        "with 20% read errors some access must fail twice"
+    );
     for p in &run.processes {
         match p.state {
             proc_state::DONE => assert!(p.checksum_ok, "{p:?}"),
             proc_state::KILLED => {
-                assert_eq!(p.kind, WorkloadKind::Scan, "only a process touching evicted pages");
+                assert_eq!(
+                    p.kind,
+                    WorkloadKind::Scan,
+                    "only a process touching evicted pages"
+                );
                 let esr = Esr(u64::from(p.kill_esr));
                 assert!(esr.is_data_abort(), "{esr:?}");
                 assert_eq!(esr.iss() & 0x3F, u64::from(fsc::SYNC_EXTERNAL), "{esr:?}");
@@ -101,7 +151,11 @@ fn store_errors_kill_only_the_process_that_needed_the_page() {
     }
     let lost: u64 = run.vcpus.iter().map(|v| v.stats.faults.lost).sum();
     let failed: u64 = run.vcpus.iter().map(|v| v.apf.failed_fetches).sum();
-    assert_eq!(lost, killed.len() as u64, "one lost page per killed process");
+    assert_eq!(
+        lost,
+        killed.len() as u64,
+        "one lost page per killed process"
+    );
     assert!(failed > 0, "failed asynchronous fetches are counted");
 }
 
@@ -111,7 +165,11 @@ fn apf_not_offered_and_abi_1_0_are_both_correct() {
     off.apf = false;
     let run_off = run(&off);
     assert_all_correct(&run_off);
-    assert!(run_off.uart.contains("off:"), "the driver stays off:\n{}", run_off.uart);
+    assert!(
+        run_off.uart.contains("off:"),
+        "the driver stays off:\n{}",
+        run_off.uart
+    );
 
     let mut v10 = scan_calc(true);
     v10.separate_ready = false;
