@@ -31,6 +31,7 @@
 #define PSTATE_EL0T	0x0
 #define CURRENTEL_EL1	(1u << 2)	/* CurrentEL.EL in bits 3:2 */
 #define DAIF_MASKED	0x3c0		/* the DAIF register with D, A, I, F set */
+#define INTID_NONE	1023		/* ICC_HPPIR1/IAR1: nothing pending */
 
 /* --- Checks (rt.c) --- */
 
