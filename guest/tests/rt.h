@@ -118,8 +118,37 @@ int apf_bring_up(unsigned cpu, const char *prefix, struct apf_shared_data *block
 void apf_take_wake_all(const char *prefix, struct apf_shared_data *block,
 		       const struct apf_host *host, int ack);
 
-/* `ok` when [TEST_DATA_BASE, end) lies above the image and inside RAM. */
+/* `layout`: [TEST_DATA_BASE, end) lies above the image and inside RAM. */
 void check_layout(u64 end);
+
+/* --- Not-present and page-ready as the guest sees them (apf_events.c) --- */
+
+#define SDEI_SAVED_REGS 18	/* x0..x17 of the interrupted context (DESIGN §4) */
+
+/* Every not-present dispatch is checked against DESIGN §4 and the token format. */
+struct not_present_tallies {
+	struct tally entry, event, arg, pc, pstate, reason, token;
+};
+#define NOT_PRESENT_TALLIES { \
+	TALLY("sdei_entry_el1h_masked"), TALLY("sdei_x0_event"), TALLY("sdei_x1_arg"), \
+	TALLY("sdei_x2_el0_code"), TALLY("sdei_x3_el0t"), TALLY("not_present_reason"), \
+	TALLY("not_present_token"), }
+
+/*
+ * Checks a not-present dispatch on vCPU `cpu` (x0..x3 as dispatched, the state
+ * it runs in, the block's reason and token), then clears the channel, token
+ * first. Returns the token when a task interrupted at EL0 can park on it, else 0.
+ */
+u32 take_not_present(struct not_present_tallies *t, unsigned cpu,
+		     struct apf_shared_data *block, const struct apf_host *host,
+		     u64 event, u64 arg, u64 pc, u64 pstate);
+void report_not_present(const struct not_present_tallies *t);
+
+/*
+ * Reads the ready channel (ABI 1.1, SEPARATE_READY): tallies the reason, clears
+ * the channel, and returns the token; 0 when the reason was not PAGE_READY.
+ */
+u32 take_page_ready(struct tally *reason, struct apf_shared_data *block);
 
 /* --- EL0 tasks (tasks.c) --- */
 
@@ -172,6 +201,12 @@ extern u64 kernel_stack_top[MAX_CPUS];
 /* --- EL0 code (stamp.c) --- */
 
 extern char __user_text_start[], __user_text_end[];
+
+static ALWAYS_INLINE void user_syscall(u64 nr)
+{
+	register u64 x8 __asm__("x8") = nr;
+	__asm__ volatile("svc #0" : "+r"(x8) : : "x0", "memory");
+}
 
 /*
  * An EL0 job over `pages` pages from `base`: stamp the first and last word of

@@ -12,12 +12,6 @@ static ALWAYS_INLINE u64 stamp(u64 salt, u64 addr)
 	return salt ^ (addr * 0x9e3779b97f4a7c15ul);
 }
 
-static ALWAYS_INLINE void sys(u64 nr)
-{
-	register u64 x8 __asm__("x8") = nr;
-	__asm__ volatile("svc #0" : "+r"(x8) : : "x0", "memory");
-}
-
 static ALWAYS_INLINE void verify(struct stamp_job *j, volatile u64 *word, u64 want)
 {
 	u64 got = *word;
@@ -39,7 +33,7 @@ SECTION_USER void stamp_worker(u64 arg)
 		page[0] = stamp(j->salt, (u64)&page[0]);
 		page[WORDS_PER_PAGE - 1] = ~stamp(j->salt, (u64)&page[WORDS_PER_PAGE - 1]);
 	}
-	sys(SYS_BARRIER);
+	user_syscall(SYS_BARRIER);
 	for (u64 p = 0; p < j->pages; p++) {
 		volatile u64 *page = (volatile u64 *)(j->base + p * APF_PAGE_SIZE);
 		verify(j, &page[0], stamp(j->salt, (u64)&page[0]));
@@ -47,7 +41,7 @@ SECTION_USER void stamp_worker(u64 arg)
 		       ~stamp(j->salt, (u64)&page[WORDS_PER_PAGE - 1]));
 	}
 	j->done = 1;
-	sys(SYS_EXIT);
+	user_syscall(SYS_EXIT);
 	__builtin_unreachable();	/* an ended task is never resumed */
 }
 
