@@ -219,6 +219,7 @@ struct stamp_job {
 	volatile u64 done;
 };
 void stamp_worker(u64 job);			/* task body: arg = struct stamp_job * */
+void stamp_verify(struct stamp_job *job);	/* the read-back, at EL1 */
 void stamp_report(const char *name, struct stamp_job *jobs, unsigned n);
 static inline int user_pc(u64 pc)
 {

@@ -25,6 +25,17 @@ static ALWAYS_INLINE void verify(struct stamp_job *j, volatile u64 *word, u64 wa
 	j->bad++;
 }
 
+static ALWAYS_INLINE void verify_pages(struct stamp_job *j)
+{
+	for (u64 p = 0; p < j->pages; p++) {
+		volatile u64 *page = (volatile u64 *)(j->base + p * APF_PAGE_SIZE);
+		verify(j, &page[0], stamp(j->salt, (u64)&page[0]));
+		verify(j, &page[WORDS_PER_PAGE - 1],
+		       ~stamp(j->salt, (u64)&page[WORDS_PER_PAGE - 1]));
+	}
+	j->done = 1;
+}
+
 SECTION_USER void stamp_worker(u64 arg)
 {
 	struct stamp_job *j = (struct stamp_job *)arg;
@@ -34,15 +45,14 @@ SECTION_USER void stamp_worker(u64 arg)
 		page[WORDS_PER_PAGE - 1] = ~stamp(j->salt, (u64)&page[WORDS_PER_PAGE - 1]);
 	}
 	user_syscall(SYS_BARRIER);
-	for (u64 p = 0; p < j->pages; p++) {
-		volatile u64 *page = (volatile u64 *)(j->base + p * APF_PAGE_SIZE);
-		verify(j, &page[0], stamp(j->salt, (u64)&page[0]));
-		verify(j, &page[WORDS_PER_PAGE - 1],
-		       ~stamp(j->salt, (u64)&page[WORDS_PER_PAGE - 1]));
-	}
-	j->done = 1;
+	verify_pages(j);
 	user_syscall(SYS_EXIT);
 	__builtin_unreachable();	/* an ended task is never resumed */
+}
+
+void stamp_verify(struct stamp_job *j)
+{
+	verify_pages(j);
 }
 
 void stamp_report(const char *name, struct stamp_job *jobs, unsigned n)

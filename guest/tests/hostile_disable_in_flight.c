@@ -1,0 +1,196 @@
+/*
+ * hostile_disable_in_flight (2 vCPUs, the apf_flow VM): APF work in flight when
+ * a vCPU disables APF, and when a vCPU goes off with CPU_OFF.
+ *
+ * Each vCPU enables APF (ENABLED | SEPARATE_READY, no SEND_ALWAYS), takes and
+ * acknowledges the wake-all, then disables the page-ready PPI at its GIC: no
+ * page-ready is ever taken, so every task that parks stays parked and its fault
+ * stays in flight. Its stamp jobs (one EL0 task each) write their pages, meet at
+ * the barrier, where the kernel writes a scratch area twice the host budget to
+ * push the stamps out, then read them back and park one by one.
+ *
+ * vCPU 1 (16 tasks) goes first: once all its tasks are parked it calls CPU_OFF
+ * with APF enabled. vCPU 0 checks it went off, then runs 64 tasks; when all are
+ * parked (up to 64 faults in flight) it disables APF (ENABLE 0 → SUCCESS), wakes
+ * its own sleepers as DESIGN §7 says a guest does, and the retried accesses are
+ * synchronous. Nothing may be lost: vCPU 0's jobs read every stamp back, and
+ * vCPU 0 then re-reads vCPU 1's pages, whose fetches were in flight when it went
+ * off. After the disable no notification may reach vCPU 0 (DESIGN §5.6: disable
+ * drains the queues).
+ */
+#include "rt.h"
+
+#define PAGES_PER_JOB 64
+#define CPU0_JOBS 64
+#define CPU1_JOBS 16
+#define JOB_BYTES (PAGES_PER_JOB * APF_PAGE_SIZE)
+#define REGION0 TEST_DATA_BASE
+#define REGION1 (REGION0 + CPU0_JOBS * JOB_BYTES)
+#define FLUSH_BYTES (8 * MiB)		/* 4 x the ~2 MiB host budget */
+#define FLUSH0 (REGION1 + CPU1_JOBS * JOB_BYTES)
+#define FLUSH1 (FLUSH0 + FLUSH_BYTES)
+#define DATA_END (FLUSH1 + FLUSH_BYTES)
+
+static struct apf_shared_data blocks[TASK_CPUS] __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
+static struct apf_host hosts[TASK_CPUS];
+static struct stamp_job jobs0[CPU0_JOBS], jobs1[CPU1_JOBS];
+static struct not_present_tallies np = NOT_PRESENT_TALLIES;	/* the vCPUs take turns */
+
+static volatile u32 cpu1_going_off;
+static volatile u32 cpu1_parked_at_off;
+static int disabled;			/* vCPU 0 has disabled APF */
+static u32 parked_at_disable;
+static u64 not_present_after_disable;
+
+static void init_jobs(struct stamp_job *jobs, unsigned n, u64 base, u64 salt)
+{
+	for (unsigned i = 0; i < n; i++) {
+		jobs[i].base = base + i * JOB_BYTES;
+		jobs[i].pages = PAGES_PER_JOB;
+		jobs[i].salt = salt;
+	}
+}
+
+/* Pushes resident pages out: first touches of a region bigger than the budget. */
+static void flush(u64 base)
+{
+	for (u64 a = base; a < base + FLUSH_BYTES; a += APF_PAGE_SIZE)
+		*(volatile u64 *)a = a;
+}
+
+static void flush0(unsigned cpu) { (void)cpu; flush(FLUSH0); }
+static void flush1(unsigned cpu) { (void)cpu; flush(FLUSH1); }
+
+struct sdei_finish on_sdei(u64 event, u64 arg, u64 pc, u64 pstate)
+{
+	struct sdei_finish plain = { SDEI_EVENT_COMPLETE, 0 };
+	unsigned cpu = cpu_id();
+	if (cpu >= TASK_CPUS)
+		return plain;
+	if (cpu == 0 && disabled)
+		not_present_after_disable++;
+	u32 token = take_not_present(&np, cpu, &blocks[cpu], &hosts[cpu], event, arg, pc,
+				     pstate);
+	if (!token || !task_current(cpu))
+		return plain;
+	return park_current(cpu, token);
+}
+
+/* vCPU 1: off with every task parked (or, without APF, with all done). */
+static noreturn void cpu1_off(void)
+{
+	cpu1_parked_at_off = tasks_parked(1);
+	barrier();
+	cpu1_going_off = 1;
+	hvc(PSCI_CPU_OFF, 0, 0, 0);
+	kprintf("FAIL cpu1_cpu_off_returned got=0x1 want=0x0\n");
+	park();
+}
+
+static int cpu1_idle(unsigned cpu) { (void)cpu; cpu1_off(); }
+static noreturn void cpu1_done(unsigned cpu) { (void)cpu; cpu1_off(); }
+
+static const struct sched_ops cpu1_ops = {
+	.on_barrier = flush1,
+	.on_idle = cpu1_idle,
+	.on_done = cpu1_done,
+};
+
+/* vCPU 0: every task parked, so up to 64 faults are in flight: disable APF. */
+static int disable_in_flight(unsigned cpu)
+{
+	struct apf_shared_data *b = &blocks[0];
+	if (disabled)
+		return 0;
+	disabled = 1;
+	parked_at_disable = tasks_parked(cpu);
+	check("disable_with_faults_in_flight", (u64)apf_enable(0), SMCCC_RET_SUCCESS);
+	check_at_least("faults_in_flight_at_disable", parked_at_disable, 1);
+	/* A page-ready delivered before the disable (never taken) is dropped. */
+	b->ready_token = 0;
+	barrier_st();
+	b->ready_reason = 0;
+	task_wake(cpu, APF_TOKEN_WAKE_ALL);
+	return 1;
+}
+
+/* EL1 re-reads vCPU 1's jobs the way they would have. */
+static void verify_cpu1_data(void)
+{
+	for (unsigned i = 0; i < CPU1_JOBS; i++)
+		stamp_verify(&jobs1[i]);
+	stamp_report("data_stamps_cpu1_after_off", jobs1, CPU1_JOBS);
+}
+
+static noreturn void cpu0_done(unsigned cpu)
+{
+	const struct apf_shared_data *b = &blocks[0];
+	if (!disabled)		/* nothing ever parked: the checks say so */
+		disable_in_flight(cpu);
+	stamp_report("data_stamps", jobs0, CPU0_JOBS);
+	verify_cpu1_data();
+	report_not_present(&np);
+	check("no_not_present_after_disable", not_present_after_disable, 0);
+	check("no_notification_after_disable",
+	      (u64)(b->reason | b->token | b->ready_reason | b->ready_token), 0);
+	check("disable_again", (u64)apf_enable(0), (u64)SMCCC_RET_NOT_REQUIRED);
+	finish();
+}
+
+static const struct sched_ops cpu0_ops = {
+	.on_barrier = flush0,
+	.on_idle = disable_in_flight,
+	.on_done = cpu0_done,
+};
+
+/* Bring-up, the wake-all taken and acknowledged, then the PPI off at the GIC. */
+static void apf_on_without_page_ready(unsigned cpu, const char *prefix)
+{
+	u64 flags = APF_CONTROL_ENABLED | APF_CONTROL_SEPARATE_READY;
+	if (apf_bring_up(cpu, prefix, &blocks[cpu], flags, &hosts[cpu]))
+		return;
+	apf_take_wake_all(prefix, &blocks[cpu], &hosts[cpu], 1);
+	gic_ppi_enable(cpu, hosts[cpu].ppi, 0);
+}
+
+static void wait_cpu1_off(void)
+{
+	while (!cpu1_going_off)
+		;
+	u64 state;
+	do
+		state = (u64)hvc(PSCI_AFFINITY_INFO, 1, 0, 0);
+	while (state == PSCI_AFFINITY_ON);
+	check("cpu1_off_with_faults_in_flight", state, PSCI_AFFINITY_OFF);
+	check_at_least("cpu1_faults_in_flight_at_off", cpu1_parked_at_off, 1);
+}
+
+void test_main(void)
+{
+	check_layout(DATA_END);
+	gic_setup(0);
+	init_jobs(jobs0, CPU0_JOBS, REGION0, 0xd15ab1ed00000000ul);
+	init_jobs(jobs1, CPU1_JOBS, REGION1, 0xd15ab1ed11111111ul);
+	s64 ret = hvc(PSCI_CPU_ON, 1, (u64)secondary_entry, 0);
+	check("cpu1_on", (u64)ret, PSCI_RET_SUCCESS);
+	if (ret == PSCI_RET_SUCCESS)
+		wait_cpu1_off();
+
+	apf_on_without_page_ready(0, "cpu0");
+	for (unsigned i = 0; i < CPU0_JOBS; i++)
+		task_create(0, stamp_worker, (u64)&jobs0[i]);
+	tasks_run(0, &cpu0_ops);
+}
+
+void test_secondary(unsigned cpu)
+{
+	if (cpu != 1) {
+		kprintf("FAIL unexpected_cpu got=0x%x want=0x1\n", cpu);
+		finish();
+	}
+	gic_setup(1);
+	apf_on_without_page_ready(1, "cpu1");
+	for (unsigned i = 0; i < CPU1_JOBS; i++)
+		task_create(1, stamp_worker, (u64)&jobs1[i]);
+	tasks_run(1, &cpu1_ops);
+}
