@@ -18,21 +18,16 @@
 
 #define ARRAY_BYTES (16 * MiB)
 #define CONTEXT_CHECKS 8		/* dispatches whose CONTEXT is read back */
-#define MAX_OUTSTANDING (2 * APF_ASYNC_PF_PER_VCPU)
 #define SPINS_PER_YIELD 256
 
 static struct apf_shared_data block __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
-static struct apf_host host;
+static struct apf_driver drv = APF_DRIVER("", 0, &block);
 static struct stamp_job job = {
 	.base = TEST_DATA_BASE,
 	.pages = ARRAY_BYTES / APF_PAGE_SIZE,
 	.salt = 0xf10e5a17f10e5a17ul,
 };
 static volatile u64 spins;
-
-static u32 outstanding[MAX_OUTSTANDING];	/* tokens told not-present, not yet ready */
-static unsigned nr_outstanding;
-static u64 nr_not_present, nr_page_ready, nr_wake_all;
 
 /* What COMPLETE_AND_RESUME must deliver to the IRQ vector. */
 static struct {
@@ -41,16 +36,11 @@ static struct {
 	u64 x[SDEI_SAVED_REGS];
 } resume;
 
-static struct not_present_tallies np = NOT_PRESENT_TALLIES;
 static struct tally t_status = TALLY("sdei_status_running");
 static struct tally t_context_range = TALLY("sdei_context_index_out_of_range");
 static struct tally t_resume_pc = TALLY("resume_elr_is_x2");
 static struct tally t_resume_pstate = TALLY("resume_spsr_is_x3");
 static struct tally t_resume_regs = TALLY("resume_x0_x17_are_context");
-static struct tally t_intid = TALLY("interrupt_is_page_ready");
-static struct tally t_ready_reason = TALLY("page_ready_reason");
-static struct tally t_ready_token = TALLY("page_ready_token_known");
-static struct tally t_ack = TALLY("irq_ack");
 
 SECTION_USER static void spinner(u64 arg)
 {
@@ -76,23 +66,20 @@ static void check_running_event(u64 event, u64 *context)
 
 struct sdei_finish on_sdei(u64 event, u64 arg, u64 pc, u64 pstate)
 {
-	struct sdei_finish plain = { SDEI_EVENT_COMPLETE, 0 };
 	u64 context[SDEI_SAVED_REGS];
-	int with_context = nr_not_present < CONTEXT_CHECKS;
+	int with_context = drv.not_present < CONTEXT_CHECKS;
 	if (with_context)
 		check_running_event(event, context);
-	nr_not_present++;
-	u32 token = take_not_present(&np, 0, &block, &host, event, arg, pc, pstate);
-	if (!token || !task_current(0) || nr_outstanding == MAX_OUTSTANDING)
-		return plain;	/* the access is retried and resolved synchronously */
-	outstanding[nr_outstanding++] = token;
+	struct sdei_finish how = driver_not_present(&drv, event, arg, pc, pstate);
+	if (how.fn != SDEI_EVENT_COMPLETE_AND_RESUME)
+		return how;
 	resume.pending = 1;
 	resume.with_context = with_context;
 	resume.pc = pc;
 	resume.pstate = pstate;
 	if (with_context)
 		memcpy(resume.x, context, sizeof(context));
-	return park_current(0, token);
+	return how;
 }
 
 static void on_irq_entry(unsigned cpu, struct frame *f)
@@ -115,58 +102,28 @@ static void on_irq_entry(unsigned cpu, struct frame *f)
 		tally(&t_resume_regs, 0, f->x[bad], resume.x[bad]);
 }
 
-static int forget(u32 token)
-{
-	for (unsigned i = 0; i < nr_outstanding; i++)
-		if (outstanding[i] == token) {
-			outstanding[i] = outstanding[--nr_outstanding];
-			return 1;
-		}
-	return 0;
-}
-
 void on_interrupt(unsigned cpu, u32 intid)
 {
-	tally_eq(&t_intid, intid, host.ppi);
-	if (intid != host.ppi)
-		return;
-	u32 token = take_page_ready(&t_ready_reason, &block);
-	if (token == APF_TOKEN_WAKE_ALL) {
-		nr_wake_all++;
-		nr_outstanding = 0;
-		tally(&t_ready_token, 1, token, 0);
-	} else if (token) {
-		nr_page_ready++;
-		tally(&t_ready_token, forget(token), token, 0);
-	}
-	if (token)
-		task_wake(cpu, token);
-	/* Acknowledged whatever the channel held: only IRQ_ACK lowers the line. */
-	tally_eq(&t_ack, (u64)apf_call(ASYNC_PF_FUNC_IRQ_ACK, 0, 0, NULL), SMCCC_RET_SUCCESS);
+	(void)cpu;
+	driver_interrupt(&drv, intid);
 }
 
 static noreturn void on_done(unsigned cpu)
 {
 	(void)cpu;
 	stamp_report("data_stamps", &job, 1);
-	report_not_present(&np);
+	driver_report(&drv);
 	report(&t_status);
 	report(&t_context_range);
 	report(&t_resume_pc);
 	report(&t_resume_pstate);
 	report(&t_resume_regs);
-	report(&t_intid);
-	report(&t_ready_reason);
-	report(&t_ready_token);
-	report(&t_ack);
-	check_at_least("not_present_seen", nr_not_present, 1);
-	check("tokens_all_woken", nr_outstanding, 0);
-	if (nr_not_present && !nr_outstanding)
+	if (drv.not_present && !drv.nr_outstanding)
 		kprintf("OK flow_counts not_present=%lu page_ready=%lu wake_all=%lu spins=%lu\n",
-			nr_not_present, nr_page_ready, nr_wake_all, spins);
+			drv.not_present, drv.page_ready, drv.wake_all, spins);
 	else
 		kprintf("FAIL flow_counts got=0x%x want=0x0 not_present=%lu page_ready=%lu\n",
-			nr_outstanding, nr_not_present, nr_page_ready);
+			drv.nr_outstanding, drv.not_present, drv.page_ready);
 	check("apf_disable", (u64)apf_enable(0), SMCCC_RET_SUCCESS);
 	finish();
 }
@@ -180,7 +137,7 @@ void test_main(void)
 {
 	check_layout(TEST_DATA_BASE + ARRAY_BYTES);
 	gic_setup(0);
-	apf_bring_up(0, "flow", &block, APF_CONTROL_ENABLED | APF_CONTROL_SEPARATE_READY, &host);
+	driver_bring_up(&drv, "flow_");
 	task_create(0, stamp_worker, (u64)&job);
 	task_create(0, spinner, (u64)&job);
 	tasks_run(0, &ops);

@@ -34,7 +34,7 @@
 static struct apf_shared_data blocks[TASK_CPUS] __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
 static struct apf_host hosts[TASK_CPUS];
 static struct stamp_job jobs0[CPU0_JOBS], jobs1[CPU1_JOBS];
-static struct not_present_tallies np = NOT_PRESENT_TALLIES;	/* the vCPUs take turns */
+static struct not_present_tallies np = NOT_PRESENT_TALLIES("");	/* the vCPUs take turns */
 
 static volatile u32 cpu1_going_off;
 static volatile u32 cpu1_parked_at_off;
@@ -176,7 +176,7 @@ void test_main(void)
 	if (ret == PSCI_RET_SUCCESS)
 		wait_cpu1_off();
 
-	apf_on_without_page_ready(0, "cpu0");
+	apf_on_without_page_ready(0, "cpu0_");
 	for (unsigned i = 0; i < CPU0_JOBS; i++)
 		task_create(0, stamp_worker, (u64)&jobs0[i]);
 	tasks_run(0, &cpu0_ops);
@@ -189,7 +189,7 @@ void test_secondary(unsigned cpu)
 		finish();
 	}
 	gic_setup(1);
-	apf_on_without_page_ready(1, "cpu1");
+	apf_on_without_page_ready(1, "cpu1_");
 	for (unsigned i = 0; i < CPU1_JOBS; i++)
 		task_create(1, stamp_worker, (u64)&jobs1[i]);
 	tasks_run(1, &cpu1_ops);

@@ -73,14 +73,14 @@ static void features(void)
 static void bring_up_cpu1(const char *round, u64 ctx)
 {
 	u32 before = arrivals;
-	check_pair("cpu_on", round, (u64)hvc(PSCI_CPU_ON, 1, (u64)probe_entry, ctx),
+	check_cat("cpu_on_", round, (u64)hvc(PSCI_CPU_ON, 1, (u64)probe_entry, ctx),
 		   PSCI_RET_SUCCESS);
 	while (arrivals == before)
 		;
-	check_pair("secondary_context_id", round, probe.x0, ctx);
-	check_pair("secondary_el1h", round, probe.current_el | probe.spsel, CURRENTEL_EL1 | 1);
-	check_pair("secondary_mmu_off", round, probe.sctlr & SCTLR_M, 0);
-	check_pair("secondary_daif_masked", round, probe.daif, DAIF_MASKED);
+	check_cat("secondary_context_id_", round, probe.x0, ctx);
+	check_cat("secondary_el1h_", round, probe.current_el | probe.spsel, CURRENTEL_EL1 | 1);
+	check_cat("secondary_mmu_off_", round, probe.sctlr & SCTLR_M, 0);
+	check_cat("secondary_daif_masked_", round, probe.daif, DAIF_MASKED);
 }
 
 /* Polls AFFINITY_INFO until vCPU 1 is off; anything but ON or OFF fails. */

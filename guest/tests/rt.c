@@ -41,14 +41,13 @@ void check_at_least(const char *name, u64 got, u64 min)
 		kprintf("FAIL %s got=0x%lx want=0x%lx\n", name, got, min);
 }
 
-void check_pair(const char *prefix, const char *step, u64 got, u64 want)
+void check_cat(const char *prefix, const char *rest, u64 got, u64 want)
 {
 	char name[64];
 	unsigned n = 0;
-	for (const char *s = prefix; *s && n < sizeof(name) - 2; s++)
+	for (const char *s = prefix; *s && n < sizeof(name) - 1; s++)
 		name[n++] = *s;
-	name[n++] = '_';
-	for (const char *s = step; *s && n < sizeof(name) - 1; s++)
+	for (const char *s = rest; *s && n < sizeof(name) - 1; s++)
 		name[n++] = *s;
 	name[n] = 0;
 	check(name, got, want);
@@ -226,7 +225,7 @@ int apf_bring_up(unsigned cpu, const char *prefix, struct apf_shared_data *block
 	s64 ret = apf_call(ASYNC_PF_FUNC_SDEI, 0, 0, &event);
 	ret |= apf_call(ASYNC_PF_FUNC_IRQ, 0, 0, &ppi);
 	ret |= apf_call(ASYNC_PF_FUNC_SLOTS, 0, 0, &slots);
-	check_pair(prefix, "discover", (u64)ret, SMCCC_RET_SUCCESS);
+	check_cat(prefix, "discover", (u64)ret, SMCCC_RET_SUCCESS);
 	if (ret != SMCCC_RET_SUCCESS)
 		return -1;
 	host->event = (u32)event;
@@ -235,14 +234,14 @@ int apf_bring_up(unsigned cpu, const char *prefix, struct apf_shared_data *block
 
 	struct smccc_res r = call(SDEI_EVENT_REGISTER, event, (u64)sdei_entry,
 				  SDEI_TEST_ARG(cpu), SDEI_RM_ANY, 0);
-	check_pair(prefix, "sdei_register", r.a[0], SDEI_SUCCESS);
+	check_cat(prefix, "sdei_register", r.a[0], SDEI_SUCCESS);
 	ret = hvc(SDEI_EVENT_ENABLE, event, 0, 0);
-	check_pair(prefix, "sdei_enable", (u64)ret, SDEI_SUCCESS);
+	check_cat(prefix, "sdei_enable", (u64)ret, SDEI_SUCCESS);
 	ret = hvc(SDEI_PE_UNMASK, 0, 0, 0);
-	check_pair(prefix, "pe_unmask", (u64)ret, SDEI_SUCCESS);
+	check_cat(prefix, "pe_unmask", (u64)ret, SDEI_SUCCESS);
 	gic_ppi_enable(cpu, host->ppi, 1);
 	ret = apf_enable((u64)block | flags);
-	check_pair(prefix, "apf_enable", (u64)ret, SMCCC_RET_SUCCESS);
+	check_cat(prefix, "apf_enable", (u64)ret, SMCCC_RET_SUCCESS);
 	return ret == SMCCC_RET_SUCCESS ? 0 : -1;
 }
 
@@ -254,13 +253,13 @@ void apf_take_wake_all(const char *prefix, struct apf_shared_data *block,
 	u32 reason = block->ready_reason;
 	barrier_ld();
 	u32 token = block->ready_token;
-	check_pair(prefix, "wake_all_reason", reason, APF_REASON_PAGE_READY);
-	check_pair(prefix, "wake_all_token", token, APF_TOKEN_WAKE_ALL);
+	check_cat(prefix, "wake_all_reason", reason, APF_REASON_PAGE_READY);
+	check_cat(prefix, "wake_all_token", token, APF_TOKEN_WAKE_ALL);
 	block->ready_token = 0;
 	barrier_st();
 	block->ready_reason = 0;
 	if (ack)
-		check_pair(prefix, "wake_all_ack", (u64)apf_call(ASYNC_PF_FUNC_IRQ_ACK, 0, 0, NULL),
+		check_cat(prefix, "wake_all_ack", (u64)apf_call(ASYNC_PF_FUNC_IRQ_ACK, 0, 0, NULL),
 			   SMCCC_RET_SUCCESS);
 	gic_eoi(intid);
 }

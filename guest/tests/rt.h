@@ -37,8 +37,8 @@
 
 /* `OK name` when got == want, else `FAIL name got=0x.. want=0x..`. */
 void check(const char *name, u64 got, u64 want);
-/* check() of the name `<prefix>_<suffix>`. */
-void check_pair(const char *prefix, const char *suffix, u64 got, u64 want);
+/* check() of the name prefix + rest. */
+void check_cat(const char *prefix, const char *rest, u64 got, u64 want);
 /* `OK name got=0x..` when got <= max, else `FAIL name got=0x.. want=0x<max>`. */
 void check_at_most(const char *name, u64 got, u64 max);
 /* `OK name got=0x..` when got >= min, else `FAIL name got=0x.. want=0x<min>`. */
@@ -103,7 +103,7 @@ struct apf_host {
 };
 
 /*
- * The driver's bring-up on this vCPU, each step a check named `<prefix>_<step>`:
+ * The driver's bring-up on this vCPU, each step a check named `<prefix><step>`:
  * the event and PPI from ASYNC_PF, SDEI register (entry.S's sdei_entry,
  * SDEI_TEST_ARG(cpu)) and enable, PE unmask, the PPI at the GIC, and ENABLE
  * with the block's GPA | flags. Returns 0 when APF is on.
@@ -112,7 +112,7 @@ int apf_bring_up(unsigned cpu, const char *prefix, struct apf_shared_data *block
 		 u64 flags, struct apf_host *host);
 /*
  * Waits for the wake-all every ENABLE queues and takes it: checks
- * `<prefix>_wake_all_reason` and `<prefix>_wake_all_token` in the ready channel,
+ * `<prefix>wake_all_reason` and `<prefix>wake_all_token` in the ready channel,
  * clears it, IRQ_ACKs it when `ack`, then EOI.
  */
 void apf_take_wake_all(const char *prefix, struct apf_shared_data *block,
@@ -121,7 +121,7 @@ void apf_take_wake_all(const char *prefix, struct apf_shared_data *block,
 /* `layout`: [TEST_DATA_BASE, end) lies above the image and inside RAM. */
 void check_layout(u64 end);
 
-/* --- Not-present and page-ready as the guest sees them (apf_events.c) --- */
+/* --- The guest's side of the notifications (driver.c) --- */
 
 #define SDEI_SAVED_REGS 18	/* x0..x17 of the interrupted context (DESIGN §4) */
 
@@ -129,10 +129,11 @@ void check_layout(u64 end);
 struct not_present_tallies {
 	struct tally entry, event, arg, pc, pstate, reason, token;
 };
-#define NOT_PRESENT_TALLIES { \
-	TALLY("sdei_entry_el1h_masked"), TALLY("sdei_x0_event"), TALLY("sdei_x1_arg"), \
-	TALLY("sdei_x2_el0_code"), TALLY("sdei_x3_el0t"), TALLY("not_present_reason"), \
-	TALLY("not_present_token"), }
+/* The tallies, their names prefixed with the string literal p. */
+#define NOT_PRESENT_TALLIES(p) { \
+	TALLY(p "sdei_entry_el1h_masked"), TALLY(p "sdei_x0_event"), TALLY(p "sdei_x1_arg"), \
+	TALLY(p "sdei_x2_el0_code"), TALLY(p "sdei_x3_el0t"), TALLY(p "not_present_reason"), \
+	TALLY(p "not_present_token"), }
 
 /*
  * Checks a not-present dispatch on vCPU `cpu` (x0..x3 as dispatched, the state
@@ -145,10 +146,37 @@ u32 take_not_present(struct not_present_tallies *t, unsigned cpu,
 void report_not_present(const struct not_present_tallies *t);
 
 /*
- * Reads the ready channel (ABI 1.1, SEPARATE_READY): tallies the reason, clears
- * the channel, and returns the token; 0 when the reason was not PAGE_READY.
+ * A well-behaved driver on one vCPU, as DESIGN §7 describes the guest's: parks
+ * the interrupted task on not-present, wakes it on page-ready (all of the
+ * vCPU's on a wake-all) and acknowledges every page-ready. Every event is
+ * checked; names carry the driver's prefix.
  */
-u32 take_page_ready(struct tally *reason, struct apf_shared_data *block);
+struct apf_driver {
+	const char *prefix;
+	unsigned cpu;
+	struct apf_shared_data *block;
+	struct apf_host host;
+	u32 outstanding[2 * APF_ASYNC_PF_PER_VCPU];	/* told not-present, not yet ready */
+	unsigned nr_outstanding;
+	u64 not_present, page_ready, wake_all;
+	struct not_present_tallies np;
+	struct tally intid, ready_reason, ready_token, ack;
+};
+#define APF_DRIVER(p, cpu_, block_) { \
+	.prefix = p, .cpu = (cpu_), .block = (block_), .np = NOT_PRESENT_TALLIES(p), \
+	.intid = TALLY(p "interrupt_is_page_ready"), \
+	.ready_reason = TALLY(p "page_ready_reason"), \
+	.ready_token = TALLY(p "page_ready_token_known"), .ack = TALLY(p "irq_ack"), }
+
+/* apf_bring_up with ENABLED | SEPARATE_READY, its checks named `<name><step>`. */
+int driver_bring_up(struct apf_driver *d, const char *name);
+/* The SDEI handler's work: park on the token, or complete plainly. */
+struct sdei_finish driver_not_present(struct apf_driver *d, u64 event, u64 arg, u64 pc,
+				      u64 pstate);
+/* One interrupt: the page-ready PPI, or a failure. */
+void driver_interrupt(struct apf_driver *d, u32 intid);
+/* The tallies, then `<prefix>not_present_seen` and `<prefix>tokens_all_woken`. */
+void driver_report(const struct apf_driver *d);
 
 /* --- EL0 tasks (tasks.c) --- */
 

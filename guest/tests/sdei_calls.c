@@ -42,7 +42,7 @@ static void bad_event_numbers(void)
 		{ "event_high_bits", (1ul << 32) | EVENT },
 	};
 	static const char *const calls[] = {
-		"register", "enable", "disable", "unregister", "status", "get_info",
+		"register_", "enable_", "disable_", "unregister_", "status_", "get_info_",
 	};
 	static const u64 fns[] = {
 		SDEI_EVENT_REGISTER, SDEI_EVENT_ENABLE, SDEI_EVENT_DISABLE,
@@ -52,7 +52,7 @@ static void bad_event_numbers(void)
 		for (unsigned b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
 			s64 ret = fns[c] == SDEI_EVENT_REGISTER ? reg(bad[b].event, SDEI_RM_ANY)
 				: hvc(fns[c], bad[b].event, SDEI_INFO_TYPE, 0);
-			check_pair(calls[c], bad[b].name, (u64)ret, (u64)SDEI_INVALID_PARAMETERS);
+			check_cat(calls[c], bad[b].name, (u64)ret, (u64)SDEI_INVALID_PARAMETERS);
 		}
 }
 

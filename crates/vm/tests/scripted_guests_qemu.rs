@@ -198,7 +198,7 @@ fn apf_flow_keeps_its_data_on_qemu() {
 }
 
 #[test]
-fn hostile_never_ack_keeps_its_data_on_qemu() {
+fn hostile_never_ack_keeps_both_vcpus_data_on_qemu() {
     if !qemu_present() {
         return;
     }
@@ -207,9 +207,13 @@ fn hostile_never_ack_keeps_its_data_on_qemu() {
         &[
             "layout",
             "gic_setup",
+            "cpu1_on",
+            "gic_setup_secondary",
             "data_stamps",
+            "cpu1_data_stamps",
             "not_present_within_slots",
             "no_page_ready_while_unacked",
+            "cpu1_tokens_all_woken",
         ],
     );
 }

@@ -317,13 +317,14 @@ pub const APF_FLOW: Image = Image {
     fallback: &[],
 };
 
-/// A guest that never acknowledges a page-ready.
+/// A vCPU that never acknowledges a page-ready, beside one that behaves.
 pub const HOSTILE_NEVER_ACK: Image = Image {
     name: "hostile_never_ack",
-    vcpus: 1,
+    vcpus: 2,
     checks: &[
         "layout",
         "gic_setup",
+        "cpu1_on",
         "never_ack_discover",
         "never_ack_sdei_register",
         "never_ack_sdei_enable",
@@ -334,8 +335,28 @@ pub const HOSTILE_NEVER_ACK: Image = Image {
         "data_stamps",
         "not_present_within_slots",
         "no_page_ready_while_unacked",
+        "gic_setup_secondary",
+        "cpu1_discover",
+        "cpu1_sdei_register",
+        "cpu1_sdei_enable",
+        "cpu1_pe_unmask",
+        "cpu1_apf_enable",
+        "cpu1_data_stamps",
+        "cpu1_sdei_entry_el1h_masked",
+        "cpu1_sdei_x0_event",
+        "cpu1_sdei_x1_arg",
+        "cpu1_sdei_x2_el0_code",
+        "cpu1_sdei_x3_el0t",
+        "cpu1_not_present_reason",
+        "cpu1_not_present_token",
+        "cpu1_interrupt_is_page_ready",
+        "cpu1_page_ready_reason",
+        "cpu1_page_ready_token_known",
+        "cpu1_irq_ack",
+        "cpu1_not_present_seen",
+        "cpu1_tokens_all_woken",
     ],
-    // The host may stop notifying at once, or after filling its slots.
+    // vCPU 0's host may stop notifying at once, or after filling its slots.
     optional: &[
         "sdei_entry_el1h_masked",
         "sdei_x0_event",
