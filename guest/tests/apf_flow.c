@@ -113,6 +113,7 @@ static noreturn void on_done(unsigned cpu)
 	(void)cpu;
 	stamp_report("data_stamps", &job, 1);
 	driver_report(&drv);
+	driver_check_all_woken(&drv);
 	report(&t_status);
 	report(&t_context_range);
 	report(&t_resume_pc);

@@ -118,5 +118,9 @@ void driver_report(const struct apf_driver *d)
 	report(&d->ready_token);
 	report(&d->ack);
 	check_cat(d->prefix, "not_present_seen", d->not_present ? 1 : 0, 1);
+}
+
+void driver_check_all_woken(const struct apf_driver *d)
+{
 	check_cat(d->prefix, "tokens_all_woken", d->nr_outstanding, 0);
 }

@@ -2,21 +2,21 @@
  * hostile_disable_in_flight (2 vCPUs, the apf_flow VM): APF work in flight when
  * a vCPU disables APF, and when a vCPU goes off with CPU_OFF.
  *
- * Each vCPU enables APF (ENABLED | SEPARATE_READY, no SEND_ALWAYS), takes and
- * acknowledges the wake-all, then disables the page-ready PPI at its GIC: no
- * page-ready is ever taken, so every task that parks stays parked and its fault
- * stays in flight. Its stamp jobs (one EL0 task each) write their pages, meet at
- * the barrier, where the kernel writes a scratch area twice the host budget to
- * push the stamps out, then read them back and park one by one.
+ * Each vCPU runs the well-behaved driver (ENABLED | SEPARATE_READY, no
+ * SEND_ALWAYS) and stamp jobs, one EL0 task each: they write their pages and
+ * meet at the barrier. There the kernel stops taking page-ready (the PPI off at
+ * its GIC) and writes a scratch area four times the host budget to push the
+ * stamps out. Then the jobs read back, and each task parks on its first
+ * not-present and stays parked: its fault is in flight until the vCPU acts.
  *
- * vCPU 1 (16 tasks) goes first: once all its tasks are parked it calls CPU_OFF
- * with APF enabled. vCPU 0 checks it went off, then runs 64 tasks; when all are
- * parked (up to 64 faults in flight) it disables APF (ENABLE 0 → SUCCESS), wakes
- * its own sleepers as DESIGN §7 says a guest does, and the retried accesses are
- * synchronous. Nothing may be lost: vCPU 0's jobs read every stamp back, and
- * vCPU 0 then re-reads vCPU 1's pages, whose fetches were in flight when it went
- * off. After the disable no notification may reach vCPU 0 (DESIGN §5.6: disable
- * drains the queues).
+ * vCPU 1 (16 tasks) goes first: once every task is parked it calls CPU_OFF with
+ * APF enabled. vCPU 0 checks it went off, then runs 64 tasks; once all are
+ * parked (up to 64 faults in flight) it disables APF (ENABLE 0 → SUCCESS) and
+ * wakes its own sleepers, as DESIGN §7 says a guest does; their retried
+ * accesses are synchronous. Nothing may be lost: vCPU 0's jobs read every stamp
+ * back, and vCPU 0 then re-reads vCPU 1's pages, whose fetches were in flight
+ * when it went off. After the disable nothing may reach vCPU 0's block (DESIGN
+ * §5.6: disable drains the queues) and no not-present may come.
  */
 #include "rt.h"
 
@@ -32,14 +32,16 @@
 #define DATA_END (FLUSH1 + FLUSH_BYTES)
 
 static struct apf_shared_data blocks[TASK_CPUS] __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
-static struct apf_host hosts[TASK_CPUS];
+static struct apf_driver drivers[TASK_CPUS] = {
+	APF_DRIVER("cpu0_", 0, &blocks[0]),
+	APF_DRIVER("cpu1_", 1, &blocks[1]),
+};
 static struct stamp_job jobs0[CPU0_JOBS], jobs1[CPU1_JOBS];
-static struct not_present_tallies np = NOT_PRESENT_TALLIES("");	/* the vCPUs take turns */
+static int reading[TASK_CPUS];		/* past the barrier: parked tasks stay parked */
 
 static volatile u32 cpu1_going_off;
 static volatile u32 cpu1_parked_at_off;
 static int disabled;			/* vCPU 0 has disabled APF */
-static u32 parked_at_disable;
 static u64 not_present_after_disable;
 
 static void init_jobs(struct stamp_job *jobs, unsigned n, u64 base, u64 salt)
@@ -51,29 +53,36 @@ static void init_jobs(struct stamp_job *jobs, unsigned n, u64 base, u64 salt)
 	}
 }
 
-/* Pushes resident pages out: first touches of a region bigger than the budget. */
-static void flush(u64 base)
+/*
+ * Every task has written its stamps: stop taking page-ready, then push the
+ * resident pages out with first touches of a region bigger than the budget.
+ */
+static void start_reading(unsigned cpu, u64 flush_base)
 {
-	for (u64 a = base; a < base + FLUSH_BYTES; a += APF_PAGE_SIZE)
+	gic_ppi_enable(cpu, drivers[cpu].host.ppi, 0);
+	reading[cpu] = 1;
+	for (u64 a = flush_base; a < flush_base + FLUSH_BYTES; a += APF_PAGE_SIZE)
 		*(volatile u64 *)a = a;
 }
 
-static void flush0(unsigned cpu) { (void)cpu; flush(FLUSH0); }
-static void flush1(unsigned cpu) { (void)cpu; flush(FLUSH1); }
+static void cpu0_barrier(unsigned cpu) { start_reading(cpu, FLUSH0); }
+static void cpu1_barrier(unsigned cpu) { start_reading(cpu, FLUSH1); }
 
 struct sdei_finish on_sdei(u64 event, u64 arg, u64 pc, u64 pstate)
 {
-	struct sdei_finish plain = { SDEI_EVENT_COMPLETE, 0 };
 	unsigned cpu = cpu_id();
-	if (cpu >= TASK_CPUS)
-		return plain;
 	if (cpu == 0 && disabled)
 		not_present_after_disable++;
-	u32 token = take_not_present(&np, cpu, &blocks[cpu], &hosts[cpu], event, arg, pc,
-				     pstate);
-	if (!token || !task_current(cpu))
+	if (cpu >= TASK_CPUS) {
+		struct sdei_finish plain = { SDEI_EVENT_COMPLETE, 0 };
 		return plain;
-	return park_current(cpu, token);
+	}
+	return driver_not_present(&drivers[cpu], event, arg, pc, pstate);
+}
+
+void on_interrupt(unsigned cpu, u32 intid)
+{
+	driver_interrupt(&drivers[cpu], intid);
 }
 
 /* vCPU 1: off with every task parked (or, without APF, with all done). */
@@ -87,49 +96,52 @@ static noreturn void cpu1_off(void)
 	park();
 }
 
-static int cpu1_idle(unsigned cpu) { (void)cpu; cpu1_off(); }
+static int cpu1_idle(unsigned cpu)
+{
+	if (reading[cpu])
+		cpu1_off();
+	return 0;	/* before the barrier, page-ready wakes the parked */
+}
+
 static noreturn void cpu1_done(unsigned cpu) { (void)cpu; cpu1_off(); }
 
 static const struct sched_ops cpu1_ops = {
-	.on_barrier = flush1,
+	.on_barrier = cpu1_barrier,
 	.on_idle = cpu1_idle,
 	.on_done = cpu1_done,
 };
 
-/* vCPU 0: every task parked, so up to 64 faults are in flight: disable APF. */
+/* vCPU 0: every task parked past the barrier, up to 64 faults in flight. */
 static int disable_in_flight(unsigned cpu)
 {
-	struct apf_shared_data *b = &blocks[0];
-	if (disabled)
+	struct apf_driver *d = &drivers[cpu];
+	if (!reading[cpu] || disabled)
 		return 0;
 	disabled = 1;
-	parked_at_disable = tasks_parked(cpu);
+	check_at_least("faults_in_flight_at_disable", tasks_parked(cpu), 1);
 	check("disable_with_faults_in_flight", (u64)apf_enable(0), SMCCC_RET_SUCCESS);
-	check_at_least("faults_in_flight_at_disable", parked_at_disable, 1);
-	/* A page-ready delivered before the disable (never taken) is dropped. */
-	b->ready_token = 0;
+	/* A page-ready delivered before the disable (never taken) goes unread. */
+	d->block->ready_token = 0;
 	barrier_st();
-	b->ready_reason = 0;
+	d->block->ready_reason = 0;
 	task_wake(cpu, APF_TOKEN_WAKE_ALL);
+	d->nr_outstanding = 0;
 	return 1;
-}
-
-/* EL1 re-reads vCPU 1's jobs the way they would have. */
-static void verify_cpu1_data(void)
-{
-	for (unsigned i = 0; i < CPU1_JOBS; i++)
-		stamp_verify(&jobs1[i]);
-	stamp_report("data_stamps_cpu1_after_off", jobs1, CPU1_JOBS);
 }
 
 static noreturn void cpu0_done(unsigned cpu)
 {
-	const struct apf_shared_data *b = &blocks[0];
-	if (!disabled)		/* nothing ever parked: the checks say so */
+	const struct apf_shared_data *b = drivers[0].block;
+	if (!disabled) {	/* nothing ever parked: the checks say so */
+		reading[cpu] = 1;
 		disable_in_flight(cpu);
+	}
 	stamp_report("data_stamps", jobs0, CPU0_JOBS);
-	verify_cpu1_data();
-	report_not_present(&np);
+	for (unsigned i = 0; i < CPU1_JOBS; i++)
+		stamp_verify(&jobs1[i]);
+	stamp_report("data_stamps_cpu1_after_off", jobs1, CPU1_JOBS);
+	driver_report(&drivers[0]);
+	driver_report(&drivers[1]);
 	check("no_not_present_after_disable", not_present_after_disable, 0);
 	check("no_notification_after_disable",
 	      (u64)(b->reason | b->token | b->ready_reason | b->ready_token), 0);
@@ -138,20 +150,10 @@ static noreturn void cpu0_done(unsigned cpu)
 }
 
 static const struct sched_ops cpu0_ops = {
-	.on_barrier = flush0,
+	.on_barrier = cpu0_barrier,
 	.on_idle = disable_in_flight,
 	.on_done = cpu0_done,
 };
-
-/* Bring-up, the wake-all taken and acknowledged, then the PPI off at the GIC. */
-static void apf_on_without_page_ready(unsigned cpu, const char *prefix)
-{
-	u64 flags = APF_CONTROL_ENABLED | APF_CONTROL_SEPARATE_READY;
-	if (apf_bring_up(cpu, prefix, &blocks[cpu], flags, &hosts[cpu]))
-		return;
-	apf_take_wake_all(prefix, &blocks[cpu], &hosts[cpu], 1);
-	gic_ppi_enable(cpu, hosts[cpu].ppi, 0);
-}
 
 static void wait_cpu1_off(void)
 {
@@ -176,7 +178,7 @@ void test_main(void)
 	if (ret == PSCI_RET_SUCCESS)
 		wait_cpu1_off();
 
-	apf_on_without_page_ready(0, "cpu0_");
+	driver_bring_up(&drivers[0], "cpu0_");
 	for (unsigned i = 0; i < CPU0_JOBS; i++)
 		task_create(0, stamp_worker, (u64)&jobs0[i]);
 	tasks_run(0, &cpu0_ops);
@@ -189,7 +191,7 @@ void test_secondary(unsigned cpu)
 		finish();
 	}
 	gic_setup(1);
-	apf_on_without_page_ready(1, "cpu1_");
+	driver_bring_up(&drivers[1], "cpu1_");
 	for (unsigned i = 0; i < CPU1_JOBS; i++)
 		task_create(1, stamp_worker, (u64)&jobs1[i]);
 	tasks_run(1, &cpu1_ops);

@@ -79,6 +79,7 @@ static noreturn void cpu0_done(unsigned cpu)
 	barrier();
 	stamp_report("cpu1_data_stamps", &job1, 1);
 	driver_report(&drv1);
+	driver_check_all_woken(&drv1);
 	finish();	/* APF still enabled, a page-ready still unacknowledged */
 }
 

@@ -175,8 +175,10 @@ struct sdei_finish driver_not_present(struct apf_driver *d, u64 event, u64 arg, 
 				      u64 pstate);
 /* One interrupt: the page-ready PPI, or a failure. */
 void driver_interrupt(struct apf_driver *d, u32 intid);
-/* The tallies, then `<prefix>not_present_seen` and `<prefix>tokens_all_woken`. */
+/* The tallies, then `<prefix>not_present_seen`. */
 void driver_report(const struct apf_driver *d);
+/* `<prefix>tokens_all_woken`: every not-present got its page-ready or a wake-all. */
+void driver_check_all_woken(const struct apf_driver *d);
 
 /* --- EL0 tasks (tasks.c) --- */
 
