@@ -17,6 +17,12 @@
  * back, and vCPU 0 then re-reads vCPU 1's pages, whose fetches were in flight
  * when it went off. After the disable nothing may reach vCPU 0's block (DESIGN
  * §5.6: disable drains the queues) and no not-present may come.
+ *
+ * Last, vCPU 0 brings vCPU 1 back with CPU_ON, a vCPU reset (§5.6: reset drains
+ * the queues and queues a wake-all). vCPU 1 enables APF on the same block again
+ * (SUCCESS if the reset disabled APF, as x86 does; NOT_REQUIRED if it kept it
+ * on) and the first page-ready must be the wake-all, with no stale token from
+ * before the reset behind it once acknowledged.
  */
 #include "rt.h"
 
@@ -41,6 +47,8 @@ static int reading[TASK_CPUS];		/* past the barrier: parked tasks stay parked */
 
 static volatile u32 cpu1_going_off;
 static volatile u32 cpu1_parked_at_off;
+static volatile u32 cpu1_entries;
+static volatile u32 cpu1_reset_checked;
 static int disabled;			/* vCPU 0 has disabled APF */
 static u64 not_present_after_disable;
 
@@ -129,6 +137,37 @@ static int disable_in_flight(unsigned cpu)
 	return 1;
 }
 
+/* vCPU 1 after CPU_ON brought it back: the reset left no stale APF work. */
+static noreturn void cpu1_after_reset(void)
+{
+	struct apf_driver *d = &drivers[1];
+	u64 word = (u64)d->block | APF_CONTROL_ENABLED | APF_CONTROL_SEPARATE_READY;
+	check("cpu1_reset_gic", (u64)gic_cpu_init(1), 0);	/* the CPU interface was reset */
+	gic_ppi_enable(1, d->host.ppi, 1);
+	s64 ret = apf_enable(word);
+	if (ret == SMCCC_RET_SUCCESS || ret == SMCCC_RET_NOT_REQUIRED) {
+		kprintf("OK cpu1_reset_enable got=0x%lx\n", (u64)ret);
+		apf_take_wake_all("cpu1_reset_", d->block, &d->host, 1);
+		check("cpu1_reset_no_stale_page_ready", gic_pending(), INTID_NONE);
+	} else {
+		kprintf("FAIL cpu1_reset_enable got=0x%lx want=0x0\n", (u64)ret);
+	}
+	check("cpu1_reset_disable", (u64)apf_enable(0), SMCCC_RET_SUCCESS);
+	barrier();
+	cpu1_reset_checked = 1;
+	park();
+}
+
+static void reset_cpu1(void)
+{
+	s64 ret = hvc(PSCI_CPU_ON, 1, (u64)secondary_entry, 0);
+	check("cpu1_on_after_off", (u64)ret, PSCI_RET_SUCCESS);
+	if (ret != PSCI_RET_SUCCESS)
+		return;
+	while (!cpu1_reset_checked)
+		;
+}
+
 static noreturn void cpu0_done(unsigned cpu)
 {
 	const struct apf_shared_data *b = drivers[0].block;
@@ -146,6 +185,7 @@ static noreturn void cpu0_done(unsigned cpu)
 	check("no_notification_after_disable",
 	      (u64)(b->reason | b->token | b->ready_reason | b->ready_token), 0);
 	check("disable_again", (u64)apf_enable(0), (u64)SMCCC_RET_NOT_REQUIRED);
+	reset_cpu1();
 	finish();
 }
 
@@ -190,6 +230,8 @@ void test_secondary(unsigned cpu)
 		kprintf("FAIL unexpected_cpu got=0x%x want=0x1\n", cpu);
 		finish();
 	}
+	if (cpu1_entries++)
+		cpu1_after_reset();
 	gic_setup(1);
 	driver_bring_up(&drivers[1], "cpu1_");
 	for (unsigned i = 0; i < CPU1_JOBS; i++)

@@ -235,6 +235,8 @@ fn hostile_disable_in_flight_runs_both_vcpus_on_qemu() {
             "data_stamps_cpu1_after_off",
             "no_not_present_after_disable",
             "no_notification_after_disable",
+            "cpu1_on_after_off",
+            "cpu1_reset_gic",
         ],
     );
 }
