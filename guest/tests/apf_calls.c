@@ -39,8 +39,14 @@ static void discovery(void)
 	check("smccc_version", (u64)hvc(SMCCC_VERSION, 0, 0, 0), SMCCC_VERSION_1_1);
 	check("psci_features_smccc_version", (u64)hvc(PSCI_FEATURES, SMCCC_VERSION, 0, 0),
 	      SMCCC_RET_SUCCESS);
-	check("arch_features_async_pf",
-	      (u64)hvc(SMCCC_ARCH_FEATURES, SMCCC_VENDOR_HYP_ASYNC_PF, 0, 0), SMCCC_RET_SUCCESS);
+	/*
+	 * ARCH_FEATURES describes Arm Architecture Service calls only (SMCCC,
+	 * DEN 0028): a vendor-hyp function is not one, whatever the vendor-hyp
+	 * FEATURES bitmap says about it.
+	 */
+	check("arch_features_async_pf_not_arch",
+	      (u64)hvc(SMCCC_ARCH_FEATURES, SMCCC_VENDOR_HYP_ASYNC_PF, 0, 0),
+	      (u64)SMCCC_RET_NOT_SUPPORTED);
 	check("arch_features_arch_features",
 	      (u64)hvc(SMCCC_ARCH_FEATURES, SMCCC_ARCH_FEATURES, 0, 0), SMCCC_RET_SUCCESS);
 	check("arch_features_unassigned", (u64)hvc(SMCCC_ARCH_FEATURES, ARCH_UNASSIGNED, 0, 0),

@@ -170,6 +170,7 @@ fn apf_calls_run_to_the_end_on_qemu() {
         &scripted::APF_CALLS,
         &[
             "gic_setup",
+            "arch_features_async_pf_not_arch",
             "arch_features_unassigned",
             "vendor_hyp_unassigned",
             "apf_unknown_subfn",

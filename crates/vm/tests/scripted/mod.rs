@@ -233,7 +233,7 @@ pub const APF_CALLS: Image = Image {
         "vendor_features_self",
         "smccc_version",
         "psci_features_smccc_version",
-        "arch_features_async_pf",
+        "arch_features_async_pf_not_arch",
         "arch_features_arch_features",
         "arch_features_unassigned",
         "vendor_hyp_unassigned",
