@@ -107,6 +107,13 @@ _Static_assert(sizeof(struct apf_shared_data) == APF_SHARED_BLOCK_SIZE, "size");
 #define SDEI_STATUS_RUNNING 0x4
 #define SDEI_RM_ANY 0
 #define SDEI_RM_PE 1
+#define SDEI_INFO_TYPE 0
+#define SDEI_INFO_SIGNALED 1
+#define SDEI_INFO_PRIORITY 2
+#define SDEI_INFO_ROUTING_MODE 3
+#define SDEI_INFO_ROUTING_AFF 4
+#define SDEI_TYPE_PRIVATE 0
+#define SDEI_PRIORITY_CRITICAL 1
 #define SDEI_EVENT_ASYNC_PF 0x40400001
 
 /* --- PSCI 1.1 --- */
@@ -123,6 +130,8 @@ _Static_assert(sizeof(struct apf_shared_data) == APF_SHARED_BLOCK_SIZE, "size");
 #define PSCI_RET_INVALID_PARAMETERS -2
 #define PSCI_RET_ALREADY_ON -4
 #define PSCI_RET_INVALID_ADDRESS -9
+#define PSCI_AFFINITY_ON 0
+#define PSCI_AFFINITY_OFF 1
 
 /* --- Page-ready PPI --- */
 #define APF_DEFAULT_PPI 17
