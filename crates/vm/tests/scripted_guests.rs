@@ -1,4 +1,3 @@
-#![cfg(any())] // enabled by the lead once run_image exists
 //! The scripted test guests on apf (issue 5 "Tests", issue 8 "hostile-guest
 //! suite"). Each image checks itself against the spec and prints a line per
 //! check (the names are in `scripted/mod.rs`; what each means is in
@@ -56,14 +55,15 @@ fn slow_store(image: &Image) -> VmConfig {
 fn run(image: &Image, config: &VmConfig) {
     let path = image.path();
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let run = apf_vm::run_image(config, &bytes, HANG_GUARD)
+    let options = apf_vm::RunOptions { timeout: HANG_GUARD, echo_console: false };
+    let run = apf_vm::run_image(config, &bytes, options)
         .unwrap_or_else(|e| panic!("{}: {e}", image.name));
     let console = scripted::parse(&run.uart);
     if let Err(why) = console.verdict(image) {
         panic!("{}: {why}\nconsole:\n{}", image.name, run.uart);
     }
     assert!(
-        run.powered_off,
+        run.end == apf_vm::RunEnd::SystemOff,
         "{}: the VM did not power off\nconsole:\n{}",
         image.name, run.uart
     );
