@@ -37,10 +37,10 @@
 #define FLUSH1 (FLUSH0 + FLUSH_BYTES)
 #define DATA_END (FLUSH1 + FLUSH_BYTES)
 
-static struct apf_shared_data blocks[TASK_CPUS] __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
+static struct apf_block_slot blocks[TASK_CPUS];
 static struct apf_driver drivers[TASK_CPUS] = {
-	APF_DRIVER("cpu0_", 0, &blocks[0]),
-	APF_DRIVER("cpu1_", 1, &blocks[1]),
+	APF_DRIVER("cpu0_", 0, &blocks[0].data),
+	APF_DRIVER("cpu1_", 1, &blocks[1].data),
 };
 static struct stamp_job jobs0[CPU0_JOBS], jobs1[CPU1_JOBS];
 static int reading[TASK_CPUS];		/* past the barrier: parked tasks stay parked */

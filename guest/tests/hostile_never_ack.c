@@ -21,9 +21,9 @@
 #define CPU0_BYTES (16 * MiB)
 #define CPU1_BYTES (8 * MiB)
 
-static struct apf_shared_data blocks[2] __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
+static struct apf_block_slot blocks[2];
 static struct apf_host host0;
-static struct apf_driver drv1 = APF_DRIVER("cpu1_", 1, &blocks[1]);
+static struct apf_driver drv1 = APF_DRIVER("cpu1_", 1, &blocks[1].data);
 static struct stamp_job job0 = {
 	.base = TEST_DATA_BASE,
 	.pages = CPU0_BYTES / APF_PAGE_SIZE,
@@ -44,7 +44,7 @@ struct sdei_finish on_sdei(u64 event, u64 arg, u64 pc, u64 pstate)
 	if (cpu_id() == 1)
 		return driver_not_present(&drv1, event, arg, pc, pstate);
 	not_present0++;
-	take_not_present(&np0, 0, &blocks[0], &host0, event, arg, pc, pstate);
+	take_not_present(&np0, 0, &blocks[0].data, &host0, event, arg, pc, pstate);
 	return plain;
 }
 
@@ -68,7 +68,7 @@ static noreturn void cpu1_done(unsigned cpu)
 static noreturn void cpu0_done(unsigned cpu)
 {
 	(void)cpu;
-	const struct apf_shared_data *b = &blocks[0];
+	const struct apf_shared_data *b = &blocks[0].data;
 	stamp_report("data_stamps", &job0, 1);
 	if (not_present0)	/* a host may also go synchronous at once */
 		report_not_present(&np0);
@@ -91,9 +91,9 @@ void test_main(void)
 	check_layout(TEST_DATA_BASE + CPU0_BYTES + CPU1_BYTES);
 	gic_setup(0);
 	check("cpu1_on", (u64)hvc(PSCI_CPU_ON, 1, (u64)secondary_entry, 0), PSCI_RET_SUCCESS);
-	if (apf_bring_up(0, "never_ack_", &blocks[0],
+	if (apf_bring_up(0, "never_ack_", &blocks[0].data,
 			 APF_CONTROL_ENABLED | APF_CONTROL_SEPARATE_READY, &host0) == 0) {
-		apf_take_wake_all("never_ack_", &blocks[0], &host0, 0);
+		apf_take_wake_all("never_ack_", &blocks[0].data, &host0, 0);
 		gic_ppi_enable(0, host0.ppi, 0);
 	}
 	task_create(0, stamp_worker, (u64)&job0);

@@ -18,6 +18,15 @@
 
 #define MiB (1024ul * 1024)
 
+/*
+ * One vCPU's APF block in an array: struct apf_shared_data is 68 bytes, so the
+ * array element must be padded to keep every block 64-byte aligned (the low 6
+ * bits of the ENABLE control word are flags).
+ */
+struct apf_block_slot {
+	struct apf_shared_data data;
+} __attribute__((aligned(APF_SHARED_BLOCK_ALIGN)));
+
 /* Guest RAM every image's VM has (crates/vm/tests/scripted_guests.rs sets it). */
 #define TEST_RAM_SIZE (64 * MiB)
 /* Where the images' data lives: above the image and its BSS, checked at boot. */

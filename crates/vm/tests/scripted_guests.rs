@@ -55,7 +55,10 @@ fn slow_store(image: &Image) -> VmConfig {
 fn run(image: &Image, config: &VmConfig) {
     let path = image.path();
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let options = apf_vm::RunOptions { timeout: HANG_GUARD, echo_console: false };
+    let options = apf_vm::RunOptions {
+        timeout: HANG_GUARD,
+        echo_console: false,
+    };
     let run = apf_vm::run_image(config, &bytes, options)
         .unwrap_or_else(|e| panic!("{}: {e}", image.name));
     let console = scripted::parse(&run.uart);
@@ -65,7 +68,8 @@ fn run(image: &Image, config: &VmConfig) {
     assert!(
         run.end == apf_vm::RunEnd::SystemOff,
         "{}: the VM did not power off\nconsole:\n{}",
-        image.name, run.uart
+        image.name,
+        run.uart
     );
 }
 
