@@ -308,6 +308,9 @@ impl GuestMemory {
 
     /// Host-side read (boot block, the APF shared block): brings pages in
     /// synchronously if needed; each page is pinned against eviction while copied.
+    /// On a vCPU thread use [`VcpuTlb::read_bytes`], which parks the vCPU while it
+    /// may wait (an unparked vCPU waiting for a frame would hold up the shootdown
+    /// that frees one).
     pub fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostAccessError> {
         let len = buf.len() as u64;
         self.host_access(gpa, len, false, |off, ptr, n| {
