@@ -350,9 +350,11 @@ impl GuestMemory {
             let n = (PAGE - in_page).min(total - done);
             if !inner.pin(index, write) {
                 inner
-                    .fetch_blocking(index)
+                    .fetch_pinned(index)
                     .map_err(|source| HostAccessError::Fetch { gpa, len, source })?;
-                continue;
+                if write {
+                    inner.mark_pinned_dirty(index);
+                }
             }
             copy(done, inner.ram.page_ptr(index).wrapping_add(in_page), n);
             inner.unpin(index);
