@@ -21,7 +21,7 @@ use crate::sync::{Condvar, Mutex, MutexGuard, Ordering, lock, wait, wait_timeout
 
 /// How long a thread that holds the collecting role blocks in the store at once
 /// before it looks around again (for lost completions, mostly).
-const ROLE_WAIT: Duration = Duration::from_millis(5);
+const ROLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Why a fetch failed. The page stays where it was (in the store): nothing is lost.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -326,6 +326,13 @@ impl Inner {
         {
             let mut st = self.pipe.state();
             if st.role_held || st.inflight.is_empty() {
+                // Whoever holds the role may be asleep in the store: requests
+                // deferred behind it must not wait for its next completion.
+                let queued = !st.backlog.is_empty();
+                drop(st);
+                if queued {
+                    self.submit_pending();
+                }
                 return;
             }
             st.role_held = true;
