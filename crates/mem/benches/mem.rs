@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apf_mem::store::{FileStore, FileStoreConfig, Slot, Store};
-use apf_mem::store_bench::{fill, pipeline_random_fetches, prepare, random_reads};
+use apf_mem::store_bench::{PipelineBench, fill, pipeline_random_fetches, prepare, random_reads};
 use apf_mem::{AccessSize, GuestMemory, MemConfig, Resolve, VcpuTlb};
 use criterion::{Criterion, Throughput, criterion_group};
 
@@ -25,6 +25,20 @@ const PAGE: u64 = 4096;
 const RAM_PAGES: u64 = 65536;
 const BUDGET_PAGES: u64 = 2048;
 const DEPTHS: [usize; 3] = [1, 8, 32];
+/// The vCPU's guest work between two syncs (an interpreter slice).
+const SLICE: Duration = Duration::ZERO;
+
+fn pipeline(depth: usize, duration: Duration, max_fetches: u64, seed: u64) -> PipelineBench {
+    PipelineBench {
+        base_gfn: BASE >> 12,
+        pages: RAM_PAGES,
+        depth,
+        slice: SLICE,
+        duration,
+        max_fetches,
+        seed,
+    }
+}
 
 fn file_store() -> FileStore {
     let path = std::env::var_os("APF_BENCH_DIR").map(Into::into);
@@ -68,7 +82,7 @@ fn random_read(c: &mut Criterion, s: &Setup) {
         });
         g.bench_function(format!("pipeline/d{d}"), |b| {
             b.iter_custom(|n| {
-                pipeline_random_fetches(&s.mem, BASE >> 12, RAM_PAGES, d, Duration::MAX, n, n)
+                pipeline_random_fetches(&s.mem, &pipeline(d, Duration::MAX, n, n))
                     .unwrap()
                     .elapsed
             })
@@ -82,8 +96,7 @@ fn ratios(s: &Setup) {
     let t = Duration::from_secs(2);
     for d in DEPTHS {
         let raw = random_reads(&s.raw, &s.slots, d, t, u64::MAX, 7).unwrap();
-        let pipe =
-            pipeline_random_fetches(&s.mem, BASE >> 12, RAM_PAGES, d, t, u64::MAX, 7).unwrap();
+        let pipe = pipeline_random_fetches(&s.mem, &pipeline(d, t, u64::MAX, 7)).unwrap();
         println!(
             "depth {d:>2}: store {:>8.0} IOPS, pipeline {:>8.0} fetches/s, ratio {:.2}",
             raw.iops(),

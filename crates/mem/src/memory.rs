@@ -43,7 +43,7 @@ impl MemConfig {
             budget_bytes,
             batch_pages: 0,
             io_timeout: Duration::from_secs(30),
-            reaper_grace: Some(Duration::from_micros(500)),
+            reaper_grace: Some(Duration::from_millis(1)),
         }
     }
 }

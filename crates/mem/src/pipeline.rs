@@ -313,7 +313,9 @@ impl Inner {
     fn release_role(&self, st: &mut PipeState) {
         st.role_held = false;
         self.pipe.notify_blocked(st);
-        if st.reaper_waiting {
+        // The reaper only takes over when no vCPU runs (else it looks by itself
+        // once the grace period passes): no wake-up per released role.
+        if st.reaper_waiting && self.shoot.running() == 0 && !st.inflight.is_empty() {
             self.pipe.reaper.notify_all();
         }
     }

@@ -202,21 +202,44 @@ pub fn fill(
     Ok(())
 }
 
-/// The fetch pipeline's rate: asynchronous fetches of random pages of
-/// `base_gfn..base_gfn + pages` with `depth` outstanding, as a vCPU running other
-/// work would issue them (it collects completions between slices with
-/// [`crate::VcpuTlb::sync`]), until `max_fetches` complete or `duration` passes.
-/// Pages found resident are skipped, not counted. Each fetch is a real store read
-/// plus install, and the reclaim that frees its frame.
+/// How [`pipeline_random_fetches`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineBench {
+    /// First guest frame of the range fetched from.
+    pub base_gfn: u64,
+    /// Pages in the range.
+    pub pages: u64,
+    /// Fetches outstanding.
+    pub depth: usize,
+    /// Guest work between two [`crate::VcpuTlb::sync`] calls (a busy loop
+    /// standing in for an interpreter slice); zero polls continuously.
+    pub slice: Duration,
+    /// Stop after this long...
+    pub duration: Duration,
+    /// ...or this many fetches.
+    pub max_fetches: u64,
+    /// Seed of the page sequence.
+    pub seed: u64,
+}
+
+/// The fetch pipeline's rate: asynchronous fetches of random pages with `depth`
+/// outstanding, issued as a vCPU running other work would issue them (it
+/// collects completions between slices with [`crate::VcpuTlb::sync`]). Pages
+/// found resident are skipped, not counted. Each fetch is a real store read plus
+/// install, and the reclaim that frees its frame.
 pub fn pipeline_random_fetches(
     mem: &std::sync::Arc<crate::GuestMemory>,
-    base_gfn: u64,
-    pages: u64,
-    depth: usize,
-    duration: Duration,
-    max_fetches: u64,
-    seed: u64,
+    b: &PipelineBench,
 ) -> Result<BenchResult, BenchError> {
+    let PipelineBench {
+        base_gfn,
+        pages,
+        depth,
+        slice,
+        duration,
+        max_fetches,
+        seed,
+    } = *b;
     use std::sync::atomic::Ordering::Relaxed;
     let sink = std::sync::Arc::new(CountingSink::default());
     let mut tlb = mem.vcpu_tlb();
@@ -245,6 +268,10 @@ pub fn pipeline_random_fetches(
             }
         }
         tlb.sync();
+        let t = Instant::now();
+        while t.elapsed() < slice {
+            std::hint::spin_loop();
+        }
     }
     let failed = sink.failed.load(Relaxed);
     if failed > 0 {
