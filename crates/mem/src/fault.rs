@@ -90,10 +90,22 @@ impl Inner {
         true
     }
 
-    /// Releases a pin taken by [`Inner::pin`].
+    /// Marks a page pinned by [`Inner::fetch_pinned`] dirty before a host write.
+    pub(crate) fn mark_pinned_dirty(&self, index: usize) {
+        let mut g = self.pages.lock(index);
+        debug_assert!(g.word.state() == State::Resident && g.word.pins() > 0);
+        if !g.word.dirty() {
+            self.make_dirty(&mut g.word);
+        }
+    }
+
+    /// Releases a pin taken by [`Inner::pin`] or [`Inner::fetch_pinned`].
     pub(crate) fn unpin(&self, index: usize) {
         let mut g = self.pages.lock(index);
         let ok = g.word.add_pin(false);
         debug_assert!(ok, "unpin without pin");
+        drop(g);
+        // The reclaimer may have stopped for want of unpinned pages.
+        self.kick_reclaim_if_low();
     }
 }

@@ -43,7 +43,7 @@ impl MemConfig {
             budget_bytes,
             batch_pages: 0,
             io_timeout: Duration::from_secs(30),
-            reaper_grace: Some(Duration::from_micros(500)),
+            reaper_grace: Some(Duration::from_millis(1)),
         }
     }
 }
@@ -308,6 +308,9 @@ impl GuestMemory {
 
     /// Host-side read (boot block, the APF shared block): brings pages in
     /// synchronously if needed; each page is pinned against eviction while copied.
+    /// On a vCPU thread use [`VcpuTlb::read_bytes`], which parks the vCPU while it
+    /// may wait (an unparked vCPU waiting for a frame would hold up the shootdown
+    /// that frees one).
     pub fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostAccessError> {
         let len = buf.len() as u64;
         self.host_access(gpa, len, false, |off, ptr, n| {
@@ -347,9 +350,11 @@ impl GuestMemory {
             let n = (PAGE - in_page).min(total - done);
             if !inner.pin(index, write) {
                 inner
-                    .fetch_blocking(index)
+                    .fetch_pinned(index)
                     .map_err(|source| HostAccessError::Fetch { gpa, len, source })?;
-                continue;
+                if write {
+                    inner.mark_pinned_dirty(index);
+                }
             }
             copy(done, inner.ram.page_ptr(index).wrapping_add(in_page), n);
             inner.unpin(index);

@@ -21,7 +21,7 @@ use crate::sync::{Condvar, Mutex, MutexGuard, Ordering, lock, wait, wait_timeout
 
 /// How long a thread that holds the collecting role blocks in the store at once
 /// before it looks around again (for lost completions, mostly).
-const ROLE_WAIT: Duration = Duration::from_millis(5);
+const ROLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Why a fetch failed. The page stays where it was (in the store): nothing is lost.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,15 +186,24 @@ impl Inner {
     /// Starts (or joins) bringing page `index` in for `waiter`.
     pub(crate) fn start_fetch(&self, index: usize, waiter: Waiter) -> FetchStart {
         let c = &self.counters.fetch;
+        // A blocked thread gets the page pinned, so it can map it before the
+        // reclaimer (however eager) takes it away again.
+        let pin_for = matches!(waiter, Waiter::Blocking(_));
         let mut g = self.pages.lock(index);
         loop {
             match g.word.state() {
                 State::Resident => {
+                    if pin_for {
+                        g.word.add_pin(true);
+                    }
                     bump(&c.already_resident);
                     return FetchStart::AlreadyResident;
                 }
                 State::Evicting => {
                     self.rescue(&mut g.word, false);
+                    if pin_for {
+                        g.word.add_pin(true);
+                    }
                     bump(&c.already_resident);
                     return FetchStart::AlreadyResident;
                 }
@@ -214,6 +223,9 @@ impl Inner {
                 State::Untouched | State::InStore => {
                     if g.word.state() == State::Untouched && self.frames.try_take() {
                         g.word.set_state(State::Resident);
+                        if pin_for {
+                            g.word.add_pin(true);
+                        }
                         self.pages.mark_accessed(index);
                         drop(g);
                         bump(&self.counters.faults.zero_fill);
@@ -243,9 +255,11 @@ impl Inner {
                     drop(g);
                     if framed {
                         self.kick_reclaim_if_low();
-                        self.submit_pending();
+                        self.submit_or_defer();
                     } else {
-                        self.kick_reclaim();
+                        // A frame may have been freed since we looked: grant it
+                        // (or wake the reclaimer if there is none).
+                        self.grant_frames();
                     }
                     return FetchStart::Started;
                 }
@@ -254,8 +268,9 @@ impl Inner {
     }
 
     /// Brings page `index` in and waits for it, collecting completions itself
-    /// when nobody else is. The caller must not be an unparked vCPU.
-    pub(crate) fn fetch_blocking(&self, index: usize) -> Result<(), FetchError> {
+    /// when nobody else is. On success the page is resident and pinned for the
+    /// caller, who must [`Inner::unpin`] it. The caller must not be an unparked vCPU.
+    pub(crate) fn fetch_pinned(&self, index: usize) -> Result<(), FetchError> {
         bump(&self.counters.fetch.blocking);
         let id = {
             let mut st = self.pipe.state();
@@ -298,7 +313,9 @@ impl Inner {
     fn release_role(&self, st: &mut PipeState) {
         st.role_held = false;
         self.pipe.notify_blocked(st);
-        if st.reaper_waiting {
+        // The reaper only takes over when no vCPU runs (else it looks by itself
+        // once the grace period passes): no wake-up per released role.
+        if st.reaper_waiting && self.shoot.running() == 0 && !st.inflight.is_empty() {
             self.pipe.reaper.notify_all();
         }
     }
@@ -311,6 +328,13 @@ impl Inner {
         {
             let mut st = self.pipe.state();
             if st.role_held || st.inflight.is_empty() {
+                // Whoever holds the role may be asleep in the store: requests
+                // deferred behind it must not wait for its next completion.
+                let queued = !st.backlog.is_empty();
+                drop(st);
+                if queued {
+                    self.submit_pending();
+                }
                 return;
             }
             st.role_held = true;
@@ -513,6 +537,9 @@ impl Inner {
             for w in waiters {
                 match w {
                     Waiter::Blocking(id) => {
+                        if r.is_ok() {
+                            g.word.add_pin(true);
+                        }
                         st.outcomes.insert(id, r.clone());
                     }
                     Waiter::Sink(s, cookie) => sinks.push((s, cookie)),
@@ -625,6 +652,16 @@ impl Inner {
                 None
             }
         })
+    }
+
+    /// Submits at once if the store is idle; else leaves the request queued for
+    /// whoever collects the next completion (one must come: something is in
+    /// flight), so requests started between two collections go in one submission
+    /// instead of one system call each.
+    fn submit_or_defer(&self) {
+        if self.pipe.in_store.load(Ordering::Relaxed) == 0 {
+            self.submit_pending();
+        }
     }
 
     /// Hands queued requests to the store, up to its queue depth.

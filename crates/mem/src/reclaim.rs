@@ -13,11 +13,20 @@ use crate::metrics::{add, bump};
 use crate::page::State;
 use crate::pipeline::WriteOutcome;
 use crate::store::Slot;
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, thread, wait};
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, wait};
 
-/// Times the reclaimer retries a batch that found nothing to evict (every
-/// resident page pinned by a host copy) before failing the fetches that wait.
-const IDLE_ROUNDS: u32 = 1000;
+/// Batches in a row whose every page the store refused before the fetches
+/// waiting for a frame are failed.
+const FAILED_ROUNDS: u32 = 3;
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Round {
+    chosen: u64,
+    freed: u64,
+    /// Kept because the store refused them (write error, no slot).
+    aborted: u64,
+}
 
 /// Frames: the budget and how much of it is in use.
 #[derive(Debug)]
@@ -129,74 +138,83 @@ impl Inner {
         self.reclaim.cv.notify_all();
     }
 
-    fn reclaim_needed(&self) -> bool {
-        self.frames.low() || !self.pipe.state().frame_waiters.is_empty()
-    }
-
+    /// Sleeps until kicked, then reclaims. A round that cannot progress (every
+    /// resident page pinned) ends and waits for the next kick: a frame taken, a
+    /// fetch waiting for one, or a pin released, so nothing spins.
     pub(crate) fn reclaim_loop(&self) {
         loop {
             {
                 let mut g = lock(&self.reclaim.m);
-                loop {
+                while !self.reclaim.wanted.swap(false, Ordering::SeqCst) {
                     if self.stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    self.reclaim.wanted.store(false, Ordering::SeqCst);
-                    if self.reclaim_needed() {
-                        break;
-                    }
                     g = wait(&self.reclaim.cv, g);
                 }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
             }
             self.reclaim_until_satisfied();
         }
     }
 
     fn reclaim_until_satisfied(&self) {
-        let mut idle = 0;
+        let mut failed_rounds = 0;
         while !self.stop.load(Ordering::SeqCst)
             && (!self.frames.satisfied() || !self.pipe.state().frame_waiters.is_empty())
         {
+            // Frames freed by anyone (a failed fetch, an earlier round) go to the
+            // fetches waiting for one first.
+            self.grant_frames();
             let seen = self.pipe.state().dispatches;
-            {
+            let round = {
                 let _batch = lock(&self.reclaim.batch);
-                if self.evict_batch() > 0 {
-                    idle = 0;
+                let round = self.evict_batch();
+                if round.freed > 0 {
                     *lock(&self.reclaim.last_error) = None;
                     self.grant_frames();
-                    continue;
                 }
-            }
-            // Nothing left: frames are held by pages being fetched (wait for them
-            // to land, then they can go), or pinned by host copies (short).
-            let (reads, writes) = self.in_flight_by_kind();
-            if reads + writes > 0 {
-                self.wait_dispatch_after(seen);
+                round
+            };
+            if round.freed > 0 {
+                failed_rounds = 0;
                 continue;
             }
-            if self.pipe.state().frame_waiters.is_empty() {
+            if round.aborted > 0 {
+                // The store refuses pages: after a few tries, tell the fetches
+                // waiting for a frame why they cannot have one.
+                failed_rounds += 1;
+                if failed_rounds >= FAILED_ROUNDS {
+                    let why = lock(&self.reclaim.last_error).take().unwrap_or_default();
+                    self.fail_frame_waiters(&format!("no resident page can be evicted: {why}"));
+                    return;
+                }
+                continue;
+            }
+            if round.chosen > 0 {
+                continue; // all rescued: try the next ones
+            }
+            // Nothing evictable: frames are held by pages being fetched (wait for
+            // them to land; then they can go) or pinned (wait for a kick).
+            let (reads, writes) = self.in_flight_by_kind();
+            if reads + writes == 0 {
                 return;
             }
-            idle += 1;
-            if idle >= IDLE_ROUNDS {
-                let why = lock(&self.reclaim.last_error).take();
-                let reason = match why {
-                    Some(e) => format!("no resident page can be evicted: {e}"),
-                    None => "every resident page is pinned".to_string(),
-                };
-                self.fail_frame_waiters(&reason);
-                return;
-            }
-            thread::yield_now();
+            self.wait_dispatch_after(seen);
         }
     }
 
-    /// Evicts one batch; returns the frames freed. The caller holds the batch lock.
-    fn evict_batch(&self) -> u64 {
+    /// Evicts one batch. The caller holds the batch lock.
+    fn evict_batch(&self) -> Round {
         let ev = &self.counters.evict;
         let mut victims = self.choose_victims();
+        let mut round = Round {
+            chosen: victims.len() as u64,
+            ..Round::default()
+        };
         if victims.is_empty() {
-            return 0;
+            return round;
         }
         bump(&ev.batches);
         add(&ev.chosen, victims.len() as u64);
@@ -258,6 +276,7 @@ impl Inner {
                         _ => format!("a write did not complete within {:?}", self.io_timeout),
                     };
                     *lock(&self.reclaim.last_error) = Some(why);
+                    round.aborted += 1;
                     g.word.set_state(State::Resident);
                     keep_slot(v.new_slot);
                     bump(&ev.aborted);
@@ -269,17 +288,28 @@ impl Inner {
         }
 
         dropping.sort_unstable();
-        let mut i = 0;
-        while i < dropping.len() {
-            let mut j = i + 1;
-            while j < dropping.len() && dropping[j] == dropping[j - 1] + 1 {
-                j += 1;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &index in &dropping {
+            match runs.last_mut() {
+                Some((first, count)) if *first + *count == index => *count += 1,
+                _ => runs.push((index, 1)),
             }
-            // Discarding anonymous memory cannot fail for a valid range; if it
-            // did, the pages would only stay allocated (they read as stale, but
-            // nothing maps them before a fetch overwrites them).
-            let _ = self.ram.discard(dropping[i], j - i);
-            i = j;
+        }
+        if self.ram.discard_runs(&runs).is_err() {
+            // Cannot happen for our own mapping; if it did, pages going back to
+            // untouched must still read as zero (a fetch overwrites the others).
+            for &index in &dropping {
+                if self.pages.peek(index).slot().is_none() {
+                    // SAFETY: a Dropping page is mapped by no TLB and pinned by no
+                    // host copy; the mapping holds the whole page.
+                    unsafe {
+                        crate::ram::copy_to_shared(
+                            &[0u8; crate::ram::PAGE],
+                            self.ram.page_ptr(index),
+                        )
+                    };
+                }
+            }
         }
         for &index in &dropping {
             let mut g = self.pages.lock(index);
@@ -291,7 +321,8 @@ impl Inner {
             self.pages.stripe(index).changed.notify_all();
         }
         self.frames.release(dropping.len() as u64);
-        dropping.len() as u64
+        round.freed = dropping.len() as u64;
+        round
     }
 
     /// Runs the clock hand over at most two rotations and marks up to a batch of

@@ -170,3 +170,116 @@ pub fn random_reads(
         depth,
     })
 }
+
+/// A sink that counts completions (and failures).
+#[derive(Debug, Default)]
+struct CountingSink {
+    done: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl crate::FetchSink for CountingSink {
+    fn fetch_done(&self, _cookie: u64, result: Result<(), crate::FetchError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if result.is_err() {
+            self.failed.fetch_add(1, Relaxed);
+        }
+        self.done.fetch_add(1, Relaxed);
+    }
+}
+
+/// Writes a stamp into every page of `mem` through the host path, so that all
+/// but a budget's worth of them end up in the store (the pipeline benchmark's
+/// starting point).
+pub fn fill(
+    mem: &crate::GuestMemory,
+    ram_base: u64,
+    pages: u64,
+) -> Result<(), crate::HostAccessError> {
+    for p in 0..pages {
+        mem.write_bytes(ram_base + p * apf_abi::PAGE_SIZE, &p.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// How [`pipeline_random_fetches`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineBench {
+    /// First guest frame of the range fetched from.
+    pub base_gfn: u64,
+    /// Pages in the range.
+    pub pages: u64,
+    /// Fetches outstanding.
+    pub depth: usize,
+    /// Guest work between two [`crate::VcpuTlb::sync`] calls (a busy loop
+    /// standing in for an interpreter slice); zero polls continuously.
+    pub slice: Duration,
+    /// Stop after this long...
+    pub duration: Duration,
+    /// ...or this many fetches.
+    pub max_fetches: u64,
+    /// Seed of the page sequence.
+    pub seed: u64,
+}
+
+/// The fetch pipeline's rate: asynchronous fetches of random pages with `depth`
+/// outstanding, issued as a vCPU running other work would issue them (it
+/// collects completions between slices with [`crate::VcpuTlb::sync`]). Pages
+/// found resident are skipped, not counted. Each fetch is a real store read plus
+/// install, and the reclaim that frees its frame.
+pub fn pipeline_random_fetches(
+    mem: &std::sync::Arc<crate::GuestMemory>,
+    b: &PipelineBench,
+) -> Result<BenchResult, BenchError> {
+    let PipelineBench {
+        base_gfn,
+        pages,
+        depth,
+        slice,
+        duration,
+        max_fetches,
+        seed,
+    } = *b;
+    use std::sync::atomic::Ordering::Relaxed;
+    let sink = std::sync::Arc::new(CountingSink::default());
+    let mut tlb = mem.vcpu_tlb();
+    let mut rng = Rng::new(seed);
+    let depth = depth.max(1) as u64;
+    let (mut started, mut timed_done) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    loop {
+        let done = sink.done.load(Relaxed);
+        if elapsed.is_zero() && (done >= max_fetches || start.elapsed() >= duration) {
+            elapsed = start.elapsed();
+            timed_done = done;
+        }
+        if !elapsed.is_zero() {
+            if done == started {
+                break;
+            }
+        } else {
+            while started - done < depth {
+                let gfn = base_gfn + rng.next_u64() % pages;
+                match mem.start_fetch(gfn, sink.clone(), gfn) {
+                    crate::FetchStart::Started | crate::FetchStart::Joined => started += 1,
+                    crate::FetchStart::AlreadyResident | crate::FetchStart::NotRam => {}
+                }
+            }
+        }
+        tlb.sync();
+        let t = Instant::now();
+        while t.elapsed() < slice {
+            std::hint::spin_loop();
+        }
+    }
+    let failed = sink.failed.load(Relaxed);
+    if failed > 0 {
+        return Err(BenchError::Io(failed, "fetching"));
+    }
+    Ok(BenchResult {
+        ios: timed_done,
+        elapsed,
+        depth: usize::try_from(depth).unwrap_or(usize::MAX),
+    })
+}

@@ -322,20 +322,29 @@ impl VcpuTlb {
     }
 
     /// Brings page `gfn` in on this thread (APF off, or a fallback): joins a fetch
-    /// in flight or starts one, and returns once the page is installed or the read
-    /// failed. The vCPU counts as parked meanwhile, so it never delays a shootdown.
+    /// in flight or starts one, and returns once the page is installed (and mapped
+    /// in this TLB, so the retried access hits) or the read failed. The vCPU counts
+    /// as parked meanwhile, so it never delays a shootdown.
     pub fn fetch_blocking(&mut self, gfn: u64) -> Result<(), FetchError> {
-        let inner = &self.mem.inner;
-        let Some(index) = inner.index_of(gfn) else {
+        let Some(index) = self.mem.inner.index_of(gfn) else {
             return Err(FetchError::NotRam { gfn });
         };
         let was_parked = self.parked;
         if !was_parked {
             self.park();
         }
-        let r = self.mem.inner.fetch_blocking(index);
+        let r = self.mem.inner.fetch_pinned(index);
         if !was_parked {
             self.unpark();
+        }
+        if r.is_ok() {
+            // Pinned, so it is still resident: map it before letting go (a parked
+            // caller maps it on its next resolve).
+            if !self.parked {
+                let mapped = self.resolve(gfn << PAGE_SHIFT, false);
+                debug_assert_eq!(mapped, Resolve::Mapped);
+            }
+            self.mem.inner.unpin(index);
         }
         r
     }

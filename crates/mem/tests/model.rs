@@ -82,10 +82,10 @@ fn scenario() {
 
 #[test]
 fn access_evict_install_random_schedules() {
-    shuttle::check_random(scenario, 1000);
+    shuttle::check_random(scenario, 5000);
 }
 
 #[test]
 fn access_evict_install_pct_schedules() {
-    shuttle::check_pct(scenario, 1000, 3);
+    shuttle::check_pct(scenario, 5000, 3);
 }

@@ -353,9 +353,21 @@ impl std::fmt::Debug for Uring {
 impl Uring {
     fn new(depth: usize) -> io::Result<Uring> {
         let entries = u32::try_from(depth.next_power_of_two()).map_err(io::Error::other)?;
-        let ring = IoUring::builder()
+        // Cooperative task running: completions are not pushed to a busy
+        // submitter with an interrupt; the kernel raises a flag instead and the
+        // next collector enters the kernel to run them (see `complete`). Kernels
+        // before 5.19 refuse the flags: then plain.
+        let ring = match IoUring::builder()
             .setup_cqsize(entries * 2)
-            .build(entries)?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(r) => r,
+            Err(_) => IoUring::builder()
+                .setup_cqsize(entries * 2)
+                .build(entries)?,
+        };
         if !ring.params().is_feature_ext_arg() {
             return Err(io::Error::other(
                 "kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11)",
@@ -478,6 +490,19 @@ impl Uring {
         let n = self.drain(out);
         if n > 0 {
             return n;
+        }
+        let taskrun = {
+            let _sq = lock(&self.sq);
+            // SAFETY: the submission queue is only touched under `self.sq`.
+            unsafe { self.ring.submission_shared() }.taskrun()
+        };
+        if taskrun {
+            // Completions wait for us to run them in the kernel.
+            let _ = self.ring.submitter().submit_and_wait(0);
+            let n = self.drain(out);
+            if n > 0 {
+                return n;
+            }
         }
         let Some(d) = wait else { return 0 };
         let ts = types::Timespec::from(d);

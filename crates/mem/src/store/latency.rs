@@ -184,3 +184,35 @@ impl<S: Store> Store for LatencyStore<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    #[test]
+    fn log_normal_samples_centre_on_the_median_and_repeat_with_the_seed() {
+        let lat = Latency::LogNormal {
+            median: Duration::from_millis(1),
+            sigma: 0.5,
+            seed: 9,
+        };
+        let a = LatencyStore::new(MemStore::new(1, 1), lat);
+        let b = LatencyStore::new(MemStore::new(1, 1), lat);
+        let mut xs: Vec<Duration> = (0..10_001).map(|_| a.sample()).collect();
+        let ys: Vec<Duration> = (0..10_001).map(|_| b.sample()).collect();
+        assert_eq!(xs, ys, "same seed, same latencies");
+        xs.sort();
+        let median = xs[5000].as_secs_f64();
+        assert!((median - 1e-3).abs() < 0.05e-3, "median {median}");
+        assert!(
+            xs[0] < Duration::from_micros(500) && xs[10_000] > Duration::from_millis(2),
+            "spread"
+        );
+        let fixed = LatencyStore::new(
+            MemStore::new(1, 1),
+            Latency::Fixed(Duration::from_micros(250)),
+        );
+        assert_eq!(fixed.sample(), Duration::from_micros(250));
+    }
+}
