@@ -253,7 +253,7 @@ pub fn pipeline_random_fetches(
         let done = sink.done.load(Relaxed);
         turn = turn.wrapping_add(1);
         // Reading the clock costs more than a poll: look at it now and then.
-        let time_up = turn % 64 == 0 && start.elapsed() >= duration;
+        let time_up = turn.is_multiple_of(64) && start.elapsed() >= duration;
         if elapsed.is_zero() && (done >= max_fetches || time_up) {
             elapsed = start.elapsed();
             timed_done = done;
