@@ -6,7 +6,7 @@
 
 use apf_abi::PAGE_SIZE;
 use apf_abi::boot::{BOOT_MAX_PROCS, workload};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -137,8 +137,21 @@ macro_rules! deserialize_from_str {
 deserialize_from_str!(ByteSize);
 deserialize_from_str!(Span);
 
+/// Sizes and durations are written as they are read (`"256MiB"`, `"1ms"`).
+macro_rules! serialize_as_text {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+serialize_as_text!(ByteSize);
+serialize_as_text!(Span);
+
 /// A workload kind (DESIGN §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
     /// Random page touches over a working set.
@@ -189,7 +202,7 @@ impl FromStr for WorkloadKind {
 }
 
 /// One guest process.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessConfig {
     /// What it runs.
@@ -210,7 +223,7 @@ fn default_working_set() -> ByteSize {
 }
 
 /// Which backing store holds evicted pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// A swap file read and written with real I/O (the default).
@@ -220,7 +233,7 @@ pub enum StoreKind {
 }
 
 /// The backing store.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store kind.
@@ -254,7 +267,7 @@ impl Default for StoreConfig {
 }
 
 /// A whole VM.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VmConfig {
     /// vCPUs.
@@ -386,8 +399,9 @@ impl VmConfig {
         Ok(config)
     }
 
-    /// Checks that the configuration can run.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks that the machine (vCPUs, memory, store) can be built; what runs on it
+    /// is not looked at (an image brings its own).
+    pub fn validate_machine(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
@@ -397,6 +411,31 @@ impl VmConfig {
         if self.budget.0 < PAGE_SIZE {
             return Err(ConfigError::Budget(self.budget));
         }
+        if self.store.queue_depth == 0 || self.store.queue_depth > 4096 {
+            return Err(ConfigError::QueueDepth(self.store.queue_depth));
+        }
+        let rate = self.store.read_error_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(ConfigError::Range {
+                name: "store.read_error_rate",
+                value: rate.to_string(),
+                range: "0 to 1",
+            });
+        }
+        let sigma = self.store.latency_sigma;
+        if !(0.0..=4.0).contains(&sigma) {
+            return Err(ConfigError::Range {
+                name: "store.latency_sigma",
+                value: sigma.to_string(),
+                range: "0 to 4",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that the configuration can run the built-in guest's processes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_machine()?;
         if self.processes.is_empty() {
             return Err(ConfigError::NoProcesses);
         }
@@ -425,25 +464,6 @@ impl VmConfig {
             return Err(ConfigError::WorkingSets {
                 total: ByteSize(total),
                 room: ByteSize(room),
-            });
-        }
-        if self.store.queue_depth == 0 || self.store.queue_depth > 4096 {
-            return Err(ConfigError::QueueDepth(self.store.queue_depth));
-        }
-        let rate = self.store.read_error_rate;
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError::Range {
-                name: "store.read_error_rate",
-                value: rate.to_string(),
-                range: "0 to 1",
-            });
-        }
-        let sigma = self.store.latency_sigma;
-        if !(0.0..=4.0).contains(&sigma) {
-            return Err(ConfigError::Range {
-                name: "store.latency_sigma",
-                value: sigma.to_string(),
-                range: "0 to 4",
             });
         }
         Ok(())

@@ -426,6 +426,9 @@ impl<R: GuestRam> Vcpu<R> {
     fn stage2_abort(&mut self, apf: &mut ApfControl, esr: Esr, far: u64, hpfar: u64) {
         let gpa = ipa_from_hpfar(hpfar) | (far & 0xFFF);
         let write = esr.is_write_abort();
+        if tracing::enabled!(target: "apf", tracing::Level::TRACE) {
+            self.trace_stage2_abort(esr, gpa, write);
+        }
         let gfn = match self.ram.resolve(gpa, write) {
             RamResolve::Mapped => {
                 self.stats.faults.mapped += 1;
@@ -468,6 +471,23 @@ impl<R: GuestRam> Vcpu<R> {
                     self.external_abort(esr, far);
                 }
             }
+        }
+    }
+
+    /// The `stage2_abort` trace event: the faulting access and, for a data abort, the
+    /// instruction that made it (PC is at it, and with the stage-1 MMU off it is a
+    /// guest-physical address; its page was just executed, so it is resident).
+    fn trace_stage2_abort(&mut self, esr: Esr, gpa: u64, write: bool) {
+        let (vcpu, pc, el) = (self.spec.index, self.cpu.pc(), self.cpu.el());
+        let gfn = gpa >> 12;
+        let mut word = [0u8; 4];
+        if !esr.is_instruction_abort() && self.ram.host_read(pc, &mut word).is_ok() {
+            let insn = u32::from_le_bytes(word);
+            tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
+                pc, insn);
+        } else {
+            tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
+                pc);
         }
     }
 
