@@ -65,6 +65,23 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// An axis value in few characters: `500`, `20k`, `1.5M`.
+fn short_number(v: &f64) -> String {
+    let v = *v;
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let text = format!("{v:.1}");
+    text.strip_suffix(".0").map_or(text.clone(), str::to_string)
+}
+
 /// Log axis bounds that hold every positive value in `values`.
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
@@ -112,6 +129,7 @@ fn bars<DB: DrawingBackend>(
             .disable_x_mesh()
             .x_labels(labels.len() * 2 + 1)
             .x_label_formatter(&label_of)
+            .y_label_formatter(&short_number)
             .y_desc(y_desc)
             .draw()
             .map_err(err)?;
@@ -262,6 +280,7 @@ fn draw_sweep<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Sweep) -> R
         .x_labels(labels.len())
         .x_label_formatter(&label_of)
         .x_desc(s.parameter)
+        .y_label_formatter(&short_number)
         .y_desc("units/s (log)")
         .draw()
         .map_err(err)?;
@@ -405,5 +424,8 @@ mod tests {
         assert!(r.start <= 3.0 && r.end >= 4500.0, "{r:?}");
         assert_eq!(r.start, 1.0);
         assert_eq!(log_range(std::iter::empty()), 0.1..10.0);
+        assert_eq!(short_number(&500.0), "500");
+        assert_eq!(short_number(&20_000.0), "20k");
+        assert_eq!(short_number(&1_500_000.0), "1.5M");
     }
 }

@@ -358,13 +358,8 @@ impl RunReport {
 
 /// One line about the VM a report is for.
 pub fn describe(c: &VmConfig, store: &StoreReport) -> String {
-    let latency = if c.store.latency.0.is_zero() {
-        String::new()
-    } else {
-        format!(" + {} added", c.store.latency)
-    };
     format!(
-        "{} vCPU{} · {} RAM in a {} host budget · store: {}{latency}, queue depth {} · seed {}",
+        "{} vCPU{} · {} RAM in a {} host budget · store: {}, queue depth {} · seed {}",
         c.vcpus,
         if c.vcpus == 1 { "" } else { "s" },
         c.ram,

@@ -58,13 +58,14 @@ pub struct DepthRate {
     pub iops: f64,
 }
 
-/// Measures every depth in `depths` on the store `config` describes.
+/// Measures every depth in `depths` on the store `config` describes; returns the
+/// store's description and the rates.
 pub fn measure(
     config: &VmConfig,
     depths: &[usize],
     time: Duration,
     pages: u32,
-) -> Result<Vec<DepthRate>, StoreBenchError> {
+) -> Result<(String, Vec<DepthRate>), StoreBenchError> {
     if let Some(&bad) = depths.iter().find(|&&d| d == 0 || d > 4096) {
         return Err(StoreBenchError::Depth(bad));
     }
@@ -81,7 +82,7 @@ pub fn measure(
             iops: r.iops(),
         });
     }
-    Ok(rates)
+    Ok((store.info().description, rates))
 }
 
 /// Runs `apf store-bench`.
@@ -93,15 +94,9 @@ pub fn run(args: &StoreBenchArgs) -> Result<(), StoreBenchError> {
     let pages = args
         .pages
         .unwrap_or_else(|| u32::try_from(config.ram.0 / apf_abi::PAGE_SIZE).unwrap_or(u32::MAX));
-    let rates = measure(&config, &args.depths, args.time.0, pages)?;
-    let store = open_store(&config)?.info().description;
-    let latency = if config.store.latency.0.is_zero() {
-        String::new()
-    } else {
-        format!(" + {} added", config.store.latency)
-    };
+    let (store, rates) = measure(&config, &args.depths, args.time.0, pages)?;
     println!(
-        "store: {store}{latency}; random 4KiB reads over {} pages",
+        "store: {store}; random 4KiB reads over {} pages",
         count(u64::from(pages))
     );
     let mut t = Table::new(&["queue depth", "reads/s", "mean latency", "vs depth 1"]);
@@ -132,7 +127,8 @@ mod tests {
         let mut config = VmConfig::default();
         config.store.kind = StoreKind::Mem;
         config.store.latency = Span(Duration::from_micros(200));
-        let rates = measure(&config, &[1, 8], Duration::from_millis(50), 64).unwrap();
+        let (store, rates) = measure(&config, &[1, 8], Duration::from_millis(50), 64).unwrap();
+        assert!(store.contains("200µs"), "{store}");
         assert_eq!(rates.iter().map(|r| r.depth).collect::<Vec<_>>(), [1, 8]);
         assert!(rates.iter().all(|r| r.iops > 0.0), "{rates:?}");
     }
