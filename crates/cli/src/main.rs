@@ -422,8 +422,9 @@ fn cmd_trace(args: &TraceArgs) -> Result<(), CliError> {
     let chosen = filter.apply(&records);
     let shown = &chosen[..chosen.len().min(args.limit)];
     print!("{}", trace::render(shown));
+    print!("\n{}", trace::fault_latencies(&records));
     println!(
-        "\n{} of {} events shown (--limit {}); {}: {}",
+        "{} of {} events shown (--limit {}); {}: {}",
         shown.len(),
         chosen.len(),
         args.limit,

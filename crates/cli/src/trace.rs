@@ -214,6 +214,88 @@ pub fn render(records: &[&Record]) -> String {
     out
 }
 
+/// Where each asynchronous fault's time went, from the events of every fault
+/// whose page came in: not-present → completed (the fetch as the engine saw it),
+/// completed → page-ready sent, page-ready → the guest's retry (its next stage-2
+/// exit on that page: the TLB refill of the access that faulted).
+pub fn fault_latencies(records: &[Record]) -> String {
+    #[derive(Default)]
+    struct Fault {
+        gfn: u64,
+        not_present: u128,
+        completed: Option<u128>,
+        ready: Option<u128>,
+    }
+    let mut open: Vec<((u64, u64), Fault)> = Vec::new();
+    let (mut fetch, mut notify, mut wake) = (Vec::new(), Vec::new(), Vec::new());
+    for r in records {
+        let (Some(vcpu), token) = (r.u64("vcpu"), r.u64("token")) else {
+            continue;
+        };
+        let key = |t: u64| (vcpu, t);
+        match (r.name.as_str(), token) {
+            ("async_pf_not_present", Some(t)) => {
+                open.retain(|(k, _)| *k != key(t));
+                let gfn = r.u64("gfn").unwrap_or(u64::MAX);
+                open.push((
+                    key(t),
+                    Fault {
+                        gfn,
+                        not_present: r.at_us,
+                        ..Fault::default()
+                    },
+                ));
+            }
+            ("async_pf_completed", Some(t)) => {
+                if let Some((_, f)) = open.iter_mut().find(|(k, _)| *k == key(t)) {
+                    f.completed = Some(r.at_us);
+                    fetch.push(r.at_us - f.not_present);
+                }
+            }
+            ("async_pf_ready", Some(t)) => {
+                if let Some((_, f)) = open.iter_mut().find(|(k, _)| *k == key(t))
+                    && let Some(done) = f.completed
+                {
+                    f.ready = Some(r.at_us);
+                    notify.push(r.at_us - done);
+                }
+            }
+            ("stage2_abort", None) => {
+                let gfn = r.u64("gfn");
+                if let Some(i) = open
+                    .iter()
+                    .position(|(k, f)| k.0 == vcpu && Some(f.gfn) == gfn && f.ready.is_some())
+                {
+                    let (_, f) = open.swap_remove(i);
+                    wake.push(r.at_us - f.ready.unwrap_or(r.at_us));
+                }
+            }
+            _ => {}
+        }
+    }
+    let line = |what: &str, mut v: Vec<u128>| {
+        v.sort_unstable();
+        let q = |p: usize| {
+            v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+                .copied()
+        };
+        match (q(50), q(90), q(99)) {
+            (Some(a), Some(b), Some(c)) => {
+                format!(
+                    "  {what:<28} {:>6} faults: p50 {a} µs, p90 {b} µs, p99 {c} µs\n",
+                    v.len()
+                )
+            }
+            _ => format!("  {what:<28}      0 faults\n"),
+        }
+    };
+    let mut out = String::from("asynchronous faults, where the time went:\n");
+    out.push_str(&line("not-present → page in", fetch));
+    out.push_str(&line("page in → page-ready sent", notify));
+    out.push_str(&line("page-ready → guest retries", wake));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +306,48 @@ mod tests {
             name: name.into(),
             fields: fields.iter().map(|&(k, v)| (k, Value::U64(v))).collect(),
         }
+    }
+
+    #[test]
+    fn fault_latencies_follow_each_token_to_its_retry() {
+        let at = |us: u128, name: &str, fields: &[(&'static str, u64)]| Record {
+            at_us: us,
+            ..rec(name, fields)
+        };
+        let records = vec![
+            at(100, "stage2_abort", &[("vcpu", 0), ("gfn", 7)]),
+            at(
+                110,
+                "async_pf_not_present",
+                &[("vcpu", 0), ("gfn", 7), ("token", 0x1000)],
+            ),
+            at(
+                120,
+                "async_pf_not_present",
+                &[("vcpu", 1), ("gfn", 9), ("token", 0x1001)],
+            ),
+            at(
+                1110,
+                "async_pf_completed",
+                &[("vcpu", 0), ("gfn", 7), ("token", 0x1000)],
+            ),
+            at(1130, "async_pf_ready", &[("vcpu", 0), ("token", 0x1000)]),
+            at(1200, "stage2_abort", &[("vcpu", 1), ("gfn", 7)]),
+            at(1430, "stage2_abort", &[("vcpu", 0), ("gfn", 7)]),
+        ];
+        let text = fault_latencies(&records);
+        assert!(
+            text.contains("not-present → page in             1 faults: p50 1000 µs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("page in → page-ready sent         1 faults: p50 20 µs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("page-ready → guest retries        1 faults: p50 300 µs"),
+            "{text}"
+        );
     }
 
     #[test]
