@@ -314,7 +314,16 @@ impl<R: GuestRam> Vcpu<R> {
                 self.stage2_abort(apf, Esr(esr_el2), far, hpfar);
             }
             Exit::TimerDeadline => exits.timer += 1,
-            Exit::Budget => exits.budget += 1,
+            Exit::Budget => {
+                exits.budget += 1;
+                // The guest keeps this vCPU busy while its faults are in flight (the
+                // point of APF), so the host threads those faults need (reclaim,
+                // I/O completion) wait for a CPU; on a host with few cores they
+                // would wait for whole scheduler slices. Offer the CPU once a slice.
+                if apf.outstanding() > 0 {
+                    std::thread::yield_now();
+                }
+            }
             Exit::Kicked => exits.kicked += 1,
         }
         Next::Continue
