@@ -165,7 +165,7 @@ _Static_assert(sizeof(struct apf_shared_data) == APF_SHARED_BLOCK_SIZE, "size");
 #define APF_BOOT_BLOCK_GPA 0x4007F000
 #define APF_BOOT_MAGIC 0x42465041
 #define APF_BOOT_VERSION 1
-#define APF_BOOT_MAX_PROCS 16
+#define APF_BOOT_MAX_PROCS 48
 #define APF_WORKLOAD_SCAN 1
 #define APF_WORKLOAD_CALC 2
 #define APF_WORKLOAD_KV 3
@@ -177,8 +177,8 @@ _Static_assert(sizeof(struct apf_shared_data) == APF_SHARED_BLOCK_SIZE, "size");
 #define APF_BOOT_OFF_STOP 40
 #define APF_BOOT_OFF_FINISHED 44
 #define APF_BOOT_OFF_PROCS 48
-#define APF_BOOT_OFF_RESULTS 560
-#define APF_BOOT_BLOCK_SIZE 1072
+#define APF_BOOT_OFF_RESULTS 1584
+#define APF_BOOT_BLOCK_SIZE 3120
 
 struct apf_proc_spec {
 	uint32_t kind;

@@ -15,7 +15,7 @@ pub const BOOT_MAGIC: u32 = 0x4246_5041;
 /// Layout version of [`BootBlock`].
 pub const BOOT_VERSION: u32 = 1;
 /// Most processes a run can have.
-pub const BOOT_MAX_PROCS: usize = 16;
+pub const BOOT_MAX_PROCS: usize = 48;
 
 /// Workload kinds (DESIGN §7).
 pub mod workload {

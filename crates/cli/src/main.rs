@@ -1,18 +1,34 @@
-//! The `apf` command line.
+//! The `apf` command line: run a VM, compare APF off and on, sweep a parameter,
+//! measure the store, trace the protocol.
 
-use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
-use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
-use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
-use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle};
-use clap::{Parser, Subcommand};
+mod chart;
+mod demo;
+mod progress;
+mod report;
+mod storebench;
+mod table;
+mod trace;
+mod vmargs;
+
+use apf_vm::config::{ByteSize, ProcessConfig, Span, VmConfig, WorkloadKind};
+use apf_vm::{RunEnd, RunOptions, VmError, run_image, run_workloads};
+use clap::{Args, Parser, Subcommand};
+use progress::RunBar;
+use report::{JsonReport, RunReport};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+use thiserror::Error;
+use vmargs::{VmArgs, VmArgsError};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "apf",
     version,
-    about = "Asynchronous page faults for arm64 virtual machines"
+    about = "Asynchronous page faults for arm64 virtual machines",
+    long_about = "Asynchronous page faults for arm64 virtual machines: a Rust hypervisor whose \
+                  vCPUs run a real AArch64 guest over real memory with a real swap file.\n\n\
+                  Start with `apf compare`: the built-in configuration with APF off, then on."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +37,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Boot a VM, run its workloads and print a report; or boot any image (--image).
+    Run(RunArgs),
+    /// Run the same configuration with APF off, then on (same seed), side by side.
+    Compare(CompareArgs),
+    /// Vary one parameter (added store latency by default), APF off and on at each value.
+    Sweep(SweepArgs),
+    /// Measure the store's raw random-read rate per queue depth.
+    StoreBench(storebench::StoreBenchArgs),
+    /// Print the host's APF events of a short run, with the faulting instructions.
+    Trace(TraceArgs),
     /// Walk the APF engine through a few faults with a fake vCPU and print each step.
     EngineDemo {
         /// Faults to take.
@@ -29,65 +55,422 @@ enum Command {
     },
 }
 
-fn engine_demo(faults: u64) -> Result<(), String> {
-    const BLOCK: u64 = 0x4000_0400;
-    let mut engine = ApfControl::new(0, true);
-    let mut vcpu = FakeVcpu::new(0x1000);
-    let sdei = u64::from(SDEI_EVENT_ASYNC_PF);
-    engine
-        .command(&mut vcpu, ApfCommand::SetSdei(sdei))
-        .map_err(|e| e.to_string())?;
-    engine
-        .command(&mut vcpu, ApfCommand::SetIrq(17))
-        .map_err(|e| e.to_string())?;
-    let raw = BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY;
-    let r = engine.hypercall(&mut vcpu, ASYNC_PF_FUNC_ENABLE, raw, 0);
-    println!("guest ENABLE({raw:#x}) -> {}", r.status);
-    let mut in_flight = Vec::new();
-    for gfn in 0..faults {
-        match engine.try_async(&mut vcpu, 0x40000 + gfn, 0x9380_0007) {
-            FaultDecision::Async { token, cookie } => {
-                println!(
-                    "fault gfn {:#x}: not-present, token {:#x}",
-                    0x40000 + gfn,
-                    token.0
-                );
-                vcpu.enter_guest(&mut engine);
-                vcpu.guest_sdei_handler(BLOCK);
-                in_flight.push(cookie);
-            }
-            other => println!("fault gfn {:#x}: {other:?}", 0x40000 + gfn),
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Boot this flat AArch64 image instead of the built-in guest (loaded at 0x40080000,
+    /// entered at EL1h) and stream its console until it powers off or --timeout passes.
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// Also write the report as JSON (schema in the README).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Show the guest's console while it runs.
+    #[arg(long)]
+    console: bool,
+    /// End the run after this long whatever the guest does [default: 120s; 30s with --image].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<Span>,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Also write both runs as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw the comparison (FILE.png or FILE.svg).
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
+    /// End each run after this long whatever the guest does.
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    timeout: Span,
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Added store latencies to run at (the default sweep).
+    #[arg(
+        long = "latencies",
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0,100us,1ms,5ms",
+        conflicts_with = "budgets"
+    )]
+    latencies: Vec<Span>,
+    /// Host budgets to run at, instead of latencies.
+    #[arg(long = "budgets", value_name = "LIST", value_delimiter = ',')]
+    budgets: Option<Vec<ByteSize>>,
+    /// Also write every run as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw work per second and blocktime against the parameter (FILE.png or FILE.svg).
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
+    /// End each run after this long whatever the guest does.
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    timeout: Span,
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Only this vCPU's events.
+    #[arg(long = "vcpu", value_name = "N")]
+    vcpu_filter: Option<u64>,
+    /// Only this token's events (and the stage-2 aborts on its page), e.g. 0x1000.
+    #[arg(long, value_parser = parse_number)]
+    token: Option<u64>,
+    /// Only events with these names (comma-separated), e.g.
+    /// stage2_abort,async_pf_not_present,async_pf_ready.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    event: Vec<String>,
+    /// Print at most this many events (the first ones).
+    #[arg(long, default_value_t = 200)]
+    limit: usize,
+}
+
+fn parse_number(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("`{text}` is not a number (decimal or 0x-prefixed hex)"))
+}
+
+/// Why a command failed: one line each.
+#[derive(Debug, Error)]
+enum CliError {
+    #[error(transparent)]
+    Args(#[from] VmArgsError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot read the image {path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("chart {path}: {reason}")]
+    Chart { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Bench(#[from] storebench::StoreBenchError),
+    #[error("cannot record trace events: {0}")]
+    Trace(#[from] tracing::subscriber::SetGlobalDefaultError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs the built-in guest with `config`, with a progress bar on a terminal.
+fn run_one(config: &VmConfig, label: &str, timeout: Duration) -> Result<RunReport, CliError> {
+    if let Some(dir) = vmargs::ensure_store_dir(config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let bar = RunBar::new(config, label);
+    let update = |p: apf_vm::RunProgress<'_>| bar.update(p);
+    let options = RunOptions {
+        timeout,
+        progress: Some(&update),
+        ..RunOptions::default()
+    };
+    let run = run_workloads(config, options);
+    bar.finish();
+    Ok(RunReport::new(label, config, &run?))
+}
+
+fn write_json(path: &Path, command: &str, runs: &[RunReport]) -> Result<(), CliError> {
+    let report = JsonReport {
+        apf_version: env!("CARGO_PKG_VERSION"),
+        command,
+        runs,
+    };
+    let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::Write {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A run whose results cannot be trusted fails the command.
+fn check(runs: &[RunReport]) -> Result<(), CliError> {
+    for r in runs {
+        if let Some(e) = &r.invariant_violation {
+            return Err(CliError::Failed(format!(
+                "{}: memory invariant broken: {e}",
+                r.label
+            )));
+        }
+        if !r.checksums_ok {
+            return Err(CliError::Failed(format!(
+                "{}: a process's checksum is wrong",
+                r.label
+            )));
+        }
+        if r.end == "timeout" {
+            return Err(CliError::Failed(format!(
+                "{}: the guest did not finish in time (raise --timeout or lower the work)",
+                r.label
+            )));
         }
     }
-    let port = std::sync::Arc::clone(engine.port());
-    let worker = std::thread::spawn(move || {
-        for cookie in in_flight.into_iter().rev() {
-            if let Some(handle) = ItemHandle::from_cookie(cookie) {
-                port.complete(handle, true);
-            }
-        }
-    });
-    worker
-        .join()
-        .map_err(|_| "the completion thread panicked".to_string())?;
-    loop {
-        engine.service(&mut vcpu);
-        if !vcpu.ppi(17) {
-            break;
-        }
-        if let Some(token) = vcpu.guest_ppi_handler(BLOCK, true) {
-            println!("page-ready token {:#x}", token.0);
-        }
-        engine.hypercall(&mut vcpu, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
-    }
-    println!("{:#?}", engine.counters().snapshot());
     Ok(())
 }
 
+fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
+    if let Some(path) = &args.image {
+        return run_an_image(args, path);
+    }
+    let config = args.vm.config(VmConfig::default())?;
+    let timeout = args.timeout.map_or(Duration::from_secs(120), |t| t.0);
+    let label = if config.apf { "APF on" } else { "APF off" };
+    let report = if args.console {
+        let run = run_workloads(
+            &config,
+            RunOptions {
+                timeout,
+                echo_console: true,
+                ..RunOptions::default()
+            },
+        )?;
+        RunReport::new(label, &config, &run)
+    } else {
+        run_one(&config, label, timeout)?
+    };
+    print!("{}", report::render_run(&report));
+    let runs = [report];
+    if let Some(path) = &args.json {
+        write_json(path, "run", &runs)?;
+    }
+    check(&runs)
+}
+
+fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
+    let image = std::fs::read(path).map_err(|source| CliError::Image {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = args.vm.config_machine(VmConfig::default())?;
+    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let timeout = args.timeout.map_or(Duration::from_secs(30), |t| t.0);
+    let run = run_image(
+        &config,
+        &image,
+        RunOptions {
+            timeout,
+            echo_console: true,
+            ..RunOptions::default()
+        },
+    )?;
+    let wall = table::secs(run.wall.as_secs_f64());
+    match run.end {
+        RunEnd::SystemOff => {
+            eprintln!("apf: the guest powered off after {wall}");
+            Ok(())
+        }
+        RunEnd::SystemReset => Err(CliError::Failed(format!(
+            "the guest asked for a reset after {wall} (apf does not reset)"
+        ))),
+        RunEnd::Timeout => Err(CliError::Failed(format!(
+            "the guest was still running after {wall} (--timeout)"
+        ))),
+    }
+}
+
+/// APF off, then on, same seed.
+fn off_and_on(
+    config: &VmConfig,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<(RunReport, RunReport), CliError> {
+    let off = VmConfig {
+        apf: false,
+        ..config.clone()
+    };
+    let on = VmConfig {
+        apf: true,
+        ..config.clone()
+    };
+    let a = run_one(&off, &format!("{prefix}APF off"), timeout)?;
+    let b = run_one(&on, &format!("{prefix}APF on"), timeout)?;
+    Ok((a, b))
+}
+
+fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
+    let config = args.vm.config(VmConfig::default())?;
+    let (off, on) = off_and_on(&config, "", args.timeout.0)?;
+    print!("{}", report::render_side_by_side(&off, &on));
+    let runs = [off, on];
+    if let Some(path) = &args.json {
+        write_json(path, "compare", &runs)?;
+    }
+    if let Some(path) = &args.chart {
+        chart::compare(path, &runs[0], &runs[1]).map_err(|reason| CliError::Chart {
+            path: path.clone(),
+            reason,
+        })?;
+    }
+    check(&runs)
+}
+
+fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
+    let base = args.vm.config(VmConfig::default())?;
+    let points: Vec<(String, VmConfig)> = match &args.budgets {
+        Some(budgets) => budgets
+            .iter()
+            .map(|&b| {
+                (
+                    format!("budget {b}"),
+                    VmConfig {
+                        budget: b,
+                        ..base.clone()
+                    },
+                )
+            })
+            .collect(),
+        None => args
+            .latencies
+            .iter()
+            .map(|&l| {
+                let mut c = base.clone();
+                c.store.latency = l;
+                (format!("latency {l}"), c)
+            })
+            .collect(),
+    };
+    let mut sweep = chart::Sweep {
+        parameter: if args.budgets.is_some() {
+            "host budget"
+        } else {
+            "added store latency"
+        },
+        points: Vec::new(),
+    };
+    for (label, config) in &points {
+        config.validate().map_err(VmArgsError::from)?;
+        let (off, on) = off_and_on(config, &format!("{label}, "), args.timeout.0)?;
+        sweep.points.push((label.clone(), off, on));
+    }
+    print!("{}", chart::render_sweep(&sweep));
+    let runs: Vec<RunReport> = sweep
+        .points
+        .iter()
+        .flat_map(|(_, a, b)| [a.clone(), b.clone()])
+        .collect();
+    if let Some(path) = &args.json {
+        write_json(path, "sweep", &runs)?;
+    }
+    if let Some(path) = &args.chart {
+        chart::sweep(path, &sweep).map_err(|reason| CliError::Chart {
+            path: path.clone(),
+            reason,
+        })?;
+    }
+    check(&runs)
+}
+
+/// `apf trace`'s run: short, one vCPU, a scan that faults often beside a calc.
+fn trace_config() -> VmConfig {
+    let mut c = VmConfig {
+        vcpus: 1,
+        ram: ByteSize(64 << 20),
+        budget: ByteSize(8 << 20),
+        processes: vec![
+            ProcessConfig {
+                kind: WorkloadKind::Scan,
+                vcpu: 0,
+                mem: ByteSize(32 << 20),
+                work: 300,
+            },
+            ProcessConfig {
+                kind: WorkloadKind::Calc,
+                vcpu: 0,
+                mem: ByteSize(0),
+                work: 0,
+            },
+        ],
+        ..VmConfig::default()
+    };
+    c.store.latency = Span(Duration::from_micros(200));
+    c
+}
+
+fn cmd_trace(args: &TraceArgs) -> Result<(), CliError> {
+    let config = args.vm.config(trace_config())?;
+    let recorder = trace::Recorder::install()?;
+    let label = if config.apf { "APF on" } else { "APF off" };
+    let report = run_one(&config, label, Duration::from_secs(120))?;
+    let records = recorder.take();
+    let filter = trace::Filter {
+        vcpu: args.vcpu_filter,
+        token: args.token,
+        events: args.event.clone(),
+    };
+    let chosen = filter.apply(&records);
+    let shown = &chosen[..chosen.len().min(args.limit)];
+    print!("{}", trace::render(shown));
+    print!("\n{}", trace::fault_latencies(&records));
+    println!(
+        "{} of {} events shown (--limit {}); {}: {}",
+        shown.len(),
+        chosen.len(),
+        args.limit,
+        report.label,
+        report::describe(&report.config, &report.store)
+    );
+    check(&[report])
+}
+
+/// Clap's error, on one line: what is wrong, and its tip if it has one.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match lines.find(|l| l.starts_with("tip:")) {
+        Some(tip) => format!("{first} ({tip}; see --help)"),
+        None => format!("{first} (see --help)"),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::EngineDemo { faults } => engine_demo(faults),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `apf` alone: the list of commands.
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("apf: {}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &cli.command {
+        Command::Run(args) => cmd_run(args),
+        Command::Compare(args) => cmd_compare(args),
+        Command::Sweep(args) => cmd_sweep(args),
+        Command::StoreBench(args) => storebench::run(args).map_err(CliError::from),
+        Command::Trace(args) => cmd_trace(args),
+        Command::EngineDemo { faults } => demo::engine_demo(*faults).map_err(CliError::Failed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,5 +478,41 @@ fn main() -> ExitCode {
             eprintln!("apf: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_flags_get_one_line() {
+        let e = Cli::try_parse_from(["apf", "run", "--ram", "lots"]).unwrap_err();
+        let line = one_line(&e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("`lots` is not a size"), "{line}");
+        let e = Cli::try_parse_from(["apf", "compare", "--vcpu", "2"]).unwrap_err();
+        let line = one_line(&e);
+        assert!(
+            line.contains("--vcpu") && line.contains("--vcpus"),
+            "{line}"
+        );
+        let e = Cli::try_parse_from(["apf", "run", "-p", "scan,vcpu=x"]).unwrap_err();
+        assert!(one_line(&e).contains("not a vCPU number"));
+    }
+
+    #[test]
+    fn numbers_are_decimal_or_hex() {
+        assert_eq!(parse_number("0x1000"), Ok(0x1000));
+        assert_eq!(parse_number("42"), Ok(42));
+        assert!(parse_number("0xZZ").is_err());
+    }
+
+    #[test]
+    fn the_trace_run_is_valid_and_pressured() {
+        let c = trace_config();
+        c.validate().unwrap();
+        let scan = c.processes[0].mem.0;
+        assert!(scan > 2 * c.budget.0, "the scan must fault");
     }
 }

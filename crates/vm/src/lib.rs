@@ -7,6 +7,6 @@ pub mod workload;
 
 pub use ram::MemRam;
 pub use run::{
-    GUEST_IMAGE, ProcessOutcome, RunEnd, RunOptions, VmError, VmRun, boot_block, run_image,
-    run_workloads,
+    GUEST_IMAGE, ProcessOutcome, ProgressFn, RunEnd, RunOptions, RunProgress, VmError, VmRun,
+    boot_block, open_store, run_image, run_workloads,
 };

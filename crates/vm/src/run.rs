@@ -101,6 +101,9 @@ pub struct ProcessOutcome {
     pub checksum_ok: bool,
     /// The syndrome that killed it, if it was killed.
     pub kill_esr: u32,
+    /// When the host first saw it ended (done or killed), from the run's start;
+    /// `None` if it was still running when the run ended.
+    pub ended_at: Option<Duration>,
 }
 
 /// Everything a run produced.
@@ -152,25 +155,53 @@ impl Write for Console {
     }
 }
 
-/// Options of a run that are not part of the VM's configuration.
+/// A workload run's progress, as the host last read it from the boot block.
 #[derive(Debug, Clone, Copy)]
-pub struct RunOptions {
+pub struct RunProgress<'a> {
+    /// Time since the first vCPU started.
+    pub elapsed: Duration,
+    /// Units of work done, per configured process.
+    pub progress: &'a [u64],
+}
+
+/// Called with a workload run's progress while it runs (every few milliseconds,
+/// from the thread that called [`run_workloads`]).
+pub type ProgressFn<'a> = &'a dyn Fn(RunProgress<'_>);
+
+/// Options of a run that are not part of the VM's configuration.
+#[derive(Clone, Copy)]
+pub struct RunOptions<'a> {
     /// End the run after this long, whatever the guest does.
     pub timeout: Duration,
     /// Echo the console to standard output.
     pub echo_console: bool,
+    /// Told the progress of a workload run.
+    pub progress: Option<ProgressFn<'a>>,
 }
 
-impl Default for RunOptions {
+impl std::fmt::Debug for RunOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("timeout", &self.timeout)
+            .field("echo_console", &self.echo_console)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl Default for RunOptions<'_> {
     fn default() -> Self {
         RunOptions {
             timeout: Duration::from_secs(120),
             echo_console: false,
+            progress: None,
         }
     }
 }
 
-fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
+/// The backing store `config` describes: the file or memory store, with the added
+/// latency and injected faults it asks for.
+pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
     let s = &config.store;
     let pages = u32::try_from(config.ram.0 / apf_abi::PAGE_SIZE).unwrap_or(u32::MAX);
     let depth = usize::try_from(s.queue_depth).unwrap_or(1);
@@ -253,7 +284,7 @@ struct Built {
 }
 
 fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
-    config.validate()?;
+    config.validate_machine()?;
     let store = open_store(config)?;
     let memory = GuestMemory::new(
         MemConfig::new(RAM_BASE, config.ram.0, config.budget.0),
@@ -344,7 +375,6 @@ fn finish(
     handles: Vec<std::thread::JoinHandle<VcpuReport>>,
     begin: Instant,
     work_done_at: Option<Duration>,
-    processes: Vec<ProcessOutcome>,
 ) -> Result<VmRun, VmError> {
     let mut vcpus = Vec::with_capacity(handles.len());
     for (i, h) in handles.into_iter().enumerate() {
@@ -369,7 +399,7 @@ fn finish(
         mem: built.memory.metrics(),
         mem_invariants: built.memory.check_invariants(),
         store: built.memory.store_info(),
-        processes,
+        processes: Vec::new(),
     })
 }
 
@@ -383,7 +413,7 @@ pub fn run_image(config: &VmConfig, image: &[u8], options: RunOptions) -> Result
         std::thread::park_timeout(MONITOR_PERIOD);
     }
     built.machine.stop(StopReason::Host);
-    finish(built, handles, begin, None, Vec::new())
+    finish(built, handles, begin, None)
 }
 
 fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
@@ -392,7 +422,11 @@ fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
     BootBlock::from_bytes(&bytes)
 }
 
-fn outcomes(config: &VmConfig, block: &BootBlock) -> Vec<ProcessOutcome> {
+fn outcomes(
+    config: &VmConfig,
+    block: &BootBlock,
+    ended_at: &[Option<Duration>],
+) -> Vec<ProcessOutcome> {
     config
         .processes
         .iter()
@@ -408,6 +442,7 @@ fn outcomes(config: &VmConfig, block: &BootBlock) -> Vec<ProcessOutcome> {
                 checksum: r.checksum,
                 checksum_ok: workload::verify(&block.procs[i], &r).is_ok(),
                 kill_esr: r.kill_esr,
+                ended_at: ended_at.get(i).copied().flatten(),
             }
         })
         .collect()
@@ -417,6 +452,7 @@ fn outcomes(config: &VmConfig, block: &BootBlock) -> Vec<ProcessOutcome> {
 /// every process with work to do has done it (processes with `work = 0` are then
 /// stopped), when `config.duration` passes, or at `options.timeout`.
 pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, VmError> {
+    config.validate()?;
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
     let block = boot_block(config);
     built
@@ -429,17 +465,32 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
         .filter(|&i| config.processes[i].work > 0)
         .collect();
     let mut work_done_at = None;
+    let mut ended_at = vec![None; config.processes.len()];
+    let mut progress = vec![0; config.processes.len()];
     let mut stop_sent = false;
     while !built.machine.stopping() && begin.elapsed() < options.timeout {
         std::thread::park_timeout(MONITOR_PERIOD);
-        if stop_sent {
-            continue;
-        }
         let Some(now) = read_boot_block(&built.memory) else {
             continue;
         };
+        let elapsed = begin.elapsed();
         let ended =
             |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
+        for (i, at) in ended_at.iter_mut().enumerate() {
+            progress[i] = now.results[i].progress;
+            if at.is_none() && ended(&i) {
+                *at = Some(elapsed);
+            }
+        }
+        if let Some(report) = options.progress {
+            report(RunProgress {
+                elapsed,
+                progress: &progress,
+            });
+        }
+        if stop_sent {
+            continue;
+        }
         let all_done = !finite.is_empty() && finite.iter().all(ended);
         if all_done && work_done_at.is_none() {
             work_done_at = Some(begin.elapsed());
@@ -453,8 +504,12 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
         }
     }
     built.machine.stop(StopReason::Host);
-    let processes = read_boot_block(&built.memory)
-        .map(|b| outcomes(config, &b))
+    let block = read_boot_block(&built.memory);
+    let mut run = finish(built, handles, begin, work_done_at)?;
+    // After `finish` took the wall time: checking the checksums replays every
+    // process's work in Rust, which takes a while after a long run.
+    run.processes = block
+        .map(|b| outcomes(config, &b, &ended_at))
         .unwrap_or_default();
-    finish(built, handles, begin, work_done_at, processes)
+    Ok(run)
 }

@@ -323,7 +323,16 @@ impl<R: GuestRam> Vcpu<R> {
                 self.stage2_abort(apf, Esr(esr_el2), far, hpfar);
             }
             Exit::TimerDeadline => exits.timer += 1,
-            Exit::Budget => exits.budget += 1,
+            Exit::Budget => {
+                exits.budget += 1;
+                // The guest keeps this vCPU busy while its faults are in flight (the
+                // point of APF), so the host threads those faults need (reclaim,
+                // I/O completion) wait for a CPU; on a host with few cores they
+                // would wait for whole scheduler slices. Offer the CPU once a slice.
+                if apf.outstanding() > 0 {
+                    std::thread::yield_now();
+                }
+            }
             Exit::Kicked => exits.kicked += 1,
         }
         Next::Continue
@@ -435,6 +444,9 @@ impl<R: GuestRam> Vcpu<R> {
     fn stage2_abort(&mut self, apf: &mut ApfControl, esr: Esr, far: u64, hpfar: u64) {
         let gpa = ipa_from_hpfar(hpfar) | (far & 0xFFF);
         let write = esr.is_write_abort();
+        if tracing::enabled!(target: "apf", tracing::Level::TRACE) {
+            self.trace_stage2_abort(esr, gpa, write);
+        }
         let gfn = match self.ram.resolve(gpa, write) {
             RamResolve::Mapped => {
                 self.stats.faults.mapped += 1;
@@ -477,6 +489,23 @@ impl<R: GuestRam> Vcpu<R> {
                     self.external_abort(esr, far);
                 }
             }
+        }
+    }
+
+    /// The `stage2_abort` trace event: the faulting access and, for a data abort, the
+    /// instruction that made it (PC is at it, and with the stage-1 MMU off it is a
+    /// guest-physical address; its page was just executed, so it is resident).
+    fn trace_stage2_abort(&mut self, esr: Esr, gpa: u64, write: bool) {
+        let (vcpu, pc, el) = (self.spec.index, self.cpu.pc(), self.cpu.el());
+        let gfn = gpa >> 12;
+        let mut word = [0u8; 4];
+        if !esr.is_instruction_abort() && self.ram.host_read(pc, &mut word).is_ok() {
+            let insn = u32::from_le_bytes(word);
+            tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
+                pc, insn);
+        } else {
+            tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
+                pc);
         }
     }
 

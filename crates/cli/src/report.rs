@@ -1,0 +1,641 @@
+//! What a run produced, as the report prints it and `--json` writes it.
+//!
+//! [`RunReport`] is the JSON schema (README, "The JSON report"); the text forms are
+//! made from it, so the two always agree.
+
+use crate::table::{Table, count, secs};
+use apf_host::apf::{ApfCountersSnapshot, SyncReason};
+use apf_mem::MemMetrics;
+use apf_mem::metrics::Histogram;
+use apf_vm::config::VmConfig;
+use apf_vm::{RunEnd, VmRun};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The file `--json` writes.
+#[derive(Debug, Serialize)]
+pub struct JsonReport<'a> {
+    /// The apf version that wrote it.
+    pub apf_version: &'static str,
+    /// `run`, `compare` or `sweep`.
+    pub command: &'a str,
+    /// Every run, in the order they ran.
+    pub runs: &'a [RunReport],
+}
+
+/// One run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// What this run is in its command (e.g. "APF on", "latency 1ms, APF off").
+    pub label: String,
+    /// Whether APF was offered to the guest.
+    pub apf: bool,
+    /// The whole configuration.
+    pub config: VmConfig,
+    /// `system_off`, `system_reset` or `timeout`.
+    pub end: &'static str,
+    /// Wall time from the first vCPU's start to the end.
+    pub wall_s: f64,
+    /// When every process with work had done it.
+    pub work_done_s: Option<f64>,
+    /// Every process's checksum matched the reference.
+    pub checksums_ok: bool,
+    /// Per process.
+    pub processes: Vec<ProcessReport>,
+    /// Per vCPU.
+    pub vcpus: Vec<VcpuReport>,
+    /// Guest memory and the store.
+    pub memory: MemoryReport,
+    /// The backing store.
+    pub store: StoreReport,
+    /// The memory system's invariant check at the end: `null` when it holds.
+    pub invariant_violation: Option<String>,
+}
+
+/// One guest process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    /// Index in the configuration.
+    pub index: usize,
+    /// Its workload: scan, calc, kv or build.
+    pub name: &'static str,
+    /// The vCPU it ran on.
+    pub vcpu: u32,
+    /// Units asked for (0 = until the run ended).
+    pub work: u64,
+    /// Units done.
+    pub progress: u64,
+    /// `done`, `killed`, `running` or `new`.
+    pub state: &'static str,
+    /// When it ended (seconds from the start); `null` if it never did.
+    pub ended_s: Option<f64>,
+    /// Units per second over its lifetime (start of the run to its end).
+    pub work_per_s: f64,
+    /// The checksum it reported.
+    pub checksum: String,
+    /// Whether that checksum equals the Rust reference's for `progress` units.
+    pub checksum_ok: bool,
+}
+
+/// One vCPU.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcpuReport {
+    /// Index.
+    pub index: usize,
+    /// Its thread's wall time.
+    pub total_s: f64,
+    /// Running guest code.
+    pub guest_s: f64,
+    /// Halted with nothing to run (WFI) or powered off.
+    pub idle_s: f64,
+    /// Blocked for a page: synchronous faults and repeated-fault halts.
+    pub blocktime_s: f64,
+    /// In the host: exits, hypercalls, APF service.
+    pub host_s: f64,
+    /// Guest instructions retired.
+    pub instructions: u64,
+    /// Exits by kind.
+    pub exits: BTreeMap<&'static str, u64>,
+    /// Stage-2 faults by outcome.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// APF notifications and events.
+    pub apf: BTreeMap<&'static str, u64>,
+    /// Synchronous fallbacks by reason (reasons with none are left out).
+    pub fallbacks: BTreeMap<&'static str, u64>,
+}
+
+/// Upper edges of the log2 buckets holding these quantiles, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+}
+
+impl Quantiles {
+    fn of(h: &Histogram) -> Quantiles {
+        Quantiles {
+            p50: h.quantile_upper_us(0.5),
+            p90: h.quantile_upper_us(0.9),
+            p99: h.quantile_upper_us(0.99),
+        }
+    }
+}
+
+/// Guest memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryReport {
+    /// Pages of guest RAM.
+    pub ram_pages: u64,
+    /// Pages the host lets guest RAM keep resident.
+    pub budget_pages: u64,
+    /// Host frames in use at the end.
+    pub frames_used: u64,
+    /// Memory-system faults by what they found.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Pages read back from the store.
+    pub pages_read: u64,
+    /// Pages written to the store.
+    pub pages_written: u64,
+    /// Read and write errors.
+    pub io_errors: u64,
+    /// Clean pages dropped without a write.
+    pub dropped_clean: u64,
+    /// Most store requests in flight at once.
+    pub max_in_flight: u64,
+    /// Pages read per second of wall time.
+    pub page_ins_per_s: f64,
+    /// Read latency (submission to collection).
+    pub read_latency_us: Quantiles,
+    /// Write latency.
+    pub write_latency_us: Quantiles,
+}
+
+/// The backing store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreReport {
+    /// What it is.
+    pub description: String,
+    /// Requests it runs at once.
+    pub queue_depth: usize,
+}
+
+fn seconds(d: std::time::Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn per_second(n: u64, over_s: f64) -> f64 {
+    if over_s > 0.0 { n as f64 / over_s } else { 0.0 }
+}
+
+fn state_name(state: u32) -> &'static str {
+    use apf_abi::boot::proc_state;
+    match state {
+        proc_state::NEW => "new",
+        proc_state::RUNNING => "running",
+        proc_state::DONE => "done",
+        proc_state::KILLED => "killed",
+        _ => "unknown",
+    }
+}
+
+fn end_name(end: RunEnd) -> &'static str {
+    match end {
+        RunEnd::SystemOff => "system_off",
+        RunEnd::SystemReset => "system_reset",
+        RunEnd::Timeout => "timeout",
+    }
+}
+
+fn apf_counters(a: &ApfCountersSnapshot) -> BTreeMap<&'static str, u64> {
+    BTreeMap::from([
+        ("not_present", a.not_present),
+        ("not_present_delivered", a.not_present_delivered),
+        ("page_ready", a.page_ready),
+        ("wake_all", a.wake_all),
+        ("cancelled", a.cancelled),
+        ("repeated_fault_halts", a.repeated_fault_halts),
+        ("completions", a.completions),
+        ("failed_fetches", a.failed_fetches),
+        ("acks", a.acks),
+        ("spurious_acks", a.spurious_acks),
+        ("ready_write_failed", a.ready_write_failed),
+        ("drained", a.drained),
+    ])
+}
+
+fn vcpu_report(v: &apf_host::vcpu::VcpuReport) -> VcpuReport {
+    let s = &v.stats;
+    let e = &s.exits;
+    let f = &s.faults;
+    VcpuReport {
+        index: v.index,
+        total_s: seconds(s.total),
+        guest_s: seconds(s.guest),
+        idle_s: seconds(s.idle),
+        blocktime_s: seconds(s.blocked),
+        host_s: seconds(s.host()),
+        instructions: s.instructions,
+        exits: BTreeMap::from([
+            ("hvc", e.hvc),
+            ("smc", e.smc),
+            ("wfi", e.wfi),
+            ("wfe", e.wfe),
+            ("stage2", e.stage2),
+            ("timer", e.timer),
+            ("budget", e.budget),
+            ("kicked", e.kicked),
+            ("mmio_accesses", e.mmio),
+        ]),
+        faults: BTreeMap::from([
+            ("mapped", f.mapped),
+            ("async", f.asynchronous),
+            ("sync", f.synchronous),
+            ("halted", f.halted),
+            ("lost", f.lost),
+            ("unmapped", f.unmapped),
+        ]),
+        apf: apf_counters(&v.apf),
+        fallbacks: SyncReason::ALL
+            .iter()
+            .map(|&r| (r.name(), v.apf.fallback(r)))
+            .filter(|&(_, n)| n > 0)
+            .collect(),
+    }
+}
+
+fn memory_report(m: &MemMetrics, wall_s: f64) -> MemoryReport {
+    let f = &m.faults;
+    MemoryReport {
+        ram_pages: m.ram_pages,
+        budget_pages: m.budget_pages,
+        frames_used: m.frames_used,
+        faults: BTreeMap::from([
+            ("resident", f.resident),
+            ("write_protect", f.write_protect),
+            ("zero_fill", f.zero_fill),
+            ("rescued", f.rescued),
+            ("needs_fetch", f.needs_fetch),
+            ("not_ram", f.not_ram),
+        ]),
+        pages_read: m.io.pages_read,
+        pages_written: m.io.pages_written,
+        io_errors: m.io.read_errors + m.io.write_errors,
+        dropped_clean: m.evict.dropped_clean,
+        max_in_flight: m.io.max_in_flight,
+        page_ins_per_s: per_second(m.io.pages_read, wall_s),
+        read_latency_us: Quantiles::of(&m.read_latency),
+        write_latency_us: Quantiles::of(&m.write_latency),
+    }
+}
+
+impl RunReport {
+    /// The report of `run`, which ran `config`.
+    pub fn new(label: impl Into<String>, config: &VmConfig, run: &VmRun) -> RunReport {
+        let wall_s = seconds(run.wall);
+        let processes: Vec<ProcessReport> = run
+            .processes
+            .iter()
+            .map(|p| {
+                let ended_s = p.ended_at.map(seconds);
+                let work = config.processes.get(p.index).map_or(0, |c| c.work);
+                ProcessReport {
+                    index: p.index,
+                    name: p.kind.name(),
+                    vcpu: p.vcpu,
+                    work,
+                    progress: p.progress,
+                    state: state_name(p.state),
+                    ended_s,
+                    work_per_s: per_second(p.progress, ended_s.unwrap_or(wall_s)),
+                    checksum: format!("{:#018x}", p.checksum),
+                    checksum_ok: p.checksum_ok,
+                }
+            })
+            .collect();
+        RunReport {
+            label: label.into(),
+            apf: config.apf,
+            config: config.clone(),
+            end: end_name(run.end),
+            wall_s,
+            work_done_s: run.work_done_at.map(seconds),
+            checksums_ok: !processes.is_empty() && processes.iter().all(|p| p.checksum_ok),
+            processes,
+            vcpus: run.vcpus.iter().map(vcpu_report).collect(),
+            memory: memory_report(&run.mem, wall_s),
+            store: StoreReport {
+                description: run.store.description.clone(),
+                queue_depth: run.store.queue_depth,
+            },
+            invariant_violation: run.mem_invariants.as_ref().err().map(ToString::to_string),
+        }
+    }
+
+    /// Blocktime summed over vCPUs.
+    pub fn blocktime_s(&self) -> f64 {
+        self.vcpus.iter().map(|v| v.blocktime_s).sum()
+    }
+
+    /// Work per second summed over the processes of one workload.
+    pub fn work_per_s_of(&self, name: &str) -> f64 {
+        self.processes
+            .iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.work_per_s)
+            .sum()
+    }
+
+    /// The workloads present, in order of first appearance.
+    pub fn workloads(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for p in &self.processes {
+            if !names.contains(&p.name) {
+                names.push(p.name);
+            }
+        }
+        names
+    }
+
+    fn vcpu_sum(
+        &self,
+        pick: impl Fn(&VcpuReport) -> &BTreeMap<&'static str, u64>,
+    ) -> BTreeMap<&'static str, u64> {
+        let mut sum = BTreeMap::new();
+        for v in &self.vcpus {
+            for (&k, &n) in pick(v) {
+                *sum.entry(k).or_insert(0) += n;
+            }
+        }
+        sum
+    }
+}
+
+/// One line about the VM a report is for.
+pub fn describe(c: &VmConfig, store: &StoreReport) -> String {
+    format!(
+        "{} vCPU{} · {} RAM in a {} host budget · store: {}, queue depth {} · seed {}",
+        c.vcpus,
+        if c.vcpus == 1 { "" } else { "s" },
+        c.ram,
+        c.budget,
+        store.description,
+        store.queue_depth,
+        c.seed
+    )
+}
+
+fn ending(r: &RunReport) -> String {
+    let how = match r.end {
+        "system_off" => "the guest powered off",
+        "system_reset" => "the guest asked for a reset",
+        _ => "timed out",
+    };
+    let done = r
+        .work_done_s
+        .map_or(String::new(), |t| format!("; work done at {}", secs(t)));
+    let bad = r.processes.iter().filter(|p| !p.checksum_ok).count();
+    let sums = if bad == 0 {
+        format!("all {} checksums correct", r.processes.len())
+    } else {
+        format!("{bad} of {} checksums WRONG", r.processes.len())
+    };
+    let inv = r
+        .invariant_violation
+        .as_ref()
+        .map_or(String::new(), |e| format!("; MEMORY INVARIANT BROKEN: {e}"));
+    format!("{how} after {}{done}; {sums}{inv}", secs(r.wall_s))
+}
+
+fn nonzero(map: &BTreeMap<&'static str, u64>) -> String {
+    let parts: Vec<String> = map
+        .iter()
+        .filter(|&(_, &n)| n > 0)
+        .map(|(k, n)| format!("{k} {}", count(*n)))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn quantiles(q: &Quantiles) -> String {
+    format!("p50 ≤{}, p90 ≤{}, p99 ≤{}", us(q.p50), us(q.p90), us(q.p99))
+}
+
+fn us(n: u64) -> String {
+    if n >= 1000 {
+        #[allow(clippy::cast_precision_loss)] // latencies are far below 2^52 µs
+        let ms = n as f64 / 1000.0;
+        format!("{ms:.0}ms")
+    } else {
+        format!("{n}µs")
+    }
+}
+
+/// The full text report of one run.
+pub fn render_run(r: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: {}", r.label, describe(&r.config, &r.store));
+    let _ = writeln!(out, "  {}\n", ending(r));
+
+    let mut t = Table::new(&[
+        "process", "vcpu", "work", "done", "ended", "work/s", "checksum",
+    ]);
+    for p in &r.processes {
+        t.row(vec![
+            format!("{} {}", p.index, p.name),
+            p.vcpu.to_string(),
+            if p.work == 0 {
+                "until end".into()
+            } else {
+                count(p.work)
+            },
+            count(p.progress),
+            p.ended_s.map_or("-".into(), secs),
+            count_f(p.work_per_s),
+            if p.checksum_ok {
+                "ok".into()
+            } else {
+                "WRONG".into()
+            },
+        ]);
+    }
+    out.push_str(&t.render());
+
+    let mut t = Table::new(&[
+        "vcpu",
+        "guest",
+        "idle",
+        "blocktime",
+        "host",
+        "instructions",
+        "faults async",
+        "sync",
+        "halted",
+    ]);
+    for v in &r.vcpus {
+        t.row(vec![
+            v.index.to_string(),
+            secs(v.guest_s),
+            secs(v.idle_s),
+            secs(v.blocktime_s),
+            secs(v.host_s),
+            count(v.instructions),
+            count(v.faults["async"]),
+            count(v.faults["sync"]),
+            count(v.faults["halted"]),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&t.render());
+
+    let m = &r.memory;
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  APF:        {}", nonzero(&r.vcpu_sum(|v| &v.apf)));
+    let _ = writeln!(
+        out,
+        "  fallbacks:  {}",
+        nonzero(&r.vcpu_sum(|v| &v.fallbacks))
+    );
+    let _ = writeln!(out, "  exits:      {}", nonzero(&r.vcpu_sum(|v| &v.exits)));
+    let _ = writeln!(out, "  mem faults: {}", nonzero(&m.faults));
+    let _ = writeln!(
+        out,
+        "  store I/O:  {} pages read ({}/s), {} written, {} clean dropped, {} errors, at most {} in flight",
+        count(m.pages_read),
+        count_f(m.page_ins_per_s),
+        count(m.pages_written),
+        count(m.dropped_clean),
+        count(m.io_errors),
+        m.max_in_flight
+    );
+    let _ = writeln!(
+        out,
+        "  latency:    read {}; write {}",
+        quantiles(&m.read_latency_us),
+        quantiles(&m.write_latency_us)
+    );
+    let _ = writeln!(
+        out,
+        "  resident:   {} of {} budget pages ({} pages of RAM)",
+        count(m.frames_used),
+        count(m.budget_pages),
+        count(m.ram_pages)
+    );
+    out
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // rounded, non-negative, small
+fn count_f(x: f64) -> String {
+    if x < 100.0 {
+        format!("{x:.1}")
+    } else {
+        count(x.round() as u64)
+    }
+}
+
+fn ratio(off: f64, on: f64) -> String {
+    if off > 0.0 {
+        format!("{:.2}×", on / off)
+    } else if on > 0.0 {
+        "new".into()
+    } else {
+        "-".into()
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn ratio_n(off: u64, on: u64) -> String {
+    ratio(off as f64, on as f64)
+}
+
+/// Two runs of the same configuration side by side, with ratios `b / a`.
+pub fn render_side_by_side(a: &RunReport, b: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", describe(&b.config, &b.store));
+    let _ = writeln!(out, "  {}: {}", a.label, ending(a));
+    let _ = writeln!(out, "  {}: {}\n", b.label, ending(b));
+    let ratio_head = format!("{} / {}", short(&b.label), short(&a.label));
+    let mut t = Table::new(&["", &a.label, &b.label, &ratio_head]);
+    for (pa, pb) in a.processes.iter().zip(&b.processes) {
+        let who = format!("{} {} (vcpu {})", pa.index, pa.name, pa.vcpu);
+        if pa.work > 0 {
+            let (ea, eb) = (
+                pa.ended_s.unwrap_or(a.wall_s),
+                pb.ended_s.unwrap_or(b.wall_s),
+            );
+            t.row(vec![
+                format!("{who} time"),
+                secs(ea),
+                secs(eb),
+                ratio(ea, eb),
+            ]);
+        } else {
+            t.row(vec![
+                format!("{who} work"),
+                count(pa.progress),
+                count(pb.progress),
+                ratio_n(pa.progress, pb.progress),
+            ]);
+        }
+        t.row(vec![
+            format!("{who} work/s"),
+            count_f(pa.work_per_s),
+            count_f(pb.work_per_s),
+            ratio(pa.work_per_s, pb.work_per_s),
+        ]);
+    }
+    for (va, vb) in a.vcpus.iter().zip(&b.vcpus) {
+        t.row(vec![
+            format!("vcpu {} blocktime", va.index),
+            secs(va.blocktime_s),
+            secs(vb.blocktime_s),
+            ratio(va.blocktime_s, vb.blocktime_s),
+        ]);
+        t.row(vec![
+            format!("vcpu {} guest time", va.index),
+            secs(va.guest_s),
+            secs(vb.guest_s),
+            ratio(va.guest_s, vb.guest_s),
+        ]);
+    }
+    let sum = |r: &RunReport, key: &str| r.vcpus.iter().map(|v| v.faults[key]).sum::<u64>();
+    for (label, key) in [
+        ("faults async", "async"),
+        ("faults sync", "sync"),
+        ("faults halted", "halted"),
+    ] {
+        let (x, y) = (sum(a, key), sum(b, key));
+        t.row(vec![label.into(), count(x), count(y), ratio_n(x, y)]);
+    }
+    let (ma, mb) = (&a.memory, &b.memory);
+    t.row(vec![
+        "pages read".into(),
+        count(ma.pages_read),
+        count(mb.pages_read),
+        ratio_n(ma.pages_read, mb.pages_read),
+    ]);
+    t.row(vec![
+        "read latency p50".into(),
+        us(ma.read_latency_us.p50),
+        us(mb.read_latency_us.p50),
+        ratio_n(ma.read_latency_us.p50, mb.read_latency_us.p50),
+    ]);
+    t.row(vec![
+        "wall".into(),
+        secs(a.wall_s),
+        secs(b.wall_s),
+        ratio(a.wall_s, b.wall_s),
+    ]);
+    out.push_str(&t.render());
+    let fb = nonzero(&b.vcpu_sum(|v| &v.fallbacks));
+    let _ = writeln!(out, "\n  {} fallbacks to synchronous faults: {fb}", b.label);
+    out
+}
+
+fn short(label: &str) -> &str {
+    label.strip_prefix("APF ").unwrap_or(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_and_latencies_read_well() {
+        assert_eq!(ratio(2.0, 5.0), "2.50×");
+        assert_eq!(ratio(0.0, 5.0), "new");
+        assert_eq!(ratio(0.0, 0.0), "-");
+        assert_eq!(us(512), "512µs");
+        assert_eq!(us(2048), "2ms");
+        assert_eq!(count_f(12.345), "12.3");
+        assert_eq!(short("APF on"), "on");
+    }
+}

@@ -1,0 +1,343 @@
+//! The flags that describe a VM, shared by `run`, `compare`, `sweep` and `trace`:
+//! a TOML file (`--config`) and flags that override its values.
+
+use apf_vm::config::{
+    ByteSize, ConfigError, ProcessConfig, Span, StoreKind, VmConfig, WorkloadKind,
+};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Why the VM's configuration could not be put together.
+#[derive(Debug, Error)]
+pub enum VmArgsError {
+    /// The config file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A value in the config file is wrong.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ConfigError,
+    },
+    /// A value is wrong.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The store directory could not be made.
+    #[error("store path {path} does not exist and cannot be created: {source}")]
+    StoreDir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// `on`/`off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{text}` is not on or off")),
+    }
+}
+
+/// A process given on the command line: `KIND[,vcpu=N][,mem=SIZE][,work=N]`.
+pub fn parse_process(text: &str) -> Result<ProcessConfig, String> {
+    let mut parts = text.split(',');
+    let kind: WorkloadKind = parts.next().unwrap_or_default().trim().parse()?;
+    let mut p = ProcessConfig {
+        kind,
+        vcpu: 0,
+        mem: ByteSize(if kind == WorkloadKind::Calc {
+            0
+        } else {
+            64 << 20
+        }),
+        work: 0,
+    };
+    for part in parts {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` in `{text}`: write key=value (vcpu, mem or work)"))?;
+        let bad = |what: &str| format!("{key}={value} in `{text}`: {what}");
+        match key.trim() {
+            "vcpu" => p.vcpu = value.trim().parse().map_err(|_| bad("not a vCPU number"))?,
+            "mem" => p.mem = value.trim().parse().map_err(|e| bad(&format!("{e}")))?,
+            "work" => p.work = value.trim().parse().map_err(|_| bad("not a count"))?,
+            _ => return Err(format!("`{key}` in `{text}`: use vcpu, mem or work")),
+        }
+    }
+    Ok(p)
+}
+
+/// What describes the VM.
+#[derive(Debug, Clone, Default, Args)]
+pub struct VmArgs {
+    /// A TOML configuration (see README); the flags below override its values.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// vCPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Guest RAM (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub ram: Option<ByteSize>,
+    /// Host memory the guest's resident pages may use (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub budget: Option<ByteSize>,
+    /// Offer APF to the guest: on or off (compare and sweep run both).
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub apf: Option<bool>,
+    /// Let the guest use the separate page-ready channel (ABI 1.1): on or off.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub separate_ready: Option<bool>,
+    /// Backing store: file (a real swap file) or mem (host memory, for tests).
+    #[arg(long, value_name = "file|mem", value_parser = parse_store_kind)]
+    pub store: Option<StoreKind>,
+    /// Directory for the swap file (created if missing), or a file to use.
+    #[arg(long, value_name = "PATH")]
+    pub store_path: Option<PathBuf>,
+    /// Store queue depth (requests in flight at once).
+    #[arg(long, value_name = "N")]
+    pub queue_depth: Option<u32>,
+    /// Latency added to every store read and write (e.g. 0, 100us, 1ms).
+    #[arg(long, value_name = "DURATION")]
+    pub latency: Option<Span>,
+    /// Log-normal spread (sigma) of the added latency; 0 = fixed.
+    #[arg(long, value_name = "SIGMA")]
+    pub latency_sigma: Option<f64>,
+    /// Use O_DIRECT when the filesystem allows it: on or off.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub direct: Option<bool>,
+    /// A guest process, KIND[,vcpu=N][,mem=SIZE][,work=N] with KIND scan, calc, kv or
+    /// build; work=0 (the default) runs until the run ends. Repeat for more; replaces
+    /// the configuration's list.
+    #[arg(long = "process", short = 'p', value_name = "SPEC", value_parser = parse_process)]
+    pub processes: Vec<ProcessConfig>,
+    /// Units of work for every process that has some (replaces their `work`).
+    #[arg(long, value_name = "N")]
+    pub work: Option<u64>,
+    /// Stop the run after this long (e.g. 10s); without it the run ends when every
+    /// process with work has done it.
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<Span>,
+    /// Seed for the workloads and the store's latency.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn parse_store_kind(text: &str) -> Result<StoreKind, String> {
+    match text {
+        "file" => Ok(StoreKind::File),
+        "mem" => Ok(StoreKind::Mem),
+        _ => Err(format!("`{text}` is not a store: use file or mem")),
+    }
+}
+
+impl VmArgs {
+    /// The configuration: `base` (or the config file), then the flags; checked for
+    /// a run of the built-in guest.
+    pub fn config(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
+        let c = self.merged(base)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The same, checked only as a machine (for `--image`, which brings its own
+    /// programs).
+    pub fn config_machine(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
+        let c = self.merged(base)?;
+        c.validate_machine()?;
+        Ok(c)
+    }
+
+    fn merged(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| VmArgsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                VmConfig::from_toml(&text).map_err(|source| VmArgsError::File {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => base,
+        };
+        let s = &mut c.store;
+        set(&mut c.vcpus, self.vcpus);
+        set(&mut c.ram, self.ram);
+        set(&mut c.budget, self.budget);
+        set(&mut c.apf, self.apf);
+        set(&mut c.separate_ready, self.separate_ready);
+        set(&mut s.kind, self.store);
+        set(&mut s.queue_depth, self.queue_depth);
+        set(&mut s.latency, self.latency);
+        set(&mut s.latency_sigma, self.latency_sigma);
+        set(&mut s.direct, self.direct);
+        if self.store_path.is_some() {
+            s.path.clone_from(&self.store_path);
+        }
+        if !self.processes.is_empty() {
+            c.processes.clone_from(&self.processes);
+        }
+        if let Some(work) = self.work {
+            for p in c.processes.iter_mut().filter(|p| p.work > 0) {
+                p.work = work;
+            }
+        }
+        if self.duration.is_some() {
+            c.duration = self.duration;
+        }
+        set(&mut c.seed, self.seed);
+        Ok(c)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// A store path that does not exist is a directory to make; says whether it made one.
+pub fn ensure_store_dir(config: &VmConfig) -> Result<Option<&Path>, VmArgsError> {
+    let Some(path) = config.store.path.as_deref() else {
+        return Ok(None);
+    };
+    if config.store.kind != StoreKind::File || path.exists() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(path).map_err(|source| VmArgsError::StoreDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_specs_parse_with_defaults_and_name_their_mistakes() {
+        let p = parse_process("scan,vcpu=1,mem=32MiB,work=500").unwrap();
+        assert_eq!(
+            p,
+            ProcessConfig {
+                kind: WorkloadKind::Scan,
+                vcpu: 1,
+                mem: ByteSize(32 << 20),
+                work: 500
+            }
+        );
+        let calc = parse_process("calc").unwrap();
+        assert_eq!(
+            (calc.kind, calc.mem, calc.work),
+            (WorkloadKind::Calc, ByteSize(0), 0)
+        );
+        assert!(
+            parse_process("sort")
+                .unwrap_err()
+                .contains("use scan, calc, kv or build")
+        );
+        assert!(
+            parse_process("scan,cpu=1")
+                .unwrap_err()
+                .contains("use vcpu, mem or work")
+        );
+        assert!(
+            parse_process("scan,mem=lots")
+                .unwrap_err()
+                .contains("is not a size")
+        );
+        assert!(
+            parse_process("scan,work")
+                .unwrap_err()
+                .contains("key=value")
+        );
+    }
+
+    #[test]
+    fn flags_override_the_base_and_are_validated() {
+        let args = VmArgs {
+            vcpus: Some(1),
+            latency: Some("1ms".parse().unwrap()),
+            processes: vec![
+                parse_process("scan,mem=32MiB,work=100").unwrap(),
+                parse_process("calc").unwrap(),
+            ],
+            work: Some(7),
+            apf: Some(false),
+            ..VmArgs::default()
+        };
+        let c = args.config(VmConfig::default()).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert!(!c.apf);
+        assert_eq!(c.store.latency, "1ms".parse().unwrap());
+        let work: Vec<u64> = c.processes.iter().map(|p| p.work).collect();
+        assert_eq!(work, [7, 0], "--work changes only processes that have work");
+
+        let bad = VmArgs {
+            vcpus: Some(1),
+            processes: vec![parse_process("scan,vcpu=3,work=1").unwrap()],
+            ..VmArgs::default()
+        };
+        let e = bad.config(VmConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("pinned to vcpu 3, but the VM has 1"), "{e}");
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_its_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("apf-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "vcpus = 1\n[[processes]]\nkind = \"calc\"\nwork = 9\n",
+        )
+        .unwrap();
+        let args = VmArgs {
+            config: Some(good),
+            seed: Some(5),
+            ..VmArgs::default()
+        };
+        let c = args.config(VmConfig::default()).unwrap();
+        assert_eq!((c.vcpus, c.seed, c.processes.len()), (1, 5, 1));
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "vcpus = \"two\"\n").unwrap();
+        let e = VmArgs {
+            config: Some(bad),
+            ..VmArgs::default()
+        }
+        .config(VmConfig::default())
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bad.toml") && !e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_store_directory_is_created() {
+        let dir = std::env::temp_dir().join(format!("apf-cli-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = VmConfig::default();
+        c.store.path = Some(dir.join("deeper"));
+        assert_eq!(
+            ensure_store_dir(&c).unwrap(),
+            Some(dir.join("deeper").as_path())
+        );
+        assert!(dir.join("deeper").is_dir());
+        assert_eq!(ensure_store_dir(&c).unwrap(), None, "it exists now");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
