@@ -352,6 +352,24 @@ impl<R: GuestRam> Vcpu<R> {
         self.cpu.sysreg(SysReg::CntfrqEl0).max(1)
     }
 
+    /// Counter ticks in `wall` time at the counter's nominal frequency.
+    fn ticks_in(&self, wall: Duration) -> u64 {
+        let nanos = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+        u64::try_from(u128::from(nanos) * u128::from(self.cntfrq()) / 1_000_000_000)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The vCPU spent `wall` in the host, blocked for a page: the guest's clock goes
+    /// on meanwhile, as a real counter would (virtual time is retired instructions
+    /// only while guest code runs). Without this a guest would not see the time its
+    /// process lost to a synchronous fault, and its scheduler would charge nothing
+    /// for it.
+    fn pass_blocked_time(&mut self, wall: Duration) {
+        self.stats.blocked += wall;
+        let ticks = self.ticks_in(wall);
+        self.cpu.advance_counter(ticks);
+    }
+
     /// WFI: halt until something could make the guest run. Virtual time passes at
     /// the counter's nominal frequency while halted, so the timer still fires.
     fn wait_for_interrupt(&mut self, apf: &mut ApfControl) {
@@ -371,8 +389,7 @@ impl<R: GuestRam> Vcpu<R> {
         self.unpark();
         let elapsed = t.elapsed();
         self.stats.idle += elapsed;
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let mut ticks = nanos.saturating_mul(freq) / 1_000_000_000;
+        let mut ticks = self.ticks_in(elapsed);
         if let (WakeReason::Deadline, Some(d)) = (reason, deadline_ticks) {
             ticks = ticks.max(d.saturating_sub(now_ticks));
         }
@@ -481,7 +498,7 @@ impl<R: GuestRam> Vcpu<R> {
                 self.stats.faults.synchronous += 1;
                 let t = Instant::now();
                 let result = self.ram.fetch_blocking(gfn);
-                self.stats.blocked += t.elapsed();
+                self.pass_blocked_time(t.elapsed());
                 if let Err(lost) = result {
                     tracing::warn!(vcpu = self.spec.index, gfn, error = %lost,
                         "page could not be read: external abort to the guest");
@@ -531,7 +548,7 @@ impl<R: GuestRam> Vcpu<R> {
         });
         apf.end_halt();
         self.unpark();
-        self.stats.blocked += t.elapsed();
+        self.pass_blocked_time(t.elapsed());
     }
 
     /// The access at `far` cannot be satisfied: a synchronous external abort to EL1,
