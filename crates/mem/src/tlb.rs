@@ -33,7 +33,7 @@ const _: () = assert!(
 );
 
 /// Entries in a TLB (direct-mapped on the low bits of the page number).
-pub const TLB_ENTRIES: usize = 1024;
+pub const TLB_ENTRIES: usize = 8192;
 
 /// A tag no page-aligned address equals.
 const INVALID: u64 = u64::MAX;
