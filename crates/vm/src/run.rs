@@ -198,17 +198,22 @@ fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
             },
         ))
     };
-    Ok(if s.read_error_rate > 0.0 {
+    let faults = FaultConfig {
+        read_error: s.read_error_rate,
+        lost: s.lost_completion_rate,
+        duplicate: s.duplicate_completion_rate,
+        ..FaultConfig::default()
+    };
+    Ok(if faults == FaultConfig::default() {
+        delayed
+    } else {
         Box::new(FaultyStore::new(
             delayed,
             FaultConfig {
                 seed: config.seed,
-                read_error: s.read_error_rate,
-                ..FaultConfig::default()
+                ..faults
             },
         ))
-    } else {
-        delayed
     })
 }
 
@@ -256,7 +261,10 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
     config.validate()?;
     let store = open_store(config)?;
     let memory = GuestMemory::new(
-        MemConfig::new(RAM_BASE, config.ram.0, config.budget.0),
+        MemConfig {
+            io_timeout: config.store.io_timeout.0,
+            ..MemConfig::new(RAM_BASE, config.ram.0, config.budget.0)
+        },
         store,
     )?;
     let room = (RAM_BASE + config.ram.0).saturating_sub(IMAGE_LOAD_ADDR);
