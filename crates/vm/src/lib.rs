@@ -7,6 +7,6 @@ pub mod workload;
 
 pub use ram::MemRam;
 pub use run::{
-    GUEST_IMAGE, ProcessOutcome, RunEnd, RunOptions, VmError, VmRun, boot_block, run_image,
-    run_workloads,
+    GUEST_IMAGE, Live, Observer, ProcessOutcome, RunEnd, RunOptions, VmError, VmRun, boot_block,
+    run_image, run_image_observed, run_workloads, run_workloads_observed,
 };

@@ -11,6 +11,7 @@ use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
 use apf_abi::ppi::APF_DEFAULT_PPI;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_cpu::CpuConfig;
+use apf_host::apf::ApfCountersSnapshot;
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::{Machine, StartRequest, StopReason};
 use apf_host::regs::mpidr_el1_of;
@@ -22,6 +23,7 @@ use apf_mem::store::{
 };
 use apf_mem::{GuestMemory, MemConfig, MemMetrics};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -80,6 +82,8 @@ pub enum RunEnd {
     SystemReset,
     /// The timeout passed.
     Timeout,
+    /// The observer ended it (see [`run_image_observed`]).
+    Stopped,
 }
 
 /// One process's outcome, checked against the Rust reference.
@@ -151,6 +155,53 @@ impl Write for Console {
         Ok(())
     }
 }
+
+/// A running VM as a watchdog or a monitor sees it: handed to the observer of
+/// [`run_image_observed`] and [`run_workloads_observed`] every few milliseconds.
+#[derive(Debug)]
+pub struct Live<'a> {
+    /// Time since the vCPUs started.
+    pub elapsed: Duration,
+    machine: &'a Machine,
+    memory: &'a GuestMemory,
+}
+
+impl Live<'_> {
+    /// Instructions each vCPU has retired so far (its progress).
+    pub fn retired(&self) -> Vec<u64> {
+        (0..self.machine.vcpus())
+            .map(|i| self.machine.live(i).map_or(0, |l| l.retired()))
+            .collect()
+    }
+
+    /// Each vCPU's APF counters and gauges now.
+    pub fn apf(&self) -> Vec<ApfCountersSnapshot> {
+        (0..self.machine.vcpus())
+            .map(|i| {
+                self.machine
+                    .live(i)
+                    .and_then(|l| l.apf())
+                    .map(|c| c.snapshot())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Guest memory's figures now (queue lengths: `in_flight`, `backlog`).
+    pub fn mem(&self) -> MemMetrics {
+        self.memory.metrics()
+    }
+
+    /// The boot block as the built-in guest keeps it: each process's state and
+    /// progress (meaningless for other images).
+    pub fn boot_block(&self) -> Option<BootBlock> {
+        read_boot_block(self.memory)
+    }
+}
+
+/// Called with the running VM every few milliseconds; `Break` ends the run
+/// ([`RunEnd::Stopped`]).
+pub type Observer<'o> = &'o mut dyn FnMut(&Live<'_>) -> ControlFlow<()>;
 
 /// Options of a run that are not part of the VM's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -353,6 +404,7 @@ fn finish(
     begin: Instant,
     work_done_at: Option<Duration>,
     processes: Vec<ProcessOutcome>,
+    observer_stopped: bool,
 ) -> Result<VmRun, VmError> {
     let mut vcpus = Vec::with_capacity(handles.len());
     for (i, h) in handles.into_iter().enumerate() {
@@ -363,6 +415,7 @@ fn finish(
     let end = match built.machine.stop_reason() {
         Some(StopReason::SystemOff) => RunEnd::SystemOff,
         Some(StopReason::SystemReset) => RunEnd::SystemReset,
+        Some(StopReason::Host) | None if observer_stopped => RunEnd::Stopped,
         Some(StopReason::Host) | None => RunEnd::Timeout,
     };
     let uart =
@@ -384,14 +437,39 @@ fn finish(
 /// Boots any flat AArch64 image (loaded at 0x40080000, entered at EL1h with x0 = 0)
 /// and runs it until it powers off or `options.timeout` passes.
 pub fn run_image(config: &VmConfig, image: &[u8], options: RunOptions) -> Result<VmRun, VmError> {
+    run_image_observed(config, image, options, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`run_image`] with an observer that sees the VM while it runs and may end it.
+pub fn run_image_observed(
+    config: &VmConfig,
+    image: &[u8],
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<VmRun, VmError> {
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
     let handles = start_vcpus(config, &built)?;
+    let mut observer_stopped = false;
     while !built.machine.stopping() && begin.elapsed() < options.timeout {
         std::thread::park_timeout(MONITOR_PERIOD);
+        if observe(&built.live(begin)).is_break() {
+            observer_stopped = true;
+            break;
+        }
     }
     built.machine.stop(StopReason::Host);
-    finish(built, handles, begin, None, Vec::new())
+    finish(built, handles, begin, None, Vec::new(), observer_stopped)
+}
+
+impl Built {
+    fn live(&self, begin: Instant) -> Live<'_> {
+        Live {
+            elapsed: begin.elapsed(),
+            machine: &self.machine,
+            memory: &self.memory,
+        }
+    }
 }
 
 fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
@@ -425,6 +503,15 @@ fn outcomes(config: &VmConfig, block: &BootBlock) -> Vec<ProcessOutcome> {
 /// every process with work to do has done it (processes with `work = 0` are then
 /// stopped), when `config.duration` passes, or at `options.timeout`.
 pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, VmError> {
+    run_workloads_observed(config, options, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`run_workloads`] with an observer that sees the VM while it runs and may end it.
+pub fn run_workloads_observed(
+    config: &VmConfig,
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<VmRun, VmError> {
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
     let block = boot_block(config);
     built
@@ -438,8 +525,13 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
         .collect();
     let mut work_done_at = None;
     let mut stop_sent = false;
+    let mut observer_stopped = false;
     while !built.machine.stopping() && begin.elapsed() < options.timeout {
         std::thread::park_timeout(MONITOR_PERIOD);
+        if observe(&built.live(begin)).is_break() {
+            observer_stopped = true;
+            break;
+        }
         if stop_sent {
             continue;
         }
@@ -464,5 +556,12 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
     let processes = read_boot_block(&built.memory)
         .map(|b| outcomes(config, &b))
         .unwrap_or_default();
-    finish(built, handles, begin, work_done_at, processes)
+    finish(
+        built,
+        handles,
+        begin,
+        work_done_at,
+        processes,
+        observer_stopped,
+    )
 }
