@@ -351,6 +351,13 @@ impl Cpu {
         self.cache.invalidate_page(page_gpa >> 12);
     }
 
+    /// Forgets every decoded page (IC IALLU, or the host dropped stage-2 mappings in
+    /// a TLB shootdown, so a code page may have left guest memory and must fault back
+    /// in through an instruction abort before it runs again).
+    pub fn invalidate_all_decoded(&mut self) {
+        self.cache.invalidate_all();
+    }
+
     /// Moves the live SP into its bank.
     pub(crate) fn store_sp_bank(&mut self) {
         let sp = self.regs[usize::from(reg::SP)];
@@ -368,11 +375,6 @@ impl Cpu {
         } else {
             self.sp_el0
         };
-    }
-
-    /// Forgets every decoded instruction (IC IALLU).
-    pub(crate) fn invalidate_all_decoded(&mut self) {
-        self.cache.invalidate_all();
     }
 }
 

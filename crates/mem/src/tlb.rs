@@ -377,17 +377,20 @@ impl VcpuTlb {
     }
 
     /// Between slices: acknowledges a pending shootdown (flushing the TLB) and
-    /// collects finished I/O if nobody else is.
-    pub fn sync(&mut self) {
+    /// collects finished I/O if nobody else is. Returns whether the TLB was flushed
+    /// (pages may have left: anything cached from them must go too).
+    pub fn sync(&mut self) -> bool {
         debug_assert!(!self.parked, "sync on a parked vCPU");
         let e = self.mem.inner.shoot.epoch.load(Ordering::SeqCst);
-        if e != self.seen {
+        let flushed = e != self.seen;
+        if flushed {
             self.flush();
             self.seen = e;
             self.slot.acked.store(e, Ordering::SeqCst);
             self.mem.inner.shoot.notify_if_waiting();
         }
         self.mem.inner.poll_completions();
+        flushed
     }
 
     /// The vCPU stops touching guest memory (halted, or blocked in the host):
@@ -406,20 +409,23 @@ impl VcpuTlb {
     }
 
     /// The vCPU resumes; its TLB is flushed if a shootdown happened meanwhile.
-    pub fn unpark(&mut self) {
+    /// Returns whether it was.
+    pub fn unpark(&mut self) -> bool {
         if !self.parked {
-            return;
+            return false;
         }
         self.parked = false;
         let sd = &self.mem.inner.shoot;
         sd.running.fetch_add(1, Ordering::SeqCst);
         self.slot.parked.store(false, Ordering::SeqCst);
         let e = sd.epoch.load(Ordering::SeqCst);
-        if e != self.seen {
-            self.flush();
-            self.seen = e;
-            self.slot.acked.store(e, Ordering::SeqCst);
+        if e == self.seen {
+            return false;
         }
+        self.flush();
+        self.seen = e;
+        self.slot.acked.store(e, Ordering::SeqCst);
+        true
     }
 
     /// Whether the vCPU is parked.

@@ -37,7 +37,9 @@ fn retry<T>(tlb: &mut VcpuTlb, mut f: impl FnMut(&mut VcpuTlb) -> Result<T, Acce
     for _ in 0..10_000 {
         match f(tlb) {
             Ok(v) => return v,
-            Err(AccessFail::Fetch(_)) => tlb.sync(),
+            Err(AccessFail::Fetch(_)) => {
+                tlb.sync();
+            }
             Err(e) => panic!("{e:?}"),
         }
     }

@@ -129,15 +129,15 @@ impl GuestRam for MemRam {
         self.tlb.write_bytes(gpa, buf).map_err(lost)
     }
 
-    fn sync(&mut self) {
-        self.tlb.sync();
+    fn sync(&mut self) -> bool {
+        self.tlb.sync()
     }
 
     fn park(&mut self) {
         self.tlb.park();
     }
 
-    fn unpark(&mut self) {
-        self.tlb.unpark();
+    fn unpark(&mut self) -> bool {
+        self.tlb.unpark()
     }
 }

@@ -71,6 +71,15 @@ fn assert_all_correct(run: &VmRun) {
 fn apf_off_and_on_both_correct_and_apf_removes_blocktime() {
     let off = run(&scan_calc(false));
     let on = run(&scan_calc(true));
+    for (name, r) in [("off", &off), ("on", &on)] {
+        for v in &r.vcpus {
+            eprintln!(
+                "APF {name} vcpu{}: blocked {:?} idle {:?} guest {:?}; faults {:?}; apf {:?}",
+                v.index, v.stats.blocked, v.stats.idle, v.stats.guest, v.stats.faults, v.apf
+            );
+        }
+        eprintln!("APF {name} processes: {:?}", r.processes);
+    }
     assert_all_correct(&off);
     assert_all_correct(&on);
 

@@ -6,19 +6,15 @@
 //! powers off; each line carries the process's spec, so it is checked against both
 //! the configuration we passed and [`apf_vm::workload::verify`].
 
+#[path = "common/qemu.rs"]
+mod qemu;
+
 use apf_abi::boot::{BOOT_BLOCK_GPA, BootBlock, ProcResult, ProcSpec, proc_state, workload};
 use apf_abi::esr;
 use apf_vm::workload::{default_config, kind_name, verify};
-use std::io::Read;
+use qemu::qemu_present;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
-const QEMU: &str = "qemu-system-aarch64";
-/// Only a guard against a hung guest (a run takes well under a second); never a
-/// statement about speed.
-const HANG_GUARD: Duration = Duration::from_secs(300);
 const MIB: u64 = 1 << 20;
 
 /// One `APF-RESULT` line.
@@ -144,28 +140,6 @@ fn check_run(reported: &[Reported], expected: &[(ProcSpec, u32)]) -> Result<(), 
     Ok(())
 }
 
-fn oracles_required() -> bool {
-    std::env::var_os("APF_REQUIRE_ORACLES").is_some_and(|v| v == "1")
-}
-
-/// Whether QEMU can run here; skips (with the reason printed) unless required.
-fn qemu_present() -> bool {
-    let runs = Command::new(QEMU)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        runs || !oracles_required(),
-        "{QEMU} is required (APF_REQUIRE_ORACLES=1) but does not run"
-    );
-    if !runs {
-        eprintln!("skipping: {QEMU} is not installed");
-    }
-    runs
-}
-
 fn image() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/apf-guest.bin")
 }
@@ -173,54 +147,20 @@ fn image() -> PathBuf {
 /// Boots the image on QEMU (with `block` loaded at its address if given) and
 /// returns what the guest printed.
 fn run_qemu(name: &str, vcpus: u32, ram_mib: u64, block: Option<&BootBlock>) -> String {
-    let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-M",
-        "virt,gic-version=3",
-        "-cpu",
-        "cortex-a57",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .args(["-smp", &vcpus.to_string(), "-m", &format!("{ram_mib}M")])
-    .arg("-kernel")
-    .arg(image());
+    let mut extra = Vec::new();
     if let Some(block) = block {
         let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-bootblock.bin"));
         std::fs::write(&path, block.to_bytes()).expect("write the boot block");
-        cmd.arg("-device").arg(format!(
-            "loader,file={},addr={BOOT_BLOCK_GPA:#x},force-raw=on",
-            path.display()
-        ));
+        extra.push("-device".into());
+        extra.push(
+            format!(
+                "loader,file={},addr={BOOT_BLOCK_GPA:#x},force-raw=on",
+                path.display()
+            )
+            .into(),
+        );
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start qemu");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let read = stdout.read_to_string(&mut out);
-        // The receiver is gone only if the test already failed.
-        let _ = tx.send(read.map(|_| out));
-    });
-    let out = match rx.recv_timeout(HANG_GUARD) {
-        Ok(out) => out.expect("read qemu output"),
-        Err(_) => {
-            child.kill().expect("kill qemu");
-            let partial = rx.recv().ok().and_then(Result::ok).unwrap_or_default();
-            panic!("{name}: the guest did not power off; console so far:\n{partial}");
-        }
-    };
-    let status = child.wait().expect("wait for qemu");
-    assert!(
-        status.success(),
-        "{name}: qemu exited with {status}; console:\n{out}"
-    );
-    out
+    qemu::run(name, &image(), vcpus, ram_mib, &extra)
 }
 
 fn boot_block(vcpus: u32, ram_mib: u64, specs: &[ProcSpec]) -> BootBlock {

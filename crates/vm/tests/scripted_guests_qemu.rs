@@ -9,88 +9,17 @@
 //! implementation. And `psci_calls` passes whole on QEMU but for two checks QEMU
 //! is known not to honour.
 
+#[path = "common/qemu.rs"]
+mod qemu;
 mod scripted;
 
+use qemu::qemu_present;
 use scripted::Image;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-const QEMU: &str = "qemu-system-aarch64";
-/// Only a guard against a hung guest (a run takes well under a second).
-const HANG_GUARD: Duration = Duration::from_secs(300);
-
-fn oracles_required() -> bool {
-    std::env::var_os("APF_REQUIRE_ORACLES").is_some_and(|v| v == "1")
-}
-
-/// Whether QEMU can run here; skips (with the reason printed) unless required.
-fn qemu_present() -> bool {
-    let runs = Command::new(QEMU)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        runs || !oracles_required(),
-        "{QEMU} is required (APF_REQUIRE_ORACLES=1) but does not run"
-    );
-    if !runs {
-        eprintln!("skipping: {QEMU} is not installed");
-    }
-    runs
-}
 
 /// Boots the image with its vCPUs and 64 MiB (TEST_RAM_SIZE) and returns the
 /// console once the guest has powered QEMU off.
 fn run_qemu(image: &Image) -> String {
-    let mut child = Command::new(QEMU)
-        .args([
-            "-M",
-            "virt,gic-version=3",
-            "-cpu",
-            "cortex-a57",
-            "-nographic",
-            "-no-reboot",
-            "-m",
-            "64M",
-        ])
-        .args(["-smp", &image.vcpus.to_string()])
-        .arg("-kernel")
-        .arg(image.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start qemu");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let read = stdout.read_to_string(&mut out);
-        // The receiver is gone only if the test already failed.
-        let _ = tx.send(read.map(|_| out));
-    });
-    let out = match rx.recv_timeout(HANG_GUARD) {
-        Ok(out) => out.expect("read qemu output"),
-        Err(_) => {
-            child.kill().expect("kill qemu");
-            let partial = rx.recv().ok().and_then(Result::ok).unwrap_or_default();
-            panic!(
-                "{}: the guest did not power off; console so far:\n{partial}",
-                image.name
-            );
-        }
-    };
-    let status = child.wait().expect("wait for qemu");
-    assert!(
-        status.success(),
-        "{}: qemu exited with {status}; console:\n{out}",
-        image.name
-    );
-    out
+    qemu::run(image.name, &image.path(), image.vcpus, 64, &[])
 }
 
 /// Runs an image and checks: DONE, only known check names, and `must_pass` OK.

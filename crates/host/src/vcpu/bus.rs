@@ -30,12 +30,7 @@ impl<R: GuestRam> VcpuBus<'_, R> {
 }
 
 fn bytes(size: AccessSize) -> usize {
-    match size {
-        AccessSize::Byte => 1,
-        AccessSize::Half => 2,
-        AccessSize::Word => 4,
-        AccessSize::Double => 8,
-    }
+    usize::try_from(size.bytes()).unwrap_or(8)
 }
 
 impl<R: GuestRam> Bus for VcpuBus<'_, R> {

@@ -243,7 +243,7 @@ impl<R: GuestRam> Vcpu<R> {
         }
         apf.reset(&mut self.view());
         self.machine.psci.mark_on(self.spec.index);
-        self.ram.unpark();
+        self.unpark();
     }
 
     /// Powered off: sleep until a CPU_ON for this vCPU or the end of the run.
@@ -267,8 +267,17 @@ impl<R: GuestRam> Vcpu<R> {
         }
     }
 
+    /// Resumes using the TLB after a halt.
+    fn unpark(&mut self) {
+        if self.ram.unpark() {
+            self.cpu.invalidate_all_decoded();
+        }
+    }
+
     fn step(&mut self, apf: &mut ApfControl) -> Next {
-        self.ram.sync();
+        if self.ram.sync() {
+            self.cpu.invalidate_all_decoded();
+        }
         apf.service(&mut self.view());
         if self.sdei.deliver(&mut CpuRegs(&mut self.cpu)) == Some(SDEI_EVENT_ASYNC_PF) {
             apf.on_not_present_delivered();
@@ -357,7 +366,7 @@ impl<R: GuestRam> Vcpu<R> {
         let reason = self.waker.halt(self.spec.halt_poll, wall_deadline, || {
             machine.stopping() || icc.irq_line() || sdei.has_deliverable() || apf.has_work()
         });
-        self.ram.unpark();
+        self.unpark();
         let elapsed = t.elapsed();
         self.stats.idle += elapsed;
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -499,7 +508,7 @@ impl<R: GuestRam> Vcpu<R> {
             apf.halted_on().is_none() || machine.stopping() || icc.irq_line()
         });
         apf.end_halt();
-        self.ram.unpark();
+        self.unpark();
         self.stats.blocked += t.elapsed();
     }
 

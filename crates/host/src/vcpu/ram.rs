@@ -78,10 +78,11 @@ pub trait GuestRam {
     fn host_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), PageLost>;
     /// Host-side write of guest memory (faults the page in if needed).
     fn host_write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), PageLost>;
-    /// Between slices: acknowledge TLB shootdowns.
-    fn sync(&mut self);
+    /// Between slices: acknowledge TLB shootdowns. Returns true if mappings were
+    /// dropped: a page may have left, so the decoded-instruction cache must go too.
+    fn sync(&mut self) -> bool;
     /// The vCPU stops using its TLB (halted, off): it never delays a shootdown.
     fn park(&mut self);
-    /// The vCPU uses its TLB again.
-    fn unpark(&mut self);
+    /// The vCPU uses its TLB again; true if mappings were dropped meanwhile.
+    fn unpark(&mut self) -> bool;
 }
