@@ -174,6 +174,13 @@ impl Live<'_> {
             .collect()
     }
 
+    /// Whether each vCPU is powered on (a vCPU that is off makes no progress).
+    pub fn powered_on(&self) -> Vec<bool> {
+        (0..self.machine.vcpus())
+            .map(|i| vcpu::is_on(self.machine, i))
+            .collect()
+    }
+
     /// Each vCPU's APF counters and gauges now.
     pub fn apf(&self) -> Vec<ApfCountersSnapshot> {
         (0..self.machine.vcpus())
