@@ -53,10 +53,7 @@ fn check_restore(engine: &mut ApfControl, vcpu: &FakeVcpu) {
     let mut target = ApfControl::new(1, true);
     let mut target_vcpu = vcpu.clone();
     for command in save {
-        let unset = matches!(
-            command,
-            ApfCommand::SetSdei(0) | ApfCommand::SetIrq(0)
-        );
+        let unset = matches!(command, ApfCommand::SetSdei(0) | ApfCommand::SetIrq(0));
         let r = target.command(&mut target_vcpu, command);
         // A VMM that never configured APF saves zeros, which are not settable.
         assert!(r.is_ok() || unset, "restoring {command:?}: {r:?}");
@@ -99,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             2 | 3 => {
-                let r = engine.hypercall(&mut vcpu, a % 8 | (b & !0xFFFF_FFFF), b, c);
+                let r = engine.hypercall(&mut vcpu, (a % 8) | (b & !0xFFFF_FFFF), b, c);
                 // ENABLE refused with INVALID_PARAMETER/NOT_REQUIRED/NOT_SUPPORTED
                 // changes nothing.
                 if a % 8 == 4 && r.status != 0 {

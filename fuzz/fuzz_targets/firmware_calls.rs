@@ -24,8 +24,8 @@ use apf_abi::psci::*;
 use apf_abi::sdei::*;
 use apf_abi::smccc::*;
 use apf_host::apf::{
-    ApfCommand, ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult,
-    ItemHandle, SdeiCancelError, SdeiInjectError,
+    ApfCommand, ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
+    SdeiCancelError, SdeiInjectError,
 };
 use apf_host::psci::{PowerState, Psci, PsciAction, enter_cpu};
 use apf_host::regs::{GuestRegs, PSTATE_EL1H_MASKED, PlainRegs};
@@ -34,8 +34,8 @@ use apf_host::smccc::{AsyncPfService, Firmware, SmcccExit, dispatch};
 use libfuzzer_sys::fuzz_target;
 
 const VCPUS: usize = 2;
-const RAM_BYTES: u64 = 0x4000;
-const RAM_END: u64 = RAM_BASE + RAM_BYTES;
+const RAM_BYTES: usize = 0x4000;
+const RAM_END: u64 = RAM_BASE + RAM_BYTES as u64;
 
 /// Values worth more than their share of random draws.
 const VALUES: [u64; 28] = [
@@ -187,9 +187,10 @@ impl SdeiModel {
 
     fn status(&self, i: usize) -> u64 {
         let h = &self.handlers[i];
-        u64::from(h.registered) * SDEI_STATUS_REGISTERED
-            | u64::from(h.enabled) * SDEI_STATUS_ENABLED
-            | u64::from(self.running_is(i)) * SDEI_STATUS_RUNNING
+        let bit = |set: bool, bit: u64| if set { bit } else { 0 };
+        bit(h.registered, SDEI_STATUS_REGISTERED)
+            | bit(h.enabled, SDEI_STATUS_ENABLED)
+            | bit(self.running_is(i), SDEI_STATUS_RUNNING)
     }
 
     fn unregister(&mut self, i: usize) -> i64 {
@@ -209,9 +210,9 @@ impl SdeiModel {
             SDEI_VERSION => Expect::Value(SDEI_VERSION_1_0),
             SDEI_EVENT_REGISTER => {
                 let (entry, flags) = (x[1], x[3]);
-                let Some(i) = event_index(x[0]).filter(|_| {
-                    entry != 0 && entry.is_multiple_of(4) && flags <= SDEI_RM_PE
-                }) else {
+                let Some(i) = event_index(x[0])
+                    .filter(|_| entry != 0 && entry.is_multiple_of(4) && flags <= SDEI_RM_PE)
+                else {
                     return code(SDEI_INVALID_PARAMETERS);
                 };
                 if self.handlers[i].registered || self.running_is(i) {
@@ -341,7 +342,8 @@ struct View<'a> {
 impl View<'_> {
     fn offset(&self, gpa: u64, len: u64) -> Option<usize> {
         let off = gpa.checked_sub(RAM_BASE)?;
-        (off.checked_add(len)? <= RAM_BYTES).then(|| usize::try_from(off).ok())?
+        let off = usize::try_from(off).ok()?;
+        (off.checked_add(usize::try_from(len).ok()?)? <= RAM_BYTES).then_some(off)
     }
 }
 
@@ -418,14 +420,14 @@ impl World {
         let mut world = World {
             vcpus: Vec::new(),
             psci: Psci::new(VCPUS, RAM_BASE..RAM_END),
-            ram: vec![0; RAM_BYTES as usize],
+            ram: vec![0; RAM_BYTES],
             blocks: [None; VCPUS],
             offered,
             separate_ready,
             stopped: false,
         };
-        for index in 0..VCPUS {
-            let mut apf = ApfControl::new(index as u32, offered);
+        for (index, id) in (0..VCPUS).zip(0u32..) {
+            let mut apf = ApfControl::new(id, offered);
             if !separate_ready {
                 apf.limit_to_v1_0();
             }
@@ -445,7 +447,8 @@ impl World {
                     ApfCommand::SetIrq(u64::from(APF_DEFAULT_PPI)),
                 ] {
                     let (apf, mut view) = world.split(index);
-                    apf.command(&mut view, command).expect("the VMM's settings are valid");
+                    apf.command(&mut view, command)
+                        .expect("the VMM's settings are valid");
                 }
             }
         }
@@ -501,7 +504,13 @@ impl World {
         if imm != 0 || el != 1 {
             return Expect::Value(SMCCC_RET_NOT_SUPPORTED.cast_unsigned());
         }
-        let narrow = |n: u64| if id & SMCCC_64BIT != 0 { n } else { n & 0xFFFF_FFFF };
+        let narrow = |n: u64| {
+            if id & SMCCC_64BIT != 0 {
+                n
+            } else {
+                n & 0xFFFF_FFFF
+            }
+        };
         let args = [narrow(x[1]), narrow(x[2]), narrow(x[3])];
         let code = |c: i64| Expect::Value(c.cast_unsigned());
         match id {
@@ -517,21 +526,30 @@ impl World {
                 )
             }
             VENDOR_HYP_UID => Expect::Words(APF_UID.map(u64::from)),
-            VENDOR_HYP_FEATURES => {
-                Expect::Words([1, u64::from(self.offered) << (VENDOR_HYP_FUNC_ASYNC_PF - 32), 0, 0])
-            }
+            VENDOR_HYP_FEATURES => Expect::Words([
+                1,
+                u64::from(self.offered) << (VENDOR_HYP_FUNC_ASYNC_PF - 32),
+                0,
+                0,
+            ]),
             VENDOR_HYP_ASYNC_PF => Expect::AsyncPf,
             PSCI_VERSION => Expect::Value(u64::from(PSCI_VERSION_1_1)),
-            PSCI_FEATURES => code(
-                match u32::try_from(args[0]) {
-                    Ok(
-                        PSCI_VERSION | PSCI_CPU_OFF | PSCI_CPU_ON | PSCI_CPU_ON_32
-                        | PSCI_AFFINITY_INFO | PSCI_AFFINITY_INFO_32 | PSCI_MIGRATE_INFO_TYPE
-                        | PSCI_SYSTEM_OFF | PSCI_SYSTEM_RESET | PSCI_FEATURES | SMCCC_VERSION,
-                    ) => PSCI_RET_SUCCESS,
-                    _ => PSCI_RET_NOT_SUPPORTED,
-                },
-            ),
+            PSCI_FEATURES => code(match u32::try_from(args[0]) {
+                Ok(
+                    PSCI_VERSION
+                    | PSCI_CPU_OFF
+                    | PSCI_CPU_ON
+                    | PSCI_CPU_ON_32
+                    | PSCI_AFFINITY_INFO
+                    | PSCI_AFFINITY_INFO_32
+                    | PSCI_MIGRATE_INFO_TYPE
+                    | PSCI_SYSTEM_OFF
+                    | PSCI_SYSTEM_RESET
+                    | PSCI_FEATURES
+                    | SMCCC_VERSION,
+                ) => PSCI_RET_SUCCESS,
+                _ => PSCI_RET_NOT_SUPPORTED,
+            }),
             PSCI_CPU_ON | PSCI_CPU_ON_32 => {
                 let Some(target) = target_of(args[0]) else {
                     return code(PSCI_RET_INVALID_PARAMETERS);
@@ -546,16 +564,14 @@ impl World {
                     _ => code(PSCI_RET_ALREADY_ON),
                 }
             }
-            PSCI_AFFINITY_INFO | PSCI_AFFINITY_INFO_32 => {
-                match (target_of(args[0]), args[1]) {
-                    (Some(t), 0) => code(match self.psci.power_state(t) {
-                        Some(PowerState::On) => PSCI_AFFINITY_ON,
-                        Some(PowerState::Off) => PSCI_AFFINITY_OFF,
-                        _ => PSCI_AFFINITY_ON_PENDING,
-                    }),
-                    _ => code(PSCI_RET_INVALID_PARAMETERS),
-                }
-            }
+            PSCI_AFFINITY_INFO | PSCI_AFFINITY_INFO_32 => match (target_of(args[0]), args[1]) {
+                (Some(t), 0) => code(match self.psci.power_state(t) {
+                    Some(PowerState::On) => PSCI_AFFINITY_ON,
+                    Some(PowerState::Off) => PSCI_AFFINITY_OFF,
+                    _ => PSCI_AFFINITY_ON_PENDING,
+                }),
+                _ => code(PSCI_RET_INVALID_PARAMETERS),
+            },
             PSCI_MIGRATE_INFO_TYPE => Expect::Value(2),
             PSCI_CPU_OFF | PSCI_SYSTEM_OFF | PSCI_SYSTEM_RESET => Expect::NoReturn,
             SDEI_FIRST..=SDEI_LAST => v.model.call(id, [x[1], x[2], x[3], x[4], x[5]]),
@@ -575,7 +591,9 @@ impl World {
 
         let mut action = None;
         if imm != 0 {
-            self.vcpus[i].regs.set_x(0, SMCCC_RET_NOT_SUPPORTED.cast_unsigned());
+            self.vcpus[i]
+                .regs
+                .set_x(0, SMCCC_RET_NOT_SUPPORTED.cast_unsigned());
         } else if function == u64::from(VENDOR_HYP_ASYNC_PF) && el == 1 {
             let (apf, mut view) = self.split(i);
             let r = apf.hypercall(&mut view, x[1], x[2], x[3]);
@@ -618,20 +636,17 @@ impl World {
         }
     }
 
-    fn check_call(
-        &self,
-        i: usize,
-        before: &PlainRegs,
-        expect: Expect,
-        action: Option<PsciAction>,
-    ) {
+    fn check_call(&self, i: usize, before: &PlainRegs, expect: Expect, action: Option<PsciAction>) {
         let regs = &self.vcpus[i].regs;
         let unchanged_but = |from: usize| {
             for n in from..31 {
                 assert_eq!(regs.x(n), before.x(n), "x{n} changed: {expect:?}");
             }
             assert_eq!((regs.pc, regs.pstate), (before.pc, before.pstate));
-            assert_eq!((regs.elr_el1, regs.spsr_el1), (before.elr_el1, before.spsr_el1));
+            assert_eq!(
+                (regs.elr_el1, regs.spsr_el1),
+                (before.elr_el1, before.spsr_el1)
+            );
         };
         let x0 = regs.x(0);
         match expect {
@@ -640,7 +655,11 @@ impl World {
                 unchanged_but(1);
             }
             Expect::OneOf(codes) => {
-                assert!(codes.contains(&x0.cast_signed()), "x0 = {x0:#x} of {:#x}", before.x(0));
+                assert!(
+                    codes.contains(&x0.cast_signed()),
+                    "x0 = {x0:#x} of {:#x}",
+                    before.x(0)
+                );
                 unchanged_but(1);
             }
             Expect::AsyncPf => {
@@ -705,7 +724,11 @@ impl World {
         let deliverable = v.sdei.has_deliverable();
         let before = v.regs.clone();
         let delivered = v.sdei.deliver(&mut v.regs);
-        assert_eq!(delivered.is_some(), deliverable, "has_deliverable agrees with deliver");
+        assert_eq!(
+            delivered.is_some(),
+            deliverable,
+            "has_deliverable agrees with deliver"
+        );
         let Some(event) = delivered else {
             return;
         };
@@ -768,7 +791,11 @@ impl World {
     fn check_state(&self) {
         for (i, v) in self.vcpus.iter().enumerate() {
             assert_eq!(v.sdei.is_masked(), v.model.masked, "vcpu{i} masked");
-            assert_eq!(v.sdei.is_running(), v.model.running.is_some(), "vcpu{i} running");
+            assert_eq!(
+                v.sdei.is_running(),
+                v.model.running.is_some(),
+                "vcpu{i} running"
+            );
             for (e, &(number, _)) in EVENTS.iter().enumerate() {
                 let mut probe = v.sdei.clone();
                 let mut regs = PlainRegs::default();
@@ -817,7 +844,11 @@ fuzz_target!(|data: &[u8]| {
         match op & 0x7F {
             0..=63 => {
                 let el = u8::from(op & 0x3F != 0x3F);
-                let imm = if op & 0x3F == 0x3E { u16::from(input.byte()) | 1 } else { 0 };
+                let imm = if op & 0x3F == 0x3E {
+                    u16::from(input.byte()) | 1
+                } else {
+                    0
+                };
                 let x = [
                     input.function(),
                     input.value(),
@@ -837,7 +868,11 @@ fuzz_target!(|data: &[u8]| {
                 let inflight = &mut world.vcpus[i].inflight;
                 if !inflight.is_empty() {
                     let k = usize::from(b) % inflight.len();
-                    let handle = if b & 0x40 != 0 { inflight[k] } else { inflight.swap_remove(k) };
+                    let handle = if b & 0x40 != 0 {
+                        inflight[k]
+                    } else {
+                        inflight.swap_remove(k)
+                    };
                     world.vcpus[i].apf.port().complete(handle, b & 0x80 == 0);
                 }
             }

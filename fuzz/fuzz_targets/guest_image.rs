@@ -26,9 +26,9 @@ use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-/// Where the vectors and the body start, from the image's base.
-const VECTORS: u64 = 0x800;
-const BODY: u64 = 0x1000;
+/// Where the vectors and the body start, in words from the image's base.
+const VECTORS: usize = 0x200;
+const BODY: usize = 0x400;
 /// Most body items per image.
 const MAX_ITEMS: usize = 4096;
 
@@ -86,8 +86,8 @@ const VALUES: [u64; 16] = [
     5,
     SDEI_EVENT_ASYNC_PF as u64,
     0x4040_0000,
-    IMAGE_LOAD_ADDR + BODY,
-    IMAGE_LOAD_ADDR + VECTORS,
+    IMAGE_LOAD_ADDR + 4 * BODY as u64,
+    IMAGE_LOAD_ADDR + 4 * VECTORS as u64,
     (RAM_BASE + 0x10_0000) | 0b101,
     (RAM_BASE + 0x10_0040) | 0b111,
     (RAM_BASE + 0x10_0000) | 0b1,
@@ -121,19 +121,19 @@ impl Input<'_> {
 
 fn image(input: &mut Input<'_>) -> Vec<u8> {
     let mut words = Vec::new();
-    load(&mut words, 0, IMAGE_LOAD_ADDR + VECTORS);
+    load(&mut words, 0, IMAGE_LOAD_ADDR + 4 * VECTORS as u64);
     words.push(MSR_VBAR_X0);
     words.push(ISB);
     load(&mut words, 0, RAM_BASE + 4 * MIB);
     words.push(MOV_SP_X0);
-    let branch = (BODY / 4) as u32 - words.len() as u32;
+    let branch = u32::try_from(BODY - words.len()).expect("a short prologue");
     words.push(0x1400_0000 | branch);
-    words.resize((VECTORS / 4) as usize, 0);
+    words.resize(VECTORS, 0);
     for _ in 0..16 {
         words.extend(ERET_SKIP);
         words.resize(words.len() + 0x80 / 4 - ERET_SKIP.len(), 0);
     }
-    words.resize((BODY / 4) as usize, 0);
+    words.resize(BODY, 0);
     for _ in 0..MAX_ITEMS {
         if input.0.is_empty() {
             break;
