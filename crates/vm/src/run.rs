@@ -199,6 +199,11 @@ impl Live<'_> {
         self.memory.metrics()
     }
 
+    /// Reads guest memory as the host would (a page in the store is fetched).
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), apf_mem::HostAccessError> {
+        self.memory.read_bytes(gpa, buf)
+    }
+
     /// The boot block as the built-in guest keeps it: each process's state and
     /// progress (meaningless for other images).
     pub fn boot_block(&self) -> Option<BootBlock> {
