@@ -1,5 +1,9 @@
 //! apf-vm: a VM built from a configuration (DESIGN §3).
 
+// Only apf-mem needs unsafe code (guest RAM, io_uring); everything else is
+// safe Rust, and the compiler keeps it so.
+#![forbid(unsafe_code)]
+
 pub mod config;
 mod ram;
 mod run;
