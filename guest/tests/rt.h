@@ -191,7 +191,7 @@ void driver_check_all_woken(const struct apf_driver *d);
 
 /* --- EL0 tasks (tasks.c) --- */
 
-#define TASK_CPUS 2			/* vCPUs that run tasks */
+#define TASK_CPUS MAX_CPUS		/* vCPUs that may run tasks */
 #define MAX_TASKS 64			/* per vCPU */
 #define TASK_STACK 2048
 

@@ -10,6 +10,9 @@
 //! This crate depends on nothing and does no I/O, so both the interpreter and the
 //! hypervisor can use it, and so could a real-KVM backend.
 
+// Only apf-mem needs unsafe code (guest RAM, io_uring); everything else is
+// safe Rust, and the compiler keeps it so.
+#![forbid(unsafe_code)]
 #![no_std]
 
 pub mod boot;

@@ -11,10 +11,11 @@ mod trace;
 mod vmargs;
 
 use apf_vm::config::{ByteSize, ProcessConfig, Span, VmConfig, WorkloadKind};
-use apf_vm::{RunEnd, RunOptions, VmError, run_image, run_workloads};
+use apf_vm::{RunEnd, RunOptions, VmError, run_image, run_workloads, run_workloads_observed};
 use clap::{Args, Parser, Subcommand};
 use progress::RunBar;
 use report::{JsonReport, RunReport};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -176,13 +177,14 @@ fn run_one(config: &VmConfig, label: &str, timeout: Duration) -> Result<RunRepor
         eprintln!("apf: created the store directory {}", dir.display());
     }
     let bar = RunBar::new(config, label);
-    let update = |p: apf_vm::RunProgress<'_>| bar.update(p);
     let options = RunOptions {
         timeout,
-        progress: Some(&update),
         ..RunOptions::default()
     };
-    let run = run_workloads(config, options);
+    let run = run_workloads_observed(config, options, &mut |live| {
+        bar.update(live);
+        ControlFlow::Continue(())
+    });
     bar.finish();
     Ok(RunReport::new(label, config, &run?))
 }
@@ -241,7 +243,6 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
             RunOptions {
                 timeout,
                 echo_console: true,
-                ..RunOptions::default()
             },
         )?;
         RunReport::new(label, &config, &run)
@@ -272,7 +273,6 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         RunOptions {
             timeout,
             echo_console: true,
-            ..RunOptions::default()
         },
     )?;
     let wall = table::secs(run.wall.as_secs_f64());
@@ -284,7 +284,7 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         RunEnd::SystemReset => Err(CliError::Failed(format!(
             "the guest asked for a reset after {wall} (apf does not reset)"
         ))),
-        RunEnd::Timeout => Err(CliError::Failed(format!(
+        RunEnd::Timeout | RunEnd::Stopped => Err(CliError::Failed(format!(
             "the guest was still running after {wall} (--timeout)"
         ))),
     }

@@ -1,7 +1,7 @@
 //! A progress bar for runs, on standard error, only when it is a terminal: piped
 //! or redirected output never sees it.
 
-use apf_vm::RunProgress;
+use apf_vm::Live;
 use apf_vm::config::VmConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -39,12 +39,18 @@ impl RunBar {
         }
     }
 
-    /// Moves the bar to `p`.
-    pub fn update(&self, p: RunProgress<'_>) {
+    /// Moves the bar to where the running VM `live` is.
+    pub fn update(&self, live: &Live<'_>) {
         let Some(bar) = &self.bar else { return };
         let position = match self.duration_ms {
-            Some(_) => u64::try_from(p.elapsed.as_millis()).unwrap_or(u64::MAX),
-            None => done_units(&self.work, p.progress),
+            Some(_) => u64::try_from(live.elapsed.as_millis()).unwrap_or(u64::MAX),
+            None => {
+                let Some(block) = live.boot_block() else {
+                    return;
+                };
+                let progress: Vec<u64> = block.results.iter().map(|r| r.progress).collect();
+                done_units(&self.work, &progress)
+            }
         };
         bar.set_position(position);
     }

@@ -189,6 +189,7 @@ fn end_name(end: RunEnd) -> &'static str {
         RunEnd::SystemOff => "system_off",
         RunEnd::SystemReset => "system_reset",
         RunEnd::Timeout => "timeout",
+        RunEnd::Stopped => "stopped",
     }
 }
 

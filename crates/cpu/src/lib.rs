@@ -18,6 +18,10 @@
 //! - IC instructions invalidate this vCPU's decode cache only; when another
 //!   agent writes a code page the host calls [`Cpu::invalidate_decoded`].
 
+// Only apf-mem needs unsafe code (guest RAM, io_uring); everything else is
+// safe Rust, and the compiler keeps it so.
+#![forbid(unsafe_code)]
+
 mod bus;
 mod cache;
 mod cpu;

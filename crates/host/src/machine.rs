@@ -1,13 +1,14 @@
 //! The platform state every vCPU shares: the GIC, the UART, PSCI power states,
 //! CPU_ON requests, the APF shared blocks in use, and how the run ends.
 
+use crate::apf::ApfCounters;
 use crate::gic::Gic;
 use crate::psci::Psci;
 use crate::uart::Pl011;
 use crate::waker::VcpuWaker;
 use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE, UART_BASE, UART_SIZE};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Why the run ended.
@@ -30,6 +31,37 @@ pub struct StartRequest {
     pub context: u64,
 }
 
+/// What other threads can see of a vCPU while it runs: a watchdog's and a
+/// monitor's view.
+#[derive(Debug, Default)]
+pub struct VcpuLive {
+    retired: AtomicU64,
+    apf: OnceLock<Arc<ApfCounters>>,
+}
+
+impl VcpuLive {
+    /// Instructions retired since the VM started, over every power cycle;
+    /// updated after each interpreter slice.
+    pub fn retired(&self) -> u64 {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more retired instructions (the vCPU's own thread).
+    pub fn add_retired(&self, n: u64) {
+        self.retired.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The vCPU's APF counters, once its thread has built its engine.
+    pub fn apf(&self) -> Option<&Arc<ApfCounters>> {
+        self.apf.get()
+    }
+
+    /// Publishes the vCPU's APF counters (once; later calls are ignored).
+    pub fn set_apf(&self, counters: Arc<ApfCounters>) {
+        let _ = self.apf.set(counters);
+    }
+}
+
 /// The shared platform.
 #[derive(Debug)]
 pub struct Machine {
@@ -46,6 +78,7 @@ pub struct Machine {
     wakers: OnceLock<Vec<Arc<VcpuWaker>>>,
     starts: Vec<Mutex<Option<StartRequest>>>,
     blocks: Mutex<Vec<Option<u64>>>,
+    live: Box<[VcpuLive]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,12 +100,18 @@ impl Machine {
             wakers: OnceLock::new(),
             starts: (0..vcpus).map(|_| Mutex::new(None)).collect(),
             blocks: Mutex::new(vec![None; vcpus]),
+            live: (0..vcpus).map(|_| VcpuLive::default()).collect(),
         }
     }
 
     /// vCPUs.
     pub fn vcpus(&self) -> usize {
         self.starts.len()
+    }
+
+    /// The live view of vCPU `index`.
+    pub fn live(&self, index: usize) -> Option<&VcpuLive> {
+        self.live.get(index)
     }
 
     /// Registers the vCPU threads' wakers (once, before they run).

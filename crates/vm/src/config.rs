@@ -250,6 +250,13 @@ pub struct StoreConfig {
     pub direct: bool,
     /// Fraction of reads that fail (fault injection, for tests).
     pub read_error_rate: f64,
+    /// Fraction of completions the store never delivers (fault injection): the
+    /// I/O is given up on after `io_timeout`.
+    pub lost_completion_rate: f64,
+    /// Fraction of completions the store delivers twice (fault injection).
+    pub duplicate_completion_rate: f64,
+    /// An I/O not completed after this long fails (a store that lost it).
+    pub io_timeout: Span,
 }
 
 impl Default for StoreConfig {
@@ -262,6 +269,9 @@ impl Default for StoreConfig {
             latency_sigma: 0.0,
             direct: true,
             read_error_rate: 0.0,
+            lost_completion_rate: 0.0,
+            duplicate_completion_rate: 0.0,
+            io_timeout: Span(Duration::from_secs(30)),
         }
     }
 }
@@ -376,6 +386,16 @@ pub enum ConfigError {
     /// Queue depth out of range.
     #[error("store.queue_depth = {0}: use 1 to 4096")]
     QueueDepth(u32),
+    /// The I/O timeout would fail I/Os that are merely slow.
+    #[error(
+        "store.io_timeout = {timeout}: it must be longer than store.latency ({latency}), or every read times out"
+    )]
+    IoTimeout {
+        /// The timeout.
+        timeout: Span,
+        /// The added latency.
+        latency: Span,
+    },
     /// A number out of its range.
     #[error("{name} = {value}: use a number from {range}")]
     Range {
@@ -412,12 +432,30 @@ impl VmConfig {
         if self.store.queue_depth == 0 || self.store.queue_depth > 4096 {
             return Err(ConfigError::QueueDepth(self.store.queue_depth));
         }
-        let rate = self.store.read_error_rate;
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError::Range {
-                name: "store.read_error_rate",
-                value: rate.to_string(),
-                range: "0 to 1",
+        let rates = [
+            ("store.read_error_rate", self.store.read_error_rate),
+            (
+                "store.lost_completion_rate",
+                self.store.lost_completion_rate,
+            ),
+            (
+                "store.duplicate_completion_rate",
+                self.store.duplicate_completion_rate,
+            ),
+        ];
+        for (name, rate) in rates {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(ConfigError::Range {
+                    name,
+                    value: rate.to_string(),
+                    range: "0 to 1",
+                });
+            }
+        }
+        if self.store.io_timeout.0 <= self.store.latency.0 {
+            return Err(ConfigError::IoTimeout {
+                timeout: self.store.io_timeout,
+                latency: self.store.latency,
             });
         }
         let sigma = self.store.latency_sigma;
@@ -599,6 +637,37 @@ mod tests {
                     ..base.clone()
                 },
                 "set duration or some work",
+            ),
+            (
+                VmConfig {
+                    store: StoreConfig {
+                        lost_completion_rate: 1.5,
+                        ..StoreConfig::default()
+                    },
+                    ..base.clone()
+                },
+                "store.lost_completion_rate = 1.5: use a number from 0 to 1",
+            ),
+            (
+                VmConfig {
+                    store: StoreConfig {
+                        duplicate_completion_rate: -0.1,
+                        ..StoreConfig::default()
+                    },
+                    ..base.clone()
+                },
+                "store.duplicate_completion_rate = -0.1",
+            ),
+            (
+                VmConfig {
+                    store: StoreConfig {
+                        io_timeout: Span(Duration::from_micros(500)),
+                        latency: Span(Duration::from_micros(500)),
+                        ..StoreConfig::default()
+                    },
+                    ..base.clone()
+                },
+                "store.io_timeout = 500us: it must be longer than store.latency (500us)",
             ),
         ];
         for (config, want) in cases {

@@ -11,6 +11,7 @@ use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
 use apf_abi::ppi::APF_DEFAULT_PPI;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_cpu::CpuConfig;
+use apf_host::apf::ApfCountersSnapshot;
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::{Machine, StartRequest, StopReason};
 use apf_host::regs::mpidr_el1_of;
@@ -22,6 +23,7 @@ use apf_mem::store::{
 };
 use apf_mem::{GuestMemory, MemConfig, MemMetrics};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -80,6 +82,8 @@ pub enum RunEnd {
     SystemReset,
     /// The timeout passed.
     Timeout,
+    /// The observer ended it (see [`run_image_observed`]).
+    Stopped,
 }
 
 /// One process's outcome, checked against the Rust reference.
@@ -155,46 +159,79 @@ impl Write for Console {
     }
 }
 
-/// A workload run's progress, as the host last read it from the boot block.
-#[derive(Debug, Clone, Copy)]
-pub struct RunProgress<'a> {
-    /// Time since the first vCPU started.
+/// A running VM as a watchdog or a monitor sees it: handed to the observer of
+/// [`run_image_observed`] and [`run_workloads_observed`] every few milliseconds.
+#[derive(Debug)]
+pub struct Live<'a> {
+    /// Time since the vCPUs started.
     pub elapsed: Duration,
-    /// Units of work done, per configured process.
-    pub progress: &'a [u64],
+    machine: &'a Machine,
+    memory: &'a GuestMemory,
 }
 
-/// Called with a workload run's progress while it runs (every few milliseconds,
-/// from the thread that called [`run_workloads`]).
-pub type ProgressFn<'a> = &'a dyn Fn(RunProgress<'_>);
+impl Live<'_> {
+    /// Instructions each vCPU has retired so far (its progress).
+    pub fn retired(&self) -> Vec<u64> {
+        (0..self.machine.vcpus())
+            .map(|i| self.machine.live(i).map_or(0, |l| l.retired()))
+            .collect()
+    }
+
+    /// Whether each vCPU is powered on (a vCPU that is off makes no progress).
+    pub fn powered_on(&self) -> Vec<bool> {
+        (0..self.machine.vcpus())
+            .map(|i| vcpu::is_on(self.machine, i))
+            .collect()
+    }
+
+    /// Each vCPU's APF counters and gauges now.
+    pub fn apf(&self) -> Vec<ApfCountersSnapshot> {
+        (0..self.machine.vcpus())
+            .map(|i| {
+                self.machine
+                    .live(i)
+                    .and_then(|l| l.apf())
+                    .map(|c| c.snapshot())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Guest memory's figures now (queue lengths: `in_flight`, `backlog`).
+    pub fn mem(&self) -> MemMetrics {
+        self.memory.metrics()
+    }
+
+    /// Reads guest memory as the host would (a page in the store is fetched).
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), apf_mem::HostAccessError> {
+        self.memory.read_bytes(gpa, buf)
+    }
+
+    /// The boot block as the built-in guest keeps it: each process's state and
+    /// progress (meaningless for other images).
+    pub fn boot_block(&self) -> Option<BootBlock> {
+        read_boot_block(self.memory)
+    }
+}
+
+/// Called with the running VM every few milliseconds; `Break` ends the run
+/// ([`RunEnd::Stopped`]).
+pub type Observer<'o> = &'o mut dyn FnMut(&Live<'_>) -> ControlFlow<()>;
 
 /// Options of a run that are not part of the VM's configuration.
-#[derive(Clone, Copy)]
-pub struct RunOptions<'a> {
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
     /// End the run after this long, whatever the guest does.
     pub timeout: Duration,
     /// Echo the console to standard output.
     pub echo_console: bool,
-    /// Told the progress of a workload run.
-    pub progress: Option<ProgressFn<'a>>,
 }
 
-impl std::fmt::Debug for RunOptions<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunOptions")
-            .field("timeout", &self.timeout)
-            .field("echo_console", &self.echo_console)
-            .field("progress", &self.progress.is_some())
-            .finish()
-    }
-}
-
-impl Default for RunOptions<'_> {
+impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             timeout: Duration::from_secs(120),
             echo_console: false,
-            progress: None,
         }
     }
 }
@@ -229,17 +266,22 @@ pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
             },
         ))
     };
-    Ok(if s.read_error_rate > 0.0 {
+    let faults = FaultConfig {
+        read_error: s.read_error_rate,
+        lost: s.lost_completion_rate,
+        duplicate: s.duplicate_completion_rate,
+        ..FaultConfig::default()
+    };
+    Ok(if faults == FaultConfig::default() {
+        delayed
+    } else {
         Box::new(FaultyStore::new(
             delayed,
             FaultConfig {
                 seed: config.seed,
-                read_error: s.read_error_rate,
-                ..FaultConfig::default()
+                ..faults
             },
         ))
-    } else {
-        delayed
     })
 }
 
@@ -287,7 +329,10 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
     config.validate_machine()?;
     let store = open_store(config)?;
     let memory = GuestMemory::new(
-        MemConfig::new(RAM_BASE, config.ram.0, config.budget.0),
+        MemConfig {
+            io_timeout: config.store.io_timeout.0,
+            ..MemConfig::new(RAM_BASE, config.ram.0, config.budget.0)
+        },
         store,
     )?;
     let room = (RAM_BASE + config.ram.0).saturating_sub(IMAGE_LOAD_ADDR);
@@ -375,6 +420,7 @@ fn finish(
     handles: Vec<std::thread::JoinHandle<VcpuReport>>,
     begin: Instant,
     work_done_at: Option<Duration>,
+    observer_stopped: bool,
 ) -> Result<VmRun, VmError> {
     let mut vcpus = Vec::with_capacity(handles.len());
     for (i, h) in handles.into_iter().enumerate() {
@@ -385,6 +431,7 @@ fn finish(
     let end = match built.machine.stop_reason() {
         Some(StopReason::SystemOff) => RunEnd::SystemOff,
         Some(StopReason::SystemReset) => RunEnd::SystemReset,
+        Some(StopReason::Host) | None if observer_stopped => RunEnd::Stopped,
         Some(StopReason::Host) | None => RunEnd::Timeout,
     };
     let uart =
@@ -406,14 +453,39 @@ fn finish(
 /// Boots any flat AArch64 image (loaded at 0x40080000, entered at EL1h with x0 = 0)
 /// and runs it until it powers off or `options.timeout` passes.
 pub fn run_image(config: &VmConfig, image: &[u8], options: RunOptions) -> Result<VmRun, VmError> {
+    run_image_observed(config, image, options, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`run_image`] with an observer that sees the VM while it runs and may end it.
+pub fn run_image_observed(
+    config: &VmConfig,
+    image: &[u8],
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<VmRun, VmError> {
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
     let handles = start_vcpus(config, &built)?;
+    let mut observer_stopped = false;
     while !built.machine.stopping() && begin.elapsed() < options.timeout {
         std::thread::park_timeout(MONITOR_PERIOD);
+        if observe(&built.live(begin)).is_break() {
+            observer_stopped = true;
+            break;
+        }
     }
     built.machine.stop(StopReason::Host);
-    finish(built, handles, begin, None)
+    finish(built, handles, begin, None, observer_stopped)
+}
+
+impl Built {
+    fn live(&self, begin: Instant) -> Live<'_> {
+        Live {
+            elapsed: begin.elapsed(),
+            machine: &self.machine,
+            memory: &self.memory,
+        }
+    }
 }
 
 fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
@@ -452,6 +524,15 @@ fn outcomes(
 /// every process with work to do has done it (processes with `work = 0` are then
 /// stopped), when `config.duration` passes, or at `options.timeout`.
 pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, VmError> {
+    run_workloads_observed(config, options, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`run_workloads`] with an observer that sees the VM while it runs and may end it.
+pub fn run_workloads_observed(
+    config: &VmConfig,
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<VmRun, VmError> {
     config.validate()?;
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
     let block = boot_block(config);
@@ -466,10 +547,14 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
         .collect();
     let mut work_done_at = None;
     let mut ended_at = vec![None; config.processes.len()];
-    let mut progress = vec![0; config.processes.len()];
     let mut stop_sent = false;
+    let mut observer_stopped = false;
     while !built.machine.stopping() && begin.elapsed() < options.timeout {
         std::thread::park_timeout(MONITOR_PERIOD);
+        if observe(&built.live(begin)).is_break() {
+            observer_stopped = true;
+            break;
+        }
         let Some(now) = read_boot_block(&built.memory) else {
             continue;
         };
@@ -477,16 +562,9 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
         let ended =
             |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
         for (i, at) in ended_at.iter_mut().enumerate() {
-            progress[i] = now.results[i].progress;
             if at.is_none() && ended(&i) {
                 *at = Some(elapsed);
             }
-        }
-        if let Some(report) = options.progress {
-            report(RunProgress {
-                elapsed,
-                progress: &progress,
-            });
         }
         if stop_sent {
             continue;
@@ -505,7 +583,7 @@ pub fn run_workloads(config: &VmConfig, options: RunOptions) -> Result<VmRun, Vm
     }
     built.machine.stop(StopReason::Host);
     let block = read_boot_block(&built.memory);
-    let mut run = finish(built, handles, begin, work_done_at)?;
+    let mut run = finish(built, handles, begin, work_done_at, observer_stopped)?;
     // After `finish` took the wall time: checking the checksums replays every
     // process's work in Rust, which takes a while after a long run.
     run.processes = block

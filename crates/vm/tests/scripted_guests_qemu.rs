@@ -117,6 +117,25 @@ fn apf_calls_run_to_the_end_on_qemu() {
 }
 
 #[test]
+fn hostile_blocks_runs_to_the_end_on_qemu() {
+    if !qemu_present() {
+        return;
+    }
+    // Without APF every ENABLE is NOT_SUPPORTED: the two vCPUs still take
+    // their turns, and nothing writes either block.
+    check_on_qemu(
+        &scripted::HOSTILE_BLOCKS,
+        &[
+            "gic_setup",
+            "cpu1_on",
+            "gic_setup_secondary",
+            "overlap_block_untouched",
+            "adjacent_leaves_neighbour_alone",
+        ],
+    );
+}
+
+#[test]
 fn apf_flow_keeps_its_data_on_qemu() {
     if !qemu_present() {
         return;

@@ -445,6 +445,7 @@ impl<W: AtomicWord> ApfControl<W> {
         };
         self.not_present_pending = Some(slot);
         let handle = self.port.arm(slot);
+        self.counters.set_outstanding(self.outstanding() as u64);
         bump(&self.counters.not_present);
         tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
             decision = "async");
@@ -507,6 +508,7 @@ impl<W: AtomicWord> ApfControl<W> {
         *item = WorkItem::FREE;
         self.free |= 1 << slot;
         self.port.disarm(slot);
+        self.counters.set_outstanding(self.outstanding() as u64);
     }
 
     fn ready_channel(&self) -> Channel {

@@ -99,6 +99,10 @@ pub struct ApfCounters {
     pub ready_write_failed: AtomicU64,
     /// Work items discarded by disable or reset.
     pub drained: AtomicU64,
+    /// Gauge: work items outstanding now (fetch in flight or page-ready owed).
+    pub outstanding: AtomicU64,
+    /// Gauge: the most work items ever outstanding at once.
+    pub outstanding_peak: AtomicU64,
     fallbacks: [AtomicU64; SyncReason::ALL.len()],
 }
 
@@ -129,6 +133,10 @@ pub struct ApfCountersSnapshot {
     pub ready_write_failed: u64,
     /// See [`ApfCounters::drained`].
     pub drained: u64,
+    /// See [`ApfCounters::outstanding`].
+    pub outstanding: u64,
+    /// See [`ApfCounters::outstanding_peak`].
+    pub outstanding_peak: u64,
     /// Synchronous fallbacks by reason, in [`SyncReason::ALL`] order.
     pub fallbacks: [u64; SyncReason::ALL.len()],
 }
@@ -154,6 +162,12 @@ impl ApfCounters {
         bump(&self.fallbacks[reason.index()]);
     }
 
+    /// Records the number of work items outstanding now.
+    pub(crate) fn set_outstanding(&self, n: u64) {
+        self.outstanding.store(n, Ordering::Relaxed);
+        self.outstanding_peak.fetch_max(n, Ordering::Relaxed);
+    }
+
     /// Takes a snapshot.
     pub fn snapshot(&self) -> ApfCountersSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -170,6 +184,8 @@ impl ApfCounters {
             spurious_acks: r(&self.spurious_acks),
             ready_write_failed: r(&self.ready_write_failed),
             drained: r(&self.drained),
+            outstanding: r(&self.outstanding),
+            outstanding_peak: r(&self.outstanding_peak),
             fallbacks: std::array::from_fn(|i| r(&self.fallbacks[i])),
         }
     }

@@ -111,6 +111,9 @@ pub fn spawn<R: GuestRam + 'static>(
             if !spec.apf_separate_ready {
                 apf.limit_to_v1_0();
             }
+            if let Some(live) = machine.live(spec.index) {
+                live.set_apf(Arc::clone(apf.counters()));
+            }
             let ram = make_ram(Arc::clone(&waker), Arc::clone(apf.port()));
             let _ = tx.send(Arc::clone(&waker));
             start.wait();
@@ -291,7 +294,11 @@ impl<R: GuestRam> Vcpu<R> {
             waker: &self.waker,
             mmio: 0,
         };
+        let retired = self.cpu.retired();
         let exit = self.cpu.run(&mut bus, self.spec.slice);
+        if let Some(live) = self.machine.live(self.spec.index) {
+            live.add_retired(self.cpu.retired().wrapping_sub(retired));
+        }
         self.stats.exits.mmio += bus.mmio;
         self.stats.guest += t.elapsed();
 

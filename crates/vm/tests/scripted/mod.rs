@@ -433,3 +433,38 @@ pub const HOSTILE_DISABLE_IN_FLIGHT: Image = Image {
     optional: &[],
     fallback: &[],
 };
+
+/// Two vCPUs fighting over one shared block; block addresses off the 64-byte grid.
+pub const HOSTILE_BLOCKS: Image = Image {
+    name: "hostile_blocks",
+    vcpus: 2,
+    checks: &[
+        "gic_setup",
+        "cpu1_on",
+        "owner_enable",
+        "owner_wake_all",
+        "gic_setup_secondary",
+        "overlap",
+        "overlap_send_always",
+        "overlap_abi_1_0",
+        "overlap_block_untouched",
+        "adjacent_block",
+        "adjacent_wake_all",
+        "adjacent_disable",
+        "unaligned_plus_8",
+        "unaligned_plus_16",
+        "unaligned_plus_32",
+        "unaligned_plus_2_is_send_always",
+        "unaligned_plus_2_wake_all_at_block",
+        "unaligned_plus_2_disable",
+        "adjacent_leaves_neighbour_alone",
+        "owner_disable",
+        "freed_block_taken",
+        "freed_block_wake_all",
+        "overlap_after_handover",
+        "owner_still_disabled",
+        "taker_disable",
+    ],
+    optional: &[],
+    fallback: &[],
+};
