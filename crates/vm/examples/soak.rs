@@ -137,7 +137,7 @@ fn main() {
     let image = std::fs::read(image_path).unwrap_or_else(|e| panic!("{image_path}: {e}"));
     let config = config();
     println!(
-        "soak: {VCPUS} vCPUs x {TASKS} tasks on {} host cores, {secs} s, RAM {} budget {} store {:?}",
+        "soak: {VCPUS} vCPUs x {TASKS} tasks on {} host cores, {secs} s, RAM {} budget {}, store latency {}",
         std::thread::available_parallelism().map_or(0, usize::from),
         config.ram,
         config.budget,
