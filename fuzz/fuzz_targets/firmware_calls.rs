@@ -31,7 +31,10 @@ use apf_host::psci::{PowerState, Psci, PsciAction, enter_cpu};
 use apf_host::regs::{GuestRegs, PSTATE_EL1H_MASKED, PlainRegs};
 use apf_host::sdei::{SDEI_EVENT_SW_SIGNALED, SdeiVcpu};
 use apf_host::smccc::{AsyncPfService, Firmware, SmcccExit, dispatch};
+use input::Input;
 use libfuzzer_sys::fuzz_target;
+
+mod input;
 
 const VCPUS: usize = 2;
 const RAM_BYTES: usize = 0x4000;
@@ -107,17 +110,9 @@ const FUNCTIONS: [u32; 34] = [
     0xC400_0033,
 ];
 
-/// Reads the fuzzer's bytes; past the end, zeros.
-struct Input<'a>(&'a [u8]);
-
 impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (first, rest) = self.0.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
-        self.0 = rest;
-        first
-    }
     fn word(&mut self) -> u64 {
-        u64::from_le_bytes(std::array::from_fn(|_| self.byte()))
+        u64::from_le_bytes(self.bytes())
     }
     fn value(&mut self) -> u64 {
         match usize::from(self.byte()) {
@@ -132,9 +127,6 @@ impl Input<'_> {
             i if i < 250 => 0xC400_0020 + (i as u64 % 0x20),
             _ => self.word(),
         }
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -22,7 +22,10 @@ use apf_abi::sdei::*;
 use apf_abi::smccc::*;
 use apf_vm::config::{ByteSize, ProcessConfig, StoreConfig, StoreKind, VmConfig, WorkloadKind};
 use apf_vm::{RunEnd, RunOptions, run_image};
+use input::Input;
 use libfuzzer_sys::fuzz_target;
+
+mod input;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -98,23 +101,16 @@ const VALUES: [u64; 16] = [
     0x1000,
 ];
 
-struct Input<'a>(&'a [u8]);
-
 impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        let (first, rest) = self.0.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
-        self.0 = rest;
-        first
-    }
     fn word(&mut self) -> u32 {
-        u32::from_le_bytes(std::array::from_fn(|_| self.byte()))
+        u32::from_le_bytes(self.bytes())
     }
     fn value(&mut self) -> u64 {
         let b = usize::from(self.byte());
         match b {
             _ if b < VALUES.len() * 8 => VALUES[b % VALUES.len()],
             _ if b < 240 => b as u64,
-            _ => u64::from(self.word()) | u64::from(self.word()) << 32,
+            _ => u64::from_le_bytes(self.bytes()),
         }
     }
 }
@@ -135,7 +131,7 @@ fn image(input: &mut Input<'_>) -> Vec<u8> {
     }
     words.resize(BODY, 0);
     for _ in 0..MAX_ITEMS {
-        if input.0.is_empty() {
+        if input.is_empty() {
             break;
         }
         let tag = input.byte();
