@@ -62,7 +62,7 @@ struct RunArgs {
     vm: VmArgs,
     /// Boot this flat AArch64 image instead of the built-in guest (loaded at 0x40080000,
     /// entered at EL1h) and stream its console until it powers off or --timeout passes.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["processes", "work", "duration", "console"])]
     image: Option<PathBuf>,
     /// Also write the report as JSON (schema in the README).
     #[arg(long, value_name = "FILE")]
@@ -275,6 +275,15 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
             echo_console: true,
         },
     )?;
+    if let Some(json) = &args.json {
+        // The image brings its own programs: the report has no processes.
+        let config = VmConfig {
+            processes: Vec::new(),
+            ..config
+        };
+        let label = if config.apf { "APF on" } else { "APF off" };
+        write_json(json, "run", &[RunReport::new(label, &config, &run)])?;
+    }
     let wall = table::secs(run.wall.as_secs_f64());
     match run.end {
         RunEnd::SystemOff => {
