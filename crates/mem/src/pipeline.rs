@@ -109,16 +109,69 @@ struct Queued {
     slot: Slot,
 }
 
+/// A FIFO with an express lane. A request a thread is blocked on stops a whole
+/// vCPU (a synchronous fault) or a host access, where an asynchronous one only
+/// parks one guest process: it goes ahead of every asynchronous request queued,
+/// in order among its kind. There is at most one per blocked thread, so the rest
+/// cannot starve behind them.
+#[derive(Debug)]
+pub(crate) struct ExpressFifo<T> {
+    express: VecDeque<T>,
+    rest: VecDeque<T>,
+}
+
+impl<T> ExpressFifo<T> {
+    fn new() -> Self {
+        ExpressFifo {
+            express: VecDeque::new(),
+            rest: VecDeque::new(),
+        }
+    }
+
+    /// Queues `item` at the back of its lane.
+    pub(crate) fn push(&mut self, item: T, express: bool) {
+        if express {
+            self.express.push_back(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    /// Moves the first ordinary item that `is_it` picks to the back of the express
+    /// lane (a blocked thread now waits for it too).
+    pub(crate) fn promote(&mut self, is_it: impl Fn(&T) -> bool) {
+        if let Some(at) = self.rest.iter().position(is_it)
+            && let Some(item) = self.rest.remove(at)
+        {
+            self.express.push_back(item);
+        }
+    }
+
+    /// The next item: express first.
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        self.express.pop_front().or_else(|| self.rest.pop_front())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.express.len() + self.rest.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct PipeState {
     next_tag: u64,
     next_waiter: u64,
     inflight: HashMap<u64, Inflight>,
-    backlog: VecDeque<Queued>,
+    backlog: ExpressFifo<Queued>,
     /// Waiters of each page being fetched.
     fetches: HashMap<usize, Vec<Waiter>>,
-    /// Pages being fetched that wait for a frame, oldest first.
-    pub(crate) frame_waiters: VecDeque<usize>,
+    /// Pages being fetched that wait for a frame, oldest first (those a thread
+    /// is blocked on before the rest).
+    pub(crate) frame_waiters: ExpressFifo<usize>,
     outcomes: HashMap<u64, Result<(), FetchError>>,
     writes_done: HashMap<u64, WriteOutcome>,
     role_held: bool,
@@ -152,9 +205,9 @@ impl Pipeline {
                 next_tag: 1,
                 next_waiter: 1,
                 inflight: HashMap::new(),
-                backlog: VecDeque::new(),
+                backlog: ExpressFifo::new(),
                 fetches: HashMap::new(),
-                frame_waiters: VecDeque::new(),
+                frame_waiters: ExpressFifo::new(),
                 outcomes: HashMap::new(),
                 writes_done: HashMap::new(),
                 role_held: false,
@@ -211,12 +264,13 @@ impl Inner {
                 // only start once it is in the store (or untouched again).
                 State::Dropping => g = g.wait_change(),
                 State::Fetching => {
-                    self.pipe
-                        .state()
-                        .fetches
-                        .entry(index)
-                        .or_default()
-                        .push(waiter);
+                    let mut st = self.pipe.state();
+                    if pin_for {
+                        st.backlog
+                            .promote(|q| q.page == index && q.kind == IoKind::Read);
+                        st.frame_waiters.promote(|&i| i == index);
+                    }
+                    st.fetches.entry(index).or_default().push(waiter);
                     bump(&c.joined);
                     return FetchStart::Joined;
                 }
@@ -242,14 +296,17 @@ impl Inner {
                     if framed {
                         let slot = Slot(g.word.slot().expect("checked above"));
                         let tag = next_tag(&mut st);
-                        st.backlog.push_back(Queued {
-                            tag,
-                            kind: IoKind::Read,
-                            page: index,
-                            slot,
-                        });
+                        st.backlog.push(
+                            Queued {
+                                tag,
+                                kind: IoKind::Read,
+                                page: index,
+                                slot,
+                            },
+                            pin_for,
+                        );
                     } else {
-                        st.frame_waiters.push_back(index);
+                        st.frame_waiters.push(index, pin_for);
                     }
                     drop(st);
                     drop(g);
@@ -587,12 +644,18 @@ impl Inner {
                     g.word.set_framed(true);
                     let mut st = self.pipe.state();
                     let tag = next_tag(&mut st);
-                    st.backlog.push_back(Queued {
-                        tag,
-                        kind: IoKind::Read,
-                        page: index,
-                        slot: Slot(slot),
+                    let express = st.fetches.get(&index).is_some_and(|waiters| {
+                        waiters.iter().any(|w| matches!(w, Waiter::Blocking(_)))
                     });
+                    st.backlog.push(
+                        Queued {
+                            tag,
+                            kind: IoKind::Read,
+                            page: index,
+                            slot: Slot(slot),
+                        },
+                        express,
+                    );
                 }
             }
         }
@@ -625,12 +688,15 @@ impl Inner {
                 .iter()
                 .map(|&(page, slot)| {
                     let tag = next_tag(&mut st);
-                    st.backlog.push_back(Queued {
-                        tag,
-                        kind: IoKind::Write,
-                        page,
-                        slot,
-                    });
+                    st.backlog.push(
+                        Queued {
+                            tag,
+                            kind: IoKind::Write,
+                            page,
+                            slot,
+                        },
+                        false,
+                    );
                     tag
                 })
                 .collect()
@@ -754,4 +820,36 @@ impl Inner {
 fn next_tag(st: &mut PipeState) -> u64 {
     st.next_tag += 1;
     st.next_tag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExpressFifo;
+
+    fn drain(q: &mut ExpressFifo<u32>) -> Vec<u32> {
+        std::iter::from_fn(|| q.pop_front()).collect()
+    }
+
+    #[test]
+    fn express_items_go_first_and_each_lane_keeps_its_order() {
+        let mut q = ExpressFifo::new();
+        for (item, express) in [(1, false), (2, true), (3, false), (4, true), (5, false)] {
+            q.push(item, express);
+        }
+        assert_eq!(q.len(), 5);
+        assert_eq!(drain(&mut q), [2, 4, 1, 3, 5]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_promoted_item_joins_the_back_of_the_express_lane() {
+        let mut q = ExpressFifo::new();
+        for (item, express) in [(1, false), (2, true), (3, false), (4, false)] {
+            q.push(item, express);
+        }
+        q.promote(|&i| i == 3);
+        q.promote(|&i| i == 2); // already express: nothing moves
+        q.promote(|&i| i == 9); // not queued: nothing happens
+        assert_eq!(drain(&mut q), [2, 3, 1, 4]);
+    }
 }
