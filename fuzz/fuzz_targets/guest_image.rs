@@ -20,7 +20,7 @@ use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_BASE};
 use apf_abi::psci::*;
 use apf_abi::sdei::*;
 use apf_abi::smccc::*;
-use apf_vm::config::{ByteSize, ProcessConfig, StoreConfig, StoreKind, VmConfig, WorkloadKind};
+use apf_vm::config::{ByteSize, StoreConfig, StoreKind, VmConfig};
 use apf_vm::{RunEnd, RunOptions, run_image};
 use input::Input;
 use libfuzzer_sys::fuzz_target;
@@ -168,12 +168,7 @@ fuzz_target!(|data: &[u8]| {
             latency: apf_vm::config::Span(Duration::ZERO),
             ..StoreConfig::default()
         },
-        processes: vec![ProcessConfig {
-            kind: WorkloadKind::Calc,
-            vcpu: 0,
-            mem: ByteSize(0),
-            work: 1,
-        }],
+        processes: Vec::new(),
         duration: None,
         seed: u64::from(setup),
     };

@@ -3,7 +3,7 @@
 //!   one trip guest → host → guest through the run loop and the SMCCC dispatcher;
 //! - halt-to-wake latency of a vCPU in WFI woken by another vCPU's SGI.
 
-use apf_vm::config::{ByteSize, ProcessConfig, StoreConfig, StoreKind, VmConfig, WorkloadKind};
+use apf_vm::config::{ByteSize, StoreConfig, StoreKind, VmConfig};
 use apf_vm::{RunEnd, RunOptions, run_image};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
@@ -33,12 +33,7 @@ fn config(vcpus: u32) -> VmConfig {
             kind: StoreKind::Mem,
             ..StoreConfig::default()
         },
-        processes: vec![ProcessConfig {
-            kind: WorkloadKind::Calc,
-            vcpu: 0,
-            mem: ByteSize(0),
-            work: 1,
-        }],
+        processes: Vec::new(),
         ..VmConfig::default()
     }
 }

@@ -14,7 +14,7 @@
 
 use apf_abi::platform::RAM_BASE;
 use apf_host::apf::SyncReason;
-use apf_vm::config::{ByteSize, ProcessConfig, Span, StoreConfig, VmConfig, WorkloadKind};
+use apf_vm::config::{ByteSize, Span, StoreConfig, VmConfig};
 use apf_vm::{Live, RunOptions, run_image_observed};
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -117,13 +117,7 @@ fn config() -> VmConfig {
             latency: Span(Duration::from_millis(1)),
             ..StoreConfig::default()
         },
-        // The image does not read the boot block; a VmConfig needs a process.
-        processes: vec![ProcessConfig {
-            kind: WorkloadKind::Calc,
-            vcpu: 0,
-            mem: ByteSize(0),
-            work: 1,
-        }],
+        processes: Vec::new(),
         duration: None,
         seed: 1,
     }

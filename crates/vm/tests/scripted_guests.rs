@@ -10,7 +10,7 @@ mod scripted;
 
 use apf_host::apf::{ApfCountersSnapshot, SyncReason};
 use apf_vm::VmRun;
-use apf_vm::config::{ByteSize, ProcessConfig, Span, StoreConfig, VmConfig, WorkloadKind};
+use apf_vm::config::{ByteSize, Span, StoreConfig, VmConfig};
 use scripted::Image;
 use std::time::Duration;
 
@@ -20,8 +20,7 @@ const HANG_GUARD: Duration = Duration::from_secs(600);
 
 /// A VM for an image: RAM as `guest/tests/rt.h` assumes (TEST_RAM_SIZE), APF
 /// offered with the separate ready channel, the default page-ready PPI (17). The
-/// images do not read the boot block; the process is there because a VmConfig
-/// must have one.
+/// images bring their own programs: no processes.
 fn vm(image: &Image, budget: u64, store: StoreConfig) -> VmConfig {
     VmConfig {
         vcpus: image.vcpus,
@@ -30,12 +29,7 @@ fn vm(image: &Image, budget: u64, store: StoreConfig) -> VmConfig {
         apf: true,
         separate_ready: true,
         store,
-        processes: vec![ProcessConfig {
-            kind: WorkloadKind::Calc,
-            vcpu: 0,
-            mem: ByteSize(0),
-            work: 1,
-        }],
+        processes: Vec::new(),
         duration: None,
         seed: 1,
     }
