@@ -368,8 +368,12 @@ fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
         },
         points: Vec::new(),
     };
-    for (label, config) in &points {
+    // Every point is checked before the first runs: a bad one found after an
+    // hour of runs would waste them.
+    for (_, config) in &points {
         config.validate().map_err(VmArgsError::from)?;
+    }
+    for (label, config) in &points {
         let (off, on) = off_and_on(config, &format!("{label}, "), args.timeout.0)?;
         sweep.points.push((label.clone(), off, on));
     }

@@ -323,6 +323,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bad.toml") && !e.contains('\n'), "{e}");
+
+        // A file that cannot run as it is, made right by a flag: checked after
+        // the flags, not before.
+        let small = dir.join("small.toml");
+        std::fs::write(
+            &small,
+            "ram = \"32MiB\"\nbudget = \"16MiB\"\n[[processes]]\nkind = \"scan\"\nmem = \"48MiB\"\nwork = 1\n",
+        )
+        .unwrap();
+        let from_file = |ram: Option<ByteSize>| {
+            VmArgs {
+                config: Some(small.clone()),
+                ram,
+                ..VmArgs::default()
+            }
+            .config(VmConfig::default())
+        };
+        let e = from_file(None).unwrap_err().to_string();
+        assert!(e.contains("raise ram"), "{e}");
+        let c = from_file(Some(ByteSize(128 << 20))).unwrap();
+        assert_eq!(c.ram, ByteSize(128 << 20));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
