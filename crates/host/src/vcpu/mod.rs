@@ -275,6 +275,10 @@ impl<R: GuestRam> Vcpu<R> {
     }
 
     fn step(&mut self, apf: &mut ApfControl) -> Next {
+        // Consume kicks before looking at what they announce: a completion or a
+        // shootdown that lands while this step looks still ends the slice. (Our own
+        // PPI changes below kick us too; that costs one short slice.)
+        self.waker.clear();
         if self.ram.sync() {
             self.cpu.invalidate_all_decoded();
         }
@@ -283,7 +287,6 @@ impl<R: GuestRam> Vcpu<R> {
             apf.on_not_present_delivered();
         }
         self.update_timer_lines();
-        self.waker.clear();
         self.cpu.set_irq_line(self.icc.irq_line());
 
         let t = Instant::now();
@@ -347,12 +350,14 @@ impl<R: GuestRam> Vcpu<R> {
 
     fn update_timer_lines(&mut self) {
         let lines = self.cpu.timer_irq_lines();
-        if lines != self.timer_lines {
-            let gic = &self.machine.gic;
+        let gic = &self.machine.gic;
+        if lines.virt != self.timer_lines.virt {
             let _ = gic.set_ppi_level(self.spec.index, PPI_TIMER_VIRT, lines.virt);
-            let _ = gic.set_ppi_level(self.spec.index, PPI_TIMER_PHYS, lines.phys);
-            self.timer_lines = lines;
         }
+        if lines.phys != self.timer_lines.phys {
+            let _ = gic.set_ppi_level(self.spec.index, PPI_TIMER_PHYS, lines.phys);
+        }
+        self.timer_lines = lines;
     }
 
     fn cntfrq(&self) -> u64 {
