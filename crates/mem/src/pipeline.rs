@@ -164,7 +164,6 @@ impl<T> ExpressFifo<T> {
 #[derive(Debug)]
 pub(crate) struct PipeState {
     next_tag: u64,
-    next_waiter: u64,
     inflight: HashMap<u64, Inflight>,
     backlog: ExpressFifo<Queued>,
     /// Waiters of each page being fetched.
@@ -194,6 +193,8 @@ pub(crate) struct Pipeline {
     reaper: Condvar,
     /// Requests in the store now (a cheap check for pollers).
     in_store: crate::sync::AtomicUsize,
+    /// Names blocked waiters (their outcomes are left under it).
+    next_waiter: crate::sync::AtomicU64,
     depth: usize,
 }
 
@@ -203,7 +204,6 @@ impl Pipeline {
         Pipeline {
             st: Mutex::new(PipeState {
                 next_tag: 1,
-                next_waiter: 1,
                 inflight: HashMap::new(),
                 backlog: ExpressFifo::new(),
                 fetches: HashMap::new(),
@@ -220,6 +220,7 @@ impl Pipeline {
             dispatched: Condvar::new(),
             reaper: Condvar::new(),
             in_store: crate::sync::AtomicUsize::new(0),
+            next_waiter: crate::sync::AtomicU64::new(1),
             depth,
         }
     }
@@ -329,11 +330,7 @@ impl Inner {
     /// caller, who must [`Inner::unpin`] it. The caller must not be an unparked vCPU.
     pub(crate) fn fetch_pinned(&self, index: usize) -> Result<(), FetchError> {
         bump(&self.counters.fetch.blocking);
-        let id = {
-            let mut st = self.pipe.state();
-            st.next_waiter += 1;
-            st.next_waiter
-        };
+        let id = self.pipe.next_waiter.fetch_add(1, Ordering::Relaxed);
         match self.start_fetch(index, Waiter::Blocking(id)) {
             FetchStart::AlreadyResident => Ok(()),
             FetchStart::NotRam => Err(FetchError::NotRam {

@@ -86,8 +86,13 @@ impl Frames {
 #[derive(Debug)]
 pub(crate) struct Reclaim {
     wanted: AtomicBool,
-    m: Mutex<usize>,
+    /// Guards the wake-up only: a fault that kicks the reclaimer takes it, so it
+    /// is never held across a scan.
+    m: Mutex<()>,
     cv: Condvar,
+    /// The clock hand (only the reclaimer moves it; a lock of its own keeps the
+    /// scan off the kickers' lock).
+    hand: Mutex<usize>,
     /// Held for the whole of a batch, so checks can see a state between batches.
     pub(crate) batch: Mutex<()>,
     /// Why the last page could not be evicted, for the error of a fetch that
@@ -99,8 +104,9 @@ impl Reclaim {
     pub(crate) fn new() -> Reclaim {
         Reclaim {
             wanted: AtomicBool::new(false),
-            m: Mutex::new(0),
+            m: Mutex::new(()),
             cv: Condvar::new(),
+            hand: Mutex::new(0),
             batch: Mutex::new(()),
             last_error: Mutex::new(None),
         }
@@ -330,7 +336,7 @@ impl Inner {
     fn choose_victims(&self) -> Vec<Victim> {
         let n = self.pages.len();
         let want = usize::try_from(self.frames.batch).unwrap_or(usize::MAX);
-        let mut hand = lock(&self.reclaim.m);
+        let mut hand = lock(&self.reclaim.hand);
         let mut victims = Vec::new();
         for _ in 0..2 * n {
             if victims.len() >= want {
