@@ -45,7 +45,7 @@ const SIGTRAP: u32 = 5;
 const SIGBUS: u32 = 7;
 const SIGSEGV: u32 = 11;
 const SIGVTALRM: u32 = 26;
-/// Compared cases per class by default: 9 classes x 12,000 > 100k.
+/// Compared cases per class by default: every class x 12,000 > 100k.
 const DEFAULT_CASES_PER_CLASS: usize = 12_000;
 const BATCH: usize = 6_000;
 
