@@ -215,18 +215,6 @@ pub struct PageCounts {
     pub fetching: u64,
 }
 
-impl PageCounts {
-    /// Sum over states: always the pages of guest RAM.
-    pub fn total(&self) -> u64 {
-        self.untouched
-            + self.resident
-            + self.evicting
-            + self.dropping
-            + self.in_store
-            + self.fetching
-    }
-}
-
 /// A snapshot of guest memory's figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemMetrics {

@@ -119,7 +119,6 @@ fn run(
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let m = mem.metrics();
     prop_assert!(m.frames_used <= budget);
-    prop_assert_eq!(m.pages.total(), pages);
     Ok(m)
 }
 
