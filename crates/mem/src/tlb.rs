@@ -309,16 +309,21 @@ impl VcpuTlb {
         };
         match inner.fault(index, write) {
             Some(writable) => {
-                let page = gpa & !OFFSET_MASK;
-                self.entries[slot_of(gpa)] = Entry {
-                    read_tag: page,
-                    write_tag: if writable { page } else { INVALID },
-                    host: inner.ram.page_ptr(index),
-                };
+                self.map(gpa, index, writable);
                 Resolve::Mapped
             }
             None => Resolve::NeedsFetch(gfn),
         }
+    }
+
+    /// Fills the entry for `gpa`'s page (guest RAM page `index`), writable or not.
+    fn map(&mut self, gpa: u64, index: usize, writable: bool) {
+        let page = gpa & !OFFSET_MASK;
+        self.entries[slot_of(gpa)] = Entry {
+            read_tag: page,
+            write_tag: if writable { page } else { INVALID },
+            host: self.mem.inner.ram.page_ptr(index),
+        };
     }
 
     /// Brings page `gfn` in on this thread (APF off, or a fallback): joins a fetch
@@ -340,9 +345,10 @@ impl VcpuTlb {
         if r.is_ok() {
             // Pinned, so it is still resident: map it before letting go (a parked
             // caller maps it on its next resolve).
+            // (Not through `resolve`: that would count a second fault.)
             if !self.parked {
-                let mapped = self.resolve(gfn << PAGE_SHIFT, false);
-                debug_assert_eq!(mapped, Resolve::Mapped);
+                let writable = self.mem.inner.pages.lock(index).word.dirty();
+                self.map(gfn << PAGE_SHIFT, index, writable);
             }
             self.mem.inner.unpin(index);
         }

@@ -154,6 +154,34 @@ fn pages_survive_eviction_and_come_back() {
 }
 
 #[test]
+fn a_page_read_back_synchronously_is_one_fault() {
+    let mem = memory(16, 2);
+    let mut tlb = mem.vcpu_tlb();
+    for p in 0..16 {
+        write(&mut tlb, BASE + p * PAGE, AccessSize::Double, 100 + p).unwrap();
+        tlb.sync();
+    }
+    let gpa = (0..16)
+        .map(|p| BASE + p * PAGE)
+        .find(|&gpa| tlb.resolve(gpa, false) != Resolve::Mapped)
+        .expect("a page in the store");
+    let before = mem.metrics().faults;
+    // The run loop's way: the fault, the page read on this thread, the retry.
+    assert_eq!(tlb.resolve(gpa, false), Resolve::NeedsFetch(gpa >> 12));
+    tlb.fetch_blocking(gpa >> 12).unwrap();
+    assert_eq!(
+        tlb.read(gpa, AccessSize::Double),
+        Ok(100 + (gpa - BASE) / PAGE)
+    );
+    let after = mem.metrics().faults;
+    assert_eq!(after.needs_fetch, before.needs_fetch + 1);
+    assert_eq!(
+        after.resident, before.resident,
+        "the page fetched was mapped, not faulted again"
+    );
+}
+
+#[test]
 fn never_written_pages_leave_without_io() {
     let mem = memory(64, 4);
     let mut tlb = mem.vcpu_tlb();
