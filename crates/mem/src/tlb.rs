@@ -434,11 +434,6 @@ impl VcpuTlb {
         true
     }
 
-    /// Whether the vCPU is parked.
-    pub fn is_parked(&self) -> bool {
-        self.parked
-    }
-
     /// Drops every mapping.
     pub fn flush(&mut self) {
         self.entries.fill(EMPTY);

@@ -184,12 +184,6 @@ impl FileStore {
     pub fn uses_io_uring(&self) -> bool {
         matches!(self.engine, Engine::Uring(_))
     }
-
-    /// Grows the file to `slots` pages so reads of never-written slots are
-    /// defined (zeros); used by benchmarks that read a prepared file.
-    pub fn preallocate(&self, slots: u32) -> io::Result<()> {
-        self.file.set_len(u64::from(slots) * apf_abi::PAGE_SIZE)
-    }
 }
 
 fn create_file(path: Option<&Path>) -> Result<(File, PathBuf, String), StoreOpenError> {

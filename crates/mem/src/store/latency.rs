@@ -83,11 +83,6 @@ impl<S: Store> LatencyStore<S> {
         }
     }
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
     fn sample(&self) -> Duration {
         match self.latency {
             Latency::Fixed(d) => d,

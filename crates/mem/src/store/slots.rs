@@ -73,11 +73,6 @@ impl SlotAllocator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .in_use
     }
-
-    /// Slots the allocator may hand out.
-    pub fn capacity(&self) -> u32 {
-        self.capacity
-    }
 }
 
 #[cfg(test)]
