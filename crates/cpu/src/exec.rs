@@ -67,6 +67,16 @@ fn add_with_carry(x: u64, y: u64, carry: bool, sf: bool) -> (u64, u64) {
     }
 }
 
+/// `x + y` or `x - y` (as `x + !y + 1`) with its flags.
+#[inline]
+fn add_or_sub(x: u64, y: u64, sub: bool, sf: bool) -> (u64, u64) {
+    if sub {
+        add_with_carry(x, !y, true, sf)
+    } else {
+        add_with_carry(x, y, false, sf)
+    }
+}
+
 /// NZ of a logical result, C and V clear.
 #[inline]
 fn logic_flags(r: u64, sf: bool) -> u64 {
@@ -362,24 +372,7 @@ impl Cpu {
                 sub,
                 flags,
             } => {
-                let x = self.r(n);
-                let y = u64::from(imm);
-                if !flags {
-                    let r = if sub {
-                        x.wrapping_sub(y)
-                    } else {
-                        x.wrapping_add(y)
-                    };
-                    self.w(d, r & mask(sf));
-                } else {
-                    let (r, f) = if sub {
-                        add_with_carry(x, !y, true, sf)
-                    } else {
-                        add_with_carry(x, y, false, sf)
-                    };
-                    self.pstate.nzcv = f;
-                    self.w(d, r);
-                }
+                self.add_sub(d, self.r(n), u64::from(imm), sf, sub, flags);
                 Flow::Next
             }
             Op::AddShifted {
@@ -589,12 +582,7 @@ impl Cpu {
             } => {
                 if self.pstate.holds(cond) {
                     let y = if imm { u64::from(m) } else { self.r(m) };
-                    let (_, f) = if sub {
-                        add_with_carry(self.r(n), !y, true, sf)
-                    } else {
-                        add_with_carry(self.r(n), y, false, sf)
-                    };
-                    self.pstate.nzcv = f;
+                    self.pstate.nzcv = add_or_sub(self.r(n), y, sub, sf).1;
                 } else {
                     self.pstate.nzcv = u64::from(nzcv) << 28;
                 }
@@ -612,50 +600,25 @@ impl Cpu {
                 Flow::Next
             }
 
-            Op::B { offset } => {
-                self.pc = self.pc.wrapping_add(i64::from(offset) as u64);
-                Flow::Jump
-            }
+            Op::B { offset } => self.branch_if(true, offset),
             Op::Bl { offset } => {
                 self.regs[30] = self.pc.wrapping_add(4);
-                self.pc = self.pc.wrapping_add(i64::from(offset) as u64);
-                Flow::Jump
+                self.branch_if(true, offset)
             }
-            Op::BCond { cond, offset } => {
-                if self.pstate.holds(cond) {
-                    self.pc = self.pc.wrapping_add(i64::from(offset) as u64);
-                    Flow::Jump
-                } else {
-                    Flow::Next
-                }
-            }
+            Op::BCond { cond, offset } => self.branch_if(self.pstate.holds(cond), offset),
             Op::Cbz {
                 t,
                 offset,
                 nonzero,
                 sf,
-            } => {
-                if (self.r(t) & mask(sf) != 0) == nonzero {
-                    self.pc = self.pc.wrapping_add(i64::from(offset) as u64);
-                    Flow::Jump
-                } else {
-                    Flow::Next
-                }
-            }
+            } => self.branch_if((self.r(t) & mask(sf) != 0) == nonzero, offset),
             Op::Tbz {
                 t,
                 bit,
                 offset,
                 nonzero,
-            } => {
-                if ((self.r(t) >> bit) & 1 != 0) == nonzero {
-                    self.pc = self.pc.wrapping_add(i64::from(offset) as u64);
-                    Flow::Jump
-                } else {
-                    Flow::Next
-                }
-            }
-            Op::Br { n } => {
+            } => self.branch_if(((self.r(t) >> bit) & 1 != 0) == nonzero, offset),
+            Op::Br { n } | Op::Ret { n } => {
                 self.pc = self.r(n);
                 Flow::Jump
             }
@@ -663,10 +626,6 @@ impl Cpu {
                 let target = self.r(n);
                 self.regs[30] = self.pc.wrapping_add(4);
                 self.pc = target;
-                Flow::Jump
-            }
-            Op::Ret { n } => {
-                self.pc = self.r(n);
                 Flow::Jump
             }
             Op::Eret => {
@@ -1001,14 +960,21 @@ impl Cpu {
         self.w(d, r);
     }
 
+    /// A PC-relative branch, taken when `cond` holds.
+    #[inline]
+    fn branch_if(&mut self, cond: bool, offset: i32) -> Flow {
+        if cond {
+            self.pc = self.pc.wrapping_add(i64::from(offset) as u64);
+            Flow::Jump
+        } else {
+            Flow::Next
+        }
+    }
+
     #[inline(always)]
     fn add_sub(&mut self, d: u8, x: u64, y: u64, sf: bool, sub: bool, flags: bool) {
         if flags {
-            let (r, f) = if sub {
-                add_with_carry(x, !y, true, sf)
-            } else {
-                add_with_carry(x, y, false, sf)
-            };
+            let (r, f) = add_or_sub(x, y, sub, sf);
             self.pstate.nzcv = f;
             self.w(d, r);
         } else {
