@@ -24,7 +24,7 @@ use apf_abi::psci::*;
 use apf_abi::sdei::*;
 use apf_abi::smccc::*;
 use apf_host::apf::{
-    ApfCommand, ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
+    ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
     SdeiCancelError, SdeiInjectError,
 };
 use apf_host::psci::{PowerState, Psci, PsciAction, enter_cpu};
@@ -434,14 +434,9 @@ impl World {
                 start: None,
             });
             if offered {
-                for command in [
-                    ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-                    ApfCommand::SetIrq(u64::from(APF_DEFAULT_PPI)),
-                ] {
-                    let (apf, mut view) = world.split(index);
-                    apf.command(&mut view, command)
-                        .expect("the VMM's settings are valid");
-                }
+                let (apf, mut view) = world.split(index);
+                apf.configure(&mut view, SDEI_EVENT_ASYNC_PF, APF_DEFAULT_PPI)
+                    .expect("the VMM's settings are valid");
             }
         }
         world.power_on(0, RAM_BASE, 0);

@@ -4,7 +4,7 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
 
 /// Takes `faults` faults, completes them in reverse on another thread, and prints
 /// every step and the counters.
@@ -12,12 +12,8 @@ pub fn engine_demo(faults: u64) -> Result<(), String> {
     const BLOCK: u64 = 0x4000_0400;
     let mut engine = ApfControl::new(0, true);
     let mut vcpu = FakeVcpu::new(0x1000);
-    let sdei = u64::from(SDEI_EVENT_ASYNC_PF);
     engine
-        .command(&mut vcpu, ApfCommand::SetSdei(sdei))
-        .map_err(|e| e.to_string())?;
-    engine
-        .command(&mut vcpu, ApfCommand::SetIrq(17))
+        .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, 17)
         .map_err(|e| e.to_string())?;
     let raw = BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY;
     let r = engine.hypercall(&mut vcpu, ASYNC_PF_FUNC_ENABLE, raw, 0);

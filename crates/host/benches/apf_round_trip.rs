@@ -6,7 +6,7 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -16,12 +16,8 @@ fn setup(separate: bool) -> (ApfControl, FakeVcpu) {
     let mut engine = ApfControl::new(0, true);
     let mut vcpu = FakeVcpu::new(0x1000);
     engine
-        .command(
-            &mut vcpu,
-            ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-        )
+        .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, 17)
         .unwrap();
-    engine.command(&mut vcpu, ApfCommand::SetIrq(17)).unwrap();
     let flags = CONTROL_ENABLED | if separate { CONTROL_SEPARATE_READY } else { 0 };
     engine.hypercall(&mut vcpu, ASYNC_PF_FUNC_ENABLE, BLOCK | flags, 0);
     vcpu.guest_ppi_handler(BLOCK, separate);

@@ -53,14 +53,8 @@ impl Rig {
         let mut engine = ApfControl::new(vcpu_id, true);
         let mut vcpu = FakeVcpu::new(0x10000);
         engine
-            .command(
-                &mut vcpu,
-                ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-            )
-            .expect("SET_SDEI");
-        engine
-            .command(&mut vcpu, ApfCommand::SetIrq(u64::from(PPI)))
-            .expect("SET_IRQ");
+            .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, PPI)
+            .expect("SET_SDEI, SET_IRQ");
         Rig {
             engine,
             vcpu,

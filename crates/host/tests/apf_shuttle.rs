@@ -7,7 +7,7 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, AtomicWord, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfControl, AtomicWord, FaultDecision, ItemHandle};
 use shuttle::sync::atomic::AtomicU64 as ShuttleU64;
 use shuttle::thread;
 use std::sync::Arc;
@@ -46,13 +46,7 @@ fn enabled() -> (Engine, FakeVcpu) {
     let mut engine = Engine::new_generic(1, true);
     let mut vcpu = FakeVcpu::new(0x1000);
     engine
-        .command(
-            &mut vcpu,
-            ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-        )
-        .unwrap();
-    engine
-        .command(&mut vcpu, ApfCommand::SetIrq(u64::from(PPI)))
+        .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, PPI)
         .unwrap();
     let raw = BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY;
     assert_eq!(

@@ -6,7 +6,7 @@ use apf_abi::control::CONTROL_ENABLED;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::ASYNC_PF_FUNC_IRQ_ACK;
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
 
 /// A subscriber that records event names, to check that decisions are traced.
 mod trace_capture {
@@ -44,11 +44,9 @@ fn c8_every_decision_is_a_named_trace_event() {
         let block = 0x4000_1000;
         let mut engine = ApfControl::new(0, true);
         let mut vcpu = FakeVcpu::new(0x10000);
-        let sdei = u64::from(SDEI_EVENT_ASYNC_PF);
         engine
-            .command(&mut vcpu, ApfCommand::SetSdei(sdei))
+            .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, 17)
             .unwrap();
-        engine.command(&mut vcpu, ApfCommand::SetIrq(17)).unwrap();
         engine
             .guest_enable(&mut vcpu, block | CONTROL_ENABLED)
             .unwrap();

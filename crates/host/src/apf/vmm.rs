@@ -92,6 +92,18 @@ fn virtual_event(value: u64) -> Option<u32> {
 }
 
 impl<W: AtomicWord> ApfControl<W> {
+    /// The VMM's set-up before the guest runs: SET_SDEI, then SET_IRQ.
+    pub fn configure(
+        &mut self,
+        vcpu: &mut impl ApfVcpu,
+        sdei_event: u32,
+        ppi: u32,
+    ) -> Result<(), ApfCommandError> {
+        self.command(vcpu, ApfCommand::SetSdei(u64::from(sdei_event)))?;
+        self.command(vcpu, ApfCommand::SetIrq(u64::from(ppi)))?;
+        Ok(())
+    }
+
     /// Runs a control-API command; returns the value a GET reads (0 for a SET).
     pub fn command(
         &mut self,

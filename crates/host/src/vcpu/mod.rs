@@ -21,9 +21,7 @@ mod view;
 pub use ram::{FetchStarted, GuestRam, PageLost, RamMiss, RamResolve};
 pub use stats::{ExitCounts, FaultCounts, VcpuStats};
 
-use crate::apf::{
-    ApfCommand, ApfControl, ApfCountersSnapshot, CompletionPort, FaultDecision, ItemHandle,
-};
+use crate::apf::{ApfControl, ApfCountersSnapshot, CompletionPort, FaultDecision, ItemHandle};
 use crate::gic::GicCpuInterface;
 use crate::machine::{Machine, StartRequest, StopReason};
 use crate::psci::{PowerState, PsciAction, enter_cpu};
@@ -165,13 +163,8 @@ impl<R: GuestRam> Vcpu<R> {
             };
             // The VMM's configuration; the spec's values are validated by the
             // control API, and a refusal leaves APF unconfigured (ENABLE fails).
-            for command in [
-                ApfCommand::SetSdei(u64::from(spec.apf_sdei_event)),
-                ApfCommand::SetIrq(u64::from(spec.apf_ppi)),
-            ] {
-                if let Err(e) = apf.command(&mut view, command) {
-                    tracing::error!(vcpu = spec.index, error = %e, "APF configuration refused");
-                }
+            if let Err(e) = apf.configure(&mut view, spec.apf_sdei_event, spec.apf_ppi) {
+                tracing::error!(vcpu = spec.index, error = %e, "APF configuration refused");
             }
         }
         Vcpu {

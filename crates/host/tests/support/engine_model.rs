@@ -69,13 +69,7 @@ impl World {
         let mut engine = ApfControl::new(3, true);
         let mut vcpu = FakeVcpu::new(0x10000);
         engine
-            .command(
-                &mut vcpu,
-                ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-            )
-            .unwrap();
-        engine
-            .command(&mut vcpu, ApfCommand::SetIrq(u64::from(PPI)))
+            .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, PPI)
             .unwrap();
         World {
             engine,
