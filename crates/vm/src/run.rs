@@ -167,6 +167,7 @@ pub struct Live<'a> {
     pub elapsed: Duration,
     machine: &'a Machine,
     memory: &'a GuestMemory,
+    block: Option<BootBlock>,
 }
 
 impl Live<'_> {
@@ -207,10 +208,10 @@ impl Live<'_> {
         self.memory.read_bytes(gpa, buf)
     }
 
-    /// The boot block as the built-in guest keeps it: each process's state and
-    /// progress (meaningless for other images).
-    pub fn boot_block(&self) -> Option<BootBlock> {
-        read_boot_block(self.memory)
+    /// The boot block as the built-in guest keeps it, read this period: each
+    /// process's state and progress (`None` in an image run).
+    pub fn boot_block(&self) -> Option<&BootBlock> {
+        self.block.as_ref()
     }
 }
 
@@ -466,25 +467,42 @@ pub fn run_image_observed(
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
     let handles = start_vcpus(config, &built)?;
-    let mut observer_stopped = false;
-    while !built.machine.stopping() && begin.elapsed() < options.timeout {
-        std::thread::park_timeout(MONITOR_PERIOD);
-        if observe(&built.live(begin)).is_break() {
-            observer_stopped = true;
-            break;
-        }
-    }
+    let observer_stopped = built.monitor(begin, options.timeout, false, observe, |_| {});
     built.machine.stop(StopReason::Host);
     finish(built, handles, begin, None, observer_stopped)
 }
 
 impl Built {
-    fn live(&self, begin: Instant) -> Live<'_> {
-        Live {
-            elapsed: begin.elapsed(),
-            machine: &self.machine,
-            memory: &self.memory,
+    /// Looks at the running VM every [`MONITOR_PERIOD`] until it stops or
+    /// `timeout` passes: shows it to `observe`, then to `tick` (with the boot
+    /// block, read once a period, if `workload`). Returns whether the observer
+    /// ended the run.
+    fn monitor(
+        &self,
+        begin: Instant,
+        timeout: Duration,
+        workload: bool,
+        observe: Observer<'_>,
+        mut tick: impl FnMut(&Live<'_>),
+    ) -> bool {
+        while !self.machine.stopping() && begin.elapsed() < timeout {
+            std::thread::park_timeout(MONITOR_PERIOD);
+            let live = Live {
+                elapsed: begin.elapsed(),
+                machine: &self.machine,
+                memory: &self.memory,
+                block: if workload {
+                    read_boot_block(&self.memory)
+                } else {
+                    None
+                },
+            };
+            if observe(&live).is_break() {
+                return true;
+            }
+            tick(&live);
         }
+        false
     }
 }
 
@@ -548,39 +566,32 @@ pub fn run_workloads_observed(
     let mut work_done_at = None;
     let mut ended_at = vec![None; config.processes.len()];
     let mut stop_sent = false;
-    let mut observer_stopped = false;
-    while !built.machine.stopping() && begin.elapsed() < options.timeout {
-        std::thread::park_timeout(MONITOR_PERIOD);
-        if observe(&built.live(begin)).is_break() {
-            observer_stopped = true;
-            break;
-        }
-        let Some(now) = read_boot_block(&built.memory) else {
-            continue;
+    let observer_stopped = built.monitor(begin, options.timeout, true, observe, |live| {
+        let Some(now) = live.boot_block() else {
+            return;
         };
-        let elapsed = begin.elapsed();
         let ended =
             |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
         for (i, at) in ended_at.iter_mut().enumerate() {
             if at.is_none() && ended(&i) {
-                *at = Some(elapsed);
+                *at = Some(live.elapsed);
             }
         }
         if stop_sent {
-            continue;
+            return;
         }
         let all_done = !finite.is_empty() && finite.iter().all(ended);
         if all_done && work_done_at.is_none() {
-            work_done_at = Some(begin.elapsed());
+            work_done_at = Some(live.elapsed);
         }
-        let out_of_time = config.duration.is_some_and(|d| begin.elapsed() >= d.0);
+        let out_of_time = config.duration.is_some_and(|d| live.elapsed >= d.0);
         if all_done || out_of_time {
             let _ = built
                 .memory
                 .write_bytes(BOOT_BLOCK_GPA + BOOT_OFF_STOP, &1u32.to_le_bytes());
             stop_sent = true;
         }
-    }
+    });
     built.machine.stop(StopReason::Host);
     let block = read_boot_block(&built.memory);
     let mut run = finish(built, handles, begin, work_done_at, observer_stopped)?;
