@@ -359,8 +359,9 @@ impl ApfVcpu for View<'_> {
         assert_eq!(intid, APF_DEFAULT_PPI, "the engine drives only its PPI");
         *self.ppi_levels = (*self.ppi_levels & !(1 << intid)) | (u32::from(level) << intid);
     }
-    fn shared_block_ok(&self, gpa: u64, len: u64) -> bool {
-        // Machine::shared_block_ok: RAM, and not another vCPU's block.
+    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool {
+        // Machine::claim_shared_block without the claim (one thread: the block is
+        // recorded after the call): RAM, and not another vCPU's block.
         self.offset(gpa, len).is_some()
             && self
                 .blocks

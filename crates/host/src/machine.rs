@@ -163,14 +163,25 @@ impl Machine {
         gpa >= self.ram.start && gpa.checked_add(len).is_some_and(|end| end <= self.ram.end)
     }
 
-    /// Whether `gpa` may become vCPU `index`'s APF block: in RAM, and not the block
-    /// of another vCPU.
-    pub fn shared_block_ok(&self, index: usize, gpa: u64, len: u64) -> bool {
-        self.is_ram(gpa, len)
-            && lock(&self.blocks)
-                .iter()
-                .enumerate()
-                .all(|(i, b)| i == index || *b != Some(gpa))
+    /// Makes `gpa` vCPU `index`'s APF block if it may be: in RAM, and not the block
+    /// of another vCPU. The run loop records the outcome of the call after it
+    /// ([`Machine::set_shared_block`]), so a claim whose ENABLE fails later is
+    /// given back.
+    pub fn claim_shared_block(&self, index: usize, gpa: u64, len: u64) -> bool {
+        if !self.is_ram(gpa, len) {
+            return false;
+        }
+        // Checked and recorded under one lock: two vCPUs enabling the same block
+        // at once cannot both get it.
+        let mut blocks = lock(&self.blocks);
+        let free = blocks
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == index || *b != Some(gpa));
+        if free && let Some(b) = blocks.get_mut(index) {
+            *b = Some(gpa);
+        }
+        free
     }
 
     /// Records vCPU `index`'s APF block (`None` when disabled).

@@ -657,7 +657,7 @@ impl<W: AtomicWord> ApfControl<W> {
                     ppi: self.ppi,
                 });
             }
-            if !vcpu.shared_block_ok(word.gpa, SHARED_HOST_WINDOW) {
+            if !vcpu.claim_shared_block(word.gpa, SHARED_HOST_WINDOW) {
                 return Err(EnableError::BadBlock(word.gpa));
             }
         }

@@ -183,7 +183,7 @@ impl ApfVcpu for FakeVcpu {
         }
     }
 
-    fn shared_block_ok(&self, gpa: u64, len: u64) -> bool {
+    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool {
         gpa.is_multiple_of(SHARED_BLOCK_ALIGN) && self.offset(gpa, len).is_some()
     }
 

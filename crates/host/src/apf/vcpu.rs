@@ -49,9 +49,10 @@ pub trait ApfVcpu {
     fn sdei_cancel(&mut self, event: u32) -> Result<(), SdeiCancelError>;
     /// Drives the level of a PPI on this vCPU.
     fn set_ppi_level(&mut self, intid: u32, level: bool);
-    /// Whether `[gpa, gpa + len)` may hold a shared block: ordinary guest RAM, not
-    /// device memory, not another vCPU's block.
-    fn shared_block_ok(&self, gpa: u64, len: u64) -> bool;
+    /// Whether `[gpa, gpa + len)` may hold this vCPU's shared block (ordinary guest
+    /// RAM, not device memory, not another vCPU's block); if so it is reserved for
+    /// this vCPU from now on, so no other vCPU can claim it meanwhile.
+    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool;
     /// Reads a little-endian u32 from guest memory.
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError>;
     /// Writes a little-endian u32 to guest memory.

@@ -73,8 +73,8 @@ impl<R: GuestRam> ApfVcpu for ApfView<'_, R> {
         // The engine only uses the PPI the control API validated.
         let _ = self.machine.gic.set_ppi_level(self.index, intid, level);
     }
-    fn shared_block_ok(&self, gpa: u64, len: u64) -> bool {
-        self.machine.shared_block_ok(self.index, gpa, len)
+    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool {
+        self.machine.claim_shared_block(self.index, gpa, len)
     }
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {
         let mut b = [0u8; 4];

@@ -1,0 +1,51 @@
+//! The platform state the vCPUs share: who owns which APF shared block.
+
+use apf_abi::platform::{RAM_BASE, UART_BASE, UART_INTID};
+use apf_host::gic::{Gic, SpiLine};
+use apf_host::machine::Machine;
+use apf_host::uart::Pl011;
+use std::sync::Arc;
+
+const RAM: u64 = 1 << 20;
+
+fn machine(vcpus: usize) -> Machine {
+    let gic = Arc::new(Gic::new(vcpus).unwrap());
+    let line = SpiLine::new(Arc::clone(&gic), UART_INTID).unwrap();
+    let uart = Pl011::new(Box::new(std::io::sink()), Box::new(line));
+    Machine::new(gic, uart, RAM_BASE..RAM_BASE + RAM)
+}
+
+#[test]
+fn a_block_claimed_by_one_vcpu_is_refused_to_another_until_given_back() {
+    let m = machine(2);
+    let block = RAM_BASE + 0x1000;
+    // No record in between: the claim itself must reserve the block, or two
+    // ENABLEs racing on two vCPUs would both be granted it.
+    assert!(m.claim_shared_block(0, block, 16));
+    assert!(!m.claim_shared_block(1, block, 16));
+    assert!(
+        m.claim_shared_block(0, block, 16),
+        "its owner may claim it again"
+    );
+    assert!(
+        m.claim_shared_block(1, block + 64, 16),
+        "the next block is free"
+    );
+    m.set_shared_block(0, None);
+    assert!(
+        m.claim_shared_block(1, block, 16),
+        "given back, it can be taken"
+    );
+}
+
+#[test]
+fn a_block_outside_ram_is_never_claimed() {
+    let m = machine(1);
+    assert!(!m.claim_shared_block(0, RAM_BASE - 64, 16));
+    assert!(
+        !m.claim_shared_block(0, RAM_BASE + RAM - 8, 16),
+        "runs past the end"
+    );
+    assert!(!m.claim_shared_block(0, UART_BASE, 16));
+    assert!(!m.claim_shared_block(0, u64::MAX - 8, 16), "wraps");
+}
