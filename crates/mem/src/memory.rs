@@ -156,8 +156,8 @@ pub enum InvariantError {
         /// The other.
         b: u64,
     },
-    /// Resident pages exceed the budget.
-    #[error("{used} frames in use exceed the budget of {budget}")]
+    /// Frames in use exceed the budget by more than the counted overruns.
+    #[error("{used} frames in use exceed the budget of {budget} and the counted overruns")]
     OverBudget {
         /// Frames used.
         used: u64,
@@ -388,6 +388,8 @@ impl GuestMemory {
             ram_pages: inner.pages.len() as u64,
             budget_pages: inner.frames.budget(),
             frames_used: inner.frames.used(),
+            frames_peak: inner.frames.peak(),
+            over_budget_reason: lock(&inner.reclaim.over_budget_reason).clone(),
             pages: PageCounts {
                 untouched: c[State::Untouched as usize],
                 resident: c[State::Resident as usize],
@@ -475,13 +477,14 @@ impl GuestMemory {
                 scanned: framed,
             });
         }
-        if used > inner.frames.budget() {
+        let m = self.metrics();
+        // Frames beyond the budget only ever come from a counted overrun.
+        if used > inner.frames.budget() + m.evict.over_budget {
             return Err(InvariantError::OverBudget {
                 used,
                 budget: inner.frames.budget(),
             });
         }
-        let m = self.metrics();
         let io = m.io;
         let (in_flight_reads, in_flight_writes) = self.inner.in_flight_by_kind();
         if io.reads_submitted != io.pages_read + io.read_errors + in_flight_reads {

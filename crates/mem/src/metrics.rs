@@ -160,10 +160,12 @@ counters!(
         dropped_zero,
         /// Chosen pages rescued by a fault before they left.
         rescued,
-        /// Chosen pages kept because their write failed or no slot was free.
+        /// Chosen pages kept because their write failed.
         aborted,
-        /// Fetches failed because no frame could be freed.
-        frame_failures,
+        /// Frames taken beyond the budget because reclaim could free none (the
+        /// store refused every page that could leave): the fetch that needed
+        /// one got it instead of failing.
+        over_budget,
     }
 );
 
@@ -224,6 +226,11 @@ pub struct MemMetrics {
     pub budget_pages: u64,
     /// Frames in use: resident, evicting, dropping and fetching pages that hold one.
     pub frames_used: u64,
+    /// The most frames in use at once; above `budget_pages` only if the store
+    /// refused pages (`evict.over_budget`).
+    pub frames_peak: u64,
+    /// Why frames were last taken beyond the budget (the store's refusal).
+    pub over_budget_reason: Option<String>,
     /// Pages by state.
     pub pages: PageCounts,
     /// Faults by kind.

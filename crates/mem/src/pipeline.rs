@@ -48,14 +48,6 @@ pub enum FetchError {
         /// The timeout.
         after: Duration,
     },
-    /// No host frame could be freed to read the page into.
-    #[error("no frame for gfn {gfn:#x}: {reason}")]
-    NoFrame {
-        /// The page.
-        gfn: u64,
-        /// Why reclaim could not free one.
-        reason: String,
-    },
 }
 
 /// Who waits for a fetch.
@@ -627,53 +619,40 @@ impl Inner {
                 }
                 st.frame_waiters.pop_front().expect("checked non-empty")
             };
-            let mut g = self.pages.lock(index);
-            debug_assert!(g.word.state() == State::Fetching && !g.word.framed());
-            match g.word.slot() {
-                None => {
-                    // Never touched: the frame is zero already, no I/O.
-                    g.word.set_framed(true);
-                    drop(g);
-                    bump(&self.counters.faults.zero_fill);
-                    self.settle_fetch(index, Ok(()));
-                }
-                Some(slot) => {
-                    g.word.set_framed(true);
-                    let mut st = self.pipe.state();
-                    let tag = next_tag(&mut st);
-                    let express = st.fetches.get(&index).is_some_and(|waiters| {
-                        waiters.iter().any(|w| matches!(w, Waiter::Blocking(_)))
-                    });
-                    st.backlog.push(
-                        Queued {
-                            tag,
-                            kind: IoKind::Read,
-                            page: index,
-                            slot: Slot(slot),
-                        },
-                        express,
-                    );
-                }
-            }
+            self.start_framed_fetch(index);
         }
         self.submit_pending();
     }
 
-    /// Fails every fetch waiting for a frame (reclaim cannot free one).
-    pub(crate) fn fail_frame_waiters(&self, reason: &str) {
-        loop {
-            let Some(index) = self.pipe.state().frame_waiters.pop_front() else {
-                return;
-            };
-            bump(&self.counters.evict.frame_failures);
-            let gfn = self.gfn_of(index);
-            self.settle_fetch(
-                index,
-                Err(FetchError::NoFrame {
-                    gfn,
-                    reason: reason.to_string(),
-                }),
-            );
+    /// A fetch has just been given its frame: zero-fills a never-touched page
+    /// at once, or queues the read.
+    pub(crate) fn start_framed_fetch(&self, index: usize) {
+        let mut g = self.pages.lock(index);
+        debug_assert!(g.word.state() == State::Fetching && !g.word.framed());
+        g.word.set_framed(true);
+        match g.word.slot() {
+            None => {
+                // Never touched: the frame is zero already, no I/O.
+                drop(g);
+                bump(&self.counters.faults.zero_fill);
+                self.settle_fetch(index, Ok(()));
+            }
+            Some(slot) => {
+                let mut st = self.pipe.state();
+                let tag = next_tag(&mut st);
+                let express = st.fetches.get(&index).is_some_and(|waiters| {
+                    waiters.iter().any(|w| matches!(w, Waiter::Blocking(_)))
+                });
+                st.backlog.push(
+                    Queued {
+                        tag,
+                        kind: IoKind::Read,
+                        page: index,
+                        slot: Slot(slot),
+                    },
+                    express,
+                );
+            }
         }
     }
 

@@ -7,16 +7,22 @@
 //! whole batch, writes the dirty ones, then drops them with one `madvise` per run
 //! of pages. Clean pages with a valid store copy, and never-written pages, leave
 //! without I/O. A fault on a chosen page before it is dropped rescues it.
+//!
+//! A store that refuses pages (full, or failing every write) never costs data: a
+//! dirty page whose write fails stays resident and dirty, a dirty page with no
+//! slot to go to is not chosen at all, and a fetch that cannot get a frame within
+//! the budget gets one beyond it ([`Frames::take_over_budget`], counted and
+//! reported) rather than failing. The budget is a target; guest RAM is the limit.
 
 use crate::memory::Inner;
 use crate::metrics::{add, bump};
 use crate::page::State;
 use crate::pipeline::WriteOutcome;
-use crate::store::Slot;
+use crate::store::{Slot, StoreFull};
 use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, wait};
 
 /// Batches in a row whose every page the store refused before the fetches
-/// waiting for a frame are failed.
+/// waiting for a frame are given one beyond the budget.
 const FAILED_ROUNDS: u32 = 3;
 
 /// What one batch did.
@@ -24,14 +30,18 @@ const FAILED_ROUNDS: u32 = 3;
 struct Round {
     chosen: u64,
     freed: u64,
-    /// Kept because the store refused them (write error, no slot).
+    /// Kept because the store refused their write.
     aborted: u64,
+    /// Dirty pages passed over because the store had no slot for them.
+    no_slot: Option<StoreFull>,
 }
 
 /// Frames: the budget and how much of it is in use.
 #[derive(Debug)]
 pub(crate) struct Frames {
     used: AtomicU64,
+    /// The most ever in use at once (above the budget only after an overrun).
+    peak: AtomicU64,
     budget: u64,
     batch: u64,
 }
@@ -40,6 +50,7 @@ impl Frames {
     pub(crate) fn new(budget: u64, batch: u64) -> Frames {
         Frames {
             used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             budget,
             batch: batch.min(budget).max(1),
         }
@@ -47,11 +58,27 @@ impl Frames {
 
     /// Takes a frame if the budget allows.
     pub(crate) fn try_take(&self) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 (u < self.budget).then_some(u + 1)
-            })
-            .is_ok()
+            });
+        if let Ok(before) = taken {
+            self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        }
+        taken.is_ok()
+    }
+
+    /// Takes a frame whatever the budget says: for a page that must come in
+    /// when the store refuses every page that could make room. Guest RAM, not
+    /// the budget, bounds it.
+    pub(crate) fn take_over_budget(&self) {
+        let before = self.used.fetch_add(1, Ordering::AcqRel);
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
     }
 
     pub(crate) fn release(&self, n: u64) {
@@ -95,9 +122,10 @@ pub(crate) struct Reclaim {
     hand: Mutex<usize>,
     /// Held for the whole of a batch, so checks can see a state between batches.
     pub(crate) batch: Mutex<()>,
-    /// Why the last page could not be evicted, for the error of a fetch that
-    /// cannot get a frame.
+    /// Why the store last refused a write.
     last_error: Mutex<Option<String>>,
+    /// Why frames were last taken beyond the budget, for reports.
+    pub(crate) over_budget_reason: Mutex<Option<String>>,
 }
 
 impl Reclaim {
@@ -109,6 +137,7 @@ impl Reclaim {
             hand: Mutex::new(0),
             batch: Mutex::new(()),
             last_error: Mutex::new(None),
+            over_budget_reason: Mutex::new(None),
         }
     }
 }
@@ -178,7 +207,6 @@ impl Inner {
                 let _batch = lock(&self.reclaim.batch);
                 let round = self.evict_batch();
                 if round.freed > 0 {
-                    *lock(&self.reclaim.last_error) = None;
                     self.grant_frames();
                 }
                 round
@@ -188,18 +216,28 @@ impl Inner {
                 continue;
             }
             if round.aborted > 0 {
-                // The store refuses pages: after a few tries, tell the fetches
-                // waiting for a frame why they cannot have one.
+                // The store refuses writes: after a few tries, the fetches
+                // waiting for a frame get one beyond the budget.
                 failed_rounds += 1;
                 if failed_rounds >= FAILED_ROUNDS {
-                    let why = lock(&self.reclaim.last_error).take().unwrap_or_default();
-                    self.fail_frame_waiters(&format!("no resident page can be evicted: {why}"));
+                    let why = lock(&self.reclaim.last_error).clone().unwrap_or_default();
+                    self.overrun_budget(why);
                     return;
                 }
                 continue;
             }
             if round.chosen > 0 {
                 continue; // all rescued: try the next ones
+            }
+            if let Some(full) = round.no_slot {
+                // Every page that could leave is dirty and the store has no
+                // room: nothing will change until a slot is freed.
+                let why = match lock(&self.reclaim.last_error).as_ref() {
+                    Some(write) => format!("{full} (the last write refused: {write})"),
+                    None => full.to_string(),
+                };
+                self.overrun_budget(why);
+                return;
             }
             // Nothing evictable: frames are held by pages being fetched (wait for
             // them to land; then they can go) or pinned (wait for a kick).
@@ -211,12 +249,33 @@ impl Inner {
         }
     }
 
+    /// Gives every fetch waiting for a frame one beyond the budget, because
+    /// reclaim cannot free one (`why`).
+    fn overrun_budget(&self, why: String) {
+        let mut why = Some(why);
+        loop {
+            let Some(index) = self.pipe.state().frame_waiters.pop_front() else {
+                break;
+            };
+            // Counted (and explained) before the page can be seen: the fetch's
+            // waiter may look as soon as it is in.
+            if let Some(why) = why.take() {
+                *lock(&self.reclaim.over_budget_reason) = Some(why);
+            }
+            bump(&self.counters.evict.over_budget);
+            self.frames.take_over_budget();
+            self.start_framed_fetch(index);
+        }
+        self.submit_pending();
+    }
+
     /// Evicts one batch. The caller holds the batch lock.
     fn evict_batch(&self) -> Round {
         let ev = &self.counters.evict;
-        let mut victims = self.choose_victims();
+        let (mut victims, no_slot) = self.choose_victims();
         let mut round = Round {
             chosen: victims.len() as u64,
+            no_slot,
             ..Round::default()
         };
         if victims.is_empty() {
@@ -230,16 +289,10 @@ impl Inner {
         self.shoot.shoot_down();
         bump(&ev.shootdowns);
 
-        let mut writes = Vec::new();
-        for v in victims.iter_mut().filter(|v| v.dirty) {
-            match self.store.alloc_slot() {
-                Ok(s) => {
-                    v.new_slot = Some(s);
-                    writes.push((v.index, s));
-                }
-                Err(e) => v.write = Some(WriteOutcome::Failed(e.to_string())),
-            }
-        }
+        let writes: Vec<(usize, Slot)> = victims
+            .iter()
+            .filter_map(|v| Some((v.index, v.new_slot?)))
+            .collect();
         if !writes.is_empty() {
             let tags = self.queue_writes(&writes);
             let outcomes = self.wait_writes(&tags);
@@ -276,7 +329,7 @@ impl Inner {
                     bump(&ev.written);
                 }
                 (w, true) => {
-                    // The write failed (or no slot): the page stays, still dirty.
+                    // The write failed: the page stays, still dirty.
                     let why = match w {
                         Some(WriteOutcome::Failed(e)) => e.clone(),
                         _ => format!("a write did not complete within {:?}", self.io_timeout),
@@ -332,12 +385,15 @@ impl Inner {
     }
 
     /// Runs the clock hand over at most two rotations and marks up to a batch of
-    /// unpinned resident pages without the accessed bit Evicting.
-    fn choose_victims(&self) -> Vec<Victim> {
+    /// unpinned resident pages without the accessed bit Evicting, each dirty one
+    /// with the slot it will be written to. Dirty pages are passed over once the
+    /// store has no slot left (returned), so a full store costs no shootdown.
+    fn choose_victims(&self) -> (Vec<Victim>, Option<StoreFull>) {
         let n = self.pages.len();
         let want = usize::try_from(self.frames.batch).unwrap_or(usize::MAX);
         let mut hand = lock(&self.reclaim.hand);
         let mut victims = Vec::new();
+        let mut no_slot = None;
         for _ in 0..2 * n {
             if victims.len() >= want {
                 break;
@@ -352,16 +408,32 @@ impl Inner {
                 continue;
             }
             let mut g = self.pages.lock(index);
-            if g.word.state() == State::Resident && g.word.pins() == 0 {
-                g.word.set_state(State::Evicting);
-                victims.push(Victim {
-                    index,
-                    dirty: g.word.dirty(),
-                    new_slot: None,
-                    write: None,
-                });
+            if g.word.state() != State::Resident || g.word.pins() != 0 {
+                continue;
             }
+            let dirty = g.word.dirty();
+            let new_slot = if dirty {
+                if no_slot.is_some() {
+                    continue;
+                }
+                match self.store.alloc_slot() {
+                    Ok(s) => Some(s),
+                    Err(full) => {
+                        no_slot = Some(full);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            g.word.set_state(State::Evicting);
+            victims.push(Victim {
+                index,
+                dirty,
+                new_slot,
+                write: None,
+            });
         }
-        victims
+        (victims, no_slot)
     }
 }

@@ -1,7 +1,7 @@
 //! Property test against a plain map: several vCPU threads read and write unique
 //! stamps under heavy eviction pressure and injected store faults (errors, short
-//! reads, lost and duplicated completions); no read returns a torn, stale or
-//! foreign value, and afterwards every word equals the oracle.
+//! reads, lost and duplicated completions, a full disk); no read returns a torn,
+//! stale or foreign value, and afterwards every word equals the oracle.
 //!
 //! Each 8-byte word has one writer (word % threads), so the oracle is exact: the
 //! writer's last stamp. Stamps grow per writer, so a reader seeing a word's value
@@ -116,9 +116,9 @@ fn run(
     }
     drop(tlb);
     mem.check_invariants()
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        .map_err(|e| TestCaseError::fail(format!("{e}: {:?}", mem.metrics())))?;
     let m = mem.metrics();
-    prop_assert!(m.frames_used <= budget);
+    prop_assert!(m.frames_used <= budget + m.evict.over_budget);
     Ok(m)
 }
 
@@ -147,9 +147,39 @@ proptest! {
             short_read: 0.05,
             lost: 0.02,
             duplicate: 0.05,
+            ..FaultConfig::default()
         };
         run(ops, pages, budget, faults)?;
     }
+
+    #[test]
+    fn matches_a_map_when_the_store_fills(ops in thread_ops(), pages in 4u64..48, budget in 1u64..6, full in 0u32..8) {
+        let faults = FaultConfig {
+            full_from_slot: Some(full),
+            ..FaultConfig::default()
+        };
+        run(ops, pages, budget, faults)?;
+    }
+}
+
+/// A store with room for 3 pages under a 4-page budget and 40 pages written:
+/// every page written is read back intact, the pages that could not leave stay
+/// resident beyond the budget, and the report says so and why.
+#[test]
+fn a_full_store_loses_nothing_and_overruns_the_budget() {
+    let ops: Vec<(u64, bool)> = (0..40 * WORDS_PER_PAGE)
+        .map(|w| (w * THREADS, true))
+        .collect();
+    let faults = FaultConfig {
+        full_from_slot: Some(3),
+        ..FaultConfig::default()
+    };
+    let m = run(vec![ops], 40, 4, faults).unwrap();
+    assert!(m.io.write_errors > 0, "{m:?}");
+    assert!(m.evict.over_budget > 0, "{m:?}");
+    assert!(m.frames_peak > m.budget_pages, "{m:?}");
+    let why = m.over_budget_reason.unwrap_or_default();
+    assert!(why.contains("No space left on device"), "{why}");
 }
 
 /// The faults really happen (a fixed seed and one vCPU, so the run is the same
@@ -166,6 +196,7 @@ fn every_kind_of_store_fault_is_survived() {
         short_read: 0.1,
         lost: 0.05,
         duplicate: 0.1,
+        ..FaultConfig::default()
     };
     let m = run(vec![ops], 40, 4, faults).unwrap();
     assert!(m.io.read_errors > 0, "{m:?}");

@@ -1,5 +1,5 @@
 //! Seeded fault injection on top of a real store: read and write errors, short
-//! reads, lost and duplicated completions.
+//! reads, lost and duplicated completions, and a full disk.
 //!
 //! Faults are decided when the inner store's completion arrives, so the inner I/O
 //! has always finished with its buffer: a lost completion never leaves an I/O
@@ -27,6 +27,10 @@ pub struct FaultConfig {
     pub lost: f64,
     /// A completion arrives twice.
     pub duplicate: f64,
+    /// Every write to a slot at or past this one fails with ENOSPC, as on a
+    /// full file system (which the allocator is not told of: the store keeps
+    /// handing out slots it cannot fill, the worst a store can do).
+    pub full_from_slot: Option<u32>,
 }
 
 /// A store with injected faults.
@@ -95,7 +99,13 @@ impl<S: Store> Store for FaultyStore<S> {
                 continue;
             };
             let op = IoError::op_name(kind);
-            if done.result.is_ok() {
+            if kind == IoKind::Write && c.full_from_slot.is_some_and(|full| slot.0 >= full) {
+                done.result = Err(IoError::Os {
+                    op,
+                    slot: slot.0,
+                    errno: libc::ENOSPC,
+                });
+            } else if done.result.is_ok() {
                 let error_rate = if kind == IoKind::Read {
                     c.read_error
                 } else {

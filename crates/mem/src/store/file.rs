@@ -317,10 +317,22 @@ impl Store for FileStore {
     }
 
     fn complete(&self, out: &mut Vec<IoCompletion>, wait: Option<Duration>) -> usize {
-        match &self.engine {
+        let before = out.len();
+        let n = match &self.engine {
             Engine::Uring(u) => u.complete(out, wait),
             Engine::Threads(p) => p.complete(out, wait),
+        };
+        // The file system is full: use only the slots it already holds, so
+        // reclaim stops writing to slots that cannot take a page.
+        for c in &out[before..] {
+            if let Err(e) = &c.result
+                && e.is_no_space()
+                && let IoError::Os { slot, .. } | IoError::Short { slot, .. } = e
+            {
+                self.slots.refuse_from(Slot(*slot));
+            }
         }
+        n
     }
 }
 

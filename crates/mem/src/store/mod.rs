@@ -94,7 +94,7 @@ pub struct IoRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IoError {
     /// The operating system refused or failed it.
-    #[error("{op} of slot {slot} failed: os error {errno} ({msg})", msg = std::io::Error::from_raw_os_error(*.errno))]
+    #[error("{op} of slot {slot} failed: {}", std::io::Error::from_raw_os_error(*.errno))]
     Os {
         /// Direction.
         op: &'static str,
@@ -128,6 +128,19 @@ impl IoError {
         match kind {
             IoKind::Read => "read",
             IoKind::Write => "write",
+        }
+    }
+
+    /// A write the file system had no room for (full, over quota, past the file
+    /// size limit, or cut short part-way): retrying the slot will not help,
+    /// a slot the file already holds may.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            IoError::Os {
+                op: "write", errno, ..
+            } => matches!(*errno, libc::ENOSPC | libc::EDQUOT | libc::EFBIG),
+            IoError::Short { op: "write", .. } => true,
+            _ => false,
         }
     }
 
