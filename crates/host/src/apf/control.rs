@@ -172,6 +172,23 @@ fn clear_channel_at(vcpu: &mut impl ApfVcpu, block: u64, channel: Channel) -> bo
     vcpu.write_u32(reason, REASON_NONE).is_ok() && vcpu.write_u32(token, 0).is_ok()
 }
 
+/// Claims the block at `gpa` and empties its channels: from here on the host
+/// owns them, and words left behind before a disable must not hold them busy.
+/// The claim comes before the first write, so the block written is never
+/// another vCPU's; a refusal gives it back and changes nothing else.
+fn take_block(vcpu: &mut impl ApfVcpu, gpa: u64) -> Result<(), EnableError> {
+    if !vcpu.claim_shared_block(gpa, SHARED_HOST_WINDOW) {
+        return Err(EnableError::BadBlock(gpa));
+    }
+    if clear_channel_at(vcpu, gpa, Channel::NotPresent)
+        && clear_channel_at(vcpu, gpa, Channel::Ready)
+    {
+        return Ok(());
+    }
+    vcpu.release_shared_block(gpa);
+    Err(EnableError::BadBlock(gpa))
+}
+
 enum ReadyOutcome {
     Delivered,
     ChannelBusy,
@@ -642,7 +659,7 @@ impl<W: AtomicWord> ApfControl<W> {
         self.recent_failures = [None; RECENT_FAILURES];
     }
 
-    fn check_control(&self, vcpu: &impl ApfVcpu, raw: u64) -> Result<ControlWord, EnableError> {
+    fn check_control(&self, raw: u64) -> Result<ControlWord, EnableError> {
         if !self.offered {
             return Err(EnableError::NotOffered);
         }
@@ -650,18 +667,30 @@ impl<W: AtomicWord> ApfControl<W> {
         if word.separate_ready && !self.separate_ready_offered {
             return Err(EnableError::ReservedBits(raw));
         }
-        if word.enabled {
-            if self.sdei_event == 0 || self.ppi == 0 {
-                return Err(EnableError::NotConfigured {
-                    sdei: self.sdei_event,
-                    ppi: self.ppi,
-                });
-            }
-            if !vcpu.claim_shared_block(word.gpa, SHARED_HOST_WINDOW) {
-                return Err(EnableError::BadBlock(word.gpa));
-            }
+        if word.enabled && (self.sdei_event == 0 || self.ppi == 0) {
+            return Err(EnableError::NotConfigured {
+                sdei: self.sdei_event,
+                ppi: self.ppi,
+            });
         }
         Ok(word)
+    }
+
+    /// Switches to `word`, whose block (if enabled) is already taken. The old
+    /// block is released last: draining may still write it, and until then no
+    /// other vCPU may have it.
+    fn switch_to(&mut self, vcpu: &mut impl ApfVcpu, word: ControlWord) {
+        self.drain(vcpu);
+        let old = std::mem::replace(&mut self.control, word);
+        if old.enabled {
+            vcpu.release_shared_block(old.gpa);
+        }
+        if word.enabled {
+            // DESIGN §5.6: sleepers from before (a previous enable, the source host of
+            // a migration) wake and retry.
+            self.wake_all_pending = true;
+            self.service(vcpu);
+        }
     }
 
     fn apply_control(
@@ -670,29 +699,16 @@ impl<W: AtomicWord> ApfControl<W> {
         word: ControlWord,
     ) -> Result<(), EnableError> {
         if word.enabled {
-            // From here on the host owns the two channels: start them empty, so that
-            // words left behind before a disable cannot hold them busy.
-            if !clear_channel_at(vcpu, word.gpa, Channel::NotPresent)
-                || !clear_channel_at(vcpu, word.gpa, Channel::Ready)
-            {
-                return Err(EnableError::BadBlock(word.gpa));
-            }
+            take_block(vcpu, word.gpa)?;
         }
-        self.drain(vcpu);
-        self.control = word;
-        if word.enabled {
-            // DESIGN §5.6: sleepers from before (a previous enable, the source host of
-            // a migration) wake and retry.
-            self.wake_all_pending = true;
-            self.service(vcpu);
-        }
+        self.switch_to(vcpu, word);
         Ok(())
     }
 
     /// The guest's ENABLE (series semantics: NOT_REQUIRED when the enabled bit does
-    /// not change). Refused words change nothing.
+    /// not change). Refused words change nothing: no block is claimed for them.
     pub fn guest_enable(&mut self, vcpu: &mut impl ApfVcpu, raw: u64) -> Result<(), EnableError> {
-        let word = self.check_control(vcpu, raw)?;
+        let word = self.check_control(raw)?;
         if word.enabled == self.control.enabled {
             return Err(EnableError::Unchanged(word.enabled));
         }
@@ -700,13 +716,15 @@ impl<W: AtomicWord> ApfControl<W> {
     }
 
     /// The VMM's SET_CONTROL (restore): always re-applies, and an enabling word
-    /// queues a wake-all even if APF was already enabled.
+    /// queues a wake-all even if APF was already enabled. It claims its block as
+    /// the guest's ENABLE does (a restored engine is the only record the machine
+    /// gets); moving to another block keeps the old one until it is drained.
     pub fn vmm_set_control(
         &mut self,
         vcpu: &mut impl ApfVcpu,
         raw: u64,
     ) -> Result<(), EnableError> {
-        let word = self.check_control(vcpu, raw)?;
+        let word = self.check_control(raw)?;
         self.apply_control(vcpu, word)
     }
 
@@ -722,10 +740,10 @@ impl<W: AtomicWord> ApfControl<W> {
 
     /// vCPU reset (PSCI CPU_ON after CPU_OFF, SYSTEM_RESET): drains everything and
     /// disables APF, as x86 does and the arm64 series did not (§d.12). The VMM's SDEI
-    /// event and PPI stay; the guest's next ENABLE queues the wake-all.
+    /// event and PPI stay; the guest's next ENABLE queues the wake-all. The shared
+    /// block is given back.
     pub fn reset(&mut self, vcpu: &mut impl ApfVcpu) {
-        self.drain(vcpu);
-        self.control = ControlWord::DISABLED;
+        self.switch_to(vcpu, ControlWord::DISABLED);
     }
 }
 

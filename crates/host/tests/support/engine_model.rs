@@ -8,7 +8,8 @@
 //! - no page-ready for a token whose not-present the guest did not take;
 //! - no token 0, and `~0` only as a wake-all;
 //! - never more than 64 outstanding;
-//! - a failed injection leaves the shared block as it found it.
+//! - a failed injection leaves the shared block as it found it;
+//! - the engine holds its shared block exactly while it is enabled.
 
 #![allow(dead_code)]
 
@@ -209,6 +210,14 @@ impl World {
             Op::FailInject(f) => self.vcpu.fail_inject = f,
         }
         check!(self.engine.outstanding() <= 64);
+        let control = self.engine.control();
+        let holds: &[u64] = if control.enabled { &[control.gpa] } else { &[] };
+        check_eq!(
+            self.vcpu.claimed.as_slice(),
+            holds,
+            "the engine holds {:x?} with control word {control:?}",
+            self.vcpu.claimed
+        );
         Ok(())
     }
 
