@@ -755,7 +755,7 @@ impl World {
     fn fault(&mut self, i: usize, el: u8, gfn: u64) {
         self.vcpus[i].el = el;
         let (apf, mut view) = self.split(i);
-        match apf.try_async(&mut view, gfn, 0x9200_0007) {
+        match apf.try_async(&mut view, gfn) {
             FaultDecision::Async { cookie, .. } => {
                 let handle = ItemHandle::from_cookie(cookie).expect("the engine's own cookie");
                 self.vcpus[i].inflight.push(handle);

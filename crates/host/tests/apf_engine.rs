@@ -19,7 +19,6 @@ use apf_host::apf::{
 
 const PPI: u32 = 17;
 const BLOCK: u64 = 0x4000_1000;
-const ESR: u64 = 0x9380_0007;
 
 /// An engine and its fake vCPU, with the guest side played by the test.
 struct Rig {
@@ -63,7 +62,7 @@ impl Rig {
     }
 
     fn fault(&mut self, gfn: u64) -> FaultDecision {
-        self.engine.try_async(&mut self.vcpu, gfn, ESR)
+        self.engine.try_async(&mut self.vcpu, gfn)
     }
 
     fn fault_async(&mut self, gfn: u64) -> (Token, u64) {
@@ -718,7 +717,7 @@ fn c7_synchronous_fallbacks_carry_their_reason() {
     let mut off = ApfControl::new(0, false);
     let mut vcpu = FakeVcpu::new(0x10000);
     assert_eq!(
-        off.try_async(&mut vcpu, 1, ESR),
+        off.try_async(&mut vcpu, 1),
         FaultDecision::Sync(SyncReason::NotOffered)
     );
     let c = rig.counters();

@@ -42,7 +42,7 @@ fn enabled() -> (Engine, FakeVcpu) {
 fn fault_pages(engine: &mut Engine, vcpu: &mut FakeVcpu, n: u64) -> Vec<(Token, ItemHandle)> {
     (0..n)
         .map(|gfn| {
-            let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, gfn, 0) else {
+            let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, gfn) else {
                 panic!("fault {gfn} not async");
             };
             assert!(vcpu.enter_guest(engine));

@@ -292,7 +292,7 @@ fn shuttle_refused_enable_gives_its_block_back() {
 fn shuttle_restore_withdraws_from_the_old_block_before_giving_it_up() {
     check(
         |v0| {
-            let fault = v0.engine.try_async(&mut v0.view, 1, 0);
+            let fault = v0.engine.try_async(&mut v0.view, 1);
             assert!(matches!(fault, FaultDecision::Async { .. }), "{fault:?}");
             assert!(v0.restore(B), "B is free");
         },

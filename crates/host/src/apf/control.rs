@@ -95,8 +95,6 @@ enum ItemState {
 struct WorkItem {
     gfn: u64,
     token: Token,
-    /// The stage-2 syndrome of the fault, kept so the access kind can be replayed.
-    esr: u64,
     state: ItemState,
     /// A page-ready is owed: false once the guest threw the not-present away
     /// unseen (it unregistered the event while the instance was queued).
@@ -107,7 +105,6 @@ impl WorkItem {
     const FREE: WorkItem = WorkItem {
         gfn: 0,
         token: Token(0),
-        esr: 0,
         state: ItemState::Free,
         owed: false,
     };
@@ -332,14 +329,6 @@ impl<W: AtomicWord> ApfControl<W> {
             || (self.page_ready_pending.is_none() && (self.wake_all_pending || self.done.len > 0))
     }
 
-    /// The saved stage-2 syndrome of an outstanding item, by its token.
-    pub fn saved_esr(&self, token: Token) -> Option<u64> {
-        self.items
-            .iter()
-            .find(|i| i.state != ItemState::Free && i.token == token)
-            .map(|i| i.esr)
-    }
-
     fn alloc_token(&mut self) -> Token {
         loop {
             self.next_id = self.next_id.wrapping_add(1) & 0xF_FFFF;
@@ -398,8 +387,9 @@ impl<W: AtomicWord> ApfControl<W> {
     }
 
     /// Decides how to handle a stage-2 fault on `gfn` that needs I/O (DESIGN §5.1–5.3,
-    /// §5.7). `esr` is the fault's ESR_EL2, kept with the work item.
-    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: u64, esr: u64) -> FaultDecision {
+    /// §5.7). A completed fetch maps the page, so the guest's retry of the
+    /// faulting instruction just runs: nothing of the fault needs keeping.
+    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: u64) -> FaultDecision {
         if !self.offered {
             return self.fallback(gfn, SyncReason::NotOffered);
         }
@@ -456,7 +446,6 @@ impl<W: AtomicWord> ApfControl<W> {
         self.items[usize::from(slot)] = WorkItem {
             gfn,
             token,
-            esr,
             state: ItemState::InFlight,
             owed: true,
         };

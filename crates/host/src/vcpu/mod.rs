@@ -477,7 +477,7 @@ impl<R: GuestRam> Vcpu<R> {
             }
             RamResolve::NeedsFetch(gfn) => gfn,
         };
-        match apf.try_async(&mut self.view(), gfn, esr.0) {
+        match apf.try_async(&mut self.view(), gfn) {
             FaultDecision::Async { cookie, .. } => {
                 self.stats.faults.asynchronous += 1;
                 match self.ram.start_fetch(gfn, cookie) {

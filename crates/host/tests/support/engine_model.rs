@@ -92,7 +92,7 @@ impl World {
             Op::Fault { gfn, el1 } => {
                 self.vcpu.el = u8::from(el1);
                 let before = self.block();
-                match self.engine.try_async(&mut self.vcpu, gfn, 0) {
+                match self.engine.try_async(&mut self.vcpu, gfn) {
                     FaultDecision::Async { token, cookie } => {
                         check!(token.0 != 0 && !token.is_wake_all(), "bad token {token:?}");
                         self.in_flight.push(cookie);
