@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 vcpu.el = u8::from(a & 1 == 1);
                 if let FaultDecision::Async { cookie, .. } =
-                    engine.try_async(&mut vcpu, 0x40000 + b % 128, 0x9200_0007)
+                    engine.try_async(&mut vcpu, 0x40000 + b % 128)
                 {
                     inflight.push(ItemHandle::from_cookie(cookie).expect("own cookie"));
                 }

@@ -14,25 +14,32 @@
 //!   model's, and a dispatch enters the registered handler with x0..x3 as DESIGN
 //!   §4 says, only for a registered, enabled event on an unmasked PE;
 //! - the APF engine never holds more than 64 items, and its page-ready line is
-//!   high exactly while a page-ready awaits IRQ_ACK.
+//!   high exactly while a page-ready awaits IRQ_ACK;
+//! - the machine records a vCPU as holding a shared block exactly while its
+//!   engine is enabled on it (the engine claims and releases it itself).
 
 #![no_main]
 
-use apf_abi::platform::RAM_BASE;
+use apf_abi::platform::{RAM_BASE, UART_INTID};
 use apf_abi::ppi::APF_DEFAULT_PPI;
 use apf_abi::psci::*;
 use apf_abi::sdei::*;
+use apf_abi::shared::SHARED_BLOCK_ALIGN;
 use apf_abi::smccc::*;
 use apf_host::apf::{
     ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
     SdeiCancelError, SdeiInjectError,
 };
+use apf_host::gic::{Gic, SpiLine};
+use apf_host::machine::Machine;
 use apf_host::psci::{PowerState, Psci, PsciAction, enter_cpu};
 use apf_host::regs::{GuestRegs, PSTATE_EL1H_MASKED, PlainRegs};
 use apf_host::sdei::{SDEI_EVENT_SW_SIGNALED, SdeiVcpu};
 use apf_host::smccc::{AsyncPfService, Firmware, SmcccExit, dispatch};
+use apf_host::uart::Pl011;
 use input::Input;
 use libfuzzer_sys::fuzz_target;
+use std::sync::Arc;
 
 mod input;
 
@@ -327,7 +334,7 @@ struct View<'a> {
     sdei: &'a mut SdeiVcpu,
     ppi_levels: &'a mut u32,
     ram: &'a mut [u8],
-    blocks: &'a [Option<u64>; VCPUS],
+    machine: &'a Machine,
     index: usize,
 }
 
@@ -359,15 +366,11 @@ impl ApfVcpu for View<'_> {
         assert_eq!(intid, APF_DEFAULT_PPI, "the engine drives only its PPI");
         *self.ppi_levels = (*self.ppi_levels & !(1 << intid)) | (u32::from(level) << intid);
     }
-    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool {
-        // Machine::claim_shared_block without the claim (one thread: the block is
-        // recorded after the call): RAM, and not another vCPU's block.
-        self.offset(gpa, len).is_some()
-            && self
-                .blocks
-                .iter()
-                .enumerate()
-                .all(|(i, b)| i == self.index || *b != Some(gpa))
+    fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool {
+        self.machine.claim_shared_block(self.index, gpa, len)
+    }
+    fn release_shared_block(&mut self, gpa: u64) {
+        self.machine.release_shared_block(self.index, gpa);
     }
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {
         let off = self.offset(gpa, 4).ok_or(GuestMemoryError { gpa })?;
@@ -402,7 +405,8 @@ struct World {
     vcpus: Vec<Vcpu>,
     psci: Psci,
     ram: Vec<u8>,
-    blocks: [Option<u64>; VCPUS],
+    /// Only for its shared block registry, which the run loop's view claims from.
+    machine: Machine,
     offered: bool,
     separate_ready: bool,
     stopped: bool,
@@ -414,7 +418,12 @@ impl World {
             vcpus: Vec::new(),
             psci: Psci::new(VCPUS, RAM_BASE..RAM_END),
             ram: vec![0; RAM_BYTES],
-            blocks: [None; VCPUS],
+            machine: {
+                let gic = Arc::new(Gic::new(VCPUS).expect("a 2-vCPU GIC"));
+                let line = SpiLine::new(Arc::clone(&gic), UART_INTID).expect("the UART's SPI");
+                let uart = Pl011::new(Box::new(std::io::sink()), Box::new(line));
+                Machine::new(gic, uart, RAM_BASE..RAM_END)
+            },
             offered,
             separate_ready,
             stopped: false,
@@ -454,7 +463,7 @@ impl World {
                 sdei: &mut v.sdei,
                 ppi_levels: &mut v.ppi_levels,
                 ram: &mut self.ram,
-                blocks: &self.blocks,
+                machine: &self.machine,
                 index: i,
             },
         )
@@ -474,7 +483,6 @@ impl World {
         v.model = SdeiModel::new();
         let (apf, mut view) = self.split(i);
         apf.reset(&mut view);
-        self.blocks[i] = None;
         self.psci.mark_on(i);
     }
 
@@ -482,7 +490,6 @@ impl World {
     fn power_off(&mut self, i: usize) {
         let (apf, mut view) = self.split(i);
         apf.reset(&mut view);
-        self.blocks[i] = None;
     }
 
     /// The model's answer to a call.
@@ -585,8 +592,6 @@ impl World {
         } else if function == u64::from(VENDOR_HYP_ASYNC_PF) && el == 1 {
             let (apf, mut view) = self.split(i);
             let r = apf.hypercall(&mut view, x[1], x[2], x[3]);
-            let block = apf.control();
-            self.blocks[i] = block.enabled.then_some(block.gpa);
             let regs = &mut self.vcpus[i].regs;
             regs.set_x(0, r.status.cast_unsigned());
             regs.set_x(1, r.value);
@@ -750,7 +755,7 @@ impl World {
     fn fault(&mut self, i: usize, el: u8, gfn: u64) {
         self.vcpus[i].el = el;
         let (apf, mut view) = self.split(i);
-        match apf.try_async(&mut view, gfn, 0x9200_0007) {
+        match apf.try_async(&mut view, gfn) {
             FaultDecision::Async { cookie, .. } => {
                 let handle = ItemHandle::from_cookie(cookie).expect("the engine's own cookie");
                 self.vcpus[i].inflight.push(handle);
@@ -803,6 +808,24 @@ impl World {
             );
             if !self.offered || !self.separate_ready {
                 assert!(!v.apf.control().separate_ready);
+            }
+            let control = v.apf.control();
+            if control.enabled {
+                assert_eq!(
+                    self.machine.shared_block_holder(control.gpa),
+                    Some(i),
+                    "vcpu{i} is enabled on a block the machine does not give it"
+                );
+            }
+        }
+        // Every block held is the block of an enabled engine (none leaks).
+        for gpa in (RAM_BASE..RAM_END).step_by(SHARED_BLOCK_ALIGN as usize) {
+            if let Some(holder) = self.machine.shared_block_holder(gpa) {
+                let control = self.vcpus[holder].apf.control();
+                assert!(
+                    control.enabled && control.gpa == gpa,
+                    "vcpu{holder} holds {gpa:#x} with control {control:?}"
+                );
             }
         }
     }

@@ -20,7 +20,7 @@ pub fn engine_demo(faults: u64) -> Result<(), String> {
     println!("guest ENABLE({raw:#x}) -> {}", r.status);
     let mut in_flight = Vec::new();
     for gfn in 0..faults {
-        match engine.try_async(&mut vcpu, 0x40000 + gfn, 0x9380_0007) {
+        match engine.try_async(&mut vcpu, 0x40000 + gfn) {
             FaultDecision::Async { token, cookie } => {
                 println!(
                     "fault gfn {:#x}: not-present, token {:#x}",

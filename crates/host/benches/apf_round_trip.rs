@@ -26,7 +26,7 @@ fn setup(separate: bool) -> (ApfControl, FakeVcpu) {
 }
 
 fn round_trip(engine: &mut ApfControl, vcpu: &mut FakeVcpu, gfn: u64, separate: bool) {
-    let FaultDecision::Async { cookie, .. } = engine.try_async(vcpu, gfn, 0x9380_0007) else {
+    let FaultDecision::Async { cookie, .. } = engine.try_async(vcpu, gfn) else {
         panic!("not async");
     };
     vcpu.enter_guest(engine);

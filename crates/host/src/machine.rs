@@ -62,6 +62,13 @@ impl VcpuLive {
     }
 }
 
+/// An APF shared block and the vCPU holding it.
+#[derive(Debug)]
+struct HeldBlock {
+    vcpu: usize,
+    range: Range<u64>,
+}
+
 /// The shared platform.
 #[derive(Debug)]
 pub struct Machine {
@@ -77,7 +84,7 @@ pub struct Machine {
     stop_reason: Mutex<Option<StopReason>>,
     wakers: OnceLock<Vec<Arc<VcpuWaker>>>,
     starts: Vec<Mutex<Option<StartRequest>>>,
-    blocks: Mutex<Vec<Option<u64>>>,
+    blocks: Mutex<Vec<HeldBlock>>,
     live: Box<[VcpuLive]>,
 }
 
@@ -99,7 +106,8 @@ impl Machine {
             stop_reason: Mutex::new(None),
             wakers: OnceLock::new(),
             starts: (0..vcpus).map(|_| Mutex::new(None)).collect(),
-            blocks: Mutex::new(vec![None; vcpus]),
+            // At most two per vCPU (while it moves).
+            blocks: Mutex::new(Vec::with_capacity(2 * vcpus)),
             live: (0..vcpus).map(|_| VcpuLive::default()).collect(),
         }
     }
@@ -163,32 +171,46 @@ impl Machine {
         gpa >= self.ram.start && gpa.checked_add(len).is_some_and(|end| end <= self.ram.end)
     }
 
-    /// Makes `gpa` vCPU `index`'s APF block if it may be: in RAM, and not the block
-    /// of another vCPU. The run loop records the outcome of the call after it
-    /// ([`Machine::set_shared_block`]), so a claim whose ENABLE fails later is
-    /// given back.
+    /// Reserves `[gpa, gpa + len)` as vCPU `index`'s APF block if it may be one:
+    /// guest RAM, overlapping no block another vCPU holds. The check and the
+    /// reservation are one step under one lock, so two vCPUs claiming at once
+    /// cannot both succeed. A vCPU may hold two blocks while it moves from one
+    /// to the other. Each successful claim is given back with
+    /// [`Machine::release_shared_block`].
     pub fn claim_shared_block(&self, index: usize, gpa: u64, len: u64) -> bool {
-        if !self.is_ram(gpa, len) {
+        if index >= self.vcpus() || !self.is_ram(gpa, len) {
             return false;
         }
-        // Checked and recorded under one lock: two vCPUs enabling the same block
-        // at once cannot both get it.
+        let range = gpa..gpa + len;
         let mut blocks = lock(&self.blocks);
+        // Ranges, not start addresses: a block overlapping another vCPU's is as
+        // shared as the same block.
         let free = blocks
             .iter()
-            .enumerate()
-            .all(|(i, b)| i == index || *b != Some(gpa));
-        if free && let Some(b) = blocks.get_mut(index) {
-            *b = Some(gpa);
+            .all(|b| b.vcpu == index || b.range.end <= range.start || range.end <= b.range.start);
+        if free {
+            blocks.push(HeldBlock { vcpu: index, range });
         }
         free
     }
 
-    /// Records vCPU `index`'s APF block (`None` when disabled).
-    pub fn set_shared_block(&self, index: usize, gpa: Option<u64>) {
-        if let Some(b) = lock(&self.blocks).get_mut(index) {
-            *b = gpa;
+    /// Gives back one claim of vCPU `index` on the block at `gpa`.
+    pub fn release_shared_block(&self, index: usize, gpa: u64) {
+        let mut blocks = lock(&self.blocks);
+        if let Some(i) = blocks
+            .iter()
+            .position(|b| b.vcpu == index && b.range.start == gpa)
+        {
+            blocks.swap_remove(i);
         }
+    }
+
+    /// The vCPU holding the APF block that contains `gpa`, if any.
+    pub fn shared_block_holder(&self, gpa: u64) -> Option<usize> {
+        lock(&self.blocks)
+            .iter()
+            .find(|b| b.range.contains(&gpa))
+            .map(|b| b.vcpu)
     }
 
     /// MMIO read; `None` if nothing is there.

@@ -19,7 +19,6 @@ use apf_host::apf::{
 
 const PPI: u32 = 17;
 const BLOCK: u64 = 0x4000_1000;
-const ESR: u64 = 0x9380_0007;
 
 /// An engine and its fake vCPU, with the guest side played by the test.
 struct Rig {
@@ -63,7 +62,7 @@ impl Rig {
     }
 
     fn fault(&mut self, gfn: u64) -> FaultDecision {
-        self.engine.try_async(&mut self.vcpu, gfn, ESR)
+        self.engine.try_async(&mut self.vcpu, gfn)
     }
 
     fn fault_async(&mut self, gfn: u64) -> (Token, u64) {
@@ -718,7 +717,7 @@ fn c7_synchronous_fallbacks_carry_their_reason() {
     let mut off = ApfControl::new(0, false);
     let mut vcpu = FakeVcpu::new(0x10000);
     assert_eq!(
-        off.try_async(&mut vcpu, 1, ESR),
+        off.try_async(&mut vcpu, 1),
         FaultDecision::Sync(SyncReason::NotOffered)
     );
     let c = rig.counters();
@@ -731,7 +730,9 @@ fn c7_synchronous_fallbacks_carry_their_reason() {
 // ---------------------------------------------------------------------------
 // Bad input: every refused call changes nothing.
 
-fn state(rig: &Rig) -> (u64, u32, u32, usize, Vec<u8>, u32) {
+type State = (u64, u32, u32, usize, Vec<u8>, u32, Vec<u64>);
+
+fn state(rig: &Rig) -> State {
     (
         rig.engine.control().encode(),
         rig.engine.sdei_event(),
@@ -739,7 +740,70 @@ fn state(rig: &Rig) -> (u64, u32, u32, usize, Vec<u8>, u32) {
         rig.engine.outstanding(),
         rig.vcpu.ram.clone(),
         rig.vcpu.ppi_levels,
+        rig.vcpu.claimed.clone(),
     )
+}
+
+/// The engine claims its shared block before it first writes it and gives it back
+/// only after its last write, on every path, so the machine's record of who holds
+/// which block never lags behind the engine (issue 12).
+#[test]
+fn the_engine_holds_its_shared_block_exactly_while_enabled() {
+    const OTHER: u64 = BLOCK + 0x40;
+    let flags = CONTROL_ENABLED | CONTROL_SEPARATE_READY;
+    let enable = |rig: &mut Rig, raw: u64| {
+        rig.engine
+            .hypercall(&mut rig.vcpu, ASYNC_PF_FUNC_ENABLE, raw, 0)
+            .status
+    };
+    let restore = |rig: &mut Rig, raw: u64| {
+        rig.engine
+            .command(&mut rig.vcpu, ApfCommand::SetControl(raw))
+            .is_ok()
+    };
+    let mut rig = Rig::configured(0);
+    assert_eq!(rig.vcpu.claimed, []);
+    assert_eq!(enable(&mut rig, BLOCK | flags), SMCCC_RET_SUCCESS);
+    assert_eq!(rig.vcpu.claimed, [BLOCK]);
+    assert_eq!(
+        enable(&mut rig, OTHER | flags),
+        SMCCC_RET_NOT_REQUIRED,
+        "already enabled"
+    );
+    assert_eq!(rig.vcpu.claimed, [BLOCK], "NOT_REQUIRED claims nothing");
+    assert!(
+        restore(&mut rig, BLOCK | flags),
+        "re-applying the same block"
+    );
+    assert_eq!(rig.vcpu.claimed, [BLOCK]);
+    assert!(restore(&mut rig, OTHER | flags), "moving");
+    assert_eq!(rig.vcpu.claimed, [OTHER]);
+    rig.vcpu.fail_writes = true;
+    assert!(!restore(&mut rig, BLOCK | flags), "BLOCK cannot be written");
+    assert_eq!(
+        rig.vcpu.claimed,
+        [OTHER],
+        "a refused move keeps the old block"
+    );
+    assert_eq!(rig.engine.control().gpa, OTHER);
+    rig.vcpu.fail_writes = false;
+    assert_eq!(enable(&mut rig, 0), SMCCC_RET_SUCCESS);
+    assert_eq!(rig.vcpu.claimed, [], "DISABLE gives it back");
+    rig.vcpu.fail_writes = true;
+    assert_eq!(enable(&mut rig, BLOCK | flags), SMCCC_RET_INVALID_PARAMETER);
+    assert_eq!(rig.vcpu.claimed, [], "a refused ENABLE gives it back");
+    rig.vcpu.fail_writes = false;
+    assert_eq!(enable(&mut rig, BLOCK | flags), SMCCC_RET_SUCCESS);
+    rig.engine.reset(&mut rig.vcpu);
+    assert_eq!(rig.vcpu.claimed, [], "a reset (CPU_OFF) gives it back");
+    rig.engine.reset(&mut rig.vcpu);
+    assert_eq!(rig.vcpu.claimed, [], "a disabled reset releases nothing");
+    // A migration's destination: a fresh engine restored by the VMM claims too.
+    let mut dest = Rig::configured(0);
+    assert!(restore(&mut dest, BLOCK | flags));
+    assert_eq!(dest.vcpu.claimed, [BLOCK]);
+    assert!(restore(&mut dest, 0), "restoring a disabled word");
+    assert_eq!(dest.vcpu.claimed, []);
 }
 
 #[test]

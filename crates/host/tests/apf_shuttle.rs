@@ -7,35 +7,13 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfControl, AtomicWord, FaultDecision, ItemHandle};
-use shuttle::sync::atomic::AtomicU64 as ShuttleU64;
+use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
 use shuttle::thread;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-/// shuttle's atomic, as the engine's word type.
-struct ShuttleWord(ShuttleU64);
-
-impl AtomicWord for ShuttleWord {
-    fn new(v: u64) -> Self {
-        ShuttleWord(ShuttleU64::new(v))
-    }
-    fn load(&self, o: Ordering) -> u64 {
-        self.0.load(o)
-    }
-    fn store(&self, v: u64, o: Ordering) {
-        self.0.store(v, o);
-    }
-    fn swap(&self, v: u64, o: Ordering) -> u64 {
-        self.0.swap(v, o)
-    }
-    fn fetch_or(&self, v: u64, o: Ordering) -> u64 {
-        self.0.fetch_or(v, o)
-    }
-    fn compare_exchange(&self, c: u64, n: u64, ok: Ordering, err: Ordering) -> Result<u64, u64> {
-        self.0.compare_exchange(c, n, ok, err)
-    }
-}
+#[path = "support/shuttle_word.rs"]
+mod shuttle_word;
+use shuttle_word::ShuttleWord;
 
 const BLOCK: u64 = 0x4000_0400;
 const PPI: u32 = 17;
@@ -64,7 +42,7 @@ fn enabled() -> (Engine, FakeVcpu) {
 fn fault_pages(engine: &mut Engine, vcpu: &mut FakeVcpu, n: u64) -> Vec<(Token, ItemHandle)> {
     (0..n)
         .map(|gfn| {
-            let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, gfn, 0) else {
+            let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, gfn) else {
                 panic!("fault {gfn} not async");
             };
             assert!(vcpu.enter_guest(engine));

@@ -53,14 +53,14 @@ fn c8_every_decision_is_a_named_trace_event() {
         vcpu.guest_ppi_handler(block, false);
         engine.hypercall(&mut vcpu, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
         vcpu.el = 1;
-        engine.try_async(&mut vcpu, 9, 0);
+        engine.try_async(&mut vcpu, 9);
         vcpu.el = 0;
-        let FaultDecision::Async { cookie, .. } = engine.try_async(&mut vcpu, 1, 0) else {
+        let FaultDecision::Async { cookie, .. } = engine.try_async(&mut vcpu, 1) else {
             panic!("expected an async fault");
         };
         vcpu.enter_guest(&mut engine);
         vcpu.guest_sdei_handler(block);
-        assert_eq!(engine.try_async(&mut vcpu, 1, 0), FaultDecision::Halt);
+        assert_eq!(engine.try_async(&mut vcpu, 1), FaultDecision::Halt);
         engine
             .port()
             .complete(ItemHandle::from_cookie(cookie).unwrap(), true);

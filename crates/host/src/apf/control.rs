@@ -95,8 +95,6 @@ enum ItemState {
 struct WorkItem {
     gfn: u64,
     token: Token,
-    /// The stage-2 syndrome of the fault, kept so the access kind can be replayed.
-    esr: u64,
     state: ItemState,
     /// A page-ready is owed: false once the guest threw the not-present away
     /// unseen (it unregistered the event while the instance was queued).
@@ -107,7 +105,6 @@ impl WorkItem {
     const FREE: WorkItem = WorkItem {
         gfn: 0,
         token: Token(0),
-        esr: 0,
         state: ItemState::Free,
         owed: false,
     };
@@ -170,6 +167,23 @@ fn channel_addrs(block: u64, channel: Channel) -> (u64, u64) {
 fn clear_channel_at(vcpu: &mut impl ApfVcpu, block: u64, channel: Channel) -> bool {
     let (reason, token) = channel_addrs(block, channel);
     vcpu.write_u32(reason, REASON_NONE).is_ok() && vcpu.write_u32(token, 0).is_ok()
+}
+
+/// Claims the block at `gpa` and empties its channels: from here on the host
+/// owns them, and words left behind before a disable must not hold them busy.
+/// The claim comes before the first write, so the block written is never
+/// another vCPU's; a refusal gives it back and changes nothing else.
+fn take_block(vcpu: &mut impl ApfVcpu, gpa: u64) -> Result<(), EnableError> {
+    if !vcpu.claim_shared_block(gpa, SHARED_HOST_WINDOW) {
+        return Err(EnableError::BadBlock(gpa));
+    }
+    if clear_channel_at(vcpu, gpa, Channel::NotPresent)
+        && clear_channel_at(vcpu, gpa, Channel::Ready)
+    {
+        return Ok(());
+    }
+    vcpu.release_shared_block(gpa);
+    Err(EnableError::BadBlock(gpa))
 }
 
 enum ReadyOutcome {
@@ -315,14 +329,6 @@ impl<W: AtomicWord> ApfControl<W> {
             || (self.page_ready_pending.is_none() && (self.wake_all_pending || self.done.len > 0))
     }
 
-    /// The saved stage-2 syndrome of an outstanding item, by its token.
-    pub fn saved_esr(&self, token: Token) -> Option<u64> {
-        self.items
-            .iter()
-            .find(|i| i.state != ItemState::Free && i.token == token)
-            .map(|i| i.esr)
-    }
-
     fn alloc_token(&mut self) -> Token {
         loop {
             self.next_id = self.next_id.wrapping_add(1) & 0xF_FFFF;
@@ -381,8 +387,9 @@ impl<W: AtomicWord> ApfControl<W> {
     }
 
     /// Decides how to handle a stage-2 fault on `gfn` that needs I/O (DESIGN §5.1–5.3,
-    /// §5.7). `esr` is the fault's ESR_EL2, kept with the work item.
-    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: u64, esr: u64) -> FaultDecision {
+    /// §5.7). A completed fetch maps the page, so the guest's retry of the
+    /// faulting instruction just runs: nothing of the fault needs keeping.
+    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: u64) -> FaultDecision {
         if !self.offered {
             return self.fallback(gfn, SyncReason::NotOffered);
         }
@@ -439,7 +446,6 @@ impl<W: AtomicWord> ApfControl<W> {
         self.items[usize::from(slot)] = WorkItem {
             gfn,
             token,
-            esr,
             state: ItemState::InFlight,
             owed: true,
         };
@@ -642,7 +648,7 @@ impl<W: AtomicWord> ApfControl<W> {
         self.recent_failures = [None; RECENT_FAILURES];
     }
 
-    fn check_control(&self, vcpu: &impl ApfVcpu, raw: u64) -> Result<ControlWord, EnableError> {
+    fn check_control(&self, raw: u64) -> Result<ControlWord, EnableError> {
         if !self.offered {
             return Err(EnableError::NotOffered);
         }
@@ -650,18 +656,30 @@ impl<W: AtomicWord> ApfControl<W> {
         if word.separate_ready && !self.separate_ready_offered {
             return Err(EnableError::ReservedBits(raw));
         }
-        if word.enabled {
-            if self.sdei_event == 0 || self.ppi == 0 {
-                return Err(EnableError::NotConfigured {
-                    sdei: self.sdei_event,
-                    ppi: self.ppi,
-                });
-            }
-            if !vcpu.claim_shared_block(word.gpa, SHARED_HOST_WINDOW) {
-                return Err(EnableError::BadBlock(word.gpa));
-            }
+        if word.enabled && (self.sdei_event == 0 || self.ppi == 0) {
+            return Err(EnableError::NotConfigured {
+                sdei: self.sdei_event,
+                ppi: self.ppi,
+            });
         }
         Ok(word)
+    }
+
+    /// Switches to `word`, whose block (if enabled) is already taken. The old
+    /// block is released last: draining may still write it, and until then no
+    /// other vCPU may have it.
+    fn switch_to(&mut self, vcpu: &mut impl ApfVcpu, word: ControlWord) {
+        self.drain(vcpu);
+        let old = std::mem::replace(&mut self.control, word);
+        if old.enabled {
+            vcpu.release_shared_block(old.gpa);
+        }
+        if word.enabled {
+            // DESIGN §5.6: sleepers from before (a previous enable, the source host of
+            // a migration) wake and retry.
+            self.wake_all_pending = true;
+            self.service(vcpu);
+        }
     }
 
     fn apply_control(
@@ -670,29 +688,16 @@ impl<W: AtomicWord> ApfControl<W> {
         word: ControlWord,
     ) -> Result<(), EnableError> {
         if word.enabled {
-            // From here on the host owns the two channels: start them empty, so that
-            // words left behind before a disable cannot hold them busy.
-            if !clear_channel_at(vcpu, word.gpa, Channel::NotPresent)
-                || !clear_channel_at(vcpu, word.gpa, Channel::Ready)
-            {
-                return Err(EnableError::BadBlock(word.gpa));
-            }
+            take_block(vcpu, word.gpa)?;
         }
-        self.drain(vcpu);
-        self.control = word;
-        if word.enabled {
-            // DESIGN §5.6: sleepers from before (a previous enable, the source host of
-            // a migration) wake and retry.
-            self.wake_all_pending = true;
-            self.service(vcpu);
-        }
+        self.switch_to(vcpu, word);
         Ok(())
     }
 
     /// The guest's ENABLE (series semantics: NOT_REQUIRED when the enabled bit does
-    /// not change). Refused words change nothing.
+    /// not change). Refused words change nothing: no block is claimed for them.
     pub fn guest_enable(&mut self, vcpu: &mut impl ApfVcpu, raw: u64) -> Result<(), EnableError> {
-        let word = self.check_control(vcpu, raw)?;
+        let word = self.check_control(raw)?;
         if word.enabled == self.control.enabled {
             return Err(EnableError::Unchanged(word.enabled));
         }
@@ -700,13 +705,15 @@ impl<W: AtomicWord> ApfControl<W> {
     }
 
     /// The VMM's SET_CONTROL (restore): always re-applies, and an enabling word
-    /// queues a wake-all even if APF was already enabled.
+    /// queues a wake-all even if APF was already enabled. It claims its block as
+    /// the guest's ENABLE does (a restored engine is the only record the machine
+    /// gets); moving to another block keeps the old one until it is drained.
     pub fn vmm_set_control(
         &mut self,
         vcpu: &mut impl ApfVcpu,
         raw: u64,
     ) -> Result<(), EnableError> {
-        let word = self.check_control(vcpu, raw)?;
+        let word = self.check_control(raw)?;
         self.apply_control(vcpu, word)
     }
 
@@ -722,10 +729,10 @@ impl<W: AtomicWord> ApfControl<W> {
 
     /// vCPU reset (PSCI CPU_ON after CPU_OFF, SYSTEM_RESET): drains everything and
     /// disables APF, as x86 does and the arm64 series did not (§d.12). The VMM's SDEI
-    /// event and PPI stay; the guest's next ENABLE queues the wake-all.
+    /// event and PPI stay; the guest's next ENABLE queues the wake-all. The shared
+    /// block is given back.
     pub fn reset(&mut self, vcpu: &mut impl ApfVcpu) {
-        self.drain(vcpu);
-        self.control = ControlWord::DISABLED;
+        self.switch_to(vcpu, ControlWord::DISABLED);
     }
 }
 

@@ -45,6 +45,9 @@ pub struct FakeVcpu {
     pub fail_writes: bool,
     /// Make SDEI injection fail even when deliverable.
     pub fail_inject: bool,
+    /// The shared blocks the engine holds (claimed and not released), in claim
+    /// order.
+    pub claimed: Vec<u64>,
 }
 
 impl FakeVcpu {
@@ -66,6 +69,7 @@ impl FakeVcpu {
             fail_reads: false,
             fail_writes: false,
             fail_inject: false,
+            claimed: Vec::new(),
         }
     }
 
@@ -183,8 +187,20 @@ impl ApfVcpu for FakeVcpu {
         }
     }
 
-    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool {
-        gpa.is_multiple_of(SHARED_BLOCK_ALIGN) && self.offset(gpa, len).is_some()
+    fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool {
+        let ok = gpa.is_multiple_of(SHARED_BLOCK_ALIGN) && self.offset(gpa, len).is_some();
+        if ok {
+            self.claimed.push(gpa);
+        }
+        ok
+    }
+
+    fn release_shared_block(&mut self, gpa: u64) {
+        // An engine giving back what it does not hold has lost track of its block:
+        // the tests and fuzz targets driving this fake should see that.
+        let held = self.claimed.iter().position(|&b| b == gpa);
+        let held = held.unwrap_or_else(|| panic!("released {gpa:#x}, which is not held"));
+        self.claimed.remove(held);
     }
 
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {

@@ -49,10 +49,14 @@ pub trait ApfVcpu {
     fn sdei_cancel(&mut self, event: u32) -> Result<(), SdeiCancelError>;
     /// Drives the level of a PPI on this vCPU.
     fn set_ppi_level(&mut self, intid: u32, level: bool);
-    /// Whether `[gpa, gpa + len)` may hold this vCPU's shared block (ordinary guest
-    /// RAM, not device memory, not another vCPU's block); if so it is reserved for
-    /// this vCPU from now on, so no other vCPU can claim it meanwhile.
-    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool;
+    /// Reserves `[gpa, gpa + len)` as this vCPU's shared block if it may be one:
+    /// ordinary guest RAM, not device memory, overlapping no block another vCPU
+    /// holds. Checked and reserved in one step, so two vCPUs cannot both get it.
+    /// The engine claims a block before its first access and releases it after
+    /// its last; while it moves it holds both.
+    fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool;
+    /// Gives back one claim of the block at `gpa`.
+    fn release_shared_block(&mut self, gpa: u64);
     /// Reads a little-endian u32 from guest memory.
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError>;
     /// Writes a little-endian u32 to guest memory.

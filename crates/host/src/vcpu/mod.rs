@@ -208,7 +208,6 @@ impl<R: GuestRam> Vcpu<R> {
                 Next::Continue => {}
                 Next::PowerOff => {
                     apf.reset(&mut self.view());
-                    self.machine.set_shared_block(self.spec.index, None);
                     on = false;
                 }
             }
@@ -416,9 +415,6 @@ impl<R: GuestRam> Vcpu<R> {
             let r = apf.hypercall(&mut self.view(), x1, x2, x3);
             self.cpu.set_x(0, r.status.cast_unsigned());
             self.cpu.set_x(1, r.value);
-            let block = apf.control();
-            self.machine
-                .set_shared_block(self.spec.index, block.enabled.then_some(block.gpa));
             return Next::Continue;
         }
         let mut service = Offered(apf.offered());
@@ -481,7 +477,7 @@ impl<R: GuestRam> Vcpu<R> {
             }
             RamResolve::NeedsFetch(gfn) => gfn,
         };
-        match apf.try_async(&mut self.view(), gfn, esr.0) {
+        match apf.try_async(&mut self.view(), gfn) {
             FaultDecision::Async { cookie, .. } => {
                 self.stats.faults.asynchronous += 1;
                 match self.ram.start_fetch(gfn, cookie) {

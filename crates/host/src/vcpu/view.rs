@@ -73,8 +73,11 @@ impl<R: GuestRam> ApfVcpu for ApfView<'_, R> {
         // The engine only uses the PPI the control API validated.
         let _ = self.machine.gic.set_ppi_level(self.index, intid, level);
     }
-    fn claim_shared_block(&self, gpa: u64, len: u64) -> bool {
+    fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool {
         self.machine.claim_shared_block(self.index, gpa, len)
+    }
+    fn release_shared_block(&mut self, gpa: u64) {
+        self.machine.release_shared_block(self.index, gpa);
     }
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {
         let mut b = [0u8; 4];

@@ -8,7 +8,8 @@
 //! - no page-ready for a token whose not-present the guest did not take;
 //! - no token 0, and `~0` only as a wake-all;
 //! - never more than 64 outstanding;
-//! - a failed injection leaves the shared block as it found it.
+//! - a failed injection leaves the shared block as it found it;
+//! - the engine holds its shared block exactly while it is enabled.
 
 #![allow(dead_code)]
 
@@ -91,7 +92,7 @@ impl World {
             Op::Fault { gfn, el1 } => {
                 self.vcpu.el = u8::from(el1);
                 let before = self.block();
-                match self.engine.try_async(&mut self.vcpu, gfn, 0) {
+                match self.engine.try_async(&mut self.vcpu, gfn) {
                     FaultDecision::Async { token, cookie } => {
                         check!(token.0 != 0 && !token.is_wake_all(), "bad token {token:?}");
                         self.in_flight.push(cookie);
@@ -209,6 +210,14 @@ impl World {
             Op::FailInject(f) => self.vcpu.fail_inject = f,
         }
         check!(self.engine.outstanding() <= 64);
+        let control = self.engine.control();
+        let holds: &[u64] = if control.enabled { &[control.gpa] } else { &[] };
+        check_eq!(
+            self.vcpu.claimed.as_slice(),
+            holds,
+            "the engine holds {:x?} with control word {control:?}",
+            self.vcpu.claimed
+        );
         Ok(())
     }
 
