@@ -366,12 +366,6 @@ impl GuestMemory {
         self.inner.start_fetch(index, Waiter::Sink(sink, cookie))
     }
 
-    /// Collects finished I/O and runs its callbacks, if no other thread is doing
-    /// so. Cheap when nothing is in flight. [`VcpuTlb::sync`] calls it.
-    pub fn reap(&self) {
-        self.inner.poll_completions();
-    }
-
     /// Pages of the RAM mapping the host kernel holds in memory (by `mincore`),
     /// the figure the budget is about.
     pub fn host_resident_pages(&self) -> std::io::Result<u64> {
