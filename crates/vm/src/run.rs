@@ -51,6 +51,9 @@ pub enum VmError {
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(#[from] apf_mem::MemError),
+    /// The image has no bytes: nothing would run.
+    #[error("the image is empty: give a flat AArch64 binary (loaded at {IMAGE_LOAD_ADDR:#x})")]
+    EmptyImage,
     /// The image does not fit in guest RAM.
     #[error("the image is {len} bytes but RAM above {IMAGE_LOAD_ADDR:#x} holds {room}")]
     ImageTooBig {
@@ -71,6 +74,49 @@ pub enum VmError {
     /// A vCPU thread panicked.
     #[error("vCPU {0} panicked")]
     VcpuPanicked(usize),
+}
+
+/// Whose fault a [`VmError`] is: what the caller should change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The configuration or the image is wrong (or names a store path that
+    /// cannot be used): change the input.
+    Input,
+    /// The host could not build the VM: a mapping, a thread, io_uring, loading
+    /// guest memory, the interrupt controller.
+    Host,
+    /// The VM was built and ran, and the run failed (a vCPU panicked).
+    Run,
+}
+
+impl VmError {
+    /// Whose fault this error is.
+    pub fn class(&self) -> ErrorClass {
+        use apf_mem::MemError;
+        use apf_mem::store::StoreOpenError;
+        match self {
+            VmError::Config(_) | VmError::EmptyImage | VmError::ImageTooBig { .. } => {
+                ErrorClass::Input
+            }
+            // A swap file that cannot be made or hold a page is a store path
+            // to change; io_uring and the I/O threads are the host's.
+            VmError::Store(StoreOpenError::Create { .. } | StoreOpenError::Probe { .. }) => {
+                ErrorClass::Input
+            }
+            VmError::Store(StoreOpenError::QueueDepth(_)) => ErrorClass::Input,
+            VmError::Store(StoreOpenError::IoUring { .. } | StoreOpenError::Threads(..)) => {
+                ErrorClass::Host
+            }
+            VmError::Memory(
+                MemError::RamSize(_) | MemError::RamBase { .. } | MemError::Budget(_),
+            ) => ErrorClass::Input,
+            VmError::Memory(MemError::Map { .. } | MemError::Spawn(..))
+            | VmError::Load(_)
+            | VmError::Thread(_)
+            | VmError::Gic(_) => ErrorClass::Host,
+            VmError::VcpuPanicked(_) => ErrorClass::Run,
+        }
+    }
 }
 
 /// How a run ended.
@@ -328,6 +374,9 @@ struct Built {
 
 fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
     config.validate_machine()?;
+    if image.is_empty() {
+        return Err(VmError::EmptyImage);
+    }
     let store = open_store(config)?;
     let memory = GuestMemory::new(
         MemConfig {
@@ -782,5 +831,30 @@ mod tests {
         });
         assert!(matches!(error, VmError::Gic(_)), "{error}");
         assert_released(others, &memory);
+    }
+
+    #[test]
+    fn an_empty_image_is_refused_as_input() {
+        let e = run_image(&four_vcpus(), &[], RunOptions::default()).unwrap_err();
+        assert!(matches!(e, VmError::EmptyImage), "{e}");
+        assert_eq!(e.class(), ErrorClass::Input);
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_whose_fault_they_are() {
+        let bad = VmConfig {
+            vcpus: 0,
+            ..four_vcpus()
+        };
+        let e = run_image(&bad, GUEST_IMAGE, RunOptions::default()).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Input, "{e}");
+        let big = vec![0u8; 64 << 20];
+        let e = run_image(&four_vcpus(), &big, RunOptions::default()).unwrap_err();
+        assert!(matches!(e, VmError::ImageTooBig { .. }), "{e}");
+        assert_eq!(e.class(), ErrorClass::Input);
+        let e = VmError::Thread(std::io::Error::other("no thread"));
+        assert_eq!(e.class(), ErrorClass::Host);
+        assert_eq!(VmError::VcpuPanicked(1).class(), ErrorClass::Run);
     }
 }
