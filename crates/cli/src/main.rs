@@ -305,29 +305,56 @@ fn write_json(path: &Path, command: &str, runs: &[RunReport]) -> Result<(), CliE
     })
 }
 
-/// A run whose results cannot be trusted fails the command.
+/// A run whose results cannot be trusted, or in which the guest lost a
+/// process or a page, fails the command: one line for the first such run, and
+/// how many more there were.
 fn check(runs: &[RunReport]) -> Result<(), CliError> {
-    for r in runs {
-        if let Some(e) = &r.invariant_violation {
-            return Err(CliError::RunFailed(format!(
-                "{}: memory invariant broken: {e}",
-                r.label
-            )));
-        }
-        if !r.checksums_ok {
-            return Err(CliError::RunFailed(format!(
-                "{}: a process's checksum is wrong",
-                r.label
-            )));
-        }
-        if r.end == "timeout" {
-            return Err(CliError::RunFailed(format!(
-                "{}: the guest did not finish in time (raise --timeout or lower the work)",
-                r.label
-            )));
-        }
+    let mut problems = runs.iter().filter_map(problem);
+    let Some(first) = problems.next() else {
+        return Ok(());
+    };
+    let more = problems.count();
+    Err(CliError::RunFailed(match more {
+        0 => first,
+        n => format!(
+            "{first} (and {n} more failed run{})",
+            if n == 1 { "" } else { "s" }
+        ),
+    }))
+}
+
+/// What went wrong in `r`, if anything (the worst first).
+fn problem(r: &RunReport) -> Option<String> {
+    let label = &r.label;
+    if let Some(e) = &r.invariant_violation {
+        return Some(format!("{label}: memory invariant broken: {e}"));
     }
-    Ok(())
+    if !r.checksums_ok {
+        return Some(format!("{label}: a process's checksum is wrong"));
+    }
+    if let Some(k) = r.killed.first() {
+        let others = match r.killed.len() - 1 {
+            0 => String::new(),
+            n => format!(" ({n} more killed)"),
+        };
+        return Some(format!(
+            "{label}: the guest killed process {} ({}, vcpu {}): {}{others}",
+            k.index, k.name, k.vcpu, k.reason
+        ));
+    }
+    if r.lost_pages > 0 {
+        return Some(format!(
+            "{label}: the host could not bring back {} page{} (an external abort to the guest each)",
+            r.lost_pages,
+            if r.lost_pages == 1 { "" } else { "s" }
+        ));
+    }
+    if r.end == "timeout" {
+        return Some(format!(
+            "{label}: the guest did not finish in time (raise --timeout or lower the work)"
+        ));
+    }
+    None
 }
 
 fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
@@ -622,6 +649,33 @@ mod tests {
         );
         let e = Cli::try_parse_from(["apf", "run", "-p", "scan,vcpu=x"]).unwrap_err();
         assert!(one_line(&e).contains("not a vCPU number"));
+    }
+
+    #[test]
+    fn a_run_with_a_killed_process_or_a_lost_page_fails() {
+        let killed = report::testing::killed_scan("APF on");
+        let e = check(std::slice::from_ref(&killed)).unwrap_err();
+        assert_eq!(e.exit_status(), EXIT_RUN_FAILED);
+        assert_eq!(
+            e.to_string(),
+            "APF on: the guest killed process 0 (scan, vcpu 0): external abort on a data read (ESR 0x92000010)"
+        );
+        let lost = RunReport {
+            killed: Vec::new(),
+            ..killed.clone()
+        };
+        let e = check(&[lost]).unwrap_err().to_string();
+        assert!(e.contains("could not bring back 1 page "), "{e}");
+        let clean = RunReport {
+            killed: Vec::new(),
+            lost_pages: 0,
+            ..killed.clone()
+        };
+        check(std::slice::from_ref(&clean)).unwrap();
+        let e = check(&[clean, killed.clone(), killed])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("(and 1 more failed run)"), "{e}");
     }
 
     #[test]

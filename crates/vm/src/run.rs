@@ -156,6 +156,52 @@ pub struct ProcessOutcome {
     pub ended_at: Option<Duration>,
 }
 
+impl ProcessOutcome {
+    /// Whether the guest killed it.
+    pub fn killed(&self) -> bool {
+        self.state == proc_state::KILLED
+    }
+
+    /// Why the guest killed it, from the syndrome the guest recorded: e.g.
+    /// "external abort on a data read (ESR 0x92000010)"; `None` if it was not
+    /// killed.
+    pub fn kill_reason(&self) -> Option<String> {
+        self.killed().then(|| kill_reason(self.kill_esr))
+    }
+}
+
+/// The exception `esr` (a process's `kill_esr`) in words, with its value.
+fn kill_reason(esr: u32) -> String {
+    use apf_abi::esr::{Esr, ISS_FSC_MASK, ec, fsc};
+    let e = Esr(u64::from(esr));
+    let status = u32::try_from(e.iss() & ISS_FSC_MASK).unwrap_or(u32::MAX);
+    let what = match e.ec() {
+        ec::DABT_LOWER | ec::DABT_CURRENT => {
+            let access = if e.is_write_abort() { "write" } else { "read" };
+            if status == fsc::SYNC_EXTERNAL {
+                format!("external abort on a data {access}")
+            } else {
+                format!("data abort on a {access}, fault status {status:#04x}")
+            }
+        }
+        ec::IABT_LOWER | ec::IABT_CURRENT if status == fsc::SYNC_EXTERNAL => {
+            "external abort on an instruction fetch".into()
+        }
+        ec::IABT_LOWER | ec::IABT_CURRENT => {
+            format!("instruction abort, fault status {status:#04x}")
+        }
+        ec::UNKNOWN => "undefined instruction".into(),
+        ec::PC_ALIGNMENT => "misaligned PC".into(),
+        ec::SP_ALIGNMENT => "misaligned stack pointer".into(),
+        ec::BRK64 => "breakpoint (BRK)".into(),
+        ec::ILLEGAL_STATE => "illegal execution state".into(),
+        ec::SYSREG => "trapped system register access".into(),
+        ec::FP_ASIMD => "trapped SIMD/FP access".into(),
+        class => format!("exception class {class:#04x}"),
+    };
+    format!("{what} (ESR {esr:#010x})")
+}
+
 /// Everything a run produced.
 #[derive(Debug)]
 pub struct VmRun {
@@ -177,6 +223,24 @@ pub struct VmRun {
     pub store: StoreInfo,
     /// Per-process outcomes (workload runs).
     pub processes: Vec<ProcessOutcome>,
+}
+
+impl VmRun {
+    /// Pages the host could not bring back, as the guest saw them: stage-2
+    /// faults whose page could not be read from the store even by the
+    /// synchronous read that is the last resort, each answered with an external
+    /// abort to the guest (the vCPUs' `faults.lost`, summed). A failed
+    /// asynchronous fetch is not counted (nor memory's `fetch.failed`): the page
+    /// stays in the store, the guest retries the access and the host reads it
+    /// again. A page lost to two accesses counts twice.
+    pub fn lost_pages(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.stats.faults.lost).sum()
+    }
+
+    /// The processes the guest killed.
+    pub fn killed(&self) -> impl Iterator<Item = &ProcessOutcome> {
+        self.processes.iter().filter(|p| p.killed())
+    }
 }
 
 /// The console: kept for the report, and echoed to standard output if asked.
@@ -856,5 +920,65 @@ mod tests {
         let e = VmError::Thread(std::io::Error::other("no thread"));
         assert_eq!(e.class(), ErrorClass::Host);
         assert_eq!(VmError::VcpuPanicked(1).class(), ErrorClass::Run);
+    }
+
+    #[test]
+    fn a_kill_is_explained_from_its_syndrome() {
+        use apf_abi::esr::{DataAbort, InstructionAbort, ec, fsc};
+        let data = |write, dfsc| {
+            DataAbort {
+                syndrome: None,
+                write,
+                s1ptw: false,
+                cache_maintenance: false,
+                external: false,
+                far_not_valid: false,
+                dfsc,
+            }
+            .encode(ec::DABT_LOWER)
+            .0
+        };
+        let lost_read = u32::try_from(data(false, fsc::SYNC_EXTERNAL)).unwrap();
+        assert_eq!(
+            kill_reason(lost_read),
+            format!("external abort on a data read (ESR {lost_read:#010x})")
+        );
+        let lost_write = u32::try_from(data(true, fsc::SYNC_EXTERNAL)).unwrap();
+        assert!(kill_reason(lost_write).starts_with("external abort on a data write"));
+        let fetch = InstructionAbort {
+            s1ptw: false,
+            external: false,
+            far_not_valid: false,
+            ifsc: fsc::SYNC_EXTERNAL,
+        }
+        .encode(ec::IABT_LOWER)
+        .0;
+        assert!(
+            kill_reason(u32::try_from(fetch).unwrap())
+                .starts_with("external abort on an instruction fetch")
+        );
+        let perm = u32::try_from(data(true, fsc::PERMISSION_L3)).unwrap();
+        assert!(kill_reason(perm).starts_with("data abort on a write, fault status 0x0f"));
+        assert_eq!(
+            kill_reason(0x0200_0000),
+            "undefined instruction (ESR 0x02000000)"
+        );
+
+        let mut p = ProcessOutcome {
+            index: 0,
+            kind: WorkloadKind::Scan,
+            vcpu: 0,
+            state: proc_state::DONE,
+            progress: 10,
+            checksum: 0,
+            checksum_ok: true,
+            kill_esr: 0,
+            ended_at: None,
+        };
+        assert_eq!(p.kill_reason(), None);
+        p.state = proc_state::KILLED;
+        p.kill_esr = lost_read;
+        assert!(p.killed());
+        assert_eq!(p.kill_reason(), Some(kill_reason(lost_read)));
     }
 }
