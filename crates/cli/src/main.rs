@@ -1,6 +1,10 @@
 //! The `apf` command line: run a VM, compare APF off and on, sweep a parameter,
 //! measure the store, trace the protocol.
 
+// Only apf-mem needs unsafe code (guest RAM, io_uring); the command line is
+// safe Rust, and the compiler keeps it so.
+#![forbid(unsafe_code)]
+
 mod chart;
 mod demo;
 mod progress;
