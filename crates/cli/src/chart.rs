@@ -406,11 +406,21 @@ pub fn render_sweep(s: &Sweep) -> String {
         row.extend([secs(a.blocktime_s()), secs(b.blocktime_s())]);
         t.row(row);
     }
+    let mut killed = String::new();
+    for r in s.points.iter().flat_map(|(_, a, b)| [a, b]) {
+        let lines = crate::report::killed_lines(r, &format!("  {}: ", r.label));
+        killed.push_str(&lines);
+    }
     format!(
-        "{}: {}\n{}",
+        "{}: {}\n{}{}",
         s.parameter,
         crate::report::describe(&first.config, &first.store),
-        t.render()
+        t.render(),
+        if killed.is_empty() {
+            killed
+        } else {
+            format!("\n{killed}")
+        }
     )
 }
 

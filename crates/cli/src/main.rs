@@ -1,6 +1,10 @@
 //! The `apf` command line: run a VM, compare APF off and on, sweep a parameter,
 //! measure the store, trace the protocol.
 
+// Only apf-mem needs unsafe code (guest RAM, io_uring); the command line is
+// safe Rust, and the compiler keeps it so.
+#![forbid(unsafe_code)]
+
 mod chart;
 mod demo;
 mod progress;
@@ -11,7 +15,9 @@ mod trace;
 mod vmargs;
 
 use apf_vm::config::{ByteSize, ProcessConfig, Span, VmConfig, WorkloadKind};
-use apf_vm::{RunEnd, RunOptions, VmError, run_image, run_workloads, run_workloads_observed};
+use apf_vm::{
+    ErrorClass, RunEnd, RunOptions, VmError, run_image, run_workloads, run_workloads_observed,
+};
 use clap::{Args, Parser, Subcommand};
 use progress::RunBar;
 use report::{JsonReport, RunReport};
@@ -144,17 +150,39 @@ fn parse_number(text: &str) -> Result<u64, String> {
     parsed.map_err(|_| format!("`{text}` is not a number (decimal or 0x-prefixed hex)"))
 }
 
-/// Why a command failed: one line each.
+/// The run succeeded: every check held.
+const EXIT_OK: u8 = 0;
+/// The run failed: a timeout, a wrong checksum, a killed process, a broken
+/// memory invariant, a vCPU panic, a guest that asked for a reset.
+const EXIT_RUN_FAILED: u8 = 1;
+/// The input was wrong: a flag, a value, the config file, the image file, the
+/// store path, an output path. Nothing ran.
+const EXIT_BAD_INPUT: u8 = 2;
+/// The host could not do its part: build the VM (map guest RAM, start a
+/// thread, set up io_uring), record a trace, or write the report or chart.
+const EXIT_HOST: u8 = 3;
+
+/// Why a command failed: one line each, and the exit status that says whose
+/// fault it is ([`CliError::exit_status`]).
 #[derive(Debug, Error)]
 enum CliError {
     #[error(transparent)]
     Args(#[from] VmArgsError),
-    #[error(transparent)]
+    #[error("{0}{hint}", hint = vm_hint(.0))]
     Vm(#[from] VmError),
-    #[error("cannot read the image {path}: {source}")]
+    #[error("cannot read the image {path}: {source} (give --image a readable file)")]
     Image {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("the image {path} is empty: give --image a flat AArch64 binary")]
+    EmptyImage { path: PathBuf },
+    /// An output file that could not be written, found before the run.
+    #[error("{flag} {path}: {reason}")]
+    Output {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
     },
     #[error("cannot write {path}: {source}")]
     Write {
@@ -167,8 +195,84 @@ enum CliError {
     Bench(#[from] storebench::StoreBenchError),
     #[error("cannot record trace events: {0}")]
     Trace(#[from] tracing::subscriber::SetGlobalDefaultError),
+    /// The VM ran and the run failed.
     #[error("{0}")]
-    Failed(String),
+    RunFailed(String),
+}
+
+/// What to change after a VM error that is the input's fault, when the error
+/// alone does not say.
+fn vm_hint(e: &VmError) -> &'static str {
+    use apf_mem::store::StoreOpenError;
+    match e {
+        VmError::Store(StoreOpenError::Create { .. } | StoreOpenError::Probe { .. }) => {
+            " (give --store-path a writable directory)"
+        }
+        VmError::ImageTooBig { .. } => " (raise --ram)",
+        _ => "",
+    }
+}
+
+fn vm_status(e: &VmError) -> u8 {
+    match e.class() {
+        ErrorClass::Input => EXIT_BAD_INPUT,
+        ErrorClass::Host => EXIT_HOST,
+        ErrorClass::Run => EXIT_RUN_FAILED,
+    }
+}
+
+impl CliError {
+    /// The process's exit status for this error (README, "Exit statuses").
+    fn exit_status(&self) -> u8 {
+        use storebench::StoreBenchError;
+        match self {
+            CliError::Args(_)
+            | CliError::Image { .. }
+            | CliError::EmptyImage { .. }
+            | CliError::Output { .. }
+            | CliError::Bench(StoreBenchError::Args(_) | StoreBenchError::Depth(_)) => {
+                EXIT_BAD_INPUT
+            }
+            CliError::Vm(e) | CliError::Bench(StoreBenchError::Open(e)) => vm_status(e),
+            CliError::Write { .. }
+            | CliError::Chart { .. }
+            | CliError::Trace(_)
+            | CliError::Bench(StoreBenchError::Bench(_)) => EXIT_HOST,
+            CliError::RunFailed(_) => EXIT_RUN_FAILED,
+        }
+    }
+}
+
+/// Refuses, before anything runs, an output file that cannot be written where
+/// it is asked for: a directory that does not exist, or a chart that is neither
+/// PNG nor SVG.
+fn check_output(flag: &'static str, path: Option<&Path>) -> Result<(), CliError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let refuse = |reason: String| CliError::Output {
+        flag,
+        path: path.to_path_buf(),
+        reason,
+    };
+    if flag == "--chart"
+        && !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("png" | "svg")
+        )
+    {
+        return Err(refuse("name the file .png or .svg".into()));
+    }
+    if path.is_dir() {
+        return Err(refuse("is a directory: name a file".into()));
+    }
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(refuse(format!(
+            "the directory {} does not exist: create it or name another",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Runs the built-in guest with `config`, with a progress bar on a terminal.
@@ -205,32 +309,60 @@ fn write_json(path: &Path, command: &str, runs: &[RunReport]) -> Result<(), CliE
     })
 }
 
-/// A run whose results cannot be trusted fails the command.
+/// A run whose results cannot be trusted, or in which the guest lost a
+/// process or a page, fails the command: one line for the first such run, and
+/// how many more there were.
 fn check(runs: &[RunReport]) -> Result<(), CliError> {
-    for r in runs {
-        if let Some(e) = &r.invariant_violation {
-            return Err(CliError::Failed(format!(
-                "{}: memory invariant broken: {e}",
-                r.label
-            )));
-        }
-        if !r.checksums_ok {
-            return Err(CliError::Failed(format!(
-                "{}: a process's checksum is wrong",
-                r.label
-            )));
-        }
-        if r.end == "timeout" {
-            return Err(CliError::Failed(format!(
-                "{}: the guest did not finish in time (raise --timeout or lower the work)",
-                r.label
-            )));
-        }
+    let mut problems = runs.iter().filter_map(problem);
+    let Some(first) = problems.next() else {
+        return Ok(());
+    };
+    let more = problems.count();
+    Err(CliError::RunFailed(match more {
+        0 => first,
+        n => format!(
+            "{first} (and {n} more failed run{})",
+            if n == 1 { "" } else { "s" }
+        ),
+    }))
+}
+
+/// What went wrong in `r`, if anything (the worst first).
+fn problem(r: &RunReport) -> Option<String> {
+    let label = &r.label;
+    if let Some(e) = &r.invariant_violation {
+        return Some(format!("{label}: memory invariant broken: {e}"));
     }
-    Ok(())
+    if !r.checksums_ok {
+        return Some(format!("{label}: a process's checksum is wrong"));
+    }
+    if let Some(k) = r.killed.first() {
+        let others = match r.killed.len() - 1 {
+            0 => String::new(),
+            n => format!(" ({n} more killed)"),
+        };
+        return Some(format!(
+            "{label}: the guest killed process {} ({}, vcpu {}): {}{others}",
+            k.index, k.name, k.vcpu, k.reason
+        ));
+    }
+    if r.lost_pages > 0 {
+        return Some(format!(
+            "{label}: the host could not bring back {} page{} (an external abort to the guest each)",
+            r.lost_pages,
+            if r.lost_pages == 1 { "" } else { "s" }
+        ));
+    }
+    if r.end == "timeout" {
+        return Some(format!(
+            "{label}: the guest did not finish in time (raise --timeout or lower the work)"
+        ));
+    }
+    None
 }
 
 fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
+    check_output("--json", args.json.as_deref())?;
     if let Some(path) = &args.image {
         return run_an_image(args, path);
     }
@@ -262,6 +394,11 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         path: path.to_path_buf(),
         source,
     })?;
+    if image.is_empty() {
+        return Err(CliError::EmptyImage {
+            path: path.to_path_buf(),
+        });
+    }
     let config = args.vm.config_machine(VmConfig::default())?;
     if let Some(dir) = vmargs::ensure_store_dir(&config)? {
         eprintln!("apf: created the store directory {}", dir.display());
@@ -290,10 +427,10 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
             eprintln!("apf: the guest powered off after {wall}");
             Ok(())
         }
-        RunEnd::SystemReset => Err(CliError::Failed(format!(
+        RunEnd::SystemReset => Err(CliError::RunFailed(format!(
             "the guest asked for a reset after {wall} (apf does not reset)"
         ))),
-        RunEnd::Timeout | RunEnd::Stopped => Err(CliError::Failed(format!(
+        RunEnd::Timeout | RunEnd::Stopped => Err(CliError::RunFailed(format!(
             "the guest was still running after {wall} (--timeout)"
         ))),
     }
@@ -320,6 +457,8 @@ fn off_and_on(
 
 fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
     let config = args.vm.config(VmConfig::default())?;
+    check_output("--json", args.json.as_deref())?;
+    check_output("--chart", args.chart.as_deref())?;
     let (off, on) = off_and_on(&config, "", args.timeout.0)?;
     print!("{}", report::render_side_by_side(&off, &on));
     let runs = [off, on];
@@ -337,6 +476,8 @@ fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
 
 fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
     let base = args.vm.config(VmConfig::default())?;
+    check_output("--json", args.json.as_deref())?;
+    check_output("--chart", args.chart.as_deref())?;
     let points: Vec<(String, VmConfig)> = match &args.budgets {
         Some(budgets) => budgets
             .iter()
@@ -470,11 +611,11 @@ fn main() -> ExitCode {
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             // `apf` alone: the list of commands.
             let _ = e.print();
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
         Err(e) => {
             eprintln!("apf: {}", one_line(&e));
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     let result = match &cli.command {
@@ -483,13 +624,13 @@ fn main() -> ExitCode {
         Command::Sweep(args) => cmd_sweep(args),
         Command::StoreBench(args) => storebench::run(args).map_err(CliError::from),
         Command::Trace(args) => cmd_trace(args),
-        Command::EngineDemo { faults } => demo::engine_demo(*faults).map_err(CliError::Failed),
+        Command::EngineDemo { faults } => demo::engine_demo(*faults).map_err(CliError::RunFailed),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("apf: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_status())
         }
     }
 }
@@ -512,6 +653,33 @@ mod tests {
         );
         let e = Cli::try_parse_from(["apf", "run", "-p", "scan,vcpu=x"]).unwrap_err();
         assert!(one_line(&e).contains("not a vCPU number"));
+    }
+
+    #[test]
+    fn a_run_with_a_killed_process_or_a_lost_page_fails() {
+        let killed = report::testing::killed_scan("APF on");
+        let e = check(std::slice::from_ref(&killed)).unwrap_err();
+        assert_eq!(e.exit_status(), EXIT_RUN_FAILED);
+        assert_eq!(
+            e.to_string(),
+            "APF on: the guest killed process 0 (scan, vcpu 0): external abort on a data read (ESR 0x92000010)"
+        );
+        let lost = RunReport {
+            killed: Vec::new(),
+            ..killed.clone()
+        };
+        let e = check(&[lost]).unwrap_err().to_string();
+        assert!(e.contains("could not bring back 1 page "), "{e}");
+        let clean = RunReport {
+            killed: Vec::new(),
+            lost_pages: 0,
+            ..killed.clone()
+        };
+        check(std::slice::from_ref(&clean)).unwrap();
+        let e = check(&[clean, killed.clone(), killed])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("(and 1 more failed run)"), "{e}");
     }
 
     #[test]

@@ -39,8 +39,14 @@ pub struct RunReport {
     pub wall_s: f64,
     /// When every process with work had done it.
     pub work_done_s: Option<f64>,
-    /// Every process's checksum matched the reference.
+    /// Every process's checksum matched the reference (a killed process's
+    /// checksum is checked for the work it did before it was killed).
     pub checksums_ok: bool,
+    /// The processes the guest killed, with why.
+    pub killed: Vec<KilledReport>,
+    /// Pages the host could not bring back: each sent the guest an external
+    /// abort ([`VmRun::lost_pages`]).
+    pub lost_pages: u64,
     /// Per process.
     pub processes: Vec<ProcessReport>,
     /// Per vCPU.
@@ -76,6 +82,22 @@ pub struct ProcessReport {
     pub checksum: String,
     /// Whether that checksum equals the Rust reference's for `progress` units.
     pub checksum_ok: bool,
+}
+
+/// A process the guest killed.
+#[derive(Debug, Clone, Serialize)]
+pub struct KilledReport {
+    /// Index in the configuration.
+    pub index: usize,
+    /// Its workload.
+    pub name: &'static str,
+    /// The vCPU it ran on.
+    pub vcpu: u32,
+    /// Why, from the syndrome the guest recorded, e.g. "external abort on a data
+    /// read (ESR 0x92000010)".
+    pub reason: String,
+    /// That syndrome (ESR_EL1), in hex.
+    pub esr: String,
 }
 
 /// One vCPU.
@@ -299,6 +321,16 @@ impl RunReport {
                 }
             })
             .collect();
+        let killed = run
+            .killed()
+            .map(|p| KilledReport {
+                index: p.index,
+                name: p.kind.name(),
+                vcpu: p.vcpu,
+                reason: p.kill_reason().unwrap_or_default(),
+                esr: format!("{:#010x}", p.kill_esr),
+            })
+            .collect();
         RunReport {
             label: label.into(),
             apf: config.apf,
@@ -307,6 +339,8 @@ impl RunReport {
             wall_s,
             work_done_s: run.work_done_at.map(seconds),
             checksums_ok: !processes.is_empty() && processes.iter().all(|p| p.checksum_ok),
+            killed,
+            lost_pages: run.lost_pages(),
             processes,
             vcpus: run.vcpus.iter().map(vcpu_report).collect(),
             memory: memory_report(&run.mem, wall_s),
@@ -386,11 +420,46 @@ fn ending(r: &RunReport) -> String {
     } else {
         format!("{bad} of {} checksums WRONG", r.processes.len())
     };
+    let killed = match r.killed.len() {
+        0 => String::new(),
+        1 => "; 1 process KILLED".into(),
+        n => format!("; {n} processes KILLED"),
+    };
+    let lost = match r.lost_pages {
+        0 => String::new(),
+        1 => "; 1 page LOST".into(),
+        n => format!("; {} pages LOST", count(n)),
+    };
     let inv = r
         .invariant_violation
         .as_ref()
         .map_or(String::new(), |e| format!("; MEMORY INVARIANT BROKEN: {e}"));
-    format!("{how} after {}{done}; {sums}{inv}", secs(r.wall_s))
+    format!(
+        "{how} after {}{done}; {sums}{killed}{lost}{inv}",
+        secs(r.wall_s)
+    )
+}
+
+/// A line per killed process, each starting with `indent`.
+pub fn killed_lines(r: &RunReport, indent: &str) -> String {
+    let mut out = String::new();
+    for k in &r.killed {
+        let progress = r
+            .processes
+            .iter()
+            .find(|p| p.index == k.index)
+            .map_or(0, |p| p.progress);
+        let _ = writeln!(
+            out,
+            "{indent}killed: process {} {} (vcpu {}) after {} units of work: {}",
+            k.index,
+            k.name,
+            k.vcpu,
+            count(progress),
+            k.reason
+        );
+    }
+    out
 }
 
 fn nonzero(map: &BTreeMap<&'static str, u64>) -> String {
@@ -424,10 +493,12 @@ fn us(n: u64) -> String {
 pub fn render_run(r: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: {}", r.label, describe(&r.config, &r.store));
-    let _ = writeln!(out, "  {}\n", ending(r));
+    let _ = writeln!(out, "  {}", ending(r));
+    out.push_str(&killed_lines(r, "  "));
+    out.push('\n');
 
     let mut t = Table::new(&[
-        "process", "vcpu", "work", "done", "ended", "work/s", "checksum",
+        "process", "vcpu", "work", "done", "state", "ended", "work/s", "checksum",
     ]);
     for p in &r.processes {
         t.row(vec![
@@ -439,6 +510,7 @@ pub fn render_run(r: &RunReport) -> String {
                 count(p.work)
             },
             count(p.progress),
+            p.state.to_string(),
             p.ended_s.map_or("-".into(), secs),
             count_f(p.work_per_s),
             if p.checksum_ok {
@@ -541,8 +613,11 @@ fn ratio_n(off: u64, on: u64) -> String {
 pub fn render_side_by_side(a: &RunReport, b: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", describe(&b.config, &b.store));
-    let _ = writeln!(out, "  {}: {}", a.label, ending(a));
-    let _ = writeln!(out, "  {}: {}\n", b.label, ending(b));
+    for r in [a, b] {
+        let _ = writeln!(out, "  {}: {}", r.label, ending(r));
+        out.push_str(&killed_lines(r, "    "));
+    }
+    out.push('\n');
     let ratio_head = format!("{} / {}", short(&b.label), short(&a.label));
     let mut t = Table::new(&["", &a.label, &b.label, &ratio_head]);
     for (pa, pb) in a.processes.iter().zip(&b.processes) {
@@ -625,9 +700,102 @@ fn short(label: &str) -> &str {
     label.strip_prefix("APF ").unwrap_or(label)
 }
 
+/// Reports of a real (short) run, for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::RunReport;
+    use apf_vm::config::{ByteSize, ProcessConfig, StoreKind, VmConfig, WorkloadKind};
+    use apf_vm::{RunOptions, VmRun, run_workloads};
+
+    /// A scan and a calc on one vCPU over host memory: well under a second.
+    pub(crate) fn quick_run() -> (VmConfig, VmRun) {
+        let mut config = VmConfig {
+            ram: ByteSize(64 << 20),
+            budget: ByteSize(16 << 20),
+            processes: vec![
+                ProcessConfig {
+                    kind: WorkloadKind::Scan,
+                    vcpu: 0,
+                    mem: ByteSize(8 << 20),
+                    work: 200,
+                },
+                ProcessConfig {
+                    kind: WorkloadKind::Calc,
+                    vcpu: 0,
+                    mem: ByteSize(0),
+                    work: 0,
+                },
+            ],
+            ..VmConfig::default()
+        };
+        config.store.kind = StoreKind::Mem;
+        config.store.latency = "0".parse().unwrap();
+        let run = run_workloads(&config, RunOptions::default()).expect("the VM runs");
+        (config, run)
+    }
+
+    /// [`quick_run`] as if the guest had killed the scan on its first lost page
+    /// (an external abort on a data read).
+    pub(crate) fn killed_scan(label: &str) -> RunReport {
+        let (config, mut run) = quick_run();
+        let scan = &mut run.processes[0];
+        scan.state = apf_abi::boot::proc_state::KILLED;
+        scan.kill_esr = 0x9200_0010;
+        run.vcpus[0].stats.faults.lost = 1;
+        RunReport::new(label, &config, &run)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_process_is_named_first_and_in_the_json() {
+        let (config, run) = testing::quick_run();
+        let clean = RunReport::new("APF on", &config, &run);
+        assert!(clean.killed.is_empty() && clean.lost_pages == 0);
+        assert!(!render_run(&clean).contains("killed:"));
+
+        let r = testing::killed_scan("APF on");
+        assert!(
+            r.checksums_ok,
+            "the scan's checksum is right for its progress"
+        );
+        assert_eq!(r.lost_pages, 1);
+        let reason = "external abort on a data read (ESR 0x92000010)";
+        let text = render_run(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].ends_with("all 2 checksums correct; 1 process KILLED; 1 page LOST"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "  killed: process 0 scan (vcpu 0) after {} units of work: {reason}",
+                count(r.processes[0].progress)
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["killed"],
+            serde_json::json!([{
+                "index": 0, "name": "scan", "vcpu": 0, "reason": reason, "esr": "0x92000010"
+            }])
+        );
+        assert_eq!(json["lost_pages"], 1);
+        assert_eq!(json["processes"][0]["state"], "killed");
+
+        let both = render_side_by_side(&clean, &r);
+        let lines: Vec<&str> = both.lines().collect();
+        assert!(lines[2].starts_with("  APF on: "), "{both}");
+        assert!(
+            lines[3].starts_with("    killed: process 0 scan (vcpu 0)"),
+            "{both}"
+        );
+    }
 
     #[test]
     fn ratios_and_latencies_read_well() {

@@ -31,7 +31,9 @@ pub enum VmArgsError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     /// The store directory could not be made.
-    #[error("store path {path} does not exist and cannot be created: {source}")]
+    #[error(
+        "store path {path} does not exist and cannot be created: {source} (give --store-path a directory apf can make or write)"
+    )]
     StoreDir {
         /// The path.
         path: PathBuf,

@@ -11,6 +11,6 @@ pub mod workload;
 
 pub use ram::MemRam;
 pub use run::{
-    GUEST_IMAGE, Live, Observer, ProcessOutcome, RunEnd, RunOptions, VmError, VmRun, boot_block,
-    open_store, run_image, run_image_observed, run_workloads, run_workloads_observed,
+    ErrorClass, GUEST_IMAGE, Live, Observer, ProcessOutcome, RunEnd, RunOptions, VmError, VmRun,
+    boot_block, open_store, run_image, run_image_observed, run_workloads, run_workloads_observed,
 };

@@ -51,6 +51,9 @@ pub enum VmError {
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(#[from] apf_mem::MemError),
+    /// The image has no bytes: nothing would run.
+    #[error("the image is empty: give a flat AArch64 binary (loaded at {IMAGE_LOAD_ADDR:#x})")]
+    EmptyImage,
     /// The image does not fit in guest RAM.
     #[error("the image is {len} bytes but RAM above {IMAGE_LOAD_ADDR:#x} holds {room}")]
     ImageTooBig {
@@ -71,6 +74,49 @@ pub enum VmError {
     /// A vCPU thread panicked.
     #[error("vCPU {0} panicked")]
     VcpuPanicked(usize),
+}
+
+/// Whose fault a [`VmError`] is: what the caller should change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The configuration or the image is wrong (or names a store path that
+    /// cannot be used): change the input.
+    Input,
+    /// The host could not build the VM: a mapping, a thread, io_uring, loading
+    /// guest memory, the interrupt controller.
+    Host,
+    /// The VM was built and ran, and the run failed (a vCPU panicked).
+    Run,
+}
+
+impl VmError {
+    /// Whose fault this error is.
+    pub fn class(&self) -> ErrorClass {
+        use apf_mem::MemError;
+        use apf_mem::store::StoreOpenError;
+        match self {
+            VmError::Config(_) | VmError::EmptyImage | VmError::ImageTooBig { .. } => {
+                ErrorClass::Input
+            }
+            // A swap file that cannot be made or hold a page is a store path
+            // to change; io_uring and the I/O threads are the host's.
+            VmError::Store(StoreOpenError::Create { .. } | StoreOpenError::Probe { .. }) => {
+                ErrorClass::Input
+            }
+            VmError::Store(StoreOpenError::QueueDepth(_)) => ErrorClass::Input,
+            VmError::Store(StoreOpenError::IoUring { .. } | StoreOpenError::Threads(..)) => {
+                ErrorClass::Host
+            }
+            VmError::Memory(
+                MemError::RamSize(_) | MemError::RamBase { .. } | MemError::Budget(_),
+            ) => ErrorClass::Input,
+            VmError::Memory(MemError::Map { .. } | MemError::Spawn(..))
+            | VmError::Load(_)
+            | VmError::Thread(_)
+            | VmError::Gic(_) => ErrorClass::Host,
+            VmError::VcpuPanicked(_) => ErrorClass::Run,
+        }
+    }
 }
 
 /// How a run ended.
@@ -110,6 +156,52 @@ pub struct ProcessOutcome {
     pub ended_at: Option<Duration>,
 }
 
+impl ProcessOutcome {
+    /// Whether the guest killed it.
+    pub fn killed(&self) -> bool {
+        self.state == proc_state::KILLED
+    }
+
+    /// Why the guest killed it, from the syndrome the guest recorded: e.g.
+    /// "external abort on a data read (ESR 0x92000010)"; `None` if it was not
+    /// killed.
+    pub fn kill_reason(&self) -> Option<String> {
+        self.killed().then(|| kill_reason(self.kill_esr))
+    }
+}
+
+/// The exception `esr` (a process's `kill_esr`) in words, with its value.
+fn kill_reason(esr: u32) -> String {
+    use apf_abi::esr::{Esr, ISS_FSC_MASK, ec, fsc};
+    let e = Esr(u64::from(esr));
+    let status = u32::try_from(e.iss() & ISS_FSC_MASK).unwrap_or(u32::MAX);
+    let what = match e.ec() {
+        ec::DABT_LOWER | ec::DABT_CURRENT => {
+            let access = if e.is_write_abort() { "write" } else { "read" };
+            if status == fsc::SYNC_EXTERNAL {
+                format!("external abort on a data {access}")
+            } else {
+                format!("data abort on a {access}, fault status {status:#04x}")
+            }
+        }
+        ec::IABT_LOWER | ec::IABT_CURRENT if status == fsc::SYNC_EXTERNAL => {
+            "external abort on an instruction fetch".into()
+        }
+        ec::IABT_LOWER | ec::IABT_CURRENT => {
+            format!("instruction abort, fault status {status:#04x}")
+        }
+        ec::UNKNOWN => "undefined instruction".into(),
+        ec::PC_ALIGNMENT => "misaligned PC".into(),
+        ec::SP_ALIGNMENT => "misaligned stack pointer".into(),
+        ec::BRK64 => "breakpoint (BRK)".into(),
+        ec::ILLEGAL_STATE => "illegal execution state".into(),
+        ec::SYSREG => "trapped system register access".into(),
+        ec::FP_ASIMD => "trapped SIMD/FP access".into(),
+        class => format!("exception class {class:#04x}"),
+    };
+    format!("{what} (ESR {esr:#010x})")
+}
+
 /// Everything a run produced.
 #[derive(Debug)]
 pub struct VmRun {
@@ -131,6 +223,24 @@ pub struct VmRun {
     pub store: StoreInfo,
     /// Per-process outcomes (workload runs).
     pub processes: Vec<ProcessOutcome>,
+}
+
+impl VmRun {
+    /// Pages the host could not bring back, as the guest saw them: stage-2
+    /// faults whose page could not be read from the store even by the
+    /// synchronous read that is the last resort, each answered with an external
+    /// abort to the guest (the vCPUs' `faults.lost`, summed). A failed
+    /// asynchronous fetch is not counted (nor memory's `fetch.failed`): the page
+    /// stays in the store, the guest retries the access and the host reads it
+    /// again. A page lost to two accesses counts twice.
+    pub fn lost_pages(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.stats.faults.lost).sum()
+    }
+
+    /// The processes the guest killed.
+    pub fn killed(&self) -> impl Iterator<Item = &ProcessOutcome> {
+        self.processes.iter().filter(|p| p.killed())
+    }
 }
 
 /// The console: kept for the report, and echoed to standard output if asked.
@@ -328,6 +438,9 @@ struct Built {
 
 fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
     config.validate_machine()?;
+    if image.is_empty() {
+        return Err(VmError::EmptyImage);
+    }
     let store = open_store(config)?;
     let memory = GuestMemory::new(
         MemConfig {
@@ -366,13 +479,101 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
     })
 }
 
+/// Spawns one vCPU thread: [`vcpu::spawn`], or in tests one that fails on purpose.
+trait SpawnVcpu:
+    FnMut(
+    VcpuSpec,
+    Arc<Machine>,
+    Arc<Barrier>,
+    vcpu::RamFactory<MemRam>,
+) -> std::io::Result<vcpu::VcpuThread>
+{
+}
+
+impl<F> SpawnVcpu for F where
+    F: FnMut(
+        VcpuSpec,
+        Arc<Machine>,
+        Arc<Barrier>,
+        vcpu::RamFactory<MemRam>,
+    ) -> std::io::Result<vcpu::VcpuThread>
+{
+}
+
+/// A VM's vCPU threads, which hold its guest memory. Each thread waits at its
+/// own start barrier until [`Vcpus::start`]; the VM's memory outlives none of
+/// them: dropped without [`Vcpus::join`] (a step of the assembly failed, or the
+/// run unwound), the guard stops the machine, lets every thread still waiting
+/// through (it sees the stop and returns before running any guest code) and
+/// joins them all.
+struct Vcpus {
+    machine: Arc<Machine>,
+    /// Spawned, waiting to start (index order).
+    waiting: Vec<(Arc<Barrier>, vcpu::VcpuThread)>,
+    /// Started (index order).
+    running: Vec<std::thread::JoinHandle<VcpuReport>>,
+}
+
+impl Vcpus {
+    /// Lets every waiting thread run: the boot vCPU last, so that the others
+    /// are already running when it can first ask for them.
+    fn start(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (start, _) in waiting.iter().rev() {
+            start.wait();
+        }
+        self.running = waiting.into_iter().map(|(_, t)| t.handle).collect();
+    }
+
+    /// Waits for every thread (the machine must be stopping) and returns their
+    /// reports; a panicked thread is an error, once all the others are joined.
+    fn join(mut self) -> Result<Vec<VcpuReport>, VmError> {
+        let mut reports = Vec::with_capacity(self.running.len());
+        let mut panicked = None;
+        for (i, handle) in std::mem::take(&mut self.running).into_iter().enumerate() {
+            match handle.join() {
+                Ok(report) => reports.push(report),
+                Err(_) => {
+                    panicked.get_or_insert(i);
+                }
+            }
+        }
+        match panicked {
+            Some(i) => Err(VmError::VcpuPanicked(i)),
+            None => Ok(reports),
+        }
+    }
+}
+
+impl Drop for Vcpus {
+    fn drop(&mut self) {
+        if self.waiting.is_empty() && self.running.is_empty() {
+            return;
+        }
+        self.machine.stop(StopReason::Host);
+        for (start, thread) in self.waiting.drain(..) {
+            start.wait();
+            let _ = thread.handle.join();
+        }
+        for handle in self.running.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Spawns every vCPU thread, hands their wakers to the machine and the GIC, and
+/// starts them. Any failure returns with no thread left: see [`Vcpus`].
 fn start_vcpus(
     config: &VmConfig,
     built: &Built,
-) -> Result<Vec<std::thread::JoinHandle<VcpuReport>>, VmError> {
+    mut spawn: impl SpawnVcpu,
+) -> Result<Vcpus, VmError> {
     let n = usize::try_from(config.vcpus).unwrap_or(1);
-    let start = Arc::new(Barrier::new(n + 1));
-    let mut threads = Vec::with_capacity(n);
+    let mut vcpus = Vcpus {
+        machine: Arc::clone(&built.machine),
+        waiting: Vec::with_capacity(n),
+        running: Vec::new(),
+    };
     for index in 0..n {
         let spec = VcpuSpec {
             index,
@@ -394,17 +595,23 @@ fn start_vcpus(
         let memory = Arc::clone(&built.memory);
         let make_ram: vcpu::RamFactory<MemRam> =
             Box::new(move |waker, port| MemRam::new(memory.vcpu_tlb(), port, waker));
-        threads.push(vcpu::spawn(
+        let start = Arc::new(Barrier::new(2));
+        let thread = spawn(
             spec,
             Arc::clone(&built.machine),
             Arc::clone(&start),
             make_ram,
-        )?);
+        )?;
+        vcpus.waiting.push((start, thread));
     }
-    built
-        .machine
-        .set_wakers(threads.iter().map(|t| Arc::clone(&t.waker)).collect());
-    for (i, t) in threads.iter().enumerate() {
+    built.machine.set_wakers(
+        vcpus
+            .waiting
+            .iter()
+            .map(|(_, t)| Arc::clone(&t.waker))
+            .collect(),
+    );
+    for (i, (_, t)) in vcpus.waiting.iter().enumerate() {
         let kick: Arc<dyn apf_host::gic::Kick> = t.waker.clone();
         built
             .machine
@@ -412,21 +619,18 @@ fn start_vcpus(
             .connect(i, kick)
             .map_err(|e| VmError::Gic(e.to_string()))?;
     }
-    start.wait();
-    Ok(threads.into_iter().map(|t| t.handle).collect())
+    vcpus.start();
+    Ok(vcpus)
 }
 
 fn finish(
     built: Built,
-    handles: Vec<std::thread::JoinHandle<VcpuReport>>,
+    vcpus: Vcpus,
     begin: Instant,
     work_done_at: Option<Duration>,
     observer_stopped: bool,
 ) -> Result<VmRun, VmError> {
-    let mut vcpus = Vec::with_capacity(handles.len());
-    for (i, h) in handles.into_iter().enumerate() {
-        vcpus.push(h.join().map_err(|_| VmError::VcpuPanicked(i))?);
-    }
+    let vcpus = vcpus.join()?;
     let wall = begin.elapsed();
     built.machine.uart.flush();
     let end = match built.machine.stop_reason() {
@@ -466,10 +670,10 @@ pub fn run_image_observed(
 ) -> Result<VmRun, VmError> {
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
-    let handles = start_vcpus(config, &built)?;
+    let vcpus = start_vcpus(config, &built, vcpu::spawn)?;
     let observer_stopped = built.monitor(begin, options.timeout, false, observe, |_| {});
     built.machine.stop(StopReason::Host);
-    finish(built, handles, begin, None, observer_stopped)
+    finish(built, vcpus, begin, None, observer_stopped)
 }
 
 impl Built {
@@ -559,7 +763,7 @@ pub fn run_workloads_observed(
         .write_bytes(BOOT_BLOCK_GPA, &block.to_bytes())
         .map_err(|e| VmError::Load(e.to_string()))?;
     let begin = Instant::now();
-    let handles = start_vcpus(config, &built)?;
+    let vcpus = start_vcpus(config, &built, vcpu::spawn)?;
     let finite: Vec<usize> = (0..config.processes.len())
         .filter(|&i| config.processes[i].work > 0)
         .collect();
@@ -594,11 +798,187 @@ pub fn run_workloads_observed(
     });
     built.machine.stop(StopReason::Host);
     let block = read_boot_block(&built.memory);
-    let mut run = finish(built, handles, begin, work_done_at, observer_stopped)?;
+    let mut run = finish(built, vcpus, begin, work_done_at, observer_stopped)?;
     // After `finish` took the wall time: checking the checksums replays every
     // process's work in Rust, which takes a while after a long run.
     run.processes = block
         .map(|b| outcomes(config, &b, &ended_at))
         .unwrap_or_default();
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, StoreConfig};
+    use std::sync::Weak;
+    use std::sync::mpsc;
+
+    /// Long enough for a loaded machine to assemble and take apart a small VM.
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    fn four_vcpus() -> VmConfig {
+        VmConfig {
+            vcpus: 4,
+            ram: ByteSize(64 << 20),
+            budget: ByteSize(16 << 20),
+            store: StoreConfig {
+                kind: StoreKind::Mem,
+                ..StoreConfig::default()
+            },
+            ..VmConfig::default()
+        }
+    }
+
+    /// Assembles [`four_vcpus`] with `spawn` on another thread, which must come
+    /// back within [`DEADLINE`] with an error; returns the error, how many
+    /// references to guest memory were left besides the VM's own, and a weak
+    /// reference to it taken before the VM was dropped.
+    fn assemble_failing(
+        spawn: impl SpawnVcpu + Send + 'static,
+    ) -> (VmError, usize, Weak<GuestMemory>) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let config = four_vcpus();
+            let built = build(&config, GUEST_IMAGE, false).expect("the VM builds");
+            let memory = Arc::downgrade(&built.memory);
+            let result = start_vcpus(&config, &built, spawn).map(|_| ());
+            let others = Arc::strong_count(&built.memory) - 1;
+            drop(built);
+            let _ = tx.send((result.err(), others, memory));
+        });
+        let (error, others, memory) = rx
+            .recv_timeout(DEADLINE)
+            .expect("assembly that fails returns within the deadline");
+        (error.expect("assembly fails"), others, memory)
+    }
+
+    fn assert_released(others: usize, memory: &Weak<GuestMemory>) {
+        assert_eq!(
+            others, 0,
+            "{others} references to guest memory remain after assembly failed (vCPU threads still waiting to start)"
+        );
+        assert!(
+            memory.upgrade().is_none(),
+            "guest memory (and its reclaim threads) outlived the failed VM"
+        );
+    }
+
+    #[test]
+    fn a_vcpu_that_cannot_start_releases_the_vcpus_started_before_it() {
+        let (error, others, memory) = assemble_failing(|spec, machine, start, make_ram| {
+            if spec.index == 2 {
+                Err(std::io::Error::other("injected: no thread for vCPU 2"))
+            } else {
+                vcpu::spawn(spec, machine, start, make_ram)
+            }
+        });
+        assert!(
+            matches!(&error, VmError::Thread(e) if e.to_string().contains("vCPU 2")),
+            "{error}"
+        );
+        assert_released(others, &memory);
+    }
+
+    #[test]
+    fn a_vcpu_the_gic_refuses_releases_every_vcpu() {
+        // vCPU 1's interrupt line is taken before the VM connects it: connecting
+        // it fails after every thread is started.
+        let (error, others, memory) = assemble_failing(|spec, machine, start, make_ram| {
+            let index = spec.index;
+            let thread = vcpu::spawn(spec, Arc::clone(&machine), start, make_ram)?;
+            if index == 1 {
+                let kick: Arc<dyn apf_host::gic::Kick> = thread.waker.clone();
+                machine.gic.connect(1, kick).expect("vCPU 1 is free");
+            }
+            Ok(thread)
+        });
+        assert!(matches!(error, VmError::Gic(_)), "{error}");
+        assert_released(others, &memory);
+    }
+
+    #[test]
+    fn an_empty_image_is_refused_as_input() {
+        let e = run_image(&four_vcpus(), &[], RunOptions::default()).unwrap_err();
+        assert!(matches!(e, VmError::EmptyImage), "{e}");
+        assert_eq!(e.class(), ErrorClass::Input);
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_whose_fault_they_are() {
+        let bad = VmConfig {
+            vcpus: 0,
+            ..four_vcpus()
+        };
+        let e = run_image(&bad, GUEST_IMAGE, RunOptions::default()).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Input, "{e}");
+        let big = vec![0u8; 64 << 20];
+        let e = run_image(&four_vcpus(), &big, RunOptions::default()).unwrap_err();
+        assert!(matches!(e, VmError::ImageTooBig { .. }), "{e}");
+        assert_eq!(e.class(), ErrorClass::Input);
+        let e = VmError::Thread(std::io::Error::other("no thread"));
+        assert_eq!(e.class(), ErrorClass::Host);
+        assert_eq!(VmError::VcpuPanicked(1).class(), ErrorClass::Run);
+    }
+
+    #[test]
+    fn a_kill_is_explained_from_its_syndrome() {
+        use apf_abi::esr::{DataAbort, InstructionAbort, ec, fsc};
+        let data = |write, dfsc| {
+            DataAbort {
+                syndrome: None,
+                write,
+                s1ptw: false,
+                cache_maintenance: false,
+                external: false,
+                far_not_valid: false,
+                dfsc,
+            }
+            .encode(ec::DABT_LOWER)
+            .0
+        };
+        let lost_read = u32::try_from(data(false, fsc::SYNC_EXTERNAL)).unwrap();
+        assert_eq!(
+            kill_reason(lost_read),
+            format!("external abort on a data read (ESR {lost_read:#010x})")
+        );
+        let lost_write = u32::try_from(data(true, fsc::SYNC_EXTERNAL)).unwrap();
+        assert!(kill_reason(lost_write).starts_with("external abort on a data write"));
+        let fetch = InstructionAbort {
+            s1ptw: false,
+            external: false,
+            far_not_valid: false,
+            ifsc: fsc::SYNC_EXTERNAL,
+        }
+        .encode(ec::IABT_LOWER)
+        .0;
+        assert!(
+            kill_reason(u32::try_from(fetch).unwrap())
+                .starts_with("external abort on an instruction fetch")
+        );
+        let perm = u32::try_from(data(true, fsc::PERMISSION_L3)).unwrap();
+        assert!(kill_reason(perm).starts_with("data abort on a write, fault status 0x0f"));
+        assert_eq!(
+            kill_reason(0x0200_0000),
+            "undefined instruction (ESR 0x02000000)"
+        );
+
+        let mut p = ProcessOutcome {
+            index: 0,
+            kind: WorkloadKind::Scan,
+            vcpu: 0,
+            state: proc_state::DONE,
+            progress: 10,
+            checksum: 0,
+            checksum_ok: true,
+            kill_esr: 0,
+            ended_at: None,
+        };
+        assert_eq!(p.kill_reason(), None);
+        p.state = proc_state::KILLED;
+        p.kill_esr = lost_read;
+        assert!(p.killed());
+        assert_eq!(p.kill_reason(), Some(kill_reason(lost_read)));
+    }
 }

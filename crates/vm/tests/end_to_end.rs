@@ -154,6 +154,12 @@ fn store_errors_kill_only_the_process_that_needed_the_page() {
                 assert!(esr.is_data_abort(), "{esr:?}");
                 assert_eq!(esr.iss() & 0x3F, u64::from(fsc::SYNC_EXTERNAL), "{esr:?}");
                 assert!(p.checksum_ok, "work up to the kill is still right: {p:?}");
+                let reason = p.kill_reason().expect("a killed process has a reason");
+                assert!(
+                    reason.starts_with("external abort on a data")
+                        && reason.contains(&format!("{:#010x}", p.kill_esr)),
+                    "{reason}"
+                );
             }
             other => panic!("process {} ended in state {other}", p.index),
         }
@@ -165,6 +171,8 @@ fn store_errors_kill_only_the_process_that_needed_the_page() {
         killed.len() as u64,
         "one lost page per killed process"
     );
+    assert_eq!(run.lost_pages(), lost);
+    assert_eq!(run.killed().count(), killed.len());
     assert!(failed > 0, "failed asynchronous fetches are counted");
 }
 
