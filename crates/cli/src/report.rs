@@ -157,6 +157,13 @@ pub struct MemoryReport {
     pub budget_pages: u64,
     /// Host frames in use at the end.
     pub frames_used: u64,
+    /// The most host frames in use at once.
+    pub frames_peak: u64,
+    /// Frames given beyond the budget because the store refused every page
+    /// that could have made room (no data is lost; the budget is overrun).
+    pub over_budget_frames: u64,
+    /// Why the store refused them, if it did.
+    pub over_budget_reason: Option<String>,
     /// Memory-system faults by what they found.
     pub faults: BTreeMap<&'static str, u64>,
     /// Pages read back from the store.
@@ -278,6 +285,9 @@ fn memory_report(m: &MemMetrics, wall_s: f64) -> MemoryReport {
         ram_pages: m.ram_pages,
         budget_pages: m.budget_pages,
         frames_used: m.frames_used,
+        frames_peak: m.frames_peak,
+        over_budget_frames: m.frames_over_budget,
+        over_budget_reason: m.over_budget_reason.clone(),
         faults: BTreeMap::from([
             ("resident", f.resident),
             ("write_protect", f.write_protect),
@@ -440,9 +450,23 @@ fn ending(r: &RunReport) -> String {
     )
 }
 
-/// A line per killed process, each starting with `indent`.
+/// A line per killed process, and one if the store refused pages so that the
+/// budget was overrun, each starting with `indent`.
 pub fn killed_lines(r: &RunReport, indent: &str) -> String {
     let mut out = String::new();
+    let m = &r.memory;
+    if m.over_budget_frames > 0 {
+        let _ = writeln!(
+            out,
+            "{indent}over budget: up to {} frames for a budget of {} ({} taken beyond it): {}",
+            count(m.frames_peak),
+            count(m.budget_pages),
+            count(m.over_budget_frames),
+            m.over_budget_reason
+                .as_deref()
+                .unwrap_or("the store refused pages")
+        );
+    }
     for k in &r.killed {
         let progress = r
             .processes

@@ -383,6 +383,7 @@ impl GuestMemory {
             budget_pages: inner.frames.budget(),
             frames_used: inner.frames.used(),
             frames_peak: inner.frames.peak(),
+            frames_over_budget: inner.frames.taken_over_budget(),
             over_budget_reason: lock(&inner.reclaim.over_budget_reason).clone(),
             pages: PageCounts {
                 untouched: c[State::Untouched as usize],
@@ -473,7 +474,7 @@ impl GuestMemory {
         }
         let m = self.metrics();
         // Frames beyond the budget only ever come from a counted overrun.
-        if used > inner.frames.budget() + m.evict.over_budget {
+        if used > inner.frames.budget() + m.frames_over_budget {
             return Err(InvariantError::OverBudget {
                 used,
                 budget: inner.frames.budget(),

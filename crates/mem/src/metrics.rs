@@ -162,10 +162,6 @@ counters!(
         rescued,
         /// Chosen pages kept because their write failed.
         aborted,
-        /// Frames taken beyond the budget because reclaim could free none (the
-        /// store refused every page that could leave): the fetch that needed
-        /// one got it instead of failing.
-        over_budget,
     }
 );
 
@@ -227,8 +223,12 @@ pub struct MemMetrics {
     /// Frames in use: resident, evicting, dropping and fetching pages that hold one.
     pub frames_used: u64,
     /// The most frames in use at once; above `budget_pages` only if the store
-    /// refused pages (`evict.over_budget`).
+    /// refused pages (`frames_over_budget`).
     pub frames_peak: u64,
+    /// Frames taken with the budget already full, because reclaim could free
+    /// none (the store refused every page that could leave): the fetch that
+    /// needed one got it instead of failing.
+    pub frames_over_budget: u64,
     /// Why frames were last taken beyond the budget (the store's refusal).
     pub over_budget_reason: Option<String>,
     /// Pages by state.

@@ -626,7 +626,7 @@ impl Inner {
 
     /// A fetch has just been given its frame: zero-fills a never-touched page
     /// at once, or queues the read.
-    pub(crate) fn start_framed_fetch(&self, index: usize) {
+    fn start_framed_fetch(&self, index: usize) {
         let mut g = self.pages.lock(index);
         debug_assert!(g.word.state() == State::Fetching && !g.word.framed());
         g.word.set_framed(true);

@@ -37,11 +37,22 @@ struct Round {
 }
 
 /// Frames: the budget and how much of it is in use.
+///
+/// While the store refuses pages the budget is extended (`extra`) rather than
+/// the fetches that need a frame failed: enough to take them and two batches
+/// more, so the pages just brought in are not evicted again at once (with every
+/// other page dirty and stuck, CLOCK would pick exactly them). A write the
+/// store takes again pays the extension back.
 #[derive(Debug)]
 pub(crate) struct Frames {
     used: AtomicU64,
-    /// The most ever in use at once (above the budget only after an overrun).
+    /// The most ever in use at once.
     peak: AtomicU64,
+    /// Frames allowed beyond the budget while the store refuses pages.
+    extra: AtomicU64,
+    /// Frames taken while the budget was already full (the overrun, counted
+    /// before the page can be seen).
+    over: AtomicU64,
     budget: u64,
     batch: u64,
 }
@@ -51,34 +62,54 @@ impl Frames {
         Frames {
             used: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            extra: AtomicU64::new(0),
+            over: AtomicU64::new(0),
             budget,
             batch: batch.min(budget).max(1),
         }
     }
 
-    /// Takes a frame if the budget allows.
+    fn limit(&self) -> u64 {
+        self.budget + self.extra.load(Ordering::Acquire)
+    }
+
+    /// Takes a frame if the budget (and its extension) allows.
     pub(crate) fn try_take(&self) -> bool {
+        let limit = self.limit();
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u < self.budget).then_some(u + 1)
+                (u < limit).then_some(u + 1)
             });
-        if let Ok(before) = taken {
-            self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        let Ok(before) = taken else { return false };
+        if before >= self.budget {
+            self.over.fetch_add(1, Ordering::Relaxed);
         }
-        taken.is_ok()
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        true
     }
 
-    /// Takes a frame whatever the budget says: for a page that must come in
-    /// when the store refuses every page that could make room. Guest RAM, not
-    /// the budget, bounds it.
-    pub(crate) fn take_over_budget(&self) {
-        let before = self.used.fetch_add(1, Ordering::AcqRel);
-        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+    /// Lets `n` more frames than the budget be taken.
+    fn extend(&self, n: u64) {
+        self.extra.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The store took `n` pages again: shrinks the extension by as many.
+    fn pay_back(&self, n: u64) {
+        let _ = self
+            .extra
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (e > 0).then(|| e.saturating_sub(n))
+            });
     }
 
     pub(crate) fn peak(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Frames taken with the budget full, over the whole run.
+    pub(crate) fn taken_over_budget(&self) -> u64 {
+        self.over.load(Ordering::Relaxed)
     }
 
     pub(crate) fn release(&self, n: u64) {
@@ -95,7 +126,7 @@ impl Frames {
     }
 
     fn free(&self) -> u64 {
-        self.budget.saturating_sub(self.used())
+        self.limit().saturating_sub(self.used())
     }
 
     /// Fewer than a batch free: time to reclaim.
@@ -249,24 +280,17 @@ impl Inner {
         }
     }
 
-    /// Gives every fetch waiting for a frame one beyond the budget, because
-    /// reclaim cannot free one (`why`).
+    /// Extends the budget for the fetches waiting for a frame (and two batches
+    /// more), because reclaim cannot free one (`why`), and grants them.
     fn overrun_budget(&self, why: String) {
-        let mut why = Some(why);
-        loop {
-            let Some(index) = self.pipe.state().frame_waiters.pop_front() else {
-                break;
-            };
-            // Counted (and explained) before the page can be seen: the fetch's
-            // waiter may look as soon as it is in.
-            if let Some(why) = why.take() {
-                *lock(&self.reclaim.over_budget_reason) = Some(why);
-            }
-            bump(&self.counters.evict.over_budget);
-            self.frames.take_over_budget();
-            self.start_framed_fetch(index);
+        let waiting = self.pipe.state().frame_waiters.len() as u64;
+        if waiting == 0 {
+            return;
         }
-        self.submit_pending();
+        // Explained before any page can be seen: a fetch's waiter may look.
+        *lock(&self.reclaim.over_budget_reason) = Some(why);
+        self.frames.extend(waiting + 2 * self.frames.batch);
+        self.grant_frames();
     }
 
     /// Evicts one batch. The caller holds the batch lock.
@@ -327,6 +351,7 @@ impl Inner {
                     g.word.set_slot(v.new_slot.map(|s| s.0));
                     g.word.set_dirty(false);
                     bump(&ev.written);
+                    self.frames.pay_back(1);
                 }
                 (w, true) => {
                     // The write failed: the page stays, still dirty.
@@ -387,15 +412,22 @@ impl Inner {
     /// Runs the clock hand over at most two rotations and marks up to a batch of
     /// unpinned resident pages without the accessed bit Evicting, each dirty one
     /// with the slot it will be written to. Dirty pages are passed over once the
-    /// store has no slot left (returned), so a full store costs no shootdown.
+    /// store has no slot left (returned), so a full store costs no shootdown,
+    /// and then one rotation is all: the budget is extended instead.
     fn choose_victims(&self) -> (Vec<Victim>, Option<StoreFull>) {
         let n = self.pages.len();
         let want = usize::try_from(self.frames.batch).unwrap_or(usize::MAX);
         let mut hand = lock(&self.reclaim.hand);
         let mut victims = Vec::new();
         let mut no_slot = None;
-        for _ in 0..2 * n {
+        for step in 0..2 * n {
             if victims.len() >= want {
+                break;
+            }
+            // The second rotation finds only pages used since the first: with
+            // the dirty ones stuck for want of a slot, those are the guest's
+            // working set, and evicting them would read them straight back.
+            if step == n && no_slot.is_some() {
                 break;
             }
             let index = *hand;
