@@ -4,13 +4,21 @@
 // safe Rust, and the compiler keeps it so.
 #![forbid(unsafe_code)]
 
+mod boot;
 pub mod config;
+mod error;
+mod monitor;
 mod ram;
 mod run;
+mod store;
 pub mod workload;
 
+pub use boot::{ProcessOutcome, boot_block};
+pub use error::{ErrorClass, VmError};
+pub use monitor::{Live, Observer};
 pub use ram::MemRam;
 pub use run::{
-    ErrorClass, GUEST_IMAGE, Live, Observer, ProcessOutcome, RunEnd, RunOptions, VmError, VmRun,
-    boot_block, open_store, run_image, run_image_observed, run_workloads, run_workloads_observed,
+    GUEST_IMAGE, RunEnd, RunOptions, VmRun, run_image, run_image_observed, run_workloads,
+    run_workloads_observed,
 };
+pub use store::open_store;

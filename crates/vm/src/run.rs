@@ -1,32 +1,29 @@
-//! Building and running a VM: guest memory over a store, the platform, one thread
-//! per vCPU, the image and the boot block; then the results.
+//! Wiring a VM and running it: guest memory over the store (`store.rs`), the
+//! platform, one thread per vCPU, the image and the boot block (`boot.rs`); the
+//! monitor (`monitor.rs`) watches it; then the results.
 
-use crate::config::{StoreKind, VmConfig, WorkloadKind};
+use crate::boot::{ProcessOutcome, boot_block, outcomes, read_boot_block};
+use crate::config::VmConfig;
+use crate::error::VmError;
+use crate::monitor::{self, Observer};
 use crate::ram::MemRam;
-use crate::workload;
-use apf_abi::boot::{
-    BOOT_BLOCK_BYTES, BOOT_BLOCK_GPA, BOOT_OFF_STOP, BootBlock, ProcSpec, proc_state,
-};
+use crate::store::open_store;
+use apf_abi::boot::{BOOT_BLOCK_GPA, BOOT_OFF_STOP, proc_state};
 use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
 use apf_abi::ppi::APF_DEFAULT_PPI;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_cpu::CpuConfig;
-use apf_host::apf::ApfCountersSnapshot;
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::{Machine, StartRequest, StopReason};
 use apf_host::regs::mpidr_el1_of;
 use apf_host::uart::Pl011;
 use apf_host::vcpu::{self, VcpuReport, VcpuSpec};
-use apf_mem::store::{
-    Backend, FaultConfig, FaultyStore, FileStore, FileStoreConfig, Latency, LatencyStore, MemStore,
-    Store, StoreInfo,
-};
+use apf_mem::store::StoreInfo;
 use apf_mem::{GuestMemory, MemConfig, MemMetrics};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use thiserror::Error;
 
 /// The guest image built from `guest/` (see `guest/README.md`).
 pub const GUEST_IMAGE: &[u8] = include_bytes!("../../../guest/apf-guest.bin");
@@ -36,88 +33,6 @@ const SLICE: u64 = 20_000;
 /// How long a halting vCPU polls before it sleeps (cross-CPU wake-ups cost
 /// 22–28 µs on the machines this runs on).
 const HALT_POLL: Duration = Duration::from_micros(30);
-/// How often the host looks at the boot block's results while the guest runs.
-const MONITOR_PERIOD: Duration = Duration::from_millis(2);
-
-/// Why a VM could not be built or run.
-#[derive(Debug, Error)]
-pub enum VmError {
-    /// The configuration cannot work.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The swap file could not be opened.
-    #[error("store: {0}")]
-    Store(#[from] apf_mem::store::StoreOpenError),
-    /// Guest memory could not be set up.
-    #[error("guest memory: {0}")]
-    Memory(#[from] apf_mem::MemError),
-    /// The image has no bytes: nothing would run.
-    #[error("the image is empty: give a flat AArch64 binary (loaded at {IMAGE_LOAD_ADDR:#x})")]
-    EmptyImage,
-    /// The image does not fit in guest RAM.
-    #[error("the image is {len} bytes but RAM above {IMAGE_LOAD_ADDR:#x} holds {room}")]
-    ImageTooBig {
-        /// Image size.
-        len: u64,
-        /// Room.
-        room: u64,
-    },
-    /// Writing the image or boot block into guest memory failed.
-    #[error("loading the guest: {0}")]
-    Load(String),
-    /// A thread could not be started.
-    #[error("starting a vCPU thread: {0}")]
-    Thread(#[from] std::io::Error),
-    /// The GIC model refused the configuration.
-    #[error("interrupt controller: {0}")]
-    Gic(String),
-    /// A vCPU thread panicked.
-    #[error("vCPU {0} panicked")]
-    VcpuPanicked(usize),
-}
-
-/// Whose fault a [`VmError`] is: what the caller should change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The configuration or the image is wrong (or names a store path that
-    /// cannot be used): change the input.
-    Input,
-    /// The host could not build the VM: a mapping, a thread, io_uring, loading
-    /// guest memory, the interrupt controller.
-    Host,
-    /// The VM was built and ran, and the run failed (a vCPU panicked).
-    Run,
-}
-
-impl VmError {
-    /// Whose fault this error is.
-    pub fn class(&self) -> ErrorClass {
-        use apf_mem::MemError;
-        use apf_mem::store::StoreOpenError;
-        match self {
-            VmError::Config(_) | VmError::EmptyImage | VmError::ImageTooBig { .. } => {
-                ErrorClass::Input
-            }
-            // A swap file that cannot be made or hold a page is a store path
-            // to change; io_uring and the I/O threads are the host's.
-            VmError::Store(StoreOpenError::Create { .. } | StoreOpenError::Probe { .. }) => {
-                ErrorClass::Input
-            }
-            VmError::Store(StoreOpenError::QueueDepth(_)) => ErrorClass::Input,
-            VmError::Store(StoreOpenError::IoUring { .. } | StoreOpenError::Threads(..)) => {
-                ErrorClass::Host
-            }
-            VmError::Memory(
-                MemError::RamSize(_) | MemError::RamBase { .. } | MemError::Budget(_),
-            ) => ErrorClass::Input,
-            VmError::Memory(MemError::Map { .. } | MemError::Spawn(..))
-            | VmError::Load(_)
-            | VmError::Thread(_)
-            | VmError::Gic(_) => ErrorClass::Host,
-            VmError::VcpuPanicked(_) => ErrorClass::Run,
-        }
-    }
-}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,76 +45,6 @@ pub enum RunEnd {
     Timeout,
     /// The observer ended it (see [`run_image_observed`]).
     Stopped,
-}
-
-/// One process's outcome, checked against the Rust reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessOutcome {
-    /// Index in the configuration.
-    pub index: usize,
-    /// Workload.
-    pub kind: WorkloadKind,
-    /// The vCPU it ran on.
-    pub vcpu: u32,
-    /// Final state ([`proc_state`]).
-    pub state: u32,
-    /// Units of work done.
-    pub progress: u64,
-    /// Its checksum.
-    pub checksum: u64,
-    /// Whether the checksum equals the reference's for that progress.
-    pub checksum_ok: bool,
-    /// The syndrome that killed it, if it was killed.
-    pub kill_esr: u32,
-    /// When the host first saw it ended (done or killed), from the run's start;
-    /// `None` if it was still running when the run ended.
-    pub ended_at: Option<Duration>,
-}
-
-impl ProcessOutcome {
-    /// Whether the guest killed it.
-    pub fn killed(&self) -> bool {
-        self.state == proc_state::KILLED
-    }
-
-    /// Why the guest killed it, from the syndrome the guest recorded: e.g.
-    /// "external abort on a data read (ESR 0x92000010)"; `None` if it was not
-    /// killed.
-    pub fn kill_reason(&self) -> Option<String> {
-        self.killed().then(|| kill_reason(self.kill_esr))
-    }
-}
-
-/// The exception `esr` (a process's `kill_esr`) in words, with its value.
-fn kill_reason(esr: u32) -> String {
-    use apf_abi::esr::{Esr, ISS_FSC_MASK, ec, fsc};
-    let e = Esr(u64::from(esr));
-    let status = u32::try_from(e.iss() & ISS_FSC_MASK).unwrap_or(u32::MAX);
-    let what = match e.ec() {
-        ec::DABT_LOWER | ec::DABT_CURRENT => {
-            let access = if e.is_write_abort() { "write" } else { "read" };
-            if status == fsc::SYNC_EXTERNAL {
-                format!("external abort on a data {access}")
-            } else {
-                format!("data abort on a {access}, fault status {status:#04x}")
-            }
-        }
-        ec::IABT_LOWER | ec::IABT_CURRENT if status == fsc::SYNC_EXTERNAL => {
-            "external abort on an instruction fetch".into()
-        }
-        ec::IABT_LOWER | ec::IABT_CURRENT => {
-            format!("instruction abort, fault status {status:#04x}")
-        }
-        ec::UNKNOWN => "undefined instruction".into(),
-        ec::PC_ALIGNMENT => "misaligned PC".into(),
-        ec::SP_ALIGNMENT => "misaligned stack pointer".into(),
-        ec::BRK64 => "breakpoint (BRK)".into(),
-        ec::ILLEGAL_STATE => "illegal execution state".into(),
-        ec::SYSREG => "trapped system register access".into(),
-        ec::FP_ASIMD => "trapped SIMD/FP access".into(),
-        class => format!("exception class {class:#04x}"),
-    };
-    format!("{what} (ESR {esr:#010x})")
 }
 
 /// Everything a run produced.
@@ -269,66 +114,6 @@ impl Write for Console {
     }
 }
 
-/// A running VM as a watchdog or a monitor sees it: handed to the observer of
-/// [`run_image_observed`] and [`run_workloads_observed`] every few milliseconds.
-#[derive(Debug)]
-pub struct Live<'a> {
-    /// Time since the vCPUs started.
-    pub elapsed: Duration,
-    machine: &'a Machine,
-    memory: &'a GuestMemory,
-    block: Option<BootBlock>,
-}
-
-impl Live<'_> {
-    /// Instructions each vCPU has retired so far (its progress).
-    pub fn retired(&self) -> Vec<u64> {
-        (0..self.machine.vcpus())
-            .map(|i| self.machine.live(i).map_or(0, |l| l.retired()))
-            .collect()
-    }
-
-    /// Whether each vCPU is powered on (a vCPU that is off makes no progress).
-    pub fn powered_on(&self) -> Vec<bool> {
-        (0..self.machine.vcpus())
-            .map(|i| vcpu::is_on(self.machine, i))
-            .collect()
-    }
-
-    /// Each vCPU's APF counters and gauges now.
-    pub fn apf(&self) -> Vec<ApfCountersSnapshot> {
-        (0..self.machine.vcpus())
-            .map(|i| {
-                self.machine
-                    .live(i)
-                    .and_then(|l| l.apf())
-                    .map(|c| c.snapshot())
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
-
-    /// Guest memory's figures now (queue lengths: `in_flight`, `backlog`).
-    pub fn mem(&self) -> MemMetrics {
-        self.memory.metrics()
-    }
-
-    /// Reads guest memory as the host would (a page in the store is fetched).
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), apf_mem::HostAccessError> {
-        self.memory.read_bytes(gpa, buf)
-    }
-
-    /// The boot block as the built-in guest keeps it, read this period: each
-    /// process's state and progress (`None` in an image run).
-    pub fn boot_block(&self) -> Option<&BootBlock> {
-        self.block.as_ref()
-    }
-}
-
-/// Called with the running VM every few milliseconds; `Break` ends the run
-/// ([`RunEnd::Stopped`]).
-pub type Observer<'o> = &'o mut dyn FnMut(&Live<'_>) -> ControlFlow<()>;
-
 /// Options of a run that are not part of the VM's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -345,89 +130,6 @@ impl Default for RunOptions {
             echo_console: false,
         }
     }
-}
-
-/// The backing store `config` describes: the file or memory store, with the added
-/// latency and injected faults it asks for.
-pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
-    let s = &config.store;
-    let pages = u32::try_from(config.ram.0 / apf_abi::PAGE_SIZE).unwrap_or(u32::MAX);
-    let depth = usize::try_from(s.queue_depth).unwrap_or(1);
-    let base: Box<dyn Store> = match s.kind {
-        StoreKind::File => Box::new(FileStore::open(&FileStoreConfig {
-            path: s.path.clone(),
-            queue_depth: depth,
-            direct: s.direct,
-            backend: Backend::Auto,
-            capacity: pages,
-        })?),
-        StoreKind::Mem => Box::new(MemStore::new(pages, depth)),
-    };
-    let delayed: Box<dyn Store> = if s.latency.0.is_zero() {
-        base
-    } else if s.latency_sigma == 0.0 {
-        Box::new(LatencyStore::new(base, Latency::Fixed(s.latency.0)))
-    } else {
-        Box::new(LatencyStore::new(
-            base,
-            Latency::LogNormal {
-                median: s.latency.0,
-                sigma: s.latency_sigma,
-                seed: config.seed,
-            },
-        ))
-    };
-    let faults = FaultConfig {
-        read_error: s.read_error_rate,
-        lost: s.lost_completion_rate,
-        duplicate: s.duplicate_completion_rate,
-        ..FaultConfig::default()
-    };
-    Ok(if faults == FaultConfig::default() {
-        delayed
-    } else {
-        Box::new(FaultyStore::new(
-            delayed,
-            FaultConfig {
-                seed: config.seed,
-                ..faults
-            },
-        ))
-    })
-}
-
-/// A seed per process, derived from the run's (splitmix64).
-fn process_seed(run_seed: u64, index: usize) -> u64 {
-    let mut z = run_seed.wrapping_add((index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The boot block that tells the built-in guest what to run.
-pub fn boot_block(config: &VmConfig) -> BootBlock {
-    let mut block = BootBlock {
-        nr_vcpus: config.vcpus,
-        nr_procs: u32::try_from(config.processes.len()).unwrap_or(0),
-        ram_base: RAM_BASE,
-        ram_size: config.ram.0,
-        seed: config.seed,
-        ..BootBlock::default()
-    };
-    for (i, p) in config.processes.iter().enumerate() {
-        block.procs[i] = ProcSpec {
-            kind: p.kind.abi(),
-            vcpu: p.vcpu,
-            mem_bytes: if p.kind == WorkloadKind::Calc {
-                0
-            } else {
-                p.mem.0
-            },
-            work: p.work,
-            seed: process_seed(config.seed, i),
-        };
-    }
-    block
 }
 
 struct Built {
@@ -671,75 +373,17 @@ pub fn run_image_observed(
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
     let vcpus = start_vcpus(config, &built, vcpu::spawn)?;
-    let observer_stopped = built.monitor(begin, options.timeout, false, observe, |_| {});
+    let observer_stopped = monitor::watch(
+        &built.machine,
+        &built.memory,
+        begin,
+        options.timeout,
+        false,
+        observe,
+        |_| {},
+    );
     built.machine.stop(StopReason::Host);
     finish(built, vcpus, begin, None, observer_stopped)
-}
-
-impl Built {
-    /// Looks at the running VM every [`MONITOR_PERIOD`] until it stops or
-    /// `timeout` passes: shows it to `observe`, then to `tick` (with the boot
-    /// block, read once a period, if `workload`). Returns whether the observer
-    /// ended the run.
-    fn monitor(
-        &self,
-        begin: Instant,
-        timeout: Duration,
-        workload: bool,
-        observe: Observer<'_>,
-        mut tick: impl FnMut(&Live<'_>),
-    ) -> bool {
-        while !self.machine.stopping() && begin.elapsed() < timeout {
-            std::thread::park_timeout(MONITOR_PERIOD);
-            let live = Live {
-                elapsed: begin.elapsed(),
-                machine: &self.machine,
-                memory: &self.memory,
-                block: if workload {
-                    read_boot_block(&self.memory)
-                } else {
-                    None
-                },
-            };
-            if observe(&live).is_break() {
-                return true;
-            }
-            tick(&live);
-        }
-        false
-    }
-}
-
-fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
-    let mut bytes = [0u8; BOOT_BLOCK_BYTES];
-    memory.read_bytes(BOOT_BLOCK_GPA, &mut bytes).ok()?;
-    BootBlock::from_bytes(&bytes)
-}
-
-fn outcomes(
-    config: &VmConfig,
-    block: &BootBlock,
-    ended_at: &[Option<Duration>],
-) -> Vec<ProcessOutcome> {
-    config
-        .processes
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let r = block.results[i];
-            ProcessOutcome {
-                index: i,
-                kind: p.kind,
-                vcpu: p.vcpu,
-                state: r.state,
-                progress: r.progress,
-                checksum: r.checksum,
-                checksum_ok: workload::verify(&block.procs[i], &r).is_ok(),
-                kill_esr: r.kill_esr,
-                ended_at: ended_at.get(i).copied().flatten(),
-            }
-        })
-        .collect()
 }
 
 /// Runs the built-in guest with the configuration's processes. The run ends when
@@ -770,32 +414,40 @@ pub fn run_workloads_observed(
     let mut work_done_at = None;
     let mut ended_at = vec![None; config.processes.len()];
     let mut stop_sent = false;
-    let observer_stopped = built.monitor(begin, options.timeout, true, observe, |live| {
-        let Some(now) = live.boot_block() else {
-            return;
-        };
-        let ended =
-            |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
-        for (i, at) in ended_at.iter_mut().enumerate() {
-            if at.is_none() && ended(&i) {
-                *at = Some(live.elapsed);
+    let observer_stopped = monitor::watch(
+        &built.machine,
+        &built.memory,
+        begin,
+        options.timeout,
+        true,
+        observe,
+        |live| {
+            let Some(now) = live.boot_block() else {
+                return;
+            };
+            let ended =
+                |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
+            for (i, at) in ended_at.iter_mut().enumerate() {
+                if at.is_none() && ended(&i) {
+                    *at = Some(live.elapsed);
+                }
             }
-        }
-        if stop_sent {
-            return;
-        }
-        let all_done = !finite.is_empty() && finite.iter().all(ended);
-        if all_done && work_done_at.is_none() {
-            work_done_at = Some(live.elapsed);
-        }
-        let out_of_time = config.duration.is_some_and(|d| live.elapsed >= d.0);
-        if all_done || out_of_time {
-            let _ = built
-                .memory
-                .write_bytes(BOOT_BLOCK_GPA + BOOT_OFF_STOP, &1u32.to_le_bytes());
-            stop_sent = true;
-        }
-    });
+            if stop_sent {
+                return;
+            }
+            let all_done = !finite.is_empty() && finite.iter().all(ended);
+            if all_done && work_done_at.is_none() {
+                work_done_at = Some(live.elapsed);
+            }
+            let out_of_time = config.duration.is_some_and(|d| live.elapsed >= d.0);
+            if all_done || out_of_time {
+                let _ = built
+                    .memory
+                    .write_bytes(BOOT_BLOCK_GPA + BOOT_OFF_STOP, &1u32.to_le_bytes());
+                stop_sent = true;
+            }
+        },
+    );
     built.machine.stop(StopReason::Host);
     let block = read_boot_block(&built.memory);
     let mut run = finish(built, vcpus, begin, work_done_at, observer_stopped)?;
@@ -810,7 +462,9 @@ pub fn run_workloads_observed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StoreKind;
     use crate::config::{ByteSize, StoreConfig};
+    use crate::error::ErrorClass;
     use std::sync::Weak;
     use std::sync::mpsc;
 
@@ -920,65 +574,5 @@ mod tests {
         let e = VmError::Thread(std::io::Error::other("no thread"));
         assert_eq!(e.class(), ErrorClass::Host);
         assert_eq!(VmError::VcpuPanicked(1).class(), ErrorClass::Run);
-    }
-
-    #[test]
-    fn a_kill_is_explained_from_its_syndrome() {
-        use apf_abi::esr::{DataAbort, InstructionAbort, ec, fsc};
-        let data = |write, dfsc| {
-            DataAbort {
-                syndrome: None,
-                write,
-                s1ptw: false,
-                cache_maintenance: false,
-                external: false,
-                far_not_valid: false,
-                dfsc,
-            }
-            .encode(ec::DABT_LOWER)
-            .0
-        };
-        let lost_read = u32::try_from(data(false, fsc::SYNC_EXTERNAL)).unwrap();
-        assert_eq!(
-            kill_reason(lost_read),
-            format!("external abort on a data read (ESR {lost_read:#010x})")
-        );
-        let lost_write = u32::try_from(data(true, fsc::SYNC_EXTERNAL)).unwrap();
-        assert!(kill_reason(lost_write).starts_with("external abort on a data write"));
-        let fetch = InstructionAbort {
-            s1ptw: false,
-            external: false,
-            far_not_valid: false,
-            ifsc: fsc::SYNC_EXTERNAL,
-        }
-        .encode(ec::IABT_LOWER)
-        .0;
-        assert!(
-            kill_reason(u32::try_from(fetch).unwrap())
-                .starts_with("external abort on an instruction fetch")
-        );
-        let perm = u32::try_from(data(true, fsc::PERMISSION_L3)).unwrap();
-        assert!(kill_reason(perm).starts_with("data abort on a write, fault status 0x0f"));
-        assert_eq!(
-            kill_reason(0x0200_0000),
-            "undefined instruction (ESR 0x02000000)"
-        );
-
-        let mut p = ProcessOutcome {
-            index: 0,
-            kind: WorkloadKind::Scan,
-            vcpu: 0,
-            state: proc_state::DONE,
-            progress: 10,
-            checksum: 0,
-            checksum_ok: true,
-            kill_esr: 0,
-            ended_at: None,
-        };
-        assert_eq!(p.kill_reason(), None);
-        p.state = proc_state::KILLED;
-        p.kill_esr = lost_read;
-        assert!(p.killed());
-        assert_eq!(p.kill_reason(), Some(kill_reason(lost_read)));
     }
 }
