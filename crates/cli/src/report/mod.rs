@@ -402,6 +402,7 @@ impl RunReport {
     }
 }
 
+/// Reports of a real (short) run, for tests.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::RunReport;

@@ -330,8 +330,6 @@ fn short(label: &str) -> &str {
     label.strip_prefix("APF ").unwrap_or(label)
 }
 
-/// Reports of a real (short) run, for tests.
-
 #[cfg(test)]
 mod tests {
     use super::*;
