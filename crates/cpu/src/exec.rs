@@ -251,6 +251,26 @@ fn store_info(t: u8, size: AccessSize, wb: Writeback) -> AccessInfo {
     single(t, size, false, size == AccessSize::Double, false, true)
 }
 
+/// The size of an exclusive or compare-and-swap: one register or two.
+#[inline]
+fn block_bytes(size: AccessSize, pair: bool) -> u64 {
+    if pair { 2 * size.bytes() } else { size.bytes() }
+}
+
+/// Two registers as the block a pair accesses: `lo` at the lower address.
+#[inline]
+fn join(lo: u64, hi: u64, size: AccessSize) -> u128 {
+    let m = size_mask(size);
+    u128::from(lo & m) | (u128::from(hi & m) << (size.bytes() * 8))
+}
+
+/// A block back into two registers (the second is zero for a single one).
+#[inline]
+fn split(block: u128, size: AccessSize) -> (u64, u64) {
+    let m = size_mask(size);
+    (block as u64 & m, (block >> (size.bytes() * 8)) as u64 & m)
+}
+
 impl Cpu {
     #[inline(always)]
     fn r(&self, slot: u8) -> u64 {
@@ -888,13 +908,10 @@ impl Cpu {
                 }
             }
             Op::Atomic { s, t, n, size, op } => {
-                let addr = match self.base(n) {
-                    Ok(b) => b,
+                let addr = match self.atomic_address(n, size.bytes(), true) {
+                    Ok(a) => a,
                     Err(f) => return f,
                 };
-                if let Err(f) = self.aligned(addr, size.bytes(), true) {
-                    return f;
-                }
                 let operand = self.r(s) & size_mask(size);
                 match bus.atomic_rmw(addr, size, op, operand) {
                     Ok(old) => {
@@ -905,26 +922,13 @@ impl Cpu {
                     Err(e) => self.access_fault(e, addr, no_syndrome(true)),
                 }
             }
-            Op::Cas { s, t, n, size } => {
-                let addr = match self.base(n) {
-                    Ok(b) => b,
-                    Err(f) => return f,
-                };
-                if let Err(f) = self.aligned(addr, size.bytes(), true) {
-                    return f;
-                }
-                let m = size_mask(size);
-                let (old, new) = (self.r_raw(s) & m, self.r_raw(t) & m);
-                match bus.compare_exchange(addr, size, old, new) {
-                    Ok(prev) => {
-                        self.cache.stored(addr, size.bytes());
-                        self.w_raw(s, prev);
-                        Flow::Next
-                    }
-                    Err(e) => self.access_fault(e, addr, no_syndrome(true)),
-                }
-            }
-            Op::Casp { s, t, n, sf } => self.casp(bus, s, t, n, sf),
+            Op::Cas {
+                s,
+                t,
+                n,
+                size,
+                pair,
+            } => self.compare_and_swap(bus, s, t, n, size, pair),
 
             Op::Undefined => {
                 self.undefined();
@@ -1100,6 +1104,67 @@ impl Cpu {
         Flow::Next
     }
 
+    /// The address of an exclusive or atomic access of `bytes`: the base
+    /// register, aligned to the whole access (pairs included).
+    #[inline]
+    fn atomic_address(&mut self, n: u8, bytes: u64, write: bool) -> Result<u64, Flow> {
+        let addr = self.base(n)?;
+        self.aligned(addr, bytes, write)?;
+        Ok(addr)
+    }
+
+    /// Reads the `bytes` (up to 16) at `addr` as one block. The bus has no
+    /// 16-byte read, so sixteen bytes take two (an exclusive load need not be
+    /// single-copy atomic: the store-exclusive compares the whole block).
+    fn read_block<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        addr: u64,
+        bytes: u64,
+        info: AccessInfo,
+    ) -> Result<u128, Flow> {
+        if bytes <= 8 {
+            let size = AccessSize::from_bytes(bytes).unwrap_or(AccessSize::Double);
+            return bus
+                .read(addr, size)
+                .map(u128::from)
+                .map_err(|e| self.access_fault(e, addr, info));
+        }
+        let high = addr.wrapping_add(8);
+        let lo = bus
+            .read(addr, AccessSize::Double)
+            .map_err(|e| self.access_fault(e, addr, info))?;
+        let hi = bus
+            .read(high, AccessSize::Double)
+            .map_err(|e| self.access_fault(e, high, info))?;
+        Ok(u128::from(lo) | (u128::from(hi) << 64))
+    }
+
+    /// Replaces the `bytes` (up to 16) at `addr` with `new` if they equal
+    /// `old`, atomically against other vCPUs; returns the previous value.
+    fn swap_block<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        addr: u64,
+        bytes: u64,
+        old: u128,
+        new: u128,
+    ) -> Result<u128, Flow> {
+        let prev = if bytes == 16 {
+            bus.compare_exchange_pair(addr, old, new)
+        } else {
+            let size = AccessSize::from_bytes(bytes).unwrap_or(AccessSize::Double);
+            bus.compare_exchange(addr, size, old as u64, new as u64)
+                .map(u128::from)
+        }
+        .map_err(|e| self.access_fault(e, addr, no_syndrome(true)))?;
+        if prev == old {
+            self.cache.stored(addr, bytes);
+        }
+        Ok(prev)
+    }
+
+    /// LDXR and LDXP. For a single register `t2` is the sink.
     #[allow(clippy::too_many_arguments)]
     fn load_exclusive<B: Bus>(
         &mut self,
@@ -1110,49 +1175,23 @@ impl Cpu {
         size: AccessSize,
         pair: bool,
     ) -> Flow {
-        let addr = match self.base(n) {
-            Ok(b) => b,
+        let bytes = block_bytes(size, pair);
+        let addr = match self.atomic_address(n, bytes, false) {
+            Ok(a) => a,
             Err(f) => return f,
         };
-        // Exclusives report ISV = 0.
-        let info = no_syndrome(false);
-        let esize = size.bytes();
-        let total = if pair { 2 * esize } else { esize };
-        if let Err(f) = self.aligned(addr, total, false) {
-            return f;
-        }
-        let (first, second) = if !pair {
-            match bus.read(addr, size) {
-                Ok(v) => (v, 0),
-                Err(e) => return self.access_fault(e, addr, info),
-            }
-        } else if size == AccessSize::Word {
-            match bus.read(addr, AccessSize::Double) {
-                Ok(v) => (v & 0xFFFF_FFFF, v >> 32),
-                Err(e) => return self.access_fault(e, addr, info),
-            }
-        } else {
-            let lo = match bus.read(addr, size) {
-                Ok(v) => v,
-                Err(e) => return self.access_fault(e, addr, info),
-            };
-            match bus.read(addr + 8, size) {
-                Ok(hi) => (lo, hi),
-                Err(e) => return self.access_fault(e, addr + 8, info),
-            }
+        let value = match self.read_block(bus, addr, bytes, no_syndrome(false)) {
+            Ok(v) => v,
+            Err(f) => return f,
         };
-        self.monitor = Some(Monitor {
-            addr,
-            bytes: total,
-            value: u128::from(first) | (u128::from(second) << (esize * 8)),
-        });
+        self.monitor = Some(Monitor { addr, bytes, value });
+        let (first, second) = split(value, size);
         self.w(t, first);
-        if pair {
-            self.w(t2, second);
-        }
+        self.w(t2, second);
         Flow::Next
     }
 
+    /// STXR and STXP. For a single register `t2` is the zero register.
     #[allow(clippy::too_many_arguments)]
     fn store_exclusive<B: Bus>(
         &mut self,
@@ -1164,82 +1203,54 @@ impl Cpu {
         size: AccessSize,
         pair: bool,
     ) -> Flow {
-        let addr = match self.base(n) {
-            Ok(b) => b,
+        let bytes = block_bytes(size, pair);
+        let addr = match self.atomic_address(n, bytes, true) {
+            Ok(a) => a,
             Err(f) => return f,
         };
-        let esize = size.bytes();
-        let total = if pair { 2 * esize } else { esize };
-        if let Err(f) = self.aligned(addr, total, true) {
-            return f;
-        }
-        let info = no_syndrome(true);
-        let m = size_mask(size);
-        let new = u128::from(self.r(t) & m)
-            | if pair {
-                u128::from(self.r(t2) & m) << (esize * 8)
-            } else {
-                0
-            };
+        let new = join(self.r(t), self.r(t2), size);
         let success = match self.monitor {
-            Some(mon) if mon.addr == addr && mon.bytes == total => {
-                let result = if total == 16 {
-                    bus.compare_exchange_pair(addr, mon.value, new)
-                        .map(|prev| prev == mon.value)
-                } else {
-                    let wsize = AccessSize::from_bytes(total).unwrap_or(AccessSize::Double);
-                    bus.compare_exchange(addr, wsize, mon.value as u64, new as u64)
-                        .map(|prev| u128::from(prev) == mon.value)
-                };
-                match result {
-                    Ok(ok) => ok,
-                    Err(e) => return self.access_fault(e, addr, info),
+            Some(mon) if mon.addr == addr && mon.bytes == bytes => {
+                match self.swap_block(bus, addr, bytes, mon.value, new) {
+                    Ok(prev) => prev == mon.value,
+                    Err(f) => return f,
                 }
             }
             _ => false,
         };
-        if success {
-            self.cache.stored(addr, total);
-        }
         self.monitor = None;
         self.w(s, u64::from(!success));
         Flow::Next
     }
 
-    fn casp<B: Bus>(&mut self, bus: &mut B, s: u8, t: u8, n: u8, sf: bool) -> Flow {
-        let addr = match self.base(n) {
-            Ok(b) => b,
+    /// CAS and CASP: `s` and `t` are raw register numbers, even for a pair.
+    fn compare_and_swap<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        s: u8,
+        t: u8,
+        n: u8,
+        size: AccessSize,
+        pair: bool,
+    ) -> Flow {
+        let bytes = block_bytes(size, pair);
+        let addr = match self.atomic_address(n, bytes, true) {
+            Ok(a) => a,
             Err(f) => return f,
         };
-        let total = if sf { 16 } else { 8 };
-        if let Err(f) = self.aligned(addr, total, true) {
-            return f;
-        }
-        let info = no_syndrome(true);
-        if sf {
-            let old = u128::from(self.r_raw(s)) | (u128::from(self.r_raw(s + 1)) << 64);
-            let new = u128::from(self.r_raw(t)) | (u128::from(self.r_raw(t + 1)) << 64);
-            match bus.compare_exchange_pair(addr, old, new) {
-                Ok(prev) => {
-                    self.cache.stored(addr, 16);
-                    self.w_raw(s, prev as u64);
-                    self.w_raw(s + 1, (prev >> 64) as u64);
-                    Flow::Next
+        let second = |r: u8| if pair { self.r_raw(r + 1) } else { 0 };
+        let old = join(self.r_raw(s), second(s), size);
+        let new = join(self.r_raw(t), second(t), size);
+        match self.swap_block(bus, addr, bytes, old, new) {
+            Ok(prev) => {
+                let (first, second) = split(prev, size);
+                self.w_raw(s, first);
+                if pair {
+                    self.w_raw(s + 1, second);
                 }
-                Err(e) => self.access_fault(e, addr, info),
+                Flow::Next
             }
-        } else {
-            let old = (self.r_raw(s) & 0xFFFF_FFFF) | (self.r_raw(s + 1) << 32);
-            let new = (self.r_raw(t) & 0xFFFF_FFFF) | (self.r_raw(t + 1) << 32);
-            match bus.compare_exchange(addr, AccessSize::Double, old, new) {
-                Ok(prev) => {
-                    self.cache.stored(addr, 8);
-                    self.w_raw(s, prev & 0xFFFF_FFFF);
-                    self.w_raw(s + 1, prev >> 32);
-                    Flow::Next
-                }
-                Err(e) => self.access_fault(e, addr, info),
-            }
+            Err(f) => f,
         }
     }
 }

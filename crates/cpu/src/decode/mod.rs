@@ -472,19 +472,14 @@ pub(crate) enum Op {
         size: AccessSize,
         op: AtomicOp,
     },
-    /// CAS; `s` and `t` are raw register numbers (s is read and written).
+    /// CAS, and CASP when `pair` (`size` is then the element size); `s` and
+    /// `t` are raw register numbers (`s` is read and written), even for a pair.
     Cas {
         s: u8,
         t: u8,
         n: u8,
         size: AccessSize,
-    },
-    /// CASP; `s` and `t` are raw even register numbers.
-    Casp {
-        s: u8,
-        t: u8,
-        n: u8,
-        sf: bool,
+        pair: bool,
     },
 }
 
@@ -1230,64 +1225,43 @@ fn exclusive(i: u32) -> Op {
     let rt2 = r5(i, 10);
     let n = sp(r5(i, 5));
     match (bit(i, 23), bit(i, 21)) {
-        (false, false) => {
-            if load {
-                Op::LoadExclusive {
-                    t: dst(rt),
-                    t2: reg::SINK,
-                    n,
-                    size,
-                    pair: false,
-                    acquire: o0,
-                }
-            } else {
-                Op::StoreExclusive {
-                    s: dst(rs),
-                    t: rt,
-                    t2: reg::ZR,
-                    n,
-                    size,
-                    pair: false,
-                    release: o0,
-                }
-            }
-        }
-        (false, true) if size_bits >= 2 => {
-            let size = if bit(i, 30) {
-                AccessSize::Double
-            } else {
-                AccessSize::Word
-            };
-            if load {
-                Op::LoadExclusive {
-                    t: dst(rt),
-                    t2: dst(rt2),
-                    n,
-                    size,
-                    pair: true,
-                    acquire: o0,
-                }
-            } else {
-                Op::StoreExclusive {
-                    s: dst(rs),
-                    t: rt,
-                    t2: rt2,
-                    n,
-                    size,
-                    pair: true,
-                    release: o0,
-                }
-            }
-        }
-        (false, true) => {
+        // Sizes 0 and 1 of the pair class are CASP (W and X pairs).
+        (false, true) if size_bits < 2 => {
             if rs & 1 != 0 || rt & 1 != 0 {
                 return Op::Undefined;
             }
-            Op::Casp {
+            Op::Cas {
                 s: rs,
                 t: rt,
                 n,
-                sf: bit(i, 30),
+                size: if bit(i, 30) {
+                    AccessSize::Double
+                } else {
+                    AccessSize::Word
+                },
+                pair: true,
+            }
+        }
+        (false, pair) => {
+            if load {
+                Op::LoadExclusive {
+                    t: dst(rt),
+                    t2: if pair { dst(rt2) } else { reg::SINK },
+                    n,
+                    size,
+                    pair,
+                    acquire: o0,
+                }
+            } else {
+                Op::StoreExclusive {
+                    s: dst(rs),
+                    t: rt,
+                    t2: if pair { rt2 } else { reg::ZR },
+                    n,
+                    size,
+                    pair,
+                    release: o0,
+                }
             }
         }
         (true, false) => {
@@ -1306,6 +1280,7 @@ fn exclusive(i: u32) -> Op {
             t: rt,
             n,
             size,
+            pair: false,
         },
     }
 }
