@@ -1,0 +1,307 @@
+//! The load and store instructions: single register (immediate, register
+//! offset, literal), pairs, and load-acquire/store-release.
+
+use std::sync::atomic::{Ordering, fence};
+
+use apf_abi::esr::AccessSize;
+
+use super::access::{no_syndrome, single};
+use super::alu::extended;
+use super::{sext, size_mask};
+use crate::Cpu;
+use crate::bus::Bus;
+use crate::cpu::Flow;
+use crate::decode::{Extend, LoadExt, Writeback};
+use crate::exception::AccessInfo;
+
+/// The value a load writes to its register.
+#[inline]
+fn loaded(v: u64, size: AccessSize, ext: LoadExt) -> u64 {
+    match ext {
+        LoadExt::Zero => v,
+        LoadExt::Sign32 => sext(v, (size.bytes() * 8) as u32) & 0xFFFF_FFFF,
+        LoadExt::Sign64 => sext(v, (size.bytes() * 8) as u32),
+    }
+}
+
+fn load_info(t: u8, size: AccessSize, ext: LoadExt, wb: Writeback) -> AccessInfo {
+    if wb != Writeback::None {
+        return no_syndrome(false);
+    }
+    let sixty_four = match ext {
+        LoadExt::Zero => size == AccessSize::Double,
+        LoadExt::Sign32 => false,
+        LoadExt::Sign64 => true,
+    };
+    single(t, size, ext != LoadExt::Zero, sixty_four, false, false)
+}
+
+fn store_info(t: u8, size: AccessSize, wb: Writeback) -> AccessInfo {
+    if wb != Writeback::None {
+        return no_syndrome(true);
+    }
+    single(t, size, false, size == AccessSize::Double, false, true)
+}
+
+impl Cpu {
+    /// A load with an immediate offset: LDR (unsigned offset, pre- or
+    /// post-indexed), LDUR and LDTR.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn load_immediate<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        n: u8,
+        offset: i32,
+        size: AccessSize,
+        ext: LoadExt,
+        wb: Writeback,
+    ) -> Flow {
+        let base = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let moved = base.wrapping_add(i64::from(offset) as u64);
+        let addr = if wb == Writeback::Post { base } else { moved };
+        let v = match self.load(bus, addr, size, load_info(t, size, ext, wb)) {
+            Ok(v) => v,
+            Err(f) => return f,
+        };
+        // Rt == Rn with writeback: writeback suppressed (a permitted outcome).
+        if wb != Writeback::None && t != n {
+            self.w(n, moved);
+        }
+        self.w(t, loaded(v, size, ext));
+        Flow::Next
+    }
+
+    /// A store with an immediate offset: STR (unsigned offset, pre- or
+    /// post-indexed), STUR and STTR.
+    #[inline(always)]
+    pub(super) fn store_immediate<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        n: u8,
+        offset: i32,
+        size: AccessSize,
+        wb: Writeback,
+    ) -> Flow {
+        let base = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let moved = base.wrapping_add(i64::from(offset) as u64);
+        let addr = if wb == Writeback::Post { base } else { moved };
+        // Rt == Rn with writeback stores the original value (a permitted outcome).
+        let v = self.r(t);
+        if let Err(f) = self.store(bus, addr, size, v, store_info(t, size, wb)) {
+            return f;
+        }
+        if wb != Writeback::None {
+            self.w(n, moved);
+        }
+        Flow::Next
+    }
+
+    /// LDR (register): the offset register extended and shifted.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn load_register_offset<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+        size: AccessSize,
+        sign: LoadExt,
+    ) -> Flow {
+        let base = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let addr = base.wrapping_add(extended(self.r(m), ext, shift));
+        let info = load_info(t, size, sign, Writeback::None);
+        match self.load(bus, addr, size, info) {
+            Ok(v) => {
+                self.w(t, loaded(v, size, sign));
+                Flow::Next
+            }
+            Err(f) => f,
+        }
+    }
+
+    /// STR (register): the offset register extended and shifted.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn store_register_offset<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+        size: AccessSize,
+    ) -> Flow {
+        let base = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let addr = base.wrapping_add(extended(self.r(m), ext, shift));
+        let v = self.r(t);
+        match self.store(bus, addr, size, v, store_info(t, size, Writeback::None)) {
+            Ok(()) => Flow::Next,
+            Err(f) => f,
+        }
+    }
+
+    /// LDR (literal) and LDRSW (literal): PC-relative.
+    #[inline(always)]
+    pub(super) fn load_literal<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        offset: i32,
+        size: AccessSize,
+        ext: LoadExt,
+    ) -> Flow {
+        let addr = self.pc.wrapping_add(i64::from(offset) as u64);
+        match self.load(bus, addr, size, load_info(t, size, ext, Writeback::None)) {
+            Ok(v) => {
+                self.w(t, loaded(v, size, ext));
+                Flow::Next
+            }
+            Err(f) => f,
+        }
+    }
+
+    /// LDAR, LDLAR, LDAPR.
+    #[inline(always)]
+    pub(super) fn load_acquire<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        n: u8,
+        size: AccessSize,
+    ) -> Flow {
+        let addr = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let info = single(t, size, false, size == AccessSize::Double, true, false);
+        match self.load(bus, addr, size, info) {
+            Ok(v) => {
+                fence(Ordering::Acquire);
+                self.w(t, v);
+                Flow::Next
+            }
+            Err(f) => f,
+        }
+    }
+
+    /// STLR, STLLR.
+    #[inline(always)]
+    pub(super) fn store_release<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        n: u8,
+        size: AccessSize,
+    ) -> Flow {
+        let addr = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        fence(Ordering::Release);
+        let info = single(t, size, false, size == AccessSize::Double, true, true);
+        match self.store(bus, addr, size, self.r(t) & size_mask(size), info) {
+            Ok(()) => Flow::Next,
+            Err(f) => f,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn load_pair<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        t2: u8,
+        n: u8,
+        offset: i32,
+        size: AccessSize,
+        sign: bool,
+        wb: Writeback,
+    ) -> Flow {
+        let base = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let moved = base.wrapping_add(i64::from(offset) as u64);
+        let addr = if wb == Writeback::Post { base } else { moved };
+        let info = no_syndrome(false);
+        let first = match self.load(bus, addr, size, info) {
+            Ok(v) => v,
+            Err(f) => return f,
+        };
+        let second = match self.load(bus, addr.wrapping_add(size.bytes()), size, info) {
+            Ok(v) => v,
+            Err(f) => return f,
+        };
+        let ext = if sign { LoadExt::Sign64 } else { LoadExt::Zero };
+        // Rn == Rt or Rt2 with writeback: writeback suppressed (a permitted outcome).
+        if wb != Writeback::None && t != n && t2 != n {
+            self.w(n, moved);
+        }
+        self.w(t, loaded(first, size, ext));
+        self.w(t2, loaded(second, size, ext));
+        Flow::Next
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_pair<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        t: u8,
+        t2: u8,
+        n: u8,
+        offset: i32,
+        size: AccessSize,
+        wb: Writeback,
+    ) -> Flow {
+        let base = match self.base(n) {
+            Ok(b) => b,
+            Err(f) => return f,
+        };
+        let moved = base.wrapping_add(i64::from(offset) as u64);
+        let addr = if wb == Writeback::Post { base } else { moved };
+        let second_addr = addr.wrapping_add(size.bytes());
+        let info = no_syndrome(true);
+        let (v1, v2) = (self.r(t) & size_mask(size), self.r(t2) & size_mask(size));
+        if let Err(f) = self.aligned(addr, size.bytes(), true) {
+            return f;
+        }
+        // A pair that crosses a page: probe both pages with reads first, in
+        // address order, so a fault on the second cannot leave the first written.
+        if second_addr & 0xFFF == 0 {
+            for probe in [addr, second_addr] {
+                if let Err(e) = bus.read(probe, size) {
+                    return self.access_fault(e, probe, info);
+                }
+            }
+        }
+        if let Err(f) = self.store(bus, addr, size, v1, info) {
+            return f;
+        }
+        if let Err(f) = self.store(bus, second_addr, size, v2, info) {
+            return f;
+        }
+        if wb != Writeback::None {
+            self.w(n, moved);
+        }
+        Flow::Next
+    }
+}
