@@ -27,7 +27,7 @@ use apf_abi::sdei::*;
 use apf_abi::shared::SHARED_BLOCK_ALIGN;
 use apf_abi::smccc::*;
 use apf_host::apf::{
-    ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
+    ApfEngine, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
     SdeiCancelError, SdeiInjectError,
 };
 use apf_host::gic::{Gic, SpiLine};
@@ -321,7 +321,7 @@ struct Vcpu {
     el: u8,
     sdei: SdeiVcpu,
     model: SdeiModel,
-    apf: ApfControl,
+    apf: ApfEngine,
     ppi_levels: u32,
     /// Fetches the engine started and nobody has completed.
     inflight: Vec<ItemHandle>,
@@ -429,7 +429,7 @@ impl World {
             stopped: false,
         };
         for (index, id) in (0..VCPUS).zip(0u32..) {
-            let mut apf = ApfControl::new(id, offered);
+            let mut apf = ApfEngine::new(id, offered);
             if !separate_ready {
                 apf.limit_to_v1_0();
             }
@@ -454,7 +454,7 @@ impl World {
     }
 
     /// vCPU `i`'s engine and its view.
-    fn split(&mut self, i: usize) -> (&mut ApfControl, View<'_>) {
+    fn split(&mut self, i: usize) -> (&mut ApfEngine, View<'_>) {
         let v = &mut self.vcpus[i];
         (
             &mut v.apf,

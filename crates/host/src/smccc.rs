@@ -15,7 +15,7 @@
 //! preferred return address): SDEI COMPLETE and PSCI CPU_ON replace the PC, and
 //! every other call resumes there.
 
-use crate::apf::{ApfControl, ApfVcpu, AtomicWord, HypercallResult};
+use crate::apf::{ApfEngine, ApfVcpu, AtomicWord, HypercallResult};
 use crate::psci::{Psci, PsciAction, PsciOutcome};
 use crate::regs::GuestRegs;
 use crate::sdei::{SdeiEvents, SdeiOutcome, SdeiVcpu};
@@ -41,7 +41,7 @@ pub trait AsyncPfService {
 #[derive(Debug)]
 pub struct ApfService<'a, W: AtomicWord, V> {
     /// The vCPU's engine.
-    pub engine: &'a mut ApfControl<W>,
+    pub engine: &'a mut ApfEngine<W>,
     /// The vCPU as the engine sees it.
     pub vcpu: &'a mut V,
 }

@@ -5,7 +5,7 @@ use apf_abi::psci::{PSCI_CPU_ON, PSCI_CPU_ON_32, PSCI_RET_INVALID_PARAMETERS, PS
 use apf_abi::sdei::*;
 use apf_abi::smccc::*;
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, HypercallResult};
+use apf_host::apf::{ApfCommand, ApfEngine, HypercallResult};
 use apf_host::psci::{PowerState, Psci, PsciAction};
 use apf_host::regs::{PlainRegs, mpidr_el1_of};
 use apf_host::sdei::SdeiVcpu;
@@ -166,7 +166,7 @@ fn async_pf_is_forwarded_as_an_smc32_call() {
 
 #[test]
 fn async_pf_reaches_the_apf_engine() {
-    let mut engine = ApfControl::new(0, true);
+    let mut engine = ApfEngine::new(0, true);
     let mut vcpu = FakeVcpu::new(0x1000);
     engine
         .command(

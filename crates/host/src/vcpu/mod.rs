@@ -21,7 +21,7 @@ mod view;
 pub use ram::{FetchStarted, GuestRam, PageLost, RamMiss, RamResolve};
 pub use stats::{ExitCounts, FaultCounts, VcpuStats};
 
-use crate::apf::{ApfControl, ApfCountersSnapshot, CompletionPort, FaultDecision, ItemHandle};
+use crate::apf::{ApfCountersSnapshot, ApfEngine, CompletionPort, FaultDecision, ItemHandle};
 use crate::gic::GicCpuInterface;
 use crate::machine::{Machine, StartRequest, StopReason};
 use crate::psci::{PowerState, PsciAction, enter_cpu};
@@ -102,7 +102,7 @@ pub fn spawn<R: GuestRam + 'static>(
         .name(format!("vcpu{}", spec.index))
         .spawn(move || {
             let waker = Arc::new(VcpuWaker::for_current_thread());
-            let mut apf = ApfControl::new(
+            let mut apf = ApfEngine::new(
                 u32::try_from(spec.index).unwrap_or(u32::MAX),
                 spec.apf_offered,
             );
@@ -148,7 +148,7 @@ impl<R: GuestRam> Vcpu<R> {
         machine: Arc<Machine>,
         waker: Arc<VcpuWaker>,
         mut ram: R,
-        apf: &mut ApfControl,
+        apf: &mut ApfEngine,
     ) -> Self {
         let icc = GicCpuInterface::new(Arc::clone(&machine.gic), spec.index)
             .expect("the machine's GIC has a CPU interface for every vCPU index");
@@ -190,7 +190,7 @@ impl<R: GuestRam> Vcpu<R> {
         }
     }
 
-    fn run(&mut self, mut apf: ApfControl) -> VcpuReport {
+    fn run(&mut self, mut apf: ApfEngine) -> VcpuReport {
         let begin = Instant::now();
         let mut on = match self.spec.boot {
             Some(boot) => {
@@ -224,7 +224,7 @@ impl<R: GuestRam> Vcpu<R> {
     }
 
     /// Resets the vCPU and starts it at `req` (boot, or CPU_ON).
-    fn power_on(&mut self, req: StartRequest, apf: &mut ApfControl) {
+    fn power_on(&mut self, req: StartRequest, apf: &mut ApfEngine) {
         let counter = self.cpu.counter();
         self.cpu = Cpu::new(self.spec.cpu);
         self.cpu.advance_counter(counter);
@@ -239,7 +239,7 @@ impl<R: GuestRam> Vcpu<R> {
     }
 
     /// Powered off: sleep until a CPU_ON for this vCPU or the end of the run.
-    fn wait_for_cpu_on(&mut self, apf: &mut ApfControl) -> bool {
+    fn wait_for_cpu_on(&mut self, apf: &mut ApfEngine) -> bool {
         self.ram.park();
         let t = Instant::now();
         let index = self.spec.index;
@@ -266,7 +266,7 @@ impl<R: GuestRam> Vcpu<R> {
         }
     }
 
-    fn step(&mut self, apf: &mut ApfControl) -> Next {
+    fn step(&mut self, apf: &mut ApfEngine) -> Next {
         // Consume kicks before looking at what they announce: a completion or a
         // shootdown that lands while this step looks still ends the slice. (Our own
         // PPI changes below kick us too; that costs one short slice.)
@@ -376,7 +376,7 @@ impl<R: GuestRam> Vcpu<R> {
 
     /// WFI: halt until something could make the guest run. Virtual time passes at
     /// the counter's nominal frequency while halted, so the timer still fires.
-    fn wait_for_interrupt(&mut self, apf: &mut ApfControl) {
+    fn wait_for_interrupt(&mut self, apf: &mut ApfEngine) {
         let t = Instant::now();
         let freq = self.cntfrq();
         let now_ticks = self.cpu.counter();
@@ -400,7 +400,7 @@ impl<R: GuestRam> Vcpu<R> {
         self.cpu.advance_counter(ticks);
     }
 
-    fn hypercall(&mut self, apf: &mut ApfControl, imm: u16) -> Next {
+    fn hypercall(&mut self, apf: &mut ApfEngine, imm: u16) -> Next {
         let el = self.cpu.el();
         if imm != 0 {
             // SMCCC calls use immediate 0; anything else is not a call we know.
@@ -459,7 +459,7 @@ impl<R: GuestRam> Vcpu<R> {
         }
     }
 
-    fn stage2_abort(&mut self, apf: &mut ApfControl, esr: Esr, far: u64, hpfar: u64) {
+    fn stage2_abort(&mut self, apf: &mut ApfEngine, esr: Esr, far: u64, hpfar: u64) {
         let gpa = ipa_from_hpfar(hpfar) | (far & 0xFFF);
         let write = esr.is_write_abort();
         if tracing::enabled!(target: "apf", tracing::Level::TRACE) {
@@ -530,7 +530,7 @@ impl<R: GuestRam> Vcpu<R> {
     /// A repeated fault on a page in flight: wait in the host for that page (or an
     /// interrupt the guest should take) instead of re-entering the guest to fault
     /// again (DESIGN §5.3).
-    fn halt_for_page(&mut self, apf: &mut ApfControl) {
+    fn halt_for_page(&mut self, apf: &mut ApfEngine) {
         let t = Instant::now();
         self.ram.park();
         let index = self.spec.index;
