@@ -727,7 +727,7 @@ impl World {
             }
         }
         // Every block held is the block of an enabled engine (none leaks).
-        for gpa in (RAM_BASE..RAM_END).step_by(SHARED_BLOCK_ALIGN as usize) {
+        for gpa in (RAM_BASE..RAM_END).step_by(usize::try_from(SHARED_BLOCK_ALIGN).expect("64")) {
             if let Some(holder) = self.machine.shared_block_holder(gpa) {
                 let control = self.vcpus[holder].apf.control();
                 assert!(
