@@ -11,7 +11,7 @@
 #![no_main]
 
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfCommand, ApfEngine, FaultDecision, ItemHandle};
 use libfuzzer_sys::fuzz_target;
 
 fn word(data: &[u8], at: usize) -> u64 {
@@ -22,7 +22,7 @@ fn word(data: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn state(engine: &ApfControl, vcpu: &FakeVcpu) -> (u64, u32, u32, usize, Vec<u8>, u32) {
+fn state(engine: &ApfEngine, vcpu: &FakeVcpu) -> (u64, u32, u32, usize, Vec<u8>, u32) {
     (
         engine.control().encode(),
         engine.sdei_event(),
@@ -34,7 +34,7 @@ fn state(engine: &ApfControl, vcpu: &FakeVcpu) -> (u64, u32, u32, usize, Vec<u8>
 }
 
 /// What a VMM saves of a vCPU's APF state, in restore order.
-fn saved(engine: &mut ApfControl, vcpu: &mut FakeVcpu) -> Option<[ApfCommand; 3]> {
+fn saved(engine: &mut ApfEngine, vcpu: &mut FakeVcpu) -> Option<[ApfCommand; 3]> {
     let mut get = |c| engine.command(vcpu, c).ok();
     Some([
         ApfCommand::SetSdei(get(ApfCommand::GetSdei)?),
@@ -45,12 +45,12 @@ fn saved(engine: &mut ApfControl, vcpu: &mut FakeVcpu) -> Option<[ApfCommand; 3]
 
 /// Restores `save` into a fresh engine over a copy of the guest's memory and
 /// checks that it reads back the same.
-fn check_restore(engine: &mut ApfControl, vcpu: &FakeVcpu) {
+fn check_restore(engine: &mut ApfEngine, vcpu: &FakeVcpu) {
     let mut source = vcpu.clone();
     let Some(save) = saved(engine, &mut source) else {
         return;
     };
-    let mut target = ApfControl::new(1, true);
+    let mut target = ApfEngine::new(1, true);
     let mut target_vcpu = vcpu.clone();
     for command in save {
         let unset = matches!(command, ApfCommand::SetSdei(0) | ApfCommand::SetIrq(0));
@@ -67,7 +67,7 @@ fn check_restore(engine: &mut ApfControl, vcpu: &FakeVcpu) {
 
 fuzz_target!(|data: &[u8]| {
     let offered = data.first().is_none_or(|b| b & 0x80 == 0);
-    let mut engine = ApfControl::new(1, offered);
+    let mut engine = ApfEngine::new(1, offered);
     let mut vcpu = FakeVcpu::new(0x2000);
     let mut inflight: Vec<ItemHandle> = Vec::new();
     for call in data.get(1..).unwrap_or_default().chunks(25) {

@@ -1,7 +1,9 @@
 //! Every HVC a guest can make, with arbitrary register values, in arbitrary
 //! sequences with faults, fetch completions and guest entries in between: the
-//! SMCCC dispatcher, SDEI, PSCI and the APF engine of two vCPUs, wired as the
-//! run loop wires them (`Vcpu::hypercall`, `Vcpu::step`, `power_on`).
+//! SMCCC dispatcher, SDEI, PSCI and the APF engine of two vCPUs, through the
+//! functions the run loop calls (`smccc::dispatch` for every HVC,
+//! `smccc::deliver_sdei` at guest entry) over the run loop's own
+//! `VcpuContext`, with plain registers and RAM in place of the interpreter's.
 //!
 //! Invariants, after every operation:
 //! - nothing panics;
@@ -26,17 +28,15 @@ use apf_abi::psci::*;
 use apf_abi::sdei::*;
 use apf_abi::shared::SHARED_BLOCK_ALIGN;
 use apf_abi::smccc::*;
-use apf_host::apf::{
-    ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, HypercallResult, ItemHandle,
-    SdeiCancelError, SdeiInjectError,
-};
+use apf_host::apf::{ApfEngine, ApfVcpu, FaultDecision, ItemHandle};
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::Machine;
 use apf_host::psci::{PowerState, Psci, PsciAction, enter_cpu};
-use apf_host::regs::{GuestRegs, PSTATE_EL1H_MASKED, PlainRegs};
+use apf_host::regs::{GuestRegs, PSTATE_EL1H_MASKED, PSTATE_MODE_EL1H, PlainRegs};
 use apf_host::sdei::{SDEI_EVENT_SW_SIGNALED, SdeiVcpu};
-use apf_host::smccc::{AsyncPfService, Firmware, SmcccExit, dispatch};
+use apf_host::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
 use apf_host::uart::Pl011;
+use apf_host::vcpu::{FlatRam, VcpuContext};
 use input::Input;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
@@ -315,98 +315,29 @@ enum Expect {
 
 // ---------------------------------------------------------------- the world
 
-/// One vCPU: registers, SDEI state and its model, APF engine, PPI lines.
+/// One vCPU: registers, SDEI state and RAM as the run loop holds them, the
+/// SDEI model, the APF engine.
 struct Vcpu {
-    regs: PlainRegs,
-    el: u8,
-    sdei: SdeiVcpu,
+    ctx: VcpuContext<PlainRegs, FlatRam>,
     model: SdeiModel,
-    apf: ApfControl,
-    ppi_levels: u32,
+    apf: ApfEngine,
     /// Fetches the engine started and nobody has completed.
     inflight: Vec<ItemHandle>,
     start: Option<(u64, u64)>,
 }
 
-/// The vCPU as the engine sees it (the run loop's `ApfView`).
-struct View<'a> {
-    el: u8,
-    sdei: &'a mut SdeiVcpu,
-    ppi_levels: &'a mut u32,
-    ram: &'a mut [u8],
-    machine: &'a Machine,
-    index: usize,
-}
-
-impl View<'_> {
-    fn offset(&self, gpa: u64, len: u64) -> Option<usize> {
-        let off = gpa.checked_sub(RAM_BASE)?;
-        let off = usize::try_from(off).ok()?;
-        (off.checked_add(usize::try_from(len).ok()?)? <= RAM_BYTES).then_some(off)
-    }
-}
-
-impl ApfVcpu for View<'_> {
-    fn exception_level(&self) -> u8 {
-        self.el
-    }
-    fn sdei_running(&self) -> bool {
-        self.sdei.is_running()
-    }
-    fn sdei_deliverable(&self, event: u32) -> bool {
-        self.sdei.can_inject(event)
-    }
-    fn sdei_inject(&mut self, event: u32) -> Result<(), SdeiInjectError> {
-        self.sdei.inject(event)
-    }
-    fn sdei_cancel(&mut self, event: u32) -> Result<(), SdeiCancelError> {
-        self.sdei.cancel(event)
-    }
-    fn set_ppi_level(&mut self, intid: u32, level: bool) {
-        assert_eq!(intid, APF_DEFAULT_PPI, "the engine drives only its PPI");
-        *self.ppi_levels = (*self.ppi_levels & !(1 << intid)) | (u32::from(level) << intid);
-    }
-    fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool {
-        self.machine.claim_shared_block(self.index, gpa, len)
-    }
-    fn release_shared_block(&mut self, gpa: u64) {
-        self.machine.release_shared_block(self.index, gpa);
-    }
-    fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {
-        let off = self.offset(gpa, 4).ok_or(GuestMemoryError { gpa })?;
-        Ok(u32::from_le_bytes(
-            self.ram[off..off + 4].try_into().expect("4 bytes"),
-        ))
-    }
-    fn write_u32(&mut self, gpa: u64, value: u32) -> Result<(), GuestMemoryError> {
-        let off = self.offset(gpa, 4).ok_or(GuestMemoryError { gpa })?;
-        self.ram[off..off + 4].copy_from_slice(&value.to_le_bytes());
-        Ok(())
-    }
-}
-
-/// The dispatcher's view of ASYNC_PF (the run loop's `Offered`): FEATURES only,
-/// the calls are handled before dispatch.
-struct Offered(bool);
-
-impl AsyncPfService for Offered {
-    fn available(&self) -> bool {
-        self.0
-    }
-    fn call(&mut self, _x1: u64, _x2: u64, _x3: u64) -> HypercallResult {
-        HypercallResult {
-            status: SMCCC_RET_NOT_SUPPORTED,
-            value: 0,
-        }
-    }
+/// Puts `regs` at exception level `el` (PSTATE.M: EL0t or EL1h), as a call or
+/// a fault from there finds them.
+fn set_el(regs: &mut PlainRegs, el: u8) {
+    let mode = if el == 0 { 0 } else { PSTATE_MODE_EL1H };
+    regs.pstate = (regs.pstate & !0b1111) | mode;
 }
 
 struct World {
     vcpus: Vec<Vcpu>,
     psci: Psci,
-    ram: Vec<u8>,
-    /// Only for its shared block registry, which the run loop's view claims from.
-    machine: Machine,
+    /// Its GIC takes the PPI lines, its registry the shared blocks.
+    machine: Arc<Machine>,
     offered: bool,
     separate_ready: bool,
     stopped: bool,
@@ -417,35 +348,42 @@ impl World {
         let mut world = World {
             vcpus: Vec::new(),
             psci: Psci::new(VCPUS, RAM_BASE..RAM_END),
-            ram: vec![0; RAM_BYTES],
             machine: {
                 let gic = Arc::new(Gic::new(VCPUS).expect("a 2-vCPU GIC"));
                 let line = SpiLine::new(Arc::clone(&gic), UART_INTID).expect("the UART's SPI");
                 let uart = Pl011::new(Box::new(std::io::sink()), Box::new(line));
-                Machine::new(gic, uart, RAM_BASE..RAM_END)
+                Arc::new(Machine::new(gic, uart, RAM_BASE..RAM_END))
             },
             offered,
             separate_ready,
             stopped: false,
         };
         for (index, id) in (0..VCPUS).zip(0u32..) {
-            let mut apf = ApfControl::new(id, offered);
+            let mut apf = ApfEngine::new(id, offered);
             if !separate_ready {
                 apf.limit_to_v1_0();
             }
+            // Each vCPU has RAM of its own: the engine touches only the block it
+            // holds, and holding is exclusive, so sharing would show nothing.
             world.vcpus.push(Vcpu {
-                regs: PlainRegs::default(),
-                el: 1,
-                sdei: SdeiVcpu::new(),
+                ctx: VcpuContext {
+                    index,
+                    cpu: PlainRegs::default(),
+                    sdei: SdeiVcpu::new(),
+                    ram: FlatRam {
+                        base: RAM_BASE,
+                        bytes: vec![0; RAM_BYTES],
+                    },
+                    machine: Arc::clone(&world.machine),
+                },
                 model: SdeiModel::new(),
                 apf,
-                ppi_levels: 0,
                 inflight: Vec::new(),
                 start: None,
             });
             if offered {
-                let (apf, mut view) = world.split(index);
-                apf.configure(&mut view, SDEI_EVENT_ASYNC_PF, APF_DEFAULT_PPI)
+                let (apf, vcpu) = world.split(index);
+                apf.configure(vcpu, SDEI_EVENT_ASYNC_PF, APF_DEFAULT_PPI)
                     .expect("the VMM's settings are valid");
             }
         }
@@ -453,20 +391,10 @@ impl World {
         world
     }
 
-    /// vCPU `i`'s engine and its view.
-    fn split(&mut self, i: usize) -> (&mut ApfControl, View<'_>) {
+    /// vCPU `i`'s engine and what it acts on.
+    fn split(&mut self, i: usize) -> (&mut ApfEngine, &mut VcpuContext<PlainRegs, FlatRam>) {
         let v = &mut self.vcpus[i];
-        (
-            &mut v.apf,
-            View {
-                el: v.el,
-                sdei: &mut v.sdei,
-                ppi_levels: &mut v.ppi_levels,
-                ram: &mut self.ram,
-                machine: &self.machine,
-                index: i,
-            },
-        )
+        (&mut v.apf, &mut v.ctx)
     }
 
     fn on(&self, i: usize) -> bool {
@@ -476,20 +404,18 @@ impl World {
     /// `Vcpu::power_on`.
     fn power_on(&mut self, i: usize, entry: u64, context: u64) {
         let v = &mut self.vcpus[i];
-        v.regs = PlainRegs::default();
-        v.el = 1;
-        enter_cpu(&mut v.regs, entry, context);
-        v.sdei.reset();
+        v.ctx.cpu = PlainRegs::default();
+        enter_cpu(&mut v.ctx.cpu, entry, context);
+        v.ctx.sdei.reset();
         v.model = SdeiModel::new();
-        let (apf, mut view) = self.split(i);
-        apf.reset(&mut view);
+        v.apf.reset(&mut v.ctx);
         self.psci.mark_on(i);
     }
 
     /// The run loop after CPU_OFF.
     fn power_off(&mut self, i: usize) {
-        let (apf, mut view) = self.split(i);
-        apf.reset(&mut view);
+        let (apf, vcpu) = self.split(i);
+        apf.reset(vcpu);
     }
 
     /// The model's answer to a call.
@@ -574,48 +500,28 @@ impl World {
         }
     }
 
-    /// An HVC by vCPU `i` at `el` with `x` in x0..x5, as `Vcpu::hypercall` runs it.
+    /// An HVC by vCPU `i` at `el` with `x` in x0..x5, through `dispatch` as
+    /// `Vcpu::hypercall` calls it.
     fn call(&mut self, i: usize, el: u8, imm: u16, x: [u64; 6]) {
-        self.vcpus[i].el = el;
+        let regs = &mut self.vcpus[i].ctx.cpu;
+        set_el(regs, el);
         for (n, value) in x.iter().enumerate() {
-            self.vcpus[i].regs.set_x(n, *value);
+            regs.set_x(n, *value);
         }
-        let before = self.vcpus[i].regs.clone();
+        let before = regs.clone();
         let expect = self.expect(i, el, imm, &x);
-        let function = x[0] & 0xFFFF_FFFF;
 
-        let mut action = None;
-        if imm != 0 {
-            self.vcpus[i]
-                .regs
-                .set_x(0, SMCCC_RET_NOT_SUPPORTED.cast_unsigned());
-        } else if function == u64::from(VENDOR_HYP_ASYNC_PF) && el == 1 {
-            let (apf, mut view) = self.split(i);
-            let r = apf.hypercall(&mut view, x[1], x[2], x[3]);
-            let regs = &mut self.vcpus[i].regs;
-            regs.set_x(0, r.status.cast_unsigned());
-            regs.set_x(1, r.value);
-        } else {
-            let offered = self.offered;
-            let v = &mut self.vcpus[i];
-            let mut service = Offered(offered);
-            let mut fw = Firmware {
-                vcpu: i,
-                psci: &self.psci,
-                sdei: &mut v.sdei,
-                async_pf: &mut service,
-            };
-            match dispatch(&mut fw, el, &mut v.regs) {
-                SmcccExit::Return | SmcccExit::SdeiCompleted { .. } => {}
-                SmcccExit::SdeiDiscarded(events) => {
-                    if events.contains(SDEI_EVENT_ASYNC_PF) {
-                        let (apf, mut view) = self.split(i);
-                        apf.on_not_present_discarded(&mut view);
-                    }
-                }
-                SmcccExit::Psci(a) => action = Some(a),
-            }
-        }
+        let v = &mut self.vcpus[i];
+        let mut fw = Firmware {
+            index: i,
+            psci: &self.psci,
+            engine: &mut v.apf,
+            vcpu: &mut v.ctx,
+        };
+        let action = match dispatch(&mut fw, imm) {
+            SmcccExit::Return => None,
+            SmcccExit::Psci(a) => Some(a),
+        };
         self.check_call(i, &before, expect, action);
         match action {
             Some(PsciAction::StartCpu {
@@ -630,7 +536,7 @@ impl World {
     }
 
     fn check_call(&self, i: usize, before: &PlainRegs, expect: Expect, action: Option<PsciAction>) {
-        let regs = &self.vcpus[i].regs;
+        let regs = &self.vcpus[i].ctx.cpu;
         let unchanged_but = |from: usize| {
             for n in from..31 {
                 assert_eq!(regs.x(n), before.x(n), "x{n} changed: {expect:?}");
@@ -711,12 +617,11 @@ impl World {
     /// `Vcpu::step` up to guest entry: collect completions and send page-readies,
     /// then deliver SDEI.
     fn enter(&mut self, i: usize) {
-        let (apf, mut view) = self.split(i);
-        apf.service(&mut view);
         let v = &mut self.vcpus[i];
-        let deliverable = v.sdei.has_deliverable();
-        let before = v.regs.clone();
-        let delivered = v.sdei.deliver(&mut v.regs);
+        v.apf.service(&mut v.ctx);
+        let deliverable = v.ctx.sdei.has_deliverable();
+        let before = v.ctx.cpu.clone();
+        let delivered = deliver_sdei(&mut v.apf, &mut v.ctx);
         assert_eq!(
             delivered.is_some(),
             deliverable,
@@ -732,7 +637,7 @@ impl World {
             "dispatch of {event:#x} against {:?}",
             v.model
         );
-        let r = &v.regs;
+        let r = &v.ctx.cpu;
         assert_eq!(
             [r.x(0), r.x(1), r.x(2), r.x(3)],
             [u64::from(event), h.arg, before.pc, before.pstate]
@@ -745,17 +650,13 @@ impl World {
             pc: before.pc,
             pstate: before.pstate,
         });
-        v.el = 1;
-        if event == SDEI_EVENT_ASYNC_PF {
-            v.apf.on_not_present_delivered();
-        }
     }
 
     /// A stage-2 fault at `el` on `gfn` that needs I/O.
     fn fault(&mut self, i: usize, el: u8, gfn: u64) {
-        self.vcpus[i].el = el;
-        let (apf, mut view) = self.split(i);
-        match apf.try_async(&mut view, gfn) {
+        set_el(&mut self.vcpus[i].ctx.cpu, el);
+        let (apf, vcpu) = self.split(i);
+        match apf.try_async(vcpu, gfn) {
             FaultDecision::Async { cookie, .. } => {
                 let handle = ItemHandle::from_cookie(cookie).expect("the engine's own cookie");
                 self.vcpus[i].inflight.push(handle);
@@ -776,21 +677,21 @@ impl World {
             return;
         }
         let base = block.gpa + if ready { 8 } else { 0 };
-        let (_, mut view) = self.split(i);
-        let _ = view.write_u32(base + 4, 0);
-        let _ = view.write_u32(base, 0);
+        let vcpu = &mut self.vcpus[i].ctx;
+        let _ = vcpu.write_u32(base + 4, 0);
+        let _ = vcpu.write_u32(base, 0);
     }
 
     fn check_state(&self) {
         for (i, v) in self.vcpus.iter().enumerate() {
-            assert_eq!(v.sdei.is_masked(), v.model.masked, "vcpu{i} masked");
+            assert_eq!(v.ctx.sdei.is_masked(), v.model.masked, "vcpu{i} masked");
             assert_eq!(
-                v.sdei.is_running(),
+                v.ctx.sdei.is_running(),
                 v.model.running.is_some(),
                 "vcpu{i} running"
             );
             for (e, &(number, _)) in EVENTS.iter().enumerate() {
-                let mut probe = v.sdei.clone();
+                let mut probe = v.ctx.sdei.clone();
                 let mut regs = PlainRegs::default();
                 regs.set_x(1, u64::from(number));
                 let got = match probe.call(SDEI_EVENT_STATUS, &mut regs) {
@@ -800,7 +701,14 @@ impl World {
                 assert_eq!(got, v.model.status(e), "vcpu{i} STATUS of {number:#x}");
             }
             assert!(v.apf.outstanding() <= 64);
-            let line = v.ppi_levels & (1 << APF_DEFAULT_PPI) != 0;
+            let gic = &self.machine.gic;
+            assert!(
+                (16..32)
+                    .filter(|&p| p != APF_DEFAULT_PPI)
+                    .all(|p| !gic.ppi_level(i, p)),
+                "vcpu{i}: the engine drives only its PPI"
+            );
+            let line = gic.ppi_level(i, APF_DEFAULT_PPI);
             assert_eq!(
                 line,
                 v.apf.page_ready_pending().is_some(),
@@ -819,7 +727,7 @@ impl World {
             }
         }
         // Every block held is the block of an enabled engine (none leaks).
-        for gpa in (RAM_BASE..RAM_END).step_by(SHARED_BLOCK_ALIGN as usize) {
+        for gpa in (RAM_BASE..RAM_END).step_by(usize::try_from(SHARED_BLOCK_ALIGN).expect("64")) {
             if let Some(holder) = self.machine.shared_block_holder(gpa) {
                 let control = self.vcpus[holder].apf.control();
                 assert!(

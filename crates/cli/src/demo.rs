@@ -4,13 +4,13 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfEngine, FaultDecision, ItemHandle};
 
 /// Takes `faults` faults, completes them in reverse on another thread, and prints
 /// every step and the counters.
 pub fn engine_demo(faults: u64) -> Result<(), String> {
     const BLOCK: u64 = 0x4000_0400;
-    let mut engine = ApfControl::new(0, true);
+    let mut engine = ApfEngine::new(0, true);
     let mut vcpu = FakeVcpu::new(0x1000);
     engine
         .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, 17)

@@ -6,14 +6,14 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfEngine, FaultDecision, ItemHandle};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
 const BLOCK: u64 = 0x4000_0400;
 
-fn setup(separate: bool) -> (ApfControl, FakeVcpu) {
-    let mut engine = ApfControl::new(0, true);
+fn setup(separate: bool) -> (ApfEngine, FakeVcpu) {
+    let mut engine = ApfEngine::new(0, true);
     let mut vcpu = FakeVcpu::new(0x1000);
     engine
         .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, 17)
@@ -25,7 +25,7 @@ fn setup(separate: bool) -> (ApfControl, FakeVcpu) {
     (engine, vcpu)
 }
 
-fn round_trip(engine: &mut ApfControl, vcpu: &mut FakeVcpu, gfn: u64, separate: bool) {
+fn round_trip(engine: &mut ApfEngine, vcpu: &mut FakeVcpu, gfn: u64, separate: bool) {
     let FaultDecision::Async { cookie, .. } = engine.try_async(vcpu, gfn) else {
         panic!("not async");
     };

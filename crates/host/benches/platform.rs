@@ -3,33 +3,42 @@
 //! interrupt's acknowledge + EOI, an SGI to another vCPU, a trivial SMCCC call
 //! through the dispatcher, and an SDEI dispatch + COMPLETE_AND_RESUME.
 
-use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_SGI_OFFSET, GICR_STRIDE};
+use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_SGI_OFFSET, GICR_STRIDE, RAM_BASE, UART_INTID};
 use apf_abi::sdei::{
     SDEI_EVENT_ASYNC_PF, SDEI_EVENT_COMPLETE_AND_RESUME, SDEI_EVENT_ENABLE, SDEI_EVENT_REGISTER,
     SDEI_PE_UNMASK,
 };
 use apf_abi::smccc::SMCCC_VERSION;
-use apf_host::apf::HypercallResult;
-use apf_host::gic::{Gic, GicCpuInterface, IccReg};
+use apf_host::apf::ApfEngine;
+use apf_host::gic::{Gic, GicCpuInterface, IccReg, SpiLine};
+use apf_host::machine::Machine;
 use apf_host::psci::Psci;
-use apf_host::regs::PlainRegs;
+use apf_host::regs::{PSTATE_EL1H_MASKED, PlainRegs};
 use apf_host::sdei::SdeiVcpu;
-use apf_host::smccc::{AsyncPfService, Firmware, dispatch};
+use apf_host::smccc::{Firmware, dispatch};
+use apf_host::uart::Pl011;
+use apf_host::vcpu::{FlatRam, VcpuContext};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
 
-struct NoApf;
-
-impl AsyncPfService for NoApf {
-    fn available(&self) -> bool {
-        false
-    }
-    fn call(&mut self, _: u64, _: u64, _: u64) -> HypercallResult {
-        HypercallResult {
-            status: -1,
-            value: 0,
-        }
+/// One vCPU of a machine without APF, as the dispatcher sees it.
+fn vcpu() -> VcpuContext<PlainRegs, FlatRam> {
+    let gic = Arc::new(Gic::new(1).unwrap());
+    let line = SpiLine::new(Arc::clone(&gic), UART_INTID).unwrap();
+    let uart = Pl011::new(Box::new(std::io::sink()), Box::new(line));
+    VcpuContext {
+        index: 0,
+        cpu: PlainRegs {
+            pstate: PSTATE_EL1H_MASKED,
+            ..PlainRegs::default()
+        },
+        sdei: SdeiVcpu::new(),
+        ram: FlatRam {
+            base: RAM_BASE,
+            bytes: Vec::new(),
+        },
+        machine: Arc::new(Machine::new(gic, uart, RAM_BASE..RAM_BASE)),
     }
 }
 
@@ -84,21 +93,23 @@ fn interrupts(c: &mut Criterion) {
 fn firmware(c: &mut Criterion) {
     let mut group = c.benchmark_group("firmware");
     let psci = Psci::new(1, 0x4000_0000..0x5000_0000);
-    let mut sdei = SdeiVcpu::new();
-    let mut apf = NoApf;
-    let mut regs = PlainRegs::default();
+    let mut engine = ApfEngine::new(0, false);
+    let mut vcpu = vcpu();
     group.bench_function("SMCCC_VERSION through dispatch", |b| {
         let mut fw = Firmware {
-            vcpu: 0,
+            index: 0,
             psci: &psci,
-            sdei: &mut sdei,
-            async_pf: &mut apf,
+            engine: &mut engine,
+            vcpu: &mut vcpu,
         };
         b.iter(|| {
-            regs.x[0] = u64::from(SMCCC_VERSION);
-            black_box(dispatch(&mut fw, 1, &mut regs));
+            fw.vcpu.cpu.x[0] = u64::from(SMCCC_VERSION);
+            black_box(dispatch(&mut fw, 0));
         });
     });
+    let VcpuContext {
+        cpu: regs, sdei, ..
+    } = &mut vcpu;
     let event = u64::from(SDEI_EVENT_ASYNC_PF);
     for (id, args) in [
         (SDEI_EVENT_REGISTER, [event, 0x4009_0000, 0]),
@@ -106,14 +117,14 @@ fn firmware(c: &mut Criterion) {
         (SDEI_PE_UNMASK, [0; 3]),
     ] {
         regs.x[1..4].copy_from_slice(&args);
-        sdei.call(id, &mut regs);
+        sdei.call(id, &mut *regs);
     }
     group.bench_function("SDEI inject + dispatch + COMPLETE_AND_RESUME", |b| {
         b.iter(|| {
             sdei.inject(SDEI_EVENT_ASYNC_PF).unwrap();
-            black_box(sdei.deliver(&mut regs));
+            black_box(sdei.deliver(&mut *regs));
             regs.x[1] = 0x4008_0480;
-            black_box(sdei.call(SDEI_EVENT_COMPLETE_AND_RESUME, &mut regs));
+            black_box(sdei.call(SDEI_EVENT_COMPLETE_AND_RESUME, &mut *regs));
         });
     });
     group.finish();

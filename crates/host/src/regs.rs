@@ -3,8 +3,8 @@
 //!
 //! The firmware services see a vCPU only through [`GuestRegs`]: the general
 //! registers, PC, PSTATE (in SPSR format) and the two EL1 exception registers an
-//! SDEI COMPLETE_AND_RESUME writes. The interpreter implements it for its CPU;
-//! [`PlainRegs`] implements it for tests.
+//! SDEI COMPLETE_AND_RESUME writes. The interpreter's CPU implements it (in
+//! `vcpu::context`); [`PlainRegs`] implements it for tests.
 
 /// The registers a firmware call reads and writes.
 pub trait GuestRegs {
@@ -28,6 +28,10 @@ pub trait GuestRegs {
     fn spsr_el1(&self) -> u64;
     /// Sets SPSR_EL1.
     fn set_spsr_el1(&mut self, v: u64);
+    /// The current exception level, PSTATE.EL (bits 3:2 of the SPSR format).
+    fn el(&self) -> u8 {
+        u8::try_from((self.pstate() >> 2) & 0b11).unwrap_or(0)
+    }
 }
 
 /// PSTATE.M for EL1 using SP_EL1 (EL1h).

@@ -11,14 +11,16 @@
 //! Leaves out: yielding (non-fast) calls, the Arm architecture workaround calls,
 //! and the optional vendor-hypervisor call-count and revision queries.
 //!
-//! The run loop calls [`dispatch`] with the PC already past the HVC/SMC (its
-//! preferred return address): SDEI COMPLETE and PSCI CPU_ON replace the PC, and
-//! every other call resumes there.
+//! A backend calls [`dispatch`] for every HVC or SMC, with the PC already past
+//! the instruction (its preferred return address): SDEI COMPLETE and PSCI
+//! CPU_ON replace the PC, and every other call resumes there. ASYNC_PF goes to
+//! the calling vCPU's APF engine here like any other call, and so does the
+//! engine's part of SDEI (a not-present dropped by UNREGISTER).
 
-use crate::apf::{ApfControl, ApfVcpu, AtomicWord, HypercallResult};
+use crate::apf::{ApfEngine, ApfVcpu, AtomicWord};
 use crate::psci::{Psci, PsciAction, PsciOutcome};
 use crate::regs::GuestRegs;
-use crate::sdei::{SdeiEvents, SdeiOutcome, SdeiVcpu};
+use crate::sdei::{SdeiOutcome, SdeiVcpu};
 use apf_abi::psci::PSCI_RET_SUCCESS;
 use apf_abi::sdei::{SDEI_FIRST, SDEI_LAST};
 use apf_abi::smccc::{
@@ -27,65 +29,39 @@ use apf_abi::smccc::{
     VENDOR_HYP_FUNC_ASYNC_PF, VENDOR_HYP_FUNC_FEATURES, VENDOR_HYP_UID, owner,
 };
 
-/// The ASYNC_PF function (vendor-hyp 0x30) as the dispatcher sees it: the APF
-/// engine with the vCPU it serves.
-pub trait AsyncPfService {
-    /// Whether the VMM offers APF to this guest: decides the FEATURES bit.
-    fn available(&self) -> bool;
-    /// ASYNC_PF with sub-function `x1` and arguments `x2`, `x3` (already 32-bit,
-    /// it is an SMC32 call). Returns x0 (an SMCCC status) and x1.
-    fn call(&mut self, x1: u64, x2: u64, x3: u64) -> HypercallResult;
+/// The calling vCPU as the firmware sees it: what the APF engine sees
+/// ([`ApfVcpu`]), plus the registers and the SDEI state the calls act on. One
+/// object, so a backend builds it once and the dispatcher and the engine
+/// borrow its parts in turn.
+pub trait FirmwareVcpu: ApfVcpu {
+    /// The registers.
+    type Regs: GuestRegs;
+    /// The registers and the SDEI state, borrowed apart (an SDEI call needs both).
+    fn regs_and_sdei(&mut self) -> (&mut Self::Regs, &mut SdeiVcpu);
 }
 
-/// The APF engine of one vCPU, with that vCPU's view, as its ASYNC_PF service.
-#[derive(Debug)]
-pub struct ApfService<'a, W: AtomicWord, V> {
-    /// The vCPU's engine.
-    pub engine: &'a mut ApfControl<W>,
-    /// The vCPU as the engine sees it.
-    pub vcpu: &'a mut V,
-}
-
-impl<W: AtomicWord, V: ApfVcpu> AsyncPfService for ApfService<'_, W, V> {
-    fn available(&self) -> bool {
-        self.engine.offered()
-    }
-    fn call(&mut self, x1: u64, x2: u64, x3: u64) -> HypercallResult {
-        self.engine.hypercall(self.vcpu, x1, x2, x3)
-    }
-}
-
-/// What the run loop must do after a call.
+/// What the backend must do after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmcccExit {
-    /// Results are in x0..x3: resume at the PC.
+    /// The registers hold the results (or, after an SDEI COMPLETE, the context
+    /// to resume): resume at the PC.
     Return,
-    /// An SDEI handler completed and the registers hold the context to resume.
-    /// For the APF event this is the engine's "completed" moment.
-    SdeiCompleted {
-        /// The event whose handler finished.
-        event: u32,
-        /// COMPLETE_AND_RESUME (true) or COMPLETE (false).
-        resumed: bool,
-    },
-    /// Results are in x0, and queued instances of these SDEI events were dropped
-    /// with their registration: tell whoever injected them.
-    SdeiDiscarded(SdeiEvents),
-    /// A PSCI call the run loop carries out (see [`PsciAction`] for x0).
+    /// A PSCI call the backend carries out (see [`PsciAction`] for x0).
     Psci(PsciAction),
 }
 
-/// The firmware one vCPU talks to.
+/// The firmware one vCPU talks to, and that vCPU.
 #[derive(Debug)]
-pub struct Firmware<'a, S> {
+pub struct Firmware<'a, W: AtomicWord, V> {
     /// The calling vCPU's index.
-    pub vcpu: usize,
+    pub index: usize,
     /// The VM's PSCI state.
     pub psci: &'a Psci,
-    /// The calling vCPU's SDEI state.
-    pub sdei: &'a mut SdeiVcpu,
-    /// The calling vCPU's ASYNC_PF service.
-    pub async_pf: &'a mut S,
+    /// The calling vCPU's APF engine (ASYNC_PF, and FEATURES advertises it when
+    /// offered).
+    pub engine: &'a mut ApfEngine<W>,
+    /// The calling vCPU.
+    pub vcpu: &'a mut V,
 }
 
 /// PSCI owns function numbers 0x00..=0x1F of the standard service range, SDEI
@@ -96,18 +72,23 @@ fn is_smc64(function_id: u32) -> bool {
     function_id & SMCCC_64BIT != 0
 }
 
-/// Handles the call in the registers of a vCPU that executed HVC or SMC at
-/// exception level `el`. Writes the results and says what else must happen.
+/// Handles the call in the registers of a vCPU that executed HVC or SMC with
+/// immediate `imm`. Writes the results and says what else must happen.
 ///
 /// HVC and SMC are UNDEFINED at EL0, so a call from EL0 cannot reach here from
-/// a correct CPU; it is refused with NOT_SUPPORTED and changes nothing.
-pub fn dispatch<S: AsyncPfService>(
-    fw: &mut Firmware<'_, S>,
-    el: u8,
-    regs: &mut impl GuestRegs,
+/// a correct CPU; it is refused with NOT_SUPPORTED and changes nothing. So is
+/// an immediate other than 0, which SMCCC does not use.
+pub fn dispatch<W: AtomicWord, V: FirmwareVcpu>(
+    fw: &mut Firmware<'_, W, V>,
+    imm: u16,
 ) -> SmcccExit {
+    let (regs, _) = fw.vcpu.regs_and_sdei();
     // The function ID is W0; the upper half of x0 is not part of it.
     let function_id = (regs.x(0) & 0xFFFF_FFFF) as u32;
+    let el = regs.el();
+    if imm != 0 {
+        return ret(regs, SMCCC_RET_NOT_SUPPORTED);
+    }
     if el != 1 {
         tracing::warn!(
             function_id,
@@ -148,7 +129,7 @@ pub fn dispatch<S: AsyncPfService>(
         }
         VENDOR_HYP_FEATURES => {
             let mut bitmap: u128 = 1 << VENDOR_HYP_FUNC_FEATURES;
-            if fw.async_pf.available() {
+            if fw.engine.offered() {
                 bitmap |= 1 << VENDOR_HYP_FUNC_ASYNC_PF;
             }
             for n in 0..4 {
@@ -157,13 +138,14 @@ pub fn dispatch<S: AsyncPfService>(
             SmcccExit::Return
         }
         VENDOR_HYP_ASYNC_PF => {
-            let result = fw.async_pf.call(args[0], args[1], args[2]);
+            let result = fw.engine.hypercall(fw.vcpu, args[0], args[1], args[2]);
+            let (regs, _) = fw.vcpu.regs_and_sdei();
             regs.set_x(0, result.status.cast_unsigned());
             regs.set_x(1, result.value);
             SmcccExit::Return
         }
         id if owner(id) == SMCCC_OWNER_STANDARD && id & 0xFFFF < PSCI_FUNCTIONS => {
-            match fw.psci.call(fw.vcpu, id, args) {
+            match fw.psci.call(fw.index, id, args) {
                 PsciOutcome::Return(v) => {
                     regs.set_x(0, v);
                     SmcccExit::Return
@@ -176,19 +158,23 @@ pub fn dispatch<S: AsyncPfService>(
                 }
             }
         }
-        id @ SDEI_FIRST..=SDEI_LAST => match fw.sdei.call(id, regs) {
-            SdeiOutcome::Return(v) => {
-                regs.set_x(0, v);
-                SmcccExit::Return
+        id @ SDEI_FIRST..=SDEI_LAST => {
+            let (regs, sdei) = fw.vcpu.regs_and_sdei();
+            match sdei.call(id, regs) {
+                SdeiOutcome::Return(v) => regs.set_x(0, v),
+                SdeiOutcome::Discarded { ret, events } => {
+                    regs.set_x(0, ret);
+                    if events.contains(fw.engine.sdei_event()) {
+                        fw.engine.on_not_present_discarded(fw.vcpu);
+                    }
+                }
+                // The engine needs nothing of a completion: it learnt that its
+                // not-present was consumed at delivery, and a handler still
+                // running is something it asks the vCPU about at the next fault.
+                SdeiOutcome::Completed { .. } => {}
             }
-            SdeiOutcome::Discarded { ret, events } => {
-                regs.set_x(0, ret);
-                SmcccExit::SdeiDiscarded(events)
-            }
-            SdeiOutcome::Completed { event, resumed } => {
-                SmcccExit::SdeiCompleted { event, resumed }
-            }
-        },
+            SmcccExit::Return
+        }
         _ => ret(regs, SMCCC_RET_NOT_SUPPORTED),
     }
 }
@@ -196,4 +182,20 @@ pub fn dispatch<S: AsyncPfService>(
 fn ret(regs: &mut impl GuestRegs, code: i64) -> SmcccExit {
     regs.set_x(0, code.cast_unsigned());
     SmcccExit::Return
+}
+
+/// Guest entry, the other moment the firmware acts: delivers a queued SDEI
+/// event if the vCPU can take one, and tells the engine when it is its
+/// not-present (from then on the guest owns it, and it can no longer be
+/// withdrawn). Returns the event delivered.
+pub fn deliver_sdei<W: AtomicWord, V: FirmwareVcpu>(
+    engine: &mut ApfEngine<W>,
+    vcpu: &mut V,
+) -> Option<u32> {
+    let (regs, sdei) = vcpu.regs_and_sdei();
+    let event = sdei.deliver(regs)?;
+    if event == engine.sdei_event() {
+        engine.on_not_present_delivered();
+    }
+    Some(event)
 }

@@ -13,8 +13,8 @@ use apf_abi::smccc::{
 };
 use apf_host::apf::fake::FakeVcpu;
 use apf_host::apf::{
-    ApfCommand, ApfCommandError, ApfControl, CompletionPort, EnableError, FaultDecision,
-    ItemHandle, SyncReason, cmd,
+    ApfCommand, ApfCommandError, ApfEngine, CompletionPort, EnableError, FaultDecision, ItemHandle,
+    SyncReason, cmd,
 };
 
 const PPI: u32 = 17;
@@ -22,7 +22,7 @@ const BLOCK: u64 = 0x4000_1000;
 
 /// An engine and its fake vCPU, with the guest side played by the test.
 struct Rig {
-    engine: ApfControl,
+    engine: ApfEngine,
     vcpu: FakeVcpu,
     separate: bool,
 }
@@ -49,7 +49,7 @@ impl Rig {
     }
 
     fn configured(vcpu_id: u32) -> Rig {
-        let mut engine = ApfControl::new(vcpu_id, true);
+        let mut engine = ApfEngine::new(vcpu_id, true);
         let mut vcpu = FakeVcpu::new(0x10000);
         engine
             .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, PPI)
@@ -350,7 +350,7 @@ fn d14_live_migration_restores_state_and_wakes_all() {
     .map(|c| src.engine.command(&mut src.vcpu, c).unwrap())
     .collect();
     let mut dst = Rig {
-        engine: ApfControl::new(0, true),
+        engine: ApfEngine::new(0, true),
         vcpu: src.vcpu.clone(),
         separate: true,
     };
@@ -714,7 +714,7 @@ fn c6_enable_reenable_and_reset_wake_all_and_drain() {
 fn c7_synchronous_fallbacks_carry_their_reason() {
     let mut rig = Rig::configured(0);
     assert_eq!(rig.fault(1), FaultDecision::Sync(SyncReason::Disabled));
-    let mut off = ApfControl::new(0, false);
+    let mut off = ApfEngine::new(0, false);
     let mut vcpu = FakeVcpu::new(0x10000);
     assert_eq!(
         off.try_async(&mut vcpu, 1),
@@ -838,7 +838,7 @@ fn hostile_hypercalls_get_their_error_and_change_nothing() {
         );
     }
     // Enabling before the VMM configured the event and PPI.
-    let mut bare = ApfControl::new(0, true);
+    let mut bare = ApfEngine::new(0, true);
     let r = bare.hypercall(&mut rig.vcpu, ASYNC_PF_FUNC_ENABLE, BLOCK | 1, 0);
     assert_eq!(r.status, SMCCC_RET_INVALID_PARAMETER);
     assert!(!bare.control().enabled);
@@ -854,7 +854,7 @@ fn hostile_hypercalls_get_their_error_and_change_nothing() {
         assert_eq!(rig.engine.hypercall(&mut rig.vcpu, f, 0, 0).value, v);
     }
     // Not offered: everything is NOT_SUPPORTED.
-    let mut off = ApfControl::new(0, false);
+    let mut off = ApfEngine::new(0, false);
     for f in 0..8 {
         let r = off.hypercall(&mut rig.vcpu, f, BLOCK | 1, 0);
         assert_eq!(r.status, SMCCC_RET_NOT_SUPPORTED);
@@ -900,7 +900,7 @@ fn hostile_control_commands_get_their_error_and_change_nothing() {
             "command {c} value {v:#x} changed state"
         );
     }
-    let mut off = ApfControl::new(0, false);
+    let mut off = ApfEngine::new(0, false);
     assert_eq!(
         off.command(&mut rig.vcpu, ApfCommand::GetVersion),
         Err(ApfCommandError::NotOffered)

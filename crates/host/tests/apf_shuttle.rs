@@ -7,7 +7,7 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfEngine, FaultDecision, ItemHandle};
 use shuttle::thread;
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use shuttle_word::ShuttleWord;
 const BLOCK: u64 = 0x4000_0400;
 const PPI: u32 = 17;
 
-type Engine = ApfControl<ShuttleWord>;
+type Engine = ApfEngine<ShuttleWord>;
 
 fn enabled() -> (Engine, FakeVcpu) {
     let mut engine = Engine::new_generic(1, true);

@@ -6,7 +6,7 @@ use apf_abi::control::CONTROL_ENABLED;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::ASYNC_PF_FUNC_IRQ_ACK;
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfControl, FaultDecision, ItemHandle};
+use apf_host::apf::{ApfEngine, FaultDecision, ItemHandle};
 
 /// A subscriber that records event names, to check that decisions are traced.
 mod trace_capture {
@@ -42,7 +42,7 @@ fn c8_every_decision_is_a_named_trace_event() {
     let names = trace_capture::Names::default();
     tracing::subscriber::with_default(names.clone(), || {
         let block = 0x4000_1000;
-        let mut engine = ApfControl::new(0, true);
+        let mut engine = ApfEngine::new(0, true);
         let mut vcpu = FakeVcpu::new(0x10000);
         engine
             .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, 17)

@@ -16,7 +16,7 @@ use apf_abi::smccc::{
 };
 use apf_host::apf::fake::FakeVcpu;
 use apf_host::apf::{
-    ApfCommand, ApfControl, ApfVcpu, FaultDecision, GuestMemoryError, SdeiCancelError,
+    ApfCommand, ApfEngine, ApfVcpu, FaultDecision, GuestMemoryError, SdeiCancelError,
     SdeiInjectError,
 };
 use apf_host::gic::{Gic, SpiLine};
@@ -29,7 +29,7 @@ use std::sync::Arc;
 mod shuttle_word;
 use shuttle_word::ShuttleWord;
 
-type Engine = ApfControl<ShuttleWord>;
+type Engine = ApfEngine<ShuttleWord>;
 
 const RAM: usize = 0x1000;
 const A: u64 = RAM_BASE + 0x400;

@@ -1,50 +1,77 @@
 //! The SMCCC dispatcher: routing, calling conventions, return-value encoding,
-//! and the ASYNC_PF hand-off to the APF engine.
+//! and ASYNC_PF served by the APF engine through the production path
+//! (`dispatch` over the run loop's `VcpuContext`).
 
+use apf_abi::platform::{RAM_BASE, UART_INTID};
+use apf_abi::ppi::APF_DEFAULT_PPI;
 use apf_abi::psci::{PSCI_CPU_ON, PSCI_CPU_ON_32, PSCI_RET_INVALID_PARAMETERS, PSCI_VERSION};
 use apf_abi::sdei::*;
+use apf_abi::shared::{REASON_NONE, REASON_PAGE_NOT_PRESENT};
 use apf_abi::smccc::*;
-use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, HypercallResult};
+use apf_host::apf::{ApfEngine, FaultDecision};
+use apf_host::gic::{Gic, SpiLine};
+use apf_host::machine::Machine;
 use apf_host::psci::{PowerState, Psci, PsciAction};
-use apf_host::regs::{PlainRegs, mpidr_el1_of};
+use apf_host::regs::{PSTATE_EL1H_MASKED, PlainRegs, mpidr_el1_of};
 use apf_host::sdei::SdeiVcpu;
-use apf_host::smccc::{ApfService, AsyncPfService, Firmware, SmcccExit, dispatch};
+use apf_host::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
+use apf_host::uart::Pl011;
+use apf_host::vcpu::{FlatRam, VcpuContext};
+use std::sync::Arc;
 
-/// Records ASYNC_PF calls and answers with a fixed result.
-#[derive(Default)]
-struct Recorder {
-    available: bool,
-    calls: Vec<[u64; 3]>,
-    answer: Option<HypercallResult>,
-}
+const RAM_BYTES: usize = 0x2000;
 
-impl AsyncPfService for Recorder {
-    fn available(&self) -> bool {
-        self.available
-    }
-    fn call(&mut self, x1: u64, x2: u64, x3: u64) -> HypercallResult {
-        self.calls.push([x1, x2, x3]);
-        self.answer.unwrap_or(HypercallResult {
-            status: 0,
-            value: 0,
-        })
-    }
-}
-
+/// vCPU 0 of a two-vCPU machine, with its APF engine, wired as the run loop
+/// wires them: calls go through [`dispatch`], the function the run loop calls.
 struct Vm {
     psci: Psci,
-    sdei: SdeiVcpu,
-    apf: Recorder,
+    engine: ApfEngine,
+    vcpu: VcpuContext<PlainRegs, FlatRam>,
 }
 
 impl Vm {
+    /// APF not offered.
     fn new() -> Vm {
-        Vm {
+        Vm::with_apf(false)
+    }
+
+    /// APF offered (or not), the VMM's SDEI event and PPI set.
+    fn with_apf(offered: bool) -> Vm {
+        let ram = RAM_BASE..RAM_BASE + RAM_BYTES as u64;
+        let gic = Arc::new(Gic::new(2).unwrap());
+        let line = SpiLine::new(Arc::clone(&gic), UART_INTID).unwrap();
+        let uart = Pl011::new(Box::new(std::io::sink()), Box::new(line));
+        let mut vm = Vm {
             psci: Psci::new(2, 0x4000_0000..0x5000_0000),
-            sdei: SdeiVcpu::new(),
-            apf: Recorder::default(),
+            engine: ApfEngine::new(0, offered),
+            vcpu: VcpuContext {
+                index: 0,
+                cpu: PlainRegs::default(),
+                sdei: SdeiVcpu::new(),
+                ram: FlatRam {
+                    base: RAM_BASE,
+                    bytes: vec![0; RAM_BYTES],
+                },
+                machine: Arc::new(Machine::new(gic, uart, ram)),
+            },
+        };
+        if offered {
+            vm.engine
+                .configure(&mut vm.vcpu, SDEI_EVENT_ASYNC_PF, APF_DEFAULT_PPI)
+                .unwrap();
         }
+        vm
+    }
+
+    /// Dispatches the call in the registers.
+    fn dispatch(&mut self, imm: u16) -> SmcccExit {
+        let mut fw = Firmware {
+            index: 0,
+            psci: &self.psci,
+            engine: &mut self.engine,
+            vcpu: &mut self.vcpu,
+        };
+        dispatch(&mut fw, imm)
     }
 
     /// Calls `id` with x1.. = `args` from EL `el`; the other registers hold a
@@ -53,22 +80,23 @@ impl Vm {
         let mut regs = PlainRegs {
             x: [0x5EED; 31],
             pc: 0x4008_0004,
+            pstate: if el == 1 { PSTATE_EL1H_MASKED } else { 0 },
             ..PlainRegs::default()
         };
         regs.x[0] = id;
         regs.x[1..=args.len()].copy_from_slice(args);
-        let mut fw = Firmware {
-            vcpu: 0,
-            psci: &self.psci,
-            sdei: &mut self.sdei,
-            async_pf: &mut self.apf,
-        };
-        let exit = dispatch(&mut fw, el, &mut regs);
-        (exit, regs)
+        self.vcpu.cpu = regs;
+        let exit = self.dispatch(0);
+        (exit, self.vcpu.cpu.clone())
     }
 
     fn call(&mut self, id: u32, args: &[u64]) -> (SmcccExit, PlainRegs) {
         self.call_at(1, u64::from(id), args)
+    }
+
+    fn peek(&self, gpa: u64) -> u32 {
+        let off = usize::try_from(gpa - RAM_BASE).unwrap();
+        u32::from_le_bytes(self.vcpu.ram.bytes[off..off + 4].try_into().unwrap())
     }
 }
 
@@ -105,7 +133,8 @@ fn smccc_version_and_arch_features() {
 
 #[test]
 fn unknown_functions_answer_not_supported_sign_extended() {
-    let mut vm = Vm::new();
+    // APF offered: a call routed to the engine by mistake would answer SLOTS.
+    let mut vm = Vm::with_apf(true);
     for id in [
         0x8600_0001u32, // vendor-hyp PTP: not ours
         0x8600_0002,    // the series' ASYNC_PF number, now pKVM's
@@ -124,7 +153,6 @@ fn unknown_functions_answer_not_supported_sign_extended() {
         );
         assert_eq!(&r.x[1..4], &[1, 2, 3], "{id:#x}: arguments untouched");
     }
-    assert!(vm.apf.calls.is_empty());
 }
 
 #[test]
@@ -134,8 +162,7 @@ fn vendor_uid_and_features() {
     assert_eq!(r.x[..4], APF_UID.map(u64::from));
     let (_, r) = vm.call(VENDOR_HYP_FEATURES, &[]);
     assert_eq!(r.x[..4], [1, 0, 0, 0], "only FEATURES itself without APF");
-    vm.apf.available = true;
-    let (_, r) = vm.call(VENDOR_HYP_FEATURES, &[]);
+    let (_, r) = Vm::with_apf(true).call(VENDOR_HYP_FEATURES, &[]);
     assert_eq!(
         r.x[..4],
         [1, 1 << (0x30 - 32), 0, 0],
@@ -144,67 +171,79 @@ fn vendor_uid_and_features() {
 }
 
 #[test]
-fn async_pf_is_forwarded_as_an_smc32_call() {
-    let mut vm = Vm::new();
-    vm.apf.answer = Some(HypercallResult {
-        status: SMCCC_RET_INVALID_PARAMETER,
-        value: 0x42,
-    });
+fn async_pf_is_an_smc32_call() {
+    let mut vm = Vm::with_apf(true);
+    // Only the low 32 bits of each argument count: the sub-function is VERSION,
+    // and the control word is RAM_BASE | ENABLED | SEPARATE_READY with a zero
+    // upper half.
     let (exit, r) = vm.call(
         VENDOR_HYP_ASYNC_PF,
-        &[0xFFFF_FFFF_0000_0004, 0xAAAA_BBBB_CCCC_DDDD, 1 << 32],
+        &[0xFFFF_FFFF_0000_0000 | ASYNC_PF_FUNC_VERSION],
     );
     assert_eq!(exit, SmcccExit::Return);
-    assert_eq!(
-        vm.apf.calls,
-        vec![[4, 0xCCCC_DDDD, 0]],
-        "only the low 32 bits of SMC32 arguments"
+    assert_eq!((r.x[0], r.x[1]), (0, u64::from(apf_abi::APF_VERSION)));
+    let (_, r) = vm.call(
+        VENDOR_HYP_ASYNC_PF,
+        &[
+            ASYNC_PF_FUNC_ENABLE,
+            0xAAAA_BBBB_0000_0000 | RAM_BASE | 0b101,
+            1 << 32,
+        ],
+    );
+    assert_eq!(r.x[0], 0);
+    let control = vm.engine.control();
+    assert!(control.enabled && control.separate_ready);
+    assert_eq!(control.gpa, RAM_BASE);
+    // A refusal is sign-extended, with x1 = 0: reserved bit 3.
+    let (_, r) = vm.call(
+        VENDOR_HYP_ASYNC_PF,
+        &[ASYNC_PF_FUNC_ENABLE, RAM_BASE | 0b1000, 0],
     );
     assert_eq!(r.x[0], 0xFFFF_FFFF_FFFF_FFFD, "-3 sign-extended");
-    assert_eq!(r.x[1], 0x42);
+    assert_eq!(r.x[1], 0);
 }
 
 #[test]
 fn async_pf_reaches_the_apf_engine() {
-    let mut engine = ApfControl::new(0, true);
-    let mut vcpu = FakeVcpu::new(0x1000);
-    engine
-        .command(
-            &mut vcpu,
-            ApfCommand::SetSdei(u64::from(SDEI_EVENT_ASYNC_PF)),
-        )
-        .unwrap();
-    let psci = Psci::new(1, 0x4000_0000..0x4001_0000);
-    let mut sdei = SdeiVcpu::new();
-    let mut service = ApfService {
-        engine: &mut engine,
-        vcpu: &mut vcpu,
-    };
-    let mut fw = Firmware {
-        vcpu: 0,
-        psci: &psci,
-        sdei: &mut sdei,
-        async_pf: &mut service,
-    };
-    let mut regs = PlainRegs::default();
-    let mut ask = |regs: &mut PlainRegs, sub: u64| {
-        regs.x[0] = u64::from(VENDOR_HYP_ASYNC_PF);
-        regs.x[1] = sub;
-        dispatch(&mut fw, 1, regs);
-        (regs.x[0], regs.x[1])
+    let mut vm = Vm::with_apf(true);
+    let machine = Arc::clone(&vm.vcpu.machine);
+    let mut ask = |sub: u64, args: &[u64]| {
+        let mut x = vec![sub];
+        x.extend_from_slice(args);
+        let (_, r) = vm.call(VENDOR_HYP_ASYNC_PF, &x);
+        (r.x[0], r.x[1])
     };
     assert_eq!(
-        ask(&mut regs, ASYNC_PF_FUNC_VERSION),
+        ask(ASYNC_PF_FUNC_VERSION, &[]),
         (0, u64::from(apf_abi::APF_VERSION))
     );
+    assert_eq!(ask(ASYNC_PF_FUNC_SLOTS, &[]), (0, 64));
     assert_eq!(
-        ask(&mut regs, ASYNC_PF_FUNC_SDEI),
+        ask(ASYNC_PF_FUNC_SDEI, &[]),
         (0, u64::from(SDEI_EVENT_ASYNC_PF))
     );
-    assert_eq!(ask(&mut regs, 99).0, NOT_SUPPORTED);
-    regs.x[0] = u64::from(VENDOR_HYP_FEATURES);
-    dispatch(&mut fw, 1, &mut regs);
-    assert_eq!(regs.x[1], 1 << 16, "offered: FEATURES advertises ASYNC_PF");
+    assert_eq!(ask(ASYNC_PF_FUNC_IRQ, &[]), (0, u64::from(APF_DEFAULT_PPI)));
+    assert_eq!(ask(99, &[]).0, NOT_SUPPORTED);
+    // ENABLE claims the block and queues a wake-all: the PPI goes high, and
+    // IRQ_ACK lowers it.
+    assert_eq!(ask(ASYNC_PF_FUNC_ENABLE, &[RAM_BASE | 0b101, 0]).0, 0);
+    assert_eq!(machine.shared_block_holder(RAM_BASE), Some(0));
+    assert!(machine.gic.ppi_level(0, APF_DEFAULT_PPI));
+    assert_eq!(ask(ASYNC_PF_FUNC_IRQ_ACK, &[]).0, 0);
+    assert!(!machine.gic.ppi_level(0, APF_DEFAULT_PPI));
+    assert_eq!(
+        ask(ASYNC_PF_FUNC_ENABLE, &[RAM_BASE | 0b101, 0]).0,
+        (-2i64).cast_unsigned(),
+        "NOT_REQUIRED: already enabled"
+    );
+    let (_, r) = vm.call(VENDOR_HYP_FEATURES, &[]);
+    assert_eq!(r.x[1], 1 << 16, "offered: FEATURES advertises ASYNC_PF");
+    let (_, r) = Vm::new().call(VENDOR_HYP_ASYNC_PF, &[ASYNC_PF_FUNC_VERSION]);
+    assert_eq!(
+        (r.x[0], r.x[1]),
+        (NOT_SUPPORTED, 0),
+        "not offered: the engine refuses"
+    );
 }
 
 #[test]
@@ -239,52 +278,57 @@ fn psci_calls_are_routed_and_narrowed_for_smc32() {
 
 #[test]
 fn sdei_calls_are_routed_with_their_effects() {
-    let mut vm = Vm::new();
+    let mut vm = Vm::with_apf(true);
     assert_eq!(vm.call(SDEI_VERSION, &[]).1.x[0], 1 << 48);
     let apf = u64::from(SDEI_EVENT_ASYNC_PF);
-    assert_eq!(
-        vm.call(SDEI_EVENT_REGISTER, &[apf, 0x4009_0000, 0, 0, 0])
-            .1
-            .x[0],
-        0
-    );
+    let register = [apf, 0x4009_0000, 0, 0, 0];
+    assert_eq!(vm.call(SDEI_EVENT_REGISTER, &register).1.x[0], 0);
     assert_eq!(vm.call(SDEI_EVENT_ENABLE, &[apf]).1.x[0], 0);
     assert_eq!(vm.call(SDEI_PE_UNMASK, &[]).1.x[0], 0);
     assert_eq!(
         vm.call(SDEI_EVENT_COMPLETE, &[0]).1.x[0],
         SDEI_DENIED.cast_unsigned()
     );
-    vm.sdei.inject(SDEI_EVENT_ASYNC_PF).unwrap();
-    let (exit, r) = vm.call(SDEI_EVENT_UNREGISTER, &[apf]);
-    let SmcccExit::SdeiDiscarded(events) = exit else {
-        panic!("{exit:?}")
-    };
-    assert!(events.contains(SDEI_EVENT_ASYNC_PF));
-    assert_eq!(r.x[0], 0);
 
-    vm.call(SDEI_EVENT_REGISTER, &[apf, 0x4009_0000, 0, 0, 0]);
-    vm.call(SDEI_EVENT_ENABLE, &[apf]);
-    vm.sdei.inject(SDEI_EVENT_ASYNC_PF).unwrap();
-    let mut regs = PlainRegs {
-        pc: 0x1234,
-        ..PlainRegs::default()
-    };
-    assert_eq!(vm.sdei.deliver(&mut regs), Some(SDEI_EVENT_ASYNC_PF));
-    regs.x[0] = u64::from(SDEI_EVENT_COMPLETE_AND_RESUME);
-    regs.x[1] = 0x4008_0480;
-    let mut fw = Firmware {
-        vcpu: 0,
-        psci: &vm.psci,
-        sdei: &mut vm.sdei,
-        async_pf: &mut vm.apf,
-    };
-    assert_eq!(
-        dispatch(&mut fw, 1, &mut regs),
-        SmcccExit::SdeiCompleted {
-            event: SDEI_EVENT_ASYNC_PF,
-            resumed: true
-        }
+    // A not-present queued, then thrown away unseen by UNREGISTER: the
+    // dispatcher tells the engine, which withdraws the words from the block.
+    vm.call(
+        VENDOR_HYP_ASYNC_PF,
+        &[ASYNC_PF_FUNC_ENABLE, RAM_BASE | 0b101, 0],
     );
+    let fault_at_el0 = |vm: &mut Vm, gfn: u64| {
+        vm.vcpu.cpu.pstate = 0;
+        vm.engine.try_async(&mut vm.vcpu, gfn)
+    };
+    assert!(matches!(
+        fault_at_el0(&mut vm, 0x4_0001),
+        FaultDecision::Async { .. }
+    ));
+    assert_eq!(vm.peek(RAM_BASE), REASON_PAGE_NOT_PRESENT);
+    let (exit, r) = vm.call(SDEI_EVENT_UNREGISTER, &[apf]);
+    assert_eq!((exit, r.x[0]), (SmcccExit::Return, 0));
+    assert_eq!(
+        (vm.peek(RAM_BASE), vm.peek(RAM_BASE + 4)),
+        (REASON_NONE, 0),
+        "the engine withdrew the not-present"
+    );
+
+    // Delivered and completed: COMPLETE_AND_RESUME restores the context.
+    vm.call(SDEI_EVENT_REGISTER, &register);
+    vm.call(SDEI_EVENT_ENABLE, &[apf]);
+    assert!(matches!(
+        fault_at_el0(&mut vm, 0x4_0002),
+        FaultDecision::Async { .. }
+    ));
+    vm.vcpu.cpu.pc = 0x1234;
+    assert_eq!(
+        deliver_sdei(&mut vm.engine, &mut vm.vcpu),
+        Some(SDEI_EVENT_ASYNC_PF)
+    );
+    vm.vcpu.cpu.x[0] = u64::from(SDEI_EVENT_COMPLETE_AND_RESUME);
+    vm.vcpu.cpu.x[1] = 0x4008_0480;
+    assert_eq!(vm.dispatch(0), SmcccExit::Return);
+    let regs = &vm.vcpu.cpu;
     assert_eq!(
         (regs.pc, regs.elr_el1, regs.x[0]),
         (0x4008_0480, 0x1234, 0),
@@ -298,7 +342,25 @@ fn calls_from_el0_are_refused_without_effect() {
     let (exit, r) = vm.call_at(0, u64::from(PSCI_CPU_ON), &[1, 0x4008_0000, 0]);
     assert_eq!((exit, r.x[0]), (SmcccExit::Return, NOT_SUPPORTED));
     assert_eq!(vm.psci.power_state(1), Some(PowerState::Off));
-    vm.apf.available = true;
-    vm.call_at(0, u64::from(VENDOR_HYP_ASYNC_PF), &[0]);
-    assert!(vm.apf.calls.is_empty());
+    let mut vm = Vm::with_apf(true);
+    let (_, r) = vm.call_at(0, u64::from(VENDOR_HYP_ASYNC_PF), &[0]);
+    assert_eq!((r.x[0], r.x[1]), (NOT_SUPPORTED, 0), "VERSION not answered");
+}
+
+#[test]
+fn other_immediates_are_refused() {
+    let mut vm = Vm::with_apf(true);
+    vm.vcpu.cpu = PlainRegs {
+        x: [0x5EED; 31],
+        pstate: PSTATE_EL1H_MASKED,
+        ..PlainRegs::default()
+    };
+    vm.vcpu.cpu.x[0] = u64::from(VENDOR_HYP_ASYNC_PF);
+    vm.vcpu.cpu.x[1] = ASYNC_PF_FUNC_SLOTS;
+    assert_eq!(vm.dispatch(1), SmcccExit::Return);
+    assert_eq!(
+        (vm.vcpu.cpu.x[0], vm.vcpu.cpu.x[1]),
+        (NOT_SUPPORTED, ASYNC_PF_FUNC_SLOTS),
+        "SLOTS not answered"
+    );
 }

@@ -4,7 +4,7 @@
 //! benchmark; it also plays the guest side (taking notifications off the block).
 
 use super::completion::AtomicWord;
-use super::control::ApfControl;
+use super::engine::ApfEngine;
 use super::vcpu::{ApfVcpu, GuestMemoryError, SdeiCancelError, SdeiInjectError};
 use apf_abi::Token;
 use apf_abi::shared::{
@@ -99,7 +99,7 @@ impl FakeVcpu {
 
     /// Guest entry: delivers a queued SDEI event if the architecture allows it and
     /// tells the engine, as the platform does. Returns whether it delivered.
-    pub fn enter_guest<W: AtomicWord>(&mut self, engine: &mut ApfControl<W>) -> bool {
+    pub fn enter_guest<W: AtomicWord>(&mut self, engine: &mut ApfEngine<W>) -> bool {
         let s = &mut self.sdei;
         if s.pending && s.registered && s.enabled && !s.pe_masked && !s.running {
             s.pending = false;

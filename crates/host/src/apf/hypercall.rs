@@ -1,7 +1,7 @@
 //! The guest's ASYNC_PF hypercall (vendor-hyp function 0x30, SMC32).
 
 use super::completion::AtomicWord;
-use super::control::{ApfControl, EnableError};
+use super::engine::{ApfEngine, EnableError};
 use super::vcpu::ApfVcpu;
 use apf_abi::ASYNC_PF_PER_VCPU;
 use apf_abi::control::ControlWord;
@@ -45,7 +45,7 @@ fn enable_status(result: Result<(), EnableError>) -> i64 {
     }
 }
 
-impl<W: AtomicWord> ApfControl<W> {
+impl<W: AtomicWord> ApfEngine<W> {
     /// Handles ASYNC_PF with sub-function `x1` and arguments `x2`, `x3`. As an SMC32
     /// call, only the low 32 bits of each register are significant.
     pub fn hypercall(

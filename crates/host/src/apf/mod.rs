@@ -1,6 +1,6 @@
 //! The asynchronous page fault engine (DESIGN §5).
 //!
-//! [`ApfControl`] is one vCPU's engine: it decides what to do with a fault that
+//! [`ApfEngine`] is one vCPU's engine: it decides what to do with a fault that
 //! needs I/O, posts not-present and page-ready notifications, handles the guest's
 //! ASYNC_PF hypercall and the VMM's control API. It reaches the vCPU only through
 //! [`ApfVcpu`], so tests drive it with [`fake::FakeVcpu`] and a real-KVM backend
@@ -8,8 +8,8 @@
 //! its [`CompletionPort`].
 
 mod completion;
-mod control;
 mod counters;
+mod engine;
 pub mod fake;
 mod hypercall;
 mod slots;
@@ -17,8 +17,8 @@ mod vcpu;
 mod vmm;
 
 pub use completion::{AtomicWord, Completed, CompletionPort, ItemHandle};
-pub use control::{ApfControl, EnableError, FaultDecision};
 pub use counters::{ApfCounters, ApfCountersSnapshot, SyncReason};
+pub use engine::{ApfEngine, EnableError, FaultDecision};
 pub use hypercall::HypercallResult;
 pub use slots::GfnSlots;
 pub use vcpu::{ApfVcpu, GuestMemoryError, SdeiCancelError, SdeiInjectError};

@@ -5,7 +5,7 @@
 //! queues a wake-all so the guest's sleepers from the source host wake and retry.
 
 use super::completion::AtomicWord;
-use super::control::{ApfControl, EnableError};
+use super::engine::{ApfEngine, EnableError};
 use super::vcpu::ApfVcpu;
 use apf_abi::ppi::is_valid_apf_ppi;
 use thiserror::Error;
@@ -91,7 +91,7 @@ fn virtual_event(value: u64) -> Option<u32> {
     (event >> 22 == (0x4040_0000 >> 22)).then_some(event)
 }
 
-impl<W: AtomicWord> ApfControl<W> {
+impl<W: AtomicWord> ApfEngine<W> {
     /// The VMM's set-up before the guest runs: SET_SDEI, then SET_IRQ.
     pub fn configure(
         &mut self,

@@ -118,6 +118,11 @@ impl<W: Word> Bank<W> {
         }
     }
 
+    /// Whether the input line of bank bit `bit` is high.
+    pub(crate) fn level(&self, bit: u32) -> bool {
+        self.level.get() & (1 << bit) != 0
+    }
+
     /// Latches bank bit `bit` pending (an SGI arriving).
     pub(crate) fn set_pending(&self, bit: u32) {
         self.latch.or(1 << bit);

@@ -263,6 +263,13 @@ impl<W: Word> Gic<W> {
         Ok(())
     }
 
+    /// Whether PPI `intid`'s line on vCPU `vcpu` is high (what drives it, not
+    /// whether it is pending): lets a test check a line against its driver.
+    pub fn ppi_level(&self, vcpu: usize, intid: u32) -> bool {
+        (PPI_FIRST..=PPI_LAST).contains(&intid)
+            && self.redists.get(vcpu).is_some_and(|r| r.bank.level(intid))
+    }
+
     fn set_spi_level(&self, bit: u32, high: bool) {
         self.spis.set_level(bit, high);
         if let Some(target) = self.spi_target(bit) {

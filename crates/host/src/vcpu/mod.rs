@@ -14,31 +14,29 @@
 //! ```
 
 mod bus;
+mod context;
 mod ram;
 mod stats;
-mod view;
 
+pub use context::{FlatRam, HostAccess, VcpuContext};
 pub use ram::{FetchStarted, GuestRam, PageLost, RamMiss, RamResolve};
 pub use stats::{ExitCounts, FaultCounts, VcpuStats};
 
-use crate::apf::{ApfControl, ApfCountersSnapshot, CompletionPort, FaultDecision, ItemHandle};
+use crate::apf::{ApfCountersSnapshot, ApfEngine, CompletionPort, FaultDecision, ItemHandle};
 use crate::gic::GicCpuInterface;
 use crate::machine::{Machine, StartRequest, StopReason};
 use crate::psci::{PowerState, PsciAction, enter_cpu};
 use crate::sdei::SdeiVcpu;
-use crate::smccc::{AsyncPfService, Firmware, SmcccExit, dispatch};
+use crate::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
 use crate::waker::{VcpuWaker, WakeReason};
 use apf_abi::esr::{DataAbort, Esr, InstructionAbort, ec, fsc, ipa_from_hpfar};
 use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
-use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
-use apf_abi::smccc::{SMCCC_RET_NOT_SUPPORTED, VENDOR_HYP_ASYNC_PF};
 use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
 use bus::VcpuBus;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use view::{ApfView, CpuRegs};
 
 /// How one vCPU is set up.
 #[derive(Debug, Clone)]
@@ -102,7 +100,7 @@ pub fn spawn<R: GuestRam + 'static>(
         .name(format!("vcpu{}", spec.index))
         .spawn(move || {
             let waker = Arc::new(VcpuWaker::for_current_thread());
-            let mut apf = ApfControl::new(
+            let mut apf = ApfEngine::new(
                 u32::try_from(spec.index).unwrap_or(u32::MAX),
                 spec.apf_offered,
             );
@@ -115,8 +113,8 @@ pub fn spawn<R: GuestRam + 'static>(
             let ram = make_ram(Arc::clone(&waker), Arc::clone(apf.port()));
             let _ = tx.send(Arc::clone(&waker));
             start.wait();
-            let mut vcpu = Vcpu::new(spec, machine, waker, ram, &mut apf);
-            vcpu.run(apf)
+            let mut vcpu = Vcpu::new(spec, machine, waker, ram, apf);
+            vcpu.run()
         })?;
     let waker = rx
         .recv()
@@ -126,11 +124,12 @@ pub fn spawn<R: GuestRam + 'static>(
 
 struct Vcpu<R> {
     spec: VcpuSpec,
-    cpu: Cpu,
-    ram: R,
+    /// The APF engine, beside what it acts on rather than inside it, so that
+    /// the two are split borrows of the vCPU.
+    apf: ApfEngine,
+    /// What the engine and the firmware act on: registers, SDEI, RAM, machine.
+    ctx: VcpuContext<Cpu, R>,
     icc: GicCpuInterface,
-    sdei: SdeiVcpu,
-    machine: Arc<Machine>,
     waker: Arc<VcpuWaker>,
     stats: VcpuStats,
     timer_lines: TimerLines,
@@ -147,103 +146,91 @@ impl<R: GuestRam> Vcpu<R> {
         spec: VcpuSpec,
         machine: Arc<Machine>,
         waker: Arc<VcpuWaker>,
-        mut ram: R,
-        apf: &mut ApfControl,
+        ram: R,
+        mut apf: ApfEngine,
     ) -> Self {
         let icc = GicCpuInterface::new(Arc::clone(&machine.gic), spec.index)
             .expect("the machine's GIC has a CPU interface for every vCPU index");
-        let mut sdei = SdeiVcpu::new();
+        let mut ctx = VcpuContext {
+            index: spec.index,
+            cpu: Cpu::new(spec.cpu),
+            sdei: SdeiVcpu::new(),
+            ram,
+            machine,
+        };
         if spec.apf_offered {
-            let mut view = ApfView {
-                index: spec.index,
-                el: 1,
-                sdei: &mut sdei,
-                machine: &machine,
-                ram: &mut ram,
-            };
             // The VMM's configuration; the spec's values are validated by the
             // control API, and a refusal leaves APF unconfigured (ENABLE fails).
-            if let Err(e) = apf.configure(&mut view, spec.apf_sdei_event, spec.apf_ppi) {
+            if let Err(e) = apf.configure(&mut ctx, spec.apf_sdei_event, spec.apf_ppi) {
                 tracing::error!(vcpu = spec.index, error = %e, "APF configuration refused");
             }
         }
         Vcpu {
-            cpu: Cpu::new(spec.cpu),
             spec,
-            ram,
+            apf,
+            ctx,
             icc,
-            sdei,
-            machine,
             waker,
             stats: VcpuStats::default(),
             timer_lines: TimerLines::default(),
         }
     }
 
-    fn view<'a>(&'a mut self) -> ApfView<'a, R> {
-        ApfView {
-            index: self.spec.index,
-            el: self.cpu.el(),
-            sdei: &mut self.sdei,
-            machine: &self.machine,
-            ram: &mut self.ram,
-        }
-    }
-
-    fn run(&mut self, mut apf: ApfControl) -> VcpuReport {
+    fn run(&mut self) -> VcpuReport {
         let begin = Instant::now();
         let mut on = match self.spec.boot {
             Some(boot) => {
-                self.power_on(boot, &mut apf);
+                self.power_on(boot);
                 true
             }
             None => false,
         };
-        while !self.machine.stopping() {
+        while !self.ctx.machine.stopping() {
             if !on {
-                on = self.wait_for_cpu_on(&mut apf);
+                on = self.wait_for_cpu_on();
                 continue;
             }
-            match self.step(&mut apf) {
+            match self.step() {
                 Next::Continue => {}
                 Next::PowerOff => {
-                    apf.reset(&mut self.view());
+                    self.apf.reset(&mut self.ctx);
                     on = false;
                 }
             }
         }
         self.stats.total = begin.elapsed();
-        self.stats.instructions = self.cpu.retired();
-        self.ram.park();
+        self.stats.instructions = self.ctx.cpu.retired();
+        self.ctx.ram.park();
         VcpuReport {
             index: self.spec.index,
             stats: self.stats,
-            apf: apf.counters().snapshot(),
-            counter: self.cpu.counter(),
+            apf: self.apf.counters().snapshot(),
+            counter: self.ctx.cpu.counter(),
         }
     }
 
     /// Resets the vCPU and starts it at `req` (boot, or CPU_ON).
-    fn power_on(&mut self, req: StartRequest, apf: &mut ApfControl) {
-        let counter = self.cpu.counter();
-        self.cpu = Cpu::new(self.spec.cpu);
-        self.cpu.advance_counter(counter);
-        enter_cpu(&mut CpuRegs(&mut self.cpu), req.entry, req.context);
-        self.sdei.reset();
-        if let Ok(icc) = GicCpuInterface::new(Arc::clone(&self.machine.gic), self.spec.index) {
+    fn power_on(&mut self, req: StartRequest) {
+        let ctx = &mut self.ctx;
+        let counter = ctx.cpu.counter();
+        ctx.cpu = Cpu::new(self.spec.cpu);
+        ctx.cpu.advance_counter(counter);
+        enter_cpu(&mut ctx.cpu, req.entry, req.context);
+        ctx.sdei.reset();
+        if let Ok(icc) = GicCpuInterface::new(Arc::clone(&ctx.machine.gic), self.spec.index) {
             self.icc = icc;
         }
-        apf.reset(&mut self.view());
-        self.machine.psci.mark_on(self.spec.index);
+        self.apf.reset(&mut self.ctx);
+        self.ctx.machine.psci.mark_on(self.spec.index);
         self.unpark();
     }
 
     /// Powered off: sleep until a CPU_ON for this vCPU or the end of the run.
-    fn wait_for_cpu_on(&mut self, apf: &mut ApfControl) -> bool {
-        self.ram.park();
+    fn wait_for_cpu_on(&mut self) -> bool {
+        self.ctx.ram.park();
         let t = Instant::now();
         let index = self.spec.index;
-        let machine = Arc::clone(&self.machine);
+        let machine = Arc::clone(&self.ctx.machine);
         let mut request = None;
         self.waker.halt(self.spec.halt_poll, None, || {
             request = request.or_else(|| machine.take_start(index));
@@ -252,7 +239,7 @@ impl<R: GuestRam> Vcpu<R> {
         self.stats.idle += t.elapsed();
         match request {
             Some(req) => {
-                self.power_on(req, apf);
+                self.power_on(req);
                 true
             }
             None => false,
@@ -261,38 +248,37 @@ impl<R: GuestRam> Vcpu<R> {
 
     /// Resumes using the TLB after a halt.
     fn unpark(&mut self) {
-        if self.ram.unpark() {
-            self.cpu.invalidate_all_decoded();
+        if self.ctx.ram.unpark() {
+            self.ctx.cpu.invalidate_all_decoded();
         }
     }
 
-    fn step(&mut self, apf: &mut ApfControl) -> Next {
+    fn step(&mut self) -> Next {
         // Consume kicks before looking at what they announce: a completion or a
         // shootdown that lands while this step looks still ends the slice. (Our own
         // PPI changes below kick us too; that costs one short slice.)
         self.waker.clear();
-        if self.ram.sync() {
-            self.cpu.invalidate_all_decoded();
+        if self.ctx.ram.sync() {
+            self.ctx.cpu.invalidate_all_decoded();
         }
-        apf.service(&mut self.view());
-        if self.sdei.deliver(&mut CpuRegs(&mut self.cpu)) == Some(SDEI_EVENT_ASYNC_PF) {
-            apf.on_not_present_delivered();
-        }
+        self.apf.service(&mut self.ctx);
+        deliver_sdei(&mut self.apf, &mut self.ctx);
         self.update_timer_lines();
-        self.cpu.set_irq_line(self.icc.irq_line());
+        self.ctx.cpu.set_irq_line(self.icc.irq_line());
 
         let t = Instant::now();
+        let ctx = &mut self.ctx;
         let mut bus = VcpuBus {
-            ram: &mut self.ram,
+            ram: &mut ctx.ram,
             icc: &mut self.icc,
-            machine: &self.machine,
+            machine: &ctx.machine,
             waker: &self.waker,
             mmio: 0,
         };
-        let retired = self.cpu.retired();
-        let exit = self.cpu.run(&mut bus, self.spec.slice);
-        if let Some(live) = self.machine.live(self.spec.index) {
-            live.add_retired(self.cpu.retired().wrapping_sub(retired));
+        let retired = ctx.cpu.retired();
+        let exit = ctx.cpu.run(&mut bus, self.spec.slice);
+        if let Some(live) = ctx.machine.live(self.spec.index) {
+            live.add_retired(ctx.cpu.retired().wrapping_sub(retired));
         }
         self.stats.exits.mmio += bus.mmio;
         self.stats.guest += t.elapsed();
@@ -301,15 +287,15 @@ impl<R: GuestRam> Vcpu<R> {
         match exit {
             Exit::Hvc { imm } => {
                 exits.hvc += 1;
-                return self.hypercall(apf, imm);
+                return self.hypercall(imm);
             }
             Exit::Smc { imm } => {
                 exits.smc += 1;
-                return self.hypercall(apf, imm);
+                return self.hypercall(imm);
             }
             Exit::Wfi => {
                 exits.wfi += 1;
-                self.wait_for_interrupt(apf);
+                self.wait_for_interrupt();
             }
             Exit::Wfe => {
                 // No SEV model: a WFE is a hint to let others run.
@@ -322,7 +308,7 @@ impl<R: GuestRam> Vcpu<R> {
                 hpfar,
             } => {
                 exits.stage2 += 1;
-                self.stage2_abort(apf, Esr(esr_el2), far, hpfar);
+                self.stage2_abort(Esr(esr_el2), far, hpfar);
             }
             Exit::TimerDeadline => exits.timer += 1,
             Exit::Budget => {
@@ -331,7 +317,7 @@ impl<R: GuestRam> Vcpu<R> {
                 // point of APF), so the host threads those faults need (reclaim,
                 // I/O completion) wait for a CPU; on a host with few cores they
                 // would wait for whole scheduler slices. Offer the CPU once a slice.
-                if apf.outstanding() > 0 {
+                if self.apf.outstanding() > 0 {
                     std::thread::yield_now();
                 }
             }
@@ -341,8 +327,8 @@ impl<R: GuestRam> Vcpu<R> {
     }
 
     fn update_timer_lines(&mut self) {
-        let lines = self.cpu.timer_irq_lines();
-        let gic = &self.machine.gic;
+        let lines = self.ctx.cpu.timer_irq_lines();
+        let gic = &self.ctx.machine.gic;
         if lines.virt != self.timer_lines.virt {
             let _ = gic.set_ppi_level(self.spec.index, PPI_TIMER_VIRT, lines.virt);
         }
@@ -353,7 +339,7 @@ impl<R: GuestRam> Vcpu<R> {
     }
 
     fn cntfrq(&self) -> u64 {
-        self.cpu.sysreg(SysReg::CntfrqEl0).max(1)
+        self.ctx.cpu.sysreg(SysReg::CntfrqEl0).max(1)
     }
 
     /// Counter ticks in `wall` time at the counter's nominal frequency.
@@ -371,22 +357,22 @@ impl<R: GuestRam> Vcpu<R> {
     fn pass_blocked_time(&mut self, wall: Duration) {
         self.stats.blocked += wall;
         let ticks = self.ticks_in(wall);
-        self.cpu.advance_counter(ticks);
+        self.ctx.cpu.advance_counter(ticks);
     }
 
     /// WFI: halt until something could make the guest run. Virtual time passes at
     /// the counter's nominal frequency while halted, so the timer still fires.
-    fn wait_for_interrupt(&mut self, apf: &mut ApfControl) {
+    fn wait_for_interrupt(&mut self) {
         let t = Instant::now();
         let freq = self.cntfrq();
-        let now_ticks = self.cpu.counter();
-        let deadline_ticks = self.cpu.next_timer_deadline();
+        let now_ticks = self.ctx.cpu.counter();
+        let deadline_ticks = self.ctx.cpu.next_timer_deadline();
         let wall_deadline = deadline_ticks.map(|d| {
             let ticks = d.saturating_sub(now_ticks);
             t + Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / freq)
         });
-        self.ram.park();
-        let (icc, sdei, machine) = (&self.icc, &self.sdei, &self.machine);
+        self.ctx.ram.park();
+        let (icc, sdei, machine, apf) = (&self.icc, &self.ctx.sdei, &self.ctx.machine, &self.apf);
         let reason = self.waker.halt(self.spec.halt_poll, wall_deadline, || {
             machine.stopping() || icc.irq_line() || sdei.has_deliverable() || apf.has_work()
         });
@@ -397,75 +383,55 @@ impl<R: GuestRam> Vcpu<R> {
         if let (WakeReason::Deadline, Some(d)) = (reason, deadline_ticks) {
             ticks = ticks.max(d.saturating_sub(now_ticks));
         }
-        self.cpu.advance_counter(ticks);
+        self.ctx.cpu.advance_counter(ticks);
     }
 
-    fn hypercall(&mut self, apf: &mut ApfControl, imm: u16) -> Next {
-        let el = self.cpu.el();
-        if imm != 0 {
-            // SMCCC calls use immediate 0; anything else is not a call we know.
-            self.cpu.set_x(0, SMCCC_RET_NOT_SUPPORTED.cast_unsigned());
-            return Next::Continue;
-        }
-        let function = self.cpu.x(0) & 0xFFFF_FFFF;
-        if function == u64::from(VENDOR_HYP_ASYNC_PF) && el == 1 {
-            // Handled here rather than through the dispatcher's service, which would
-            // need the SDEI state the engine's vCPU view also borrows.
-            let (x1, x2, x3) = (self.cpu.x(1), self.cpu.x(2), self.cpu.x(3));
-            let r = apf.hypercall(&mut self.view(), x1, x2, x3);
-            self.cpu.set_x(0, r.status.cast_unsigned());
-            self.cpu.set_x(1, r.value);
-            return Next::Continue;
-        }
-        let mut service = Offered(apf.offered());
+    fn hypercall(&mut self, imm: u16) -> Next {
+        // The context holds the machine too: PSCI's state is borrowed through a
+        // handle of its own.
+        let machine = Arc::clone(&self.ctx.machine);
         let mut fw = Firmware {
-            vcpu: self.spec.index,
-            psci: &self.machine.psci,
-            sdei: &mut self.sdei,
-            async_pf: &mut service,
+            index: self.spec.index,
+            psci: &machine.psci,
+            engine: &mut self.apf,
+            vcpu: &mut self.ctx,
         };
-        match dispatch(&mut fw, el, &mut CpuRegs(&mut self.cpu)) {
-            SmcccExit::Return | SmcccExit::SdeiCompleted { .. } => Next::Continue,
-            SmcccExit::SdeiDiscarded(events) => {
-                if events.contains(SDEI_EVENT_ASYNC_PF) {
-                    apf.on_not_present_discarded(&mut self.view());
-                }
-                Next::Continue
-            }
+        match dispatch(&mut fw, imm) {
+            SmcccExit::Return => Next::Continue,
             SmcccExit::Psci(action) => self.psci(action),
         }
     }
 
     fn psci(&mut self, action: PsciAction) -> Next {
+        let machine = &self.ctx.machine;
         match action {
             PsciAction::StartCpu {
                 target,
                 entry,
                 context,
             } => {
-                self.machine
-                    .request_start(target, StartRequest { entry, context });
+                machine.request_start(target, StartRequest { entry, context });
                 Next::Continue
             }
             PsciAction::CpuOff => Next::PowerOff,
             PsciAction::SystemOff => {
-                self.machine.stop(StopReason::SystemOff);
+                machine.stop(StopReason::SystemOff);
                 Next::Continue
             }
             PsciAction::SystemReset => {
-                self.machine.stop(StopReason::SystemReset);
+                machine.stop(StopReason::SystemReset);
                 Next::Continue
             }
         }
     }
 
-    fn stage2_abort(&mut self, apf: &mut ApfControl, esr: Esr, far: u64, hpfar: u64) {
+    fn stage2_abort(&mut self, esr: Esr, far: u64, hpfar: u64) {
         let gpa = ipa_from_hpfar(hpfar) | (far & 0xFFF);
         let write = esr.is_write_abort();
         if tracing::enabled!(target: "apf", tracing::Level::TRACE) {
             self.trace_stage2_abort(esr, gpa, write);
         }
-        let gfn = match self.ram.resolve(gpa, write) {
+        let gfn = match self.ctx.ram.resolve(gpa, write) {
             RamResolve::Mapped => {
                 self.stats.faults.mapped += 1;
                 return;
@@ -477,28 +443,28 @@ impl<R: GuestRam> Vcpu<R> {
             }
             RamResolve::NeedsFetch(gfn) => gfn,
         };
-        match apf.try_async(&mut self.view(), gfn) {
+        match self.apf.try_async(&mut self.ctx, gfn) {
             FaultDecision::Async { cookie, .. } => {
                 self.stats.faults.asynchronous += 1;
-                match self.ram.start_fetch(gfn, cookie) {
+                match self.ctx.ram.start_fetch(gfn, cookie) {
                     FetchStarted::InFlight => {}
                     FetchStarted::Resident | FetchStarted::NotRam => {
                         // No completion will come: complete it here. The engine
                         // then withdraws the undelivered not-present.
                         if let Some(handle) = ItemHandle::from_cookie(cookie) {
-                            apf.port().complete(handle, true);
+                            self.apf.port().complete(handle, true);
                         }
                     }
                 }
             }
             FaultDecision::Halt => {
                 self.stats.faults.halted += 1;
-                self.halt_for_page(apf);
+                self.halt_for_page();
             }
             FaultDecision::Sync(_) => {
                 self.stats.faults.synchronous += 1;
                 let t = Instant::now();
-                let result = self.ram.fetch_blocking(gfn);
+                let result = self.ctx.ram.fetch_blocking(gfn);
                 self.pass_blocked_time(t.elapsed());
                 if let Err(lost) = result {
                     tracing::warn!(vcpu = self.spec.index, gfn, error = %lost,
@@ -514,10 +480,11 @@ impl<R: GuestRam> Vcpu<R> {
     /// instruction that made it (PC is at it, and with the stage-1 MMU off it is a
     /// guest-physical address; its page was just executed, so it is resident).
     fn trace_stage2_abort(&mut self, esr: Esr, gpa: u64, write: bool) {
-        let (vcpu, pc, el) = (self.spec.index, self.cpu.pc(), self.cpu.el());
+        let ctx = &mut self.ctx;
+        let (vcpu, pc, el) = (self.spec.index, ctx.cpu.pc(), ctx.cpu.el());
         let gfn = gpa >> 12;
         let mut word = [0u8; 4];
-        if !esr.is_instruction_abort() && self.ram.host_read(pc, &mut word).is_ok() {
+        if !esr.is_instruction_abort() && GuestRam::host_read(&mut ctx.ram, pc, &mut word).is_ok() {
             let insn = u32::from_le_bytes(word);
             tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
                 pc, insn);
@@ -530,24 +497,15 @@ impl<R: GuestRam> Vcpu<R> {
     /// A repeated fault on a page in flight: wait in the host for that page (or an
     /// interrupt the guest should take) instead of re-entering the guest to fault
     /// again (DESIGN §5.3).
-    fn halt_for_page(&mut self, apf: &mut ApfControl) {
+    fn halt_for_page(&mut self) {
         let t = Instant::now();
-        self.ram.park();
-        let index = self.spec.index;
-        let (icc, machine) = (&self.icc, &self.machine);
-        let (sdei, ram) = (&mut self.sdei, &mut self.ram);
+        self.ctx.ram.park();
+        let (icc, apf, ctx) = (&self.icc, &mut self.apf, &mut self.ctx);
         self.waker.halt(self.spec.halt_poll, None, || {
-            let mut view = ApfView {
-                index,
-                el: 0,
-                sdei: &mut *sdei,
-                machine,
-                ram: &mut *ram,
-            };
-            apf.service(&mut view);
-            apf.halted_on().is_none() || machine.stopping() || icc.irq_line()
+            apf.service(ctx);
+            apf.halted_on().is_none() || ctx.machine.stopping() || icc.irq_line()
         });
-        apf.end_halt();
+        self.apf.end_halt();
         self.unpark();
         self.pass_blocked_time(t.elapsed());
     }
@@ -555,7 +513,7 @@ impl<R: GuestRam> Vcpu<R> {
     /// The access at `far` cannot be satisfied: a synchronous external abort to EL1,
     /// of the same kind (data or instruction) as the stage-2 abort.
     fn external_abort(&mut self, esr: Esr, far: u64) {
-        let lower = self.cpu.el() == 0;
+        let lower = self.ctx.cpu.el() == 0;
         let syndrome = if esr.is_instruction_abort() {
             let class = if lower {
                 ec::IABT_LOWER
@@ -586,26 +544,10 @@ impl<R: GuestRam> Vcpu<R> {
             }
             .encode(class)
         };
-        self.cpu.take_exception(Exception::Synchronous {
+        self.ctx.cpu.take_exception(Exception::Synchronous {
             esr: syndrome,
             far: Some(far),
         });
-    }
-}
-
-/// The dispatcher's view of ASYNC_PF for FEATURES; the calls themselves are
-/// handled before dispatch (see [`Vcpu::hypercall`]).
-struct Offered(bool);
-
-impl AsyncPfService for Offered {
-    fn available(&self) -> bool {
-        self.0
-    }
-    fn call(&mut self, _x1: u64, _x2: u64, _x3: u64) -> crate::apf::HypercallResult {
-        crate::apf::HypercallResult {
-            status: SMCCC_RET_NOT_SUPPORTED,
-            value: 0,
-        }
     }
 }
 

@@ -18,7 +18,7 @@ use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfCommand, ApfControl, FaultDecision, ItemHandle, SyncReason};
+use apf_host::apf::{ApfCommand, ApfEngine, FaultDecision, ItemHandle, SyncReason};
 use std::collections::{HashMap, HashSet};
 
 pub const PPI: u32 = 17;
@@ -50,7 +50,7 @@ pub enum Op {
 }
 
 pub struct World {
-    pub engine: ApfControl,
+    pub engine: ApfEngine,
     pub vcpu: FakeVcpu,
     /// Cookies of asynchronous faults whose completion has not been sent.
     in_flight: Vec<u64>,
@@ -67,7 +67,7 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        let mut engine = ApfControl::new(3, true);
+        let mut engine = ApfEngine::new(3, true);
         let mut vcpu = FakeVcpu::new(0x10000);
         engine
             .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, PPI)

@@ -1,4 +1,4 @@
-//! `ApfControl`: one vCPU's asynchronous page fault engine.
+//! `ApfEngine`: one vCPU's asynchronous page fault engine.
 //!
 //! The state machine of `apf-protocol.md` §b with the corrections of DESIGN §5:
 //!
@@ -50,7 +50,7 @@ pub enum FaultDecision {
         cookie: u64,
     },
     /// A repeated fault on a page already in flight: halt the vCPU in the host until
-    /// [`ApfControl::halted_on`] clears (that page arrived) or an interrupt is pending.
+    /// [`ApfEngine::halted_on`] clears (that page arrived) or an interrupt is pending.
     Halt,
     /// Resolve synchronously: the vCPU waits for the fetch itself.
     Sync(SyncReason),
@@ -195,7 +195,7 @@ enum ReadyOutcome {
 /// One vCPU's APF state: the VMM's configuration (SDEI event, PPI), the guest's
 /// control word, the work items and the notification state.
 #[derive(Debug)]
-pub struct ApfControl<W: AtomicWord = AtomicU64> {
+pub struct ApfEngine<W: AtomicWord = AtomicU64> {
     vcpu_id: u32,
     offered: bool,
     /// The VMM offers ABI 1.1 (the separate page-ready channel); else 1.0.
@@ -220,22 +220,22 @@ pub struct ApfControl<W: AtomicWord = AtomicU64> {
     counters: Arc<ApfCounters>,
 }
 
-impl ApfControl {
+impl ApfEngine {
     /// A vCPU's engine. `offered` says whether the VMM offers APF to this guest at
     /// all (when false, every hypercall answers NOT_SUPPORTED). The VMM must set the
     /// SDEI event and PPI (control API) before the guest can enable.
     pub fn new(vcpu_id: u32, offered: bool) -> Self {
-        ApfControl::new_generic(vcpu_id, offered)
+        ApfEngine::new_generic(vcpu_id, offered)
     }
 }
 
-impl<W: AtomicWord> ApfControl<W> {
-    /// [`ApfControl::new`] with another atomic word type: the model-checked tests run
+impl<W: AtomicWord> ApfEngine<W> {
+    /// [`ApfEngine::new`] with another atomic word type: the model-checked tests run
     /// the engine on shuttle's atomics.
     /// vCPU ids above 0xFFF alias in the token's 12 bits: harmless, tokens only
     /// need to be unique per vCPU.
     pub fn new_generic(vcpu_id: u32, offered: bool) -> Self {
-        ApfControl {
+        ApfEngine {
             vcpu_id: vcpu_id & apf_abi::token::TOKEN_MAX_VCPU,
             offered,
             separate_ready_offered: true,
@@ -322,7 +322,7 @@ impl<W: AtomicWord> ApfControl<W> {
         self.page_ready_pending
     }
 
-    /// Whether [`ApfControl::service`] has anything to do: completions to collect or
+    /// Whether [`ApfEngine::service`] has anything to do: completions to collect or
     /// page-readies to send. The run loop's "runnable" test for a halted vCPU.
     pub fn has_work(&self) -> bool {
         self.port.has_ready()
@@ -736,7 +736,7 @@ impl<W: AtomicWord> ApfControl<W> {
     }
 }
 
-impl<W: AtomicWord> Drop for ApfControl<W> {
+impl<W: AtomicWord> Drop for ApfEngine<W> {
     /// No work item outlives its vCPU (§d.28): completions still on their way are
     /// refused by the port, which the fetch path may keep alive a little longer.
     fn drop(&mut self) {
