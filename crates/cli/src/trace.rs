@@ -2,9 +2,10 @@
 //! tracepoints), kept in memory while it runs and printed after it, filtered, with
 //! the faulting instruction of each stage-2 abort disassembled.
 
+use apf_host::sync::lock;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -102,7 +103,7 @@ impl Recorder {
 
     /// The events so far.
     pub fn take(&self) -> Vec<Record> {
-        std::mem::take(&mut self.records.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut lock(&self.records))
     }
 }
 
@@ -124,10 +125,7 @@ impl<S: Subscriber> Layer<S> for Recorder {
             name,
             fields: f.fields,
         };
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record);
+        lock(&self.records).push(record);
     }
 }
 

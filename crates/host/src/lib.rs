@@ -72,6 +72,7 @@ pub mod psci;
 pub mod regs;
 pub mod sdei;
 pub mod smccc;
+pub mod sync;
 pub mod uart;
 pub mod vcpu;
 pub mod waker;

@@ -4,12 +4,13 @@
 use crate::apf::ApfCounters;
 use crate::gic::Gic;
 use crate::psci::Psci;
+use crate::sync::lock;
 use crate::uart::Pl011;
 use crate::waker::VcpuWaker;
 use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE, UART_BASE, UART_SIZE};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why the run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +87,6 @@ pub struct Machine {
     starts: Vec<Mutex<Option<StartRequest>>>,
     blocks: Mutex<Vec<HeldBlock>>,
     live: Box<[VcpuLive]>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panicking vCPU thread is reported by its join; the data stays usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Machine {

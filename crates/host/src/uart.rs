@@ -22,9 +22,10 @@
 //! GIC in the order the registers changed.
 
 use crate::gic::IrqLine;
+use crate::sync::lock;
 use apf_abi::platform::{UART_BASE, UART_SIZE};
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 /// The longest line the UART buffers before writing it out anyway.
 pub const LINE_LIMIT: usize = 4096;
@@ -86,12 +87,6 @@ impl std::fmt::Debug for Pl011 {
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves plain register values:
-    // still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Pl011 {

@@ -16,13 +16,14 @@ use apf_cpu::CpuConfig;
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::{Machine, StartRequest, StopReason};
 use apf_host::regs::mpidr_el1_of;
+use apf_host::sync::lock;
 use apf_host::uart::Pl011;
-use apf_host::vcpu::{self, VcpuReport, VcpuSpec};
+use apf_host::vcpu::{self, VcpuTotals, VcpuSpec};
 use apf_mem::store::StoreInfo;
 use apf_mem::{GuestMemory, MemConfig, MemMetrics};
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Barrier, Mutex, PoisonError};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 /// The guest image built from `guest/` (see `guest/README.md`).
@@ -59,7 +60,7 @@ pub struct VmRun {
     /// Console output.
     pub uart: String,
     /// Per-vCPU reports.
-    pub vcpus: Vec<VcpuReport>,
+    pub vcpus: Vec<VcpuTotals>,
     /// Memory system metrics at the end.
     pub mem: MemMetrics,
     /// The memory system's invariant check at the end.
@@ -97,10 +98,7 @@ struct Console {
 
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.text
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
+        lock(&self.text).extend_from_slice(buf);
         if self.echo {
             std::io::stdout().write_all(buf)?;
         }
@@ -213,7 +211,7 @@ struct Vcpus {
     /// Spawned, waiting to start (index order).
     waiting: Vec<(Arc<Barrier>, vcpu::VcpuThread)>,
     /// Started (index order).
-    running: Vec<std::thread::JoinHandle<VcpuReport>>,
+    running: Vec<std::thread::JoinHandle<VcpuTotals>>,
 }
 
 impl Vcpus {
@@ -229,7 +227,7 @@ impl Vcpus {
 
     /// Waits for every thread (the machine must be stopping) and returns their
     /// reports; a panicked thread is an error, once all the others are joined.
-    fn join(mut self) -> Result<Vec<VcpuReport>, VmError> {
+    fn join(mut self) -> Result<Vec<VcpuTotals>, VmError> {
         let mut reports = Vec::with_capacity(self.running.len());
         let mut panicked = None;
         for (i, handle) in std::mem::take(&mut self.running).into_iter().enumerate() {
@@ -341,9 +339,7 @@ fn finish(
         Some(StopReason::Host) | None if observer_stopped => RunEnd::Stopped,
         Some(StopReason::Host) | None => RunEnd::Timeout,
     };
-    let uart =
-        String::from_utf8_lossy(&built.console.lock().unwrap_or_else(PoisonError::into_inner))
-            .into_owned();
+    let uart = String::from_utf8_lossy(&lock(&built.console)).into_owned();
     Ok(VmRun {
         end,
         wall,

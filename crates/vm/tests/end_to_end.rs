@@ -84,7 +84,7 @@ fn apf_off_and_on_both_correct_and_apf_removes_blocktime() {
     assert_all_correct(&on);
 
     let sum =
-        |r: &VmRun, f: fn(&apf_host::vcpu::VcpuReport) -> u64| r.vcpus.iter().map(f).sum::<u64>();
+        |r: &VmRun, f: fn(&apf_host::vcpu::VcpuTotals) -> u64| r.vcpus.iter().map(f).sum::<u64>();
     assert_eq!(sum(&off, |v| v.apf.not_present), 0, "APF off sends nothing");
     assert!(
         sum(&off, |v| v.stats.faults.synchronous) > 0,

@@ -240,7 +240,7 @@ fn apf_counters(a: &ApfCountersSnapshot) -> BTreeMap<&'static str, u64> {
     ])
 }
 
-fn vcpu_report(v: &apf_host::vcpu::VcpuReport) -> VcpuReport {
+fn vcpu_report(v: &apf_host::vcpu::VcpuTotals) -> VcpuReport {
     let s = &v.stats;
     let e = &s.exits;
     let f = &s.faults;

@@ -61,9 +61,9 @@ pub struct VcpuSpec {
     pub halt_poll: Duration,
 }
 
-/// What a vCPU thread returns.
+/// What a vCPU thread returns: where its time went and what it counted.
 #[derive(Debug, Clone)]
-pub struct VcpuReport {
+pub struct VcpuTotals {
     /// Index.
     pub index: usize,
     /// Time split and counters.
@@ -84,7 +84,7 @@ pub struct VcpuThread {
     /// Its waker (for the GIC and the machine).
     pub waker: Arc<VcpuWaker>,
     /// Its result.
-    pub handle: JoinHandle<VcpuReport>,
+    pub handle: JoinHandle<VcpuTotals>,
 }
 
 /// Spawns vCPU `spec.index`. The thread builds its state, hands back its waker, and
@@ -176,7 +176,7 @@ impl<R: GuestRam> Vcpu<R> {
         }
     }
 
-    fn run(&mut self) -> VcpuReport {
+    fn run(&mut self) -> VcpuTotals {
         let begin = Instant::now();
         let mut on = match self.spec.boot {
             Some(boot) => {
@@ -201,7 +201,7 @@ impl<R: GuestRam> Vcpu<R> {
         self.stats.total = begin.elapsed();
         self.stats.instructions = self.ctx.cpu.retired();
         self.ctx.ram.park();
-        VcpuReport {
+        VcpuTotals {
             index: self.spec.index,
             stats: self.stats,
             apf: self.apf.counters().snapshot(),
