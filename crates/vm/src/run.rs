@@ -18,7 +18,7 @@ use apf_host::machine::{Machine, StartRequest, StopReason};
 use apf_host::regs::mpidr_el1_of;
 use apf_host::sync::lock;
 use apf_host::uart::Pl011;
-use apf_host::vcpu::{self, VcpuTotals, VcpuSpec};
+use apf_host::vcpu::{self, VcpuSpec, VcpuTotals};
 use apf_mem::store::StoreInfo;
 use apf_mem::{GuestMemory, MemConfig, MemMetrics};
 use std::io::Write;
