@@ -333,6 +333,13 @@ fn problem(r: &RunReport) -> Option<String> {
     if let Some(e) = &r.invariant_violation {
         return Some(format!("{label}: memory invariant broken: {e}"));
     }
+    // First: a run stopped from outside may have caught a process between
+    // writing its checksum and its progress, so its checksums say little.
+    if r.end == "timeout" {
+        return Some(format!(
+            "{label}: the guest did not finish in time (raise --timeout or lower the work)"
+        ));
+    }
     if !r.checksums_ok {
         return Some(format!("{label}: a process's checksum is wrong"));
     }
@@ -351,11 +358,6 @@ fn problem(r: &RunReport) -> Option<String> {
             "{label}: the host could not bring back {} page{} (an external abort to the guest each)",
             r.lost_pages,
             if r.lost_pages == 1 { "" } else { "s" }
-        ));
-    }
-    if r.end == "timeout" {
-        return Some(format!(
-            "{label}: the guest did not finish in time (raise --timeout or lower the work)"
         ));
     }
     None

@@ -324,7 +324,7 @@ fn start_vcpus(
 }
 
 fn finish(
-    built: Built,
+    built: &Built,
     vcpus: Vcpus,
     begin: Instant,
     work_done_at: Option<Duration>,
@@ -379,7 +379,7 @@ pub fn run_image_observed(
         |_| {},
     );
     built.machine.stop(StopReason::Host);
-    finish(built, vcpus, begin, None, observer_stopped)
+    finish(&built, vcpus, begin, None, observer_stopped)
 }
 
 /// Runs the built-in guest with the configuration's processes. The run ends when
@@ -445,8 +445,9 @@ pub fn run_workloads_observed(
         },
     );
     built.machine.stop(StopReason::Host);
+    let mut run = finish(&built, vcpus, begin, work_done_at, observer_stopped)?;
+    // Read once every vCPU has stopped, so no process changes it meanwhile.
     let block = read_boot_block(&built.memory);
-    let mut run = finish(built, vcpus, begin, work_done_at, observer_stopped)?;
     // After `finish` took the wall time: checking the checksums replays every
     // process's work in Rust, which takes a while after a long run.
     run.processes = block
