@@ -15,12 +15,15 @@
 //!   ask, read straight into place and published atomically.
 
 mod fault;
+mod fifo;
+mod frames;
 mod memory;
 pub mod metrics;
 mod page;
 mod pipeline;
 mod ram;
 mod reclaim;
+mod shootdown;
 pub mod store;
 pub mod store_bench;
 mod sync;

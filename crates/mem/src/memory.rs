@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
 
+use crate::frames::Frames;
 use crate::metrics::{Counters, MemMetrics, PageCounts};
 use crate::page::{PageTable, State};
 use crate::pipeline::{FetchError, Pipeline, Waiter};
 use crate::ram::{GuestRam, PAGE};
-use crate::reclaim::{Frames, Reclaim};
+use crate::reclaim::Reclaim;
+use crate::shootdown::Shootdown;
 use crate::store::Store;
 use crate::sync::{AtomicBool, Mutex, Ordering, lock, thread};
-use crate::tlb::{Shootdown, VcpuTlb};
+use crate::tlb::VcpuTlb;
 
 /// How guest memory is laid out and limited.
 #[derive(Debug, Clone, PartialEq)]

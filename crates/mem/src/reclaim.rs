@@ -1,9 +1,7 @@
 //! The host budget and the reclaimer that keeps resident pages under it.
 //!
-//! A frame is the host memory one resident page uses. Taking one (first touch,
-//! fetch) counts against the budget; when fewer than a batch are left the
-//! reclaimer runs CLOCK over the pages (second chance on the accessed bit set at
-//! TLB fill), marks a batch Evicting, shoots down every vCPU's TLB once for the
+//! When fewer than a batch of frames (`frames.rs`) are left the reclaimer runs
+//! CLOCK over the pages (second chance on the accessed bit set at TLB fill), marks a batch Evicting, shoots down every vCPU's TLB once for the
 //! whole batch, writes the dirty ones, then drops them with one `madvise` per run
 //! of pages. Clean pages with a valid store copy, and never-written pages, leave
 //! without I/O. A fault on a chosen page before it is dropped rescues it.
@@ -11,7 +9,7 @@
 //! A store that refuses pages (full, or failing every write) never costs data: a
 //! dirty page whose write fails stays resident and dirty, a dirty page with no
 //! slot to go to is not chosen at all, and a fetch that cannot get a frame within
-//! the budget gets one beyond it ([`Frames::take_over_budget`], counted and
+//! the budget gets one beyond it (`Frames::extend`, counted and
 //! reported) rather than failing. The budget is a target; guest RAM is the limit.
 
 use crate::memory::Inner;
@@ -19,7 +17,7 @@ use crate::metrics::{add, bump};
 use crate::page::State;
 use crate::pipeline::WriteOutcome;
 use crate::store::{Slot, StoreFull};
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, wait};
+use crate::sync::{Mutex, Ordering, lock};
 
 /// Batches in a row whose every page the store refused before the fetches
 /// waiting for a frame are given one beyond the budget.
@@ -36,118 +34,9 @@ struct Round {
     no_slot: Option<StoreFull>,
 }
 
-/// Frames: the budget and how much of it is in use.
-///
-/// While the store refuses pages the budget is extended (`extra`) rather than
-/// the fetches that need a frame failed: enough to take them and two batches
-/// more, so the pages just brought in are not evicted again at once (with every
-/// other page dirty and stuck, CLOCK would pick exactly them). A write the
-/// store takes again pays the extension back.
-#[derive(Debug)]
-pub(crate) struct Frames {
-    used: AtomicU64,
-    /// The most ever in use at once.
-    peak: AtomicU64,
-    /// Frames allowed beyond the budget while the store refuses pages.
-    extra: AtomicU64,
-    /// Frames taken while the budget was already full (the overrun, counted
-    /// before the page can be seen).
-    over: AtomicU64,
-    budget: u64,
-    batch: u64,
-}
-
-impl Frames {
-    pub(crate) fn new(budget: u64, batch: u64) -> Frames {
-        Frames {
-            used: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
-            extra: AtomicU64::new(0),
-            over: AtomicU64::new(0),
-            budget,
-            batch: batch.min(budget).max(1),
-        }
-    }
-
-    fn limit(&self) -> u64 {
-        self.budget + self.extra.load(Ordering::Acquire)
-    }
-
-    /// Takes a frame if the budget (and its extension) allows.
-    pub(crate) fn try_take(&self) -> bool {
-        let limit = self.limit();
-        let taken = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u < limit).then_some(u + 1)
-            });
-        let Ok(before) = taken else { return false };
-        if before >= self.budget {
-            self.over.fetch_add(1, Ordering::Relaxed);
-        }
-        self.peak.fetch_max(before + 1, Ordering::Relaxed);
-        true
-    }
-
-    /// Lets `n` more frames than the budget be taken.
-    fn extend(&self, n: u64) {
-        self.extra.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// The store took `n` pages again: shrinks the extension by as many.
-    fn pay_back(&self, n: u64) {
-        let _ = self
-            .extra
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                (e > 0).then(|| e.saturating_sub(n))
-            });
-    }
-
-    pub(crate) fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    /// Frames taken with the budget full, over the whole run.
-    pub(crate) fn taken_over_budget(&self) -> u64 {
-        self.over.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn release(&self, n: u64) {
-        let prev = self.used.fetch_sub(n, Ordering::AcqRel);
-        debug_assert!(prev >= n, "released more frames than taken");
-    }
-
-    pub(crate) fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn budget(&self) -> u64 {
-        self.budget
-    }
-
-    fn free(&self) -> u64 {
-        self.limit().saturating_sub(self.used())
-    }
-
-    /// Fewer than a batch free: time to reclaim.
-    fn low(&self) -> bool {
-        self.free() < self.batch
-    }
-
-    /// Reclaim until two batches are free (or the budget, if smaller).
-    fn satisfied(&self) -> bool {
-        self.free() >= (2 * self.batch).min(self.budget)
-    }
-}
-
-/// The reclaimer's wake-up and its clock hand.
+/// The reclaimer's clock hand and its reports (its wake-up is `Frames::kick`).
 #[derive(Debug)]
 pub(crate) struct Reclaim {
-    wanted: AtomicBool,
-    /// Guards the wake-up only: a fault that kicks the reclaimer takes it, so it
-    /// is never held across a scan.
-    m: Mutex<()>,
-    cv: Condvar,
     /// The clock hand (only the reclaimer moves it; a lock of its own keeps the
     /// scan off the kickers' lock).
     hand: Mutex<usize>,
@@ -162,9 +51,6 @@ pub(crate) struct Reclaim {
 impl Reclaim {
     pub(crate) fn new() -> Reclaim {
         Reclaim {
-            wanted: AtomicBool::new(false),
-            m: Mutex::new(()),
-            cv: Condvar::new(),
             hand: Mutex::new(0),
             batch: Mutex::new(()),
             last_error: Mutex::new(None),
@@ -185,39 +71,23 @@ struct Victim {
 }
 
 impl Inner {
-    /// Wakes the reclaimer (once until it has run).
     pub(crate) fn kick_reclaim(&self) {
-        if !self.reclaim.wanted.swap(true, Ordering::SeqCst) {
-            let _g = lock(&self.reclaim.m);
-            self.reclaim.cv.notify_one();
-        }
+        self.frames.kick();
     }
 
     pub(crate) fn kick_reclaim_if_low(&self) {
-        if self.frames.low() {
-            self.kick_reclaim();
-        }
+        self.frames.kick_if_low();
     }
 
     pub(crate) fn wake_reclaimer(&self) {
-        let _g = lock(&self.reclaim.m);
-        self.reclaim.cv.notify_all();
+        self.frames.wake();
     }
 
     /// Sleeps until kicked, then reclaims. A round that cannot progress (every
     /// resident page pinned) ends and waits for the next kick: a frame taken, a
     /// fetch waiting for one, or a pin released, so nothing spins.
     pub(crate) fn reclaim_loop(&self) {
-        loop {
-            {
-                let mut g = lock(&self.reclaim.m);
-                while !self.reclaim.wanted.swap(false, Ordering::SeqCst) {
-                    if self.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    g = wait(&self.reclaim.cv, g);
-                }
-            }
+        while self.frames.wait_kick(&self.stop) {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
@@ -289,7 +159,7 @@ impl Inner {
         }
         // Explained before any page can be seen: a fetch's waiter may look.
         *lock(&self.reclaim.over_budget_reason) = Some(why);
-        self.frames.extend(waiting + 2 * self.frames.batch);
+        self.frames.extend(waiting + 2 * self.frames.batch());
         self.grant_frames();
     }
 
@@ -416,7 +286,7 @@ impl Inner {
     /// and then one rotation is all: the budget is extended instead.
     fn choose_victims(&self) -> (Vec<Victim>, Option<StoreFull>) {
         let n = self.pages.len();
-        let want = usize::try_from(self.frames.batch).unwrap_or(usize::MAX);
+        let want = usize::try_from(self.frames.batch()).unwrap_or(usize::MAX);
         let mut hand = lock(&self.reclaim.hand);
         let mut victims = Vec::new();
         let mut no_slot = None;

@@ -5,12 +5,10 @@
 //! a read maps the page read-only unless it is already dirty, so the first write to
 //! a clean page faults and marks it dirty, as hardware dirty tracking does.
 //!
-//! Shootdown: the reclaimer marks a batch Evicting (no TLB can refill them), bumps
-//! the global epoch and waits until every vCPU has either acknowledged the new
-//! epoch in [`VcpuTlb::sync`] (flushing its TLB first) or is parked (it promised
-//! not to touch guest memory through its TLB until [`VcpuTlb::unpark`], which
-//! flushes if the epoch moved). Accesses happen only between those points, so after
-//! the wait no vCPU can reach the batch's pages.
+//! A vCPU takes part in the shootdown (`shootdown.rs`) by acknowledging a new
+//! epoch in [`VcpuTlb::sync`] (flushing its TLB first), or by being parked
+//! between [`VcpuTlb::park`] and [`VcpuTlb::unpark`] (which flushes if the epoch
+//! moved).
 
 // Loads are narrowed to the access size and page indices to usize: truncation is
 // the semantics here.
@@ -25,7 +23,8 @@ use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
 use crate::memory::GuestMemory;
 use crate::metrics::bump;
 use crate::pipeline::FetchError;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, lock, wait};
+use crate::shootdown::{Shootdown, VcpuSlot};
+use crate::sync::Ordering;
 
 const _: () = assert!(
     cfg!(target_endian = "little"),
@@ -69,67 +68,6 @@ const EMPTY: Entry = Entry {
     host: std::ptr::null_mut(),
 };
 
-/// One vCPU's view of the shootdown protocol.
-#[derive(Debug)]
-pub(crate) struct VcpuSlot {
-    acked: AtomicU64,
-    parked: AtomicBool,
-}
-
-/// The shootdown epoch and the vCPUs that must acknowledge it.
-#[derive(Debug)]
-pub(crate) struct Shootdown {
-    epoch: AtomicU64,
-    vcpus: Mutex<Vec<Arc<VcpuSlot>>>,
-    waiting: AtomicBool,
-    m: Mutex<()>,
-    cv: Condvar,
-    running: AtomicUsize,
-}
-
-impl Shootdown {
-    pub(crate) fn new() -> Shootdown {
-        Shootdown {
-            epoch: AtomicU64::new(0),
-            vcpus: Mutex::new(Vec::new()),
-            waiting: AtomicBool::new(false),
-            m: Mutex::new(()),
-            cv: Condvar::new(),
-            running: AtomicUsize::new(0),
-        }
-    }
-
-    /// vCPUs not parked.
-    pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Returns once every vCPU has flushed its TLB or is parked.
-    pub(crate) fn shoot_down(&self) {
-        let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let vcpus: Vec<Arc<VcpuSlot>> = lock(&self.vcpus).clone();
-        let mut g = lock(&self.m);
-        loop {
-            self.waiting.store(true, Ordering::SeqCst);
-            let done = vcpus
-                .iter()
-                .all(|v| v.parked.load(Ordering::SeqCst) || v.acked.load(Ordering::SeqCst) >= e);
-            if done {
-                break;
-            }
-            g = wait(&self.cv, g);
-        }
-        self.waiting.store(false, Ordering::SeqCst);
-    }
-
-    fn notify_if_waiting(&self) {
-        if self.waiting.load(Ordering::SeqCst) {
-            let _g = lock(&self.m);
-            self.cv.notify_all();
-        }
-    }
-}
-
 /// A vCPU's software TLB over guest memory. Not shared: one per vCPU thread.
 #[derive(Debug)]
 pub struct VcpuTlb {
@@ -159,14 +97,7 @@ fn tag_of(gpa: u64, bytes: u64) -> u64 {
 
 impl VcpuTlb {
     pub(crate) fn new(mem: Arc<GuestMemory>) -> VcpuTlb {
-        let sd = &mem.inner.shoot;
-        let seen = sd.epoch.load(Ordering::SeqCst);
-        let slot = Arc::new(VcpuSlot {
-            acked: AtomicU64::new(seen),
-            parked: AtomicBool::new(false),
-        });
-        sd.running.fetch_add(1, Ordering::SeqCst);
-        lock(&sd.vcpus).push(Arc::clone(&slot));
+        let (slot, seen) = mem.inner.shoot.register();
         VcpuTlb {
             entries: Box::new([EMPTY; TLB_ENTRIES]),
             mem,
@@ -387,13 +318,12 @@ impl VcpuTlb {
     /// (pages may have left: anything cached from them must go too).
     pub fn sync(&mut self) -> bool {
         debug_assert!(!self.parked, "sync on a parked vCPU");
-        let e = self.mem.inner.shoot.epoch.load(Ordering::SeqCst);
+        let e = self.mem.inner.shoot.epoch();
         let flushed = e != self.seen;
         if flushed {
             self.flush();
             self.seen = e;
-            self.slot.acked.store(e, Ordering::SeqCst);
-            self.mem.inner.shoot.notify_if_waiting();
+            self.mem.inner.shoot.ack(&self.slot, e);
         }
         self.mem.inner.poll_completions();
         flushed
@@ -406,10 +336,7 @@ impl VcpuTlb {
             return;
         }
         self.parked = true;
-        let sd = &self.mem.inner.shoot;
-        self.slot.parked.store(true, Ordering::SeqCst);
-        sd.notify_if_waiting();
-        if sd.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.mem.inner.shoot.park(&self.slot) {
             self.mem.inner.vcpus_all_parked();
         }
     }
@@ -421,16 +348,13 @@ impl VcpuTlb {
             return false;
         }
         self.parked = false;
-        let sd = &self.mem.inner.shoot;
-        sd.running.fetch_add(1, Ordering::SeqCst);
-        self.slot.parked.store(false, Ordering::SeqCst);
-        let e = sd.epoch.load(Ordering::SeqCst);
+        let e = self.mem.inner.shoot.unpark(&self.slot);
         if e == self.seen {
             return false;
         }
         self.flush();
         self.seen = e;
-        self.slot.acked.store(e, Ordering::SeqCst);
+        Shootdown::acked_quietly(&self.slot, e);
         true
     }
 
@@ -443,8 +367,7 @@ impl VcpuTlb {
 impl Drop for VcpuTlb {
     fn drop(&mut self) {
         self.park();
-        let sd = &self.mem.inner.shoot;
-        lock(&sd.vcpus).retain(|s| !Arc::ptr_eq(s, &self.slot));
+        self.mem.inner.shoot.unregister(&self.slot);
     }
 }
 
