@@ -14,13 +14,13 @@
 //!   [`VcpuTlb::fetch_blocking`] bring pages back, one read per page however many
 //!   ask, read straight into place and published atomically.
 
-mod fault;
 mod fifo;
 mod frames;
+mod io;
 mod memory;
 pub mod metrics;
 mod page;
-mod pipeline;
+mod pager;
 mod ram;
 mod reclaim;
 mod shootdown;
@@ -29,10 +29,8 @@ pub mod store_bench;
 mod sync;
 mod tlb;
 
-pub use memory::{
-    FetchSink, FetchStart, GuestMemory, HostAccessError, InvariantError, MemConfig, MemError,
-};
+pub use memory::{GuestMemory, HostAccessError, InvariantError, MemConfig, MemError};
 pub use metrics::MemMetrics;
-pub use pipeline::FetchError;
+pub use pager::{FetchError, FetchSink, FetchStart};
 pub use store::Store;
 pub use tlb::{AccessSize, Resolve, TLB_ENTRIES, TlbMiss, VcpuTlb};

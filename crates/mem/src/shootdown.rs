@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, lock, wait};
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, wait};
 
 /// One vCPU's side of the protocol.
 #[derive(Debug)]
@@ -26,7 +26,6 @@ pub(crate) struct Shootdown {
     waiting: AtomicBool,
     m: Mutex<()>,
     cv: Condvar,
-    running: AtomicUsize,
 }
 
 impl Shootdown {
@@ -37,7 +36,6 @@ impl Shootdown {
             waiting: AtomicBool::new(false),
             m: Mutex::new(()),
             cv: Condvar::new(),
-            running: AtomicUsize::new(0),
         }
     }
 
@@ -47,19 +45,13 @@ impl Shootdown {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// vCPUs not parked.
-    pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// A new vCPU, running, that has seen the epoch returned with it.
+    /// A new vCPU, unparked, that has seen the epoch returned with it.
     pub(crate) fn register(&self) -> (Arc<VcpuSlot>, u64) {
         let seen = self.epoch();
         let slot = Arc::new(VcpuSlot {
             acked: AtomicU64::new(seen),
             parked: AtomicBool::new(false),
         });
-        self.running.fetch_add(1, Ordering::SeqCst);
         lock(&self.vcpus).push(Arc::clone(&slot));
         (slot, seen)
     }
@@ -75,17 +67,14 @@ impl Shootdown {
         self.notify_if_waiting();
     }
 
-    /// The vCPU stops touching guest memory. Returns whether it was the last
-    /// one running.
-    pub(crate) fn park(&self, slot: &VcpuSlot) -> bool {
+    /// The vCPU stops touching guest memory: shootdowns no longer wait for it.
+    pub(crate) fn park(&self, slot: &VcpuSlot) {
         slot.parked.store(true, Ordering::SeqCst);
         self.notify_if_waiting();
-        self.running.fetch_sub(1, Ordering::SeqCst) == 1
     }
 
     /// The vCPU resumes; returns the epoch it must have flushed for.
     pub(crate) fn unpark(&self, slot: &VcpuSlot) -> u64 {
-        self.running.fetch_add(1, Ordering::SeqCst);
         slot.parked.store(false, Ordering::SeqCst);
         self.epoch()
     }
@@ -131,13 +120,12 @@ mod tests {
         let sd = Shootdown::new();
         let (a, seen) = sd.register();
         let (b, _) = sd.register();
-        assert_eq!((seen, sd.running()), (0, 2));
-        assert!(!sd.park(&a));
-        assert!(sd.park(&b), "the last one running");
+        assert_eq!(seen, 0);
+        sd.park(&a);
+        sd.park(&b);
         sd.shoot_down(); // would block forever if it waited on a parked vCPU
         assert_eq!(sd.epoch(), 1);
         assert_eq!(sd.unpark(&a), 1, "unparking reports the epoch to flush for");
-        assert_eq!(sd.running(), 1);
     }
 
     #[test]

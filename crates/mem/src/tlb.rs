@@ -21,8 +21,7 @@ pub use apf_abi::esr::AccessSize;
 use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
 
 use crate::memory::GuestMemory;
-use crate::metrics::bump;
-use crate::pipeline::FetchError;
+use crate::pager::{Fault, FetchError};
 use crate::shootdown::{Shootdown, VcpuSlot};
 use crate::sync::Ordering;
 
@@ -95,9 +94,19 @@ fn tag_of(gpa: u64, bytes: u64) -> u64 {
     gpa & (!OFFSET_MASK | (bytes - 1))
 }
 
+// Defined here, not in memory.rs: the TLB sits above guest memory, which
+// need not know it.
+impl GuestMemory {
+    /// A software TLB for one vCPU thread. It starts unparked.
+    pub fn vcpu_tlb(self: &Arc<Self>) -> VcpuTlb {
+        VcpuTlb::new(Arc::clone(self))
+    }
+}
+
 impl VcpuTlb {
-    pub(crate) fn new(mem: Arc<GuestMemory>) -> VcpuTlb {
-        let (slot, seen) = mem.inner.shoot.register();
+    fn new(mem: Arc<GuestMemory>) -> VcpuTlb {
+        let (slot, seen) = mem.shootdown().register();
+        mem.pager().vcpu_running();
         VcpuTlb {
             entries: Box::new([EMPTY; TLB_ENTRIES]),
             mem,
@@ -232,28 +241,24 @@ impl VcpuTlb {
     /// which page needs a fetch, or that the address is not RAM.
     pub fn resolve(&mut self, gpa: u64, write: bool) -> Resolve {
         debug_assert!(!self.parked, "resolve on a parked vCPU");
-        let inner = &self.mem.inner;
         let gfn = gpa >> PAGE_SHIFT;
-        let Some(index) = inner.index_of(gfn) else {
-            bump(&inner.counters.faults.not_ram);
-            return Resolve::NotRam;
-        };
-        match inner.fault(index, write) {
-            Some(writable) => {
-                self.map(gpa, index, writable);
+        match self.mem.pager().fault(gfn, write) {
+            Fault::Map { host, writable } => {
+                self.map(gpa, host, writable);
                 Resolve::Mapped
             }
-            None => Resolve::NeedsFetch(gfn),
+            Fault::NeedsFetch => Resolve::NeedsFetch(gfn),
+            Fault::NotRam => Resolve::NotRam,
         }
     }
 
-    /// Fills the entry for `gpa`'s page (guest RAM page `index`), writable or not.
-    fn map(&mut self, gpa: u64, index: usize, writable: bool) {
+    /// Fills the entry for `gpa`'s page (at `host`), writable or not.
+    fn map(&mut self, gpa: u64, host: *mut u8, writable: bool) {
         let page = gpa & !OFFSET_MASK;
         self.entries[slot_of(gpa)] = Entry {
             read_tag: page,
             write_tag: if writable { page } else { INVALID },
-            host: self.mem.inner.ram.page_ptr(index),
+            host,
         };
     }
 
@@ -262,14 +267,14 @@ impl VcpuTlb {
     /// in this TLB, so the retried access hits) or the read failed. The vCPU counts
     /// as parked meanwhile, so it never delays a shootdown.
     pub fn fetch_blocking(&mut self, gfn: u64) -> Result<(), FetchError> {
-        let Some(index) = self.mem.inner.index_of(gfn) else {
+        let Some(index) = self.mem.pager().index_of(gfn) else {
             return Err(FetchError::NotRam { gfn });
         };
         let was_parked = self.parked;
         if !was_parked {
             self.park();
         }
-        let r = self.mem.inner.fetch_pinned(index);
+        let r = self.mem.pager().fetch_pinned(index);
         if !was_parked {
             self.unpark();
         }
@@ -278,10 +283,10 @@ impl VcpuTlb {
             // caller maps it on its next resolve).
             // (Not through `resolve`: that would count a second fault.)
             if !self.parked {
-                let writable = self.mem.inner.pages.lock(index).word.dirty();
-                self.map(gfn << PAGE_SHIFT, index, writable);
+                let (host, writable) = self.mem.pager().pinned_mapping(index);
+                self.map(gfn << PAGE_SHIFT, host, writable);
             }
-            self.mem.inner.unpin(index);
+            self.mem.pager().unpin(index);
         }
         r
     }
@@ -318,14 +323,14 @@ impl VcpuTlb {
     /// (pages may have left: anything cached from them must go too).
     pub fn sync(&mut self) -> bool {
         debug_assert!(!self.parked, "sync on a parked vCPU");
-        let e = self.mem.inner.shoot.epoch();
+        let e = self.mem.shootdown().epoch();
         let flushed = e != self.seen;
         if flushed {
             self.flush();
             self.seen = e;
-            self.mem.inner.shoot.ack(&self.slot, e);
+            self.mem.shootdown().ack(&self.slot, e);
         }
-        self.mem.inner.poll_completions();
+        self.mem.pager().poll_completions();
         flushed
     }
 
@@ -336,9 +341,8 @@ impl VcpuTlb {
             return;
         }
         self.parked = true;
-        if self.mem.inner.shoot.park(&self.slot) {
-            self.mem.inner.vcpus_all_parked();
-        }
+        self.mem.shootdown().park(&self.slot);
+        self.mem.pager().vcpu_parked();
     }
 
     /// The vCPU resumes; its TLB is flushed if a shootdown happened meanwhile.
@@ -348,7 +352,8 @@ impl VcpuTlb {
             return false;
         }
         self.parked = false;
-        let e = self.mem.inner.shoot.unpark(&self.slot);
+        self.mem.pager().vcpu_running();
+        let e = self.mem.shootdown().unpark(&self.slot);
         if e == self.seen {
             return false;
         }
@@ -367,7 +372,7 @@ impl VcpuTlb {
 impl Drop for VcpuTlb {
     fn drop(&mut self) {
         self.park();
-        self.mem.inner.shoot.unregister(&self.slot);
+        self.mem.shootdown().unregister(&self.slot);
     }
 }
 
