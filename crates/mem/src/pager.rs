@@ -252,21 +252,21 @@ impl Pager {
         let f = &self.faults;
         let mut g = self.table.lock(index);
         let mut took_frame = false;
-        match g.word.state() {
+        match g.state() {
             State::Resident => {
-                if write && !g.word.dirty() {
-                    self.make_dirty(&mut g.word);
+                if write && !g.dirty() {
+                    self.make_dirty(&mut g);
                     bump(&f.write_protect);
                 } else {
                     bump(&f.resident);
                 }
             }
             State::Evicting => {
-                self.rescue(&mut g.word, write);
+                self.rescue(&mut g, write);
             }
             State::Untouched if self.frames.try_take() => {
-                g.word.set_state(State::Resident);
-                g.word.set_dirty(write);
+                g.set_state(State::Resident);
+                g.set_dirty(write);
                 took_frame = true;
                 bump(&f.zero_fill);
             }
@@ -276,7 +276,7 @@ impl Pager {
             }
         }
         self.table.mark_accessed(index);
-        let writable = g.word.dirty();
+        let writable = g.dirty();
         drop(g);
         if took_frame {
             self.frames.kick_if_low();
@@ -311,21 +311,21 @@ impl Pager {
     pub(crate) fn pin(&self, index: usize, write: bool) -> bool {
         let mut g = self.table.lock(index);
         let mut took_frame = false;
-        match g.word.state() {
+        match g.state() {
             State::Resident => {}
-            State::Evicting => self.rescue(&mut g.word, write),
+            State::Evicting => self.rescue(&mut g, write),
             State::Untouched if self.frames.try_take() => {
-                g.word.set_state(State::Resident);
+                g.set_state(State::Resident);
                 took_frame = true;
                 bump(&self.faults.zero_fill);
             }
             _ => return false,
         }
-        if !g.word.add_pin(true) {
+        if !g.add_pin(true) {
             return false;
         }
-        if write && !g.word.dirty() {
-            self.make_dirty(&mut g.word);
+        if write && !g.dirty() {
+            self.make_dirty(&mut g);
         }
         self.table.mark_accessed(index);
         drop(g);
@@ -338,22 +338,22 @@ impl Pager {
     /// Marks a page pinned by [`Pager::fetch_pinned`] dirty before a host write.
     pub(crate) fn mark_pinned_dirty(&self, index: usize) {
         let mut g = self.table.lock(index);
-        debug_assert!(g.word.state() == State::Resident && g.word.pins() > 0);
-        if !g.word.dirty() {
-            self.make_dirty(&mut g.word);
+        debug_assert!(g.state() == State::Resident && g.pins() > 0);
+        if !g.dirty() {
+            self.make_dirty(&mut g);
         }
     }
 
     /// A pinned page's host address and whether it may be mapped writable.
     pub(crate) fn pinned_mapping(&self, index: usize) -> (*mut u8, bool) {
-        let writable = self.table.lock(index).word.dirty();
+        let writable = self.table.lock(index).dirty();
         (self.ram.page_ptr(index), writable)
     }
 
     /// Releases a pin taken by [`Pager::pin`] or [`Pager::fetch_pinned`].
     pub(crate) fn unpin(&self, index: usize) {
         let mut g = self.table.lock(index);
-        let ok = g.word.add_pin(false);
+        let ok = g.add_pin(false);
         debug_assert!(ok, "unpin without pin");
         drop(g);
         // The reclaimer may have stopped for want of unpinned pages.
@@ -379,18 +379,18 @@ impl Pager {
         let pin_for = matches!(waiter, Waiter::Blocking(_));
         let mut g = self.table.lock(index);
         loop {
-            match g.word.state() {
+            match g.state() {
                 State::Resident => {
                     if pin_for {
-                        g.word.add_pin(true);
+                        g.add_pin(true);
                     }
                     bump(&c.already_resident);
                     return FetchStart::AlreadyResident;
                 }
                 State::Evicting => {
-                    self.rescue(&mut g.word, false);
+                    self.rescue(&mut g, false);
                     if pin_for {
-                        g.word.add_pin(true);
+                        g.add_pin(true);
                     }
                     bump(&c.already_resident);
                     return FetchStart::AlreadyResident;
@@ -409,10 +409,10 @@ impl Pager {
                     return FetchStart::Joined;
                 }
                 State::Untouched | State::InStore => {
-                    if g.word.state() == State::Untouched && self.frames.try_take() {
-                        g.word.set_state(State::Resident);
+                    if g.state() == State::Untouched && self.frames.try_take() {
+                        g.set_state(State::Resident);
                         if pin_for {
-                            g.word.add_pin(true);
+                            g.add_pin(true);
                         }
                         self.table.mark_accessed(index);
                         drop(g);
@@ -421,14 +421,14 @@ impl Pager {
                         self.frames.kick_if_low();
                         return FetchStart::AlreadyResident;
                     }
-                    g.word.set_state(State::Fetching);
+                    g.set_state(State::Fetching);
                     bump(&c.started);
-                    let framed = g.word.slot().is_some() && self.frames.try_take();
-                    g.word.set_framed(framed);
+                    let framed = g.slot().is_some() && self.frames.try_take();
+                    g.set_framed(framed);
                     let mut st = self.io.lock();
                     st.waiters.insert(index, vec![waiter]);
                     if framed {
-                        let slot = Slot(g.word.slot().expect("checked above"));
+                        let slot = Slot(g.slot().expect("checked above"));
                         st.queue(IoKind::Read, index, slot, self.read_buf(index), pin_for);
                     } else {
                         st.frame_waiters.push(index, pin_for);
@@ -476,19 +476,16 @@ impl Pager {
         }
         let sinks = {
             let mut g = self.table.lock(index);
-            debug_assert_eq!(g.word.state(), State::Fetching);
-            let framed = g.word.framed();
-            g.word.set_framed(false);
+            debug_assert_eq!(g.state(), State::Fetching);
+            let framed = g.framed();
+            g.set_framed(false);
             if r.is_ok() {
-                g.word.set_state(State::Resident);
-                g.word.set_dirty(false);
+                g.set_state(State::Resident);
+                g.set_dirty(false);
                 self.table.mark_accessed(index);
             } else {
-                g.word.set_state(if g.word.slot().is_some() {
-                    State::InStore
-                } else {
-                    State::Untouched
-                });
+                let at_rest = g.state_without_frame();
+                g.set_state(at_rest);
                 if framed {
                     self.frames.release(1);
                 }
@@ -500,7 +497,7 @@ impl Pager {
                 match w {
                     Waiter::Blocking(id) => {
                         if r.is_ok() {
-                            g.word.add_pin(true);
+                            g.add_pin(true);
                         }
                         st.outcomes.insert(id, r.clone());
                     }
@@ -544,9 +541,9 @@ impl Pager {
     /// at once, or queues the read.
     fn start_framed_fetch(&self, index: usize) {
         let mut g = self.table.lock(index);
-        debug_assert!(g.word.state() == State::Fetching && !g.word.framed());
-        g.word.set_framed(true);
-        match g.word.slot() {
+        debug_assert!(g.state() == State::Fetching && !g.framed());
+        g.set_framed(true);
+        match g.slot() {
             None => {
                 // Never touched: the frame is zero already, no I/O.
                 drop(g);
@@ -617,10 +614,10 @@ impl Pager {
             return Pick::Skip;
         }
         let mut g = self.table.lock(index);
-        if g.word.state() != State::Resident || g.word.pins() != 0 {
+        if g.state() != State::Resident || g.pins() != 0 {
             return Pick::Skip;
         }
-        let dirty = g.word.dirty();
+        let dirty = g.dirty();
         let new_slot = if dirty {
             if !may_alloc {
                 return Pick::Skip;
@@ -632,7 +629,7 @@ impl Pager {
         } else {
             None
         };
-        g.word.set_state(State::Evicting);
+        g.set_state(State::Evicting);
         Pick::Chosen { dirty, new_slot }
     }
 
@@ -662,23 +659,23 @@ impl Pager {
     /// left alone.
     pub(crate) fn end_eviction(&self, index: usize, dirty: bool, written: Option<Slot>) -> Evicted {
         let mut g = self.table.lock(index);
-        if g.word.state() != State::Evicting {
+        if g.state() != State::Evicting {
             return Evicted::Rescued;
         }
         let how = match (dirty, written) {
-            (false, _) if g.word.slot().is_some() => Evicted::Clean,
+            (false, _) if g.slot().is_some() => Evicted::Clean,
             (false, _) => Evicted::Zero,
             (true, Some(slot)) => {
-                g.word.set_slot(Some(slot.0));
-                g.word.set_dirty(false);
+                g.set_slot(Some(slot.0));
+                g.set_dirty(false);
                 Evicted::Written
             }
             (true, None) => {
-                g.word.set_state(State::Resident);
+                g.set_state(State::Resident);
                 return Evicted::Kept;
             }
         };
-        g.word.set_state(State::Dropping);
+        g.set_state(State::Dropping);
         how
     }
 
@@ -711,12 +708,9 @@ impl Pager {
         }
         for &index in dropping.iter() {
             let mut g = self.table.lock(index);
-            g.word.set_state(if g.word.slot().is_some() {
-                State::InStore
-            } else {
-                State::Untouched
-            });
-            self.table.stripe(index).changed.notify_all();
+            let at_rest = g.state_without_frame();
+            g.set_state(at_rest);
+            self.table.notify_changed(index);
         }
         self.frames.release(dropping.len() as u64);
     }
@@ -739,5 +733,236 @@ impl OnReads for Pager {
         if any_failed {
             self.grant_frames();
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+pub(crate) mod tests {
+    //! One thread drives the pager through its transitions (the memory store
+    //! completes I/O at submission, collected on the next poll or wait).
+
+    use super::*;
+    use crate::ram::PAGE;
+    use crate::store::MemStore;
+
+    pub(crate) const BASE: u64 = 0x100;
+
+    /// A pager over `pages` pages with room for `budget` resident, batches of
+    /// one, and a memory store of `slots` slots.
+    pub(crate) fn pager(pages: usize, budget: u64, slots: u32) -> Pager {
+        let io = IoEngine::new(
+            Box::new(MemStore::new(slots, 4)),
+            Duration::from_secs(30),
+            None,
+            Pager::fetch_table(),
+        );
+        let ram = GuestRam::new(pages * PAGE).unwrap();
+        Pager::new(BASE, ram, Frames::new(budget, 1), io)
+    }
+
+    /// Records what it is told.
+    #[derive(Default)]
+    pub(crate) struct Sink(pub(crate) std::sync::Mutex<Vec<(u64, Result<(), FetchError>)>>);
+
+    impl FetchSink for Sink {
+        fn fetch_done(&self, cookie: u64, result: Result<(), FetchError>) {
+            self.0.lock().unwrap().push((cookie, result));
+        }
+    }
+
+    fn state(p: &Pager, index: usize) -> State {
+        p.word(index).state()
+    }
+
+    /// Marks page `index` Evicting (the first look only clears the accessed bit).
+    fn choose(p: &Pager, index: usize) -> Pick {
+        match p.start_evicting(index, true) {
+            Pick::Skip => p.start_evicting(index, true),
+            pick => pick,
+        }
+    }
+
+    #[test]
+    fn a_first_touch_zero_fills_until_the_budget_is_spent() {
+        let p = pager(4, 2, 8);
+        assert!(matches!(
+            p.fault(BASE, false),
+            Fault::Map {
+                writable: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p.fault(BASE + 1, true),
+            Fault::Map { writable: true, .. }
+        ));
+        assert_eq!(p.fault(BASE + 2, false), Fault::NeedsFetch, "no frame left");
+        assert_eq!(p.fault(BASE + 4, false), Fault::NotRam);
+        assert_eq!(p.fault(BASE - 1, false), Fault::NotRam);
+        assert_eq!(p.counts()[State::Resident as usize], 2);
+        assert_eq!(p.frames().used(), 2);
+        let (f, _) = p.snapshot();
+        assert_eq!((f.zero_fill, f.needs_fetch, f.not_ram), (2, 1, 2));
+    }
+
+    #[test]
+    fn an_evicted_dirty_page_comes_back_with_its_data_and_loses_its_copy_when_written() {
+        let p = pager(2, 2, 8);
+        let Fault::Map { host, .. } = p.fault(BASE, true) else {
+            panic!("first touch maps")
+        };
+        // SAFETY: page 0 is resident and dirty; nothing else runs.
+        unsafe { crate::ram::copy_to_shared(b"kept", host) };
+
+        let Pick::Chosen {
+            dirty: true,
+            new_slot: Some(slot),
+        } = choose(&p, 0)
+        else {
+            panic!("a dirty page is chosen with a slot")
+        };
+        assert_eq!(state(&p, 0), State::Evicting);
+        assert_eq!(p.write_evicting(&[(0, slot)]), [WriteOutcome::Written]);
+        assert_eq!(p.end_eviction(0, true, Some(slot)), Evicted::Written);
+        assert_eq!(state(&p, 0), State::Dropping);
+        p.finish_dropping(&mut [0]);
+        assert_eq!(state(&p, 0), State::InStore);
+        assert_eq!(p.word(0).slot(), Some(slot.0));
+        assert_eq!(p.frames().used(), 0);
+        assert_eq!(p.fault(BASE, false), Fault::NeedsFetch);
+
+        let sink = Arc::new(Sink::default());
+        assert_eq!(
+            p.start_fetch(0, Waiter::Sink(sink.clone(), 7)),
+            FetchStart::Started
+        );
+        assert_eq!(
+            p.start_fetch(0, Waiter::Sink(sink.clone(), 8)),
+            FetchStart::Joined
+        );
+        p.poll_completions();
+        assert_eq!(*sink.0.lock().unwrap(), [(7, Ok(())), (8, Ok(()))]);
+        let w = p.word(0);
+        assert_eq!(
+            (w.state(), w.dirty(), w.slot()),
+            (State::Resident, false, Some(slot.0))
+        );
+        let mut back = [0u8; 4];
+        // SAFETY: page 0 is resident; nothing else runs.
+        unsafe { crate::ram::copy_from_shared(p.page_ptr(0), &mut back) };
+        assert_eq!(&back, b"kept");
+
+        // Mapped read-only while clean; the first write makes the copy stale.
+        assert!(matches!(
+            p.fault(BASE, false),
+            Fault::Map {
+                writable: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p.fault(BASE, true),
+            Fault::Map { writable: true, .. }
+        ));
+        assert_eq!(
+            p.word(0).slot(),
+            None,
+            "a written page's store copy is freed"
+        );
+        let (f, fetch) = p.snapshot();
+        assert_eq!(
+            (
+                f.write_protect,
+                fetch.started,
+                fetch.joined,
+                fetch.completed
+            ),
+            (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_fault_on_an_evicting_page_rescues_it() {
+        let p = pager(2, 2, 8);
+        assert!(matches!(p.fault(BASE, false), Fault::Map { .. }));
+        assert!(matches!(
+            choose(&p, 0),
+            Pick::Chosen {
+                dirty: false,
+                new_slot: None
+            }
+        ));
+        assert!(matches!(
+            p.fault(BASE, true),
+            Fault::Map { writable: true, .. }
+        ));
+        assert_eq!(p.end_eviction(0, false, None), Evicted::Rescued);
+        let w = p.word(0);
+        assert_eq!((w.state(), w.dirty()), (State::Resident, true));
+        assert_eq!(p.snapshot().0.rescued, 1);
+        assert_eq!(p.frames().used(), 1, "a rescued page keeps its frame");
+    }
+
+    #[test]
+    fn a_pinned_page_is_never_chosen_and_a_failed_write_keeps_the_page() {
+        let p = pager(2, 2, 8);
+        assert!(p.pin(0, true), "an untouched page is pinned at once");
+        assert!(matches!(choose(&p, 0), Pick::Skip));
+        p.unpin(0);
+        let Pick::Chosen {
+            dirty: true,
+            new_slot,
+        } = choose(&p, 0)
+        else {
+            panic!("unpinned, it is chosen")
+        };
+        // The write failed (no slot recorded): the page stays, still dirty.
+        assert_eq!(p.end_eviction(0, true, None), Evicted::Kept);
+        let w = p.word(0);
+        assert_eq!(
+            (w.state(), w.dirty(), w.slot()),
+            (State::Resident, true, None)
+        );
+        p.io().free_slot(new_slot.map(|s| s.0));
+    }
+
+    #[test]
+    fn a_dirty_page_with_no_slot_to_go_to_is_not_chosen() {
+        let p = pager(2, 2, 0);
+        assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
+        assert!(matches!(choose(&p, 0), Pick::NoSlot(_)));
+        assert!(matches!(p.start_evicting(0, false), Pick::Skip));
+        assert_eq!(state(&p, 0), State::Resident);
+    }
+
+    #[test]
+    fn a_fetch_with_no_frame_waits_for_one_and_a_blocked_thread_goes_first() {
+        let p = pager(3, 1, 8);
+        assert!(matches!(p.fault(BASE, false), Fault::Map { .. }));
+        let sink = Arc::new(Sink::default());
+        assert_eq!(
+            p.start_fetch(1, Waiter::Sink(sink.clone(), 1)),
+            FetchStart::Started
+        );
+        assert_eq!(
+            p.start_fetch(2, Waiter::Sink(sink.clone(), 2)),
+            FetchStart::Started
+        );
+        assert_eq!(p.waiting_for_frames(), 2);
+        assert_eq!(state(&p, 1), State::Fetching);
+        // A blocked thread joins page 2's fetch: it moves ahead of page 1.
+        p.io().lock().frame_waiters.promote(|&i| i == 2);
+        // Page 0 leaves (never written: no I/O) and its frame goes to page 2.
+        assert!(matches!(choose(&p, 0), Pick::Chosen { dirty: false, .. }));
+        assert_eq!(p.end_eviction(0, false, None), Evicted::Zero);
+        p.finish_dropping(&mut [0]);
+        assert_eq!(state(&p, 0), State::Untouched);
+        p.grant_frames();
+        assert_eq!(*sink.0.lock().unwrap(), [(2, Ok(()))]);
+        assert_eq!(
+            (state(&p, 1), state(&p, 2)),
+            (State::Fetching, State::Resident)
+        );
+        assert_eq!(p.waiting_for_frames(), 1);
     }
 }

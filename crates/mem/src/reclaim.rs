@@ -285,3 +285,69 @@ impl Reclaimer {
         (victims, no_slot)
     }
 }
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    //! The reclaimer on one thread, with no vCPU to shoot down.
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::page::State;
+    use crate::pager::tests::{BASE, Sink, pager};
+    use crate::pager::{Fault, FetchStart, Waiter};
+
+    #[test]
+    fn a_batch_writes_the_dirty_pages_and_drops_the_clean_ones() {
+        let p = pager(4, 4, 8);
+        let shoot = Shootdown::new();
+        let r = Reclaimer::new();
+        assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
+        assert!(matches!(p.fault(BASE + 1, false), Fault::Map { .. }));
+        let round = r.evict_batch(&p, &shoot);
+        // Batches of one: the hand passes page 0's accessed bit, then page 1's,
+        // and takes page 0 on its second rotation.
+        assert_eq!((round.chosen, round.freed, round.aborted), (1, 1, 0));
+        assert_eq!(p.word(0).state(), State::InStore);
+        assert_eq!(shoot.epoch(), 1, "one shootdown per batch");
+        let round = r.evict_batch(&p, &shoot);
+        assert_eq!((round.chosen, round.freed), (1, 1));
+        assert_eq!(p.word(1).state(), State::Untouched);
+        assert_eq!(p.frames().used(), 0);
+        let e = r.snapshot();
+        assert_eq!(
+            (
+                e.batches,
+                e.chosen,
+                e.written,
+                e.dropped_zero,
+                e.dropped_clean
+            ),
+            (2, 2, 1, 1, 0)
+        );
+        assert_eq!(r.evict_batch(&p, &shoot).chosen, 0, "nothing left");
+    }
+
+    #[test]
+    fn a_full_store_extends_the_budget_for_the_fetch_that_waits() {
+        let p = pager(4, 2, 0);
+        let (shoot, r, stop) = (Shootdown::new(), Reclaimer::new(), AtomicBool::new(false));
+        assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
+        assert!(matches!(p.fault(BASE + 1, true), Fault::Map { .. }));
+        let sink = Arc::new(Sink::default());
+        assert_eq!(
+            p.start_fetch(2, Waiter::Sink(sink.clone(), 9)),
+            FetchStart::Started
+        );
+        assert_eq!(p.waiting_for_frames(), 1);
+        r.reclaim_until_satisfied(&p, &shoot, &stop);
+        assert_eq!(*sink.0.lock().unwrap(), [(9, Ok(()))]);
+        assert_eq!(p.word(2).state(), State::Resident);
+        assert_eq!(p.frames().taken_over_budget(), 1);
+        assert_eq!(shoot.epoch(), 0, "a full store costs no shootdown");
+        let why = r.over_budget_reason().expect("explained");
+        assert!(why.contains("full"), "{why}");
+        // Both dirty pages stayed: nothing was lost.
+        assert_eq!(p.counts()[State::Resident as usize], 3);
+    }
+}

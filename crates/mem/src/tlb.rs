@@ -431,3 +431,86 @@ unsafe fn store(p: *mut u8, size: AccessSize, v: u64) {
         }
     }
 }
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::MemConfig;
+    use crate::store::MemStore;
+
+    const BASE: u64 = 0x4000_0000;
+
+    #[test]
+    fn a_misaligned_access_never_matches_a_tag() {
+        let page = BASE + 3 * PAGE_SIZE;
+        assert_eq!(tag_of(page + 8, 8), page);
+        assert_eq!(tag_of(page + 0xfff, 1), page);
+        assert_eq!(tag_of(page + 4, 4), page);
+        assert_ne!(tag_of(page + 4, 8), page, "4 bytes into a double");
+        assert_ne!(tag_of(page + 8, 16), page, "a pair needs 16-byte alignment");
+        assert_ne!(tag_of(page + 1, 2), page);
+        // Direct-mapped: pages TLB_ENTRIES apart share an entry, tags tell them apart.
+        let far = page + TLB_ENTRIES as u64 * PAGE_SIZE;
+        assert_eq!(slot_of(far), slot_of(page));
+        assert_ne!(tag_of(far, 8), tag_of(page, 8));
+    }
+
+    fn memory() -> Arc<GuestMemory> {
+        let cfg = MemConfig::new(BASE, 16 * PAGE_SIZE, 16 * PAGE_SIZE);
+        GuestMemory::new(cfg, Box::new(MemStore::new(16, 2))).unwrap()
+    }
+
+    #[test]
+    fn a_clean_page_is_mapped_read_only_until_written() {
+        let mem = memory();
+        let mut tlb = mem.vcpu_tlb();
+        let gpa = BASE + PAGE_SIZE + 8;
+        assert_eq!(tlb.read(gpa, AccessSize::Double), Err(TlbMiss));
+        assert_eq!(tlb.resolve(gpa, false), Resolve::Mapped);
+        assert_eq!(tlb.read(gpa, AccessSize::Double), Ok(0));
+        assert_eq!(
+            tlb.write(gpa, AccessSize::Double, 5),
+            Err(TlbMiss),
+            "clean: read-only"
+        );
+        assert_eq!(tlb.resolve(gpa, true), Resolve::Mapped);
+        assert_eq!(tlb.write(gpa, AccessSize::Double, 5), Ok(()));
+        assert_eq!(tlb.read(gpa, AccessSize::Word), Ok(5));
+        assert_eq!(
+            tlb.read(gpa + 4, AccessSize::Double),
+            Err(TlbMiss),
+            "misaligned"
+        );
+        assert_eq!(tlb.resolve(BASE + 16 * PAGE_SIZE, false), Resolve::NotRam);
+        let f = mem.metrics().faults;
+        assert_eq!((f.zero_fill, f.write_protect, f.not_ram), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_shootdown_flushes_on_sync_or_on_unpark() {
+        let mem = memory();
+        let mut tlb = mem.vcpu_tlb();
+        assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+        assert!(!tlb.sync(), "no shootdown: nothing flushed");
+        assert!(tlb.read(BASE, AccessSize::Byte).is_ok());
+        // Parked, it does not hold the shootdown up, and flushes on unparking.
+        tlb.park();
+        mem.shootdown().shoot_down();
+        assert!(tlb.unpark());
+        assert_eq!(tlb.read(BASE, AccessSize::Byte), Err(TlbMiss));
+        assert!(!tlb.unpark(), "not parked: nothing to do");
+        // Running, it acknowledges the next epoch in sync.
+        assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+        let epoch = mem.shootdown().epoch();
+        let sd = std::thread::spawn({
+            let mem = Arc::clone(&mem);
+            move || mem.shootdown().shoot_down()
+        });
+        while mem.shootdown().epoch() == epoch {
+            std::thread::yield_now();
+        }
+        assert!(tlb.sync(), "a shootdown happened: flushed");
+        sd.join().unwrap();
+        assert_eq!(tlb.read(BASE, AccessSize::Byte), Err(TlbMiss));
+    }
+}
