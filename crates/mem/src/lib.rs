@@ -13,6 +13,12 @@
 //! - [`GuestMemory::start_fetch`] (asynchronous, for APF) and
 //!   [`VcpuTlb::fetch_blocking`] bring pages back, one read per page however many
 //!   ask, read straight into place and published atomically.
+//!
+//! The parts, each owning its state, depend one way (`tests/layering.rs`):
+//! `tlb` → `memory` (composes) → `reclaim` → `pager` (page table, every state
+//! transition) → `io` (the I/O engine over the store: queue, depth, tags,
+//! timeouts, the collecting role; no page states) → `fifo`; `frames` (the
+//! budget and the reclaimer's kick) and `shootdown` below them, on `sync`.
 
 mod fifo;
 mod frames;

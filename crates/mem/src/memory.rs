@@ -161,7 +161,7 @@ struct Inner {
 }
 
 /// Guest RAM and everything that decides where its pages are. Share it as
-/// `Arc<GuestMemory>`; each vCPU thread takes a [`VcpuTlb`] from it.
+/// `Arc<GuestMemory>`; each vCPU thread takes a [`VcpuTlb`](crate::VcpuTlb) from it.
 #[derive(Debug)]
 pub struct GuestMemory {
     inner: Arc<Inner>,
@@ -257,9 +257,9 @@ impl GuestMemory {
 
     /// Host-side read (boot block, the APF shared block): brings pages in
     /// synchronously if needed; each page is pinned against eviction while copied.
-    /// On a vCPU thread use [`VcpuTlb::read_bytes`], which parks the vCPU while it
-    /// may wait (an unparked vCPU waiting for a frame would hold up the shootdown
-    /// that frees one).
+    /// On a vCPU thread use [`VcpuTlb::read_bytes`](crate::VcpuTlb::read_bytes),
+    /// which parks the vCPU while it may wait (an unparked vCPU waiting for a
+    /// frame would hold up the shootdown that frees one).
     pub fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostAccessError> {
         let len = buf.len() as u64;
         self.host_access(gpa, len, false, |off, ptr, n| {
