@@ -612,3 +612,128 @@ impl<U> IoEngine<U> {
         (reads, st.inflight.len() as u64 - reads)
     }
 }
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    //! The engine on one thread: stores that complete at submission, collected
+    //! on the next poll or wait.
+
+    use std::ptr::NonNull;
+
+    use super::*;
+    use crate::ram::{GuestRam, PAGE};
+    use crate::store::{FaultConfig, FaultyStore, MemStore};
+
+    /// Records the reads reported, by key and how they ended.
+    #[derive(Default)]
+    struct Rec(Mutex<Vec<(usize, &'static str)>>);
+
+    impl OnReads for Rec {
+        fn reads_done(&self, reads: Vec<(usize, IoEnd)>) {
+            let mut v = self.0.lock().unwrap();
+            for (key, end) in reads {
+                let how = match end {
+                    IoEnd::Done => "done",
+                    IoEnd::Failed(_) => "failed",
+                    IoEnd::TimedOut => "timed out",
+                };
+                v.push((key, how));
+            }
+        }
+    }
+
+    fn engine(store: impl Store + 'static, timeout: Duration) -> IoEngine<()> {
+        IoEngine::new(Box::new(store), timeout, None, ())
+    }
+
+    fn buf(ram: &GuestRam, index: usize) -> IoBuf {
+        // SAFETY: each test gives each page of its own mapping to one request
+        // at a time and touches it only through the engine.
+        unsafe { IoBuf::new(NonNull::new(ram.page_ptr(index)).unwrap()) }
+    }
+
+    #[test]
+    fn requests_go_in_up_to_the_depth_express_first() {
+        let ram = GuestRam::new(4 * PAGE).unwrap();
+        let io = engine(MemStore::new(8, 1), Duration::from_secs(30));
+        let rec = Rec::default();
+        {
+            let mut g = io.lock();
+            for (key, express) in [(0, false), (1, false), (2, true)] {
+                g.queue(IoKind::Read, key, Slot(0), buf(&ram, key), express);
+            }
+            g.promote_read(1);
+        }
+        io.submit_pending();
+        assert_eq!(io.depths(), (1, 2), "a depth of one");
+        assert_eq!(io.in_flight_by_kind(), (1, 0));
+        for _ in 0..3 {
+            io.poll(&rec);
+        }
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            [(2, "done"), (1, "done"), (0, "done")]
+        );
+        assert_eq!(io.depths(), (0, 0));
+        let (c, read_latency, _) = io.snapshot();
+        assert_eq!(
+            (c.reads_submitted, c.pages_read, c.max_in_flight),
+            (3, 3, 1)
+        );
+        assert_eq!(read_latency.count(), 3);
+    }
+
+    #[test]
+    fn writes_are_waited_for_and_their_outcomes_kept_in_order() {
+        let ram = GuestRam::new(2 * PAGE).unwrap();
+        let io = engine(MemStore::new(8, 4), Duration::from_secs(30));
+        let rec = Rec::default();
+        let seen = io.dispatches();
+        let slots = [io.alloc_slot().unwrap(), io.alloc_slot().unwrap()];
+        let tags = io.queue_writes(&[(0, slots[0], buf(&ram, 0)), (1, slots[1], buf(&ram, 1))]);
+        assert_eq!(
+            io.wait_writes(&rec, &tags),
+            [WriteOutcome::Written, WriteOutcome::Written]
+        );
+        assert!(io.dispatches() > seen);
+        assert!(rec.0.lock().unwrap().is_empty(), "no read was reported");
+        let (c, _, write_latency) = io.snapshot();
+        assert_eq!((c.writes_submitted, c.pages_written), (2, 2));
+        assert_eq!(write_latency.count(), 2);
+    }
+
+    #[test]
+    fn a_lost_completion_times_out_and_a_duplicate_is_stray() {
+        let ram = GuestRam::new(2 * PAGE).unwrap();
+        let lost = FaultConfig {
+            lost: 1.0,
+            ..FaultConfig::default()
+        };
+        let io = engine(FaultyStore::new(MemStore::new(8, 4), lost), Duration::ZERO);
+        let rec = Rec::default();
+        io.lock()
+            .queue(IoKind::Read, 5, Slot(0), buf(&ram, 0), false);
+        io.submit_pending();
+        io.poll(&rec);
+        assert_eq!(*rec.0.lock().unwrap(), [(5, "timed out")]);
+        let (c, _, _) = io.snapshot();
+        assert_eq!((c.timeouts, c.read_errors, c.pages_read), (1, 1, 0));
+        assert_eq!(io.depths(), (0, 0));
+
+        let twice = FaultConfig {
+            duplicate: 1.0,
+            ..FaultConfig::default()
+        };
+        let io = engine(
+            FaultyStore::new(MemStore::new(8, 4), twice),
+            Duration::from_secs(30),
+        );
+        let rec = Rec::default();
+        io.lock()
+            .queue(IoKind::Read, 6, Slot(0), buf(&ram, 1), false);
+        io.submit_pending();
+        io.poll(&rec);
+        assert_eq!(*rec.0.lock().unwrap(), [(6, "done")], "reported once");
+        assert_eq!(io.snapshot().0.stray_completions, 1);
+    }
+}
