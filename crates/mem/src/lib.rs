@@ -13,23 +13,30 @@
 //! - [`GuestMemory::start_fetch`] (asynchronous, for APF) and
 //!   [`VcpuTlb::fetch_blocking`] bring pages back, one read per page however many
 //!   ask, read straight into place and published atomically.
+//!
+//! The parts, each owning its state, depend one way (`tests/layering.rs`):
+//! `tlb` → `memory` (composes) → `reclaim` → `pager` (page table, every state
+//! transition) → `io` (the I/O engine over the store: queue, depth, tags,
+//! timeouts, the collecting role; no page states) → `fifo`; `frames` (the
+//! budget and the reclaimer's kick) and `shootdown` below them, on `sync`.
 
-mod fault;
+mod fifo;
+mod frames;
+mod io;
 mod memory;
 pub mod metrics;
 mod page;
-mod pipeline;
+mod pager;
 mod ram;
 mod reclaim;
+mod shootdown;
 pub mod store;
 pub mod store_bench;
 mod sync;
 mod tlb;
 
-pub use memory::{
-    FetchSink, FetchStart, GuestMemory, HostAccessError, InvariantError, MemConfig, MemError,
-};
+pub use memory::{GuestMemory, HostAccessError, InvariantError, MemConfig, MemError};
 pub use metrics::MemMetrics;
-pub use pipeline::FetchError;
+pub use pager::{FetchError, FetchSink, FetchStart};
 pub use store::Store;
 pub use tlb::{AccessSize, Resolve, TLB_ENTRIES, TlbMiss, VcpuTlb};

@@ -1,19 +1,23 @@
 //! [`GuestMemory`]: guest RAM with its page state, the host budget, the fetch
-//! pipeline and the reclaimer, shared by every vCPU.
+//! pipeline and the reclaimer, shared by every vCPU. This module only composes
+//! the parts: the pager (`pager.rs`, over the I/O engine and the frames), the
+//! shootdown and the reclaimer, and runs the two background threads.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
 
-use crate::metrics::{Counters, MemMetrics, PageCounts};
-use crate::page::{PageTable, State};
-use crate::pipeline::{FetchError, Pipeline, Waiter};
+use crate::frames::Frames;
+use crate::io::IoEngine;
+use crate::metrics::{MemMetrics, PageCounts};
+use crate::page::State;
+use crate::pager::{FetchError, FetchSink, FetchStart, Pager, Waiter};
 use crate::ram::{GuestRam, PAGE};
-use crate::reclaim::{Frames, Reclaim};
+use crate::reclaim::Reclaimer;
+use crate::shootdown::Shootdown;
 use crate::store::Store;
 use crate::sync::{AtomicBool, Mutex, Ordering, lock, thread};
-use crate::tlb::{Shootdown, VcpuTlb};
 
 /// How guest memory is laid out and limited.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,28 +107,6 @@ pub enum HostAccessError {
     },
 }
 
-/// What [`GuestMemory::start_fetch`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FetchStart {
-    /// The page is resident (or was rescued from eviction): no fetch, no callback.
-    AlreadyResident,
-    /// A fetch was started; the sink will be called.
-    Started,
-    /// A fetch for the page was already in flight; the sink will be called when it ends.
-    Joined,
-    /// The gfn is not guest RAM: nothing started, no callback.
-    NotRam,
-}
-
-/// Told when an asynchronous fetch ends. Called on whichever thread collected the
-/// completion (a vCPU between slices, the reclaimer, or the background reaper),
-/// never from inside [`GuestMemory::start_fetch`], and never with a lock held.
-pub trait FetchSink: Send + Sync {
-    /// The fetch started with `cookie` installed its page, or failed (the page is
-    /// still in the store: nothing is lost, a later fetch may succeed).
-    fn fetch_done(&self, cookie: u64, result: Result<(), FetchError>);
-}
-
 /// A broken invariant found by [`GuestMemory::check_invariants`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvariantError {
@@ -169,48 +151,20 @@ pub enum InvariantError {
     Metrics(String),
 }
 
-/// Everything the vCPUs, the pipeline, the reclaimer and the reaper share.
+/// Everything the vCPUs, the reclaimer and the reaper share.
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) base_gfn: u64,
-    pub(crate) ram: GuestRam,
-    pub(crate) pages: PageTable,
-    pub(crate) store: Box<dyn Store>,
-    pub(crate) frames: Frames,
-    pub(crate) shoot: Shootdown,
-    pub(crate) pipe: Pipeline,
-    pub(crate) reclaim: Reclaim,
-    pub(crate) counters: Counters,
-    pub(crate) stop: AtomicBool,
-    pub(crate) io_timeout: Duration,
-    pub(crate) reaper_grace: Option<Duration>,
-}
-
-impl Inner {
-    /// The page index of `gfn`, if it is RAM.
-    #[inline]
-    pub(crate) fn index_of(&self, gfn: u64) -> Option<usize> {
-        let i = usize::try_from(gfn.checked_sub(self.base_gfn)?).ok()?;
-        (i < self.pages.len()).then_some(i)
-    }
-
-    pub(crate) fn gfn_of(&self, index: usize) -> u64 {
-        self.base_gfn + index as u64
-    }
-
-    /// Frees a slot that no page refers to any more.
-    pub(crate) fn free_slot(&self, slot: Option<u32>) {
-        if let Some(s) = slot {
-            self.store.free_slot(crate::store::Slot(s));
-        }
-    }
+struct Inner {
+    pager: Pager,
+    shoot: Shootdown,
+    reclaim: Reclaimer,
+    stop: AtomicBool,
 }
 
 /// Guest RAM and everything that decides where its pages are. Share it as
-/// `Arc<GuestMemory>`; each vCPU thread takes a [`VcpuTlb`] from it.
+/// `Arc<GuestMemory>`; each vCPU thread takes a [`VcpuTlb`](crate::VcpuTlb) from it.
 #[derive(Debug)]
 pub struct GuestMemory {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
@@ -247,20 +201,18 @@ impl GuestMemory {
         } else {
             cfg.batch_pages as u64
         };
-        let depth = store.info().queue_depth.max(1);
-        let inner = Arc::new(Inner {
-            base_gfn: cfg.ram_base >> PAGE_SHIFT,
-            ram,
-            pages: PageTable::new(pages),
+        let io = IoEngine::new(
             store,
-            frames: Frames::new(budget, batch),
+            cfg.io_timeout,
+            cfg.reaper_grace,
+            Pager::fetch_table(),
+        );
+        let frames = Frames::new(budget, batch);
+        let inner = Arc::new(Inner {
+            pager: Pager::new(cfg.ram_base >> PAGE_SHIFT, ram, frames, io),
             shoot: Shootdown::new(),
-            pipe: Pipeline::new(depth),
-            reclaim: Reclaim::new(),
-            counters: Counters::new(),
+            reclaim: Reclaimer::new(),
             stop: AtomicBool::new(false),
-            io_timeout: cfg.io_timeout,
-            reaper_grace: cfg.reaper_grace,
         });
         let mem = Arc::new(GuestMemory {
             inner,
@@ -269,40 +221,45 @@ impl GuestMemory {
         let r = Arc::clone(&mem.inner);
         let reclaimer = thread::Builder::new()
             .name("apf-reclaim".into())
-            .spawn(move || r.reclaim_loop())
+            .spawn(move || r.reclaim.run(&r.pager, &r.shoot, &r.stop))
             .map_err(|e| MemError::Spawn("reclaimer", e))?;
         lock(&mem.threads).push(reclaimer);
         let r = Arc::clone(&mem.inner);
         let reaper = thread::Builder::new()
             .name("apf-reaper".into())
-            .spawn(move || r.reaper_loop())
+            .spawn(move || r.pager.reaper_loop(&r.stop))
             .map_err(|e| MemError::Spawn("reaper", e))?;
         lock(&mem.threads).push(reaper);
         Ok(mem)
     }
 
-    /// A software TLB for one vCPU thread. It starts unparked.
-    pub fn vcpu_tlb(self: &Arc<Self>) -> VcpuTlb {
-        VcpuTlb::new(Arc::clone(self))
+    /// The pager (for the TLBs).
+    pub(crate) fn pager(&self) -> &Pager {
+        &self.inner.pager
+    }
+
+    /// The shootdown (for the TLBs).
+    pub(crate) fn shootdown(&self) -> &Shootdown {
+        &self.inner.shoot
     }
 
     /// Whether `gpa..gpa+len` is all guest RAM.
     pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        let base = self.inner.base_gfn << PAGE_SHIFT;
-        let size = self.inner.pages.len() as u64 * PAGE_SIZE;
+        let base = self.inner.pager.base_gfn() << PAGE_SHIFT;
+        let size = self.inner.pager.pages() as u64 * PAGE_SIZE;
         gpa >= base && gpa.checked_add(len).is_some_and(|end| end <= base + size)
     }
 
     /// The store's description.
     pub fn store_info(&self) -> crate::store::StoreInfo {
-        self.inner.store.info()
+        self.inner.pager.io().store_info()
     }
 
     /// Host-side read (boot block, the APF shared block): brings pages in
     /// synchronously if needed; each page is pinned against eviction while copied.
-    /// On a vCPU thread use [`VcpuTlb::read_bytes`], which parks the vCPU while it
-    /// may wait (an unparked vCPU waiting for a frame would hold up the shootdown
-    /// that frees one).
+    /// On a vCPU thread use [`VcpuTlb::read_bytes`](crate::VcpuTlb::read_bytes),
+    /// which parks the vCPU while it may wait (an unparked vCPU waiting for a
+    /// frame would hold up the shootdown that frees one).
     pub fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostAccessError> {
         let len = buf.len() as u64;
         self.host_access(gpa, len, false, |off, ptr, n| {
@@ -330,26 +287,26 @@ impl GuestMemory {
         if !self.contains(gpa, len) {
             return Err(HostAccessError::NotRam { gpa, len });
         }
-        let inner = &*self.inner;
+        let pager = &self.inner.pager;
         let mut done = 0usize;
         let total = usize::try_from(len).map_err(|_| HostAccessError::NotRam { gpa, len })?;
         while done < total {
             let at = gpa + done as u64;
-            let index = inner
+            let index = pager
                 .index_of(at >> PAGE_SHIFT)
                 .ok_or(HostAccessError::NotRam { gpa, len })?;
             let in_page = (at % PAGE_SIZE) as usize;
             let n = (PAGE - in_page).min(total - done);
-            if !inner.pin(index, write) {
-                inner
+            if !pager.pin(index, write) {
+                pager
                     .fetch_pinned(index)
                     .map_err(|source| HostAccessError::Fetch { gpa, len, source })?;
                 if write {
-                    inner.mark_pinned_dirty(index);
+                    pager.mark_pinned_dirty(index);
                 }
             }
-            copy(done, inner.ram.page_ptr(index).wrapping_add(in_page), n);
-            inner.unpin(index);
+            copy(done, pager.page_ptr(index).wrapping_add(in_page), n);
+            pager.unpin(index);
             done += n;
         }
         Ok(())
@@ -360,31 +317,35 @@ impl GuestMemory {
     /// installed or the read failed, if this returns [`FetchStart::Started`] or
     /// [`FetchStart::Joined`].
     pub fn start_fetch(&self, gfn: u64, sink: Arc<dyn FetchSink>, cookie: u64) -> FetchStart {
-        let Some(index) = self.inner.index_of(gfn) else {
+        let pager = &self.inner.pager;
+        let Some(index) = pager.index_of(gfn) else {
             return FetchStart::NotRam;
         };
-        self.inner.start_fetch(index, Waiter::Sink(sink, cookie))
+        pager.start_fetch(index, Waiter::Sink(sink, cookie))
     }
 
     /// Pages of the RAM mapping the host kernel holds in memory (by `mincore`),
     /// the figure the budget is about.
     pub fn host_resident_pages(&self) -> std::io::Result<u64> {
-        self.inner.ram.host_resident_pages()
+        self.inner.pager.ram().host_resident_pages()
     }
 
     /// A snapshot of the figures. Exact (adds up) when no other thread is busy.
     pub fn metrics(&self) -> MemMetrics {
-        let inner = &*self.inner;
-        let c = inner.pages.counts();
-        let (faults, fetch, io, evict, read_latency, write_latency) = inner.counters.snapshot();
-        let (in_flight, backlog) = inner.pipeline_depths();
+        let Inner { pager, reclaim, .. } = &*self.inner;
+        let frames = pager.frames();
+        let c = pager.counts();
+        let (faults, fetch) = pager.snapshot();
+        let (io, read_latency, write_latency) = pager.io().snapshot();
+        let evict = reclaim.snapshot();
+        let (in_flight, backlog) = pager.io().depths();
         MemMetrics {
-            ram_pages: inner.pages.len() as u64,
-            budget_pages: inner.frames.budget(),
-            frames_used: inner.frames.used(),
-            frames_peak: inner.frames.peak(),
-            frames_over_budget: inner.frames.taken_over_budget(),
-            over_budget_reason: lock(&inner.reclaim.over_budget_reason).clone(),
+            ram_pages: pager.pages() as u64,
+            budget_pages: frames.budget(),
+            frames_used: frames.used(),
+            frames_peak: frames.peak(),
+            frames_over_budget: frames.taken_over_budget(),
+            over_budget_reason: reclaim.over_budget_reason(),
             pages: PageCounts {
                 untouched: c[State::Untouched as usize],
                 resident: c[State::Resident as usize],
@@ -407,16 +368,16 @@ impl GuestMemory {
     /// Checks that page words, counts, slots and metrics agree. Call it when no
     /// other thread is using this memory (all vCPUs stopped, no fetch in flight).
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
-        let inner = &*self.inner;
+        let Inner { pager, reclaim, .. } = &*self.inner;
         // The reclaimer works on its own: see it between batches.
-        let _batch = lock(&inner.reclaim.batch);
-        let pages = inner.pages.len();
+        let _batch = reclaim.between_batches();
+        let pages = pager.pages();
         let mut scanned = [0u64; crate::page::STATES];
         let mut framed = 0u64;
         let mut slots: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
         for i in 0..pages {
-            let w = inner.pages.peek(i);
-            let gfn = inner.gfn_of(i);
+            let w = pager.word(i);
+            let gfn = pager.gfn_of(i);
             scanned[w.state() as usize] += 1;
             let bad = |what| Err(InvariantError::Page { gfn, what });
             match w.state() {
@@ -446,7 +407,7 @@ impl GuestMemory {
         }
         // Each state's count against the scan (so their sum is the pages of RAM:
         // the scan saw every page once).
-        let counts = inner.pages.counts();
+        let counts = pager.counts();
         let names = [
             "untouched",
             "resident",
@@ -464,7 +425,8 @@ impl GuestMemory {
                 });
             }
         }
-        let used = inner.frames.used();
+        let frames = pager.frames();
+        let used = frames.used();
         if used != framed {
             return Err(InvariantError::Count {
                 what: "frames in use",
@@ -474,14 +436,14 @@ impl GuestMemory {
         }
         let m = self.metrics();
         // Frames beyond the budget only ever come from a counted overrun.
-        if used > inner.frames.budget() + m.frames_over_budget {
+        if used > frames.budget() + m.frames_over_budget {
             return Err(InvariantError::OverBudget {
                 used,
-                budget: inner.frames.budget(),
+                budget: frames.budget(),
             });
         }
         let io = m.io;
-        let (in_flight_reads, in_flight_writes) = self.inner.in_flight_by_kind();
+        let (in_flight_reads, in_flight_writes) = pager.io().in_flight_by_kind();
         if io.reads_submitted != io.pages_read + io.read_errors + in_flight_reads {
             return Err(InvariantError::Metrics(format!(
                 "reads submitted {} != read {} + failed {} + in flight {in_flight_reads}",
@@ -507,7 +469,7 @@ impl GuestMemory {
 impl Drop for GuestMemory {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        self.inner.wake_background();
+        self.inner.pager.wake_background();
         for h in lock(&self.threads).drain(..) {
             let _ = h.join();
         }

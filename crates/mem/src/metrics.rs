@@ -51,7 +51,7 @@ impl Histogram {
 pub(crate) struct AtomicHistogram([AtomicU64; LATENCY_BUCKETS]);
 
 impl AtomicHistogram {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         AtomicHistogram(std::array::from_fn(|_| AtomicU64::new(0)))
     }
 
@@ -61,7 +61,7 @@ impl AtomicHistogram {
         self.0[i.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> Histogram {
+    pub(crate) fn snapshot(&self) -> Histogram {
         Histogram {
             buckets: std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)),
         }
@@ -76,7 +76,7 @@ macro_rules! counters {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
         pub struct $snap { $($(#[$fm])* pub $f: u64),* }
         impl $name {
-            fn snapshot(&self) -> $snap { $snap { $($f: self.$f.load(Ordering::Relaxed)),* } }
+            pub(crate) fn snapshot(&self) -> $snap { $snap { $($f: self.$f.load(Ordering::Relaxed)),* } }
         }
     };
 }
@@ -165,29 +165,6 @@ counters!(
     }
 );
 
-#[derive(Debug)]
-pub(crate) struct Counters {
-    pub(crate) faults: FaultCounters,
-    pub(crate) fetch: FetchCounters,
-    pub(crate) io: IoCounters,
-    pub(crate) evict: EvictCounters,
-    pub(crate) read_latency: AtomicHistogram,
-    pub(crate) write_latency: AtomicHistogram,
-}
-
-impl Counters {
-    pub(crate) fn new() -> Counters {
-        Counters {
-            faults: FaultCounters::default(),
-            fetch: FetchCounters::default(),
-            io: IoCounters::default(),
-            evict: EvictCounters::default(),
-            read_latency: AtomicHistogram::new(),
-            write_latency: AtomicHistogram::new(),
-        }
-    }
-}
-
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -249,28 +226,6 @@ pub struct MemMetrics {
     pub read_latency: Histogram,
     /// Write latency.
     pub write_latency: Histogram,
-}
-
-impl Counters {
-    pub(crate) fn snapshot(
-        &self,
-    ) -> (
-        FaultCounts,
-        FetchCounts,
-        IoCounts,
-        EvictCounts,
-        Histogram,
-        Histogram,
-    ) {
-        (
-            self.faults.snapshot(),
-            self.fetch.snapshot(),
-            self.io.snapshot(),
-            self.evict.snapshot(),
-            self.read_latency.snapshot(),
-            self.write_latency.snapshot(),
-        )
-    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,15 @@ impl PageWord {
             None => false,
         }
     }
+    /// Where the page is once it holds no frame: in the store if it has a copy
+    /// there, else untouched (it reads as zero).
+    pub(crate) fn state_without_frame(self) -> State {
+        if self.slot().is_some() {
+            State::InStore
+        } else {
+            State::Untouched
+        }
+    }
     /// The store slot holding a valid copy of this page.
     pub(crate) fn slot(self) -> Option<u32> {
         let s = self.0 >> SLOT_SHIFT;
@@ -114,7 +123,7 @@ impl PageWord {
 #[derive(Debug, Default)]
 pub(crate) struct Stripe {
     lock: Mutex<()>,
-    pub(crate) changed: Condvar,
+    changed: Condvar,
 }
 
 /// Every page's state.
@@ -134,8 +143,22 @@ pub(crate) struct PageGuard<'a> {
     index: usize,
     /// Always Some outside `wait_change`.
     guard: Option<MutexGuard<'a, ()>>,
-    pub(crate) word: PageWord,
+    word: PageWord,
     before: PageWord,
+}
+
+/// The locked page's word: read and change it through the guard.
+impl std::ops::Deref for PageGuard<'_> {
+    type Target = PageWord;
+    fn deref(&self) -> &PageWord {
+        &self.word
+    }
+}
+
+impl std::ops::DerefMut for PageGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PageWord {
+        &mut self.word
+    }
 }
 
 impl PageTable {
@@ -154,8 +177,14 @@ impl PageTable {
         self.words.len()
     }
 
-    pub(crate) fn stripe(&self, index: usize) -> &Stripe {
+    fn stripe(&self, index: usize) -> &Stripe {
         &self.stripes[index & (self.stripes.len() - 1)]
+    }
+
+    /// Wakes whoever waits for a change of a page of `index`'s stripe
+    /// ([`PageGuard::wait_change`]).
+    pub(crate) fn notify_changed(&self, index: usize) {
+        self.stripe(index).changed.notify_all();
     }
 
     /// Locks page `index`; changes to `word` are published when the guard drops.

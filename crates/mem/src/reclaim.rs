@@ -1,25 +1,25 @@
-//! The host budget and the reclaimer that keeps resident pages under it.
+//! The reclaimer: keeps resident pages under the host budget.
 //!
-//! A frame is the host memory one resident page uses. Taking one (first touch,
-//! fetch) counts against the budget; when fewer than a batch are left the
-//! reclaimer runs CLOCK over the pages (second chance on the accessed bit set at
-//! TLB fill), marks a batch Evicting, shoots down every vCPU's TLB once for the
-//! whole batch, writes the dirty ones, then drops them with one `madvise` per run
+//! When fewer than a batch of frames (`frames.rs`) are left it runs CLOCK over
+//! the pages (second chance on the accessed bit set at TLB fill), has the pager
+//! mark a batch Evicting, shoots down every vCPU's TLB once for the whole batch,
+//! has the dirty ones written, then has them dropped with one `madvise` per run
 //! of pages. Clean pages with a valid store copy, and never-written pages, leave
-//! without I/O. A fault on a chosen page before it is dropped rescues it.
+//! without I/O. A fault on a chosen page before it is dropped rescues it. Every
+//! page-state change is the pager's; the reclaimer decides which and when.
 //!
 //! A store that refuses pages (full, or failing every write) never costs data: a
 //! dirty page whose write fails stays resident and dirty, a dirty page with no
 //! slot to go to is not chosen at all, and a fetch that cannot get a frame within
-//! the budget gets one beyond it ([`Frames::take_over_budget`], counted and
-//! reported) rather than failing. The budget is a target; guest RAM is the limit.
+//! the budget gets one beyond it (`Frames::extend`, counted and reported) rather
+//! than failing. The budget is a target; guest RAM is the limit.
 
-use crate::memory::Inner;
-use crate::metrics::{add, bump};
-use crate::page::State;
-use crate::pipeline::WriteOutcome;
+use crate::io::WriteOutcome;
+use crate::metrics::{EvictCounters, EvictCounts, add, bump};
+use crate::pager::{Evicted, Pager, Pick};
+use crate::shootdown::Shootdown;
 use crate::store::{Slot, StoreFull};
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, wait};
+use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering, lock};
 
 /// Batches in a row whose every page the store refused before the fetches
 /// waiting for a frame are given one beyond the budget.
@@ -36,141 +36,20 @@ struct Round {
     no_slot: Option<StoreFull>,
 }
 
-/// Frames: the budget and how much of it is in use.
-///
-/// While the store refuses pages the budget is extended (`extra`) rather than
-/// the fetches that need a frame failed: enough to take them and two batches
-/// more, so the pages just brought in are not evicted again at once (with every
-/// other page dirty and stuck, CLOCK would pick exactly them). A write the
-/// store takes again pays the extension back.
+/// The reclaimer's clock hand, counters and reports (its wake-up is
+/// `Frames::kick`).
 #[derive(Debug)]
-pub(crate) struct Frames {
-    used: AtomicU64,
-    /// The most ever in use at once.
-    peak: AtomicU64,
-    /// Frames allowed beyond the budget while the store refuses pages.
-    extra: AtomicU64,
-    /// Frames taken while the budget was already full (the overrun, counted
-    /// before the page can be seen).
-    over: AtomicU64,
-    budget: u64,
-    batch: u64,
-}
-
-impl Frames {
-    pub(crate) fn new(budget: u64, batch: u64) -> Frames {
-        Frames {
-            used: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
-            extra: AtomicU64::new(0),
-            over: AtomicU64::new(0),
-            budget,
-            batch: batch.min(budget).max(1),
-        }
-    }
-
-    fn limit(&self) -> u64 {
-        self.budget + self.extra.load(Ordering::Acquire)
-    }
-
-    /// Takes a frame if the budget (and its extension) allows.
-    pub(crate) fn try_take(&self) -> bool {
-        let limit = self.limit();
-        let taken = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u < limit).then_some(u + 1)
-            });
-        let Ok(before) = taken else { return false };
-        if before >= self.budget {
-            self.over.fetch_add(1, Ordering::Relaxed);
-        }
-        self.peak.fetch_max(before + 1, Ordering::Relaxed);
-        true
-    }
-
-    /// Lets `n` more frames than the budget be taken.
-    fn extend(&self, n: u64) {
-        self.extra.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// The store took `n` pages again: shrinks the extension by as many.
-    fn pay_back(&self, n: u64) {
-        let _ = self
-            .extra
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                (e > 0).then(|| e.saturating_sub(n))
-            });
-    }
-
-    pub(crate) fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    /// Frames taken with the budget full, over the whole run.
-    pub(crate) fn taken_over_budget(&self) -> u64 {
-        self.over.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn release(&self, n: u64) {
-        let prev = self.used.fetch_sub(n, Ordering::AcqRel);
-        debug_assert!(prev >= n, "released more frames than taken");
-    }
-
-    pub(crate) fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn budget(&self) -> u64 {
-        self.budget
-    }
-
-    fn free(&self) -> u64 {
-        self.limit().saturating_sub(self.used())
-    }
-
-    /// Fewer than a batch free: time to reclaim.
-    fn low(&self) -> bool {
-        self.free() < self.batch
-    }
-
-    /// Reclaim until two batches are free (or the budget, if smaller).
-    fn satisfied(&self) -> bool {
-        self.free() >= (2 * self.batch).min(self.budget)
-    }
-}
-
-/// The reclaimer's wake-up and its clock hand.
-#[derive(Debug)]
-pub(crate) struct Reclaim {
-    wanted: AtomicBool,
-    /// Guards the wake-up only: a fault that kicks the reclaimer takes it, so it
-    /// is never held across a scan.
-    m: Mutex<()>,
-    cv: Condvar,
+pub(crate) struct Reclaimer {
     /// The clock hand (only the reclaimer moves it; a lock of its own keeps the
     /// scan off the kickers' lock).
     hand: Mutex<usize>,
     /// Held for the whole of a batch, so checks can see a state between batches.
-    pub(crate) batch: Mutex<()>,
+    batch: Mutex<()>,
     /// Why the store last refused a write.
     last_error: Mutex<Option<String>>,
     /// Why frames were last taken beyond the budget, for reports.
-    pub(crate) over_budget_reason: Mutex<Option<String>>,
-}
-
-impl Reclaim {
-    pub(crate) fn new() -> Reclaim {
-        Reclaim {
-            wanted: AtomicBool::new(false),
-            m: Mutex::new(()),
-            cv: Condvar::new(),
-            hand: Mutex::new(0),
-            batch: Mutex::new(()),
-            last_error: Mutex::new(None),
-            over_budget_reason: Mutex::new(None),
-        }
-    }
+    over_budget_reason: Mutex<Option<String>>,
+    counters: EvictCounters,
 }
 
 /// A page chosen for eviction.
@@ -184,61 +63,58 @@ struct Victim {
     write: Option<WriteOutcome>,
 }
 
-impl Inner {
-    /// Wakes the reclaimer (once until it has run).
-    pub(crate) fn kick_reclaim(&self) {
-        if !self.reclaim.wanted.swap(true, Ordering::SeqCst) {
-            let _g = lock(&self.reclaim.m);
-            self.reclaim.cv.notify_one();
+impl Reclaimer {
+    pub(crate) fn new() -> Reclaimer {
+        Reclaimer {
+            hand: Mutex::new(0),
+            batch: Mutex::new(()),
+            last_error: Mutex::new(None),
+            over_budget_reason: Mutex::new(None),
+            counters: EvictCounters::default(),
         }
     }
 
-    pub(crate) fn kick_reclaim_if_low(&self) {
-        if self.frames.low() {
-            self.kick_reclaim();
-        }
+    pub(crate) fn snapshot(&self) -> EvictCounts {
+        self.counters.snapshot()
     }
 
-    pub(crate) fn wake_reclaimer(&self) {
-        let _g = lock(&self.reclaim.m);
-        self.reclaim.cv.notify_all();
+    /// Why frames were last taken beyond the budget.
+    pub(crate) fn over_budget_reason(&self) -> Option<String> {
+        lock(&self.over_budget_reason).clone()
     }
 
-    /// Sleeps until kicked, then reclaims. A round that cannot progress (every
-    /// resident page pinned) ends and waits for the next kick: a frame taken, a
-    /// fetch waiting for one, or a pin released, so nothing spins.
-    pub(crate) fn reclaim_loop(&self) {
-        loop {
-            {
-                let mut g = lock(&self.reclaim.m);
-                while !self.reclaim.wanted.swap(false, Ordering::SeqCst) {
-                    if self.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    g = wait(&self.reclaim.cv, g);
-                }
-            }
-            if self.stop.load(Ordering::SeqCst) {
+    /// Keeps the reclaimer between batches while held (for consistency checks).
+    pub(crate) fn between_batches(&self) -> MutexGuard<'_, ()> {
+        lock(&self.batch)
+    }
+
+    /// Sleeps until kicked, then reclaims, until `stop`. A round that cannot
+    /// progress (every resident page pinned) ends and waits for the next kick: a
+    /// frame taken, a fetch waiting for one, or a pin released, so nothing spins.
+    pub(crate) fn run(&self, pager: &Pager, shoot: &Shootdown, stop: &AtomicBool) {
+        while pager.frames().wait_kick(stop) {
+            if stop.load(Ordering::SeqCst) {
                 return;
             }
-            self.reclaim_until_satisfied();
+            self.reclaim_until_satisfied(pager, shoot, stop);
         }
     }
 
-    fn reclaim_until_satisfied(&self) {
+    fn reclaim_until_satisfied(&self, pager: &Pager, shoot: &Shootdown, stop: &AtomicBool) {
+        let frames = pager.frames();
         let mut failed_rounds = 0;
-        while !self.stop.load(Ordering::SeqCst)
-            && (!self.frames.satisfied() || !self.pipe.state().frame_waiters.is_empty())
+        while !stop.load(Ordering::SeqCst)
+            && (!frames.satisfied() || pager.waiting_for_frames() != 0)
         {
             // Frames freed by anyone (a failed fetch, an earlier round) go to the
             // fetches waiting for one first.
-            self.grant_frames();
-            let seen = self.pipe.state().dispatches;
+            pager.grant_frames();
+            let seen = pager.io().dispatches();
             let round = {
-                let _batch = lock(&self.reclaim.batch);
-                let round = self.evict_batch();
+                let _batch = lock(&self.batch);
+                let round = self.evict_batch(pager, shoot);
                 if round.freed > 0 {
-                    self.grant_frames();
+                    pager.grant_frames();
                 }
                 round
             };
@@ -251,8 +127,8 @@ impl Inner {
                 // waiting for a frame get one beyond the budget.
                 failed_rounds += 1;
                 if failed_rounds >= FAILED_ROUNDS {
-                    let why = lock(&self.reclaim.last_error).clone().unwrap_or_default();
-                    self.overrun_budget(why);
+                    let why = lock(&self.last_error).clone().unwrap_or_default();
+                    self.overrun_budget(pager, why);
                     return;
                 }
                 continue;
@@ -263,40 +139,41 @@ impl Inner {
             if let Some(full) = round.no_slot {
                 // Every page that could leave is dirty and the store has no
                 // room: nothing will change until a slot is freed.
-                let why = match lock(&self.reclaim.last_error).as_ref() {
+                let why = match lock(&self.last_error).as_ref() {
                     Some(write) => format!("{full} (the last write refused: {write})"),
                     None => full.to_string(),
                 };
-                self.overrun_budget(why);
+                self.overrun_budget(pager, why);
                 return;
             }
             // Nothing evictable: frames are held by pages being fetched (wait for
             // them to land; then they can go) or pinned (wait for a kick).
-            let (reads, writes) = self.in_flight_by_kind();
+            let (reads, writes) = pager.io().in_flight_by_kind();
             if reads + writes == 0 {
                 return;
             }
-            self.wait_dispatch_after(seen);
+            pager.wait_dispatch_after(seen);
         }
     }
 
     /// Extends the budget for the fetches waiting for a frame (and two batches
     /// more), because reclaim cannot free one (`why`), and grants them.
-    fn overrun_budget(&self, why: String) {
-        let waiting = self.pipe.state().frame_waiters.len() as u64;
+    fn overrun_budget(&self, pager: &Pager, why: String) {
+        let waiting = pager.waiting_for_frames() as u64;
         if waiting == 0 {
             return;
         }
         // Explained before any page can be seen: a fetch's waiter may look.
-        *lock(&self.reclaim.over_budget_reason) = Some(why);
-        self.frames.extend(waiting + 2 * self.frames.batch);
-        self.grant_frames();
+        *lock(&self.over_budget_reason) = Some(why);
+        let frames = pager.frames();
+        frames.extend(waiting + 2 * frames.batch());
+        pager.grant_frames();
     }
 
     /// Evicts one batch. The caller holds the batch lock.
-    fn evict_batch(&self) -> Round {
-        let ev = &self.counters.evict;
-        let (mut victims, no_slot) = self.choose_victims();
+    fn evict_batch(&self, pager: &Pager, shoot: &Shootdown) -> Round {
+        let ev = &self.counters;
+        let (mut victims, no_slot) = self.choose_victims(pager);
         let mut round = Round {
             chosen: victims.len() as u64,
             no_slot,
@@ -310,7 +187,7 @@ impl Inner {
 
         // Every vCPU drops its mappings (they cannot refill: the pages are
         // Evicting) before anything is read from or discarded in them.
-        self.shoot.shoot_down();
+        shoot.shoot_down();
         bump(&ev.shootdowns);
 
         let writes: Vec<(usize, Slot)> = victims
@@ -318,106 +195,68 @@ impl Inner {
             .filter_map(|v| Some((v.index, v.new_slot?)))
             .collect();
         if !writes.is_empty() {
-            let tags = self.queue_writes(&writes);
-            let outcomes = self.wait_writes(&tags);
+            let outcomes = pager.write_evicting(&writes);
             let mut it = outcomes.into_iter();
             for v in victims.iter_mut().filter(|v| v.new_slot.is_some()) {
                 v.write = it.next();
             }
         }
 
+        let io = pager.io();
         let mut dropping = Vec::new();
         for v in &victims {
-            let mut g = self.pages.lock(v.index);
+            // A slot whose write timed out may still be written: never reuse it.
             let keep_slot = |slot: Option<Slot>| match (&v.write, slot) {
-                (Some(WriteOutcome::TimedOut), Some(_)) => bump(&self.counters.io.slots_abandoned),
-                (_, s) => self.free_slot(s.map(|s| s.0)),
+                (Some(WriteOutcome::TimedOut), Some(_)) => io.abandon_slot(),
+                (_, s) => io.free_slot(s.map(|s| s.0)),
             };
-            if g.word.state() != State::Evicting {
-                // Rescued by a fault while we worked: whatever we wrote is stale.
-                bump(&ev.rescued);
-                keep_slot(v.new_slot);
-                continue;
-            }
-            match (&v.write, v.dirty) {
-                (_, false) => {
-                    bump(if g.word.slot().is_some() {
-                        &ev.dropped_clean
-                    } else {
-                        &ev.dropped_zero
-                    });
+            let written = match v.write {
+                Some(WriteOutcome::Written) => v.new_slot,
+                _ => None,
+            };
+            match pager.end_eviction(v.index, v.dirty, written) {
+                Evicted::Rescued => {
+                    // Whatever we wrote is stale.
+                    bump(&ev.rescued);
+                    keep_slot(v.new_slot);
                 }
-                (Some(WriteOutcome::Written), true) => {
-                    g.word.set_slot(v.new_slot.map(|s| s.0));
-                    g.word.set_dirty(false);
-                    bump(&ev.written);
-                    self.frames.pay_back(1);
-                }
-                (w, true) => {
-                    // The write failed: the page stays, still dirty.
-                    let why = match w {
+                Evicted::Kept => {
+                    let why = match &v.write {
                         Some(WriteOutcome::Failed(e)) => e.clone(),
-                        _ => format!("a write did not complete within {:?}", self.io_timeout),
+                        _ => format!("a write did not complete within {:?}", io.timeout()),
                     };
-                    *lock(&self.reclaim.last_error) = Some(why);
+                    *lock(&self.last_error) = Some(why);
                     round.aborted += 1;
-                    g.word.set_state(State::Resident);
                     keep_slot(v.new_slot);
                     bump(&ev.aborted);
-                    continue;
                 }
-            }
-            g.word.set_state(State::Dropping);
-            dropping.push(v.index);
-        }
-
-        dropping.sort_unstable();
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for &index in &dropping {
-            match runs.last_mut() {
-                Some((first, count)) if *first + *count == index => *count += 1,
-                _ => runs.push((index, 1)),
-            }
-        }
-        if self.ram.discard_runs(&runs).is_err() {
-            // Cannot happen for our own mapping; if it did, pages going back to
-            // untouched must still read as zero (a fetch overwrites the others).
-            for &index in &dropping {
-                if self.pages.peek(index).slot().is_none() {
-                    // SAFETY: a Dropping page is mapped by no TLB and pinned by no
-                    // host copy; the mapping holds the whole page.
-                    unsafe {
-                        crate::ram::copy_to_shared(
-                            &[0u8; crate::ram::PAGE],
-                            self.ram.page_ptr(index),
-                        )
-                    };
+                how => {
+                    bump(match how {
+                        Evicted::Clean => &ev.dropped_clean,
+                        Evicted::Zero => &ev.dropped_zero,
+                        _ => &ev.written,
+                    });
+                    if how == Evicted::Written {
+                        pager.frames().pay_back(1);
+                    }
+                    dropping.push(v.index);
                 }
             }
         }
-        for &index in &dropping {
-            let mut g = self.pages.lock(index);
-            g.word.set_state(if g.word.slot().is_some() {
-                State::InStore
-            } else {
-                State::Untouched
-            });
-            self.pages.stripe(index).changed.notify_all();
-        }
-        self.frames.release(dropping.len() as u64);
+        pager.finish_dropping(&mut dropping);
         round.freed = dropping.len() as u64;
         round
     }
 
-    /// Runs the clock hand over at most two rotations and marks up to a batch of
-    /// unpinned resident pages without the accessed bit Evicting, each dirty one
-    /// with the slot it will be written to. Dirty pages are passed over once the
-    /// store has no slot left (returned), so a full store costs no shootdown,
-    /// and then one rotation is all: the budget is extended instead.
-    fn choose_victims(&self) -> (Vec<Victim>, Option<StoreFull>) {
-        let n = self.pages.len();
-        let want = usize::try_from(self.frames.batch).unwrap_or(usize::MAX);
-        let mut hand = lock(&self.reclaim.hand);
+    /// Runs the clock hand over at most two rotations and has up to a batch of
+    /// unpinned resident pages without the accessed bit marked Evicting, each
+    /// dirty one with the slot it will be written to. Dirty pages are passed
+    /// over once the store has no slot left (returned), so a full store costs no
+    /// shootdown, and then one rotation is all: the budget is extended instead.
+    fn choose_victims(&self, pager: &Pager) -> (Vec<Victim>, Option<StoreFull>) {
+        let n = pager.pages();
+        let want = usize::try_from(pager.frames().batch()).unwrap_or(usize::MAX);
+        let mut hand = lock(&self.hand);
         let mut victims = Vec::new();
         let mut no_slot = None;
         for step in 0..2 * n {
@@ -432,40 +271,83 @@ impl Inner {
             }
             let index = *hand;
             *hand = (*hand + 1) % n;
-            let w = self.pages.peek(index);
-            if w.state() != State::Resident || w.pins() != 0 {
-                continue;
+            match pager.start_evicting(index, no_slot.is_none()) {
+                Pick::Skip => {}
+                Pick::NoSlot(full) => no_slot = Some(full),
+                Pick::Chosen { dirty, new_slot } => victims.push(Victim {
+                    index,
+                    dirty,
+                    new_slot,
+                    write: None,
+                }),
             }
-            if self.pages.test_and_clear_accessed(index) {
-                continue;
-            }
-            let mut g = self.pages.lock(index);
-            if g.word.state() != State::Resident || g.word.pins() != 0 {
-                continue;
-            }
-            let dirty = g.word.dirty();
-            let new_slot = if dirty {
-                if no_slot.is_some() {
-                    continue;
-                }
-                match self.store.alloc_slot() {
-                    Ok(s) => Some(s),
-                    Err(full) => {
-                        no_slot = Some(full);
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
-            g.word.set_state(State::Evicting);
-            victims.push(Victim {
-                index,
-                dirty,
-                new_slot,
-                write: None,
-            });
         }
         (victims, no_slot)
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    //! The reclaimer on one thread, with no vCPU to shoot down.
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::page::State;
+    use crate::pager::tests::{BASE, Sink, pager};
+    use crate::pager::{Fault, FetchStart, Waiter};
+
+    #[test]
+    fn a_batch_writes_the_dirty_pages_and_drops_the_clean_ones() {
+        let p = pager(4, 4, 8);
+        let shoot = Shootdown::new();
+        let r = Reclaimer::new();
+        assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
+        assert!(matches!(p.fault(BASE + 1, false), Fault::Map { .. }));
+        let round = r.evict_batch(&p, &shoot);
+        // Batches of one: the hand passes page 0's accessed bit, then page 1's,
+        // and takes page 0 on its second rotation.
+        assert_eq!((round.chosen, round.freed, round.aborted), (1, 1, 0));
+        assert_eq!(p.word(0).state(), State::InStore);
+        assert_eq!(shoot.epoch(), 1, "one shootdown per batch");
+        let round = r.evict_batch(&p, &shoot);
+        assert_eq!((round.chosen, round.freed), (1, 1));
+        assert_eq!(p.word(1).state(), State::Untouched);
+        assert_eq!(p.frames().used(), 0);
+        let e = r.snapshot();
+        assert_eq!(
+            (
+                e.batches,
+                e.chosen,
+                e.written,
+                e.dropped_zero,
+                e.dropped_clean
+            ),
+            (2, 2, 1, 1, 0)
+        );
+        assert_eq!(r.evict_batch(&p, &shoot).chosen, 0, "nothing left");
+    }
+
+    #[test]
+    fn a_full_store_extends_the_budget_for_the_fetch_that_waits() {
+        let p = pager(4, 2, 0);
+        let (shoot, r, stop) = (Shootdown::new(), Reclaimer::new(), AtomicBool::new(false));
+        assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
+        assert!(matches!(p.fault(BASE + 1, true), Fault::Map { .. }));
+        let sink = Arc::new(Sink::default());
+        assert_eq!(
+            p.start_fetch(2, Waiter::Sink(sink.clone(), 9)),
+            FetchStart::Started
+        );
+        assert_eq!(p.waiting_for_frames(), 1);
+        r.reclaim_until_satisfied(&p, &shoot, &stop);
+        assert_eq!(*sink.0.lock().unwrap(), [(9, Ok(()))]);
+        assert_eq!(p.word(2).state(), State::Resident);
+        assert_eq!(p.frames().taken_over_budget(), 1);
+        assert_eq!(shoot.epoch(), 0, "a full store costs no shootdown");
+        let why = r.over_budget_reason().expect("explained");
+        assert!(why.contains("full"), "{why}");
+        // Both dirty pages stayed: nothing was lost.
+        assert_eq!(p.counts()[State::Resident as usize], 3);
     }
 }

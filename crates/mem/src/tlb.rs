@@ -5,12 +5,10 @@
 //! a read maps the page read-only unless it is already dirty, so the first write to
 //! a clean page faults and marks it dirty, as hardware dirty tracking does.
 //!
-//! Shootdown: the reclaimer marks a batch Evicting (no TLB can refill them), bumps
-//! the global epoch and waits until every vCPU has either acknowledged the new
-//! epoch in [`VcpuTlb::sync`] (flushing its TLB first) or is parked (it promised
-//! not to touch guest memory through its TLB until [`VcpuTlb::unpark`], which
-//! flushes if the epoch moved). Accesses happen only between those points, so after
-//! the wait no vCPU can reach the batch's pages.
+//! A vCPU takes part in the shootdown (`shootdown.rs`) by acknowledging a new
+//! epoch in [`VcpuTlb::sync`] (flushing its TLB first), or by being parked
+//! between [`VcpuTlb::park`] and [`VcpuTlb::unpark`] (which flushes if the epoch
+//! moved).
 
 // Loads are narrowed to the access size and page indices to usize: truncation is
 // the semantics here.
@@ -23,9 +21,9 @@ pub use apf_abi::esr::AccessSize;
 use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
 
 use crate::memory::GuestMemory;
-use crate::metrics::bump;
-use crate::pipeline::FetchError;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, lock, wait};
+use crate::pager::{Fault, FetchError};
+use crate::shootdown::{Shootdown, VcpuSlot};
+use crate::sync::Ordering;
 
 const _: () = assert!(
     cfg!(target_endian = "little"),
@@ -69,67 +67,6 @@ const EMPTY: Entry = Entry {
     host: std::ptr::null_mut(),
 };
 
-/// One vCPU's view of the shootdown protocol.
-#[derive(Debug)]
-pub(crate) struct VcpuSlot {
-    acked: AtomicU64,
-    parked: AtomicBool,
-}
-
-/// The shootdown epoch and the vCPUs that must acknowledge it.
-#[derive(Debug)]
-pub(crate) struct Shootdown {
-    epoch: AtomicU64,
-    vcpus: Mutex<Vec<Arc<VcpuSlot>>>,
-    waiting: AtomicBool,
-    m: Mutex<()>,
-    cv: Condvar,
-    running: AtomicUsize,
-}
-
-impl Shootdown {
-    pub(crate) fn new() -> Shootdown {
-        Shootdown {
-            epoch: AtomicU64::new(0),
-            vcpus: Mutex::new(Vec::new()),
-            waiting: AtomicBool::new(false),
-            m: Mutex::new(()),
-            cv: Condvar::new(),
-            running: AtomicUsize::new(0),
-        }
-    }
-
-    /// vCPUs not parked.
-    pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Returns once every vCPU has flushed its TLB or is parked.
-    pub(crate) fn shoot_down(&self) {
-        let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let vcpus: Vec<Arc<VcpuSlot>> = lock(&self.vcpus).clone();
-        let mut g = lock(&self.m);
-        loop {
-            self.waiting.store(true, Ordering::SeqCst);
-            let done = vcpus
-                .iter()
-                .all(|v| v.parked.load(Ordering::SeqCst) || v.acked.load(Ordering::SeqCst) >= e);
-            if done {
-                break;
-            }
-            g = wait(&self.cv, g);
-        }
-        self.waiting.store(false, Ordering::SeqCst);
-    }
-
-    fn notify_if_waiting(&self) {
-        if self.waiting.load(Ordering::SeqCst) {
-            let _g = lock(&self.m);
-            self.cv.notify_all();
-        }
-    }
-}
-
 /// A vCPU's software TLB over guest memory. Not shared: one per vCPU thread.
 #[derive(Debug)]
 pub struct VcpuTlb {
@@ -157,16 +94,19 @@ fn tag_of(gpa: u64, bytes: u64) -> u64 {
     gpa & (!OFFSET_MASK | (bytes - 1))
 }
 
+// Defined here, not in memory.rs: the TLB sits above guest memory, which
+// need not know it.
+impl GuestMemory {
+    /// A software TLB for one vCPU thread. It starts unparked.
+    pub fn vcpu_tlb(self: &Arc<Self>) -> VcpuTlb {
+        VcpuTlb::new(Arc::clone(self))
+    }
+}
+
 impl VcpuTlb {
-    pub(crate) fn new(mem: Arc<GuestMemory>) -> VcpuTlb {
-        let sd = &mem.inner.shoot;
-        let seen = sd.epoch.load(Ordering::SeqCst);
-        let slot = Arc::new(VcpuSlot {
-            acked: AtomicU64::new(seen),
-            parked: AtomicBool::new(false),
-        });
-        sd.running.fetch_add(1, Ordering::SeqCst);
-        lock(&sd.vcpus).push(Arc::clone(&slot));
+    fn new(mem: Arc<GuestMemory>) -> VcpuTlb {
+        let (slot, seen) = mem.shootdown().register();
+        mem.pager().vcpu_running();
         VcpuTlb {
             entries: Box::new([EMPTY; TLB_ENTRIES]),
             mem,
@@ -301,28 +241,24 @@ impl VcpuTlb {
     /// which page needs a fetch, or that the address is not RAM.
     pub fn resolve(&mut self, gpa: u64, write: bool) -> Resolve {
         debug_assert!(!self.parked, "resolve on a parked vCPU");
-        let inner = &self.mem.inner;
         let gfn = gpa >> PAGE_SHIFT;
-        let Some(index) = inner.index_of(gfn) else {
-            bump(&inner.counters.faults.not_ram);
-            return Resolve::NotRam;
-        };
-        match inner.fault(index, write) {
-            Some(writable) => {
-                self.map(gpa, index, writable);
+        match self.mem.pager().fault(gfn, write) {
+            Fault::Map { host, writable } => {
+                self.map(gpa, host, writable);
                 Resolve::Mapped
             }
-            None => Resolve::NeedsFetch(gfn),
+            Fault::NeedsFetch => Resolve::NeedsFetch(gfn),
+            Fault::NotRam => Resolve::NotRam,
         }
     }
 
-    /// Fills the entry for `gpa`'s page (guest RAM page `index`), writable or not.
-    fn map(&mut self, gpa: u64, index: usize, writable: bool) {
+    /// Fills the entry for `gpa`'s page (at `host`), writable or not.
+    fn map(&mut self, gpa: u64, host: *mut u8, writable: bool) {
         let page = gpa & !OFFSET_MASK;
         self.entries[slot_of(gpa)] = Entry {
             read_tag: page,
             write_tag: if writable { page } else { INVALID },
-            host: self.mem.inner.ram.page_ptr(index),
+            host,
         };
     }
 
@@ -331,14 +267,14 @@ impl VcpuTlb {
     /// in this TLB, so the retried access hits) or the read failed. The vCPU counts
     /// as parked meanwhile, so it never delays a shootdown.
     pub fn fetch_blocking(&mut self, gfn: u64) -> Result<(), FetchError> {
-        let Some(index) = self.mem.inner.index_of(gfn) else {
+        let Some(index) = self.mem.pager().index_of(gfn) else {
             return Err(FetchError::NotRam { gfn });
         };
         let was_parked = self.parked;
         if !was_parked {
             self.park();
         }
-        let r = self.mem.inner.fetch_pinned(index);
+        let r = self.mem.pager().fetch_pinned(index);
         if !was_parked {
             self.unpark();
         }
@@ -347,10 +283,10 @@ impl VcpuTlb {
             // caller maps it on its next resolve).
             // (Not through `resolve`: that would count a second fault.)
             if !self.parked {
-                let writable = self.mem.inner.pages.lock(index).word.dirty();
-                self.map(gfn << PAGE_SHIFT, index, writable);
+                let (host, writable) = self.mem.pager().pinned_mapping(index);
+                self.map(gfn << PAGE_SHIFT, host, writable);
             }
-            self.mem.inner.unpin(index);
+            self.mem.pager().unpin(index);
         }
         r
     }
@@ -387,15 +323,14 @@ impl VcpuTlb {
     /// (pages may have left: anything cached from them must go too).
     pub fn sync(&mut self) -> bool {
         debug_assert!(!self.parked, "sync on a parked vCPU");
-        let e = self.mem.inner.shoot.epoch.load(Ordering::SeqCst);
+        let e = self.mem.shootdown().epoch();
         let flushed = e != self.seen;
         if flushed {
             self.flush();
             self.seen = e;
-            self.slot.acked.store(e, Ordering::SeqCst);
-            self.mem.inner.shoot.notify_if_waiting();
+            self.mem.shootdown().ack(&self.slot, e);
         }
-        self.mem.inner.poll_completions();
+        self.mem.pager().poll_completions();
         flushed
     }
 
@@ -406,12 +341,8 @@ impl VcpuTlb {
             return;
         }
         self.parked = true;
-        let sd = &self.mem.inner.shoot;
-        self.slot.parked.store(true, Ordering::SeqCst);
-        sd.notify_if_waiting();
-        if sd.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.mem.inner.vcpus_all_parked();
-        }
+        self.mem.shootdown().park(&self.slot);
+        self.mem.pager().vcpu_parked();
     }
 
     /// The vCPU resumes; its TLB is flushed if a shootdown happened meanwhile.
@@ -421,16 +352,14 @@ impl VcpuTlb {
             return false;
         }
         self.parked = false;
-        let sd = &self.mem.inner.shoot;
-        sd.running.fetch_add(1, Ordering::SeqCst);
-        self.slot.parked.store(false, Ordering::SeqCst);
-        let e = sd.epoch.load(Ordering::SeqCst);
+        self.mem.pager().vcpu_running();
+        let e = self.mem.shootdown().unpark(&self.slot);
         if e == self.seen {
             return false;
         }
         self.flush();
         self.seen = e;
-        self.slot.acked.store(e, Ordering::SeqCst);
+        Shootdown::acked_quietly(&self.slot, e);
         true
     }
 
@@ -443,8 +372,7 @@ impl VcpuTlb {
 impl Drop for VcpuTlb {
     fn drop(&mut self) {
         self.park();
-        let sd = &self.mem.inner.shoot;
-        lock(&sd.vcpus).retain(|s| !Arc::ptr_eq(s, &self.slot));
+        self.mem.shootdown().unregister(&self.slot);
     }
 }
 
@@ -501,5 +429,88 @@ unsafe fn store(p: *mut u8, size: AccessSize, v: u64) {
             let a = unsafe { StdAtomicU64::from_ptr(p.cast()) };
             a.store(v, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::MemConfig;
+    use crate::store::MemStore;
+
+    const BASE: u64 = 0x4000_0000;
+
+    #[test]
+    fn a_misaligned_access_never_matches_a_tag() {
+        let page = BASE + 3 * PAGE_SIZE;
+        assert_eq!(tag_of(page + 8, 8), page);
+        assert_eq!(tag_of(page + 0xfff, 1), page);
+        assert_eq!(tag_of(page + 4, 4), page);
+        assert_ne!(tag_of(page + 4, 8), page, "4 bytes into a double");
+        assert_ne!(tag_of(page + 8, 16), page, "a pair needs 16-byte alignment");
+        assert_ne!(tag_of(page + 1, 2), page);
+        // Direct-mapped: pages TLB_ENTRIES apart share an entry, tags tell them apart.
+        let far = page + TLB_ENTRIES as u64 * PAGE_SIZE;
+        assert_eq!(slot_of(far), slot_of(page));
+        assert_ne!(tag_of(far, 8), tag_of(page, 8));
+    }
+
+    fn memory() -> Arc<GuestMemory> {
+        let cfg = MemConfig::new(BASE, 16 * PAGE_SIZE, 16 * PAGE_SIZE);
+        GuestMemory::new(cfg, Box::new(MemStore::new(16, 2))).unwrap()
+    }
+
+    #[test]
+    fn a_clean_page_is_mapped_read_only_until_written() {
+        let mem = memory();
+        let mut tlb = mem.vcpu_tlb();
+        let gpa = BASE + PAGE_SIZE + 8;
+        assert_eq!(tlb.read(gpa, AccessSize::Double), Err(TlbMiss));
+        assert_eq!(tlb.resolve(gpa, false), Resolve::Mapped);
+        assert_eq!(tlb.read(gpa, AccessSize::Double), Ok(0));
+        assert_eq!(
+            tlb.write(gpa, AccessSize::Double, 5),
+            Err(TlbMiss),
+            "clean: read-only"
+        );
+        assert_eq!(tlb.resolve(gpa, true), Resolve::Mapped);
+        assert_eq!(tlb.write(gpa, AccessSize::Double, 5), Ok(()));
+        assert_eq!(tlb.read(gpa, AccessSize::Word), Ok(5));
+        assert_eq!(
+            tlb.read(gpa + 4, AccessSize::Double),
+            Err(TlbMiss),
+            "misaligned"
+        );
+        assert_eq!(tlb.resolve(BASE + 16 * PAGE_SIZE, false), Resolve::NotRam);
+        let f = mem.metrics().faults;
+        assert_eq!((f.zero_fill, f.write_protect, f.not_ram), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_shootdown_flushes_on_sync_or_on_unpark() {
+        let mem = memory();
+        let mut tlb = mem.vcpu_tlb();
+        assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+        assert!(!tlb.sync(), "no shootdown: nothing flushed");
+        assert!(tlb.read(BASE, AccessSize::Byte).is_ok());
+        // Parked, it does not hold the shootdown up, and flushes on unparking.
+        tlb.park();
+        mem.shootdown().shoot_down();
+        assert!(tlb.unpark());
+        assert_eq!(tlb.read(BASE, AccessSize::Byte), Err(TlbMiss));
+        assert!(!tlb.unpark(), "not parked: nothing to do");
+        // Running, it acknowledges the next epoch in sync.
+        assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+        let epoch = mem.shootdown().epoch();
+        let sd = std::thread::spawn({
+            let mem = Arc::clone(&mem);
+            move || mem.shootdown().shoot_down()
+        });
+        while mem.shootdown().epoch() == epoch {
+            std::thread::yield_now();
+        }
+        assert!(tlb.sync(), "a shootdown happened: flushed");
+        sd.join().unwrap();
+        assert_eq!(tlb.read(BASE, AccessSize::Byte), Err(TlbMiss));
     }
 }

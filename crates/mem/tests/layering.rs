@@ -1,0 +1,205 @@
+//! The modules of `src/` depend one way: no import circle among them.
+//!
+//! A module is a file of `src/` (a directory, such as `store/`, counts as one
+//! module). It depends on module `m` where its code (comments aside) names
+//! `crate::m` (in a `use` or a path), or names through `crate::X` or
+//! `use crate::{X, ..}` an item the crate root re-exports from `m`. Run with
+//! `--nocapture` to see the graph.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// The code of a file without its comments (doc links are not imports).
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The names following each `crate::` in `code`: `crate::a::b` gives `a`,
+/// `crate::{a, b::c}` gives `a` and `b`.
+fn crate_paths(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        if code[..at].ends_with(|c: char| is_ident(c)) {
+            continue; // e.g. `my_crate::`
+        }
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for part in group[..end].split(',') {
+                let name: String = part.trim().chars().take_while(|&c| is_ident(c)).collect();
+                if !name.is_empty() {
+                    out.push(name);
+                }
+            }
+        } else {
+            let name: String = rest.chars().take_while(|&c| is_ident(c)).collect();
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Items the crate root re-exports, by the module they come from
+/// (`pub use m::{A, B};` and `pub use m::A;`).
+fn root_exports(lib: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let lib = code(lib);
+    for stmt in lib.split(';') {
+        let Some(path) = stmt.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((module, items)) = path.split_once("::") else {
+            continue;
+        };
+        let items = items.trim().trim_start_matches('{').trim_end_matches('}');
+        for item in items.split(',') {
+            let name = item.trim().rsplit("::").next().unwrap_or("").trim();
+            if !name.is_empty() {
+                map.insert(name.to_string(), module.trim().to_string());
+            }
+        }
+    }
+    map
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn graph(src: &Path) -> Graph {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let exports = root_exports(&lib);
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let modules: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| {
+            let rel = f.strip_prefix(src).unwrap();
+            let first = rel.components().next()?.as_os_str().to_str()?;
+            Some(first.trim_end_matches(".rs").to_string())
+        })
+        .filter(|m| m != "lib")
+        .collect();
+    let mut g: Graph = modules
+        .iter()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
+    for f in &files {
+        let rel = f.strip_prefix(src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let me = first.trim_end_matches(".rs").to_string();
+        if me == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        for name in crate_paths(&code(&text)) {
+            let to = if modules.contains(&name) {
+                name
+            } else if let Some(m) = exports.get(&name) {
+                m.clone()
+            } else {
+                panic!(
+                    "{}: crate::{name} is neither a module nor a root re-export",
+                    rel.display()
+                );
+            };
+            if to != me {
+                g.get_mut(&me).unwrap().insert(to);
+            }
+        }
+    }
+    g
+}
+
+/// A cycle of `g`, if it has one.
+fn find_cycle(g: &Graph) -> Option<Vec<String>> {
+    fn visit<'a>(
+        g: &'a Graph,
+        n: &'a str,
+        state: &mut BTreeMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let from = path.iter().position(|&p| p == n).unwrap();
+                let mut c: Vec<String> = path[from..].iter().map(|s| s.to_string()).collect();
+                c.push(n.to_string());
+                return Some(c);
+            }
+            _ => {}
+        }
+        state.insert(n, 1);
+        path.push(n);
+        for m in &g[n] {
+            if let Some(c) = visit(g, m, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(n, 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in g.keys() {
+        if let Some(c) = visit(g, n, &mut state, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_modules_of_apf_mem_import_each_other_in_no_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let g = graph(&src);
+    for (m, deps) in &g {
+        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+        println!("{m:12} -> {}", deps.join(", "));
+    }
+    if let Some(c) = find_cycle(&g) {
+        panic!("import circle: {}", c.join(" -> "));
+    }
+}
+
+#[test]
+fn the_check_finds_a_circle_and_reads_grouped_imports() {
+    let paths = crate_paths(&code(
+        "use crate::{a, b::C};\nlet x = crate::d::f(); // crate::e\nuse my_crate::g;",
+    ));
+    assert_eq!(paths, ["a", "b", "d"]);
+    let mut g = Graph::new();
+    for (m, deps) in [
+        ("a", vec!["b"]),
+        ("b", vec!["c"]),
+        ("c", vec!["a"]),
+        ("d", vec![]),
+    ] {
+        g.insert(m.into(), deps.into_iter().map(String::from).collect());
+    }
+    assert_eq!(find_cycle(&g).unwrap(), ["a", "b", "c", "a"]);
+    g.get_mut("c").unwrap().clear();
+    assert_eq!(find_cycle(&g), None);
+}
