@@ -205,8 +205,9 @@ impl Reclaimer {
         let io = pager.io();
         let mut dropping = Vec::new();
         for v in &victims {
-            // A slot whose write timed out may still be written: never reuse it.
-            let keep_slot = |slot: Option<Slot>| match (&v.write, slot) {
+            // The slot written for nothing goes back to the store, unless its
+            // write timed out and may still land: then it is never reused.
+            let give_back_slot = |slot: Option<Slot>| match (&v.write, slot) {
                 (Some(WriteOutcome::TimedOut), Some(_)) => io.abandon_slot(),
                 (_, s) => io.free_slot(s.map(|s| s.0)),
             };
@@ -218,7 +219,7 @@ impl Reclaimer {
                 Evicted::Rescued => {
                     // Whatever we wrote is stale.
                     bump(&ev.rescued);
-                    keep_slot(v.new_slot);
+                    give_back_slot(v.new_slot);
                 }
                 Evicted::Kept => {
                     let why = match &v.write {
@@ -227,7 +228,7 @@ impl Reclaimer {
                     };
                     *lock(&self.last_error) = Some(why);
                     round.aborted += 1;
-                    keep_slot(v.new_slot);
+                    give_back_slot(v.new_slot);
                     bump(&ev.aborted);
                 }
                 how => {
