@@ -2,6 +2,9 @@
 
 use apf_abi::esr::{Esr, ec};
 
+mod exceptions;
+mod sysregs;
+
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
 use crate::decode::{Op, decode, reg};
