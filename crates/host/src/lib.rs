@@ -61,6 +61,41 @@
 //! - **Teardown**: drop the engine; its port refuses completions that come
 //!   later.
 
+//!
+//! # The seam with guest memory: one access that misses and goes asynchronous
+//!
+//! The run loop uses `apf-mem` in its own vocabulary ([`apf_mem::VcpuTlb`],
+//! [`apf_mem::TlbMiss`], [`apf_mem::Resolve`], [`apf_mem::FetchStart`],
+//! [`apf_mem::FetchError`]); nothing translates between the two crates. `⇣`
+//! marks a call from host into mem, `⇡` one back; a guest load from a page that
+//! is in the store, with APF enabled:
+//!
+//! 1. `Vcpu::step` (`vcpu/mod.rs`) runs `Cpu::run` (apf-cpu), whose load calls
+//!    `Bus::read` on `VcpuBus` (`vcpu/bus.rs`).
+//! 2. ⇣ `VcpuTlb::read` (mem `tlb.rs`): the probe every access makes, inlined;
+//!    the tag does not match, so `Err(TlbMiss)`.
+//! 3. `Machine::is_ram` (`machine.rs`): RAM, so `BusError::Stage2Fault`; the
+//!    interpreter ends the slice with `Exit::Stage2Abort`.
+//! 4. ⇣ `Vcpu::stage2_abort` calls `VcpuTlb::resolve` (mem `tlb.rs`):
+//!    `Resolve::NeedsFetch(gfn)`. First crossing of the fault path.
+//! 5. `ApfEngine::try_async` (`apf/engine.rs`): `FaultDecision::Async { cookie }`,
+//!    a not-present queued for the next guest entry.
+//! 6. ⇣ `GuestMemory::start_fetch(gfn, sink, cookie)` (mem `memory.rs`, then
+//!    `pipeline.rs`): `FetchStart::Started`; the vCPU re-enters the guest.
+//!    Second and last crossing down.
+//! 7. ⇡ Whichever thread collects the read (this vCPU's `VcpuTlb::sync` between
+//!    slices, the reclaimer, or mem's reaper) installs the page and calls
+//!    `FetchSink::fetch_done(cookie, result)` on `ApfFetchSink` (`vcpu/ram.rs`):
+//!    `CompletionPort::complete`, then `VcpuWaker::kick`. The one crossing back.
+//! 8. The vCPU's next `step`: `ApfEngine::service` turns the completion into a
+//!    page-ready; the guest retries, and that new access misses the TLB once
+//!    more (2) and `resolve` (4) maps the resident page: `Resolve::Mapped`.
+//!
+//! A failed read completes the item as failed (the error is traced in the
+//! sink); the engine sends the next fault on that page down the synchronous
+//! path, `VcpuTlb::fetch_blocking`, whose typed [`apf_mem::FetchError`] is
+//! traced with the external abort the guest then gets.
+
 // Only apf-mem needs unsafe code (guest RAM, io_uring); everything else is
 // safe Rust, and the compiler keeps it so.
 #![forbid(unsafe_code)]

@@ -8,7 +8,6 @@ mod boot;
 pub mod config;
 mod error;
 mod monitor;
-mod ram;
 mod run;
 mod store;
 pub mod workload;
@@ -16,7 +15,6 @@ pub mod workload;
 pub use boot::{ProcessOutcome, boot_block};
 pub use error::{ErrorClass, VmError};
 pub use monitor::{Live, Observer};
-pub use ram::MemRam;
 pub use run::{
     GUEST_IMAGE, RunEnd, RunOptions, VmRun, run_image, run_image_observed, run_workloads,
     run_workloads_observed,

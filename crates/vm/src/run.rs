@@ -6,7 +6,6 @@ use crate::boot::{ProcessOutcome, boot_block, outcomes, read_boot_block};
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::monitor::{self, Observer};
-use crate::ram::MemRam;
 use crate::store::open_store;
 use apf_abi::boot::{BOOT_BLOCK_GPA, BOOT_OFF_STOP, proc_state};
 use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
@@ -142,14 +141,23 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
         return Err(VmError::EmptyImage);
     }
     let store = open_store(config)?;
+    // Guest RAM's range, built once: memory takes it as given (page-aligned or
+    // refused, never rounded), and the machine takes the same value for what it
+    // decides by it (RAM or MMIO on a TLB miss, CPU_ON entry points, APF shared
+    // blocks), so the two cannot disagree.
+    let ram = RAM_BASE..RAM_BASE + config.ram.0;
     let memory = GuestMemory::new(
         MemConfig {
             io_timeout: config.store.io_timeout.0,
-            ..MemConfig::new(RAM_BASE, config.ram.0, config.budget.0)
+            ..MemConfig::new(ram.start, ram.end - ram.start, config.budget.0)
         },
         store,
     )?;
-    let room = (RAM_BASE + config.ram.0).saturating_sub(IMAGE_LOAD_ADDR);
+    debug_assert!(
+        memory.contains(ram.start, ram.end - ram.start) && !memory.contains(ram.end, 1),
+        "memory holds exactly the machine's RAM range"
+    );
+    let room = ram.end.saturating_sub(IMAGE_LOAD_ADDR);
     if image.len() as u64 > room {
         return Err(VmError::ImageTooBig {
             len: image.len() as u64,
@@ -171,7 +179,7 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
         }),
         Box::new(line),
     );
-    let machine = Arc::new(Machine::new(gic, uart, RAM_BASE..RAM_BASE + config.ram.0));
+    let machine = Arc::new(Machine::new(gic, uart, ram));
     Ok(Built {
         memory,
         machine,
@@ -181,12 +189,7 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
 
 /// Spawns one vCPU thread: [`vcpu::spawn`], or in tests one that fails on purpose.
 trait SpawnVcpu:
-    FnMut(
-    VcpuSpec,
-    Arc<Machine>,
-    Arc<Barrier>,
-    vcpu::RamFactory<MemRam>,
-) -> std::io::Result<vcpu::VcpuThread>
+    FnMut(VcpuSpec, Arc<Machine>, Arc<Barrier>, Arc<GuestMemory>) -> std::io::Result<vcpu::VcpuThread>
 {
 }
 
@@ -195,7 +198,7 @@ impl<F> SpawnVcpu for F where
         VcpuSpec,
         Arc<Machine>,
         Arc<Barrier>,
-        vcpu::RamFactory<MemRam>,
+        Arc<GuestMemory>,
     ) -> std::io::Result<vcpu::VcpuThread>
 {
 }
@@ -292,15 +295,12 @@ fn start_vcpus(
             slice: SLICE,
             halt_poll: HALT_POLL,
         };
-        let memory = Arc::clone(&built.memory);
-        let make_ram: vcpu::RamFactory<MemRam> =
-            Box::new(move |waker, port| MemRam::new(memory.vcpu_tlb(), port, waker));
         let start = Arc::new(Barrier::new(2));
         let thread = spawn(
             spec,
             Arc::clone(&built.machine),
             Arc::clone(&start),
-            make_ram,
+            Arc::clone(&built.memory),
         )?;
         vcpus.waiting.push((start, thread));
     }
@@ -517,11 +517,11 @@ mod tests {
 
     #[test]
     fn a_vcpu_that_cannot_start_releases_the_vcpus_started_before_it() {
-        let (error, others, memory) = assemble_failing(|spec, machine, start, make_ram| {
+        let (error, others, memory) = assemble_failing(|spec, machine, start, memory| {
             if spec.index == 2 {
                 Err(std::io::Error::other("injected: no thread for vCPU 2"))
             } else {
-                vcpu::spawn(spec, machine, start, make_ram)
+                vcpu::spawn(spec, machine, start, memory)
             }
         });
         assert!(
@@ -535,9 +535,9 @@ mod tests {
     fn a_vcpu_the_gic_refuses_releases_every_vcpu() {
         // vCPU 1's interrupt line is taken before the VM connects it: connecting
         // it fails after every thread is started.
-        let (error, others, memory) = assemble_failing(|spec, machine, start, make_ram| {
+        let (error, others, memory) = assemble_failing(|spec, machine, start, memory| {
             let index = spec.index;
-            let thread = vcpu::spawn(spec, Arc::clone(&machine), start, make_ram)?;
+            let thread = vcpu::spawn(spec, Arc::clone(&machine), start, memory)?;
             if index == 1 {
                 let kick: Arc<dyn apf_host::gic::Kick> = thread.waker.clone();
                 machine.gic.connect(1, kick).expect("vCPU 1 is free");

@@ -1,15 +1,16 @@
 //! The interpreter's [`Bus`] for one vCPU: guest RAM through the stage-2 TLB, the
 //! GIC and UART by MMIO, the GIC CPU interface as system registers.
 
-use super::ram::GuestRam;
 use crate::gic::{GicCpuInterface, IccReg};
 use crate::machine::Machine;
 use crate::waker::VcpuWaker;
 use apf_cpu::{AccessSize, AtomicOp, Bus, BusError, SysRegId};
+use apf_mem::VcpuTlb;
 
 /// One vCPU's bus, borrowed for one slice of `Cpu::run`.
-pub(crate) struct VcpuBus<'a, R> {
-    pub(crate) ram: &'a mut R,
+pub(crate) struct VcpuBus<'a> {
+    /// The TLB itself, not a wrapper: its hit paths inline into the interpreter.
+    pub(crate) ram: &'a mut VcpuTlb,
     pub(crate) icc: &'a mut GicCpuInterface,
     pub(crate) machine: &'a Machine,
     pub(crate) waker: &'a VcpuWaker,
@@ -17,7 +18,7 @@ pub(crate) struct VcpuBus<'a, R> {
     pub(crate) mmio: u64,
 }
 
-impl<R: GuestRam> VcpuBus<'_, R> {
+impl VcpuBus<'_> {
     /// After a TLB miss: RAM misses go to the stage-2 fault path (an exit), other
     /// addresses are MMIO or nothing.
     fn miss(&self, addr: u64) -> BusError {
@@ -33,7 +34,7 @@ fn bytes(size: AccessSize) -> usize {
     usize::try_from(size.bytes()).unwrap_or(8)
 }
 
-impl<R: GuestRam> Bus for VcpuBus<'_, R> {
+impl Bus for VcpuBus<'_> {
     #[inline]
     fn fetch(&mut self, addr: u64) -> Result<u32, BusError> {
         // Instructions execute from RAM only; a fetch from MMIO is an abort.
@@ -98,7 +99,7 @@ impl<R: GuestRam> Bus for VcpuBus<'_, R> {
         operand: u64,
     ) -> Result<u64, BusError> {
         self.ram
-            .atomic_rmw(addr, size, &|old| op.apply(size, old, operand))
+            .atomic_rmw(addr, size, |old| op.apply(size, old, operand))
             .map_err(|_| self.miss(addr))
     }
 

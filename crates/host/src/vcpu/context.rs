@@ -7,7 +7,6 @@
 //! tests use the same context over [`PlainRegs`](crate::regs::PlainRegs) and
 //! [`FlatRam`], so they drive the production adapters.
 
-use super::ram::GuestRam;
 use crate::apf::{ApfVcpu, GuestMemoryError, SdeiCancelError, SdeiInjectError};
 use crate::machine::Machine;
 use crate::regs::GuestRegs;
@@ -17,21 +16,13 @@ use apf_cpu::{Cpu, SysReg};
 use std::sync::Arc;
 
 /// Guest RAM as the host reads and writes it (not through stage 2): all the
-/// engine needs of guest memory is its shared block.
+/// engine needs of guest memory is its shared block. The run loop's is the
+/// vCPU's `VcpuTlb` (`ram.rs`); tests and fuzzing use [`FlatRam`].
 pub trait HostAccess {
     /// Reads `buf.len()` bytes at `gpa`; false if any of them is not guest RAM.
     fn host_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
     /// Writes `buf` at `gpa`; false if any of it is not guest RAM.
     fn host_write(&mut self, gpa: u64, buf: &[u8]) -> bool;
-}
-
-impl<R: GuestRam> HostAccess for R {
-    fn host_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-        GuestRam::host_read(self, gpa, buf).is_ok()
-    }
-    fn host_write(&mut self, gpa: u64, buf: &[u8]) -> bool {
-        GuestRam::host_write(self, gpa, buf).is_ok()
-    }
 }
 
 /// Guest RAM as a byte vector at `base`: for tests and fuzzing.

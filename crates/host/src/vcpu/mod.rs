@@ -19,10 +19,9 @@ mod ram;
 mod stats;
 
 pub use context::{FlatRam, HostAccess, VcpuContext};
-pub use ram::{FetchStarted, GuestRam, PageLost, RamMiss, RamResolve};
 pub use stats::{ExitCounts, FaultCounts, VcpuStats};
 
-use crate::apf::{ApfCountersSnapshot, ApfEngine, CompletionPort, FaultDecision, ItemHandle};
+use crate::apf::{ApfCountersSnapshot, ApfEngine, FaultDecision, ItemHandle};
 use crate::gic::GicCpuInterface;
 use crate::machine::{Machine, StartRequest, StopReason};
 use crate::psci::{PowerState, PsciAction, enter_cpu};
@@ -32,7 +31,9 @@ use crate::waker::{VcpuWaker, WakeReason};
 use apf_abi::esr::{DataAbort, Esr, InstructionAbort, ec, fsc, ipa_from_hpfar};
 use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
 use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
+use apf_mem::{FetchSink, FetchStart, GuestMemory, Resolve, VcpuTlb};
 use bus::VcpuBus;
+use ram::ApfFetchSink;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -74,10 +75,6 @@ pub struct VcpuTotals {
     pub counter: u64,
 }
 
-/// Makes the vCPU's RAM view on its own thread, given its waker and APF port (the
-/// fetch completion path kicks one and completes on the other).
-pub type RamFactory<R> = Box<dyn FnOnce(Arc<VcpuWaker>, Arc<CompletionPort>) -> R + Send>;
-
 /// A spawned vCPU thread, waiting at the start barrier.
 #[derive(Debug)]
 pub struct VcpuThread {
@@ -87,13 +84,14 @@ pub struct VcpuThread {
     pub handle: JoinHandle<VcpuTotals>,
 }
 
-/// Spawns vCPU `spec.index`. The thread builds its state, hands back its waker, and
-/// waits at `start` until every vCPU's waker is registered with the machine.
-pub fn spawn<R: GuestRam + 'static>(
+/// Spawns vCPU `spec.index` over guest `memory`. The thread builds its state (its
+/// TLB, and the sink its fetches complete into), hands back its waker, and waits
+/// at `start` until every vCPU's waker is registered with the machine.
+pub fn spawn(
     spec: VcpuSpec,
     machine: Arc<Machine>,
     start: Arc<Barrier>,
-    make_ram: RamFactory<R>,
+    memory: Arc<GuestMemory>,
 ) -> std::io::Result<VcpuThread> {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
@@ -110,10 +108,15 @@ pub fn spawn<R: GuestRam + 'static>(
             if let Some(live) = machine.live(spec.index) {
                 live.set_apf(Arc::clone(apf.counters()));
             }
-            let ram = make_ram(Arc::clone(&waker), Arc::clone(apf.port()));
+            let ram = memory.vcpu_tlb();
+            drop(memory);
+            let sink: Arc<dyn FetchSink> = Arc::new(ApfFetchSink {
+                port: Arc::clone(apf.port()),
+                waker: Arc::clone(&waker),
+            });
             let _ = tx.send(Arc::clone(&waker));
             start.wait();
-            let mut vcpu = Vcpu::new(spec, machine, waker, ram, apf);
+            let mut vcpu = Vcpu::new(spec, machine, waker, ram, sink, apf);
             vcpu.run()
         })?;
     let waker = rx
@@ -122,13 +125,15 @@ pub fn spawn<R: GuestRam + 'static>(
     Ok(VcpuThread { waker, handle })
 }
 
-struct Vcpu<R> {
+struct Vcpu {
     spec: VcpuSpec,
     /// The APF engine, beside what it acts on rather than inside it, so that
     /// the two are split borrows of the vCPU.
     apf: ApfEngine,
     /// What the engine and the firmware act on: registers, SDEI, RAM, machine.
-    ctx: VcpuContext<Cpu, R>,
+    ctx: VcpuContext<Cpu, VcpuTlb>,
+    /// Where this vCPU's asynchronous fetches complete: its APF port and waker.
+    sink: Arc<dyn FetchSink>,
     icc: GicCpuInterface,
     waker: Arc<VcpuWaker>,
     stats: VcpuStats,
@@ -141,12 +146,13 @@ enum Next {
     PowerOff,
 }
 
-impl<R: GuestRam> Vcpu<R> {
+impl Vcpu {
     fn new(
         spec: VcpuSpec,
         machine: Arc<Machine>,
         waker: Arc<VcpuWaker>,
-        ram: R,
+        ram: VcpuTlb,
+        sink: Arc<dyn FetchSink>,
         mut apf: ApfEngine,
     ) -> Self {
         let icc = GicCpuInterface::new(Arc::clone(&machine.gic), spec.index)
@@ -169,6 +175,7 @@ impl<R: GuestRam> Vcpu<R> {
             spec,
             apf,
             ctx,
+            sink,
             icc,
             waker,
             stats: VcpuStats::default(),
@@ -432,23 +439,24 @@ impl<R: GuestRam> Vcpu<R> {
             self.trace_stage2_abort(esr, gpa, write);
         }
         let gfn = match self.ctx.ram.resolve(gpa, write) {
-            RamResolve::Mapped => {
+            Resolve::Mapped => {
                 self.stats.faults.mapped += 1;
                 return;
             }
-            RamResolve::NotRam => {
+            Resolve::NotRam => {
                 self.stats.faults.unmapped += 1;
                 self.external_abort(esr, far);
                 return;
             }
-            RamResolve::NeedsFetch(gfn) => gfn,
+            Resolve::NeedsFetch(gfn) => gfn,
         };
         match self.apf.try_async(&mut self.ctx, gfn) {
             FaultDecision::Async { cookie, .. } => {
                 self.stats.faults.asynchronous += 1;
-                match self.ctx.ram.start_fetch(gfn, cookie) {
-                    FetchStarted::InFlight => {}
-                    FetchStarted::Resident | FetchStarted::NotRam => {
+                let memory = self.ctx.ram.memory();
+                match memory.start_fetch(gfn, Arc::clone(&self.sink), cookie) {
+                    FetchStart::Started | FetchStart::Joined => {}
+                    FetchStart::AlreadyResident | FetchStart::NotRam => {
                         // No completion will come: complete it here. The engine
                         // then withdraws the undelivered not-present.
                         if let Some(handle) = ItemHandle::from_cookie(cookie) {
@@ -484,7 +492,7 @@ impl<R: GuestRam> Vcpu<R> {
         let (vcpu, pc, el) = (self.spec.index, ctx.cpu.pc(), ctx.cpu.el());
         let gfn = gpa >> 12;
         let mut word = [0u8; 4];
-        if !esr.is_instruction_abort() && GuestRam::host_read(&mut ctx.ram, pc, &mut word).is_ok() {
+        if !esr.is_instruction_abort() && ctx.ram.read_bytes(pc, &mut word).is_ok() {
             let insn = u32::from_le_bytes(word);
             tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
                 pc, insn);

@@ -1,88 +1,50 @@
-//! What the run loop needs from guest memory: the vCPU's stage-2 view (a software
-//! TLB with a fault path) and the fetch pipeline. `apf-vm` implements it over
-//! `apf-mem`; the hypervisor does not depend on the memory system's crate.
+//! The run loop's side of the seam with `apf-mem`, in one place: guest RAM is
+//! the vCPU's [`VcpuTlb`], used directly in mem's own vocabulary ([`TlbMiss`],
+//! [`Resolve`], [`FetchStart`], [`FetchError`]); what is left to glue is the
+//! sink that turns a finished fetch into an APF completion and a kick, and the
+//! engine's [`HostAccess`] over the TLB.
+//!
+//! [`TlbMiss`]: apf_mem::TlbMiss
+//! [`Resolve`]: apf_mem::Resolve
+//! [`FetchStart`]: apf_mem::FetchStart
 
-use apf_cpu::AccessSize;
-use std::fmt;
+use super::context::HostAccess;
+use crate::apf::{CompletionPort, ItemHandle};
+use crate::waker::VcpuWaker;
+use apf_mem::{FetchError, FetchSink, VcpuTlb};
+use std::sync::Arc;
 
-/// The access missed this vCPU's stage-2 TLB: resolve, then retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamMiss;
-
-/// What the stage-2 fault path found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RamResolve {
-    /// The page is mapped now: retry the access.
-    Mapped,
-    /// The page must be read back first.
-    NeedsFetch(u64),
-    /// Not guest RAM.
-    NotRam,
+/// Completes the APF work item a fetch belongs to, and kicks its vCPU if the
+/// completion was taken (not a duplicate, not for a drained item).
+#[derive(Debug)]
+pub(crate) struct ApfFetchSink {
+    pub(crate) port: Arc<CompletionPort>,
+    pub(crate) waker: Arc<VcpuWaker>,
 }
 
-/// What starting an asynchronous fetch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchStarted {
-    /// A read is in flight (new or joined): its completion will arrive.
-    InFlight,
-    /// The page came back meanwhile: no completion will arrive.
-    Resident,
-    /// Not guest RAM: no completion will arrive.
-    NotRam,
-}
-
-/// A page could not be read back; the guest access that needed it gets an
-/// external abort. Carries the memory system's message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageLost(pub String);
-
-impl fmt::Display for PageLost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl FetchSink for ApfFetchSink {
+    fn fetch_done(&self, cookie: u64, result: Result<(), FetchError>) {
+        // A failed read completes the item as failed: the engine sends the
+        // guest's next fault on that page down the synchronous path, where a page
+        // still lost becomes an external abort (traced with its reason there).
+        if let Err(error) = &result {
+            tracing::debug!(target: "apf", cookie, %error, "asynchronous fetch failed");
+        }
+        if let Some(handle) = ItemHandle::from_cookie(cookie)
+            && self.port.complete(handle, result.is_ok())
+        {
+            self.waker.kick();
+        }
     }
 }
 
-/// One vCPU's view of guest RAM.
-pub trait GuestRam {
-    /// TLB hit path: read.
-    fn read(&mut self, gpa: u64, size: AccessSize) -> Result<u64, RamMiss>;
-    /// TLB hit path: write.
-    fn write(&mut self, gpa: u64, size: AccessSize, value: u64) -> Result<(), RamMiss>;
-    /// TLB hit path: instruction fetch.
-    fn fetch_insn(&mut self, gpa: u64) -> Result<u32, RamMiss>;
-    /// Atomic compare-and-exchange on a writable page; returns the old value.
-    fn compare_exchange(
-        &mut self,
-        gpa: u64,
-        size: AccessSize,
-        old: u64,
-        new: u64,
-    ) -> Result<u64, RamMiss>;
-    /// 16-byte compare-and-exchange; returns the old value.
-    fn compare_exchange_pair(&mut self, gpa: u64, old: u128, new: u128) -> Result<u128, RamMiss>;
-    /// Atomic read-modify-write with `op`; returns the old value.
-    fn atomic_rmw(
-        &mut self,
-        gpa: u64,
-        size: AccessSize,
-        op: &dyn Fn(u64) -> u64,
-    ) -> Result<u64, RamMiss>;
-    /// The stage-2 fault path.
-    fn resolve(&mut self, gpa: u64, write: bool) -> RamResolve;
-    /// Starts an asynchronous fetch whose completion carries `cookie` to this vCPU's
-    /// APF completion port.
-    fn start_fetch(&mut self, gfn: u64, cookie: u64) -> FetchStarted;
-    /// Reads a page back on this thread.
-    fn fetch_blocking(&mut self, gfn: u64) -> Result<(), PageLost>;
-    /// Host-side read of guest memory (faults the page in if needed).
-    fn host_read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), PageLost>;
-    /// Host-side write of guest memory (faults the page in if needed).
-    fn host_write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), PageLost>;
-    /// Between slices: acknowledge TLB shootdowns. Returns true if mappings were
-    /// dropped: a page may have left, so the decoded-instruction cache must go too.
-    fn sync(&mut self) -> bool;
-    /// The vCPU stops using its TLB (halted, off): it never delays a shootdown.
-    fn park(&mut self);
-    /// The vCPU uses its TLB again; true if mappings were dropped meanwhile.
-    fn unpark(&mut self) -> bool;
+/// The engine's view of the vCPU's RAM (its shared block): host-side accesses
+/// that park the vCPU while they may wait for a fetch.
+impl HostAccess for VcpuTlb {
+    fn host_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.read_bytes(gpa, buf).is_ok()
+    }
+    fn host_write(&mut self, gpa: u64, buf: &[u8]) -> bool {
+        self.write_bytes(gpa, buf).is_ok()
+    }
 }
