@@ -6,8 +6,8 @@ use crate::bus::SysRegId;
 use crate::decode::reg;
 use crate::pstate::bits;
 
-/// The system registers the host can read and write with [`Cpu::sysreg`] and
-/// [`Cpu::set_sysreg`].
+/// The system registers the host can read and write with [`Cpu::sysreg`](crate::Cpu::sysreg) and
+/// [`Cpu::set_sysreg`](crate::Cpu::set_sysreg).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // the names are the architectural register names
 pub enum SysReg {

@@ -60,7 +60,6 @@
 //!   (items in flight are not migrated: their sleepers wake and retry).
 //! - **Teardown**: drop the engine; its port refuses completions that come
 //!   later.
-
 //!
 //! # The seam with guest memory: one access that misses and goes asynchronous
 //!
@@ -81,7 +80,8 @@
 //! 5. `ApfEngine::try_async` (`apf/engine.rs`): `FaultDecision::Async { cookie }`,
 //!    a not-present queued for the next guest entry.
 //! 6. ⇣ `GuestMemory::start_fetch(gfn, sink, cookie)` (mem `memory.rs`, then
-//!    `pipeline.rs`): `FetchStart::Started`; the vCPU re-enters the guest.
+//!    `pager.rs` queues the read on `io.rs`): `FetchStart::Started`; the vCPU
+//!    re-enters the guest.
 //!    Second and last crossing down.
 //! 7. ⇡ Whichever thread collects the read (this vCPU's `VcpuTlb::sync` between
 //!    slices, the reclaimer, or mem's reaper) installs the page and calls

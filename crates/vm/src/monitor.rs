@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 const MONITOR_PERIOD: Duration = Duration::from_millis(2);
 
 /// A running VM as a watchdog or a monitor sees it: handed to the observer of
-/// [`run_image_observed`] and [`run_workloads_observed`] every few milliseconds.
+/// [`run_image_observed`](crate::run_image_observed) and
+/// [`run_workloads_observed`](crate::run_workloads_observed) every few milliseconds.
 #[derive(Debug)]
 pub struct Live<'a> {
     /// Time since the vCPUs started.
@@ -69,7 +70,7 @@ impl Live<'_> {
 }
 
 /// Called with the running VM every few milliseconds; `Break` ends the run
-/// ([`RunEnd::Stopped`]).
+/// ([`RunEnd::Stopped`](crate::RunEnd::Stopped)).
 pub type Observer<'o> = &'o mut dyn FnMut(&Live<'_>) -> ControlFlow<()>;
 
 /// Looks at the running VM every [`MONITOR_PERIOD`] until it stops or

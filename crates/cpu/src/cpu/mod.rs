@@ -292,7 +292,7 @@ impl Cpu {
         self.pc = pc;
     }
 
-    /// PSTATE in SPSR format (NZCV, SS, IL, DAIF, M[3:0]).
+    /// PSTATE in SPSR format (NZCV, SS, IL, DAIF, M\[3:0\]).
     pub fn pstate(&self) -> u64 {
         self.pstate.to_spsr()
     }
