@@ -1,5 +1,5 @@
 //! In every crate of the workspace, the modules of `src/` depend one way: no
-//! import circle among them.
+//! import circle among them, nor among the files of any directory module.
 //!
 //! A module is a file of `src/` (a directory, such as `store/`, counts as one
 //! module). It depends on module `m` where its code (comments aside) names
@@ -27,12 +27,17 @@ fn is_ident(c: char) -> bool {
 /// The names following each `crate::` in `code`: `crate::a::b` gives `a`,
 /// `crate::{a, b::c}` gives `a` and `b`.
 fn crate_paths(code: &str) -> Vec<String> {
+    paths_after(code, "crate::")
+}
+
+/// The names following each `prefix` (a path ending in `::`) in `code`.
+fn paths_after(code: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for (at, _) in code.match_indices("crate::") {
-        if code[..at].ends_with(|c: char| is_ident(c)) {
-            continue; // e.g. `my_crate::`
+    for (at, _) in code.match_indices(prefix) {
+        if code[..at].ends_with(|c: char| is_ident(c) || c == ':') {
+            continue; // e.g. `my_crate::`, or `x::crate::` (not a path start)
         }
-        let rest = &code[at + "crate::".len()..];
+        let rest = &code[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             let end = group.find('}').unwrap_or(group.len());
             for part in group[..end].split(',') {
@@ -50,12 +55,16 @@ fn crate_paths(code: &str) -> Vec<String> {
 }
 
 /// Items the crate root re-exports, by the module they come from
-/// (`pub use m::{A, B};` and `pub use m::A;`).
+/// (`pub use m::{A, B};`, `pub use m::A;`, and the same with `pub(crate)`).
 fn root_exports(lib: &str) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     let lib = code(lib);
     for stmt in lib.split(';') {
-        let Some(path) = stmt.trim().strip_prefix("pub use ") else {
+        let stmt = stmt.trim();
+        let Some(path) = stmt
+            .strip_prefix("pub use ")
+            .or_else(|| stmt.strip_prefix("pub(crate) use "))
+        else {
             continue;
         };
         let Some((module, items)) = path.split_once("::") else {
@@ -139,6 +148,104 @@ fn graph(src: &Path) -> Graph {
     g
 }
 
+/// The graph among the files of directory module `dir` (`src/a/b/`, named
+/// `crate::a::b` in paths): a file depends on a sibling it names through
+/// `super::` (from a direct child) or `crate::a::b::`, or on the sibling an item
+/// it names that way is re-exported from by `mod.rs`. `mod.rs` is the node `mod`.
+fn dir_graph(dir: &Path, path: &str) -> Graph {
+    let root = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+    let exports = root_exports(&root);
+    let mut siblings = BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if p.is_dir() {
+            siblings.insert(name);
+        } else if let Some(stem) = name.strip_suffix(".rs") {
+            siblings.insert(if stem == "mod" {
+                "mod".into()
+            } else {
+                stem.into()
+            });
+        }
+    }
+    let mut g: Graph = siblings
+        .iter()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    for f in &files {
+        let rel = f.strip_prefix(dir).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let me = first.trim_end_matches(".rs").to_string();
+        let text = code(&std::fs::read_to_string(f).unwrap());
+        // In a file's `mod tests`, `super::` is that file, not its parent.
+        let text = match text.find("#[cfg(test)]\nmod tests") {
+            Some(at) => text[..at].to_string(),
+            None => text,
+        };
+        let mut names = paths_after(&text, &format!("crate::{path}::"));
+        if rel.components().count() == 1 && me != "mod" {
+            names.extend(paths_after(&text, "super::"));
+        }
+        if me == "mod" {
+            // The parent's own uses of its children; re-exporting one is not
+            // using it.
+            let used: String = text
+                .split(';')
+                .filter(|stmt| {
+                    let stmt = stmt.trim_start();
+                    !stmt.starts_with("pub use ") && !stmt.starts_with("pub(crate) use ")
+                })
+                .collect::<Vec<_>>()
+                .join(";");
+            for sib in siblings.iter().filter(|s| *s != "mod") {
+                let named = paths_after(&format!(" {used}"), &format!("{sib}::"));
+                if !named.is_empty() || used.contains(&format!("self::{sib}::")) {
+                    names.push(sib.clone());
+                }
+            }
+        }
+        for name in names {
+            let to = if siblings.contains(&name) && name != "mod" {
+                name
+            } else if let Some(m) = exports.get(&name) {
+                m.clone()
+            } else {
+                "mod".to_string()
+            };
+            if to != me && g.contains_key(&to) {
+                g.get_mut(&me).unwrap().insert(to);
+            }
+        }
+    }
+    g
+}
+
+/// Every directory module under `src`, with its path (`a::b`).
+fn dir_modules(src: &Path, prefix: &str, out: &mut Vec<(std::path::PathBuf, String)>) {
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && p.join("mod.rs").exists() {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            let path = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}::{name}")
+            };
+            dir_modules(&p, &path, out);
+            out.push((p, path));
+        }
+    }
+}
+
 /// A cycle of `g`, if it has one.
 fn find_cycle(g: &Graph) -> Option<Vec<String>> {
     fn visit<'a>(
@@ -196,6 +303,19 @@ fn no_crate_has_an_import_circle_among_its_modules() {
         }
         if let Some(c) = find_cycle(&g) {
             panic!("{}: import circle: {}", krate.display(), c.join(" -> "));
+        }
+        let mut dirs = Vec::new();
+        dir_modules(&krate.join("src"), "", &mut dirs);
+        for (dir, path) in dirs {
+            let g = dir_graph(&dir, &path);
+            println!("  {path}/:");
+            for (m, deps) in &g {
+                let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+                println!("    {m:12} -> {}", deps.join(", "));
+            }
+            if let Some(c) = find_cycle(&g) {
+                panic!("{}: import circle: {}", dir.display(), c.join(" -> "));
+            }
         }
     }
 }

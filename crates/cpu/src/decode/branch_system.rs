@@ -1,7 +1,8 @@
 //! Branches, exception generating and system instructions (hints, barriers,
 //! MSR immediate, SYS and MRS/MSR).
 
-use super::{Hint, Op, PstateField, bit, bits, dst, r5, sext, u8f};
+use super::fields::{bit, bits, dst, r5, sext, u8f};
+use super::{Hint, Op, PstateField};
 use crate::bus::SysRegId;
 
 pub(super) fn branch_exception_system(i: u32) -> Op {

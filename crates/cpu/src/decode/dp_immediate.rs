@@ -1,7 +1,8 @@
 //! Data processing -- immediate: PC-relative addressing, add/subtract,
 //! logical, move wide, bitfield and extract.
 
-use super::{BitfieldOp, LogicOp, MovOp, Op, bit, bits, decode_bit_masks, dst, r5, sext, sp, u8f};
+use super::fields::{bit, bits, dst, r5, sext, sp, u8f};
+use super::{BitfieldOp, LogicOp, MovOp, Op, decode_bit_masks};
 
 pub(super) fn data_processing_immediate(i: u32) -> Op {
     let sf = bit(i, 31);

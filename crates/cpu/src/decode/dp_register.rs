@@ -4,9 +4,8 @@
 
 use apf_abi::esr::AccessSize;
 
-use super::{
-    CondSelOp, Extend, LogicOp, MulOp, Op, Shift, UnaryOp, bit, bits, dst, r5, size_of, sp, u8f,
-};
+use super::fields::{bit, bits, dst, r5, size_of, sp, u8f};
+use super::{CondSelOp, Extend, LogicOp, MulOp, Op, Shift, UnaryOp};
 
 pub(super) fn data_processing_register(i: u32) -> Op {
     let sf = bit(i, 31);

@@ -3,7 +3,8 @@
 
 use apf_abi::esr::AccessSize;
 
-use super::{Extend, LoadExt, Op, Writeback, bit, bits, dst, r5, reg, sext, size_of, sp, u8f};
+use super::fields::{bit, bits, dst, r5, sext, size_of, sp, u8f};
+use super::{Extend, LoadExt, Op, Writeback, reg};
 use crate::bus::AtomicOp;
 
 pub(super) fn load_store(i: u32) -> Op {

@@ -12,6 +12,7 @@ mod bitmask;
 mod branch_system;
 mod dp_immediate;
 mod dp_register;
+mod fields;
 mod load_store;
 mod op;
 
@@ -21,66 +22,7 @@ pub(crate) use op::{
     UnaryOp, Writeback, reg,
 };
 
-use apf_abi::esr::AccessSize;
-
-#[inline]
-fn bits(i: u32, hi: u32, lo: u32) -> u32 {
-    (i >> lo) & ((1 << (hi - lo + 1)) - 1)
-}
-
-#[inline]
-fn bit(i: u32, n: u32) -> bool {
-    (i >> n) & 1 != 0
-}
-
-/// Sign-extends the low `width` bits of `v`.
-#[inline]
-fn sext(v: u32, width: u32) -> i32 {
-    let shift = 32 - width;
-    // Reinterpreting the bits is the point: sign extension.
-    #[allow(clippy::cast_possible_wrap)]
-    let s = (v << shift) as i32;
-    s >> shift
-}
-
-/// Field value of a register number (at most 5 bits).
-#[inline]
-fn r5(i: u32, lo: u32) -> u8 {
-    // Five bits always fit.
-    #[allow(clippy::cast_possible_truncation)]
-    let r = bits(i, lo + 4, lo) as u8;
-    r
-}
-
-/// Destination where 31 is XZR.
-#[inline]
-fn dst(r: u8) -> u8 {
-    if r == 31 { reg::SINK } else { r }
-}
-
-/// Source or destination where 31 is SP.
-#[inline]
-fn sp(r: u8) -> u8 {
-    if r == 31 { reg::SP } else { r }
-}
-
-/// Narrows a field of at most 8 bits.
-#[inline]
-fn u8f(v: u32) -> u8 {
-    // Callers pass fields of at most 8 bits.
-    #[allow(clippy::cast_possible_truncation)]
-    let b = v as u8;
-    b
-}
-
-fn size_of(bits: u32) -> AccessSize {
-    match bits & 3 {
-        0 => AccessSize::Byte,
-        1 => AccessSize::Half,
-        2 => AccessSize::Word,
-        _ => AccessSize::Double,
-    }
-}
+use fields::bits;
 
 /// Decodes one A64 instruction word.
 pub(crate) fn decode(i: u32) -> Op {
@@ -97,6 +39,7 @@ pub(crate) fn decode(i: u32) -> Op {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apf_abi::esr::AccessSize;
 
     #[test]
     fn decodes_a_few_known_words() {

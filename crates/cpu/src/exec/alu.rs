@@ -3,7 +3,19 @@
 
 use apf_abi::esr::AccessSize;
 
-use super::{mask, sext};
+/// All ones in the operation's width (W or X registers).
+#[inline]
+pub(super) fn mask(sf: bool) -> u64 {
+    if sf { u64::MAX } else { 0xFFFF_FFFF }
+}
+
+/// Sign-extends the low `bits` bits.
+#[inline]
+pub(super) fn sext(v: u64, bits: u32) -> u64 {
+    let s = 64 - bits;
+    (((v << s) as i64) >> s) as u64
+}
+
 use crate::Cpu;
 use crate::decode::{
     BitfieldOp, CondSelOp, Extend, LogicOp, MovOp, MulOp, Shift, UnaryOp, decode_bit_masks,

@@ -34,14 +34,9 @@ use crate::cpu::{Exit, Flow};
 use crate::decode::{Hint, Op, reg};
 
 use alu::{
-    add_or_sub, bitfield, crc32, divide, extended, extract, mov_wide, multiply, select_else,
-    shifted, unary,
+    add_or_sub, bitfield, crc32, divide, extended, extract, mask, mov_wide, multiply, select_else,
+    sext, shifted, unary,
 };
-
-#[inline]
-fn mask(sf: bool) -> u64 {
-    if sf { u64::MAX } else { 0xFFFF_FFFF }
-}
 
 #[inline]
 fn size_mask(size: AccessSize) -> u64 {
@@ -51,13 +46,6 @@ fn size_mask(size: AccessSize) -> u64 {
         AccessSize::Word => 0xFFFF_FFFF,
         AccessSize::Double => u64::MAX,
     }
-}
-
-/// Sign-extends the low `bits` bits.
-#[inline]
-fn sext(v: u64, bits: u32) -> u64 {
-    let s = 64 - bits;
-    (((v << s) as i64) >> s) as u64
 }
 
 impl Cpu {

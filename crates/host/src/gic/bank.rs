@@ -8,8 +8,10 @@
 //! edge-triggered one latches on a rising edge and is pending until its latch is
 //! cleared.
 
-use super::PRIORITY_MASK;
 use super::word::Word;
+
+/// Implemented priority bits: 5, so priorities step by 8 (0x00, 0x08 .. 0xF8).
+pub const PRIORITY_MASK: u8 = 0xF8;
 
 /// The interrupt-state registers that come as one 32-bit word per bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

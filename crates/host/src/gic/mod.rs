@@ -46,13 +46,12 @@ pub use word::Word;
 use crate::regs::affinity_of;
 use apf_abi::platform::{GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE};
 use apf_abi::ppi::{PPI_FIRST, PPI_LAST};
+pub use bank::PRIORITY_MASK;
 use bank::{Bank, bits};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
-/// Implemented priority bits: 5, so priorities step by 8 (0x00, 0x08 .. 0xF8).
-pub const PRIORITY_MASK: u8 = 0xF8;
 /// The INTID IAR and HPPIR return when there is nothing to acknowledge.
 pub const INTID_SPURIOUS: u32 = 1023;
 /// INTIDs this GIC implements: SGIs 0..16, PPIs 16..32, SPIs 32..64.
