@@ -29,7 +29,7 @@ mod decode;
 mod exception;
 mod exec;
 mod pstate;
-mod ram;
+mod ram_bus;
 mod sysreg;
 mod timer;
 
@@ -37,6 +37,6 @@ pub use apf_abi::esr::{AccessSize, Esr};
 pub use bus::{AtomicOp, Bus, BusError, SysRegId};
 pub use cpu::{Cpu, CpuConfig, Exit};
 pub use exception::Exception;
-pub use ram::RamBus;
+pub use ram_bus::RamBus;
 pub use sysreg::SysReg;
 pub use timer::{TimeScale, TimerLines};
