@@ -175,6 +175,19 @@ fn a_broken_store_loses_no_data_and_hangs_no_vcpu() {
     assert_eq!(run.mem_invariants, Ok(()));
     assert_eq!(run.processes.len(), config.processes.len());
 
+    // No process was left asleep: every not-present the guest saw was answered
+    // by a page-ready or withdrawn when APF was disabled at the end.
+    for (i, v) in run.vcpus.iter().enumerate() {
+        let a = &v.apf;
+        assert!(
+            a.not_present_delivered <= a.page_ready + a.drained,
+            "vCPU {i}: {} not-presents delivered, {} page-readies, {} drained\n{summary}",
+            a.not_present_delivered,
+            a.page_ready,
+            a.drained
+        );
+    }
+
     let mut killed = Vec::new();
     for p in &run.processes {
         assert!(
@@ -183,13 +196,10 @@ fn a_broken_store_loses_no_data_and_hangs_no_vcpu() {
             name(p)
         );
         match p.state {
-            proc_state::DONE => {
-                assert!(
-                    p.progress > 0,
-                    "{} survived without doing any work\n{summary}",
-                    name(p)
-                );
-            }
+            // How much a survivor did in the time is the machine's business
+            // (a kv still filling its table under a loaded host may have done
+            // none); that none was left asleep is checked below.
+            proc_state::DONE => {}
             proc_state::KILLED => {
                 let esr = Esr(u64::from(p.kill_esr));
                 assert!(
