@@ -14,6 +14,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apf_abi::Gfn;
+
 use crate::fifo::ExpressFifo;
 use crate::frames::Frames;
 use crate::io::{IoEnd, IoEngine, OnReads, WriteOutcome};
@@ -30,13 +32,13 @@ pub enum FetchError {
     #[error("gfn {gfn:#x} is not guest RAM")]
     NotRam {
         /// The page.
-        gfn: u64,
+        gfn: Gfn,
     },
     /// The read failed.
     #[error("reading gfn {gfn:#x} failed: {source}")]
     Io {
         /// The page.
-        gfn: u64,
+        gfn: Gfn,
         /// The store's error.
         source: IoError,
     },
@@ -44,7 +46,7 @@ pub enum FetchError {
     #[error("reading gfn {gfn:#x} did not complete within {after:?}")]
     Timeout {
         /// The page.
-        gfn: u64,
+        gfn: Gfn,
         /// The timeout.
         after: Duration,
     },
@@ -141,7 +143,7 @@ pub(crate) enum Evicted {
 /// The pager.
 #[derive(Debug)]
 pub(crate) struct Pager {
-    base_gfn: u64,
+    base_gfn: Gfn,
     ram: GuestRam,
     table: PageTable,
     frames: Frames,
@@ -154,7 +156,7 @@ pub(crate) struct Pager {
 
 impl Pager {
     pub(crate) fn new(
-        base_gfn: u64,
+        base_gfn: Gfn,
         ram: GuestRam,
         frames: Frames,
         io: IoEngine<Fetches>,
@@ -198,19 +200,19 @@ impl Pager {
         self.table.len()
     }
 
-    pub(crate) fn base_gfn(&self) -> u64 {
+    pub(crate) fn base_gfn(&self) -> Gfn {
         self.base_gfn
     }
 
     /// The page index of `gfn`, if it is RAM.
     #[inline]
-    pub(crate) fn index_of(&self, gfn: u64) -> Option<usize> {
-        let i = usize::try_from(gfn.checked_sub(self.base_gfn)?).ok()?;
+    pub(crate) fn index_of(&self, gfn: Gfn) -> Option<usize> {
+        let i = usize::try_from(gfn.0.checked_sub(self.base_gfn.0)?).ok()?;
         (i < self.table.len()).then_some(i)
     }
 
-    pub(crate) fn gfn_of(&self, index: usize) -> u64 {
-        self.base_gfn + index as u64
+    pub(crate) fn gfn_of(&self, index: usize) -> Gfn {
+        Gfn(self.base_gfn.0 + index as u64)
     }
 
     /// The host address of page `index`.
@@ -244,7 +246,7 @@ impl Pager {
     /// A vCPU faulted on `gfn`: maps it if it is resident (a write to a clean
     /// page marks it dirty), rescues it if it is being evicted, zero-fills it if
     /// never touched; else it needs a fetch, or is not RAM.
-    pub(crate) fn fault(&self, gfn: u64, write: bool) -> Fault {
+    pub(crate) fn fault(&self, gfn: Gfn, write: bool) -> Fault {
         let Some(index) = self.index_of(gfn) else {
             bump(&self.faults.not_ram);
             return Fault::NotRam;
@@ -745,7 +747,7 @@ pub(crate) mod tests {
     use crate::ram::PAGE;
     use crate::store::MemStore;
 
-    pub(crate) const BASE: u64 = 0x100;
+    pub(crate) const BASE: Gfn = Gfn(0x100);
 
     /// A pager over `pages` pages with room for `budget` resident, batches of
     /// one, and a memory store of `slots` slots.
@@ -793,12 +795,16 @@ pub(crate) mod tests {
             }
         ));
         assert!(matches!(
-            p.fault(BASE + 1, true),
+            p.fault(Gfn(BASE.0 + 1), true),
             Fault::Map { writable: true, .. }
         ));
-        assert_eq!(p.fault(BASE + 2, false), Fault::NeedsFetch, "no frame left");
-        assert_eq!(p.fault(BASE + 4, false), Fault::NotRam);
-        assert_eq!(p.fault(BASE - 1, false), Fault::NotRam);
+        assert_eq!(
+            p.fault(Gfn(BASE.0 + 2), false),
+            Fault::NeedsFetch,
+            "no frame left"
+        );
+        assert_eq!(p.fault(Gfn(BASE.0 + 4), false), Fault::NotRam);
+        assert_eq!(p.fault(Gfn(BASE.0 - 1), false), Fault::NotRam);
         assert_eq!(p.counts()[State::Resident as usize], 2);
         assert_eq!(p.frames().used(), 2);
         let (f, _) = p.snapshot();

@@ -295,6 +295,8 @@ mod tests {
 
     use super::*;
     use crate::page::State;
+    use apf_abi::Gfn;
+
     use crate::pager::tests::{BASE, Sink, pager};
     use crate::pager::{Fault, FetchStart, Waiter};
 
@@ -304,7 +306,7 @@ mod tests {
         let shoot = Shootdown::new();
         let r = Reclaimer::new();
         assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
-        assert!(matches!(p.fault(BASE + 1, false), Fault::Map { .. }));
+        assert!(matches!(p.fault(Gfn(BASE.0 + 1), false), Fault::Map { .. }));
         let round = r.evict_batch(&p, &shoot);
         // Batches of one: the hand passes page 0's accessed bit, then page 1's,
         // and takes page 0 on its second rotation.
@@ -334,7 +336,7 @@ mod tests {
         let p = pager(4, 2, 0);
         let (shoot, r, stop) = (Shootdown::new(), Reclaimer::new(), AtomicBool::new(false));
         assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
-        assert!(matches!(p.fault(BASE + 1, true), Fault::Map { .. }));
+        assert!(matches!(p.fault(Gfn(BASE.0 + 1), true), Fault::Map { .. }));
         let sink = Arc::new(Sink::default());
         assert_eq!(
             p.start_fetch(2, Waiter::Sink(sink.clone(), 9)),
