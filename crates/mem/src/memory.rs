@@ -12,7 +12,7 @@ use crate::frames::Frames;
 use crate::io::IoEngine;
 use crate::metrics::{MemMetrics, PageCounts};
 use crate::page::State;
-use crate::pager::{FetchError, FetchSink, FetchStart, Pager, Waiter};
+use crate::pager::{FetchError, FetchSink, FetchStart, PageIndex, Pager, Waiter};
 use crate::ram::{GuestRam, PAGE};
 use crate::reclaim::Reclaimer;
 use crate::shootdown::Shootdown;
@@ -381,7 +381,7 @@ impl GuestMemory {
         let mut slots: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
         for i in 0..pages {
             let w = pager.word(i);
-            let gfn = pager.gfn_of(i).0;
+            let gfn = pager.gfn_of(PageIndex(i)).0;
             scanned[w.state() as usize] += 1;
             let bad = |what| Err(InvariantError::Page { gfn, what });
             match w.state() {

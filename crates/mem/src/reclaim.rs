@@ -298,7 +298,7 @@ mod tests {
     use apf_abi::Gfn;
 
     use crate::pager::tests::{BASE, Sink, pager};
-    use crate::pager::{Fault, FetchStart, Waiter};
+    use crate::pager::{Fault, FetchStart, PageIndex, Waiter};
 
     #[test]
     fn a_batch_writes_the_dirty_pages_and_drops_the_clean_ones() {
@@ -339,7 +339,7 @@ mod tests {
         assert!(matches!(p.fault(Gfn(BASE.0 + 1), true), Fault::Map { .. }));
         let sink = Arc::new(Sink::default());
         assert_eq!(
-            p.start_fetch(2, Waiter::Sink(sink.clone(), 9)),
+            p.start_fetch(PageIndex(2), Waiter::Sink(sink.clone(), 9)),
             FetchStart::Started
         );
         assert_eq!(p.waiting_for_frames(), 1);
