@@ -10,6 +10,7 @@
 
 #![no_main]
 
+use apf_abi::Gfn;
 use apf_host::apf::fake::FakeVcpu;
 use apf_host::apf::{ApfCommand, ApfEngine, FaultDecision, ItemHandle};
 use libfuzzer_sys::fuzz_target;
@@ -110,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 vcpu.el = u8::from(a & 1 == 1);
                 if let FaultDecision::Async { cookie, .. } =
-                    engine.try_async(&mut vcpu, 0x40000 + b % 128)
+                    engine.try_async(&mut vcpu, Gfn(0x40000 + b % 128))
                 {
                     inflight.push(ItemHandle::from_cookie(cookie).expect("own cookie"));
                 }

@@ -28,6 +28,7 @@ use apf_abi::psci::*;
 use apf_abi::sdei::*;
 use apf_abi::shared::SHARED_BLOCK_ALIGN;
 use apf_abi::smccc::*;
+use apf_abi::{Gfn, Gpa};
 use apf_host::apf::{ApfEngine, ApfVcpu, FaultDecision, ItemHandle};
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::Machine;
@@ -653,7 +654,7 @@ impl World {
     }
 
     /// A stage-2 fault at `el` on `gfn` that needs I/O.
-    fn fault(&mut self, i: usize, el: u8, gfn: u64) {
+    fn fault(&mut self, i: usize, el: u8, gfn: Gfn) {
         set_el(&mut self.vcpus[i].ctx.cpu, el);
         let (apf, vcpu) = self.split(i);
         match apf.try_async(vcpu, gfn) {
@@ -720,7 +721,7 @@ impl World {
             let control = v.apf.control();
             if control.enabled {
                 assert_eq!(
-                    self.machine.shared_block_holder(control.gpa),
+                    self.machine.shared_block_holder(Gpa(control.gpa)),
                     Some(i),
                     "vcpu{i} is enabled on a block the machine does not give it"
                 );
@@ -728,7 +729,7 @@ impl World {
         }
         // Every block held is the block of an enabled engine (none leaks).
         for gpa in (RAM_BASE..RAM_END).step_by(usize::try_from(SHARED_BLOCK_ALIGN).expect("64")) {
-            if let Some(holder) = self.machine.shared_block_holder(gpa) {
+            if let Some(holder) = self.machine.shared_block_holder(Gpa(gpa)) {
                 let control = self.vcpus[holder].apf.control();
                 assert!(
                     control.enabled && control.gpa == gpa,
@@ -780,7 +781,11 @@ fuzz_target!(|data: &[u8]| {
             }
             64..=79 => {
                 let b = input.byte();
-                world.fault(i, u8::from(b & 0x80 != 0), u64::from(b & 0x3F) + 0x40000);
+                world.fault(
+                    i,
+                    u8::from(b & 0x80 != 0),
+                    Gfn(u64::from(b & 0x3F) + 0x40000),
+                );
             }
             80..=95 => {
                 let b = input.byte();

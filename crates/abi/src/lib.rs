@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![no_std]
 
+pub mod addr;
 pub mod boot;
 pub mod control;
 pub mod esr;
@@ -26,6 +27,7 @@ pub mod shared;
 pub mod smccc;
 pub mod token;
 
+pub use addr::{Gfn, Gpa, PAGE_SHIFT, PAGE_SIZE};
 pub use control::{ControlWord, ControlWordError};
 pub use shared::ApfSharedData;
 pub use token::Token;
@@ -37,8 +39,3 @@ pub const ASYNC_PF_PER_VCPU: usize = 64;
 /// (major in bits 23:16, minor 15:8, revision 7:0). 1.1 adds the separate
 /// page-ready channel ([`shared::ApfSharedData::ready_reason`]).
 pub const APF_VERSION: u32 = 0x01_01_00;
-
-/// Guest page size. Stage-2 is mapped with 4 KiB pages only.
-pub const PAGE_SIZE: u64 = 4096;
-/// log2 of [`PAGE_SIZE`].
-pub const PAGE_SHIFT: u32 = 12;

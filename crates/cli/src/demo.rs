@@ -1,5 +1,6 @@
 //! `apf engine-demo`: the APF engine walked through a few faults with a fake vCPU.
 
+use apf_abi::Gfn;
 use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
@@ -20,7 +21,7 @@ pub fn engine_demo(faults: u64) -> Result<(), String> {
     println!("guest ENABLE({raw:#x}) -> {}", r.status);
     let mut in_flight = Vec::new();
     for gfn in 0..faults {
-        match engine.try_async(&mut vcpu, 0x40000 + gfn) {
+        match engine.try_async(&mut vcpu, Gfn(0x40000 + gfn)) {
             FaultDecision::Async { token, cookie } => {
                 println!(
                     "fault gfn {:#x}: not-present, token {:#x}",

@@ -2,6 +2,7 @@
 //! fault → not-present → SDEI delivery → guest handler → completion →
 //! page-ready → guest PPI handler → IRQ_ACK. No I/O, no CPU: just the engine.
 
+use apf_abi::Gfn;
 use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::{ASYNC_PF_FUNC_ENABLE, ASYNC_PF_FUNC_IRQ_ACK};
@@ -26,7 +27,7 @@ fn setup(separate: bool) -> (ApfEngine, FakeVcpu) {
 }
 
 fn round_trip(engine: &mut ApfEngine, vcpu: &mut FakeVcpu, gfn: u64, separate: bool) {
-    let FaultDecision::Async { cookie, .. } = engine.try_async(vcpu, gfn) else {
+    let FaultDecision::Async { cookie, .. } = engine.try_async(vcpu, Gfn(gfn)) else {
         panic!("not async");
     };
     vcpu.enter_guest(engine);

@@ -7,6 +7,7 @@ use crate::psci::Psci;
 use crate::sync::lock;
 use crate::uart::Pl011;
 use crate::waker::VcpuWaker;
+use apf_abi::Gpa;
 use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE, UART_BASE, UART_SIZE};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,8 +164,12 @@ impl Machine {
     }
 
     /// Whether `[gpa, gpa + len)` is guest RAM.
-    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        gpa >= self.ram.start && gpa.checked_add(len).is_some_and(|end| end <= self.ram.end)
+    pub fn is_ram(&self, gpa: Gpa, len: u64) -> bool {
+        let start = gpa.0;
+        start >= self.ram.start
+            && start
+                .checked_add(len)
+                .is_some_and(|end| end <= self.ram.end)
     }
 
     /// Reserves `[gpa, gpa + len)` as vCPU `index`'s APF block if it may be one:
@@ -173,11 +178,11 @@ impl Machine {
     /// cannot both succeed. A vCPU may hold two blocks while it moves from one
     /// to the other. Each successful claim is given back with
     /// [`Machine::release_shared_block`].
-    pub fn claim_shared_block(&self, index: usize, gpa: u64, len: u64) -> bool {
+    pub fn claim_shared_block(&self, index: usize, gpa: Gpa, len: u64) -> bool {
         if index >= self.vcpus() || !self.is_ram(gpa, len) {
             return false;
         }
-        let range = gpa..gpa + len;
+        let range = gpa.0..gpa.0 + len;
         let mut blocks = lock(&self.blocks);
         // Ranges, not start addresses: a block overlapping another vCPU's is as
         // shared as the same block.
@@ -191,21 +196,21 @@ impl Machine {
     }
 
     /// Gives back one claim of vCPU `index` on the block at `gpa`.
-    pub fn release_shared_block(&self, index: usize, gpa: u64) {
+    pub fn release_shared_block(&self, index: usize, gpa: Gpa) {
         let mut blocks = lock(&self.blocks);
         if let Some(i) = blocks
             .iter()
-            .position(|b| b.vcpu == index && b.range.start == gpa)
+            .position(|b| b.vcpu == index && b.range.start == gpa.0)
         {
             blocks.swap_remove(i);
         }
     }
 
     /// The vCPU holding the APF block that contains `gpa`, if any.
-    pub fn shared_block_holder(&self, gpa: u64) -> Option<usize> {
+    pub fn shared_block_holder(&self, gpa: Gpa) -> Option<usize> {
         lock(&self.blocks)
             .iter()
-            .find(|b| b.range.contains(&gpa))
+            .find(|b| b.range.contains(&gpa.0))
             .map(|b| b.vcpu)
     }
 

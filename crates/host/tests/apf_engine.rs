@@ -2,6 +2,7 @@
 //! applicable case, named after it) and the corrections of DESIGN §5, driven with
 //! the fake vCPU.
 
+use apf_abi::Gfn;
 use apf_abi::Token;
 use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEND_ALWAYS, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
@@ -62,7 +63,7 @@ impl Rig {
     }
 
     fn fault(&mut self, gfn: u64) -> FaultDecision {
-        self.engine.try_async(&mut self.vcpu, gfn)
+        self.engine.try_async(&mut self.vcpu, Gfn(gfn))
     }
 
     fn fault_async(&mut self, gfn: u64) -> (Token, u64) {
@@ -143,7 +144,7 @@ fn d02_repeated_fault_on_a_gfn_in_flight_halts_instead_of_spinning() {
     let mut rig = Rig::enabled(false);
     let (token, cookie) = rig.fault_seen(7);
     assert_eq!(rig.fault(7), FaultDecision::Halt);
-    assert_eq!(rig.engine.halted_on(), Some(7));
+    assert_eq!(rig.engine.halted_on(), Some(Gfn(7)));
     assert_eq!(rig.counters().repeated_fault_halts, 1);
     assert!(!rig.engine.has_work(), "nothing wakes the halt yet");
     assert!(rig.complete(cookie, true));
@@ -650,7 +651,7 @@ fn c3_repeated_fault_halts_until_that_page_not_another() {
     rig.engine.service(&mut rig.vcpu);
     assert_eq!(
         rig.engine.halted_on(),
-        Some(2),
+        Some(Gfn(2)),
         "another page does not end the halt"
     );
     assert!(rig.complete(c2, true));
@@ -717,7 +718,7 @@ fn c7_synchronous_fallbacks_carry_their_reason() {
     let mut off = ApfEngine::new(0, false);
     let mut vcpu = FakeVcpu::new(0x10000);
     assert_eq!(
-        off.try_async(&mut vcpu, 1),
+        off.try_async(&mut vcpu, Gfn(1)),
         FaultDecision::Sync(SyncReason::NotOffered)
     );
     let c = rig.counters();

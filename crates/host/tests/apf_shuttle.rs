@@ -2,6 +2,7 @@
 //! threads and the vCPU's own paths: servicing, IRQ_ACK, disable and reset. The
 //! engine under test is the real one, instantiated on shuttle's atomics.
 
+use apf_abi::Gfn;
 use apf_abi::Token;
 use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
@@ -42,7 +43,7 @@ fn enabled() -> (Engine, FakeVcpu) {
 fn fault_pages(engine: &mut Engine, vcpu: &mut FakeVcpu, n: u64) -> Vec<(Token, ItemHandle)> {
     (0..n)
         .map(|gfn| {
-            let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, gfn) else {
+            let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, Gfn(gfn)) else {
                 panic!("fault {gfn} not async");
             };
             assert!(vcpu.enter_guest(engine));

@@ -2,6 +2,7 @@
 //! tracepoints. In its own test binary because tracing caches callsite interest
 //! process-wide, which races with tests running on threads without a subscriber.
 
+use apf_abi::Gfn;
 use apf_abi::control::CONTROL_ENABLED;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
 use apf_abi::smccc::ASYNC_PF_FUNC_IRQ_ACK;
@@ -53,14 +54,14 @@ fn c8_every_decision_is_a_named_trace_event() {
         vcpu.guest_ppi_handler(block, false);
         engine.hypercall(&mut vcpu, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
         vcpu.el = 1;
-        engine.try_async(&mut vcpu, 9);
+        engine.try_async(&mut vcpu, Gfn(9));
         vcpu.el = 0;
-        let FaultDecision::Async { cookie, .. } = engine.try_async(&mut vcpu, 1) else {
+        let FaultDecision::Async { cookie, .. } = engine.try_async(&mut vcpu, Gfn(1)) else {
             panic!("expected an async fault");
         };
         vcpu.enter_guest(&mut engine);
         vcpu.guest_sdei_handler(block);
-        assert_eq!(engine.try_async(&mut vcpu, 1), FaultDecision::Halt);
+        assert_eq!(engine.try_async(&mut vcpu, Gfn(1)), FaultDecision::Halt);
         engine
             .port()
             .complete(ItemHandle::from_cookie(cookie).unwrap(), true);

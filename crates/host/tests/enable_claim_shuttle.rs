@@ -14,6 +14,7 @@ use apf_abi::shared::SHARED_BLOCK_ALIGN;
 use apf_abi::smccc::{
     ASYNC_PF_FUNC_ENABLE, SMCCC_RET_INVALID_PARAMETER, SMCCC_RET_NOT_REQUIRED, SMCCC_RET_SUCCESS,
 };
+use apf_abi::{Gfn, Gpa};
 use apf_host::apf::fake::FakeVcpu;
 use apf_host::apf::{
     ApfCommand, ApfEngine, ApfVcpu, FaultDecision, GuestMemoryError, SdeiCancelError,
@@ -66,13 +67,13 @@ impl ApfVcpu for View {
     }
     fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool {
         thread::yield_now();
-        let ok = self.machine.claim_shared_block(self.index, gpa, len);
+        let ok = self.machine.claim_shared_block(self.index, Gpa(gpa), len);
         thread::yield_now();
         ok
     }
     fn release_shared_block(&mut self, gpa: u64) {
         thread::yield_now();
-        self.machine.release_shared_block(self.index, gpa);
+        self.machine.release_shared_block(self.index, Gpa(gpa));
         thread::yield_now();
     }
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {
@@ -93,7 +94,7 @@ impl View {
     fn assert_holds(&self, gpa: u64) {
         let block = gpa & !(SHARED_BLOCK_ALIGN - 1);
         assert_eq!(
-            self.machine.shared_block_holder(block),
+            self.machine.shared_block_holder(Gpa(block)),
             Some(self.index),
             "vCPU {} touches the block at {block:#x} it does not hold",
             self.index
@@ -171,7 +172,7 @@ fn assert_exclusive(machine: &Machine, v: [&Vcpu; 2]) {
     for block in [A, B] {
         let engine = v.iter().position(|v| v.block() == Some(block));
         assert_eq!(
-            machine.shared_block_holder(block),
+            machine.shared_block_holder(Gpa(block)),
             engine,
             "the machine's holder of {block:#x} is not the vCPU enabled on it"
         );
@@ -292,7 +293,7 @@ fn shuttle_refused_enable_gives_its_block_back() {
 fn shuttle_restore_withdraws_from_the_old_block_before_giving_it_up() {
     check(
         |v0| {
-            let fault = v0.engine.try_async(&mut v0.view, 1);
+            let fault = v0.engine.try_async(&mut v0.view, Gfn(1));
             assert!(matches!(fault, FaultDecision::Async { .. }), "{fault:?}");
             assert!(v0.restore(B), "B is free");
         },

@@ -1,5 +1,6 @@
 //! The platform state the vCPUs share: who holds which APF shared block.
 
+use apf_abi::Gpa;
 use apf_abi::platform::{RAM_BASE, UART_BASE, UART_INTID};
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::Machine;
@@ -21,27 +22,27 @@ fn a_block_claimed_by_one_vcpu_is_refused_to_another_until_given_back() {
     let block = RAM_BASE + 0x1000;
     // No record in between: the claim itself must reserve the block, or two
     // ENABLEs racing on two vCPUs would both be granted it.
-    assert!(m.claim_shared_block(0, block, 16));
-    assert!(!m.claim_shared_block(1, block, 16));
-    assert_eq!(m.shared_block_holder(block + 15), Some(0));
-    assert_eq!(m.shared_block_holder(block + 16), None);
+    assert!(m.claim_shared_block(0, Gpa(block), 16));
+    assert!(!m.claim_shared_block(1, Gpa(block), 16));
+    assert_eq!(m.shared_block_holder(Gpa(block + 15)), Some(0));
+    assert_eq!(m.shared_block_holder(Gpa(block + 16)), None);
     assert!(
-        m.claim_shared_block(0, block, 16),
+        m.claim_shared_block(0, Gpa(block), 16),
         "its holder may claim it again"
     );
     assert!(
-        m.claim_shared_block(1, block + 64, 16),
+        m.claim_shared_block(1, Gpa(block + 64), 16),
         "the next block is free"
     );
-    m.release_shared_block(0, block);
+    m.release_shared_block(0, Gpa(block));
     assert!(
-        !m.claim_shared_block(1, block, 16),
+        !m.claim_shared_block(1, Gpa(block), 16),
         "claimed twice, released once: still held"
     );
-    m.release_shared_block(0, block);
-    assert_eq!(m.shared_block_holder(block), None);
+    m.release_shared_block(0, Gpa(block));
+    assert_eq!(m.shared_block_holder(Gpa(block)), None);
     assert!(
-        m.claim_shared_block(1, block, 16),
+        m.claim_shared_block(1, Gpa(block), 16),
         "given back, it can be taken"
     );
 }
@@ -50,39 +51,45 @@ fn a_block_claimed_by_one_vcpu_is_refused_to_another_until_given_back() {
 fn blocks_conflict_when_their_ranges_overlap_not_only_at_the_same_address() {
     let m = machine(2);
     let block = RAM_BASE + 0x1000;
-    assert!(m.claim_shared_block(0, block, 16));
-    assert!(!m.claim_shared_block(1, block + 8, 16), "overlaps its end");
+    assert!(m.claim_shared_block(0, Gpa(block), 16));
     assert!(
-        !m.claim_shared_block(1, block - 8, 16),
+        !m.claim_shared_block(1, Gpa(block + 8), 16),
+        "overlaps its end"
+    );
+    assert!(
+        !m.claim_shared_block(1, Gpa(block - 8), 16),
         "overlaps its start"
     );
-    assert!(!m.claim_shared_block(1, block - 8, 32), "contains it");
-    assert!(m.claim_shared_block(1, block + 16, 16), "adjacent");
-    assert!(m.claim_shared_block(1, block - 16, 16), "adjacent below");
-    assert_eq!(m.shared_block_holder(block - 1), Some(1));
+    assert!(!m.claim_shared_block(1, Gpa(block - 8), 32), "contains it");
+    assert!(m.claim_shared_block(1, Gpa(block + 16), 16), "adjacent");
+    assert!(
+        m.claim_shared_block(1, Gpa(block - 16), 16),
+        "adjacent below"
+    );
+    assert_eq!(m.shared_block_holder(Gpa(block - 1)), Some(1));
 }
 
 #[test]
 fn a_vcpu_may_hold_its_old_block_while_it_moves_to_a_new_one() {
     let m = machine(2);
     let (a, b) = (RAM_BASE + 0x1000, RAM_BASE + 0x2000);
-    assert!(m.claim_shared_block(0, a, 16));
-    assert!(m.claim_shared_block(0, b, 16));
-    assert!(!m.claim_shared_block(1, a, 16), "not given up yet");
-    m.release_shared_block(0, a);
-    assert!(m.claim_shared_block(1, a, 16));
-    assert_eq!(m.shared_block_holder(b), Some(0));
+    assert!(m.claim_shared_block(0, Gpa(a), 16));
+    assert!(m.claim_shared_block(0, Gpa(b), 16));
+    assert!(!m.claim_shared_block(1, Gpa(a), 16), "not given up yet");
+    m.release_shared_block(0, Gpa(a));
+    assert!(m.claim_shared_block(1, Gpa(a), 16));
+    assert_eq!(m.shared_block_holder(Gpa(b)), Some(0));
 }
 
 #[test]
 fn a_block_outside_ram_or_for_no_vcpu_is_never_claimed() {
     let m = machine(1);
-    assert!(!m.claim_shared_block(0, RAM_BASE - 64, 16));
+    assert!(!m.claim_shared_block(0, Gpa(RAM_BASE - 64), 16));
     assert!(
-        !m.claim_shared_block(0, RAM_BASE + RAM - 8, 16),
+        !m.claim_shared_block(0, Gpa(RAM_BASE + RAM - 8), 16),
         "runs past the end"
     );
-    assert!(!m.claim_shared_block(0, UART_BASE, 16));
-    assert!(!m.claim_shared_block(0, u64::MAX - 8, 16), "wraps");
-    assert!(!m.claim_shared_block(1, RAM_BASE, 16), "no vCPU 1");
+    assert!(!m.claim_shared_block(0, Gpa(UART_BASE), 16));
+    assert!(!m.claim_shared_block(0, Gpa(u64::MAX - 8), 16), "wraps");
+    assert!(!m.claim_shared_block(1, Gpa(RAM_BASE), 16), "no vCPU 1");
 }

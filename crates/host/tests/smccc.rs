@@ -8,6 +8,7 @@ use apf_abi::psci::{PSCI_CPU_ON, PSCI_CPU_ON_32, PSCI_RET_INVALID_PARAMETERS, PS
 use apf_abi::sdei::*;
 use apf_abi::shared::{REASON_NONE, REASON_PAGE_NOT_PRESENT};
 use apf_abi::smccc::*;
+use apf_abi::{Gfn, Gpa};
 use apf_host::apf::{ApfEngine, FaultDecision};
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::Machine;
@@ -227,7 +228,7 @@ fn async_pf_reaches_the_apf_engine() {
     // ENABLE claims the block and queues a wake-all: the PPI goes high, and
     // IRQ_ACK lowers it.
     assert_eq!(ask(ASYNC_PF_FUNC_ENABLE, &[RAM_BASE | 0b101, 0]).0, 0);
-    assert_eq!(machine.shared_block_holder(RAM_BASE), Some(0));
+    assert_eq!(machine.shared_block_holder(Gpa(RAM_BASE)), Some(0));
     assert!(machine.gic.ppi_level(0, APF_DEFAULT_PPI));
     assert_eq!(ask(ASYNC_PF_FUNC_IRQ_ACK, &[]).0, 0);
     assert!(!machine.gic.ppi_level(0, APF_DEFAULT_PPI));
@@ -298,7 +299,7 @@ fn sdei_calls_are_routed_with_their_effects() {
     );
     let fault_at_el0 = |vm: &mut Vm, gfn: u64| {
         vm.vcpu.cpu.pstate = 0;
-        vm.engine.try_async(&mut vm.vcpu, gfn)
+        vm.engine.try_async(&mut vm.vcpu, Gfn(gfn))
     };
     assert!(matches!(
         fault_at_el0(&mut vm, 0x4_0001),

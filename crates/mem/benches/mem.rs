@@ -13,6 +13,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apf_abi::Gpa;
 use apf_mem::store::{FileStore, FileStoreConfig, Slot, Store};
 use apf_mem::store_bench::{PipelineBench, fill, pipeline_random_fetches, prepare, random_reads};
 use apf_mem::{AccessSize, GuestMemory, MemConfig, Resolve, VcpuTlb};
@@ -119,7 +120,7 @@ fn ratios(s: &Setup) {
 fn mapped(mem: &Arc<GuestMemory>, write: bool) -> VcpuTlb {
     let mut tlb = mem.vcpu_tlb();
     for p in 0..64 {
-        assert_eq!(tlb.resolve(BASE + p * PAGE, write), Resolve::Mapped);
+        assert_eq!(tlb.resolve(Gpa(BASE + p * PAGE), write), Resolve::Mapped);
     }
     tlb
 }
@@ -182,7 +183,7 @@ fn touch_fresh(n: u64, write: bool) -> Duration {
             if hit {
                 break;
             }
-            match tlb.resolve(gpa, write) {
+            match tlb.resolve(Gpa(gpa), write) {
                 Resolve::Mapped => {}
                 Resolve::NeedsFetch(gfn) => tlb.fetch_blocking(gfn).unwrap(),
                 Resolve::NotRam => unreachable!(),

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
+use apf_abi::{Gfn, Gpa, PAGE_SIZE};
 
 use crate::frames::Frames;
 use crate::io::IoEngine;
 use crate::metrics::{MemMetrics, PageCounts};
 use crate::page::State;
-use crate::pager::{FetchError, FetchSink, FetchStart, Pager, Waiter};
+use crate::pager::{FetchError, FetchSink, FetchStart, PageIndex, Pager, Waiter};
 use crate::ram::{GuestRam, PAGE};
 use crate::reclaim::Reclaimer;
 use crate::shootdown::Shootdown;
@@ -91,7 +91,7 @@ pub enum HostAccessError {
     #[error("guest range {gpa:#x}+{len:#x} is not RAM")]
     NotRam {
         /// Start.
-        gpa: u64,
+        gpa: Gpa,
         /// Length.
         len: u64,
     },
@@ -99,7 +99,7 @@ pub enum HostAccessError {
     #[error("guest range {gpa:#x}+{len:#x}: {source}")]
     Fetch {
         /// Start.
-        gpa: u64,
+        gpa: Gpa,
         /// Length.
         len: u64,
         /// Why.
@@ -209,7 +209,7 @@ impl GuestMemory {
         );
         let frames = Frames::new(budget, batch);
         let inner = Arc::new(Inner {
-            pager: Pager::new(cfg.ram_base >> PAGE_SHIFT, ram, frames, io),
+            pager: Pager::new(Gpa(cfg.ram_base).gfn(), ram, frames, io),
             shoot: Shootdown::new(),
             reclaim: Reclaimer::new(),
             stop: AtomicBool::new(false),
@@ -244,10 +244,13 @@ impl GuestMemory {
     }
 
     /// Whether `gpa..gpa+len` is all guest RAM.
-    pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        let base = self.inner.pager.base_gfn() << PAGE_SHIFT;
+    pub fn contains(&self, gpa: Gpa, len: u64) -> bool {
+        let base = self.inner.pager.base_gfn().gpa();
         let size = self.inner.pager.pages() as u64 * PAGE_SIZE;
-        gpa >= base && gpa.checked_add(len).is_some_and(|end| end <= base + size)
+        gpa >= base
+            && gpa
+                .checked_add(len)
+                .is_some_and(|end| end.0 <= base.0 + size)
     }
 
     /// The store's description.
@@ -260,7 +263,7 @@ impl GuestMemory {
     /// On a vCPU thread use [`VcpuTlb::read_bytes`](crate::VcpuTlb::read_bytes),
     /// which parks the vCPU while it may wait (an unparked vCPU waiting for a
     /// frame would hold up the shootdown that frees one).
-    pub fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostAccessError> {
+    pub fn read_bytes(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), HostAccessError> {
         let len = buf.len() as u64;
         self.host_access(gpa, len, false, |off, ptr, n| {
             // SAFETY: `ptr` is `n` bytes of a pinned resident page.
@@ -269,7 +272,7 @@ impl GuestMemory {
     }
 
     /// Host-side write; marks the pages dirty.
-    pub fn write_bytes(&self, gpa: u64, buf: &[u8]) -> Result<(), HostAccessError> {
+    pub fn write_bytes(&self, gpa: Gpa, buf: &[u8]) -> Result<(), HostAccessError> {
         let len = buf.len() as u64;
         self.host_access(gpa, len, true, |off, ptr, n| {
             // SAFETY: `ptr` is `n` bytes of a pinned resident page.
@@ -279,7 +282,7 @@ impl GuestMemory {
 
     fn host_access(
         &self,
-        gpa: u64,
+        gpa: Gpa,
         len: u64,
         write: bool,
         mut copy: impl FnMut(usize, *mut u8, usize),
@@ -291,11 +294,12 @@ impl GuestMemory {
         let mut done = 0usize;
         let total = usize::try_from(len).map_err(|_| HostAccessError::NotRam { gpa, len })?;
         while done < total {
-            let at = gpa + done as u64;
+            // In range: `contains` checked the whole of it.
+            let at = Gpa(gpa.0 + done as u64);
             let index = pager
-                .index_of(at >> PAGE_SHIFT)
+                .index_of(at.gfn())
                 .ok_or(HostAccessError::NotRam { gpa, len })?;
-            let in_page = (at % PAGE_SIZE) as usize;
+            let in_page = (at.0 % PAGE_SIZE) as usize;
             let n = (PAGE - in_page).min(total - done);
             if !pager.pin(index, write) {
                 pager
@@ -316,7 +320,7 @@ impl GuestMemory {
     /// page however many ask. `sink` is told with `cookie` when the page is
     /// installed or the read failed, if this returns [`FetchStart::Started`] or
     /// [`FetchStart::Joined`].
-    pub fn start_fetch(&self, gfn: u64, sink: Arc<dyn FetchSink>, cookie: u64) -> FetchStart {
+    pub fn start_fetch(&self, gfn: Gfn, sink: Arc<dyn FetchSink>, cookie: u64) -> FetchStart {
         let pager = &self.inner.pager;
         let Some(index) = pager.index_of(gfn) else {
             return FetchStart::NotRam;
@@ -377,7 +381,7 @@ impl GuestMemory {
         let mut slots: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
         for i in 0..pages {
             let w = pager.word(i);
-            let gfn = pager.gfn_of(i);
+            let gfn = pager.gfn_of(PageIndex(i)).0;
             scanned[w.state() as usize] += 1;
             let bad = |what| Err(InvariantError::Page { gfn, what });
             match w.state() {

@@ -14,6 +14,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apf_abi::Gfn;
+
 use crate::fifo::ExpressFifo;
 use crate::frames::Frames;
 use crate::io::{IoEnd, IoEngine, OnReads, WriteOutcome};
@@ -23,6 +25,14 @@ use crate::ram::GuestRam;
 use crate::store::{IoBuf, IoError, IoKind, Slot, StoreFull};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
+/// A page of guest RAM by its index from the RAM base (not a [`Gfn`]): what
+/// [`Pager::index_of`] hands out and the pager's entry points take, so a gfn
+/// cannot be passed for it. The page table, the I/O engine and the reclaimer
+/// index their arrays with the raw `usize` inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub(crate) struct PageIndex(pub(crate) usize);
+
 /// Why a fetch failed. The page stays where it was (in the store): nothing is lost.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -30,13 +40,13 @@ pub enum FetchError {
     #[error("gfn {gfn:#x} is not guest RAM")]
     NotRam {
         /// The page.
-        gfn: u64,
+        gfn: Gfn,
     },
     /// The read failed.
     #[error("reading gfn {gfn:#x} failed: {source}")]
     Io {
         /// The page.
-        gfn: u64,
+        gfn: Gfn,
         /// The store's error.
         source: IoError,
     },
@@ -44,7 +54,7 @@ pub enum FetchError {
     #[error("reading gfn {gfn:#x} did not complete within {after:?}")]
     Timeout {
         /// The page.
-        gfn: u64,
+        gfn: Gfn,
         /// The timeout.
         after: Duration,
     },
@@ -141,7 +151,7 @@ pub(crate) enum Evicted {
 /// The pager.
 #[derive(Debug)]
 pub(crate) struct Pager {
-    base_gfn: u64,
+    base_gfn: Gfn,
     ram: GuestRam,
     table: PageTable,
     frames: Frames,
@@ -154,7 +164,7 @@ pub(crate) struct Pager {
 
 impl Pager {
     pub(crate) fn new(
-        base_gfn: u64,
+        base_gfn: Gfn,
         ram: GuestRam,
         frames: Frames,
         io: IoEngine<Fetches>,
@@ -198,25 +208,25 @@ impl Pager {
         self.table.len()
     }
 
-    pub(crate) fn base_gfn(&self) -> u64 {
+    pub(crate) fn base_gfn(&self) -> Gfn {
         self.base_gfn
     }
 
     /// The page index of `gfn`, if it is RAM.
     #[inline]
-    pub(crate) fn index_of(&self, gfn: u64) -> Option<usize> {
-        let i = usize::try_from(gfn.checked_sub(self.base_gfn)?).ok()?;
-        (i < self.table.len()).then_some(i)
+    pub(crate) fn index_of(&self, gfn: Gfn) -> Option<PageIndex> {
+        let i = usize::try_from(gfn.0.checked_sub(self.base_gfn.0)?).ok()?;
+        (i < self.table.len()).then_some(PageIndex(i))
     }
 
-    pub(crate) fn gfn_of(&self, index: usize) -> u64 {
-        self.base_gfn + index as u64
+    pub(crate) fn gfn_of(&self, index: PageIndex) -> Gfn {
+        Gfn(self.base_gfn.0 + index.0 as u64)
     }
 
     /// The host address of page `index`.
     #[inline]
-    pub(crate) fn page_ptr(&self, index: usize) -> *mut u8 {
-        self.ram.page_ptr(index)
+    pub(crate) fn page_ptr(&self, index: PageIndex) -> *mut u8 {
+        self.ram.page_ptr(index.0)
     }
 
     /// Page `index`'s word, unlocked (reports and checks).
@@ -244,8 +254,8 @@ impl Pager {
     /// A vCPU faulted on `gfn`: maps it if it is resident (a write to a clean
     /// page marks it dirty), rescues it if it is being evicted, zero-fills it if
     /// never touched; else it needs a fetch, or is not RAM.
-    pub(crate) fn fault(&self, gfn: u64, write: bool) -> Fault {
-        let Some(index) = self.index_of(gfn) else {
+    pub(crate) fn fault(&self, gfn: Gfn, write: bool) -> Fault {
+        let Some(PageIndex(index)) = self.index_of(gfn) else {
             bump(&self.faults.not_ram);
             return Fault::NotRam;
         };
@@ -308,7 +318,7 @@ impl Pager {
 
     /// Pins page `index` for a host copy if it is (or can at once be made)
     /// resident; a write marks it dirty. False if it needs a fetch first.
-    pub(crate) fn pin(&self, index: usize, write: bool) -> bool {
+    pub(crate) fn pin(&self, PageIndex(index): PageIndex, write: bool) -> bool {
         let mut g = self.table.lock(index);
         let mut took_frame = false;
         match g.state() {
@@ -336,7 +346,7 @@ impl Pager {
     }
 
     /// Marks a page pinned by [`Pager::fetch_pinned`] dirty before a host write.
-    pub(crate) fn mark_pinned_dirty(&self, index: usize) {
+    pub(crate) fn mark_pinned_dirty(&self, PageIndex(index): PageIndex) {
         let mut g = self.table.lock(index);
         debug_assert!(g.state() == State::Resident && g.pins() > 0);
         if !g.dirty() {
@@ -345,13 +355,13 @@ impl Pager {
     }
 
     /// A pinned page's host address and whether it may be mapped writable.
-    pub(crate) fn pinned_mapping(&self, index: usize) -> (*mut u8, bool) {
+    pub(crate) fn pinned_mapping(&self, PageIndex(index): PageIndex) -> (*mut u8, bool) {
         let writable = self.table.lock(index).dirty();
         (self.ram.page_ptr(index), writable)
     }
 
     /// Releases a pin taken by [`Pager::pin`] or [`Pager::fetch_pinned`].
-    pub(crate) fn unpin(&self, index: usize) {
+    pub(crate) fn unpin(&self, PageIndex(index): PageIndex) {
         let mut g = self.table.lock(index);
         let ok = g.add_pin(false);
         debug_assert!(ok, "unpin without pin");
@@ -372,7 +382,7 @@ impl Pager {
     }
 
     /// Starts (or joins) bringing page `index` in for `waiter`.
-    pub(crate) fn start_fetch(&self, index: usize, waiter: Waiter) -> FetchStart {
+    pub(crate) fn start_fetch(&self, PageIndex(index): PageIndex, waiter: Waiter) -> FetchStart {
         let c = &self.fetch;
         // A blocked thread gets the page pinned, so it can map it before the
         // reclaimer (however eager) takes it away again.
@@ -452,7 +462,7 @@ impl Pager {
     /// Brings page `index` in and waits for it, collecting completions itself
     /// when nobody else is. On success the page is resident and pinned for the
     /// caller, who must [`Pager::unpin`] it. The caller must not be an unparked vCPU.
-    pub(crate) fn fetch_pinned(&self, index: usize) -> Result<(), FetchError> {
+    pub(crate) fn fetch_pinned(&self, index: PageIndex) -> Result<(), FetchError> {
         bump(&self.fetch.blocking);
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         match self.start_fetch(index, Waiter::Blocking(id)) {
@@ -721,7 +731,7 @@ impl OnReads for Pager {
         let mut any_failed = false;
         let after = self.io.timeout();
         for (index, end) in reads {
-            let gfn = self.gfn_of(index);
+            let gfn = self.gfn_of(PageIndex(index));
             let r = match end {
                 IoEnd::Done => Ok(()),
                 IoEnd::Failed(source) => Err(FetchError::Io { gfn, source }),
@@ -745,7 +755,7 @@ pub(crate) mod tests {
     use crate::ram::PAGE;
     use crate::store::MemStore;
 
-    pub(crate) const BASE: u64 = 0x100;
+    pub(crate) const BASE: Gfn = Gfn(0x100);
 
     /// A pager over `pages` pages with room for `budget` resident, batches of
     /// one, and a memory store of `slots` slots.
@@ -793,12 +803,16 @@ pub(crate) mod tests {
             }
         ));
         assert!(matches!(
-            p.fault(BASE + 1, true),
+            p.fault(Gfn(BASE.0 + 1), true),
             Fault::Map { writable: true, .. }
         ));
-        assert_eq!(p.fault(BASE + 2, false), Fault::NeedsFetch, "no frame left");
-        assert_eq!(p.fault(BASE + 4, false), Fault::NotRam);
-        assert_eq!(p.fault(BASE - 1, false), Fault::NotRam);
+        assert_eq!(
+            p.fault(Gfn(BASE.0 + 2), false),
+            Fault::NeedsFetch,
+            "no frame left"
+        );
+        assert_eq!(p.fault(Gfn(BASE.0 + 4), false), Fault::NotRam);
+        assert_eq!(p.fault(Gfn(BASE.0 - 1), false), Fault::NotRam);
         assert_eq!(p.counts()[State::Resident as usize], 2);
         assert_eq!(p.frames().used(), 2);
         let (f, _) = p.snapshot();
@@ -833,11 +847,11 @@ pub(crate) mod tests {
 
         let sink = Arc::new(Sink::default());
         assert_eq!(
-            p.start_fetch(0, Waiter::Sink(sink.clone(), 7)),
+            p.start_fetch(PageIndex(0), Waiter::Sink(sink.clone(), 7)),
             FetchStart::Started
         );
         assert_eq!(
-            p.start_fetch(0, Waiter::Sink(sink.clone(), 8)),
+            p.start_fetch(PageIndex(0), Waiter::Sink(sink.clone(), 8)),
             FetchStart::Joined
         );
         p.poll_completions();
@@ -849,7 +863,7 @@ pub(crate) mod tests {
         );
         let mut back = [0u8; 4];
         // SAFETY: page 0 is resident; nothing else runs.
-        unsafe { crate::ram::copy_from_shared(p.page_ptr(0), &mut back) };
+        unsafe { crate::ram::copy_from_shared(p.page_ptr(PageIndex(0)), &mut back) };
         assert_eq!(&back, b"kept");
 
         // Mapped read-only while clean; the first write makes the copy stale.
@@ -906,9 +920,12 @@ pub(crate) mod tests {
     #[test]
     fn a_pinned_page_is_never_chosen_and_a_failed_write_keeps_the_page() {
         let p = pager(2, 2, 8);
-        assert!(p.pin(0, true), "an untouched page is pinned at once");
+        assert!(
+            p.pin(PageIndex(0), true),
+            "an untouched page is pinned at once"
+        );
         assert!(matches!(choose(&p, 0), Pick::Skip));
-        p.unpin(0);
+        p.unpin(PageIndex(0));
         let Pick::Chosen {
             dirty: true,
             new_slot,
@@ -941,11 +958,11 @@ pub(crate) mod tests {
         assert!(matches!(p.fault(BASE, false), Fault::Map { .. }));
         let sink = Arc::new(Sink::default());
         assert_eq!(
-            p.start_fetch(1, Waiter::Sink(sink.clone(), 1)),
+            p.start_fetch(PageIndex(1), Waiter::Sink(sink.clone(), 1)),
             FetchStart::Started
         );
         assert_eq!(
-            p.start_fetch(2, Waiter::Sink(sink.clone(), 2)),
+            p.start_fetch(PageIndex(2), Waiter::Sink(sink.clone(), 2)),
             FetchStart::Started
         );
         assert_eq!(p.waiting_for_frames(), 2);

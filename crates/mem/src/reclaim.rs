@@ -295,8 +295,10 @@ mod tests {
 
     use super::*;
     use crate::page::State;
+    use apf_abi::Gfn;
+
     use crate::pager::tests::{BASE, Sink, pager};
-    use crate::pager::{Fault, FetchStart, Waiter};
+    use crate::pager::{Fault, FetchStart, PageIndex, Waiter};
 
     #[test]
     fn a_batch_writes_the_dirty_pages_and_drops_the_clean_ones() {
@@ -304,7 +306,7 @@ mod tests {
         let shoot = Shootdown::new();
         let r = Reclaimer::new();
         assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
-        assert!(matches!(p.fault(BASE + 1, false), Fault::Map { .. }));
+        assert!(matches!(p.fault(Gfn(BASE.0 + 1), false), Fault::Map { .. }));
         let round = r.evict_batch(&p, &shoot);
         // Batches of one: the hand passes page 0's accessed bit, then page 1's,
         // and takes page 0 on its second rotation.
@@ -334,10 +336,10 @@ mod tests {
         let p = pager(4, 2, 0);
         let (shoot, r, stop) = (Shootdown::new(), Reclaimer::new(), AtomicBool::new(false));
         assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
-        assert!(matches!(p.fault(BASE + 1, true), Fault::Map { .. }));
+        assert!(matches!(p.fault(Gfn(BASE.0 + 1), true), Fault::Map { .. }));
         let sink = Arc::new(Sink::default());
         assert_eq!(
-            p.start_fetch(2, Waiter::Sink(sink.clone(), 9)),
+            p.start_fetch(PageIndex(2), Waiter::Sink(sink.clone(), 9)),
             FetchStart::Started
         );
         assert_eq!(p.waiting_for_frames(), 1);

@@ -197,7 +197,10 @@ pub fn fill(
     pages: u64,
 ) -> Result<(), crate::HostAccessError> {
     for p in 0..pages {
-        mem.write_bytes(ram_base + p * apf_abi::PAGE_SIZE, &p.to_le_bytes())?;
+        mem.write_bytes(
+            apf_abi::Gpa(ram_base + p * apf_abi::PAGE_SIZE),
+            &p.to_le_bytes(),
+        )?;
     }
     Ok(())
 }
@@ -265,7 +268,7 @@ pub fn pipeline_random_fetches(
         } else {
             while started - done < depth {
                 let gfn = base_gfn + rng.next_u64() % pages;
-                match mem.start_fetch(gfn, sink.clone(), gfn) {
+                match mem.start_fetch(apf_abi::Gfn(gfn), sink.clone(), gfn) {
                     crate::FetchStart::Started | crate::FetchStart::Joined => started += 1,
                     crate::FetchStart::AlreadyResident | crate::FetchStart::NotRam => {}
                 }

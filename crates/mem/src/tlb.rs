@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64 as StdAtomicU64};
 
 pub use apf_abi::esr::AccessSize;
-use apf_abi::{PAGE_SHIFT, PAGE_SIZE};
+use apf_abi::{Gfn, Gpa, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::memory::GuestMemory;
 use crate::pager::{Fault, FetchError};
@@ -38,6 +38,12 @@ const INVALID: u64 = u64::MAX;
 const OFFSET_MASK: u64 = PAGE_SIZE - 1;
 
 /// The access missed the TLB: call [`VcpuTlb::resolve`], then retry.
+///
+/// The hit path (`read`, `write`, `fetch_insn`, `compare_exchange*`,
+/// `atomic_rmw`) takes the interpreter's raw `u64` address, as apf-cpu's `Bus`
+/// does: those addresses become virtual once a stage-1 MMU lands, so they are
+/// not typed as guest physical here. The miss path ([`VcpuTlb::resolve`]) is
+/// where the raw address becomes a [`Gpa`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TlbMiss;
 
@@ -47,7 +53,7 @@ pub enum Resolve {
     /// The page is mapped now; retry the access.
     Mapped,
     /// The page must be fetched first (this gfn): the APF decision point.
-    NeedsFetch(u64),
+    NeedsFetch(Gfn),
     /// The address is not guest RAM.
     NotRam,
 }
@@ -239,12 +245,12 @@ impl VcpuTlb {
     /// write to a clean page marks it dirty and maps it writable), rescues it if
     /// it is being evicted, zero-fills it if never touched (no I/O); else says
     /// which page needs a fetch, or that the address is not RAM.
-    pub fn resolve(&mut self, gpa: u64, write: bool) -> Resolve {
+    pub fn resolve(&mut self, gpa: Gpa, write: bool) -> Resolve {
         debug_assert!(!self.parked, "resolve on a parked vCPU");
-        let gfn = gpa >> PAGE_SHIFT;
+        let gfn = gpa.gfn();
         match self.mem.pager().fault(gfn, write) {
             Fault::Map { host, writable } => {
-                self.map(gpa, host, writable);
+                self.map(gpa.0, host, writable);
                 Resolve::Mapped
             }
             Fault::NeedsFetch => Resolve::NeedsFetch(gfn),
@@ -266,7 +272,7 @@ impl VcpuTlb {
     /// in flight or starts one, and returns once the page is installed (and mapped
     /// in this TLB, so the retried access hits) or the read failed. The vCPU counts
     /// as parked meanwhile, so it never delays a shootdown.
-    pub fn fetch_blocking(&mut self, gfn: u64) -> Result<(), FetchError> {
+    pub fn fetch_blocking(&mut self, gfn: Gfn) -> Result<(), FetchError> {
         let Some(index) = self.mem.pager().index_of(gfn) else {
             return Err(FetchError::NotRam { gfn });
         };
@@ -284,7 +290,7 @@ impl VcpuTlb {
             // (Not through `resolve`: that would count a second fault.)
             if !self.parked {
                 let (host, writable) = self.mem.pager().pinned_mapping(index);
-                self.map(gfn << PAGE_SHIFT, host, writable);
+                self.map(gfn.gpa().0, host, writable);
             }
             self.mem.pager().unpin(index);
         }
@@ -293,7 +299,7 @@ impl VcpuTlb {
 
     /// Host-side read from a vCPU thread ([`GuestMemory::read_bytes`] that may
     /// wait for a fetch without delaying shootdowns).
-    pub fn read_bytes(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), crate::HostAccessError> {
+    pub fn read_bytes(&mut self, gpa: Gpa, buf: &mut [u8]) -> Result<(), crate::HostAccessError> {
         let was_parked = self.parked;
         if !was_parked {
             self.park();
@@ -306,7 +312,7 @@ impl VcpuTlb {
     }
 
     /// Host-side write from a vCPU thread (see [`VcpuTlb::read_bytes`]).
-    pub fn write_bytes(&mut self, gpa: u64, buf: &[u8]) -> Result<(), crate::HostAccessError> {
+    pub fn write_bytes(&mut self, gpa: Gpa, buf: &[u8]) -> Result<(), crate::HostAccessError> {
         let was_parked = self.parked;
         if !was_parked {
             self.park();
@@ -466,14 +472,14 @@ mod tests {
         let mut tlb = mem.vcpu_tlb();
         let gpa = BASE + PAGE_SIZE + 8;
         assert_eq!(tlb.read(gpa, AccessSize::Double), Err(TlbMiss));
-        assert_eq!(tlb.resolve(gpa, false), Resolve::Mapped);
+        assert_eq!(tlb.resolve(Gpa(gpa), false), Resolve::Mapped);
         assert_eq!(tlb.read(gpa, AccessSize::Double), Ok(0));
         assert_eq!(
             tlb.write(gpa, AccessSize::Double, 5),
             Err(TlbMiss),
             "clean: read-only"
         );
-        assert_eq!(tlb.resolve(gpa, true), Resolve::Mapped);
+        assert_eq!(tlb.resolve(Gpa(gpa), true), Resolve::Mapped);
         assert_eq!(tlb.write(gpa, AccessSize::Double, 5), Ok(()));
         assert_eq!(tlb.read(gpa, AccessSize::Word), Ok(5));
         assert_eq!(
@@ -481,7 +487,10 @@ mod tests {
             Err(TlbMiss),
             "misaligned"
         );
-        assert_eq!(tlb.resolve(BASE + 16 * PAGE_SIZE, false), Resolve::NotRam);
+        assert_eq!(
+            tlb.resolve(Gpa(BASE + 16 * PAGE_SIZE), false),
+            Resolve::NotRam
+        );
         let f = mem.metrics().faults;
         assert_eq!((f.zero_fill, f.write_protect, f.not_ram), (1, 1, 1));
     }
@@ -490,7 +499,7 @@ mod tests {
     fn a_shootdown_flushes_on_sync_or_on_unpark() {
         let mem = memory();
         let mut tlb = mem.vcpu_tlb();
-        assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+        assert_eq!(tlb.resolve(Gpa(BASE), false), Resolve::Mapped);
         assert!(!tlb.sync(), "no shootdown: nothing flushed");
         assert!(tlb.read(BASE, AccessSize::Byte).is_ok());
         // Parked, it does not hold the shootdown up, and flushes on unparking.
@@ -500,7 +509,7 @@ mod tests {
         assert_eq!(tlb.read(BASE, AccessSize::Byte), Err(TlbMiss));
         assert!(!tlb.unpark(), "not parked: nothing to do");
         // Running, it acknowledges the next epoch in sync.
-        assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+        assert_eq!(tlb.resolve(Gpa(BASE), false), Resolve::Mapped);
         let epoch = mem.shootdown().epoch();
         let sd = std::thread::spawn({
             let mem = Arc::clone(&mem);

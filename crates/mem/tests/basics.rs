@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use apf_abi::{Gfn, Gpa};
 use apf_mem::store::MemStore;
 use apf_mem::{
     AccessSize, FetchError, FetchSink, FetchStart, GuestMemory, HostAccessError, MemConfig,
@@ -24,7 +25,7 @@ fn untouched_pages_read_zero_and_cost_no_io() {
     let mem = memory(16, 16);
     let mut tlb = mem.vcpu_tlb();
     assert_eq!(tlb.read(BASE, AccessSize::Double), Err(TlbMiss));
-    assert_eq!(tlb.resolve(BASE + 8, false), Resolve::Mapped);
+    assert_eq!(tlb.resolve(Gpa(BASE + 8), false), Resolve::Mapped);
     assert_eq!(tlb.read(BASE + 8, AccessSize::Double), Ok(0));
     assert_eq!(tlb.fetch_insn(BASE + 4), Ok(0));
     let m = mem.metrics();
@@ -40,10 +41,10 @@ fn untouched_pages_read_zero_and_cost_no_io() {
 fn first_write_to_a_clean_page_faults_and_marks_it_dirty() {
     let mem = memory(4, 4);
     let mut tlb = mem.vcpu_tlb();
-    assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+    assert_eq!(tlb.resolve(Gpa(BASE), false), Resolve::Mapped);
     // Mapped for reading only: the write misses.
     assert_eq!(tlb.write(BASE, AccessSize::Word, 7), Err(TlbMiss));
-    assert_eq!(tlb.resolve(BASE, true), Resolve::Mapped);
+    assert_eq!(tlb.resolve(Gpa(BASE), true), Resolve::Mapped);
     tlb.write(BASE, AccessSize::Word, 0xDEAD_BEEF).unwrap();
     assert_eq!(tlb.read(BASE, AccessSize::Word), Ok(0xDEAD_BEEF));
     assert_eq!(tlb.read(BASE, AccessSize::Byte), Ok(0xEF));
@@ -51,7 +52,7 @@ fn first_write_to_a_clean_page_faults_and_marks_it_dirty() {
     assert_eq!(mem.metrics().faults.write_protect, 1);
     // A dirty page is mapped writable straight away on the next fill.
     tlb.flush();
-    assert_eq!(tlb.resolve(BASE, false), Resolve::Mapped);
+    assert_eq!(tlb.resolve(Gpa(BASE), false), Resolve::Mapped);
     tlb.write(BASE + 8, AccessSize::Double, 1).unwrap();
 }
 
@@ -59,7 +60,7 @@ fn first_write_to_a_clean_page_faults_and_marks_it_dirty() {
 fn misaligned_accesses_never_hit() {
     let mem = memory(1, 1);
     let mut tlb = mem.vcpu_tlb();
-    assert_eq!(tlb.resolve(BASE, true), Resolve::Mapped);
+    assert_eq!(tlb.resolve(Gpa(BASE), true), Resolve::Mapped);
     assert_eq!(tlb.read(BASE + 1, AccessSize::Half), Err(TlbMiss));
     assert_eq!(tlb.read(BASE + 4, AccessSize::Double), Err(TlbMiss));
     assert_eq!(tlb.write(BASE + 2, AccessSize::Word, 0), Err(TlbMiss));
@@ -91,23 +92,26 @@ fn atomics_act_on_guest_memory() {
 fn addresses_outside_ram_are_not_ram() {
     let mem = memory(2, 2);
     let mut tlb = mem.vcpu_tlb();
-    assert_eq!(tlb.resolve(BASE - 8, false), Resolve::NotRam);
-    assert_eq!(tlb.resolve(BASE + 2 * PAGE, false), Resolve::NotRam);
-    assert!(mem.contains(BASE, 2 * PAGE));
-    assert!(!mem.contains(BASE, 2 * PAGE + 1));
-    assert!(!mem.contains(u64::MAX - 1, 4));
+    assert_eq!(tlb.resolve(Gpa(BASE - 8), false), Resolve::NotRam);
+    assert_eq!(tlb.resolve(Gpa(BASE + 2 * PAGE), false), Resolve::NotRam);
+    assert!(mem.contains(Gpa(BASE), 2 * PAGE));
+    assert!(!mem.contains(Gpa(BASE), 2 * PAGE + 1));
+    assert!(!mem.contains(Gpa(u64::MAX - 1), 4));
     let mut buf = [0u8; 8];
     assert_eq!(
-        mem.read_bytes(BASE + 2 * PAGE - 4, &mut buf),
+        mem.read_bytes(Gpa(BASE + 2 * PAGE - 4), &mut buf),
         Err(HostAccessError::NotRam {
-            gpa: BASE + 2 * PAGE - 4,
+            gpa: Gpa(BASE + 2 * PAGE - 4),
             len: 8
         })
     );
     let sink = Arc::new(Recorder::default());
-    assert_eq!(mem.start_fetch(0, sink.clone(), 1), FetchStart::NotRam);
+    assert_eq!(mem.start_fetch(Gfn(0), sink.clone(), 1), FetchStart::NotRam);
     assert!(sink.calls.lock().unwrap().is_empty());
-    assert_eq!(tlb.fetch_blocking(1), Err(FetchError::NotRam { gfn: 1 }));
+    assert_eq!(
+        tlb.fetch_blocking(Gfn(1)),
+        Err(FetchError::NotRam { gfn: Gfn(1) })
+    );
 }
 
 /// Writes a stamp to every page of more RAM than the budget, then reads them back.
@@ -163,12 +167,15 @@ fn a_page_read_back_synchronously_is_one_fault() {
     }
     let gpa = (0..16)
         .map(|p| BASE + p * PAGE)
-        .find(|&gpa| tlb.resolve(gpa, false) != Resolve::Mapped)
+        .find(|&gpa| tlb.resolve(Gpa(gpa), false) != Resolve::Mapped)
         .expect("a page in the store");
     let before = mem.metrics().faults;
     // The run loop's way: the fault, the page read on this thread, the retry.
-    assert_eq!(tlb.resolve(gpa, false), Resolve::NeedsFetch(gpa >> 12));
-    tlb.fetch_blocking(gpa >> 12).unwrap();
+    assert_eq!(
+        tlb.resolve(Gpa(gpa), false),
+        Resolve::NeedsFetch(Gpa(gpa).gfn())
+    );
+    tlb.fetch_blocking(Gpa(gpa).gfn()).unwrap();
     assert_eq!(
         tlb.read(gpa, AccessSize::Double),
         Ok(100 + (gpa - BASE) / PAGE)
@@ -203,7 +210,7 @@ fn host_access_spans_pages_and_fetches_what_it_needs() {
     let data: Vec<u8> = (0..3 * 4096u32)
         .map(|i| u8::try_from(i % 251).unwrap())
         .collect();
-    mem.write_bytes(BASE + PAGE - 100, &data).unwrap();
+    mem.write_bytes(Gpa(BASE + PAGE - 100), &data).unwrap();
     // Push those pages out.
     let mut tlb = mem.vcpu_tlb();
     for p in 8..32 {
@@ -211,7 +218,7 @@ fn host_access_spans_pages_and_fetches_what_it_needs() {
         tlb.sync();
     }
     let mut back = vec![0u8; data.len()];
-    tlb.read_bytes(BASE + PAGE - 100, &mut back).unwrap();
+    tlb.read_bytes(Gpa(BASE + PAGE - 100), &mut back).unwrap();
     assert_eq!(back, data);
     drop(tlb);
     assert!(mem.metrics().io.pages_read >= 3);
@@ -239,8 +246,8 @@ fn one_read_per_page_however_many_ask() {
     }
     // Find a page that is out.
     let gfn = (0..16)
-        .map(|p| (BASE >> 12) + p)
-        .find(|&g| tlb.resolve(g << 12, false) != Resolve::Mapped)
+        .map(|p| Gfn(Gpa(BASE).gfn().0 + p))
+        .find(|&g| tlb.resolve(g.gpa(), false) != Resolve::Mapped)
         .unwrap();
     let reads_before = mem.metrics().io.reads_submitted;
     let sink = Arc::new(Recorder::default());
@@ -266,8 +273,8 @@ fn one_read_per_page_however_many_ask() {
         FetchStart::AlreadyResident
     );
     assert_eq!(
-        read(&mut tlb, gfn << 12, AccessSize::Double),
-        Ok(100 + (gfn - (BASE >> 12)))
+        read(&mut tlb, gfn.gpa().0, AccessSize::Double),
+        Ok(100 + (gfn.0 - Gpa(BASE).gfn().0))
     );
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use apf_abi::Gpa;
 use apf_mem::store::{IoCompletion, IoRequest, MemStore, Slot, StoreFull, StoreInfo};
 use apf_mem::{
     AccessSize, FetchError, FetchSink, FetchStart, GuestMemory, HostAccessError, MemConfig,
@@ -131,12 +132,12 @@ fn three_queued() -> (Arc<GuestMemory>, GatedStore, Vec<u64>, Arc<Recorder>) {
         }
         assert!(Instant::now() < deadline, "reclaim never satisfied: {m:?}");
         let mut buf = [0u8; 8];
-        mem.read_bytes(BASE + p * PAGE, &mut buf).unwrap();
+        mem.read_bytes(Gpa(BASE + p * PAGE), &mut buf).unwrap();
     }
     let mut tlb = mem.vcpu_tlb();
     let out: Vec<u64> = (0..64)
         .map(|p| BASE + p * PAGE)
-        .filter(|&gpa| matches!(tlb.resolve(gpa, false), Resolve::NeedsFetch(_)))
+        .filter(|&gpa| matches!(tlb.resolve(Gpa(gpa), false), Resolve::NeedsFetch(_)))
         .take(4)
         .collect();
     assert_eq!(out.len(), 4, "pages in the store");
@@ -145,7 +146,7 @@ fn three_queued() -> (Arc<GuestMemory>, GatedStore, Vec<u64>, Arc<Recorder>) {
     let sink = Arc::new(Recorder::default());
     for (cookie, &gpa) in (1..).zip(&out[..3]) {
         assert_eq!(
-            mem.start_fetch(gpa >> 12, sink.clone(), cookie),
+            mem.start_fetch(Gpa(gpa).gfn(), sink.clone(), cookie),
             FetchStart::Started
         );
     }
@@ -158,7 +159,7 @@ fn blocked_reader(mem: &Arc<GuestMemory>, gpa: u64) -> JoinHandle<Result<u64, Ho
     let mem = Arc::clone(mem);
     std::thread::spawn(move || {
         let mut buf = [0u8; 8];
-        mem.read_bytes(gpa, &mut buf)
+        mem.read_bytes(Gpa(gpa), &mut buf)
             .map(|()| u64::from_le_bytes(buf))
     })
 }

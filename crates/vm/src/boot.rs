@@ -3,6 +3,7 @@
 
 use crate::config::{VmConfig, WorkloadKind};
 use crate::workload;
+use apf_abi::Gpa;
 use apf_abi::boot::{BOOT_BLOCK_BYTES, BOOT_BLOCK_GPA, BootBlock, ProcSpec, proc_state};
 use apf_abi::platform::RAM_BASE;
 use apf_mem::GuestMemory;
@@ -114,7 +115,7 @@ pub fn boot_block(config: &VmConfig) -> BootBlock {
 
 pub(crate) fn read_boot_block(memory: &GuestMemory) -> Option<BootBlock> {
     let mut bytes = [0u8; BOOT_BLOCK_BYTES];
-    memory.read_bytes(BOOT_BLOCK_GPA, &mut bytes).ok()?;
+    memory.read_bytes(Gpa(BOOT_BLOCK_GPA), &mut bytes).ok()?;
     BootBlock::from_bytes(&bytes)
 }
 

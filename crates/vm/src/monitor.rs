@@ -1,6 +1,7 @@
 //! The monitor: the running VM as an observer sees it, every few milliseconds.
 
 use crate::boot::read_boot_block;
+use apf_abi::Gpa;
 use apf_abi::boot::BootBlock;
 use apf_host::apf::ApfCountersSnapshot;
 use apf_host::machine::Machine;
@@ -59,7 +60,7 @@ impl Live<'_> {
 
     /// Reads guest memory as the host would (a page in the store is fetched).
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), apf_mem::HostAccessError> {
-        self.memory.read_bytes(gpa, buf)
+        self.memory.read_bytes(Gpa(gpa), buf)
     }
 
     /// The boot block as the built-in guest keeps it, read this period: each

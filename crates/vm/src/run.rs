@@ -7,6 +7,7 @@ use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::monitor::{self, Observer};
 use crate::store::open_store;
+use apf_abi::Gpa;
 use apf_abi::boot::{BOOT_BLOCK_GPA, BOOT_OFF_STOP, proc_state};
 use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
 use apf_abi::ppi::APF_DEFAULT_PPI;
@@ -154,7 +155,7 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
         store,
     )?;
     debug_assert!(
-        memory.contains(ram.start, ram.end - ram.start) && !memory.contains(ram.end, 1),
+        memory.contains(Gpa(ram.start), ram.end - ram.start) && !memory.contains(Gpa(ram.end), 1),
         "memory holds exactly the machine's RAM range"
     );
     let room = ram.end.saturating_sub(IMAGE_LOAD_ADDR);
@@ -165,7 +166,7 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
         });
     }
     memory
-        .write_bytes(IMAGE_LOAD_ADDR, image)
+        .write_bytes(Gpa(IMAGE_LOAD_ADDR), image)
         .map_err(|e| VmError::Load(e.to_string()))?;
     let vcpus = usize::try_from(config.vcpus).unwrap_or(1);
     let gic = Arc::new(Gic::new(vcpus).map_err(|e| VmError::Gic(e.to_string()))?);
@@ -400,7 +401,7 @@ pub fn run_workloads_observed(
     let block = boot_block(config);
     built
         .memory
-        .write_bytes(BOOT_BLOCK_GPA, &block.to_bytes())
+        .write_bytes(Gpa(BOOT_BLOCK_GPA), &block.to_bytes())
         .map_err(|e| VmError::Load(e.to_string()))?;
     let begin = Instant::now();
     let vcpus = start_vcpus(config, &built, vcpu::spawn)?;
@@ -439,7 +440,7 @@ pub fn run_workloads_observed(
             if all_done || out_of_time {
                 let _ = built
                     .memory
-                    .write_bytes(BOOT_BLOCK_GPA + BOOT_OFF_STOP, &1u32.to_le_bytes());
+                    .write_bytes(Gpa(BOOT_BLOCK_GPA + BOOT_OFF_STOP), &1u32.to_le_bytes());
                 stop_sent = true;
             }
         },

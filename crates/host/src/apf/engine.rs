@@ -28,7 +28,7 @@ use apf_abi::control::ControlWord;
 use apf_abi::shared::{
     Channel, REASON_NONE, REASON_PAGE_NOT_PRESENT, REASON_PAGE_READY, SHARED_HOST_WINDOW,
 };
-use apf_abi::{ASYNC_PF_PER_VCPU, Token};
+use apf_abi::{ASYNC_PF_PER_VCPU, Gfn, Token};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use thiserror::Error;
@@ -93,7 +93,7 @@ enum ItemState {
 
 #[derive(Debug, Clone, Copy)]
 struct WorkItem {
-    gfn: u64,
+    gfn: Gfn,
     token: Token,
     state: ItemState,
     /// A page-ready is owed: false once the guest threw the not-present away
@@ -103,7 +103,7 @@ struct WorkItem {
 
 impl WorkItem {
     const FREE: WorkItem = WorkItem {
-        gfn: 0,
+        gfn: Gfn(0),
         token: Token(0),
         state: ItemState::Free,
         owed: false,
@@ -214,8 +214,8 @@ pub struct ApfEngine<W: AtomicWord = AtomicU64> {
     not_present_pending: Option<u8>,
     /// The token of the page-ready awaiting IRQ_ACK.
     page_ready_pending: Option<Token>,
-    halted_on: Option<u64>,
-    recent_failures: [Option<u64>; RECENT_FAILURES],
+    halted_on: Option<Gfn>,
+    recent_failures: [Option<Gfn>; RECENT_FAILURES],
     port: Arc<CompletionPort<W>>,
     counters: Arc<ApfCounters>,
 }
@@ -308,7 +308,7 @@ impl<W: AtomicWord> ApfEngine<W> {
     }
 
     /// The GFN this vCPU is halted on after a repeated fault, until it arrives.
-    pub fn halted_on(&self) -> Option<u64> {
+    pub fn halted_on(&self) -> Option<Gfn> {
         self.halted_on
     }
 
@@ -370,14 +370,14 @@ impl<W: AtomicWord> ApfEngine<W> {
         clear_channel_at(vcpu, self.control.gpa, channel)
     }
 
-    fn fallback(&self, gfn: u64, reason: SyncReason) -> FaultDecision {
+    fn fallback(&self, gfn: Gfn, reason: SyncReason) -> FaultDecision {
         self.counters.fallback(reason);
-        tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
+        tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn = gfn.0,
             decision = "sync", reason = reason.name());
         FaultDecision::Sync(reason)
     }
 
-    fn item_of_gfn(&self, gfn: u64) -> Option<usize> {
+    fn item_of_gfn(&self, gfn: Gfn) -> Option<usize> {
         if !self.slots.contains(gfn) {
             return None;
         }
@@ -389,7 +389,7 @@ impl<W: AtomicWord> ApfEngine<W> {
     /// Decides how to handle a stage-2 fault on `gfn` that needs I/O (DESIGN §5.1–5.3,
     /// §5.7). A completed fetch maps the page, so the guest's retry of the
     /// faulting instruction just runs: nothing of the fault needs keeping.
-    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: u64) -> FaultDecision {
+    pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: Gfn) -> FaultDecision {
         if !self.offered {
             return self.fallback(gfn, SyncReason::NotOffered);
         }
@@ -409,10 +409,10 @@ impl<W: AtomicWord> ApfEngine<W> {
             }
             self.halted_on = Some(gfn);
             bump(&self.counters.repeated_fault_halts);
-            tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
+            tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn = gfn.0,
                 decision = "halt");
             tracing::trace!(name: "async_pf_repeated_fault", target: "apf", vcpu = self.vcpu_id,
-                gfn, token = self.items[index].token.0);
+                gfn = gfn.0, token = self.items[index].token.0);
             return FaultDecision::Halt;
         }
         if vcpu.sdei_running() {
@@ -453,9 +453,9 @@ impl<W: AtomicWord> ApfEngine<W> {
         let handle = self.port.arm(slot);
         self.counters.set_outstanding(self.outstanding() as u64);
         bump(&self.counters.not_present);
-        tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn,
+        tracing::trace!(name: "try_async_get_page", target: "apf", vcpu = self.vcpu_id, gfn = gfn.0,
             decision = "async");
-        tracing::trace!(name: "async_pf_not_present", target: "apf", vcpu = self.vcpu_id, gfn,
+        tracing::trace!(name: "async_pf_not_present", target: "apf", vcpu = self.vcpu_id, gfn = gfn.0,
             token = token.0);
         FaultDecision::Async {
             token,
@@ -504,7 +504,7 @@ impl<W: AtomicWord> ApfEngine<W> {
         if self.halted_on == Some(gfn) {
             self.halted_on = None;
         }
-        tracing::trace!(name: "async_pf_completed", target: "apf", vcpu = self.vcpu_id, gfn,
+        tracing::trace!(name: "async_pf_completed", target: "apf", vcpu = self.vcpu_id, gfn = gfn.0,
             token = token.0, ok = c.ok);
     }
 

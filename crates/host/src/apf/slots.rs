@@ -4,7 +4,7 @@
 //! (Knuth's Algorithm R), as KVM keeps it. It can never fill: at most
 //! [`ASYNC_PF_PER_VCPU`] faults are outstanding, and each has one entry.
 
-use apf_abi::ASYNC_PF_PER_VCPU;
+use apf_abi::{ASYNC_PF_PER_VCPU, Gfn};
 
 const SLOTS: usize = ASYNC_PF_PER_VCPU;
 const MASK: usize = SLOTS - 1;
@@ -49,10 +49,12 @@ impl GfnSlots {
 
     /// Adds `gfn`. Returns false if it is already present or the table is full (both
     /// are caller bugs the engine never commits; they are reported, not panicked on).
-    pub fn add(&mut self, gfn: u64) -> bool {
-        if gfn == EMPTY || self.len == SLOTS || self.contains(gfn) {
+    pub fn add(&mut self, gfn: Gfn) -> bool {
+        if gfn.0 == EMPTY || self.len == SLOTS || self.contains(gfn) {
             return false;
         }
+        // Entries are raw frame numbers so that `EMPTY` can mark a free one.
+        let gfn = gfn.0;
         let mut i = home(gfn);
         while self.entries[i] != EMPTY {
             i = (i + 1) & MASK;
@@ -78,14 +80,14 @@ impl GfnSlots {
     }
 
     /// Whether `gfn` is present.
-    pub fn contains(&self, gfn: u64) -> bool {
-        self.find(gfn).is_some()
+    pub fn contains(&self, gfn: Gfn) -> bool {
+        self.find(gfn.0).is_some()
     }
 
     /// Removes `gfn`; returns whether it was present. Later entries of the probe
     /// chain are shifted back so that no lookup meets a false hole.
-    pub fn remove(&mut self, gfn: u64) -> bool {
-        let Some(mut hole) = self.find(gfn) else {
+    pub fn remove(&mut self, gfn: Gfn) -> bool {
+        let Some(mut hole) = self.find(gfn.0) else {
             return false;
         };
         let mut j = hole;
@@ -136,13 +138,16 @@ mod tests {
         let gfns = colliding(10);
         let mut t = GfnSlots::default();
         for &g in &gfns {
-            assert!(t.add(g));
+            assert!(t.add(Gfn(g)));
         }
-        assert!(t.remove(gfns[0]));
+        assert!(t.remove(Gfn(gfns[0])));
         for &g in &gfns[1..] {
-            assert!(t.contains(g), "{g:#x} lost after deleting the chain head");
+            assert!(
+                t.contains(Gfn(g)),
+                "{g:#x} lost after deleting the chain head"
+            );
         }
-        assert!(!t.contains(gfns[0]));
+        assert!(!t.contains(Gfn(gfns[0])));
         assert_eq!(t.len(), 9);
     }
 
@@ -152,13 +157,13 @@ mod tests {
         let mut t = GfnSlots::default();
         let gfns: Vec<u64> = (0..64u64).map(|i| i * 7919 + 3).collect();
         for &g in &gfns {
-            assert!(t.add(g));
+            assert!(t.add(Gfn(g)));
         }
-        assert!(!t.add(999_999), "a full table refuses");
+        assert!(!t.add(Gfn(999_999)), "a full table refuses");
         for (n, &g) in gfns.iter().enumerate() {
-            assert!(t.remove(g));
+            assert!(t.remove(Gfn(g)));
             for &rest in &gfns[n + 1..] {
-                assert!(t.contains(rest));
+                assert!(t.contains(Gfn(rest)));
             }
         }
         assert!(t.is_empty());
@@ -167,11 +172,11 @@ mod tests {
     #[test]
     fn duplicates_and_the_empty_marker_are_refused() {
         let mut t = GfnSlots::default();
-        assert!(t.add(5));
-        assert!(!t.add(5));
-        assert!(!t.add(u64::MAX));
-        assert!(!t.contains(u64::MAX));
-        assert!(!t.remove(6));
+        assert!(t.add(Gfn(5)));
+        assert!(!t.add(Gfn(5)));
+        assert!(!t.add(Gfn(u64::MAX)));
+        assert!(!t.contains(Gfn(u64::MAX)));
+        assert!(!t.remove(Gfn(6)));
     }
 
     proptest! {
@@ -182,14 +187,14 @@ mod tests {
             for (insert, g) in ops {
                 if insert {
                     let fits = model.len() < SLOTS && !model.contains(&g);
-                    prop_assert_eq!(t.add(g), fits);
+                    prop_assert_eq!(t.add(Gfn(g)), fits);
                     if fits { model.insert(g); }
                 } else {
-                    prop_assert_eq!(t.remove(g), model.remove(&g));
+                    prop_assert_eq!(t.remove(Gfn(g)), model.remove(&g));
                 }
                 prop_assert_eq!(t.len(), model.len());
                 for g in 0u64..200 {
-                    prop_assert_eq!(t.contains(g), model.contains(&g));
+                    prop_assert_eq!(t.contains(Gfn(g)), model.contains(&g));
                 }
             }
         }

@@ -4,6 +4,7 @@
 use crate::gic::{GicCpuInterface, IccReg};
 use crate::machine::Machine;
 use crate::waker::VcpuWaker;
+use apf_abi::Gpa;
 use apf_cpu::{AccessSize, AtomicOp, Bus, BusError, SysRegId};
 use apf_mem::VcpuTlb;
 
@@ -18,11 +19,14 @@ pub(crate) struct VcpuBus<'a> {
     pub(crate) mmio: u64,
 }
 
+// The interpreter's `Bus` and the TLB hit path take raw `u64` addresses: they
+// become virtual once a stage-1 MMU lands. With it off they are guest
+// physical, and become a `Gpa` where they meet the machine (`is_ram`).
 impl VcpuBus<'_> {
     /// After a TLB miss: RAM misses go to the stage-2 fault path (an exit), other
     /// addresses are MMIO or nothing.
     fn miss(&self, addr: u64) -> BusError {
-        if self.machine.is_ram(addr, 1) {
+        if self.machine.is_ram(Gpa(addr), 1) {
             BusError::Stage2Fault
         } else {
             BusError::ExternalAbort
@@ -45,7 +49,7 @@ impl Bus for VcpuBus<'_> {
     fn read(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
         match self.ram.read(addr, size) {
             Ok(v) => Ok(v),
-            Err(_) if self.machine.is_ram(addr, 1) => Err(BusError::Stage2Fault),
+            Err(_) if self.machine.is_ram(Gpa(addr), 1) => Err(BusError::Stage2Fault),
             Err(_) => {
                 self.mmio += 1;
                 self.machine
@@ -59,7 +63,7 @@ impl Bus for VcpuBus<'_> {
     fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         match self.ram.write(addr, size, value) {
             Ok(()) => Ok(()),
-            Err(_) if self.machine.is_ram(addr, 1) => Err(BusError::Stage2Fault),
+            Err(_) if self.machine.is_ram(Gpa(addr), 1) => Err(BusError::Stage2Fault),
             Err(_) => {
                 self.mmio += 1;
                 if self.machine.mmio_write(addr, bytes(size), value) {

@@ -12,6 +12,7 @@ use crate::machine::Machine;
 use crate::regs::GuestRegs;
 use crate::sdei::SdeiVcpu;
 use crate::smccc::FirmwareVcpu;
+use apf_abi::Gpa;
 use apf_cpu::{Cpu, SysReg};
 use std::sync::Arc;
 
@@ -92,11 +93,13 @@ impl<C: GuestRegs, M: HostAccess> ApfVcpu for VcpuContext<C, M> {
         // The engine only uses the PPI the control API validated.
         let _ = self.machine.gic.set_ppi_level(self.index, intid, level);
     }
+    // The engine's addresses come raw from the guest's control word (`apf-abi`
+    // keeps the wire format as `u64`); they become a `Gpa` here, at the machine.
     fn claim_shared_block(&mut self, gpa: u64, len: u64) -> bool {
-        self.machine.claim_shared_block(self.index, gpa, len)
+        self.machine.claim_shared_block(self.index, Gpa(gpa), len)
     }
     fn release_shared_block(&mut self, gpa: u64) {
-        self.machine.release_shared_block(self.index, gpa);
+        self.machine.release_shared_block(self.index, Gpa(gpa));
     }
     fn read_u32(&mut self, gpa: u64) -> Result<u32, GuestMemoryError> {
         let mut b = [0u8; 4];

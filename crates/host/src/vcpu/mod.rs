@@ -28,6 +28,7 @@ use crate::psci::{PowerState, PsciAction, enter_cpu};
 use crate::sdei::SdeiVcpu;
 use crate::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
 use crate::waker::{VcpuWaker, WakeReason};
+use apf_abi::Gpa;
 use apf_abi::esr::{DataAbort, Esr, InstructionAbort, ec, fsc, ipa_from_hpfar};
 use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
 use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
@@ -433,7 +434,7 @@ impl Vcpu {
     }
 
     fn stage2_abort(&mut self, esr: Esr, far: u64, hpfar: u64) {
-        let gpa = ipa_from_hpfar(hpfar) | (far & 0xFFF);
+        let gpa = Gpa(ipa_from_hpfar(hpfar) | (far & 0xFFF));
         let write = esr.is_write_abort();
         if tracing::enabled!(target: "apf", tracing::Level::TRACE) {
             self.trace_stage2_abort(esr, gpa, write);
@@ -475,7 +476,7 @@ impl Vcpu {
                 let result = self.ctx.ram.fetch_blocking(gfn);
                 self.pass_blocked_time(t.elapsed());
                 if let Err(lost) = result {
-                    tracing::warn!(vcpu = self.spec.index, gfn, error = %lost,
+                    tracing::warn!(vcpu = self.spec.index, gfn = gfn.0, error = %lost,
                         "page could not be read: external abort to the guest");
                     self.stats.faults.lost += 1;
                     self.external_abort(esr, far);
@@ -487,12 +488,12 @@ impl Vcpu {
     /// The `stage2_abort` trace event: the faulting access and, for a data abort, the
     /// instruction that made it (PC is at it, and with the stage-1 MMU off it is a
     /// guest-physical address; its page was just executed, so it is resident).
-    fn trace_stage2_abort(&mut self, esr: Esr, gpa: u64, write: bool) {
+    fn trace_stage2_abort(&mut self, esr: Esr, gpa: Gpa, write: bool) {
         let ctx = &mut self.ctx;
         let (vcpu, pc, el) = (self.spec.index, ctx.cpu.pc(), ctx.cpu.el());
-        let gfn = gpa >> 12;
+        let (gfn, gpa) = (gpa.gfn().0, gpa.0);
         let mut word = [0u8; 4];
-        if !esr.is_instruction_abort() && ctx.ram.read_bytes(pc, &mut word).is_ok() {
+        if !esr.is_instruction_abort() && ctx.ram.read_bytes(Gpa(pc), &mut word).is_ok() {
             let insn = u32::from_le_bytes(word);
             tracing::trace!(name: "stage2_abort", target: "apf", vcpu, gfn, gpa, write, el,
                 pc, insn);

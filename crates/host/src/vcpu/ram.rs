@@ -11,6 +11,7 @@
 use super::context::HostAccess;
 use crate::apf::{CompletionPort, ItemHandle};
 use crate::waker::VcpuWaker;
+use apf_abi::Gpa;
 use apf_mem::{FetchError, FetchSink, VcpuTlb};
 use std::sync::Arc;
 
@@ -39,12 +40,13 @@ impl FetchSink for ApfFetchSink {
 }
 
 /// The engine's view of the vCPU's RAM (its shared block): host-side accesses
-/// that park the vCPU while they may wait for a fetch.
+/// that park the vCPU while they may wait for a fetch. The engine's raw `u64`
+/// (from the guest's control word) becomes a [`Gpa`] here.
 impl HostAccess for VcpuTlb {
     fn host_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-        self.read_bytes(gpa, buf).is_ok()
+        self.read_bytes(Gpa(gpa), buf).is_ok()
     }
     fn host_write(&mut self, gpa: u64, buf: &[u8]) -> bool {
-        self.write_bytes(gpa, buf).is_ok()
+        self.write_bytes(Gpa(gpa), buf).is_ok()
     }
 }

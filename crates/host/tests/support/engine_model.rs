@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+use apf_abi::Gfn;
 use apf_abi::Token;
 use apf_abi::control::{CONTROL_ENABLED, CONTROL_SEPARATE_READY};
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
@@ -92,7 +93,7 @@ impl World {
             Op::Fault { gfn, el1 } => {
                 self.vcpu.el = u8::from(el1);
                 let before = self.block();
-                match self.engine.try_async(&mut self.vcpu, gfn) {
+                match self.engine.try_async(&mut self.vcpu, Gfn(gfn)) {
                     FaultDecision::Async { token, cookie } => {
                         check!(token.0 != 0 && !token.is_wake_all(), "bad token {token:?}");
                         self.in_flight.push(cookie);

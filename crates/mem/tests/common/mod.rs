@@ -2,6 +2,7 @@
 //! misses the way the hypervisor's run loop does.
 #![allow(dead_code)]
 
+use apf_abi::Gpa;
 use apf_mem::{AccessSize, FetchError, Resolve, VcpuTlb};
 
 /// Guest RAM base used by the tests (QEMU virt's).
@@ -15,11 +16,11 @@ pub enum AccessFail {
 }
 
 fn fault_in(tlb: &mut VcpuTlb, gpa: u64, write: bool) -> Result<(), AccessFail> {
-    match tlb.resolve(gpa, write) {
+    match tlb.resolve(Gpa(gpa), write) {
         Resolve::Mapped => Ok(()),
         Resolve::NotRam => Err(AccessFail::NotRam),
         Resolve::NeedsFetch(gfn) => {
-            assert_eq!(gfn, gpa >> 12);
+            assert_eq!(gfn, Gpa(gpa).gfn());
             tlb.fetch_blocking(gfn).map_err(AccessFail::Fetch)
         }
     }
