@@ -85,7 +85,7 @@
 //!    Second and last crossing down.
 //! 7. ⇡ Whichever thread collects the read (this vCPU's `VcpuTlb::sync` between
 //!    slices, the reclaimer, or mem's reaper) installs the page and calls
-//!    `FetchSink::fetch_done(cookie, result)` on `ApfFetchSink` (`vcpu/ram.rs`):
+//!    `FetchSink::fetch_done(cookie, result)` on `ApfFetchSink` (`vcpu/fetch_sink.rs`):
 //!    `CompletionPort::complete`, then `VcpuWaker::kick`. The one crossing back.
 //! 8. The vCPU's next `step`: `ApfEngine::service` turns the completion into a
 //!    page-ready; the guest retries, and that new access misses the TLB once

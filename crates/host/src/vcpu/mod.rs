@@ -15,7 +15,7 @@
 
 mod bus;
 mod context;
-mod ram;
+mod fetch_sink;
 mod stats;
 
 pub use context::{FlatRam, HostAccess, VcpuContext};
@@ -34,7 +34,7 @@ use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
 use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
 use apf_mem::{FetchSink, FetchStart, GuestMemory, Resolve, VcpuTlb};
 use bus::VcpuBus;
-use ram::ApfFetchSink;
+use fetch_sink::ApfFetchSink;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
