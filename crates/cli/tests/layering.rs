@@ -92,6 +92,20 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// The module of `dir` that `file` belongs to: its first path component below
+/// `dir`, without `.rs` (a file `a.rs` or anything under `a/` is `a`).
+fn module_of(dir: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(dir).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_str()
+        .unwrap();
+    first.trim_end_matches(".rs").to_string()
+}
+
 fn graph(src: &Path) -> Graph {
     let root = ["lib.rs", "main.rs"]
         .iter()
@@ -104,11 +118,7 @@ fn graph(src: &Path) -> Graph {
     rust_files(src, &mut files);
     let modules: BTreeSet<String> = files
         .iter()
-        .filter_map(|f| {
-            let rel = f.strip_prefix(src).unwrap();
-            let first = rel.components().next()?.as_os_str().to_str()?;
-            Some(first.trim_end_matches(".rs").to_string())
-        })
+        .map(|f| module_of(src, f))
         .filter(|m| m != "lib" && m != "main")
         .collect();
     let mut g: Graph = modules
@@ -117,14 +127,7 @@ fn graph(src: &Path) -> Graph {
         .collect();
     for f in &files {
         let rel = f.strip_prefix(src).unwrap();
-        let first = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_str()
-            .unwrap();
-        let me = first.trim_end_matches(".rs").to_string();
+        let me = module_of(src, f);
         if me == "lib" || me == "main" {
             continue;
         }
@@ -177,14 +180,7 @@ fn dir_graph(dir: &Path, path: &str) -> Graph {
     rust_files(dir, &mut files);
     for f in &files {
         let rel = f.strip_prefix(dir).unwrap();
-        let first = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_str()
-            .unwrap();
-        let me = first.trim_end_matches(".rs").to_string();
+        let me = module_of(dir, f);
         let text = code(&std::fs::read_to_string(f).unwrap());
         // In a file's `mod tests`, `super::` is that file, not its parent.
         let text = match text.find("#[cfg(test)]\nmod tests") {
