@@ -103,6 +103,7 @@
 pub mod apf;
 pub mod gic;
 pub mod machine;
+pub mod maintenance;
 pub mod psci;
 pub mod regs;
 pub mod sdei;

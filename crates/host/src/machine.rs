@@ -3,6 +3,7 @@
 
 use crate::apf::ApfCounters;
 use crate::gic::Gic;
+use crate::maintenance::Maintenance;
 use crate::psci::Psci;
 use crate::sync::lock;
 use crate::uart::Pl011;
@@ -80,6 +81,8 @@ pub struct Machine {
     pub uart: Pl011,
     /// PSCI power states.
     pub psci: Psci,
+    /// TLB and instruction-cache maintenance broadcast between vCPUs.
+    pub maintenance: Maintenance,
     /// Guest RAM.
     pub ram: Range<u64>,
     stopping: AtomicBool,
@@ -98,6 +101,7 @@ impl Machine {
             gic,
             uart,
             psci: Psci::new(vcpus, ram.clone()),
+            maintenance: Maintenance::new(vcpus),
             ram,
             stopping: AtomicBool::new(false),
             stop_reason: Mutex::new(None),

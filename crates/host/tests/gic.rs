@@ -682,6 +682,7 @@ fn icc_register_encodings_and_access_directions() {
         ((3, 0, 12, 12, 5), IccReg::Sre),
         ((3, 0, 12, 12, 7), IccReg::Igrpen1),
         ((3, 0, 12, 9, 0), IccReg::Ap1r0),
+        ((3, 0, 12, 8, 4), IccReg::Ap0r0),
         ((3, 0, 12, 11, 1), IccReg::Dir),
         ((3, 0, 12, 11, 3), IccReg::Rpr),
         ((3, 0, 12, 11, 5), IccReg::Sgi1r),
@@ -718,6 +719,9 @@ fn icc_register_encodings_and_access_directions() {
         Some(7),
         "system register interface always on"
     );
+    // Nothing is ever active in group 0: AP0R0 ignores what Linux writes.
+    assert!(rig.cpu[0].write(IccReg::Ap0r0, 0xFFFF_FFFF));
+    assert_eq!(rig.cpu[0].read(IccReg::Ap0r0), Some(0));
     assert_eq!(rig.iar(0), u64::from(INTID_SPURIOUS));
 }
 

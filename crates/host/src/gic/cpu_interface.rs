@@ -33,6 +33,10 @@ pub enum IccReg {
     Igrpen1,
     /// ICC_AP1R0_EL1: group 1 active priorities.
     Ap1r0,
+    /// ICC_AP0R0_EL1: group 0 active priorities. Every interrupt of this GIC is
+    /// group 1 (GICD_CTLR.DS = 1, the guest sees one security state), so none is
+    /// ever active in group 0: RAZ/WI. Linux writes it once at boot.
+    Ap0r0,
     /// ICC_DIR_EL1: deactivate (write-only).
     Dir,
     /// ICC_RPR_EL1: running priority (read-only).
@@ -47,6 +51,7 @@ impl IccReg {
     pub fn decode(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> Option<IccReg> {
         Some(match (op0, op1, crn, crm, op2) {
             (3, 0, 4, 6, 0) => IccReg::Pmr,
+            (3, 0, 12, 8, 4) => IccReg::Ap0r0,
             (3, 0, 12, 9, 0) => IccReg::Ap1r0,
             (3, 0, 12, 11, 1) => IccReg::Dir,
             (3, 0, 12, 11, 3) => IccReg::Rpr,
@@ -209,6 +214,7 @@ impl<W: Word> GicCpuInterface<W> {
             IccReg::Sre => SRE_VALUE,
             IccReg::Igrpen1 => u64::from(self.igrpen1),
             IccReg::Ap1r0 => u64::from(self.active_priorities),
+            IccReg::Ap0r0 => 0,
             IccReg::Rpr => u64::from(self.running_priority()),
             IccReg::Eoir1 | IccReg::Dir | IccReg::Sgi1r => return None,
         })
@@ -223,6 +229,7 @@ impl<W: Word> GicCpuInterface<W> {
             IccReg::Sre => {}
             IccReg::Igrpen1 => self.igrpen1 = value & 1 != 0,
             IccReg::Ap1r0 => self.active_priorities = field(value, 0, 32),
+            IccReg::Ap0r0 => {}
             IccReg::Eoir1 => self.end_of_interrupt(value),
             IccReg::Dir => {
                 if self.eoimode {

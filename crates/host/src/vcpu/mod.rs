@@ -24,6 +24,7 @@ pub use stats::{ExitCounts, FaultCounts, VcpuStats};
 use crate::apf::{ApfCountersSnapshot, ApfEngine, FaultDecision, ItemHandle};
 use crate::gic::GicCpuInterface;
 use crate::machine::{Machine, StartRequest, StopReason};
+use crate::maintenance::Pending;
 use crate::psci::{PowerState, PsciAction, enter_cpu};
 use crate::sdei::SdeiVcpu;
 use crate::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
@@ -276,7 +277,12 @@ impl Vcpu {
 
         let t = Instant::now();
         let ctx = &mut self.ctx;
+        let index = self.spec.index;
+        if let Some(pending) = ctx.machine.maintenance.enter_guest(index) {
+            apply_maintenance(&mut ctx.cpu, &pending);
+        }
         let mut bus = VcpuBus {
+            index,
             ram: &mut ctx.ram,
             icc: &mut self.icc,
             machine: &ctx.machine,
@@ -285,6 +291,7 @@ impl Vcpu {
         };
         let retired = ctx.cpu.retired();
         let exit = ctx.cpu.run(&mut bus, self.spec.slice);
+        ctx.machine.maintenance.leave_guest(index);
         if let Some(live) = ctx.machine.live(self.spec.index) {
             live.add_retired(ctx.cpu.retired().wrapping_sub(retired));
         }
@@ -563,4 +570,18 @@ impl Vcpu {
 /// Whether vCPU `index` of `machine` is powered on.
 pub fn is_on(machine: &Machine, index: usize) -> bool {
     machine.psci.power_state(index) == Some(PowerState::On)
+}
+
+/// Applies what other vCPUs broadcast while this one was out of the guest.
+fn apply_maintenance(cpu: &mut Cpu, pending: &Pending) {
+    if pending.tlb {
+        cpu.flush_tlb();
+    }
+    if pending.all_code {
+        cpu.invalidate_all_decoded();
+    } else {
+        for &pa in &pending.code_pages {
+            cpu.invalidate_decoded(pa);
+        }
+    }
 }
