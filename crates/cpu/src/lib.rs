@@ -28,6 +28,7 @@ mod cpu;
 mod decode;
 mod exception;
 mod exec;
+mod mmu;
 mod pstate;
 mod ram_bus;
 mod sysreg;
