@@ -637,7 +637,10 @@ fn id_and_identity_registers() {
     // SCTLR_EL1 keeps M and the other implemented bits; RES1 bits stay set
     // and RES0 bits (EE, E0E, EnIA...) stay clear.
     cpu.set_sysreg(SysReg::SctlrEl1, 0x8300_0001 | (1 << 19) | (1 << 14));
-    assert_eq!(cpu.sysreg(SysReg::SctlrEl1), 0x30D0_0801 | (1 << 19) | (1 << 14));
+    assert_eq!(
+        cpu.sysreg(SysReg::SctlrEl1),
+        0x30D0_0801 | (1 << 19) | (1 << 14)
+    );
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! The per-vCPU stage-1 TLB: direct-mapped on the VA page number. An entry
+//! The per-vCPU stage-1 TLB: direct-mapped on the VA page number, folded
+//! (page number XOR page number >> 11) so that pages a multiple of 8 MiB
+//! apart, such as kernel text and data, do not evict each other. An entry
 //! caches one 4 KiB page of a translation (blocks are cached page by page)
 //! with the permissions for EL1 and EL0 already computed, so a hit is a tag
 //! compare, an ASID compare and a bit test.
@@ -10,8 +12,9 @@
 //!
 //! [`Cpu::flush_tlb`]: crate::Cpu::flush_tlb
 
-/// Entries; a power of two.
-const ENTRIES: usize = 1024;
+/// log2 of the number of entries.
+const INDEX_BITS: u32 = 11;
+const ENTRIES: usize = 1 << INDEX_BITS;
 /// Where the generation sits in a tag. A canonical VA page number has 52 bits.
 const GEN_SHIFT: u32 = 52;
 /// The last generation before the array is cleared and numbering restarts at 1.
@@ -94,7 +97,7 @@ pub(crate) struct Tlb {
 fn slot(vpn: u64) -> usize {
     // The index is masked to the table size.
     #[allow(clippy::cast_possible_truncation)]
-    let s = (vpn as usize) & (ENTRIES - 1);
+    let s = ((vpn ^ (vpn >> INDEX_BITS)) as usize) & (ENTRIES - 1);
     s
 }
 
@@ -195,7 +198,7 @@ mod tests {
         t.insert(0x12345, 7, page(0x99, false, 12));
         assert_eq!(t.lookup(0x12345, 7).map(|e| e.pa_page), Some(0x99));
         assert!(t.lookup(0x12345, 8).is_none(), "other ASID");
-        assert!(t.lookup(0x12345 + ENTRIES as u64, 7).is_none(), "same slot");
+        assert!(t.lookup(0x12345 ^ 0x801, 7).is_none(), "same slot");
         t.insert(0x500, 7, page(0x55, true, 12));
         assert!(t.lookup(0x500, 9).is_some(), "global hits under any ASID");
     }
