@@ -130,8 +130,8 @@ pub(crate) fn walk<B: Bus>(bus: &mut B, regs: &WalkRegs, va: u64) -> Result<Fill
         uxn |= desc & (1 << 54) != 0;
         pxn |= desc & (1 << 53) != 0;
         // WXN: writable means not executable. EL1 never executes what EL0 can write.
-        let el0_exec = !uxn && !(regs.wxn && el0_write);
-        let el1_exec = !pxn && !(regs.wxn && writable) && !el0_write;
+        let el0_exec = !(uxn || (regs.wxn && el0_write));
+        let el1_exec = !(pxn || el0_write || (regs.wxn && writable));
         let mut el1 = perm::EL1_READ;
         if writable {
             el1 |= perm::EL1_WRITE;
