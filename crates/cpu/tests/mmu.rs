@@ -739,3 +739,41 @@ fn identity_map_computes_what_flat_memory_computes() {
     assert_eq!(off.0, Exit::Budget);
     assert_eq!(off, on);
 }
+
+/// The system registers the stock Linux kernel touches at boot.
+#[test]
+fn boot_system_registers() {
+    let mut m = Machine::new();
+    let exec = |m: &mut Machine, word: u32, x2: u64| {
+        m.cpu.set_x(2, x2);
+        m.cpu.set_x(0, 0xDEAD);
+        let fault = m.fault_of(word, false);
+        (fault.map(|(esr, _)| esr >> 26), m.cpu.x(0))
+    };
+    // Debug registers: RAZ/WI.
+    assert_eq!(exec(&mut m, 0xD510_0242, 0x8000), (None, 0xDEAD)); // msr mdscr_el1, x2
+    assert_eq!(exec(&mut m, 0xD530_0240, 0), (None, 0)); // mrs x0, mdscr_el1
+    assert_eq!(exec(&mut m, 0xD510_0582, 0x1234), (None, 0xDEAD)); // msr dbgbvr5_el1, x2
+    assert_eq!(exec(&mut m, 0xD530_03E0, 0), (None, 0)); // mrs x0, dbgwcr3_el1
+    assert_eq!(exec(&mut m, 0xD510_1382, 1), (None, 0xDEAD)); // msr osdlr_el1, x2
+    // The OS lock: locked at reset, cleared by OSLAR.
+    assert_eq!(exec(&mut m, 0xD530_1180, 0), (None, 0b1010)); // mrs x0, oslsr_el1
+    assert_eq!(exec(&mut m, 0xD510_109F, 0), (None, 0xDEAD)); // msr oslar_el1, xzr
+    assert_eq!(exec(&mut m, 0xD530_1180, 0), (None, 0b1000));
+    // PMU: RAZ/WI at EL1.
+    assert_eq!(exec(&mut m, 0xD51B_9E1F, 0), (None, 0xDEAD)); // msr pmuserenr_el0, xzr
+    assert_eq!(exec(&mut m, 0xD53B_9C00, 0), (None, 0)); // mrs x0, pmcr_el0
+    // ID registers: CSV2/CSV3, GICv3, FP/AdvSIMD absent; 16-bit ASIDs, 40-bit
+    // PA, 4 KiB granule only; debug v8 with 6 breakpoints and 4 watchpoints.
+    assert_eq!(exec(&mut m, 0xD538_0400, 0), (None, 0x1100_0000_01FF_0011));
+    assert_eq!(exec(&mut m, 0xD538_0700, 0), (None, 0x0F00_0022));
+    assert_eq!(exec(&mut m, 0xD538_0500, 0), (None, 0x0030_5006));
+    // FEAT_TLBIRANGE is not advertised: TLBI RVAE1IS is UNDEFINED.
+    assert_eq!(exec(&mut m, 0xD508_8221, 0), (Some(0), 0xDEAD));
+    // From EL0 the debug registers are UNDEFINED.
+    m.cpu.set_x(0, 0xDEAD);
+    assert_eq!(
+        m.fault_of(0xD530_0240, true).map(|(esr, _)| esr >> 26),
+        Some(0)
+    );
+}
