@@ -71,6 +71,8 @@ pub(crate) struct Mmu {
     asid: u16,
     tbi0: bool,
     tbi1: bool,
+    /// Either: the common no-TBI case skips the top-byte work.
+    tbi_any: bool,
 }
 
 const TCR_A1: u64 = 1 << 22;
@@ -85,6 +87,7 @@ impl Mmu {
             asid: 0,
             tbi0: false,
             tbi1: false,
+            tbi_any: false,
         }
     }
 
@@ -102,6 +105,7 @@ impl Mmu {
         self.asid = if tcr & TCR_AS != 0 { asid } else { asid & 0xFF };
         self.tbi0 = tcr & TCR_TBI0 != 0;
         self.tbi1 = tcr & TCR_TBI1 != 0;
+        self.tbi_any = self.tbi0 || self.tbi1;
     }
 
     /// The current ASID (what TLBI ASIDE1 compares against is in Xt instead).
@@ -116,6 +120,9 @@ impl Mmu {
     /// and untagged pointers share TLB entries. Instruction fetches keep the byte.
     #[inline(always)]
     fn untagged(&self, va: u64, kind: AccessKind) -> u64 {
+        if !self.tbi_any {
+            return va;
+        }
         let upper = va & (1 << 55) != 0;
         let ignored = if upper { self.tbi1 } else { self.tbi0 };
         if !ignored || kind == AccessKind::Execute {

@@ -40,8 +40,9 @@ pub(crate) struct Entry {
     pub(crate) pa_page: u64,
     /// The ASID it was filled under (meaningless when `global`).
     asid: u16,
-    /// nG was 0.
-    global: bool,
+    /// 0 for a global entry (nG = 0), else all ones: a hit needs
+    /// `(asid ^ current) & asid_mask == 0`, one test without a branch.
+    asid_mask: u16,
     /// The lookup level of the leaf descriptor (fault reports name it).
     pub(crate) level: u8,
     /// `perm` bits.
@@ -61,7 +62,7 @@ const EMPTY_ENTRY: Entry = Entry {
     tag: EMPTY,
     pa_page: 0,
     asid: 0,
-    global: false,
+    asid_mask: 0,
     level: 0,
     perms: 0,
     device: false,
@@ -114,7 +115,7 @@ impl Tlb {
     #[inline(always)]
     pub(crate) fn lookup(&self, vpn: u64, asid: u16) -> Option<&Entry> {
         let e = &self.entries[slot(vpn)];
-        (e.tag == vpn | self.generation && (e.global || e.asid == asid)).then_some(e)
+        (e.tag == vpn | self.generation && (e.asid ^ asid) & e.asid_mask == 0).then_some(e)
     }
 
     /// Caches page `vpn` as `fill` says, filled under `asid`.
@@ -124,7 +125,7 @@ impl Tlb {
             tag: vpn | self.generation,
             pa_page: fill.pa_page,
             asid,
-            global: fill.global,
+            asid_mask: if fill.global { 0 } else { u16::MAX },
             level: fill.level,
             perms: fill.perms,
             device: fill.device,
@@ -168,7 +169,7 @@ impl Tlb {
     pub(crate) fn flush_asid(&mut self, asid: u16) {
         let generation = self.generation;
         for e in self.entries.iter_mut() {
-            if e.tag >> GEN_SHIFT == generation >> GEN_SHIFT && !e.global && e.asid == asid {
+            if e.tag >> GEN_SHIFT == generation >> GEN_SHIFT && e.asid_mask != 0 && e.asid == asid {
                 e.tag = EMPTY;
             }
         }
