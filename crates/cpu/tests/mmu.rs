@@ -527,6 +527,15 @@ fn unaligned_normal_accesses_and_device_alignment() {
         m.fault_of(LDADD_X2_X0_X1, false),
         Some((dabt(false, true, 0x21), DATA + 4))
     );
+    // So must LDAR and STLR (ldar x0, [x1]; stlr x2, [x1]).
+    assert_eq!(
+        m.fault_of(0xC8DF_FC20, false),
+        Some((dabt(false, false, 0x21), DATA + 4))
+    );
+    assert_eq!(
+        m.fault_of(0xC89F_FC22, false),
+        Some((dabt(false, true, 0x21), DATA + 4))
+    );
     // Aligned, they work through the translation.
     m.cpu.set_x(1, DATA + 8);
     m.write(DATA + 8, 40);

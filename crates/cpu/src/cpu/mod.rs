@@ -200,8 +200,8 @@ impl Cpu {
         let pa_page = if self.sys.sctlr_el1 & crate::sysreg::SCTLR_M == 0 {
             page
         } else {
-            match self.translate(bus, self.pc, AccessKind::Execute, self.pstate.el == 0) {
-                Ok(t) => t.pa & !0xFFF,
+            match self.translate_code_page(bus) {
+                Ok(pa_page) => pa_page,
                 Err(f) => return self.fetch_translation_fault(f),
             }
         };
@@ -264,6 +264,15 @@ impl Cpu {
             }
         }
         (self.retired - start, None)
+    }
+
+    /// The PA page of the code page at PC (MMU on). Once per page entered, so
+    /// kept out of the run loop's body.
+    #[inline(never)]
+    fn translate_code_page<B: Bus>(&mut self, bus: &mut B) -> Result<u64, Fault> {
+        let el0 = self.pstate.el == 0;
+        self.translate(bus, self.pc, AccessKind::Execute, el0)
+            .map(|t| t.pa & !0xFFF)
     }
 
     /// The outcome of a stage-1 fault on the fetch at PC: an instruction

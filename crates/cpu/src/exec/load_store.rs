@@ -203,6 +203,10 @@ impl Cpu {
             Ok(b) => b,
             Err(f) => return f,
         };
+        // Ordered accesses must be aligned in Normal memory too.
+        if let Err(f) = self.aligned(addr, size.bytes(), false) {
+            return f;
+        }
         let info = single(t, size, false, size == AccessSize::Double, true, false);
         match self.load(bus, addr, size, info) {
             Ok(v) => {
@@ -227,6 +231,9 @@ impl Cpu {
             Ok(b) => b,
             Err(f) => return f,
         };
+        if let Err(f) = self.aligned(addr, size.bytes(), true) {
+            return f;
+        }
         fence(Ordering::Release);
         let info = single(t, size, false, size == AccessSize::Double, true, true);
         match self.store(bus, addr, size, self.r(t) & size_mask(size), info) {
