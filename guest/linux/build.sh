@@ -60,12 +60,15 @@ fetch_kernel() {
     release=$(release_of "$package")
     dir=$cache/$release
     [ -s "$dir/Image" ] && return 0
-    command -v apt-get >/dev/null || die "no apt-get to download $package"
+    prepare_apt
     log "downloading $package:arm64"
     work=$(mktemp -d "$cache/download.XXXXXX")
     # shellcheck disable=SC2064 # expand now: work is local
     trap "rm -rf '$work'" EXIT
-    (cd "$work" && apt-get download -q "$package:arm64" >&2) ||
+    local as_root=()
+    # Root's download into a directory the _apt user cannot enter: say it is meant.
+    [ "$(id -u)" -eq 0 ] && as_root=(-o APT::Sandbox::User=root)
+    (cd "$work" && apt-get download -q "${as_root[@]}" "$package:arm64" >&2) ||
         die "apt-get download $package:arm64 failed"
     deb=$(find "$work" -maxdepth 1 -name '*.deb' | head -n 1)
     [ -n "$deb" ] || die "apt-get download left no .deb in $work"
@@ -82,8 +85,11 @@ fetch_kernel() {
 }
 
 # Makes apt able to see arm64 packages; updates its lists only when needed.
+apt_ready=0
 prepare_apt() {
-    command -v dpkg >/dev/null || die "no dpkg: the kernel download needs Debian's apt"
+    [ $apt_ready -eq 1 ] && return 0
+    command -v apt-get >/dev/null && command -v dpkg >/dev/null ||
+        die "no apt-get or dpkg: the kernel download needs Debian's apt"
     local updated=0
     if [ "$(dpkg --print-architecture)" != arm64 ] &&
         ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -95,12 +101,14 @@ prepare_apt() {
     if [ $updated -eq 0 ] && ! newest_package >/dev/null; then
         apt-get update -q >&2
     fi
+    apt_ready=1
 }
 
+# Sets package to the kernel package to use.
 choose_package() {
     if [ -n "${APF_LINUX_PACKAGE:-}" ]; then
         case $APF_LINUX_PACKAGE in
-        "$package_prefix"*"$package_suffix") printf '%s\n' "$APF_LINUX_PACKAGE" ;;
+        "$package_prefix"*"$package_suffix") package=$APF_LINUX_PACKAGE ;;
         *) die "APF_LINUX_PACKAGE=$APF_LINUX_PACKAGE is not a linux-image-*-arm64-unsigned package" ;;
         esac
         return
@@ -110,11 +118,12 @@ choose_package() {
     newest=$(find "$cache" -mindepth 2 -maxdepth 2 -name Image -size +0 -printf '%h\n' |
         xargs -r -n1 basename | sort -V | tail -n 1)
     if [ -n "$newest" ]; then
-        printf '%s%s-unsigned\n' "$package_prefix" "$newest"
+        package=$package_prefix$newest-unsigned
         return
     fi
     prepare_apt
-    newest_package || die "apt offers no linux-image-6.12.*+deb12-arm64-unsigned package"
+    package=$(newest_package) ||
+        die "apt offers no linux-image-6.12.*+deb12-arm64-unsigned package"
 }
 
 # --- the init ---
@@ -126,7 +135,10 @@ cflags=(-std=gnu11 -O2 -Wall -Wextra -Werror
     "-I$repo/guest" "-I$repo/guest/include")
 
 build_init() {
-    local out=$1
+    local out=$1 scratch
+    scratch=$(mktemp -d)
+    check_fp_detector "$scratch"
+    rm -rf "$scratch"
     "${cross}gcc" "${cflags[@]}" -o "$out.tmp" "$script_dir/init.c" >&2 ||
         die "compiling $script_dir/init.c failed"
     check_no_fp "$out.tmp"
@@ -135,18 +147,42 @@ build_init() {
 
 # The interpreter has no FP/SIMD and Linux keeps FP trapped: one FP/SIMD
 # instruction in the init would be a SIGILL, and init dying panics the kernel.
-# Any operand naming a b/h/s/d/q/v/z register or FPCR/FPSR is one.
-check_no_fp() {
-    local elf=$1 found
-    found=$("${cross}objdump" -d --no-show-raw-insn "$elf" |
+# An instruction with an operand naming a b/h/s/d/q/v/z register or FPCR/FPSR is
+# one; fp_instructions prints them.
+fp_instructions() {
+    "${cross}objdump" -d --no-show-raw-insn "$1" |
         grep -P '^\s+[0-9a-f]+:\t' |
         sed -e 's#//.*##' -e 's#<[^>]*>##g' |
-        grep -P '\t\S+\t.*(?<![\w#])([bhsdqvz]\d{1,2}(\.\w+)?|fpcr|fpsr)(?!\w)' || true)
+        grep -P '\t\S+\t.*(?<![\w#])([bhsdqvz]\d{1,2}(\.\w+)?|fpcr|fpsr)(?!\w)' || true
+}
+
+check_no_fp() {
+    local elf=$1 found
+    found=$(fp_instructions "$elf")
     if [ -n "$found" ]; then
         printf '%s\n' "$found" | head -n 20 >&2
         die "$elf has FP/SIMD instructions (above)"
     fi
-    log "$(basename "$elf"): no FP/SIMD instruction"
+    log "$(basename "${elf%.tmp}"): no FP/SIMD instruction"
+}
+
+# The check above must itself see FP/SIMD: it is run on code full of it (scalar
+# and vector arithmetic, FPCR, SIMD loads and stores), every time.
+check_fp_detector() {
+    local dir=$1 found missing=""
+    cat >"$dir/fp.c" <<'FP'
+double scale(double x, long n) { return x * (double)n + 0.5; }
+float ratio(float x, float y) { return x / y; }
+void copy(unsigned long *d, const unsigned long *s) { for (int i = 0; i < 64; i++) d[i] = s[i]; }
+void add4(int *d, const int *s) { for (int i = 0; i < 64; i++) d[i] += s[i]; }
+unsigned long rounding(void) { unsigned long r; __asm__ volatile("mrs %0, fpcr" : "=r"(r)); return r; }
+FP
+    "${cross}gcc" -O3 -c -o "$dir/fp.o" "$dir/fp.c" >&2
+    found=$(fp_instructions "$dir/fp.o")
+    for want in $'\tscvtf\t' $'\tfmov\t' $'\tfdiv\t' $'\tmrs\t.*fpcr' $'\tadd\tv' $'\tldr\tq'; do
+        grep -qP -- "$want" <<<"$found" || missing+=" $want"
+    done
+    [ -z "$missing" ] || die "the FP/SIMD check misses:$missing in$(printf '\n%s' "$found")"
 }
 
 # --- the initramfs: an uncompressed newc cpio (decompressing costs guest time) ---
@@ -182,7 +218,8 @@ build_initramfs() {
     mv "$out.tmp" "$out"
 }
 
-package=$(choose_package)
+package=""
+choose_package
 fetch_kernel "$package"
 image=$cache/$(release_of "$package")/Image
 build_init "$cache/init"
