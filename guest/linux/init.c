@@ -448,14 +448,15 @@ noreturn void init_main(void)
 	struct line l;
 	l.len = 0;
 
-	/* devtmpfs first: the console may be on it. Before the console, no error line
-	 * can be printed, so a failure here only powers off. */
+	/* devtmpfs first: the console may be only there. Without it init goes on if it
+	 * has a console all the same (the kernel's built-in /dev/console). */
 	s64 r = sys_mount("devtmpfs", "/dev", "devtmpfs");
 	open_console();
 	if (r != 0 && r != -EBUSY) {
-		put_str(&l, "apf-init error: mount devtmpfs on /dev failed: ");
+		put_str(&l, "apf-init: mount devtmpfs on /dev failed: ");
 		put_signed(&l, r);
-		fail(&l);
+		emit(&l);
+		l.len = 0;
 	}
 	mount_or_fail("proc", "/proc", "proc");
 
