@@ -6,7 +6,8 @@
 # then the initramfs's; everything else goes to stderr.
 #
 # Needs: bash, coreutils, gcc-aarch64-linux-gnu, binutils-aarch64-linux-gnu, and
-# for the first download dpkg + apt (Debian or Ubuntu) run as root, with network.
+# for the first download dpkg + apt (Debian or Ubuntu), network, and root (or
+# sudo) if the arm64 architecture must be added or apt's lists updated.
 # No cpio tool: the archive is written here (newc is a simple format).
 #
 # Environment:
@@ -23,6 +24,10 @@ cache=${APF_LINUX_CACHE:-$repo/target/linux}
 cross=${CROSS:-aarch64-linux-gnu-}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
+
+# Changing apt's configuration needs root: sudo when not root (as .ci/run does).
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo=sudo
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() {
@@ -94,12 +99,12 @@ prepare_apt() {
     if [ "$(dpkg --print-architecture)" != arm64 ] &&
         ! dpkg --print-foreign-architectures | grep -qx arm64; then
         log "dpkg --add-architecture arm64"
-        dpkg --add-architecture arm64
-        apt-get update -q >&2
+        $sudo dpkg --add-architecture arm64
+        $sudo apt-get update -q >&2
         updated=1
     fi
     if [ $updated -eq 0 ] && ! newest_package >/dev/null; then
-        apt-get update -q >&2
+        $sudo apt-get update -q >&2
     fi
     apt_ready=1
 }
