@@ -7,6 +7,7 @@
 mod boot;
 pub mod config;
 mod error;
+pub mod linux;
 mod monitor;
 mod run;
 mod store;
@@ -14,6 +15,7 @@ pub mod workload;
 
 pub use boot::{ProcessOutcome, boot_block};
 pub use error::{ErrorClass, VmError};
+pub use linux::{LinuxGuest, run_linux, run_linux_observed};
 pub use monitor::{Live, Observer};
 pub use run::{
     GUEST_IMAGE, RunEnd, RunOptions, VmRun, run_image, run_image_observed, run_workloads,
