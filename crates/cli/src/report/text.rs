@@ -25,6 +25,8 @@ fn ending(r: &RunReport) -> String {
     let how = match r.end {
         "system_off" => "the guest powered off",
         "system_reset" => "the guest asked for a reset",
+        "kernel_panic" => "the guest kernel panicked",
+        "stopped" => "stopped",
         _ => "timed out",
     };
     let done = r

@@ -135,6 +135,11 @@ pub fn device_tree(spec: &TreeSpec) -> Result<Vec<u8>, FdtError> {
     fdt.property_u32("#interrupt-cells", 3)?;
     fdt.property_null("interrupt-controller")?;
     fdt.property_u32("#redistributor-regions", 1)?;
+    // Cells for child nodes (an ITS would be one), so the node is a complete
+    // interrupt provider to `dtc`.
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
     let redistributors = GICR_STRIDE * spec.vcpus as u64;
     fdt.property_array_u64("reg", &[GICD_BASE, GICD_SIZE, GICR_BASE, redistributors])?;
     fdt.property_phandle(PHANDLE_GIC)?;
