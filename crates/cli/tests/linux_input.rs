@@ -1,7 +1,7 @@
 //! `apf run --kernel` refuses a kernel or initrd it cannot boot before anything
 //! runs: one line on stderr that says what is wrong, and exit status 2.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn apf(args: &[&str]) -> Output {
@@ -46,7 +46,7 @@ fn assert_refused(out: &Output, want: &str) {
 }
 
 /// `apf run --kernel KERNEL EXTRA` over host memory with 64 MiB of RAM.
-fn run_kernel(kernel: &PathBuf, extra: &[&str]) -> Output {
+fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "run",
         "--kernel",
