@@ -369,7 +369,8 @@ mod tests {
         assert_eq!(
             json["killed"],
             serde_json::json!([{
-                "index": 0, "name": "scan", "vcpu": 0, "reason": reason, "esr": "0x92000010"
+                "index": 0, "name": "scan", "vcpu": 0, "reason": reason, "esr": "0x92000010",
+                "signal": null
             }])
         );
         assert_eq!(json["lost_pages"], 1);

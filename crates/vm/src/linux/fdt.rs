@@ -188,12 +188,12 @@ pub fn device_tree(spec: &TreeSpec) -> Result<Vec<u8>, FdtError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
     /// A tiny FDT reader: every property of every node, by path.
-    pub(crate) type Tree = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+    type Tree = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
     const FDT_MAGIC: u32 = 0xD00D_FEED;
     const BEGIN_NODE: u32 = 1;
@@ -211,7 +211,7 @@ pub(crate) mod tests {
         String::from_utf8(b[at..end].to_vec()).unwrap()
     }
 
-    pub(crate) fn parse(blob: &[u8]) -> Tree {
+    fn parse(blob: &[u8]) -> Tree {
         assert_eq!(be32(blob, 0), FDT_MAGIC, "FDT magic");
         assert_eq!(be32(blob, 4) as usize, blob.len(), "totalsize");
         let structs = be32(blob, 8) as usize;
@@ -256,14 +256,14 @@ pub(crate) mod tests {
         tree
     }
 
-    pub(crate) fn cells(value: &[u8]) -> Vec<u32> {
+    fn cells(value: &[u8]) -> Vec<u32> {
         value
             .chunks(4)
             .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
             .collect()
     }
 
-    pub(crate) fn strings(value: &[u8]) -> Vec<String> {
+    fn strings(value: &[u8]) -> Vec<String> {
         value
             .split(|&c| c == 0)
             .filter(|s| !s.is_empty())

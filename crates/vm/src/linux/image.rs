@@ -11,6 +11,8 @@ pub const HEADER_BYTES: usize = 64;
 pub const MAGIC: u32 = 0x644D_5241;
 /// The text offset a header without an image size implies (kernels before 3.17).
 const LEGACY_TEXT_OFFSET: u64 = 0x8_0000;
+/// The text offset is an offset into the kernel's 2 MiB-aligned region.
+const TEXT_OFFSET_LIMIT: u64 = 2 << 20;
 
 const OFF_TEXT_OFFSET: usize = 0x08;
 const OFF_IMAGE_SIZE: usize = 0x10;
@@ -132,7 +134,7 @@ impl ImageHeader {
         if matches!(page_size, KernelPageSize::Size16K | KernelPageSize::Size64K) {
             return Err(ImageHeaderError::PageSize(page_size));
         }
-        if text_offset >= super::KERNEL_ALIGN || !text_offset.is_multiple_of(apf_abi::PAGE_SIZE) {
+        if text_offset >= TEXT_OFFSET_LIMIT || !text_offset.is_multiple_of(apf_abi::PAGE_SIZE) {
             return Err(ImageHeaderError::TextOffset(text_offset));
         }
         // A header that claims less than the file would have the file's tail
@@ -147,12 +149,12 @@ impl ImageHeader {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// A header as a 6.x kernel has it: text_offset 0, LE, 4 KiB pages,
     /// placeable anywhere; followed by `body` bytes of code.
-    pub(crate) fn image(image_size: u64, flags: u64, body: usize) -> Vec<u8> {
+    fn image(image_size: u64, flags: u64, body: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; HEADER_BYTES + body];
         // code0: a branch over the header (b +0x40 is what MZ-less Images use).
         bytes[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
@@ -163,7 +165,7 @@ pub(crate) mod tests {
     }
 
     /// Flags of a modern LE 4 KiB kernel placeable anywhere.
-    pub(crate) const MODERN: u64 = 0b1010;
+    const MODERN: u64 = 0b1010;
 
     #[test]
     fn a_modern_header_parses() {
