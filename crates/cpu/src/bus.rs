@@ -134,8 +134,10 @@ impl SysRegId {
 /// Guest memory, MMIO and foreign system registers, as one vCPU sees them.
 ///
 /// Implemented by the host per vCPU. The CPU is generic over it so the calls
-/// inline. Addresses are guest physical (the stage-1 MMU is off). Every data
-/// access the CPU makes is naturally aligned to its size.
+/// inline. Addresses are guest physical: the CPU does its stage-1 translation
+/// itself, and reads table descriptors with [`Bus::read`] (doubleword). Every
+/// data access the CPU makes is naturally aligned to its size (unaligned
+/// guest accesses to Normal memory are split into smaller ones).
 pub trait Bus {
     /// Fetches the instruction word at `addr` (4-aligned).
     fn fetch(&mut self, addr: u64) -> Result<u32, BusError>;
@@ -174,6 +176,10 @@ pub trait Bus {
     /// Whether the host wants `run` to return ([`Exit::Kicked`](crate::Exit::Kicked)).
     /// Checked at least once per basic block.
     fn kicked(&self) -> bool;
+    /// An inner-shareable TLBI was executed; before this returns, every other
+    /// vCPU must have called [`Cpu::flush_tlb`](crate::Cpu::flush_tlb)
+    /// (over-invalidation is allowed). A single-vCPU bus needs nothing.
+    fn tlbi_broadcast(&mut self) {}
 }
 
 #[cfg(test)]

@@ -42,4 +42,6 @@ impl Exception {
 pub(crate) struct AccessInfo {
     pub(crate) syndrome: Option<apf_abi::esr::AccessSyndrome>,
     pub(crate) write: bool,
+    /// LDTR/STTR: checked with EL0 permissions even at EL1.
+    pub(crate) unprivileged: bool,
 }

@@ -8,9 +8,34 @@
 //! aborts with their real syndromes, timer deadlines, budget and kicks.
 //!
 //! Decisions worth knowing:
-//! - The stage-1 MMU is not implemented: SCTLR_EL1.M is RAZ/WI, so the guest
-//!   runs flat and every data access is to Device memory: an unaligned access
-//!   takes an alignment fault to EL1 (DFSC 0x21).
+//! - Stage-1 MMU (`mmu`): 4 KiB granule, 48-bit VAs in two ranges (TTBR0/1
+//!   by VA bit 55, T0SZ/T1SZ clamped to 16..39, EPD0/1, TBI0/1 for data),
+//!   40-bit PAs (an output address beyond IPS or 40 bits is an address size
+//!   fault), AP/APTable, UXN/PXN/XNTable, WXN, AF (no hardware update: AF = 0
+//!   faults), nG with 8- or 16-bit ASIDs (TCR.AS, TCR.A1), MAIR Device vs
+//!   Normal. EL1 never executes a page EL0 can write. The bus stays
+//!   physical: descriptors are `Bus::read` doublewords. With SCTLR_EL1.M = 0
+//!   every access is to Device memory, as before: that branch comes first.
+//! - The TLB is direct-mapped (2048 pages, blocks cached per page), tagged
+//!   with the ASID; TTBR writes only change the current ASID, TCR/MAIR/SCTLR
+//!   writes flush it. TLBI by VA drops the page under every ASID; the
+//!   inner-shareable forms also call [`Bus::tlbi_broadcast`]. FEAT_TLBIRANGE
+//!   and FEAT_TLBIOS are not advertised, so their TLBIs are UNDEFINED.
+//! - Normal memory takes unaligned and page-crossing loads and stores (single
+//!   and pair): both pages are translated, and for stores probed, before any
+//!   effect, then the bytes go to the bus one by one. Device memory,
+//!   exclusives and atomics must be aligned (DFSC 0x21), and so must
+//!   everything with SCTLR_EL1.A.
+//! - LDTR/STTR are checked with EL0 permissions; there is no PAN or UAO.
+//! - AT S1E{0,1}{R,W} write PAR_EL1; a stage-2 fault on their walk exits like
+//!   a walk for an access (S1PTW, CM = 1). DC ZVA zeroes 64 bytes (Normal
+//!   memory only); the other DC operations are no-ops. IC IVAU invalidates
+//!   the decoded copy of the page its VA translates to.
+//! - SCTLR_EL1: C and I are stored only; M, A, SA, SA0, UMA, DZE, UCT, UCI,
+//!   nTWI, nTWE and WXN are honoured; the rest is RES0/RES1.
+//! - Debug registers (DBGB/W{V,C}R<n>, MDSCR, OSDLR, ...) are RAZ/WI, with the
+//!   OS lock modelled; the PMU registers Linux touches are RAZ/WI at EL1 even
+//!   though ID_AA64DFR0_EL1.PMUVer = 0.
 //! - FP/SIMD: trapped (EC 0x07) when CPACR_EL1.FPEN traps them, UNDEFINED
 //!   otherwise; ID_AA64PFR0_EL1 reports no FP and no AdvSIMD.
 //! - Virtual time is the retired-instruction count times a ratio
@@ -28,6 +53,7 @@ mod cpu;
 mod decode;
 mod exception;
 mod exec;
+mod mmu;
 mod pstate;
 mod ram_bus;
 mod sysreg;

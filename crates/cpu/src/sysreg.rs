@@ -139,8 +139,14 @@ impl SysReg {
 /// Reset value of SCTLR_EL1: the RES1 bits (29, 28, 23, 22, 20, 11), MMU off,
 /// no alignment or SP alignment checking.
 pub(crate) const SCTLR_RESET: u64 = 0x30D0_0800;
-/// SCTLR_EL1.M is RAZ/WI: the stage-1 MMU is not implemented.
+/// SCTLR_EL1.M: the stage-1 MMU is on.
 pub(crate) const SCTLR_M: u64 = 1 << 0;
+/// SCTLR_EL1.A: alignment checking for Normal memory too.
+pub(crate) const SCTLR_A: u64 = 1 << 1;
+pub(crate) const SCTLR_C: u64 = 1 << 2;
+pub(crate) const SCTLR_I: u64 = 1 << 12;
+pub(crate) const SCTLR_DZE: u64 = 1 << 14;
+pub(crate) const SCTLR_WXN: u64 = 1 << 19;
 pub(crate) const SCTLR_SA: u64 = 1 << 3;
 pub(crate) const SCTLR_SA0: u64 = 1 << 4;
 pub(crate) const SCTLR_UMA: u64 = 1 << 9;
@@ -148,6 +154,22 @@ pub(crate) const SCTLR_NTWI: u64 = 1 << 16;
 pub(crate) const SCTLR_NTWE: u64 = 1 << 18;
 pub(crate) const SCTLR_UCT: u64 = 1 << 15;
 pub(crate) const SCTLR_UCI: u64 = 1 << 26;
+/// The SCTLR_EL1 bits that exist on this PE (the rest are RES0, or RES1 in
+/// [`SCTLR_RESET`]). C and I are stored only (there are no caches to model);
+/// the others are honoured.
+pub(crate) const SCTLR_WRITABLE: u64 = SCTLR_M
+    | SCTLR_A
+    | SCTLR_C
+    | SCTLR_SA
+    | SCTLR_SA0
+    | SCTLR_UMA
+    | SCTLR_I
+    | SCTLR_DZE
+    | SCTLR_UCT
+    | SCTLR_NTWI
+    | SCTLR_NTWE
+    | SCTLR_WXN
+    | SCTLR_UCI;
 /// CPACR_EL1.FPEN, the only field implemented.
 pub(crate) const CPACR_FPEN: u64 = 0b11 << 20;
 /// SPSR bits that exist on this PE.
@@ -160,20 +182,30 @@ pub(crate) const CNTKCTL_EL0PTEN: u64 = 1 << 9;
 
 /// MIDR_EL1: implementer 0 (reserved for software use), architecture 0xF.
 pub(crate) const MIDR: u64 = 0x000F_0000;
-/// ID_AA64PFR0_EL1: EL0 and EL1 AArch64 only, no FP, no AdvSIMD, GICv3 system registers.
-pub(crate) const ID_AA64PFR0: u64 = 0x01FF_0011;
+/// ID_AA64PFR0_EL1: EL0 and EL1 AArch64 only (no EL2/EL3), no FP, no AdvSIMD,
+/// GICv3 system registers, and CSV2 = CSV3 = 1: an interpreter does not
+/// speculate, so Linux needs no Spectre-v2 or Meltdown (KPTI) mitigation.
+pub(crate) const ID_AA64PFR0: u64 = 0x1100_0000_01FF_0011;
 /// ID_AA64ISAR0_EL1: CRC32, LSE atomics.
 pub(crate) const ID_AA64ISAR0: u64 = 0x0021_0000;
 /// ID_AA64ISAR1_EL1: LDAPR (FEAT_LRCPC).
 pub(crate) const ID_AA64ISAR1: u64 = 0x0010_0000;
-/// ID_AA64MMFR0_EL1: 40-bit PA, 4 KiB granule only.
-pub(crate) const ID_AA64MMFR0: u64 = 0x0F00_0002;
-/// ID_AA64DFR0_EL1: Armv8.0 debug architecture.
-pub(crate) const ID_AA64DFR0: u64 = 0x6;
+/// ID_AA64MMFR0_EL1: 40-bit PA, 16-bit ASIDs, 4 KiB granule only (TGran16 = 0,
+/// TGran64 = 0xF), no mixed endianness. MMFR1..4 read as zero: no hardware
+/// AF/DBM, no PAN, no VHE, 8-bit VMIDs, no CnP, 48-bit VAs.
+pub(crate) const ID_AA64MMFR0: u64 = 0x0F00_0022;
+/// ID_AA64DFR0_EL1: Armv8.0 debug architecture, no PMU, six breakpoints and
+/// four watchpoints (BRPs = 5, WRPs = 3), whose registers are RAZ/WI so none
+/// can be enabled.
+pub(crate) const ID_AA64DFR0: u64 = 0x0030_5006;
 /// CTR_EL0: 64-byte lines, PIPT instruction cache.
 pub(crate) const CTR: u64 = 0x8444_C004;
-/// DCZID_EL0: DC ZVA prohibited (it would fault on Device memory anyway).
-pub(crate) const DCZID: u64 = 0x14;
+/// DCZID_EL0: DC ZVA zeroes 64 bytes (BS = log2 of 16 words); DZP (bit 4) is
+/// added at EL0 when SCTLR_EL1.DZE traps it.
+pub(crate) const DCZID: u64 = 0x4;
+pub(crate) const DCZID_DZP: u64 = 1 << 4;
+/// DC ZVA block size in bytes.
+pub(crate) const DC_ZVA_BYTES: u64 = 64;
 
 /// The EL1/EL0 registers this CPU keeps.
 #[derive(Debug, Clone)]
@@ -200,6 +232,8 @@ pub(crate) struct SysRegs {
     pub(crate) tpidrro_el0: u64,
     pub(crate) cntkctl_el1: u64,
     pub(crate) csselr_el1: u64,
+    /// OSLSR_EL1.OSLK: the OS lock, set by OSLAR_EL1 (locked at cold reset).
+    pub(crate) os_lock: bool,
 }
 
 impl SysRegs {
@@ -227,6 +261,7 @@ impl SysRegs {
             tpidrro_el0: 0,
             cntkctl_el1: 0,
             csselr_el1: 0,
+            os_lock: true,
         }
     }
 }
@@ -240,6 +275,10 @@ pub(crate) enum SysFault {
     Trapped,
     /// Trapped by CPACR_EL1.FPEN (EC 0x07).
     FpTrapped,
+    /// A translation or access fault was taken to EL1 (PC at the vector).
+    Aborted,
+    /// Return this exit (a stage-2 abort); nothing changed.
+    Exit(crate::cpu::Exit),
 }
 
 /// What a successful MSR changed, so the run loop knows what to recheck.
@@ -253,6 +292,15 @@ pub(crate) enum MsrEffect {
     TimerLines,
     /// The write went to the bus: check for a kick.
     Foreign,
+}
+
+/// What a successful SYS changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SysEffect {
+    /// Nothing the run loop depends on.
+    Plain,
+    /// Translations changed: leave the block so the code page is translated again.
+    Resync,
 }
 
 /// Register slot of an MRS/MSR/SYS transfer register, as the raw number.

@@ -634,9 +634,13 @@ fn id_and_identity_registers() {
     });
     assert_eq!(cpu.sysreg(SysReg::MpidrEl1), 0x8000_0102);
     assert_eq!(cpu.sysreg(SysReg::CntfrqEl0), 100_000_000);
-    // SCTLR_EL1.M is RAZ/WI: the stage-1 MMU is not implemented.
-    cpu.set_sysreg(SysReg::SctlrEl1, 0x30D0_0801);
-    assert_eq!(cpu.sysreg(SysReg::SctlrEl1), 0x30D0_0800);
+    // SCTLR_EL1 keeps M and the other implemented bits; RES1 bits stay set
+    // and RES0 bits (EE, E0E, EnIA...) stay clear.
+    cpu.set_sysreg(SysReg::SctlrEl1, 0x8300_0001 | (1 << 19) | (1 << 14));
+    assert_eq!(
+        cpu.sysreg(SysReg::SctlrEl1),
+        0x30D0_0801 | (1 << 19) | (1 << 14)
+    );
 }
 
 #[test]

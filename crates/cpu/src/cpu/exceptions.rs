@@ -124,6 +124,11 @@ impl Cpu {
 
     /// A synchronous external abort on the fetch at the current PC.
     pub(crate) fn fetch_abort_el1(&mut self) {
+        self.instruction_abort_el1(fsc::SYNC_EXTERNAL);
+    }
+
+    /// An instruction abort with fault status `status` on the fetch at the current PC.
+    pub(crate) fn instruction_abort_el1(&mut self, status: u32) {
         let class = if self.pstate.el == 0 {
             ec::IABT_LOWER
         } else {
@@ -133,8 +138,36 @@ impl Cpu {
             s1ptw: false,
             external: false,
             far_not_valid: false,
-            ifsc: fsc::SYNC_EXTERNAL,
+            ifsc: status,
         };
         self.sync_exception(abort.encode(class), Some(self.pc));
+    }
+
+    /// The ESR_EL2 of a stage-2 fault on a descriptor read of a data access's
+    /// stage-1 walk: S1PTW, WnR = 0 (the walk reads), ISV = 0. `maintenance`
+    /// (CM) marks an AT instruction's walk.
+    pub(crate) fn stage2_walk_data_syndrome(maintenance: bool) -> Esr {
+        DataAbort {
+            syndrome: None,
+            write: false,
+            s1ptw: true,
+            cache_maintenance: maintenance,
+            external: false,
+            far_not_valid: false,
+            dfsc: fsc::TRANSLATION_L3,
+        }
+        .encode(ec::DABT_LOWER)
+    }
+
+    /// The ESR_EL2 of a stage-2 fault on a descriptor read of an instruction
+    /// fetch's stage-1 walk.
+    pub(crate) fn stage2_walk_fetch_syndrome() -> Esr {
+        InstructionAbort {
+            s1ptw: true,
+            external: false,
+            far_not_valid: false,
+            ifsc: fsc::TRANSLATION_L3,
+        }
+        .encode(ec::IABT_LOWER)
     }
 }

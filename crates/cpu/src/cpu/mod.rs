@@ -9,6 +9,7 @@ use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
 use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
+use crate::mmu::{AccessKind, Fault, Mmu};
 use crate::pstate::{Pstate, bits};
 use crate::sysreg::SysRegs;
 use crate::timer::{TimeScale, Timer, TimerLines};
@@ -56,10 +57,14 @@ pub enum Exit {
     /// no architectural effect and can be retried.
     Stage2Abort {
         /// ESR_EL2 as hardware builds it (EC 0x24 data / 0x20 instruction).
+        /// S1PTW (bit 7) is set when the fault was on a stage-1 table walk's
+        /// descriptor read rather than on the access itself.
         esr_el2: u64,
-        /// FAR_EL2: the faulting virtual address (= IPA, the stage-1 MMU is off).
+        /// FAR_EL2: the faulting VIRTUAL address (the access's VA, also for a
+        /// fault on its table walk). It equals the IPA only with the MMU off.
         far: u64,
-        /// HPFAR_EL2: the faulting IPA page.
+        /// HPFAR_EL2: the faulting IPA page (the descriptor's page for a walk).
+        /// This, not `far`, says which guest page to map.
         hpfar: u64,
     },
     /// A timer output level may have changed: the counter reached
@@ -115,6 +120,7 @@ pub struct Cpu {
     pub(crate) retired: u64,
     pub(crate) config: CpuConfig,
     pub(crate) cache: DecodeCache,
+    pub(crate) mmu: Mmu,
 }
 
 impl Cpu {
@@ -133,6 +139,7 @@ impl Cpu {
             retired: 0,
             config,
             cache: DecodeCache::new(),
+            mmu: Mmu::new(),
         }
     }
 
@@ -189,7 +196,16 @@ impl Cpu {
     #[inline]
     fn run_page<B: Bus>(&mut self, bus: &mut B, limit: u64) -> (u64, Option<Exit>) {
         let page = self.pc & !0xFFF;
-        let slab = self.cache.page(page >> 12);
+        // The decode cache is keyed by PA page, so code mapped twice decodes once.
+        let pa_page = if self.sys.sctlr_el1 & crate::sysreg::SCTLR_M == 0 {
+            page
+        } else {
+            match self.translate_code_page(bus) {
+                Ok(pa_page) => pa_page,
+                Err(f) => return self.fetch_translation_fault(f),
+            }
+        };
+        let slab = self.cache.page(pa_page >> 12);
         // Every step in here retires an instruction except the last one when
         // it is an exception entry, so the retired count is the step count.
         let start = self.retired;
@@ -200,14 +216,15 @@ impl Cpu {
             let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
             let mut op = self.cache.op(slab, index);
             if matches!(op, Op::NotDecoded) {
-                match bus.fetch(self.pc) {
+                let pa = pa_page | (self.pc & 0xFFF);
+                match bus.fetch(pa) {
                     Ok(word) => {
                         op = decode(word);
                         self.cache.set(slab, index, op);
                     }
                     Err(crate::BusError::Stage2Fault) => {
                         let esr = Cpu::stage2_fetch_syndrome();
-                        let exit = self.stage2_exit(esr, self.pc);
+                        let exit = self.stage2_exit(esr, self.pc, pa);
                         return (self.retired - start, Some(exit));
                     }
                     Err(crate::BusError::ExternalAbort) => {
@@ -249,14 +266,35 @@ impl Cpu {
         (self.retired - start, None)
     }
 
-    /// A stage-2 abort exit for `far`. The exit goes to EL2 and back, which
-    /// clears the local monitor on hardware too.
-    pub(crate) fn stage2_exit(&mut self, esr: Esr, far: u64) -> Exit {
+    /// The PA page of the code page at PC (MMU on). Once per page entered, so
+    /// kept out of the run loop's body.
+    #[inline(never)]
+    fn translate_code_page<B: Bus>(&mut self, bus: &mut B) -> Result<u64, Fault> {
+        let el0 = self.pstate.el == 0;
+        self.translate(bus, self.pc, AccessKind::Execute, el0)
+            .map(|t| t.pa & !0xFFF)
+    }
+
+    /// The outcome of a stage-1 fault on the fetch at PC: an instruction
+    /// abort to EL1 (one step), or an exit for a stage-2 fault on the walk.
+    #[cold]
+    fn fetch_translation_fault(&mut self, f: Fault) -> (u64, Option<Exit>) {
+        if let Fault::WalkStage2 { ipa, .. } = f {
+            let exit = self.stage2_exit(Cpu::stage2_walk_fetch_syndrome(), self.pc, ipa);
+            return (0, Some(exit));
+        }
+        self.instruction_abort_el1(f.status());
+        (1, None)
+    }
+
+    /// A stage-2 abort exit at virtual address `far` for IPA `ipa`. The exit
+    /// goes to EL2 and back, which clears the local monitor on hardware too.
+    pub(crate) fn stage2_exit(&mut self, esr: Esr, far: u64, ipa: u64) -> Exit {
         self.monitor = None;
         Exit::Stage2Abort {
             esr_el2: esr.0,
             far,
-            hpfar: apf_abi::esr::hpfar_from_ipa(far),
+            hpfar: apf_abi::esr::hpfar_from_ipa(ipa),
         }
     }
 

@@ -1,8 +1,11 @@
 //! The CPU's system registers as MRS, MSR and SYS see them, and as the host
 //! reads and writes them; the register set itself is in `crate::sysreg`.
 
+use apf_abi::esr::{DataAbort, ec};
+
 use super::Cpu;
-use crate::bus::{Bus, SysRegId};
+use crate::bus::{AccessSize, Bus, BusError, SysRegId};
+use crate::mmu::{AccessKind, Fault, PA_BITS};
 use crate::pstate::{Pstate, bits};
 use crate::sysreg::*;
 use crate::timer::TimerId;
@@ -65,12 +68,27 @@ impl Cpu {
         let count = self.counter();
         let s = &mut self.sys;
         match r {
-            SysReg::SctlrEl1 => s.sctlr_el1 = v & !SCTLR_M,
+            SysReg::SctlrEl1 => {
+                s.sctlr_el1 = (v & SCTLR_WRITABLE) | SCTLR_RESET;
+                // Cached permissions depend on WXN; M on or off starts afresh.
+                self.mmu.tlb.flush();
+            }
             SysReg::ActlrEl1 => s.actlr_el1 = v,
             SysReg::CpacrEl1 => s.cpacr_el1 = v & CPACR_FPEN,
-            SysReg::Ttbr0El1 => s.ttbr0_el1 = v,
-            SysReg::Ttbr1El1 => s.ttbr1_el1 = v,
-            SysReg::TcrEl1 => s.tcr_el1 = v,
+            // Entries are ASID-tagged: a new TTBR only changes the current ASID.
+            SysReg::Ttbr0El1 => {
+                s.ttbr0_el1 = v;
+                self.mmu.sync(&self.sys);
+            }
+            SysReg::Ttbr1El1 => {
+                s.ttbr1_el1 = v;
+                self.mmu.sync(&self.sys);
+            }
+            SysReg::TcrEl1 => {
+                s.tcr_el1 = v;
+                self.mmu.sync(&self.sys);
+                self.mmu.tlb.flush();
+            }
             SysReg::SpsrEl1 => s.spsr_el1 = v & SPSR_MASK,
             SysReg::ElrEl1 => s.elr_el1 = v,
             SysReg::SpEl0 if !self.pstate.uses_sp_el1() => self.set_sp(v),
@@ -82,8 +100,12 @@ impl Cpu {
             SysReg::Afsr1El1 => s.afsr1_el1 = v,
             SysReg::FarEl1 => s.far_el1 = v,
             SysReg::ParEl1 => s.par_el1 = v,
-            SysReg::MairEl1 => s.mair_el1 = v,
-            SysReg::AmairEl1 => s.amair_el1 = v,
+            SysReg::MairEl1 => {
+                s.mair_el1 = v;
+                self.mmu.tlb.flush();
+            }
+            // No IMPLEMENTATION DEFINED attributes: RAZ/WI.
+            SysReg::AmairEl1 => {}
             SysReg::VbarEl1 => s.vbar_el1 = v & !0x7FF,
             SysReg::ContextidrEl1 => s.contextidr_el1 = v & 0xFFFF_FFFF,
             SysReg::TpidrEl1 => s.tpidr_el1 = v,
@@ -191,7 +213,10 @@ impl Cpu {
             (3, 0, 4, 2, 2) => u64::from(self.pstate.el) << 2,
             (3, 3, 4, 4, 0 | 1) => return Err(self.fp_fault()),
             (3, 3, 0, 0, 1) => CTR,
-            (3, 3, 0, 0, 7) => DCZID,
+            (3, 3, 0, 0, 7) => {
+                let trapped = self.pstate.el == 0 && self.sys.sctlr_el1 & SCTLR_DZE == 0;
+                DCZID | if trapped { DCZID_DZP } else { 0 }
+            }
             (3, 0, 0, 0, 6) => 0,         // REVIDR_EL1
             (3, 1, 0, 0, 0 | 1 | 7) => 0, // CCSIDR, CLIDR (no caches to maintain), AIDR
             (3, 0, 0, 4, 0) => ID_AA64PFR0,
@@ -201,10 +226,13 @@ impl Cpu {
             (3, 0, 0, 7, 0) => ID_AA64MMFR0,
             // The rest of the ID space reads as zero (AArch32 and unused IDs).
             (3, 0, 0, 1..=7, _) => 0,
+            _ if self.pstate.el == 0 => return Err(SysFault::Undefined),
+            // OSLAR_EL1 is write-only.
+            (2, 0, 1, 0, 4) => return Err(SysFault::Undefined),
+            // OSLSR_EL1: OSLM = 0b10 (the OS lock is implemented), OSLK.
+            (2, 0, 1, 1, 4) => 0b1000 | (u64::from(self.sys.os_lock) << 1),
+            _ if debug_raz_wi(id) || pmu_raz_wi(id) => 0,
             _ => {
-                if self.pstate.el == 0 {
-                    return Err(SysFault::Undefined);
-                }
                 return bus
                     .sysreg_read(id)
                     .map(|v| (v, true))
@@ -246,6 +274,15 @@ impl Cpu {
                         MsrEffect::TimerLines
                     })
                 }
+                // Translation controls: the code page is translated again.
+                SysReg::SctlrEl1
+                | SysReg::Ttbr0El1
+                | SysReg::Ttbr1El1
+                | SysReg::TcrEl1
+                | SysReg::MairEl1 => {
+                    self.set_sysreg(r, v);
+                    Ok(MsrEffect::Resync)
+                }
                 _ => {
                     self.set_sysreg(r, v);
                     Ok(MsrEffect::Plain)
@@ -268,10 +305,15 @@ impl Cpu {
             (3, 3, 4, 4, 0 | 1) => Err(self.fp_fault()),
             _ if id == CURRENT_EL => Err(SysFault::Undefined),
             (3, _, 0, _, _) => Err(SysFault::Undefined), // ID and cache-ID registers
+            _ if self.pstate.el == 0 => Err(SysFault::Undefined),
+            // OSLAR_EL1: sets or clears the OS lock. OSLSR_EL1 is read-only.
+            (2, 0, 1, 0, 4) => {
+                self.sys.os_lock = v & 1 != 0;
+                Ok(MsrEffect::Plain)
+            }
+            (2, 0, 1, 1, 4) => Err(SysFault::Undefined),
+            _ if debug_raz_wi(id) || pmu_raz_wi(id) => Ok(MsrEffect::Plain),
             _ => {
-                if self.pstate.el == 0 {
-                    return Err(SysFault::Undefined);
-                }
                 if bus.sysreg_write(id, v) {
                     Ok(MsrEffect::Foreign)
                 } else {
@@ -300,7 +342,12 @@ impl Cpu {
     }
 
     /// SYS: cache and TLB maintenance and address translation. `v` is Xt.
-    pub(crate) fn sys_op(&mut self, id: SysRegId, v: u64) -> Result<(), SysFault> {
+    pub(crate) fn sys_op<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        id: SysRegId,
+        v: u64,
+    ) -> Result<SysEffect, SysFault> {
         let el0 = self.pstate.el == 0;
         let uci = self.sys.sctlr_el1 & SCTLR_UCI != 0;
         let el0_maintenance = if uci { Ok(()) } else { Err(SysFault::Trapped) };
@@ -309,33 +356,196 @@ impl Cpu {
             // the page is the host's to drop (`invalidate_decoded`).
             (0, 7, 1 | 5, 0) if !el0 => {
                 self.invalidate_all_decoded();
-                Ok(())
+                Ok(SysEffect::Plain)
             }
-            // IC IVAU
+            // IC IVAU: the decoded copy is keyed by PA. Linux only names mapped
+            // code; if the VA does not translate, every page is dropped.
             (3, 7, 5, 1) => {
                 if el0 {
                     el0_maintenance?;
                 }
-                self.invalidate_decoded(v);
-                Ok(())
+                if !self.sys_mmu_on() {
+                    self.invalidate_decoded(v);
+                } else {
+                    match self.translate(bus, v, AccessKind::Read, false) {
+                        Ok(t) => self.invalidate_decoded(t.pa),
+                        Err(_) => self.invalidate_all_decoded(),
+                    }
+                }
+                Ok(SysEffect::Plain)
+            }
+            // DC ZVA.
+            (3, 7, 4, 1) => {
+                if el0 && self.sys.sctlr_el1 & SCTLR_DZE == 0 {
+                    return Err(SysFault::Trapped);
+                }
+                self.dc_zva(bus, v).map(|()| SysEffect::Plain)
             }
             // DC CVAC, CVAU, CVAP, CIVAC: memory is coherent, nothing to do.
             (3, 7, 10 | 11 | 12 | 14, 1) => {
                 if el0 {
                     el0_maintenance?;
                 }
-                Ok(())
+                Ok(SysEffect::Plain)
             }
             // DC IVAC, ISW, CSW, CISW.
-            (0, 7, 6, 1 | 2) | (0, 7, 10 | 14, 2) if !el0 => Ok(()),
-            // AT S1E1R, S1E1W, S1E0R, S1E0W: stage 1 is off, so PA = VA.
-            (0, 7, 8, 0..=3) if !el0 => {
-                self.sys.par_el1 = v & 0x0000_FFFF_FFFF_F000;
-                Ok(())
+            (0, 7, 6, 1 | 2) | (0, 7, 10 | 14, 2) if !el0 => Ok(SysEffect::Plain),
+            // AT S1E1R, S1E1W, S1E0R, S1E0W.
+            (0, 7, 8, op2 @ 0..=3) if !el0 => {
+                let kind = if op2 & 1 == 0 {
+                    AccessKind::Read
+                } else {
+                    AccessKind::Write
+                };
+                self.address_translate(bus, v, kind, op2 >= 2)?;
+                Ok(SysEffect::Plain)
             }
-            // TLBI: there are no stage-1 TLBs.
-            (0, 8, _, _) if !el0 => Ok(()),
+            // TLBI, the EL1 forms without FEAT_TLBIRANGE and FEAT_TLBIOS:
+            // CRm 3 inner shareable, 7 local.
+            (0, 8, crm @ (3 | 7), op2 @ (0 | 1 | 2 | 3 | 5 | 7)) if !el0 => {
+                self.tlbi(op2, v);
+                if crm == 3 {
+                    bus.tlbi_broadcast();
+                }
+                Ok(SysEffect::Resync)
+            }
             _ => Err(SysFault::Undefined),
         }
     }
+
+    fn sys_mmu_on(&self) -> bool {
+        self.sys.sctlr_el1 & SCTLR_M != 0
+    }
+
+    /// TLBI with op2 `op2` (VMALLE1, VAE1, ASIDE1, VAAE1, VALE1, VAALE1) and
+    /// operand `v`. The by-VA forms drop the page under every ASID (more than
+    /// asked, which is always allowed).
+    fn tlbi(&mut self, op2: u8, v: u64) {
+        match op2 {
+            0 => self.mmu.tlb.flush(),
+            2 => {
+                let asid = self.mmu.asid_bits(self.sys.tcr_el1, v);
+                self.mmu.tlb.flush_asid(asid);
+            }
+            _ => {
+                // VA[55:12] in bits 43:0, sign-extended from VA bit 55 as the
+                // TLB's tags are.
+                let page = v & 0x0000_0FFF_FFFF_FFFF;
+                let vpn = if page & (1 << 43) != 0 {
+                    page | 0x000F_F000_0000_0000
+                } else {
+                    page
+                };
+                self.mmu.tlb.flush_page(vpn);
+            }
+        }
+    }
+
+    /// AT S1E*: translates `va` and writes PAR_EL1. A stage-2 fault on the
+    /// walk exits to the host (ESR with S1PTW and CM) like a walk for an access.
+    fn address_translate<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        va: u64,
+        kind: AccessKind,
+        el0: bool,
+    ) -> Result<(), SysFault> {
+        // PAR_EL1 bit 11 is RES1.
+        const PAR_RES1: u64 = 1 << 11;
+        let pa_mask = ((1u64 << PA_BITS) - 1) & !0xFFF;
+        if !self.sys_mmu_on() {
+            // Flat, Device-nGnRnE (attribute 0), outer shareable.
+            self.sys.par_el1 = (va & pa_mask) | (0b10 << 7) | PAR_RES1;
+            return Ok(());
+        }
+        self.sys.par_el1 = match self.translate(bus, va, kind, el0) {
+            Ok(t) => {
+                // Device memory is reported outer shareable.
+                let sh = if t.device { 0b10 } else { u64::from(t.sh) };
+                (u64::from(t.attr) << 56) | (t.pa & pa_mask) | (sh << 7) | PAR_RES1
+            }
+            Err(Fault::WalkStage2 { ipa, .. }) => {
+                let esr = Cpu::stage2_walk_data_syndrome(true);
+                return Err(SysFault::Exit(self.stage2_exit(esr, va, ipa)));
+            }
+            Err(f) => 1 | (u64::from(f.status()) << 1) | PAR_RES1,
+        };
+        Ok(())
+    }
+
+    /// DC ZVA: zeroes the 64-byte block holding `va`. Normal memory only;
+    /// with the MMU off everything is Device, so it is an alignment fault.
+    fn dc_zva<B: Bus>(&mut self, bus: &mut B, va: u64) -> Result<(), SysFault> {
+        let block = va & !(DC_ZVA_BYTES - 1);
+        let el0 = self.pstate.el == 0;
+        let pa = if !self.sys_mmu_on() {
+            None
+        } else {
+            match self.translate(bus, block, AccessKind::Write, el0) {
+                Ok(t) if !t.device => Some(t.pa),
+                Ok(_) => None,
+                Err(Fault::WalkStage2 { ipa, .. }) => {
+                    let esr = Cpu::stage2_walk_data_syndrome(false);
+                    return Err(SysFault::Exit(self.stage2_exit(esr, va, ipa)));
+                }
+                Err(f) => {
+                    self.data_abort_el1(va, true, f.status());
+                    return Err(SysFault::Aborted);
+                }
+            }
+        };
+        let Some(pa) = pa else {
+            self.data_abort_el1(va, true, apf_abi::esr::fsc::ALIGNMENT);
+            return Err(SysFault::Aborted);
+        };
+        // One page, so one stage-2 mapping: if the first write succeeds, the
+        // rest do, and a fault on the first leaves memory as it was.
+        for k in 0..DC_ZVA_BYTES / 8 {
+            let at = pa + 8 * k;
+            match bus.write(at, AccessSize::Double, 0) {
+                Ok(()) => {}
+                Err(BusError::Stage2Fault) => {
+                    let esr = DataAbort {
+                        syndrome: None,
+                        write: true,
+                        s1ptw: false,
+                        cache_maintenance: false,
+                        external: false,
+                        far_not_valid: false,
+                        dfsc: apf_abi::esr::fsc::TRANSLATION_L3,
+                    }
+                    .encode(ec::DABT_LOWER);
+                    return Err(SysFault::Exit(self.stage2_exit(esr, va, at)));
+                }
+                Err(BusError::ExternalAbort) => {
+                    self.data_abort_el1(va, true, apf_abi::esr::fsc::SYNC_EXTERNAL);
+                    return Err(SysFault::Aborted);
+                }
+            }
+        }
+        self.cache.stored(pa, DC_ZVA_BYTES);
+        Ok(())
+    }
+}
+
+/// The self-hosted debug registers Linux resets at boot, RAZ/WI (so no
+/// breakpoint or watchpoint can be enabled): DBGBVR/BCR/WVR/WCR<n>_EL1 for
+/// n = 0..15, MDSCR_EL1, MDCCINT_EL1, OSDLR_EL1, DBGPRCR_EL1 and the claim tags.
+fn debug_raz_wi(id: SysRegId) -> bool {
+    matches!(
+        (id.op0, id.op1, id.crn, id.crm, id.op2),
+        (2, 0, 0, _, 4..=7) | (2, 0, 0, 2, 0 | 2) | (2, 0, 1, 3 | 4, 4) | (2, 0, 7, 8 | 9, 6)
+    )
+}
+
+/// The PMU registers Linux touches: PMCR_EL0, PMCNTENCLR_EL0, PMOVSCLR_EL0,
+/// PMCEID0/1_EL0, PMUSERENR_EL0 and PMINTENCLR_EL1. ID_AA64DFR0_EL1.PMUVer = 0
+/// makes them UNDEFINED architecturally; reading zero (no counters, nothing
+/// enabled) tells software the same thing without an exception, so EL1 gets
+/// RAZ/WI.
+fn pmu_raz_wi(id: SysRegId) -> bool {
+    matches!(
+        (id.op0, id.op1, id.crn, id.crm, id.op2),
+        (3, 3, 9, 12, 0 | 2 | 3 | 6 | 7) | (3, 3, 9, 14, 0) | (3, 0, 9, 14, 2)
+    )
 }

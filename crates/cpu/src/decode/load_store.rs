@@ -99,7 +99,7 @@ fn register(i: u32) -> Op {
     let opc = bits(i, 23, 22);
     let rt = r5(i, 0);
     let n = sp(r5(i, 5));
-    let single = |offset: i32, wb: Writeback, prefetch_allowed: bool| -> Op {
+    let access = |offset: i32, wb: Writeback, prefetch_allowed: bool, unprivileged: bool| -> Op {
         match access_kind(size_bits, opc, prefetch_allowed) {
             Some(Access::Store) => Op::Store {
                 t: rt,
@@ -107,6 +107,7 @@ fn register(i: u32) -> Op {
                 offset,
                 size,
                 wb,
+                unprivileged,
             },
             Some(Access::Load(ext)) => Op::Load {
                 t: dst(rt),
@@ -115,10 +116,14 @@ fn register(i: u32) -> Op {
                 size,
                 ext,
                 wb,
+                unprivileged,
             },
             Some(Access::Prefetch) => Op::Prefetch,
             None => Op::Undefined,
         }
+    };
+    let single = |offset: i32, wb: Writeback, prefetch_allowed: bool| -> Op {
+        access(offset, wb, prefetch_allowed, false)
     };
     if bit(i, 24) {
         // imm12 scaled by the size: at most 4095 << 3.
@@ -131,9 +136,8 @@ fn register(i: u32) -> Op {
         return match bits(i, 11, 10) {
             0b00 => single(offset, Writeback::None, true),
             0b01 => single(offset, Writeback::Post, false),
-            // LDTR/STTR: with the stage-1 MMU off there are no permissions to
-            // check, so the unprivileged forms behave as the plain ones.
-            0b10 => single(offset, Writeback::None, false),
+            // LDTR/STTR: checked with EL0 permissions.
+            0b10 => access(offset, Writeback::None, false, true),
             _ => single(offset, Writeback::Pre, false),
         };
     }

@@ -97,7 +97,21 @@ mod tests {
                 offset: 8,
                 size: AccessSize::Double,
                 ext: LoadExt::Zero,
-                wb: Writeback::None
+                wb: Writeback::None,
+                unprivileged: false
+            }
+        );
+        // ldtrb w3, [x4, #-1]
+        assert_eq!(
+            decode(0x385F_F883),
+            Op::Load {
+                t: 3,
+                n: 4,
+                offset: -1,
+                size: AccessSize::Byte,
+                ext: LoadExt::Zero,
+                wb: Writeback::None,
+                unprivileged: true
             }
         );
         // stp x29, x30, [sp, #-16]!

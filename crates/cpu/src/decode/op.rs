@@ -367,6 +367,7 @@ pub(crate) enum Op {
         op: SysRegId,
     },
 
+    /// LDR/LDUR (immediate); `unprivileged` for LDTR*.
     Load {
         t: u8,
         n: u8,
@@ -374,13 +375,16 @@ pub(crate) enum Op {
         size: AccessSize,
         ext: LoadExt,
         wb: Writeback,
+        unprivileged: bool,
     },
+    /// STR/STUR (immediate); `unprivileged` for STTR*.
     Store {
         t: u8,
         n: u8,
         offset: i32,
         size: AccessSize,
         wb: Writeback,
+        unprivileged: bool,
     },
     LoadRegOffset {
         t: u8,

@@ -32,13 +32,24 @@ fn split(block: u128, size: AccessSize) -> (u64, u64) {
 }
 
 impl Cpu {
-    /// The address of an exclusive or atomic access of `bytes`: the base
-    /// register, aligned to the whole access (pairs included).
+    /// The virtual and physical address of an exclusive or atomic access of
+    /// `bytes`: the base register, aligned to the whole access (pairs
+    /// included) in every memory type, and translated for a read or a write.
     #[inline]
-    fn atomic_address(&mut self, n: u8, bytes: u64, write: bool) -> Result<u64, Flow> {
-        let addr = self.base(n)?;
-        self.aligned(addr, bytes, write)?;
-        Ok(addr)
+    fn atomic_target<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        n: u8,
+        bytes: u64,
+        write: bool,
+    ) -> Result<(u64, u64), Flow> {
+        let va = self.base(n)?;
+        self.aligned(va, bytes, write)?;
+        if !self.mmu_on() {
+            return Ok((va, va));
+        }
+        let t = self.translate_data(bus, va, no_syndrome(write))?;
+        Ok((va, t.pa))
     }
 
     /// Reads the `bytes` (up to 16) at `addr` as one block. The bus has no
@@ -47,24 +58,25 @@ impl Cpu {
     fn read_block<B: Bus>(
         &mut self,
         bus: &mut B,
-        addr: u64,
+        (va, pa): (u64, u64),
         bytes: u64,
         info: AccessInfo,
     ) -> Result<u128, Flow> {
         if bytes <= 8 {
             let size = AccessSize::from_bytes(bytes).unwrap_or(AccessSize::Double);
             return bus
-                .read(addr, size)
+                .read(pa, size)
                 .map(u128::from)
-                .map_err(|e| self.access_fault(e, addr, info));
+                .map_err(|e| self.access_fault(e, va, pa, info));
         }
-        let high = addr.wrapping_add(8);
+        // 16-aligned, so both halves are on one page.
+        let (high_va, high) = (va.wrapping_add(8), pa.wrapping_add(8));
         let lo = bus
-            .read(addr, AccessSize::Double)
-            .map_err(|e| self.access_fault(e, addr, info))?;
+            .read(pa, AccessSize::Double)
+            .map_err(|e| self.access_fault(e, va, pa, info))?;
         let hi = bus
             .read(high, AccessSize::Double)
-            .map_err(|e| self.access_fault(e, high, info))?;
+            .map_err(|e| self.access_fault(e, high_va, high, info))?;
         Ok(u128::from(lo) | (u128::from(hi) << 64))
     }
 
@@ -73,7 +85,7 @@ impl Cpu {
     fn swap_block<B: Bus>(
         &mut self,
         bus: &mut B,
-        addr: u64,
+        (va, addr): (u64, u64),
         bytes: u64,
         old: u128,
         new: u128,
@@ -85,7 +97,7 @@ impl Cpu {
             bus.compare_exchange(addr, size, old as u64, new as u64)
                 .map(u128::from)
         }
-        .map_err(|e| self.access_fault(e, addr, no_syndrome(true)))?;
+        .map_err(|e| self.access_fault(e, va, addr, no_syndrome(true)))?;
         if prev == old {
             self.cache.stored(addr, bytes);
         }
@@ -103,15 +115,20 @@ impl Cpu {
         pair: bool,
     ) -> Flow {
         let bytes = block_bytes(size, pair);
-        let addr = match self.atomic_address(n, bytes, false) {
+        let target = match self.atomic_target(bus, n, bytes, false) {
             Ok(a) => a,
             Err(f) => return f,
         };
-        let value = match self.read_block(bus, addr, bytes, no_syndrome(false)) {
+        let value = match self.read_block(bus, target, bytes, no_syndrome(false)) {
             Ok(v) => v,
             Err(f) => return f,
         };
-        self.monitor = Some(Monitor { addr, bytes, value });
+        // The monitor holds the physical address, as hardware's does.
+        self.monitor = Some(Monitor {
+            addr: target.1,
+            bytes,
+            value,
+        });
         let (first, second) = split(value, size);
         self.w(t, first);
         self.w(t2, second);
@@ -131,14 +148,14 @@ impl Cpu {
         pair: bool,
     ) -> Flow {
         let bytes = block_bytes(size, pair);
-        let addr = match self.atomic_address(n, bytes, true) {
+        let target = match self.atomic_target(bus, n, bytes, true) {
             Ok(a) => a,
             Err(f) => return f,
         };
         let new = join(self.r(t), self.r(t2), size);
         let success = match self.monitor {
-            Some(mon) if mon.addr == addr && mon.bytes == bytes => {
-                match self.swap_block(bus, addr, bytes, mon.value, new) {
+            Some(mon) if mon.addr == target.1 && mon.bytes == bytes => {
+                match self.swap_block(bus, target, bytes, mon.value, new) {
                     Ok(prev) => prev == mon.value,
                     Err(f) => return f,
                 }
@@ -161,14 +178,14 @@ impl Cpu {
         pair: bool,
     ) -> Flow {
         let bytes = block_bytes(size, pair);
-        let addr = match self.atomic_address(n, bytes, true) {
+        let target = match self.atomic_target(bus, n, bytes, true) {
             Ok(a) => a,
             Err(f) => return f,
         };
         let second = |r: u8| if pair { self.r_raw(r + 1) } else { 0 };
         let old = join(self.r_raw(s), second(s), size);
         let new = join(self.r_raw(t), second(t), size);
-        match self.swap_block(bus, addr, bytes, old, new) {
+        match self.swap_block(bus, target, bytes, old, new) {
             Ok(prev) => {
                 let (first, second) = split(prev, size);
                 self.w_raw(s, first);
@@ -192,7 +209,7 @@ impl Cpu {
         size: AccessSize,
         op: AtomicOp,
     ) -> Flow {
-        let addr = match self.atomic_address(n, size.bytes(), true) {
+        let (va, addr) = match self.atomic_target(bus, n, size.bytes(), true) {
             Ok(a) => a,
             Err(f) => return f,
         };
@@ -203,7 +220,7 @@ impl Cpu {
                 self.w(t, old);
                 Flow::Next
             }
-            Err(e) => self.access_fault(e, addr, no_syndrome(true)),
+            Err(e) => self.access_fault(e, va, addr, no_syndrome(true)),
         }
     }
 }

@@ -57,6 +57,7 @@ impl Cpu {
         size: AccessSize,
         ext: LoadExt,
         wb: Writeback,
+        unprivileged: bool,
     ) -> Flow {
         let base = match self.base(n) {
             Ok(b) => b,
@@ -64,7 +65,11 @@ impl Cpu {
         };
         let moved = base.wrapping_add(i64::from(offset) as u64);
         let addr = if wb == Writeback::Post { base } else { moved };
-        let v = match self.load(bus, addr, size, load_info(t, size, ext, wb)) {
+        let info = AccessInfo {
+            unprivileged,
+            ..load_info(t, size, ext, wb)
+        };
+        let v = match self.load(bus, addr, size, info) {
             Ok(v) => v,
             Err(f) => return f,
         };
@@ -78,6 +83,7 @@ impl Cpu {
 
     /// A store with an immediate offset: STR (unsigned offset, pre- or
     /// post-indexed), STUR and STTR.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(super) fn store_immediate<B: Bus>(
         &mut self,
@@ -87,6 +93,7 @@ impl Cpu {
         offset: i32,
         size: AccessSize,
         wb: Writeback,
+        unprivileged: bool,
     ) -> Flow {
         let base = match self.base(n) {
             Ok(b) => b,
@@ -96,7 +103,11 @@ impl Cpu {
         let addr = if wb == Writeback::Post { base } else { moved };
         // Rt == Rn with writeback stores the original value (a permitted outcome).
         let v = self.r(t);
-        if let Err(f) = self.store(bus, addr, size, v, store_info(t, size, wb)) {
+        let info = AccessInfo {
+            unprivileged,
+            ..store_info(t, size, wb)
+        };
+        if let Err(f) = self.store(bus, addr, size, v, info) {
             return f;
         }
         if wb != Writeback::None {
@@ -192,6 +203,10 @@ impl Cpu {
             Ok(b) => b,
             Err(f) => return f,
         };
+        // Ordered accesses must be aligned in Normal memory too.
+        if let Err(f) = self.aligned(addr, size.bytes(), false) {
+            return f;
+        }
         let info = single(t, size, false, size == AccessSize::Double, true, false);
         match self.load(bus, addr, size, info) {
             Ok(v) => {
@@ -216,6 +231,9 @@ impl Cpu {
             Ok(b) => b,
             Err(f) => return f,
         };
+        if let Err(f) = self.aligned(addr, size.bytes(), true) {
+            return f;
+        }
         fence(Ordering::Release);
         let info = single(t, size, false, size == AccessSize::Double, true, true);
         match self.store(bus, addr, size, self.r(t) & size_mask(size), info) {
@@ -281,6 +299,17 @@ impl Cpu {
         let second_addr = addr.wrapping_add(size.bytes());
         let info = no_syndrome(true);
         let (v1, v2) = (self.r(t) & size_mask(size), self.r(t2) & size_mask(size));
+        if self.mmu_on() {
+            let block = u128::from(v1) | (u128::from(v2) << (8 * size.bytes()));
+            let len = 2 * size.bytes();
+            if let Err(f) = self.store_block(bus, addr, len, size.bytes(), block, info) {
+                return f;
+            }
+            if wb != Writeback::None {
+                self.w(n, moved);
+            }
+            return Flow::Next;
+        }
         if let Err(f) = self.aligned(addr, size.bytes(), true) {
             return f;
         }
@@ -289,7 +318,7 @@ impl Cpu {
         if second_addr & 0xFFF == 0 {
             for probe in [addr, second_addr] {
                 if let Err(e) = bus.read(probe, size) {
-                    return self.access_fault(e, probe, info);
+                    return self.access_fault(e, probe, probe, info);
                 }
             }
         }

@@ -337,7 +337,7 @@ impl Cpu {
             Op::MsrImm { field, imm } => self.msr_immediate(field, imm),
             Op::Mrs { t, reg: id } => self.exec_mrs(bus, t, id),
             Op::Msr { t, reg: id } => self.exec_msr(bus, t, id),
-            Op::Sys { t, op: id } => self.exec_sys(t, id),
+            Op::Sys { t, op: id } => self.exec_sys(bus, t, id),
 
             // Loads and stores: see `load_store` and, for exclusives and atomics, `atomic`.
             Op::Load {
@@ -347,14 +347,16 @@ impl Cpu {
                 size,
                 ext,
                 wb,
-            } => self.load_immediate(bus, t, n, offset, size, ext, wb),
+                unprivileged,
+            } => self.load_immediate(bus, t, n, offset, size, ext, wb, unprivileged),
             Op::Store {
                 t,
                 n,
                 offset,
                 size,
                 wb,
-            } => self.store_immediate(bus, t, n, offset, size, wb),
+                unprivileged,
+            } => self.store_immediate(bus, t, n, offset, size, wb, unprivileged),
             Op::LoadRegOffset {
                 t,
                 n,

@@ -7,7 +7,7 @@ use crate::Cpu;
 use crate::bus::{Bus, SysRegId};
 use crate::cpu::{Exit, Flow};
 use crate::decode::{PstateField, reg};
-use crate::sysreg::{MsrEffect, SysFault, raw_rt};
+use crate::sysreg::{MsrEffect, SysEffect, SysFault, raw_rt};
 
 impl Cpu {
     /// The flow of an MRS/MSR/SYS that did not execute.
@@ -19,6 +19,8 @@ impl Cpu {
                 id.trap_iss() | (raw_rt(t) << 5) | u64::from(read),
             ),
             SysFault::FpTrapped => Esr::new(ec::FP_ASIMD, 0),
+            SysFault::Aborted => return Flow::Trap,
+            SysFault::Exit(exit) => return Flow::Fault(exit),
         };
         self.sync_exception(esr, None);
         Flow::Trap
@@ -100,11 +102,15 @@ impl Cpu {
         }
     }
 
-    /// SYS: the cache and (later) TLB and address-translation operations.
+    /// SYS: the cache and TLB maintenance and address-translation operations.
     #[inline(always)]
-    pub(super) fn exec_sys(&mut self, t: u8, id: SysRegId) -> Flow {
-        match self.sys_op(id, self.r_raw(t)) {
-            Ok(()) => Flow::Next,
+    pub(super) fn exec_sys<B: Bus>(&mut self, bus: &mut B, t: u8, id: SysRegId) -> Flow {
+        match self.sys_op(bus, id, self.r_raw(t)) {
+            Ok(SysEffect::Plain) => Flow::Next,
+            Ok(SysEffect::Resync) => {
+                self.pc = self.pc.wrapping_add(4);
+                Flow::Resync
+            }
             Err(f) => self.sys_fault(f, id, t, false),
         }
     }
