@@ -265,7 +265,8 @@ void mmu_trap(struct frame *f, unsigned vec)
 	if (!abort || !(from_el0 || here) || nr_faults >= MAX_FAULTS - 1) {
 		kprintf("FAIL unexpected_exception cpu=0 vector=0x%x esr=0x%lx elr=0x%lx "
 			"far=0x%lx spsr=0x%lx\n", vec * 0x80, esr, f->elr, far, f->spsr);
-		finish();
+		hvc(PSCI_SYSTEM_OFF, 0, 0, 0);	/* without DONE: the run is cut short */
+		park();
 	}
 	struct fault *rec = &faults[nr_faults++];
 	rec->esr = esr;
