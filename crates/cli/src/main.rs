@@ -16,7 +16,8 @@ mod vmargs;
 
 use apf_vm::config::{ByteSize, ProcessConfig, Span, VmConfig, WorkloadKind};
 use apf_vm::{
-    ErrorClass, RunEnd, RunOptions, VmError, run_image, run_workloads, run_workloads_observed,
+    ErrorClass, LinuxGuest, RunEnd, RunOptions, VmError, VmRun, run_image, run_linux,
+    run_workloads, run_workloads_observed,
 };
 use clap::{Args, Parser, Subcommand};
 use progress::RunBar;
@@ -68,8 +69,27 @@ struct RunArgs {
     vm: VmArgs,
     /// Boot this flat AArch64 image instead of the built-in guest (loaded at 0x40080000,
     /// entered at EL1h) and stream its console until it powers off or --timeout passes.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["processes", "work", "duration", "console"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["processes", "work", "duration", "console", "kernel"])]
     image: Option<PathBuf>,
+    /// Boot this arm64 Linux Image (uncompressed) instead of the built-in guest and
+    /// stream its console; the -p processes go to its init on the kernel command line
+    /// (`apf.proc=...`) and are reported from its console.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["duration", "console"])]
+    kernel: Option<PathBuf>,
+    /// The initrd (e.g. a cpio initramfs) for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command-line arguments for --kernel (e.g. "console=ttyAMA0 panic=-1").
+    #[arg(
+        long,
+        value_name = "ARGS",
+        requires = "kernel",
+        allow_hyphen_values = true
+    )]
+    append: Option<String>,
+    /// Also write the device tree --kernel boots with to FILE (a DTB).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    dtb_out: Option<PathBuf>,
     /// Also write the report as JSON (schema in the README).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -177,6 +197,14 @@ enum CliError {
     },
     #[error("the image {path} is empty: give --image a flat AArch64 binary")]
     EmptyImage { path: PathBuf },
+    /// A --kernel or --initrd file that cannot be read.
+    #[error("cannot read the {what} {path}: {source} (give {flag} a readable file)")]
+    Input {
+        what: &'static str,
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// An output file that could not be written, found before the run.
     #[error("{flag} {path}: {reason}")]
     Output {
@@ -229,6 +257,7 @@ impl CliError {
             CliError::Args(_)
             | CliError::Image { .. }
             | CliError::EmptyImage { .. }
+            | CliError::Input { .. }
             | CliError::Output { .. }
             | CliError::Bench(StoreBenchError::Args(_) | StoreBenchError::Depth(_)) => {
                 EXIT_BAD_INPUT
@@ -340,6 +369,22 @@ fn problem(r: &RunReport) -> Option<String> {
             "{label}: the guest did not finish in time (raise --timeout or lower the work)"
         ));
     }
+    if let Some(line) = &r.kernel_panic {
+        return Some(format!("{label}: the guest kernel panicked: {line}"));
+    }
+    // A process the guest never said it finished (a Linux guest's init
+    // printed no line for it) has no checksum to check.
+    if r.end == "system_off"
+        && let Some(p) = r
+            .processes
+            .iter()
+            .find(|p| matches!(p.state, "new" | "running"))
+    {
+        return Some(format!(
+            "{label}: process {} ({}, vcpu {}) did not finish before the guest powered off",
+            p.index, p.name, p.vcpu
+        ));
+    }
     if !r.checksums_ok {
         return Some(format!("{label}: a process's checksum is wrong"));
     }
@@ -367,6 +412,9 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
     check_output("--json", args.json.as_deref())?;
     if let Some(path) = &args.image {
         return run_an_image(args, path);
+    }
+    if let Some(path) = &args.kernel {
+        return run_a_kernel(args, path);
     }
     let config = args.vm.config(VmConfig::default())?;
     let timeout = args.timeout.map_or(Duration::from_secs(120), |t| t.0);
@@ -423,12 +471,87 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         let label = if config.apf { "APF on" } else { "APF off" };
         write_json(json, "run", &[RunReport::new(label, &config, &run)])?;
     }
+    guest_ending(&run)
+}
+
+fn read_input(what: &'static str, flag: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::Input {
+        what,
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `apf run --kernel`: boots Linux with the -p processes; the report lists them
+/// as the init printed them (none if there are none).
+fn run_a_kernel(args: &RunArgs, path: &Path) -> Result<(), CliError> {
+    check_output("--dtb-out", args.dtb_out.as_deref())?;
+    let kernel = read_input("kernel", "--kernel", path)?;
+    let initrd = args
+        .initrd
+        .as_deref()
+        .map(|p| read_input("initrd", "--initrd", p))
+        .transpose()?;
+    // Without --config or -p, nothing runs but what the initrd brings.
+    let base = VmConfig {
+        processes: Vec::new(),
+        ..VmConfig::default()
+    };
+    let config = args.vm.config_linux(base)?;
+    let guest = LinuxGuest {
+        kernel,
+        initrd,
+        append: args.append.clone().unwrap_or_default(),
+    };
+    if let Some(out) = &args.dtb_out {
+        let prepared = apf_vm::linux::prepare(&config, &guest).map_err(VmError::from)?;
+        std::fs::write(out, &prepared.dtb).map_err(|source| CliError::Write {
+            path: out.clone(),
+            source,
+        })?;
+    }
+    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let timeout = args.timeout.map_or(Duration::from_secs(120), |t| t.0);
+    let run = run_linux(
+        &config,
+        &guest,
+        RunOptions {
+            timeout,
+            echo_console: true,
+        },
+    )?;
+    let label = if config.apf { "APF on" } else { "APF off" };
+    let report = RunReport::new(label, &config, &run);
+    if !config.processes.is_empty() {
+        print!("{}", report::render_run(&report));
+    }
+    let runs = [report];
+    if let Some(json) = &args.json {
+        write_json(json, "run", &runs)?;
+    }
+    guest_ending(&run)?;
+    if config.processes.is_empty() {
+        return Ok(());
+    }
+    check(&runs)
+}
+
+/// How a booted image or kernel ended, as the command's result: powering off
+/// succeeds; a panic, a reset or running out of time fails.
+fn guest_ending(run: &VmRun) -> Result<(), CliError> {
     let wall = table::secs(run.wall.as_secs_f64());
     match run.end {
         RunEnd::SystemOff => {
             eprintln!("apf: the guest powered off after {wall}");
             Ok(())
         }
+        RunEnd::KernelPanic => Err(CliError::RunFailed(format!(
+            "the guest kernel panicked after {wall}: {}",
+            run.kernel_panic.as_deref().unwrap_or("Kernel panic")
+        ))),
         RunEnd::SystemReset => Err(CliError::RunFailed(format!(
             "the guest asked for a reset after {wall} (apf does not reset)"
         ))),

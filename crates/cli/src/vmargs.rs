@@ -161,6 +161,14 @@ impl VmArgs {
         Ok(c)
     }
 
+    /// The same, checked for booting a Linux kernel (`--kernel`): the machine,
+    /// and processes it can name on the kernel command line.
+    pub fn config_linux(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
+        let c = self.merged(base)?;
+        c.validate_linux()?;
+        Ok(c)
+    }
+
     fn merged(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
         let mut c = match &self.config {
             Some(path) => {

@@ -26,8 +26,10 @@ pub struct ProcessOutcome {
     pub checksum: u64,
     /// Whether the checksum equals the reference's for that progress.
     pub checksum_ok: bool,
-    /// The syndrome that killed it, if it was killed.
+    /// The syndrome that killed it, if the built-in guest killed it.
     pub kill_esr: u32,
+    /// The signal that killed it, if a Linux guest killed it.
+    pub kill_signal: Option<u32>,
     /// When the host first saw it ended (done or killed), from the run's start;
     /// `None` if it was still running when the run ended.
     pub ended_at: Option<Duration>,
@@ -43,7 +45,10 @@ impl ProcessOutcome {
     /// "external abort on a data read (ESR 0x92000010)"; `None` if it was not
     /// killed.
     pub fn kill_reason(&self) -> Option<String> {
-        self.killed().then(|| kill_reason(self.kill_esr))
+        self.killed().then(|| match self.kill_signal {
+            Some(signal) => signal_reason(signal),
+            None => kill_reason(self.kill_esr),
+        })
     }
 }
 
@@ -77,6 +82,35 @@ pub(crate) fn kill_reason(esr: u32) -> String {
         class => format!("exception class {class:#04x}"),
     };
     format!("{what} (ESR {esr:#010x})")
+}
+
+/// A Linux signal in words, with its number: "killed by signal 9 (SIGKILL)".
+pub(crate) fn signal_reason(signal: u32) -> String {
+    // The arm64 (asm-generic) numbers of the signals that kill a process.
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        31 => "SIGSYS",
+        _ => "",
+    };
+    if name.is_empty() {
+        format!("killed by signal {signal}")
+    } else {
+        format!("killed by signal {signal} ({name})")
+    }
 }
 
 /// A seed per process, derived from the run's (splitmix64).
@@ -139,6 +173,7 @@ pub(crate) fn outcomes(
                 checksum: r.checksum,
                 checksum_ok: workload::verify(&block.procs[i], &r).is_ok(),
                 kill_esr: r.kill_esr,
+                kill_signal: None,
                 ended_at: ended_at.get(i).copied().flatten(),
             }
         })
@@ -200,6 +235,7 @@ mod tests {
             checksum: 0,
             checksum_ok: true,
             kill_esr: 0,
+            kill_signal: None,
             ended_at: None,
         };
         assert_eq!(p.kill_reason(), None);
@@ -207,5 +243,11 @@ mod tests {
         p.kill_esr = lost_read;
         assert!(p.killed());
         assert_eq!(p.kill_reason(), Some(kill_reason(lost_read)));
+        p.kill_signal = Some(11);
+        assert_eq!(
+            p.kill_reason().as_deref(),
+            Some("killed by signal 11 (SIGSEGV)")
+        );
+        assert_eq!(signal_reason(40), "killed by signal 40");
     }
 }

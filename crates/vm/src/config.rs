@@ -467,6 +467,28 @@ impl VmConfig {
         Ok(())
     }
 
+    /// Checks that the configuration can boot a Linux guest with its processes:
+    /// the machine, and processes the command line can name (none is fine: the
+    /// guest's init then runs nothing of ours). Working sets are the guest
+    /// kernel's to fit.
+    pub fn validate_linux(&self) -> Result<(), ConfigError> {
+        self.validate_machine()?;
+        if self.processes.len() > BOOT_MAX_PROCS {
+            return Err(ConfigError::TooManyProcesses(self.processes.len()));
+        }
+        for (index, p) in self.processes.iter().enumerate() {
+            if p.vcpu >= self.vcpus {
+                return Err(ConfigError::ProcessVcpu {
+                    index,
+                    kind: p.kind.name(),
+                    vcpu: p.vcpu,
+                    vcpus: self.vcpus,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the configuration can run the built-in guest's processes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_machine()?;

@@ -26,6 +26,9 @@ pub enum VmError {
         /// Room.
         room: u64,
     },
+    /// A Linux guest cannot be booted.
+    #[error(transparent)]
+    Linux(#[from] crate::linux::LinuxError),
     /// Writing the image or boot block into guest memory failed.
     #[error("loading the guest: {0}")]
     Load(String),
@@ -78,6 +81,9 @@ impl VmError {
             | VmError::Load(_)
             | VmError::Thread(_)
             | VmError::Gic(_) => ErrorClass::Host,
+            // A device tree that cannot be built is apf's bug, not the input's.
+            VmError::Linux(crate::linux::LinuxError::Fdt(_)) => ErrorClass::Host,
+            VmError::Linux(_) => ErrorClass::Input,
             VmError::VcpuPanicked(_) => ErrorClass::Run,
         }
     }

@@ -7,6 +7,8 @@
 mod boot;
 pub mod config;
 mod error;
+pub mod linux;
+mod linux_run;
 mod monitor;
 mod run;
 mod store;
@@ -14,6 +16,8 @@ pub mod workload;
 
 pub use boot::{ProcessOutcome, boot_block};
 pub use error::{ErrorClass, VmError};
+pub use linux::LinuxGuest;
+pub use linux_run::{run_linux, run_linux_observed};
 pub use monitor::{Live, Observer};
 pub use run::{
     GUEST_IMAGE, RunEnd, RunOptions, VmRun, run_image, run_image_observed, run_workloads,

@@ -46,6 +46,9 @@ pub enum RunEnd {
     Timeout,
     /// The observer ended it (see [`run_image_observed`]).
     Stopped,
+    /// A Linux guest's kernel panicked ([`VmRun::kernel_panic`] has its line);
+    /// whether it then reset or was stopped.
+    KernelPanic,
 }
 
 /// Everything a run produced.
@@ -69,6 +72,9 @@ pub struct VmRun {
     pub store: StoreInfo,
     /// Per-process outcomes (workload runs).
     pub processes: Vec<ProcessOutcome>,
+    /// A Linux guest's panic line ("Kernel panic - not syncing: ..."), if it
+    /// panicked.
+    pub kernel_panic: Option<String>,
 }
 
 impl VmRun {
@@ -130,17 +136,57 @@ impl Default for RunOptions {
     }
 }
 
-struct Built {
-    memory: Arc<GuestMemory>,
-    machine: Arc<Machine>,
-    console: Arc<Mutex<Vec<u8>>>,
+/// A VM's memory and platform, before its vCPUs exist.
+pub(crate) struct Built {
+    pub(crate) memory: Arc<GuestMemory>,
+    pub(crate) machine: Arc<Machine>,
+    /// Everything the guest printed so far.
+    pub(crate) console: Arc<Mutex<Vec<u8>>>,
+}
+
+/// How the boot vCPU starts, and how every vCPU's interpreter is set up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Boot {
+    /// The boot vCPU's PC.
+    pub(crate) entry: u64,
+    /// The boot vCPU's x0.
+    pub(crate) context: u64,
+    /// Every vCPU's interpreter (its MPIDR is set per vCPU).
+    pub(crate) cpu: CpuConfig,
+}
+
+/// A flat image's boot: at its load address, x0 = 0, the default clock.
+fn flat_image_boot() -> Boot {
+    Boot {
+        entry: IMAGE_LOAD_ADDR,
+        context: 0,
+        cpu: CpuConfig::default(),
+    }
 }
 
 fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
-    config.validate_machine()?;
     if image.is_empty() {
+        config.validate_machine()?;
         return Err(VmError::EmptyImage);
     }
+    let built = build_machine(config, echo)?;
+    let room = built.machine.ram.end.saturating_sub(IMAGE_LOAD_ADDR);
+    if image.len() as u64 > room {
+        return Err(VmError::ImageTooBig {
+            len: image.len() as u64,
+            room,
+        });
+    }
+    built
+        .memory
+        .write_bytes(Gpa(IMAGE_LOAD_ADDR), image)
+        .map_err(|e| VmError::Load(e.to_string()))?;
+    Ok(built)
+}
+
+/// Guest memory over the configuration's store, and the platform over it.
+pub(crate) fn build_machine(config: &VmConfig, echo: bool) -> Result<Built, VmError> {
+    config.validate_machine()?;
     let store = open_store(config)?;
     // Guest RAM's range, built once: memory takes it as given (page-aligned or
     // refused, never rounded), and the machine takes the same value for what it
@@ -158,16 +204,6 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
         memory.contains(Gpa(ram.start), ram.end - ram.start) && !memory.contains(Gpa(ram.end), 1),
         "memory holds exactly the machine's RAM range"
     );
-    let room = ram.end.saturating_sub(IMAGE_LOAD_ADDR);
-    if image.len() as u64 > room {
-        return Err(VmError::ImageTooBig {
-            len: image.len() as u64,
-            room,
-        });
-    }
-    memory
-        .write_bytes(Gpa(IMAGE_LOAD_ADDR), image)
-        .map_err(|e| VmError::Load(e.to_string()))?;
     let vcpus = usize::try_from(config.vcpus).unwrap_or(1);
     let gic = Arc::new(Gic::new(vcpus).map_err(|e| VmError::Gic(e.to_string()))?);
     let console = Arc::new(Mutex::new(Vec::new()));
@@ -189,7 +225,7 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
 }
 
 /// Spawns one vCPU thread: [`vcpu::spawn`], or in tests one that fails on purpose.
-trait SpawnVcpu:
+pub(crate) trait SpawnVcpu:
     FnMut(VcpuSpec, Arc<Machine>, Arc<Barrier>, Arc<GuestMemory>) -> std::io::Result<vcpu::VcpuThread>
 {
 }
@@ -210,7 +246,7 @@ impl<F> SpawnVcpu for F where
 /// run unwound), the guard stops the machine, lets every thread still waiting
 /// through (it sees the stop and returns before running any guest code) and
 /// joins them all.
-struct Vcpus {
+pub(crate) struct Vcpus {
     machine: Arc<Machine>,
     /// Spawned, waiting to start (index order).
     waiting: Vec<(Arc<Barrier>, vcpu::VcpuThread)>,
@@ -267,9 +303,10 @@ impl Drop for Vcpus {
 
 /// Spawns every vCPU thread, hands their wakers to the machine and the GIC, and
 /// starts them. Any failure returns with no thread left: see [`Vcpus`].
-fn start_vcpus(
+pub(crate) fn start_vcpus(
     config: &VmConfig,
     built: &Built,
+    boot: Boot,
     mut spawn: impl SpawnVcpu,
 ) -> Result<Vcpus, VmError> {
     let n = usize::try_from(config.vcpus).unwrap_or(1);
@@ -283,15 +320,15 @@ fn start_vcpus(
             index,
             cpu: CpuConfig {
                 mpidr: mpidr_el1_of(index),
-                ..CpuConfig::default()
+                ..boot.cpu
             },
             apf_offered: config.apf,
             apf_sdei_event: SDEI_EVENT_ASYNC_PF,
             apf_ppi: APF_DEFAULT_PPI,
             apf_separate_ready: config.separate_ready,
             boot: (index == 0).then_some(StartRequest {
-                entry: IMAGE_LOAD_ADDR,
-                context: 0,
+                entry: boot.entry,
+                context: boot.context,
             }),
             slice: SLICE,
             halt_poll: HALT_POLL,
@@ -324,7 +361,7 @@ fn start_vcpus(
     Ok(vcpus)
 }
 
-fn finish(
+pub(crate) fn finish(
     built: &Built,
     vcpus: Vcpus,
     begin: Instant,
@@ -351,6 +388,7 @@ fn finish(
         mem_invariants: built.memory.check_invariants(),
         store: built.memory.store_info(),
         processes: Vec::new(),
+        kernel_panic: None,
     })
 }
 
@@ -369,7 +407,7 @@ pub fn run_image_observed(
 ) -> Result<VmRun, VmError> {
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
-    let vcpus = start_vcpus(config, &built, vcpu::spawn)?;
+    let vcpus = start_vcpus(config, &built, flat_image_boot(), vcpu::spawn)?;
     let observer_stopped = monitor::watch(
         &built.machine,
         &built.memory,
@@ -404,7 +442,7 @@ pub fn run_workloads_observed(
         .write_bytes(Gpa(BOOT_BLOCK_GPA), &block.to_bytes())
         .map_err(|e| VmError::Load(e.to_string()))?;
     let begin = Instant::now();
-    let vcpus = start_vcpus(config, &built, vcpu::spawn)?;
+    let vcpus = start_vcpus(config, &built, flat_image_boot(), vcpu::spawn)?;
     let finite: Vec<usize> = (0..config.processes.len())
         .filter(|&i| config.processes[i].work > 0)
         .collect();
@@ -494,7 +532,7 @@ mod tests {
             let config = four_vcpus();
             let built = build(&config, GUEST_IMAGE, false).expect("the VM builds");
             let memory = Arc::downgrade(&built.memory);
-            let result = start_vcpus(&config, &built, spawn).map(|_| ());
+            let result = start_vcpus(&config, &built, flat_image_boot(), spawn).map(|_| ());
             let others = Arc::strong_count(&built.memory) - 1;
             drop(built);
             let _ = tx.send((result.err(), others, memory));

@@ -1,7 +1,8 @@
 //! The guest workloads' checksums, recomputed on the host.
 //!
-//! Each guest process (`guest/user.c`) keeps a running checksum over the values it
-//! reads and computes, and reports `(units done, checksum)` through a system call.
+//! Each guest process (`guest/workloads.h`, run by the built-in guest and by the
+//! Linux init) keeps a running checksum over the values it reads and computes, and
+//! reports `(units done, checksum)` as it goes.
 //! [`Replay`] repeats the same steps over a sparse model of the process's memory
 //! (only the words it touched), so the checksum after `n` units costs `O(n)` and
 //! never a pass over the working set. [`default_config`] mirrors the run the
@@ -340,7 +341,7 @@ mod tests {
         }
     }
 
-    /// A second, literal model of `guest/user.c`: dense memory, and the kv table
+    /// A second, literal model of `guest/workloads.h`: dense memory, and the kv table
     /// with its real linear probing. It checks the sparse [`Replay`].
     struct Dense {
         kind: u32,

@@ -34,8 +34,10 @@ pub struct RunReport {
     pub apf: bool,
     /// The whole configuration.
     pub config: VmConfig,
-    /// `system_off`, `system_reset` or `timeout`.
+    /// `system_off`, `system_reset`, `timeout`, `stopped` or `kernel_panic`.
     pub end: &'static str,
+    /// A Linux guest's panic line, if its kernel panicked.
+    pub kernel_panic: Option<String>,
     /// Wall time from the first vCPU's start to the end.
     pub wall_s: f64,
     /// When every process with work had done it.
@@ -97,8 +99,10 @@ pub struct KilledReport {
     /// Why, from the syndrome the guest recorded, e.g. "external abort on a data
     /// read (ESR 0x92000010)".
     pub reason: String,
-    /// That syndrome (ESR_EL1), in hex.
+    /// That syndrome (ESR_EL1), in hex (0 for a Linux guest's process).
     pub esr: String,
+    /// The signal that killed a Linux guest's process; `null` in the built-in guest.
+    pub signal: Option<u32>,
 }
 
 /// One vCPU.
@@ -220,6 +224,7 @@ fn end_name(end: RunEnd) -> &'static str {
         RunEnd::SystemReset => "system_reset",
         RunEnd::Timeout => "timeout",
         RunEnd::Stopped => "stopped",
+        RunEnd::KernelPanic => "kernel_panic",
     }
 }
 
@@ -340,6 +345,7 @@ impl RunReport {
                 vcpu: p.vcpu,
                 reason: p.kill_reason().unwrap_or_default(),
                 esr: format!("{:#010x}", p.kill_esr),
+                signal: p.kill_signal,
             })
             .collect();
         RunReport {
@@ -347,6 +353,7 @@ impl RunReport {
             apf: config.apf,
             config: config.clone(),
             end: end_name(run.end),
+            kernel_panic: run.kernel_panic.clone(),
             wall_s,
             work_done_s: run.work_done_at.map(seconds),
             checksums_ok: !processes.is_empty() && processes.iter().all(|p| p.checksum_ok),

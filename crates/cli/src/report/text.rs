@@ -25,6 +25,8 @@ fn ending(r: &RunReport) -> String {
     let how = match r.end {
         "system_off" => "the guest powered off",
         "system_reset" => "the guest asked for a reset",
+        "kernel_panic" => "the guest kernel panicked",
+        "stopped" => "stopped",
         _ => "timed out",
     };
     let done = r
@@ -367,7 +369,8 @@ mod tests {
         assert_eq!(
             json["killed"],
             serde_json::json!([{
-                "index": 0, "name": "scan", "vcpu": 0, "reason": reason, "esr": "0x92000010"
+                "index": 0, "name": "scan", "vcpu": 0, "reason": reason, "esr": "0x92000010",
+                "signal": null
             }])
         );
         assert_eq!(json["lost_pages"], 1);

@@ -1,0 +1,238 @@
+//! Running a Linux guest (`linux/`): the kernel, initrd and device tree
+//! written into guest RAM, the vCPUs started as the kernel's booting document
+//! asks, and the console watched for the init's protocol lines and a panic.
+
+use crate::boot::{ProcessOutcome, boot_block};
+use crate::config::VmConfig;
+use crate::error::VmError;
+use crate::linux::console::{ConsoleScanner, ProcEnd};
+use crate::linux::{LINUX_CNTFRQ, LINUX_TIME_SCALE, LinuxGuest, prepare};
+use crate::monitor::{self, Observer};
+use crate::run::{Boot, RunEnd, RunOptions, VmRun, build_machine, finish, start_vcpus};
+use crate::workload;
+use apf_abi::Gpa;
+use apf_abi::boot::{ProcResult, proc_state};
+use apf_cpu::CpuConfig;
+use apf_host::machine::StopReason;
+use apf_host::sync::lock;
+use apf_host::vcpu;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// Boots `guest` on the machine `config` describes, runs its processes and
+/// reports them from the console: see [`run_linux_observed`].
+pub fn run_linux(
+    config: &VmConfig,
+    guest: &LinuxGuest,
+    options: RunOptions,
+) -> Result<VmRun, VmError> {
+    run_linux_observed(config, guest, options, &mut |_| ControlFlow::Continue(()))
+}
+
+/// How long a panicking kernel may go on printing (its backtrace) before the
+/// run ends, if it neither resets nor prints the panic's end marker.
+const PANIC_GRACE: Duration = Duration::from_secs(2);
+
+/// [`run_linux`] with an observer. The run ends when the guest powers off or
+/// resets, at `options.timeout`, or soon after a kernel panic (once the kernel
+/// printed the panic's end, or after a short grace).
+pub fn run_linux_observed(
+    config: &VmConfig,
+    guest: &LinuxGuest,
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<VmRun, VmError> {
+    config.validate_linux()?;
+    let prepared = prepare(config, guest)?;
+    let built = build_machine(config, options.echo_console)?;
+    let write = |at: u64, bytes: &[u8]| {
+        built
+            .memory
+            .write_bytes(Gpa(at), bytes)
+            .map_err(|e| VmError::Load(e.to_string()))
+    };
+    write(prepared.layout.kernel.start, &guest.kernel)?;
+    if let (Some(range), Some(bytes)) = (&prepared.layout.initrd, &guest.initrd) {
+        write(range.start, bytes)?;
+    }
+    write(prepared.layout.dtb.start, &prepared.dtb)?;
+    let boot = Boot {
+        entry: prepared.layout.kernel.start,
+        context: prepared.layout.dtb.start,
+        cpu: CpuConfig {
+            cntfrq: LINUX_CNTFRQ,
+            time_scale: LINUX_TIME_SCALE,
+            ..CpuConfig::default()
+        },
+    };
+    let begin = Instant::now();
+    let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
+    let mut scanner = ConsoleScanner::new(config.processes.len());
+    let finite: Vec<usize> = (0..config.processes.len())
+        .filter(|&i| config.processes[i].work > 0)
+        .collect();
+    let mut ended_at = vec![None; config.processes.len()];
+    let mut work_done_at = None;
+    let mut panic_at = None;
+    let observer_stopped = monitor::watch(
+        &built.machine,
+        &built.memory,
+        begin,
+        options.timeout,
+        false,
+        observe,
+        |live| {
+            let ended = scanner.scan(&lock(&built.console), false);
+            for i in ended {
+                ended_at[i] = Some(live.elapsed);
+            }
+            if work_done_at.is_none()
+                && !finite.is_empty()
+                && finite.iter().all(|&i| ended_at[i].is_some())
+            {
+                work_done_at = Some(live.elapsed);
+            }
+            if scanner.panic().is_some() {
+                let since = *panic_at.get_or_insert(live.elapsed);
+                if scanner.panic_ended() || live.elapsed - since >= PANIC_GRACE {
+                    built.machine.stop(StopReason::Host);
+                }
+            }
+        },
+    );
+    built.machine.stop(StopReason::Host);
+    let mut run = finish(&built, vcpus, begin, work_done_at, observer_stopped)?;
+    // The console is complete now (the UART flushed its last partial line).
+    scanner.scan(run.uart.as_bytes(), true);
+    if let Some(line) = scanner.panic() {
+        run.end = RunEnd::KernelPanic;
+        run.kernel_panic = Some(line.to_string());
+    }
+    run.processes = outcomes(config, &scanner, &ended_at);
+    Ok(run)
+}
+
+/// Each process's outcome from what the init printed, its checksum checked
+/// against the Rust replay. A process the init said nothing about is still
+/// running as far as the host knows.
+fn outcomes(
+    config: &VmConfig,
+    scanner: &ConsoleScanner,
+    ended_at: &[Option<Duration>],
+) -> Vec<ProcessOutcome> {
+    let block = boot_block(config);
+    config
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (state, progress, checksum, kill_signal) = match scanner.procs()[i] {
+                Some(ProcEnd::Done { progress, checksum }) => {
+                    (proc_state::DONE, progress, checksum, None)
+                }
+                Some(ProcEnd::Killed {
+                    signal,
+                    progress,
+                    checksum,
+                }) => (proc_state::KILLED, progress, checksum, Some(signal)),
+                None => (proc_state::RUNNING, 0, 0, None),
+            };
+            let result = ProcResult {
+                state,
+                kill_esr: 0,
+                progress,
+                checksum,
+                reserved: 0,
+            };
+            ProcessOutcome {
+                index: i,
+                kind: p.kind,
+                vcpu: p.vcpu,
+                state,
+                progress,
+                checksum,
+                checksum_ok: state != proc_state::RUNNING
+                    && workload::verify(&block.procs[i], &result).is_ok(),
+                kill_esr: 0,
+                kill_signal,
+                ended_at: ended_at.get(i).copied().flatten(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, ProcessConfig, WorkloadKind};
+
+    fn config(processes: Vec<ProcessConfig>) -> VmConfig {
+        VmConfig {
+            vcpus: 2,
+            ram: ByteSize(64 << 20),
+            processes,
+            seed: 5,
+            ..VmConfig::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_are_read_from_the_console_and_checked() {
+        let c = config(vec![
+            ProcessConfig {
+                kind: WorkloadKind::Calc,
+                vcpu: 0,
+                mem: ByteSize(0),
+                work: 40,
+            },
+            ProcessConfig {
+                kind: WorkloadKind::Calc,
+                vcpu: 0,
+                mem: ByteSize(0),
+                work: 40,
+            },
+            ProcessConfig {
+                kind: WorkloadKind::Calc,
+                vcpu: 1,
+                mem: ByteSize(0),
+                work: 40,
+            },
+        ]);
+        let block = boot_block(&c);
+        let good = workload::expected_checksum(&block.procs[0], 40).unwrap();
+        let at_3 = workload::expected_checksum(&block.procs[1], 3).unwrap();
+        let console = format!(
+            "[ 0.1] hello\napf-proc 1 killed 9 3 {at_3:016x}\napf-proc 0 done 40 {good:016x}\napf-init done\n"
+        );
+        let mut s = ConsoleScanner::new(3);
+        s.scan(console.as_bytes(), true);
+        let at = Duration::from_millis(5);
+        let out = outcomes(&c, &s, &[Some(at), Some(at), None]);
+        assert_eq!(
+            (
+                out[0].state,
+                out[0].progress,
+                out[0].checksum,
+                out[0].checksum_ok
+            ),
+            (proc_state::DONE, 40, good, true)
+        );
+        assert_eq!(out[0].ended_at, Some(at));
+        assert!(out[1].killed());
+        assert_eq!((out[1].kill_signal, out[1].checksum_ok), (Some(9), true));
+        assert_eq!(
+            out[1].kill_reason().as_deref(),
+            Some("killed by signal 9 (SIGKILL)")
+        );
+        assert_eq!(
+            (out[2].state, out[2].checksum_ok, out[2].ended_at),
+            (proc_state::RUNNING, false, None),
+            "no line: not finished"
+        );
+
+        let wrong = format!("apf-proc 0 done 40 {:016x}\n", good ^ 1);
+        let mut s = ConsoleScanner::new(3);
+        s.scan(wrong.as_bytes(), true);
+        assert!(!outcomes(&c, &s, &[None; 3])[0].checksum_ok);
+    }
+}

@@ -1,0 +1,527 @@
+/*
+ * PID 1 of the Linux guest: runs apf's workloads as Linux processes and reports
+ * them on the console (README.md beside this file has the protocol).
+ *
+ * The host passes one `apf.proc=<kind>,<vcpu>,<mem_bytes>,<work>,<seed>` token
+ * per process on the kernel command line. Init forks one child per token, pinned
+ * to its vCPU; the child maps its working set and runs the workload of
+ * ../workloads.h, publishing (progress, checksum) in a page shared with init.
+ * Init alone writes to the console: after wait4 it prints
+ *   apf-proc <index> done <progress> <checksum>
+ *   apf-proc <index> killed <signal> <progress> <checksum>
+ * then `apf-init done`, and powers off. A bad token: `apf-init error: ...`, power off.
+ *
+ * Freestanding: no FP/SIMD anywhere (build.sh checks the binary).
+ */
+#include "sys.h"
+#include "workloads.h"
+
+#define MAX_PROCS APF_BOOT_MAX_PROCS
+#define CMDLINE_MAX 4096
+#define LINE_MAX 256
+
+/* _start: the kernel leaves argc/argv/envp on the stack; init needs none of them. */
+__asm__(".text\n"
+	".global _start\n"
+	"_start:\n"
+	"	mov x29, #0\n"
+	"	mov x30, #0\n"
+	"	bl init_main\n"
+	"	b .\n");
+
+/*
+ * GCC may call these even in freestanding code (to zero or copy a struct); no libc
+ * provides them here. Byte loops: -fno-tree-loop-distribute-patterns keeps GCC from
+ * turning them back into calls to themselves.
+ */
+void *memset(void *dst, int c, u64 n);
+void *memset(void *dst, int c, u64 n)
+{
+	unsigned char *d = dst;
+	for (u64 i = 0; i < n; i++)
+		d[i] = (unsigned char)c;
+	return dst;
+}
+
+void *memcpy(void *dst, const void *src, u64 n);
+void *memcpy(void *dst, const void *src, u64 n)
+{
+	unsigned char *d = dst;
+	const unsigned char *s = src;
+	for (u64 i = 0; i < n; i++)
+		d[i] = s[i];
+	return dst;
+}
+
+struct proc_spec {
+	u64 kind;
+	u64 vcpu;
+	u64 mem_bytes;
+	u64 work;
+	u64 seed;
+};
+
+/*
+ * What a child publishes, in the page it shares with init. Two (progress,
+ * checksum) slots and the index of the newer one: a child killed while writing a
+ * slot leaves the other, complete, pair published.
+ */
+struct proc_report {
+	u64 progress[2];
+	u64 checksum[2];
+	u64 current;
+	/* Why the child killed itself before running (0: it did not), and the errno. */
+	u64 failure;
+	u64 failure_errno;
+};
+
+enum failure { FAIL_NONE, FAIL_AFFINITY, FAIL_MMAP };
+
+static const char *const kind_names[] = { "?", "scan", "calc", "kv", "build" };
+
+/* --- Output: one write per line, so lines never interleave --- */
+struct line {
+	char buf[LINE_MAX];
+	u64 len;
+};
+
+static void put_str(struct line *l, const char *s)
+{
+	while (*s && l->len < LINE_MAX - 1)
+		l->buf[l->len++] = *s++;
+}
+
+static void put_dec(struct line *l, u64 v)
+{
+	char digits[20];
+	int n = 0;
+	do {
+		digits[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n && l->len < LINE_MAX - 1)
+		l->buf[l->len++] = digits[--n];
+}
+
+static void put_signed(struct line *l, s64 v)
+{
+	if (v < 0) {
+		put_str(l, "-");
+		put_dec(l, (u64)-v);
+	} else {
+		put_dec(l, (u64)v);
+	}
+}
+
+static void put_hex16(struct line *l, u64 v)
+{
+	for (int shift = 60; shift >= 0 && l->len < LINE_MAX - 1; shift -= 4)
+		l->buf[l->len++] = "0123456789abcdef"[(v >> shift) & 0xf];
+}
+
+static void put_bytes(struct line *l, const char *s, u64 n)
+{
+	for (u64 i = 0; i < n && l->len < LINE_MAX - 1; i++)
+		l->buf[l->len++] = s[i];
+}
+
+static void emit(struct line *l)
+{
+	l->buf[l->len++] = '\n';
+	u64 off = 0;
+	while (off < l->len) {
+		s64 n = sys_write(1, l->buf + off, l->len - off);
+		if (n == -EINTR)
+			continue;
+		if (n <= 0)
+			return; /* no console: nothing else to tell it to */
+		off += (u64)n;
+	}
+}
+
+static noreturn void power_off(void)
+{
+	sys_power_off();
+	/* Still here: init exiting panics the kernel, which ends the VM (panic=-1). */
+	sys_exit_group(1);
+}
+
+static noreturn void fail(struct line *l)
+{
+	emit(l);
+	power_off();
+}
+
+/* --- Console and file systems --- */
+
+/*
+ * An initramfs without device nodes leaves fds 0-2 closed (the kernel found no
+ * /dev/console to open): open it from devtmpfs for each one missing.
+ */
+static void open_console(void)
+{
+	s64 console = -1;
+	for (int fd = 0; fd <= 2; fd++) {
+		if (sys_fcntl(fd, F_GETFD) >= 0)
+			continue;
+		if (console < 0) {
+			console = sys_open("/dev/console", O_RDWR);
+			if (console < 0)
+				return;
+		}
+		if (console != fd)
+			sys_dup3((int)console, fd);
+	}
+	if (console > 2)
+		sys_close((int)console);
+}
+
+static void mount_or_fail(const char *source, const char *target, const char *type)
+{
+	s64 r = sys_mount(source, target, type);
+	if (r == 0 || r == -EBUSY) /* -EBUSY: the kernel mounted it already */
+		return;
+	struct line l;
+	l.len = 0;
+	put_str(&l, "apf-init error: mount ");
+	put_str(&l, type);
+	put_str(&l, " on ");
+	put_str(&l, target);
+	put_str(&l, " failed: ");
+	put_signed(&l, r);
+	fail(&l);
+}
+
+/* Reads /proc/cmdline into buf (NUL-terminated); returns its length. */
+static u64 read_cmdline(char *buf)
+{
+	s64 fd = sys_open("/proc/cmdline", O_RDONLY);
+	struct line l;
+	l.len = 0;
+	if (fd < 0) {
+		put_str(&l, "apf-init error: open /proc/cmdline failed: ");
+		put_signed(&l, fd);
+		fail(&l);
+	}
+	u64 len = 0;
+	for (;;) {
+		s64 n = sys_read((int)fd, buf + len, CMDLINE_MAX - 1 - len);
+		if (n == -EINTR)
+			continue;
+		if (n < 0) {
+			put_str(&l, "apf-init error: read /proc/cmdline failed: ");
+			put_signed(&l, n);
+			fail(&l);
+		}
+		if (n == 0 || len + (u64)n == CMDLINE_MAX - 1) {
+			len += (u64)n;
+			break;
+		}
+		len += (u64)n;
+	}
+	sys_close((int)fd);
+	buf[len] = 0;
+	return len;
+}
+
+/* --- The apf.proc= tokens --- */
+
+static int is_space(char c) { return c == ' ' || c == '\n' || c == '\t'; }
+
+static int starts_with(const char *s, u64 n, const char *prefix)
+{
+	u64 i = 0;
+	for (; prefix[i]; i++)
+		if (i >= n || s[i] != prefix[i])
+			return 0;
+	return 1;
+}
+
+static int equals(const char *s, u64 n, const char *word)
+{
+	return starts_with(s, n, word) && word[n] == 0;
+}
+
+/* A decimal u64 without sign, spaces or overflow. */
+static int parse_dec(const char *s, u64 n, u64 *out)
+{
+	if (n == 0)
+		return 0;
+	u64 v = 0;
+	for (u64 i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return 0;
+		u64 digit = (u64)(s[i] - '0');
+		if (v > (UINT64_MAX - digit) / 10)
+			return 0;
+		v = v * 10 + digit;
+	}
+	*out = v;
+	return 1;
+}
+
+static noreturn void bad_token(const char *token, u64 n, const char *why)
+{
+	struct line l;
+	l.len = 0;
+	put_str(&l, "apf-init error: ");
+	put_bytes(&l, token, n);
+	put_str(&l, ": ");
+	put_str(&l, why);
+	fail(&l);
+}
+
+static int cpu_online(const u64 *mask, u64 cpu)
+{
+	return cpu < CPU_MASK_WORDS * 64 && (mask[cpu / 64] >> (cpu % 64)) & 1;
+}
+
+/* Parses one token's value: <kind>,<vcpu>,<mem_bytes>,<work>,<seed>. */
+static void parse_spec(const char *token, u64 n, const char *value, u64 value_len,
+		       const u64 *online, struct proc_spec *spec)
+{
+	const char *field[5];
+	u64 field_len[5];
+	u64 nfields = 0, start = 0;
+	for (u64 i = 0; i <= value_len; i++) {
+		if (i < value_len && value[i] != ',')
+			continue;
+		if (nfields == 5)
+			bad_token(token, n, "more than 5 fields");
+		field[nfields] = value + start;
+		field_len[nfields] = i - start;
+		nfields++;
+		start = i + 1;
+	}
+	if (nfields != 5)
+		bad_token(token, n, "expected <kind>,<vcpu>,<mem_bytes>,<work>,<seed>");
+
+	spec->kind = 0;
+	for (u64 k = APF_WORKLOAD_SCAN; k <= APF_WORKLOAD_BUILD; k++)
+		if (equals(field[0], field_len[0], kind_names[k]))
+			spec->kind = k;
+	if (!spec->kind)
+		bad_token(token, n, "unknown kind (scan, calc, kv or build)");
+	if (!parse_dec(field[1], field_len[1], &spec->vcpu))
+		bad_token(token, n, "vcpu is not a decimal u64");
+	if (!parse_dec(field[2], field_len[2], &spec->mem_bytes))
+		bad_token(token, n, "mem_bytes is not a decimal u64");
+	if (!parse_dec(field[3], field_len[3], &spec->work))
+		bad_token(token, n, "work is not a decimal u64");
+	if (!parse_dec(field[4], field_len[4], &spec->seed))
+		bad_token(token, n, "seed is not a decimal u64");
+
+	/* The same minimums as the built-in guest and apf_vm::workload. */
+	if ((spec->kind == APF_WORKLOAD_SCAN || spec->kind == APF_WORKLOAD_BUILD) &&
+	    spec->mem_bytes < APF_PAGE_SIZE)
+		bad_token(token, n, "scan and build need mem_bytes >= 4096");
+	if (spec->kind == APF_WORKLOAD_KV && spec->mem_bytes < 64)
+		bad_token(token, n, "kv needs mem_bytes >= 64");
+	if (!cpu_online(online, spec->vcpu))
+		bad_token(token, n, "no such vcpu online");
+}
+
+/* Finds every apf.proc= token in the command line; returns how many. */
+static u64 parse_cmdline(const char *cmdline, u64 len, const u64 *online, struct proc_spec *specs)
+{
+	static const char prefix[] = "apf.proc=";
+	u64 nprocs = 0;
+	u64 i = 0;
+	while (i < len) {
+		while (i < len && is_space(cmdline[i]))
+			i++;
+		u64 start = i;
+		while (i < len && !is_space(cmdline[i]))
+			i++;
+		const char *token = cmdline + start;
+		u64 n = i - start;
+		if (n == 0 || !starts_with(token, n, prefix))
+			continue;
+		if (nprocs == MAX_PROCS)
+			bad_token(token, n, "more than 48 apf.proc= tokens");
+		u64 skip = sizeof(prefix) - 1;
+		parse_spec(token, n, token + skip, n - skip, online, &specs[nprocs]);
+		nprocs++;
+	}
+	return nprocs;
+}
+
+/* --- A child: one workload --- */
+
+static void publish(volatile struct proc_report *r, u64 progress, u64 checksum)
+{
+	u64 next = r->current ^ 1;
+	r->progress[next] = progress;
+	r->checksum[next] = checksum;
+	compiler_barrier();
+	r->current = next;
+}
+
+/* Ends a child that could not start: init reports it as killed by SIGKILL. */
+static noreturn void give_up(volatile struct proc_report *r, enum failure why, s64 err)
+{
+	r->failure_errno = (u64)-err;
+	compiler_barrier();
+	r->failure = why;
+	compiler_barrier();
+	sys_kill(sys_getpid(), SIGKILL);
+	sys_exit_group(1);
+}
+
+static noreturn void run_proc(const struct proc_spec *spec, volatile struct proc_report *r)
+{
+	u64 mask[CPU_MASK_WORDS] = { 0 };
+	mask[spec->vcpu / 64] = 1ul << (spec->vcpu % 64);
+	s64 err = sys_sched_setaffinity(mask);
+	if (err < 0)
+		give_up(r, FAIL_AFFINITY, err);
+
+	u64 *mem = 0;
+	if (spec->mem_bytes) {
+		s64 addr = sys_mmap_anonymous(spec->mem_bytes, 0);
+		if (addr < 0 && addr > -4096)
+			give_up(r, FAIL_MMAP, addr);
+		mem = (u64 *)addr;
+	}
+
+	struct workload w;
+	workload_start(&w, spec->kind, mem, spec->mem_bytes, spec->seed);
+	for (u64 done = 0; spec->work == 0 || done < spec->work;) {
+		workload_step(&w);
+		done++;
+		if (done % WORKLOAD_REPORT_EVERY == 0 || done == spec->work)
+			publish(r, done, w.checksum);
+	}
+	sys_exit_group(0);
+}
+
+/* --- Init --- */
+
+static void report_end(u64 index, const volatile struct proc_report *r, int status)
+{
+	u64 current = r->current & 1;
+	u64 progress = r->progress[current];
+	u64 checksum = r->checksum[current];
+	int signal = status & 0x7f;
+	struct line l;
+	l.len = 0;
+
+	if (r->failure != FAIL_NONE) {
+		/* Said before the killed line, which alone is the protocol. */
+		put_str(&l, "apf-init: process ");
+		put_dec(&l, index);
+		put_str(&l, r->failure == FAIL_AFFINITY ? ": sched_setaffinity" : ": mmap");
+		put_str(&l, " failed, errno ");
+		put_dec(&l, r->failure_errno);
+		emit(&l);
+		l.len = 0;
+	}
+	put_str(&l, "apf-proc ");
+	put_dec(&l, index);
+	if (signal == 0 && (status >> 8 & 0xff) == 0) {
+		put_str(&l, " done ");
+	} else if (signal != 0 && signal != 0x7f) {
+		put_str(&l, " killed ");
+		put_dec(&l, (u64)signal);
+		put_str(&l, " ");
+	} else {
+		/* A child exits 0 or dies of a signal; anything else is a bug here. */
+		l.len = 0;
+		put_str(&l, "apf-init error: process ");
+		put_dec(&l, index);
+		put_str(&l, " ended with wait status ");
+		put_dec(&l, (u64)(unsigned)status);
+		fail(&l);
+	}
+	put_dec(&l, progress);
+	put_str(&l, " ");
+	put_hex16(&l, checksum);
+	emit(&l);
+}
+
+noreturn void init_main(void);
+noreturn void init_main(void)
+{
+	static char cmdline[CMDLINE_MAX];
+	static struct proc_spec specs[MAX_PROCS];
+	static s64 pids[MAX_PROCS];
+	struct line l;
+	l.len = 0;
+
+	/* devtmpfs first: the console may be only there. Without it init goes on if it
+	 * has a console all the same (the kernel's built-in /dev/console). */
+	s64 r = sys_mount("devtmpfs", "/dev", "devtmpfs");
+	open_console();
+	if (r != 0 && r != -EBUSY) {
+		put_str(&l, "apf-init: mount devtmpfs on /dev failed: ");
+		put_signed(&l, r);
+		emit(&l);
+		l.len = 0;
+	}
+	mount_or_fail("proc", "/proc", "proc");
+
+	u64 online[CPU_MASK_WORDS] = { 0 };
+	r = sys_sched_getaffinity(online);
+	if (r < 0) {
+		put_str(&l, "apf-init error: sched_getaffinity failed: ");
+		put_signed(&l, r);
+		fail(&l);
+	}
+	u64 len = read_cmdline(cmdline);
+	u64 nprocs = parse_cmdline(cmdline, len, online, specs);
+
+	volatile struct proc_report *reports = 0;
+	if (nprocs) {
+		r = sys_mmap_anonymous(sizeof(struct proc_report) * MAX_PROCS, 1);
+		if (r < 0 && r > -4096) {
+			put_str(&l, "apf-init error: mmap of the report page failed: ");
+			put_signed(&l, r);
+			fail(&l);
+		}
+		reports = (volatile struct proc_report *)r;
+	}
+	for (u64 i = 0; i < nprocs; i++) {
+		/* Before any unit, a process has reported (0, seed). */
+		reports[i].progress[0] = 0;
+		reports[i].checksum[0] = specs[i].seed;
+		reports[i].current = 0;
+		reports[i].failure = FAIL_NONE;
+	}
+
+	for (u64 i = 0; i < nprocs; i++) {
+		s64 pid = sys_fork();
+		if (pid == 0)
+			run_proc(&specs[i], &reports[i]);
+		if (pid < 0) {
+			put_str(&l, "apf-init error: fork of process ");
+			put_dec(&l, i);
+			put_str(&l, " failed: ");
+			put_signed(&l, pid);
+			fail(&l);
+		}
+		pids[i] = pid;
+	}
+
+	for (u64 running = nprocs; running;) {
+		int status = 0;
+		s64 pid = sys_wait4(&status);
+		if (pid == -EINTR)
+			continue;
+		if (pid < 0) {
+			put_str(&l, "apf-init error: wait4 failed: ");
+			put_signed(&l, pid);
+			fail(&l);
+		}
+		for (u64 i = 0; i < nprocs; i++) {
+			if (pids[i] == pid) {
+				report_end(i, &reports[i], status);
+				pids[i] = 0;
+				running--;
+			}
+		}
+	}
+
+	put_str(&l, "apf-init done");
+	emit(&l);
+	power_off();
+}
