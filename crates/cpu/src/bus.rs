@@ -82,6 +82,19 @@ impl AtomicOp {
     }
 }
 
+/// Maintenance one vCPU broadcasts to the others ([`Bus::broadcast`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Broadcast {
+    /// Drop cached stage-1 translations (every TLBI …IS form; dropping all of
+    /// them is always allowed).
+    Tlb,
+    /// Drop the decoded instructions of the guest-physical page holding this
+    /// address (IC IVAU, which the architecture broadcasts).
+    CodePage(u64),
+    /// Drop every decoded instruction (IC IALLUIS).
+    AllCode,
+}
+
 /// A system register named by its MRS/MSR encoding (op0, op1, CRn, CRm, op2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SysRegId {
@@ -176,10 +189,18 @@ pub trait Bus {
     /// Whether the host wants `run` to return ([`Exit::Kicked`](crate::Exit::Kicked)).
     /// Checked at least once per basic block.
     fn kicked(&self) -> bool;
-    /// An inner-shareable TLBI was executed; before this returns, every other
-    /// vCPU must have called [`Cpu::flush_tlb`](crate::Cpu::flush_tlb)
-    /// (over-invalidation is allowed). A single-vCPU bus needs nothing.
-    fn tlbi_broadcast(&mut self) {}
+    /// This vCPU performed maintenance the architecture broadcasts to the inner
+    /// shareable domain (and has applied it to itself). Before this returns, no
+    /// other vCPU may still use what it invalidates: each must have applied it
+    /// ([`Cpu::flush_tlb`](crate::Cpu::flush_tlb),
+    /// [`Cpu::invalidate_decoded`](crate::Cpu::invalidate_decoded); doing more is
+    /// always allowed). Returns `true` if this vCPU must drop its whole TLB and
+    /// decoded code before its next instruction (others' broadcasts reached it
+    /// while it waited). A single-vCPU bus has nobody to tell.
+    fn broadcast(&mut self, op: Broadcast) -> bool {
+        let _ = op;
+        false
+    }
 }
 
 #[cfg(test)]

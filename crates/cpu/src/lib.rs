@@ -60,7 +60,7 @@ mod sysreg;
 mod timer;
 
 pub use apf_abi::esr::{AccessSize, Esr};
-pub use bus::{AtomicOp, Bus, BusError, SysRegId};
+pub use bus::{AtomicOp, Broadcast, Bus, BusError, SysRegId};
 pub use cpu::{Cpu, CpuConfig, Exit};
 pub use exception::Exception;
 pub use ram_bus::RamBus;

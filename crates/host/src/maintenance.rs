@@ -20,24 +20,12 @@
 //! on a vCPU that waits on it.
 
 use crate::sync::lock;
+use apf_cpu::Broadcast;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Decoded pages queued for one vCPU beyond which it drops all of them instead.
 const CODE_PAGES_MAX: usize = 64;
-
-/// One broadcast operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Broadcast {
-    /// Drop cached stage-1 translations (every TLBI …IS form; over-invalidating
-    /// by dropping all of them is always allowed).
-    Tlb,
-    /// Drop the decoded instructions of the guest-physical page holding this
-    /// address (IC IVAU).
-    CodePage(u64),
-    /// Drop every decoded instruction (IC IALLUIS).
-    AllCode,
-}
 
 /// What a vCPU must apply before it runs guest code again.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use apf_abi::esr::{DataAbort, ec};
 
 use super::Cpu;
-use crate::bus::{AccessSize, Bus, BusError, SysRegId};
+use crate::bus::{AccessSize, Broadcast, Bus, BusError, SysRegId};
 use crate::mmu::{AccessKind, Fault, PA_BITS};
 use crate::pstate::{Pstate, bits};
 use crate::sysreg::*;
@@ -352,24 +352,36 @@ impl Cpu {
         let uci = self.sys.sctlr_el1 & SCTLR_UCI != 0;
         let el0_maintenance = if uci { Ok(()) } else { Err(SysFault::Trapped) };
         match (id.op1, id.crn, id.crm, id.op2) {
-            // IC IALLUIS, IC IALLU. IC is local: another vCPU's decoded copy of
-            // the page is the host's to drop (`invalidate_decoded`).
-            (0, 7, 1 | 5, 0) if !el0 => {
+            // IC IALLUIS (CRm 1, broadcast), IC IALLU (CRm 5, this PE only).
+            (0, 7, crm @ (1 | 5), 0) if !el0 => {
                 self.invalidate_all_decoded();
+                if crm == 1 {
+                    self.broadcast(bus, Broadcast::AllCode);
+                }
                 Ok(SysEffect::Plain)
             }
-            // IC IVAU: the decoded copy is keyed by PA. Linux only names mapped
-            // code; if the VA does not translate, every page is dropped.
+            // IC IVAU: the decoded copies are keyed by PA, and the architecture
+            // makes this one reach every PE. Linux only names mapped code; if
+            // the VA does not translate, every page is dropped.
             (3, 7, 5, 1) => {
                 if el0 {
                     el0_maintenance?;
                 }
-                if !self.sys_mmu_on() {
-                    self.invalidate_decoded(v);
+                let pa = if self.sys_mmu_on() {
+                    self.translate(bus, v, AccessKind::Read, false)
+                        .ok()
+                        .map(|t| t.pa)
                 } else {
-                    match self.translate(bus, v, AccessKind::Read, false) {
-                        Ok(t) => self.invalidate_decoded(t.pa),
-                        Err(_) => self.invalidate_all_decoded(),
+                    Some(v)
+                };
+                match pa {
+                    Some(pa) => {
+                        self.invalidate_decoded(pa);
+                        self.broadcast(bus, Broadcast::CodePage(pa));
+                    }
+                    None => {
+                        self.invalidate_all_decoded();
+                        self.broadcast(bus, Broadcast::AllCode);
                     }
                 }
                 Ok(SysEffect::Plain)
@@ -405,11 +417,20 @@ impl Cpu {
             (0, 8, crm @ (3 | 7), op2 @ (0 | 1 | 2 | 3 | 5 | 7)) if !el0 => {
                 self.tlbi(op2, v);
                 if crm == 3 {
-                    bus.tlbi_broadcast();
+                    self.broadcast(bus, Broadcast::Tlb);
                 }
                 Ok(SysEffect::Resync)
             }
             _ => Err(SysFault::Undefined),
+        }
+    }
+
+    /// Sends `op` to the other vCPUs; applies, in full, what reached this one
+    /// while it waited.
+    fn broadcast<B: Bus>(&mut self, bus: &mut B, op: Broadcast) {
+        if bus.broadcast(op) {
+            self.flush_tlb();
+            self.invalidate_all_decoded();
         }
     }
 

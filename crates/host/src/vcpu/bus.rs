@@ -3,10 +3,9 @@
 
 use crate::gic::{GicCpuInterface, IccReg};
 use crate::machine::Machine;
-use crate::maintenance::Broadcast;
 use crate::waker::VcpuWaker;
 use apf_abi::Gpa;
-use apf_cpu::{AccessSize, AtomicOp, Bus, BusError, SysRegId};
+use apf_cpu::{AccessSize, AtomicOp, Broadcast, Bus, BusError, SysRegId};
 use apf_mem::VcpuTlb;
 
 /// One vCPU's bus, borrowed for one slice of `Cpu::run`.
@@ -26,23 +25,6 @@ pub(crate) struct VcpuBus<'a> {
 // become virtual once a stage-1 MMU lands. With it off they are guest
 // physical, and become a `Gpa` where they meet the machine (`is_ram`).
 impl VcpuBus<'_> {
-    /// Broadcasts `op` to the other vCPUs and waits until none can still use what
-    /// it invalidates; `true` if this vCPU must drop its own TLB and decoded code
-    /// (see `maintenance`).
-    fn broadcast(&mut self, op: Broadcast) -> bool {
-        let machine = self.machine;
-        machine.maintenance.broadcast(
-            self.index,
-            op,
-            |i| {
-                if let Some(w) = machine.waker(i) {
-                    w.kick();
-                }
-            },
-            || machine.stopping(),
-        )
-    }
-
     /// After a TLB miss: RAM misses go to the stage-2 fault path (an exit), other
     /// addresses are MMIO or nothing.
     fn miss(&self, addr: u64) -> BusError {
@@ -142,6 +124,23 @@ impl Bus for VcpuBus<'_> {
         let ok = self.icc.write(icc, value);
         self.waker.kick();
         ok
+    }
+
+    /// Broadcasts `op` to the other vCPUs and waits until none can still use what
+    /// it invalidates; `true` if this vCPU must drop its own TLB and decoded code
+    /// (see `maintenance`).
+    fn broadcast(&mut self, op: Broadcast) -> bool {
+        let machine = self.machine;
+        machine.maintenance.broadcast(
+            self.index,
+            op,
+            |i| {
+                if let Some(w) = machine.waker(i) {
+                    w.kick();
+                }
+            },
+            || machine.stopping(),
+        )
     }
 
     #[inline]
