@@ -19,7 +19,7 @@
 //! - The TLB is direct-mapped (2048 pages, blocks cached per page), tagged
 //!   with the ASID; TTBR writes only change the current ASID, TCR/MAIR/SCTLR
 //!   writes flush it. TLBI by VA drops the page under every ASID; the
-//!   inner-shareable forms also call [`Bus::tlbi_broadcast`]. FEAT_TLBIRANGE
+//!   inner-shareable forms also call [`Bus::broadcast`]. FEAT_TLBIRANGE
 //!   and FEAT_TLBIOS are not advertised, so their TLBIs are UNDEFINED.
 //! - Normal memory takes unaligned and page-crossing loads and stores (single
 //!   and pair): both pages are translated, and for stores probed, before any

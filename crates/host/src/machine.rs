@@ -32,6 +32,10 @@ pub struct StartRequest {
     pub entry: u64,
     /// Context id for x0.
     pub context: u64,
+    /// The virtual counter of the vCPU that asked (0 at boot). The started vCPU's
+    /// counter starts there, so every vCPU reads about the same time: each keeps
+    /// its own counter, and one starting at 0 would put its CPU hours behind.
+    pub counter: u64,
 }
 
 /// What other threads can see of a vCPU while it runs: a watchdog's and a

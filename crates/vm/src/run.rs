@@ -329,6 +329,7 @@ pub(crate) fn start_vcpus(
             boot: (index == 0).then_some(StartRequest {
                 entry: boot.entry,
                 context: boot.context,
+                counter: 0,
             }),
             slice: SLICE,
             halt_poll: HALT_POLL,

@@ -71,7 +71,7 @@ impl Cpu {
             SysReg::SctlrEl1 => {
                 s.sctlr_el1 = (v & SCTLR_WRITABLE) | SCTLR_RESET;
                 // Cached permissions depend on WXN; M on or off starts afresh.
-                self.mmu.tlb.flush();
+                self.mmu.flush();
             }
             SysReg::ActlrEl1 => s.actlr_el1 = v,
             SysReg::CpacrEl1 => s.cpacr_el1 = v & CPACR_FPEN,
@@ -87,7 +87,7 @@ impl Cpu {
             SysReg::TcrEl1 => {
                 s.tcr_el1 = v;
                 self.mmu.sync(&self.sys);
-                self.mmu.tlb.flush();
+                self.mmu.flush();
             }
             SysReg::SpsrEl1 => s.spsr_el1 = v & SPSR_MASK,
             SysReg::ElrEl1 => s.elr_el1 = v,
@@ -102,7 +102,7 @@ impl Cpu {
             SysReg::ParEl1 => s.par_el1 = v,
             SysReg::MairEl1 => {
                 s.mair_el1 = v;
-                self.mmu.tlb.flush();
+                self.mmu.flush();
             }
             // No IMPLEMENTATION DEFINED attributes: RAZ/WI.
             SysReg::AmairEl1 => {}
@@ -443,10 +443,10 @@ impl Cpu {
     /// asked, which is always allowed).
     fn tlbi(&mut self, op2: u8, v: u64) {
         match op2 {
-            0 => self.mmu.tlb.flush(),
+            0 => self.mmu.flush(),
             2 => {
                 let asid = self.mmu.asid_bits(self.sys.tcr_el1, v);
-                self.mmu.tlb.flush_asid(asid);
+                self.mmu.flush_asid(asid);
             }
             _ => {
                 // VA[55:12] in bits 43:0, sign-extended from VA bit 55 as the
@@ -457,7 +457,7 @@ impl Cpu {
                 } else {
                     page
                 };
-                self.mmu.tlb.flush_page(vpn);
+                self.mmu.flush_page(vpn);
             }
         }
     }

@@ -66,7 +66,14 @@ impl Fault {
 /// The per-vCPU MMU state: the TLB and what a lookup needs from the registers.
 #[derive(Debug)]
 pub(crate) struct Mmu {
-    pub(crate) tlb: Tlb,
+    /// Data translations (loads, stores, AT, DC).
+    tlb: Tlb,
+    /// Instruction translations, apart from data as in hardware's split L1
+    /// TLBs: with one direct-mapped array, a code page and a data page in the
+    /// same slot evict each other on every retry, and when their stage-2
+    /// entries (in the host's direct-mapped TLB) collide too, the data access
+    /// re-walks after every exit and never completes.
+    itlb: Tlb,
     /// The ASID TCR.A1 selects, cut to 8 bits unless TCR.AS.
     asid: u16,
     tbi0: bool,
@@ -84,6 +91,7 @@ impl Mmu {
     pub(crate) fn new() -> Mmu {
         Mmu {
             tlb: Tlb::new(),
+            itlb: Tlb::new(),
             asid: 0,
             tbi0: false,
             tbi1: false,
@@ -109,6 +117,32 @@ impl Mmu {
     }
 
     /// The current ASID (what TLBI ASIDE1 compares against is in Xt instead).
+    /// Drops every translation.
+    pub(crate) fn flush(&mut self) {
+        self.tlb.flush();
+        self.itlb.flush();
+    }
+
+    /// Drops the non-global translations of `asid`.
+    pub(crate) fn flush_asid(&mut self, asid: u16) {
+        self.tlb.flush_asid(asid);
+        self.itlb.flush_asid(asid);
+    }
+
+    /// Drops the translations of page `vpn` under every ASID.
+    pub(crate) fn flush_page(&mut self, vpn: u64) {
+        self.tlb.flush_page(vpn);
+        self.itlb.flush_page(vpn);
+    }
+
+    fn tlb_for(&self, kind: AccessKind) -> &Tlb {
+        if kind == AccessKind::Execute {
+            &self.itlb
+        } else {
+            &self.tlb
+        }
+    }
+
     pub(crate) fn asid_bits(&self, tcr: u64, raw: u64) -> u16 {
         // TLBI operands carry the ASID in bits 63:48.
         #[allow(clippy::cast_possible_truncation)]
@@ -158,7 +192,7 @@ impl Cpu {
         el0: bool,
     ) -> Result<Translation, Fault> {
         let vpn = self.mmu.untagged(va, kind) >> 12;
-        if let Some(e) = self.mmu.tlb.lookup(vpn, self.mmu.asid) {
+        if let Some(e) = self.mmu.tlb_for(kind).lookup(vpn, self.mmu.asid) {
             if e.perms & needed(kind, el0) == 0 {
                 return Err(Fault::Permission(e.level));
             }
@@ -190,7 +224,12 @@ impl Cpu {
         };
         let vpn = self.mmu.untagged(va, kind) >> 12;
         let fill = walk(bus, &regs, vpn << 12)?;
-        self.mmu.tlb.insert(vpn, self.mmu.asid, fill);
+        let asid = self.mmu.asid;
+        if kind == AccessKind::Execute {
+            self.mmu.itlb.insert(vpn, asid, fill);
+        } else {
+            self.mmu.tlb.insert(vpn, asid, fill);
+        }
         if fill.perms & needed(kind, el0) == 0 {
             return Err(Fault::Permission(fill.level));
         }
@@ -204,8 +243,8 @@ impl Cpu {
 
     /// Drops every cached stage-1 translation of this vCPU. The host calls it
     /// when another vCPU executed an inner-shareable TLBI
-    /// ([`Bus::tlbi_broadcast`]).
+    /// ([`Bus::broadcast`]).
     pub fn flush_tlb(&mut self) {
-        self.mmu.tlb.flush();
+        self.mmu.flush();
     }
 }

@@ -4,9 +4,10 @@
 use crate::gic::{GicCpuInterface, IccReg};
 use crate::machine::Machine;
 use crate::waker::VcpuWaker;
+use apf_abi::Gfn;
 use apf_abi::Gpa;
 use apf_cpu::{AccessSize, AtomicOp, Broadcast, Bus, BusError, SysRegId};
-use apf_mem::VcpuTlb;
+use apf_mem::{Resolve, TlbMiss, VcpuTlb};
 
 /// One vCPU's bus, borrowed for one slice of `Cpu::run`.
 pub(crate) struct VcpuBus<'a> {
@@ -19,19 +20,63 @@ pub(crate) struct VcpuBus<'a> {
     pub(crate) waker: &'a VcpuWaker,
     /// MMIO accesses in this slice, for the exit statistics.
     pub(crate) mmio: u64,
+    /// Stage-2 faults resolved without an exit in this slice.
+    pub(crate) mapped: u64,
+    /// The last miss that could not be mapped here (its page needs a fetch or
+    /// is not RAM), for the stage-2 exit that follows.
+    pub(crate) unresolved: Option<(Gfn, Resolve)>,
 }
 
 // The interpreter's `Bus` and the TLB hit path take raw `u64` addresses: they
 // become virtual once a stage-1 MMU lands. With it off they are guest
 // physical, and become a `Gpa` where they meet the machine (`is_ram`).
 impl VcpuBus<'_> {
-    /// After a TLB miss: RAM misses go to the stage-2 fault path (an exit), other
-    /// addresses are MMIO or nothing.
+    /// After a TLB miss on RAM: the stage-2 fault path, taken here without an
+    /// exit when the page needs no I/O (resident, rescued or zero-filled), as
+    /// KVM handles such faults without the VMM. Returns whether the page is now
+    /// mapped and the access can be retried; if not, the miss becomes a stage-2
+    /// exit, and what `resolve` found is kept for the exit's handler so the
+    /// fault is not resolved (and counted) twice.
+    ///
+    /// Resolving here also guarantees progress: the TLB is direct-mapped, so two
+    /// pages one access needs (a table descriptor and the data, two descriptors
+    /// of one walk) can share an entry; resolved on exits they would evict each
+    /// other on every retry, resolved here each access completes as it maps.
+    #[cold]
+    fn map_on_miss(&mut self, addr: u64, write: bool) -> bool {
+        match self.ram.resolve(Gpa(addr), write) {
+            Resolve::Mapped => {
+                self.mapped += 1;
+                true
+            }
+            r => {
+                self.unresolved = Some((Gpa(addr).gfn(), r));
+                false
+            }
+        }
+    }
+
+    /// The error for an access to `addr` that missed the TLB and could not be
+    /// mapped: a stage-2 fault on RAM, an external abort elsewhere.
     fn miss(&self, addr: u64) -> BusError {
         if self.machine.is_ram(Gpa(addr), 1) {
             BusError::Stage2Fault
         } else {
             BusError::ExternalAbort
+        }
+    }
+
+    /// Retries `access` once after mapping `addr`'s page, if it is RAM.
+    fn ram_retry<T>(
+        &mut self,
+        addr: u64,
+        write: bool,
+        access: impl FnOnce(&mut VcpuTlb) -> Result<T, TlbMiss>,
+    ) -> Result<T, BusError> {
+        if self.machine.is_ram(Gpa(addr), 1) && self.map_on_miss(addr, write) {
+            access(self.ram).map_err(|_| BusError::Stage2Fault)
+        } else {
+            Err(self.miss(addr))
         }
     }
 }
@@ -44,14 +89,19 @@ impl Bus for VcpuBus<'_> {
     #[inline]
     fn fetch(&mut self, addr: u64) -> Result<u32, BusError> {
         // Instructions execute from RAM only; a fetch from MMIO is an abort.
-        self.ram.fetch_insn(addr).map_err(|_| self.miss(addr))
+        match self.ram.fetch_insn(addr) {
+            Ok(w) => Ok(w),
+            Err(_) => self.ram_retry(addr, false, |t| t.fetch_insn(addr)),
+        }
     }
 
     #[inline]
     fn read(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
         match self.ram.read(addr, size) {
             Ok(v) => Ok(v),
-            Err(_) if self.machine.is_ram(Gpa(addr), 1) => Err(BusError::Stage2Fault),
+            Err(_) if self.machine.is_ram(Gpa(addr), 1) => {
+                self.ram_retry(addr, false, |t| t.read(addr, size))
+            }
             Err(_) => {
                 self.mmio += 1;
                 self.machine
@@ -65,7 +115,9 @@ impl Bus for VcpuBus<'_> {
     fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         match self.ram.write(addr, size, value) {
             Ok(()) => Ok(()),
-            Err(_) if self.machine.is_ram(Gpa(addr), 1) => Err(BusError::Stage2Fault),
+            Err(_) if self.machine.is_ram(Gpa(addr), 1) => {
+                self.ram_retry(addr, true, |t| t.write(addr, size, value))
+            }
             Err(_) => {
                 self.mmio += 1;
                 if self.machine.mmio_write(addr, bytes(size), value) {
@@ -86,15 +138,17 @@ impl Bus for VcpuBus<'_> {
         old: u64,
         new: u64,
     ) -> Result<u64, BusError> {
-        self.ram
-            .compare_exchange(addr, size, old, new)
-            .map_err(|_| self.miss(addr))
+        match self.ram.compare_exchange(addr, size, old, new) {
+            Ok(v) => Ok(v),
+            Err(_) => self.ram_retry(addr, true, |t| t.compare_exchange(addr, size, old, new)),
+        }
     }
 
     fn compare_exchange_pair(&mut self, addr: u64, old: u128, new: u128) -> Result<u128, BusError> {
-        self.ram
-            .compare_exchange_pair(addr, old, new)
-            .map_err(|_| self.miss(addr))
+        match self.ram.compare_exchange_pair(addr, old, new) {
+            Ok(v) => Ok(v),
+            Err(_) => self.ram_retry(addr, true, |t| t.compare_exchange_pair(addr, old, new)),
+        }
     }
 
     fn atomic_rmw(
@@ -104,9 +158,11 @@ impl Bus for VcpuBus<'_> {
         op: AtomicOp,
         operand: u64,
     ) -> Result<u64, BusError> {
-        self.ram
-            .atomic_rmw(addr, size, |old| op.apply(size, old, operand))
-            .map_err(|_| self.miss(addr))
+        let apply = |old| op.apply(size, old, operand);
+        match self.ram.atomic_rmw(addr, size, apply) {
+            Ok(v) => Ok(v),
+            Err(_) => self.ram_retry(addr, true, |t| t.atomic_rmw(addr, size, apply)),
+        }
     }
 
     fn sysreg_read(&mut self, reg: SysRegId) -> Option<u64> {

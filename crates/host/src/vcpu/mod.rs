@@ -29,9 +29,9 @@ use crate::psci::{PowerState, PsciAction, enter_cpu};
 use crate::sdei::SdeiVcpu;
 use crate::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
 use crate::waker::{VcpuWaker, WakeReason};
-use apf_abi::Gpa;
 use apf_abi::esr::{DataAbort, Esr, InstructionAbort, ec, fsc, ipa_from_hpfar};
 use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
+use apf_abi::{Gfn, Gpa};
 use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
 use apf_mem::{FetchSink, FetchStart, GuestMemory, Resolve, VcpuTlb};
 use bus::VcpuBus;
@@ -221,7 +221,8 @@ impl Vcpu {
     /// Resets the vCPU and starts it at `req` (boot, or CPU_ON).
     fn power_on(&mut self, req: StartRequest) {
         let ctx = &mut self.ctx;
-        let counter = ctx.cpu.counter();
+        // Never backwards for this vCPU (it may have run before a CPU_OFF).
+        let counter = ctx.cpu.counter().max(req.counter);
         ctx.cpu = Cpu::new(self.spec.cpu);
         ctx.cpu.advance_counter(counter);
         enter_cpu(&mut ctx.cpu, req.entry, req.context);
@@ -288,6 +289,8 @@ impl Vcpu {
             machine: &ctx.machine,
             waker: &self.waker,
             mmio: 0,
+            mapped: 0,
+            unresolved: None,
         };
         let retired = ctx.cpu.retired();
         let exit = ctx.cpu.run(&mut bus, self.spec.slice);
@@ -296,6 +299,8 @@ impl Vcpu {
             live.add_retired(ctx.cpu.retired().wrapping_sub(retired));
         }
         self.stats.exits.mmio += bus.mmio;
+        self.stats.faults.mapped += bus.mapped;
+        let unresolved = bus.unresolved;
         self.stats.guest += t.elapsed();
 
         let exits = &mut self.stats.exits;
@@ -323,7 +328,7 @@ impl Vcpu {
                 hpfar,
             } => {
                 exits.stage2 += 1;
-                self.stage2_abort(Esr(esr_el2), far, hpfar);
+                self.stage2_abort(Esr(esr_el2), far, hpfar, unresolved);
             }
             Exit::TimerDeadline => exits.timer += 1,
             Exit::Budget => {
@@ -425,7 +430,15 @@ impl Vcpu {
                 entry,
                 context,
             } => {
-                machine.request_start(target, StartRequest { entry, context });
+                let counter = self.ctx.cpu.counter();
+                machine.request_start(
+                    target,
+                    StartRequest {
+                        entry,
+                        context,
+                        counter,
+                    },
+                );
                 Next::Continue
             }
             PsciAction::CpuOff => Next::PowerOff,
@@ -440,13 +453,19 @@ impl Vcpu {
         }
     }
 
-    fn stage2_abort(&mut self, esr: Esr, far: u64, hpfar: u64) {
+    /// `unresolved`: what the bus found when it tried to map the page without
+    /// an exit, if it did.
+    fn stage2_abort(&mut self, esr: Esr, far: u64, hpfar: u64, unresolved: Option<(Gfn, Resolve)>) {
         let gpa = Gpa(ipa_from_hpfar(hpfar) | (far & 0xFFF));
         let write = esr.is_write_abort();
         if tracing::enabled!(target: "apf", tracing::Level::TRACE) {
             self.trace_stage2_abort(esr, gpa, write);
         }
-        let gfn = match self.ctx.ram.resolve(gpa, write) {
+        let resolved = match unresolved {
+            Some((gfn, r)) if gfn == gpa.gfn() => r,
+            _ => self.ctx.ram.resolve(gpa, write),
+        };
+        let gfn = match resolved {
             Resolve::Mapped => {
                 self.stats.faults.mapped += 1;
                 return;
