@@ -266,21 +266,6 @@ impl SysRegs {
     }
 }
 
-/// Why an MRS, MSR or SYS did not execute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SysFault {
-    /// UNDEFINED (EC 0).
-    Undefined,
-    /// Trapped to EL1 by an EL1 control (EC 0x18).
-    Trapped,
-    /// Trapped by CPACR_EL1.FPEN (EC 0x07).
-    FpTrapped,
-    /// A translation or access fault was taken to EL1 (PC at the vector).
-    Aborted,
-    /// Return this exit (a stage-2 abort); nothing changed.
-    Exit(crate::cpu::Exit),
-}
-
 /// What a successful MSR changed, so the run loop knows what to recheck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MsrEffect {

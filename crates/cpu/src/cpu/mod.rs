@@ -9,9 +9,9 @@ use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
 use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
-use crate::mmu::{AccessKind, Fault, Mmu};
+use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
 use crate::pstate::{Pstate, bits};
-use crate::sysreg::SysRegs;
+use crate::sysreg::{SCTLR_WXN, SysRegs};
 use crate::timer::{TimeScale, Timer, TimerLines};
 
 /// Per-vCPU configuration.
@@ -75,6 +75,21 @@ pub enum Exit {
     Budget,
     /// [`Bus::kicked`] said so.
     Kicked,
+}
+
+/// Why an MRS, MSR or SYS did not execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SysFault {
+    /// UNDEFINED (EC 0).
+    Undefined,
+    /// Trapped to EL1 by an EL1 control (EC 0x18).
+    Trapped,
+    /// Trapped by CPACR_EL1.FPEN (EC 0x07).
+    FpTrapped,
+    /// A translation or access fault was taken to EL1 (PC at the vector).
+    Aborted,
+    /// Return this exit (a stage-2 abort); nothing changed.
+    Exit(Exit),
 }
 
 /// The local exclusive monitor: the address, size and value an LDXR/LDXP saw.
@@ -397,6 +412,34 @@ impl Cpu {
     /// in through an instruction abort before it runs again).
     pub fn invalidate_all_decoded(&mut self) {
         self.cache.invalidate_all();
+    }
+
+    /// Translates `va` for an access of `kind` with the permissions of EL0
+    /// (`el0`) or EL1. The MMU must be on (SCTLR_EL1.M = 1).
+    #[inline(always)]
+    pub(crate) fn translate<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        va: u64,
+        kind: AccessKind,
+        el0: bool,
+    ) -> Result<Translation, Fault> {
+        let s = &self.sys;
+        // Read only on a TLB miss.
+        let regs = || WalkRegs {
+            tcr: s.tcr_el1,
+            ttbr0: s.ttbr0_el1,
+            ttbr1: s.ttbr1_el1,
+            mair: s.mair_el1,
+            wxn: s.sctlr_el1 & SCTLR_WXN != 0,
+        };
+        self.mmu.translate(bus, regs, va, kind, el0)
+    }
+
+    /// Drops every cached stage-1 translation of this vCPU. The host calls it
+    /// when another vCPU broadcast a TLBI ([`Bus::broadcast`]).
+    pub fn flush_tlb(&mut self) {
+        self.mmu.flush();
     }
 
     /// Moves the live SP into its bank.

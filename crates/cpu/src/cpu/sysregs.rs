@@ -3,7 +3,7 @@
 
 use apf_abi::esr::{DataAbort, ec};
 
-use super::Cpu;
+use super::{Cpu, SysFault};
 use crate::bus::{AccessSize, Broadcast, Bus, BusError, SysRegId};
 use crate::mmu::{AccessKind, Fault, PA_BITS};
 use crate::pstate::{Pstate, bits};
@@ -78,15 +78,18 @@ impl Cpu {
             // Entries are ASID-tagged: a new TTBR only changes the current ASID.
             SysReg::Ttbr0El1 => {
                 s.ttbr0_el1 = v;
-                self.mmu.sync(&self.sys);
+                self.mmu
+                    .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
             }
             SysReg::Ttbr1El1 => {
                 s.ttbr1_el1 = v;
-                self.mmu.sync(&self.sys);
+                self.mmu
+                    .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
             }
             SysReg::TcrEl1 => {
                 s.tcr_el1 = v;
-                self.mmu.sync(&self.sys);
+                self.mmu
+                    .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
                 self.mmu.flush();
             }
             SysReg::SpsrEl1 => s.spsr_el1 = v & SPSR_MASK,

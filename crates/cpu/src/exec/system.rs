@@ -5,9 +5,10 @@ use apf_abi::esr::{Esr, ec};
 
 use crate::Cpu;
 use crate::bus::{Bus, SysRegId};
+use crate::cpu::SysFault;
 use crate::cpu::{Exit, Flow};
 use crate::decode::{PstateField, reg};
-use crate::sysreg::{MsrEffect, SysEffect, SysFault, raw_rt};
+use crate::sysreg::{MsrEffect, SysEffect, raw_rt};
 
 impl Cpu {
     /// The flow of an MRS/MSR/SYS that did not execute.

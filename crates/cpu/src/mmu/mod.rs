@@ -1,20 +1,20 @@
 //! The stage-1 MMU of the EL1&0 regime: VA → PA with permissions and memory
 //! type. `walk` reads the tables through the (physical) bus, `tlb` caches
 //! the result per page, and this module holds the per-vCPU state derived
-//! from TCR/TTBR (current ASID, top-byte-ignore) and the CPU's entry point,
-//! [`Cpu::translate`]. With SCTLR_EL1.M = 0 the callers never get here.
+//! from TCR/TTBR (current ASID, top-byte-ignore) and the entry point,
+//! [`Mmu::translate`]. With SCTLR_EL1.M = 0 the callers never get here.
 
+mod fault;
 pub(crate) mod tlb;
 mod walk;
 
-use apf_abi::esr::fsc;
+pub(crate) use fault::Fault;
 
-use crate::Cpu;
 use crate::bus::Bus;
-use crate::sysreg::{SCTLR_WXN, SysRegs};
 use tlb::{Tlb, perm};
 pub(crate) use walk::PA_BITS;
-use walk::{WalkRegs, walk};
+pub(crate) use walk::WalkRegs;
+use walk::walk;
 
 /// What an access does with the memory it translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,35 +32,6 @@ pub(crate) struct Translation {
     /// The MAIR attribute byte and SH field (for PAR_EL1).
     pub(crate) attr: u8,
     pub(crate) sh: u8,
-}
-
-/// Why a stage-1 translation failed; the level is the lookup level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fault {
-    Translation(u8),
-    AddressSize(u8),
-    AccessFlag(u8),
-    Permission(u8),
-    /// The bus answered "external abort" for a descriptor.
-    WalkExternal(u8),
-    /// The descriptor at `ipa` is not mapped at stage 2: an exit to the host.
-    WalkStage2 {
-        level: u8,
-        ipa: u64,
-    },
-}
-
-impl Fault {
-    /// The DFSC/IFSC (and PAR_EL1.FST) of a fault reported to EL1.
-    pub(crate) fn status(self) -> u32 {
-        match self {
-            Fault::AddressSize(l) => u32::from(l),
-            Fault::Translation(l) => fsc::TRANSLATION_L0 + u32::from(l),
-            Fault::AccessFlag(l) => 0x08 + u32::from(l),
-            Fault::Permission(l) => 0x0C + u32::from(l),
-            Fault::WalkExternal(l) | Fault::WalkStage2 { level: l, .. } => 0x14 + u32::from(l),
-        }
-    }
 }
 
 /// The per-vCPU MMU state: the TLB and what a lookup needs from the registers.
@@ -100,13 +71,8 @@ impl Mmu {
     }
 
     /// Re-reads the lookup state after a write to TTBR0/TTBR1/TCR.
-    pub(crate) fn sync(&mut self, sys: &SysRegs) {
-        let tcr = sys.tcr_el1;
-        let ttbr = if tcr & TCR_A1 != 0 {
-            sys.ttbr1_el1
-        } else {
-            sys.ttbr0_el1
-        };
+    pub(crate) fn sync(&mut self, tcr: u64, ttbr0: u64, ttbr1: u64) {
+        let ttbr = if tcr & TCR_A1 != 0 { ttbr1 } else { ttbr0 };
         // The ASID is TTBR bits 63:48.
         #[allow(clippy::cast_possible_truncation)]
         let asid = (ttbr >> 48) as u16;
@@ -180,19 +146,20 @@ fn needed(kind: AccessKind, el0: bool) -> u8 {
     if el0 { bit << perm::EL0_SHIFT } else { bit }
 }
 
-impl Cpu {
+impl Mmu {
     /// Translates `va` for an access of `kind` with the permissions of EL0
     /// (`el0`) or EL1. The MMU must be on (SCTLR_EL1.M = 1).
     #[inline(always)]
     pub(crate) fn translate<B: Bus>(
         &mut self,
         bus: &mut B,
+        regs: impl FnOnce() -> WalkRegs,
         va: u64,
         kind: AccessKind,
         el0: bool,
     ) -> Result<Translation, Fault> {
-        let vpn = self.mmu.untagged(va, kind) >> 12;
-        if let Some(e) = self.mmu.tlb_for(kind).lookup(vpn, self.mmu.asid) {
+        let vpn = self.untagged(va, kind) >> 12;
+        if let Some(e) = self.tlb_for(kind).lookup(vpn, self.asid) {
             if e.perms & needed(kind, el0) == 0 {
                 return Err(Fault::Permission(e.level));
             }
@@ -203,32 +170,25 @@ impl Cpu {
                 sh: e.sh,
             });
         }
-        self.translate_miss(bus, va, kind, el0)
+        self.translate_miss(bus, &regs(), va, kind, el0)
     }
 
     #[cold]
     fn translate_miss<B: Bus>(
         &mut self,
         bus: &mut B,
+        regs: &WalkRegs,
         va: u64,
         kind: AccessKind,
         el0: bool,
     ) -> Result<Translation, Fault> {
-        let s = &self.sys;
-        let regs = WalkRegs {
-            tcr: s.tcr_el1,
-            ttbr0: s.ttbr0_el1,
-            ttbr1: s.ttbr1_el1,
-            mair: s.mair_el1,
-            wxn: s.sctlr_el1 & SCTLR_WXN != 0,
-        };
-        let vpn = self.mmu.untagged(va, kind) >> 12;
-        let fill = walk(bus, &regs, vpn << 12)?;
-        let asid = self.mmu.asid;
+        let vpn = self.untagged(va, kind) >> 12;
+        let fill = walk(bus, regs, vpn << 12)?;
+        let asid = self.asid;
         if kind == AccessKind::Execute {
-            self.mmu.itlb.insert(vpn, asid, fill);
+            self.itlb.insert(vpn, asid, fill);
         } else {
-            self.mmu.tlb.insert(vpn, asid, fill);
+            self.tlb.insert(vpn, asid, fill);
         }
         if fill.perms & needed(kind, el0) == 0 {
             return Err(Fault::Permission(fill.level));
@@ -239,12 +199,5 @@ impl Cpu {
             attr: fill.attr,
             sh: fill.sh,
         })
-    }
-
-    /// Drops every cached stage-1 translation of this vCPU. The host calls it
-    /// when another vCPU executed an inner-shareable TLBI
-    /// ([`Bus::broadcast`]).
-    pub fn flush_tlb(&mut self) {
-        self.mmu.flush();
     }
 }

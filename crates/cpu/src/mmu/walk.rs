@@ -2,7 +2,7 @@
 //! VAs in two ranges, up to four levels, 40-bit PAs (the size the ID registers
 //! report). Descriptors are read through the bus, which is physical.
 
-use super::Fault;
+use super::fault::Fault;
 use super::tlb::{Fill, perm};
 use crate::bus::{AccessSize, Bus, BusError};
 

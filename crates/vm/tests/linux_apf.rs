@@ -1,0 +1,137 @@
+//! Debian's stock arm64 Linux 6.12 on apf: the kernel boots under host memory
+//! pressure (guest RAM four times the host budget, so pages are evicted to the
+//! swap file and read back under Linux), runs the init of `guest/linux/` with every
+//! workload kind, and powers off; every checksum matches the Rust replay, and the
+//! same processes on QEMU report the same checksums.
+//!
+//! The kernel and initramfs come from `guest/linux/build.sh` (see
+//! `common/linux.rs`); without them the tests skip with the reason printed, unless
+//! `APF_REQUIRE_LINUX=1`.
+
+#[path = "common/linux.rs"]
+mod linux;
+
+use apf_vm::config::{ByteSize, ProcessConfig, StoreConfig, StoreKind, VmConfig, WorkloadKind};
+use apf_vm::{LinuxGuest, RunEnd, RunOptions, VmRun, boot_block, run_linux};
+use linux::{Artifacts, CHEAP_BOOT, NO_FP_BANNER, artifacts, boot_on_qemu, qemu_runs, token};
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+/// Only a guard against a hung guest: a boot and its workloads take seconds.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn process(kind: WorkloadKind, vcpu: u32, mem: u64, work: u64) -> ProcessConfig {
+    ProcessConfig {
+        kind,
+        vcpu,
+        mem: ByteSize(mem),
+        work,
+    }
+}
+
+/// 512 MiB of guest RAM in a 128 MiB budget over a real swap file, every workload
+/// kind spread over the vCPUs, a 192 MiB scan among them.
+fn config(vcpus: u32) -> VmConfig {
+    let last = vcpus - 1;
+    VmConfig {
+        vcpus,
+        ram: ByteSize(512 * MIB),
+        budget: ByteSize(128 * MIB),
+        store: StoreConfig {
+            kind: StoreKind::File,
+            ..StoreConfig::default()
+        },
+        processes: vec![
+            process(WorkloadKind::Scan, 0, 192 * MIB, 20_000),
+            process(WorkloadKind::Calc, last, 0, 3_000),
+            process(WorkloadKind::Kv, last, MIB, 5_000),
+            process(WorkloadKind::Build, 0, 8 * MIB, 1_000),
+        ],
+        seed: 7,
+        ..VmConfig::default()
+    }
+}
+
+fn boot(config: &VmConfig, linux: &Artifacts) -> VmRun {
+    let guest = LinuxGuest {
+        kernel: std::fs::read(&linux.image).expect("read the Image"),
+        initrd: Some(std::fs::read(&linux.initrd).expect("read the initramfs")),
+        append: format!("console=ttyAMA0 {CHEAP_BOOT}"),
+    };
+    run_linux(
+        config,
+        &guest,
+        RunOptions {
+            timeout: TIMEOUT,
+            echo_console: false,
+        },
+    )
+    .expect("the VM runs")
+}
+
+/// Boots on `vcpus` and checks the run; returns it for more checks.
+fn boots_and_runs_every_workload(vcpus: u32) -> Option<(VmConfig, VmRun)> {
+    let linux = artifacts()?;
+    let config = config(vcpus);
+    let run = boot(&config, &linux);
+    let console = &run.uart;
+    assert_eq!(run.end, RunEnd::SystemOff, "console:\n{console}");
+    assert_eq!(run.kernel_panic, None);
+    assert!(console.contains(NO_FP_BANNER), "console:\n{console}");
+    assert!(console.contains("apf-init done"), "console:\n{console}");
+    if vcpus > 1 {
+        assert!(
+            console.contains(&format!("SMP: Total of {vcpus} processors activated")),
+            "console:\n{console}"
+        );
+    }
+    assert_eq!(run.processes.len(), config.processes.len());
+    for p in &run.processes {
+        assert!(
+            !p.killed() && p.checksum_ok,
+            "process {p:?}; console:\n{console}"
+        );
+        assert_eq!(p.progress, config.processes[p.index].work, "{p:?}");
+    }
+    // Under Linux, pages left for the swap file and came back.
+    assert!(run.mem.io.pages_written > 0, "{:?}", run.mem);
+    assert!(run.mem.io.pages_read > 0, "{:?}", run.mem);
+    assert_eq!(run.lost_pages(), 0);
+    run.mem_invariants.as_ref().expect("memory invariants hold");
+    eprintln!(
+        "linux on apf, {vcpus} vCPU(s): powered off after {:.2?}",
+        run.wall
+    );
+    Some((config, run))
+}
+
+#[test]
+fn linux_boots_on_1_vcpu_under_memory_pressure_and_every_checksum_matches() {
+    boots_and_runs_every_workload(1);
+}
+
+#[test]
+fn linux_boots_on_2_vcpus_and_qemu_reports_the_same_checksums() {
+    let Some((config, run)) = boots_and_runs_every_workload(2) else {
+        return;
+    };
+    if !qemu_runs() {
+        eprintln!("skipping the QEMU half: qemu-system-aarch64 is not installed");
+        return;
+    }
+    let Some(linux) = artifacts() else { return };
+    // The same processes, with the seeds apf derived, on QEMU.
+    let specs = boot_block(&config).procs;
+    let tokens: Vec<String> = specs[..config.processes.len()].iter().map(token).collect();
+    let out = boot_on_qemu("same-processes-2vcpu", &linux, 2, &tokens);
+    for p in &run.processes {
+        let line = format!(
+            "apf-proc {} done {} {:016x}",
+            p.index, p.progress, p.checksum
+        );
+        assert!(
+            out.lines().any(|l| l.trim_end() == line),
+            "QEMU did not print `{line}`; its console:\n{out}"
+        );
+    }
+}
