@@ -517,7 +517,7 @@ fn run_a_kernel(args: &RunArgs, path: &Path) -> Result<(), CliError> {
     let timeout = args.timeout.map_or(Duration::from_secs(120), |t| t.0);
     let run = run_linux(
         &config,
-        &guest,
+        guest,
         RunOptions {
             timeout,
             echo_console: true,

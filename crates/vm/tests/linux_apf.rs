@@ -60,7 +60,7 @@ fn boot(config: &VmConfig, linux: &Artifacts) -> VmRun {
     };
     run_linux(
         config,
-        &guest,
+        guest,
         RunOptions {
             timeout: TIMEOUT,
             echo_console: false,

@@ -106,7 +106,7 @@ fn run(config: &VmConfig, message: &str, then: Then) -> apf_vm::VmRun {
     };
     run_linux(
         config,
-        &guest,
+        guest,
         RunOptions {
             timeout: TIMEOUT,
             echo_console: false,

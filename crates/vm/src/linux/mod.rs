@@ -28,10 +28,8 @@ use crate::boot::boot_block;
 use crate::config::VmConfig;
 use crate::workload;
 use apf_abi::platform::RAM_BASE;
-use apf_cpu::TimeScale;
 use fdt::{FdtError, TreeSpec, device_tree, rng_seed_of};
 use image::{ImageHeader, ImageHeaderError};
-use std::num::NonZeroU32;
 use std::ops::Range;
 use thiserror::Error;
 
@@ -43,20 +41,6 @@ pub const KERNEL_BASE: u64 = RAM_BASE + KERNEL_ALIGN;
 /// The largest device tree the kernel accepts (booting.rst: 2 MiB).
 pub const DTB_MAX: u64 = 2 << 20;
 const PAGE: u64 = apf_abi::PAGE_SIZE;
-
-/// The counter frequency a Linux guest is told (CNTFRQ_EL0).
-pub const LINUX_CNTFRQ: u64 = 100_000_000;
-/// Counter ticks per retired instruction for a Linux guest: 2 per 3, so one
-/// guest second is 150 M instructions, about what the interpreter retires per
-/// wall second on the 2-core machines apf is built on (95-160 M/s measured
-/// with the built-in guest). Fixed, not measured at run time, so that a run
-/// is reproducible; with the default (1 tick per instruction at 100 MHz) Linux
-/// would see its boot take about 1.5× the wall time, and more once the
-/// stage-1 MMU slows the interpreter.
-pub const LINUX_TIME_SCALE: TimeScale = TimeScale {
-    ticks: NonZeroU32::new(2).unwrap(),
-    instructions: NonZeroU32::new(3).unwrap(),
-};
 
 /// A Linux guest: the kernel, an initrd, the user's command line.
 #[derive(Debug, Clone, Default)]
