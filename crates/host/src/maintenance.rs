@@ -14,15 +14,19 @@
 //! either the issuer sees the target in the guest and waits for it, or the target's
 //! drain sees the post.
 //!
+//! The flags are [`Word`]s, so the model-checked test (`tests/maintenance_shuttle.rs`)
+//! runs this code on shuttle's atomics.
+//!
 //! Two vCPUs can broadcast at once and wait for each other. A waiter therefore
 //! also takes its own inbox while it waits and tells its caller to apply it at
 //! once (the interpreter drops its whole TLB and decoded code), so no waiter waits
 //! on a vCPU that waits on it.
 
+use crate::gic::Word;
 use crate::sync::lock;
 use apf_cpu::Broadcast;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicU64;
 
 /// Decoded pages queued for one vCPU beyond which it drops all of them instead.
 const CODE_PAGES_MAX: usize = 64;
@@ -59,48 +63,63 @@ impl Pending {
     }
 }
 
-#[derive(Debug, Default)]
-struct Inbox {
-    in_guest: AtomicBool,
+/// One vCPU's inbox. `in_guest` and `posted` are 0 or 1. (The pending set's
+/// lock is never held across an operation on the words, so under shuttle it is
+/// never seen contended.)
+struct Inbox<W> {
+    in_guest: W,
     /// Whether `pending` holds something (read without the lock by waiters).
-    posted: AtomicBool,
+    posted: W,
     pending: Mutex<Pending>,
 }
 
 /// Every vCPU's inbox.
-#[derive(Debug)]
-pub struct Maintenance {
-    inboxes: Box<[Inbox]>,
+pub struct Maintenance<W: Word = AtomicU64> {
+    inboxes: Box<[Inbox<W>]>,
 }
 
-impl Maintenance {
+impl<W: Word> std::fmt::Debug for Maintenance<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maintenance")
+            .field("vcpus", &self.inboxes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Word> Maintenance<W> {
     /// Inboxes for `vcpus` vCPUs, none in the guest.
-    pub fn new(vcpus: usize) -> Maintenance {
+    pub fn new(vcpus: usize) -> Self {
         Maintenance {
-            inboxes: (0..vcpus).map(|_| Inbox::default()).collect(),
+            inboxes: (0..vcpus)
+                .map(|_| Inbox {
+                    in_guest: W::new(0),
+                    posted: W::new(0),
+                    pending: Mutex::new(Pending::default()),
+                })
+                .collect(),
         }
     }
 
     /// vCPU `index` is about to run guest code: returns what it must apply first.
     pub fn enter_guest(&self, index: usize) -> Option<Pending> {
         let inbox = self.inboxes.get(index)?;
-        inbox.in_guest.store(true, Ordering::SeqCst);
+        inbox.in_guest.set(1);
         self.take(inbox)
     }
 
     /// vCPU `index` stopped running guest code (until its next `enter_guest`).
     pub fn leave_guest(&self, index: usize) {
         if let Some(inbox) = self.inboxes.get(index) {
-            inbox.in_guest.store(false, Ordering::SeqCst);
+            inbox.in_guest.set(0);
         }
     }
 
-    fn take(&self, inbox: &Inbox) -> Option<Pending> {
-        if !inbox.posted.load(Ordering::SeqCst) {
+    fn take(&self, inbox: &Inbox<W>) -> Option<Pending> {
+        if inbox.posted.get() == 0 {
             return None;
         }
         let mut pending = lock(&inbox.pending);
-        inbox.posted.store(false, Ordering::SeqCst);
+        inbox.posted.set(0);
         let p = std::mem::take(&mut *pending);
         (!p.is_empty()).then_some(p)
     }
@@ -122,7 +141,7 @@ impl Maintenance {
                 continue;
             }
             lock(&inbox.pending).add(op);
-            inbox.posted.store(true, Ordering::SeqCst);
+            inbox.posted.set(1);
             kick(i);
         }
         let mut owed = false;
@@ -131,7 +150,7 @@ impl Maintenance {
                 continue;
             }
             let mut spins = 0u32;
-            while inbox.in_guest.load(Ordering::SeqCst) && inbox.posted.load(Ordering::SeqCst) {
+            while inbox.in_guest.get() == 1 && inbox.posted.get() == 1 {
                 if let Some(own) = self.inboxes.get(from) {
                     owed |= self.take(own).is_some();
                 }
@@ -154,11 +173,11 @@ impl Maintenance {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
     fn a_vcpu_out_of_the_guest_is_not_waited_for_and_applies_on_entry() {
-        let m = Maintenance::new(3);
+        let m: Maintenance = Maintenance::new(3);
         let kicks = AtomicUsize::new(0);
         // Nobody in the guest: returns at once, owes nothing.
         let owed = m.broadcast(
@@ -181,7 +200,7 @@ mod tests {
 
     #[test]
     fn too_many_code_pages_become_all_code() {
-        let m = Maintenance::new(2);
+        let m: Maintenance = Maintenance::new(2);
         for i in 0..=CODE_PAGES_MAX as u64 {
             m.broadcast(0, Broadcast::CodePage(i << 12), |_| {}, || false);
         }
@@ -191,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_issuer_waits_for_a_vcpu_in_the_guest_until_it_applies() {
-        let m = Arc::new(Maintenance::new(2));
+        let m: Arc<Maintenance> = Arc::new(Maintenance::new(2));
         assert_eq!(m.enter_guest(1), None);
         let applied = Arc::new(AtomicBool::new(false));
         let target = std::thread::spawn({
@@ -218,7 +237,7 @@ mod tests {
 
     #[test]
     fn two_issuers_waiting_on_each_other_both_return_owing_a_flush() {
-        let m = Arc::new(Maintenance::new(2));
+        let m: Arc<Maintenance> = Arc::new(Maintenance::new(2));
         assert_eq!(m.enter_guest(0), None);
         assert_eq!(m.enter_guest(1), None);
         // Each leaves the guest once its broadcast returns, as a vCPU does at its
