@@ -2,32 +2,17 @@
 //! threads while the target vCPU halts, and PEs racing to acknowledge one SPI.
 //! The GIC under test is the real one, built on shuttle's atomics.
 
+#[path = "support/shuttle_word.rs"]
+mod shuttle_word;
+
+use shuttle_word::ShuttleWord;
+
 use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_SGI_OFFSET};
-use apf_host::gic::{Gic, GicCpuInterface, INTID_SPURIOUS, IccReg, IrqLine, Kick, SpiLine, Word};
-use shuttle::sync::atomic::{AtomicBool, AtomicU64};
+use apf_host::gic::{Gic, GicCpuInterface, INTID_SPURIOUS, IccReg, IrqLine, Kick, SpiLine};
+use shuttle::sync::atomic::AtomicBool;
 use shuttle::thread;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-struct ShuttleWord(AtomicU64);
-
-impl Word for ShuttleWord {
-    fn new(v: u64) -> Self {
-        ShuttleWord(AtomicU64::new(v))
-    }
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-    fn set(&self, v: u64) {
-        self.0.store(v, Ordering::SeqCst);
-    }
-    fn or(&self, v: u64) -> u64 {
-        self.0.fetch_or(v, Ordering::SeqCst)
-    }
-    fn and(&self, v: u64) -> u64 {
-        self.0.fetch_and(v, Ordering::SeqCst)
-    }
-}
 
 /// A vCPU's kick flag, as the run loop's waker keeps it.
 #[derive(Default)]

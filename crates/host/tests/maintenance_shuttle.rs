@@ -7,8 +7,12 @@
 //! PCT's fixed priorities would starve the thread it waits for (an unfair
 //! schedule no host scheduler produces; shuttle reports it as a step overrun).
 
+#[path = "support/shuttle_word.rs"]
+mod shuttle_word;
+
+use shuttle_word::ShuttleWord;
+
 use apf_cpu::Broadcast;
-use apf_host::gic::Word;
 use apf_host::maintenance::Maintenance;
 use shuttle::sync::atomic::AtomicU64;
 use shuttle::thread;
@@ -20,26 +24,6 @@ const ITERATIONS: usize = 2000;
 const SLICES: usize = 4;
 const OLD: u64 = 1;
 const NEW: u64 = 2;
-
-struct ShuttleWord(AtomicU64);
-
-impl Word for ShuttleWord {
-    fn new(v: u64) -> Self {
-        ShuttleWord(AtomicU64::new(v))
-    }
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-    fn set(&self, v: u64) {
-        self.0.store(v, Ordering::SeqCst);
-    }
-    fn or(&self, v: u64) -> u64 {
-        self.0.fetch_or(v, Ordering::SeqCst)
-    }
-    fn and(&self, v: u64) -> u64 {
-        self.0.fetch_and(v, Ordering::SeqCst)
-    }
-}
 
 /// vCPU 0 changes a "page table" entry and broadcasts a TLBI; vCPU 1 runs guest
 /// slices, caching the entry as a TLB would and applying its inbox on entry.

@@ -10,10 +10,12 @@
 
 #[path = "common/linux.rs"]
 mod linux;
+#[path = "common/qemu.rs"]
+mod qemu;
 
 use apf_vm::config::{ByteSize, ProcessConfig, StoreConfig, StoreKind, VmConfig, WorkloadKind};
 use apf_vm::{LinuxGuest, RunEnd, RunOptions, VmRun, boot_block, run_linux};
-use linux::{Artifacts, CHEAP_BOOT, NO_FP_BANNER, artifacts, boot_on_qemu, qemu_runs, token};
+use linux::{Artifacts, CHEAP_BOOT, NO_FP_BANNER, artifacts, boot_on_qemu, token};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -115,8 +117,7 @@ fn linux_boots_on_2_vcpus_and_qemu_reports_the_same_checksums() {
     let Some((config, run)) = boots_and_runs_every_workload(2) else {
         return;
     };
-    if !qemu_runs() {
-        eprintln!("skipping the QEMU half: qemu-system-aarch64 is not installed");
+    if !qemu::qemu_present() {
         return;
     }
     let Some(linux) = artifacts() else { return };

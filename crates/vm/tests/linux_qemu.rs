@@ -15,6 +15,8 @@
 
 #[path = "common/linux.rs"]
 mod linux;
+#[path = "common/qemu.rs"]
+mod qemu;
 
 use apf_abi::boot::{ProcResult, ProcSpec, proc_state, workload};
 use apf_vm::workload::verify;

@@ -1,8 +1,9 @@
-//! shuttle's atomic as the APF engine's word type, so the model-checked tests run
-//! the real engine (included by `tests/apf_shuttle.rs` and
-//! `tests/enable_claim_shuttle.rs`).
+//! shuttle's atomic as the word type of the APF engine (`AtomicWord`) and of the
+//! GIC and the maintenance inboxes (`Word`), so the model-checked tests run the
+//! real code (included by every `tests/*_shuttle.rs`).
 
 use apf_host::apf::AtomicWord;
+use apf_host::gic::Word;
 use shuttle::sync::atomic::AtomicU64 as ShuttleU64;
 use std::sync::atomic::Ordering;
 
@@ -27,5 +28,23 @@ impl AtomicWord for ShuttleWord {
     }
     fn compare_exchange(&self, c: u64, n: u64, ok: Ordering, err: Ordering) -> Result<u64, u64> {
         self.0.compare_exchange(c, n, ok, err)
+    }
+}
+
+impl Word for ShuttleWord {
+    fn new(v: u64) -> Self {
+        ShuttleWord(ShuttleU64::new(v))
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self, v: u64) {
+        self.0.store(v, Ordering::SeqCst);
+    }
+    fn or(&self, v: u64) -> u64 {
+        self.0.fetch_or(v, Ordering::SeqCst)
+    }
+    fn and(&self, v: u64) -> u64 {
+        self.0.fetch_and(v, Ordering::SeqCst)
     }
 }

@@ -11,15 +11,10 @@
 
 use apf_abi::boot::ProcSpec;
 use apf_vm::workload::kind_name;
-use std::io::Read;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-pub const QEMU: &str = "qemu-system-aarch64";
-/// Only a guard against a hung guest: a boot and its workloads take a few seconds.
-pub const HANG_GUARD: Duration = Duration::from_secs(300);
 /// The six initcalls that cost 0.68 G of the stock kernel's 1 G boot instructions
 /// and nothing here needs (BTF, certificates, jitterentropy, kprobe trace, the
 /// crypto self-tests): shared/research/linux-on-apf.md.
@@ -76,20 +71,10 @@ pub fn version_key(release: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Whether QEMU runs here.
-pub fn qemu_runs() -> bool {
-    Command::new(QEMU)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The kernel and initramfs, and QEMU to boot them on; `None` (skip) without.
 pub fn artifacts_and_qemu() -> Option<Artifacts> {
-    if !qemu_runs() {
-        return unavailable(&format!("{QEMU} is not installed"));
+    if !crate::qemu::qemu_present() {
+        return None;
     }
     artifacts()
 }
@@ -132,46 +117,17 @@ pub fn token(spec: &ProcSpec) -> String {
 /// once the guest has powered QEMU off; prints how long QEMU ran.
 pub fn boot_on_qemu(name: &str, linux: &Artifacts, vcpus: u32, tokens: &[String]) -> String {
     let append = format!("console=ttyAMA0 panic=-1 {CHEAP_BOOT} {}", tokens.join(" "));
+    let extra: Vec<OsString> = vec![
+        "-cpu".into(),
+        "cortex-a57,vfp=off,neon=off".into(),
+        "-initrd".into(),
+        linux.initrd.clone().into(),
+        "-append".into(),
+        append.into(),
+    ];
     let started = Instant::now();
-    let mut child = Command::new(QEMU)
-        // Only the devices asked for: the guest uses the PL011, the GIC and PSCI,
-        // and the board's default NIC needs an option ROM CI does not install.
-        .args(["-nodefaults", "-M", "virt,gic-version=3"])
-        .args(["-cpu", "cortex-a57,vfp=off,neon=off"])
-        .args(["-m", "512M", "-smp", &vcpus.to_string()])
-        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&linux.image)
-        .arg("-initrd")
-        .arg(&linux.initrd)
-        .args(["-append", &append])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start qemu");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let read = stdout.read_to_end(&mut out);
-        // The receiver is gone only if the test already failed.
-        let _ = tx.send(read.map(|_| String::from_utf8_lossy(&out).into_owned()));
-    });
-    let out = match rx.recv_timeout(HANG_GUARD) {
-        Ok(out) => out.expect("read qemu output"),
-        Err(_) => {
-            child.kill().expect("kill qemu");
-            let partial = rx.recv().ok().and_then(Result::ok).unwrap_or_default();
-            panic!("{name}: Linux did not power off; console so far:\n{partial}");
-        }
-    };
-    let status = child.wait().expect("wait for qemu");
+    let out = crate::qemu::run(name, &linux.image, vcpus, 512, &extra);
     let wall = started.elapsed();
-    assert!(
-        status.success(),
-        "{name}: qemu exited with {status}; console:\n{out}"
-    );
     eprintln!("{name}: {vcpus} vCPU(s), QEMU wall time {wall:.2?}");
     out
 }

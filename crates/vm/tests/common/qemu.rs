@@ -34,7 +34,8 @@ pub fn qemu_present() -> bool {
     runs
 }
 
-/// Boots `kernel` with `vcpus` and `ram_mib` MiB (plus `extra` arguments) and
+/// Boots `kernel` with `vcpus` and `ram_mib` MiB (plus `extra` arguments; a
+/// `-cpu` among them replaces the default, QEMU taking the last one) and
 /// returns the console once the guest has powered QEMU off.
 pub fn run(name: &str, kernel: &Path, vcpus: u32, ram_mib: u64, extra: &[OsString]) -> String {
     let mut child = Command::new(QEMU)
@@ -65,10 +66,10 @@ pub fn run(name: &str, kernel: &Path, vcpus: u32, ram_mib: u64, extra: &[OsStrin
     let mut stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut out = String::new();
-        let read = stdout.read_to_string(&mut out);
+        let mut out = Vec::new();
+        let read = stdout.read_to_end(&mut out);
         // The receiver is gone only if the test already failed.
-        let _ = tx.send(read.map(|_| out));
+        let _ = tx.send(read.map(|_| String::from_utf8_lossy(&out).into_owned()));
     });
     let out = match rx.recv_timeout(HANG_GUARD) {
         Ok(out) => out.expect("read qemu output"),
