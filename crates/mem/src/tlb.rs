@@ -41,8 +41,8 @@ const OFFSET_MASK: u64 = PAGE_SIZE - 1;
 ///
 /// The hit path (`read`, `write`, `fetch_insn`, `compare_exchange*`,
 /// `atomic_rmw`) takes the interpreter's raw `u64` address, as apf-cpu's `Bus`
-/// does: those addresses become virtual once a stage-1 MMU lands, so they are
-/// not typed as guest physical here. The miss path ([`VcpuTlb::resolve`]) is
+/// does (guest physical: the interpreter translates virtual addresses itself),
+/// so the hot path converts nothing. The miss path ([`VcpuTlb::resolve`]) is
 /// where the raw address becomes a [`Gpa`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TlbMiss;

@@ -27,9 +27,9 @@ pub(crate) struct VcpuBus<'a> {
     pub(crate) unresolved: Option<(Gfn, Resolve)>,
 }
 
-// The interpreter's `Bus` and the TLB hit path take raw `u64` addresses: they
-// become virtual once a stage-1 MMU lands. With it off they are guest
-// physical, and become a `Gpa` where they meet the machine (`is_ram`).
+// The interpreter's `Bus` and the TLB hit path take raw `u64` guest-physical
+// addresses (the interpreter translates virtual ones itself); they become a
+// `Gpa` where they meet the machine (`is_ram`).
 impl VcpuBus<'_> {
     /// After a TLB miss on RAM: the stage-2 fault path, taken here without an
     /// exit when the page needs no I/O (resident, rescued or zero-filled), as
