@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Gets Debian's stock arm64 Linux 6.12 kernel and builds the initramfs that runs
-# apf's workloads on it (README.md beside this script says what the init does).
+# apf's workloads on it (README.md beside this script says what the init does),
+# with the apf guest module (apf/) cross-built against that kernel's headers.
 #
 # Prints, as its last two lines of stdout, the kernel Image's absolute path and
 # then the initramfs's; everything else goes to stderr.
 #
-# Needs: bash, coreutils, gcc-aarch64-linux-gnu, binutils-aarch64-linux-gnu, and
-# for the first download dpkg + apt (Debian or Ubuntu), network, and root (or
+# Needs: bash, coreutils, make, gcc-aarch64-linux-gnu (its aarch64-linux-gnu-gcc-12,
+# the compiler Debian built the kernel with), binutils-aarch64-linux-gnu, pahole
+# (package dwarves: the kernel has BTF for modules), and for the first download dpkg + apt (Debian or Ubuntu), network, and root (or
 # sudo) if the arm64 architecture must be added or apt's lists updated.
 # No cpio tool: the archive is written here (newc is a simple format).
 #
@@ -70,11 +72,7 @@ fetch_kernel() {
     work=$(mktemp -d "$cache/download.XXXXXX")
     # shellcheck disable=SC2064 # expand now: work is local
     trap "rm -rf '$work'" EXIT
-    local as_root=()
-    # Root's download into a directory the _apt user cannot enter: say it is meant.
-    [ "$(id -u)" -eq 0 ] && as_root=(-o APT::Sandbox::User=root)
-    (cd "$work" && apt-get download -q "${as_root[@]}" "$package:arm64" >&2) ||
-        die "apt-get download $package:arm64 failed"
+    apt_download "$work" "$package:arm64"
     deb=$(find "$work" -maxdepth 1 -name '*.deb' | head -n 1)
     [ -n "$deb" ] || die "apt-get download left no .deb in $work"
     # Only the Image: the whole package unpacks to hundreds of MB of modules.
@@ -87,6 +85,64 @@ fetch_kernel() {
     rm -rf "$work"
     trap - EXIT
     log "kernel $release cached in $dir"
+}
+
+# Downloads into $2 (a directory) the packages named after $1, with apt as root
+# when root (the _apt user cannot enter a root-owned mktemp directory).
+apt_download() {
+    local dir=$1
+    shift
+    local as_root=()
+    [ "$(id -u)" -eq 0 ] && as_root=(-o APT::Sandbox::User=root)
+    (cd "$dir" && apt-get download -q "${as_root[@]}" "$@" >&2) ||
+        die "apt-get download $* failed"
+}
+
+# The headers the module is built against, for exactly the kernel's release:
+# linux-headers-<release> (arm64), the -common headers it includes (all) and the
+# linux-kbuild host tools (this machine's architecture), extracted into
+# <cache>/<release>/headers/; prints that headers tree's path.
+fetch_headers() {
+    local release=$1 dir tree common work deb kbuild
+    dir=$(printf '%s/%s/headers' "$cache" "$release")
+    tree=$dir/usr/src/linux-headers-$release
+    if [ ! -e "$dir/.complete" ]; then
+        prepare_apt
+        # The -common and -kbuild names come from the headers' own dependencies:
+        # linux-headers-6.12.118+deb12-arm64 needs ...-6.12.118+deb12-common.
+        local deps
+        deps=$(apt-cache depends "linux-headers-$release:arm64") ||
+            die "apt-cache knows no linux-headers-$release:arm64"
+        # A dependency can show as <name:arm64> (virtual) with the real name below:
+        # the bare names are what to download.
+        common=$(grep -oP 'linux-headers-[^\s:<>]+-common' <<<"$deps" | head -n 1)
+        kbuild=$(grep -oP 'linux-kbuild-[^\s:<>]+' <<<"$deps" | head -n 1)
+        [ -n "$common" ] && [ -n "$kbuild" ] ||
+            die "no -common or linux-kbuild dependency of linux-headers-$release:arm64 in:$(printf '\n%s' "$deps")"
+        log "downloading linux-headers-$release:arm64 $common $kbuild:$(dpkg --print-architecture)"
+        work=$(mktemp -d "$cache/download.XXXXXX")
+        # shellcheck disable=SC2064 # expand now: work is local
+        trap "rm -rf '$work'" EXIT
+        apt_download "$work" "linux-headers-$release:arm64" "$common" \
+            "$kbuild:$(dpkg --print-architecture)"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        for deb in "$work"/*.deb; do
+            dpkg-deb -x "$deb" "$dir" || die "extracting $deb failed"
+        done
+        rm -rf "$work"
+        trap - EXIT
+        # The headers' Makefile is one line including /usr/src/<common>/Makefile:
+        # point it at the extracted copy, so nothing is written outside the cache.
+        [ -f "$tree/Makefile" ] || die "linux-headers-$release has no Makefile at $tree"
+        sed -i -E "s#^include /usr/src/(linux-headers-[^/]+-common)/Makefile\$#include $dir/usr/src/\1/Makefile#" \
+            "$tree/Makefile"
+        grep -q "^include $dir/usr/src/linux-headers-.*-common/Makefile\$" "$tree/Makefile" ||
+            die "$tree/Makefile does not include the -common headers as expected: $(cat "$tree/Makefile")"
+        touch "$dir/.complete"
+        log "headers for $release cached in $dir"
+    fi
+    printf '%s\n' "$tree"
 }
 
 # Makes apt able to see arm64 packages; updates its lists only when needed.
@@ -190,6 +246,30 @@ FP
     [ -z "$missing" ] || die "the FP/SIMD check misses:$missing in$(printf '\n%s' "$found")"
 }
 
+# --- the guest module ---
+# Kbuild writes its objects beside the sources: build a copy in the cache, so the
+# source tree stays clean. Only changed files are copied, so make rebuilds only
+# what changed.
+build_module() {
+    local headers=$1 out=$2 build=$3 f
+    command -v "${cross}gcc-12" >/dev/null ||
+        die "no ${cross}gcc-12: the kernel was built with gcc 12 (package gcc-aarch64-linux-gnu on Debian 12)"
+    command -v pahole >/dev/null ||
+        die "no pahole: the kernel has BTF for modules (package dwarves)"
+    mkdir -p "$build"
+    for f in "$script_dir"/apf/*; do
+        cmp -s "$f" "$build/$(basename "$f")" || cp "$f" "$build/"
+    done
+    make -s -C "$headers" M="$build" ARCH=arm64 CROSS_COMPILE="$cross" CC="${cross}gcc-12" \
+        modules >&2 || die "building the apf module against $headers failed"
+    # Debug info is most of the file and the guest would copy it at every load;
+    # --strip-debug keeps .BTF and the symbols.
+    "${cross}strip" --strip-debug -o "$out.tmp" "$build/apf.ko" ||
+        die "strip --strip-debug $build/apf.ko failed"
+    mv "$out.tmp" "$out"
+    log "apf.ko: $(stat -c %s "$out") bytes"
+}
+
 # --- the initramfs: an uncompressed newc cpio (decompressing costs guest time) ---
 cpio_ino=0
 # cpio_entry NAME MODE SIZE [FILE]: one newc header, the name, then the data.
@@ -212,11 +292,12 @@ cpio_entry() {
 }
 
 build_initramfs() {
-    local init=$1 out=$2
+    local init=$1 module=$2 out=$3
     {
         cpio_entry dev $((0040755)) 0
         cpio_entry proc $((0040755)) 0
         cpio_entry init $((0100755)) "$(stat -c %s "$init")" "$init"
+        cpio_entry apf.ko $((0100644)) "$(stat -c %s "$module")" "$module"
         cpio_ino=-1
         cpio_entry 'TRAILER!!!' 0 0
     } >"$out.tmp"
@@ -227,7 +308,9 @@ package=""
 choose_package
 fetch_kernel "$package"
 image=$cache/$(release_of "$package")/Image
+headers=$(fetch_headers "$(release_of "$package")")
 build_init "$cache/init"
-build_initramfs "$cache/init" "$cache/initramfs.cpio"
+build_module "$headers" "$cache/apf.ko" "$cache/$(release_of "$package")/apf-build"
+build_initramfs "$cache/init" "$cache/apf.ko" "$cache/initramfs.cpio"
 log "kernel $(release_of "$package"), initramfs $(stat -c %s "$cache/initramfs.cpio") bytes"
 printf '%s\n%s\n' "$image" "$cache/initramfs.cpio"

@@ -29,6 +29,7 @@ typedef int64_t s64;
 #define SYS_CLONE 220
 #define SYS_MMAP 222
 #define SYS_WAIT4 260
+#define SYS_FINIT_MODULE 273
 
 #define AT_FDCWD (-100)
 #define O_RDONLY 0
@@ -43,6 +44,7 @@ typedef int64_t s64;
 #define SIGCHLD 17
 #define EBUSY 16
 #define EINTR 4
+#define ENOENT 2
 #define LINUX_REBOOT_MAGIC1 0xfee1deadu
 #define LINUX_REBOOT_MAGIC2 672274793u
 #define LINUX_REBOOT_CMD_POWER_OFF 0x4321fedcu
@@ -112,6 +114,12 @@ static inline s64 sys_fork(void) { return syscall6(SYS_CLONE, SIGCHLD, 0, 0, 0, 
 static inline s64 sys_wait4(int *status)
 {
 	return syscall6(SYS_WAIT4, (u64)-1, (u64)status, 0, 0, 0, 0);
+}
+
+/* finit_module(fd, "", 0): loads the module in the open file, no parameters. */
+static inline s64 sys_finit_module(int fd)
+{
+	return syscall3(SYS_FINIT_MODULE, (u64)fd, (u64)"", 0);
 }
 
 static inline s64 sys_getpid(void) { return syscall3(SYS_GETPID, 0, 0, 0); }
