@@ -13,9 +13,15 @@ mod linux;
 #[path = "common/qemu.rs"]
 mod qemu;
 
+use apf_abi::ppi::APF_DEFAULT_PPI;
+use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
+use apf_abi::{APF_VERSION, ASYNC_PF_PER_VCPU};
 use apf_vm::config::{ByteSize, ProcessConfig, StoreConfig, StoreKind, VmConfig, WorkloadKind};
 use apf_vm::{LinuxGuest, RunEnd, RunOptions, VmRun, boot_block, run_linux};
-use linux::{Artifacts, CHEAP_BOOT, NO_FP_BANNER, artifacts, boot_on_qemu, token};
+use linux::{
+    APF_NOT_OFFERED, APF_OFFERED, Artifacts, CHEAP_BOOT, MODULE_LOADED, NO_FP_BANNER, artifacts,
+    boot_on_qemu, token,
+};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -81,6 +87,14 @@ fn boots_and_runs_every_workload(vcpus: u32) -> Option<(VmConfig, VmRun)> {
     assert_eq!(run.kernel_panic, None);
     assert!(console.contains(NO_FP_BANNER), "console:\n{console}");
     assert!(console.contains("apf-init done"), "console:\n{console}");
+    // The module loaded and found what the VM offers (APF is on by default).
+    assert!(config.apf);
+    assert!(console.contains(MODULE_LOADED), "console:\n{console}");
+    assert!(
+        console.contains(&offered_line()),
+        "no `{}`; console:\n{console}",
+        offered_line()
+    );
     if vcpus > 1 {
         assert!(
             console.contains(&format!("SMP: Total of {vcpus} processors activated")),
@@ -105,6 +119,50 @@ fn boots_and_runs_every_workload(vcpus: u32) -> Option<(VmConfig, VmRun)> {
         run.wall
     );
     Some((config, run))
+}
+
+/// The module's line for what apf offers: ABI version, slots per vCPU, the SDEI
+/// event and the page-ready PPI (`ApfEngine`'s answers with the VM's defaults).
+fn offered_line() -> String {
+    format!(
+        "{APF_OFFERED} {}.{} ({ASYNC_PF_PER_VCPU} slots, SDEI event {SDEI_EVENT_ASYNC_PF:#x}, PPI {APF_DEFAULT_PPI})",
+        (APF_VERSION >> 16) & 0xff,
+        (APF_VERSION >> 8) & 0xff,
+    )
+}
+
+/// With `apf: false` the VM does not offer APF: the module loads, says why, and
+/// the process still runs.
+#[test]
+fn with_apf_not_offered_the_module_says_so_and_init_goes_on() {
+    let Some(linux) = artifacts() else { return };
+    let config = VmConfig {
+        vcpus: 1,
+        ram: ByteSize(256 * MIB),
+        budget: ByteSize(256 * MIB),
+        apf: false,
+        processes: vec![process(WorkloadKind::Calc, 0, 0, 200)],
+        seed: 3,
+        ..VmConfig::default()
+    };
+    let run = boot(&config, &linux);
+    let console = &run.uart;
+    assert_eq!(run.end, RunEnd::SystemOff, "console:\n{console}");
+    assert!(console.contains(MODULE_LOADED), "console:\n{console}");
+    assert_eq!(
+        console.matches(APF_NOT_OFFERED).count(),
+        1,
+        "console:\n{console}"
+    );
+    // The UID matched (apf answers it either way); FEATURES left ASYNC_PF out.
+    assert!(
+        console.contains("apf: APF not offered (FEATURES does not list ASYNC_PF)"),
+        "console:\n{console}"
+    );
+    assert!(!console.contains(APF_OFFERED), "console:\n{console}");
+    assert_eq!(run.processes.len(), 1);
+    assert!(run.processes[0].checksum_ok, "{:?}", run.processes[0]);
+    assert_eq!(run.processes[0].progress, 200);
 }
 
 #[test]

@@ -20,7 +20,10 @@ mod qemu;
 
 use apf_abi::boot::{ProcResult, ProcSpec, proc_state, workload};
 use apf_vm::workload::verify;
-use linux::{NO_FP_BANNER, artifacts_and_qemu as artifacts, boot_on_qemu as boot, token};
+use linux::{
+    APF_NOT_OFFERED, APF_OFFERED, MODULE_LOADED, NO_FP_BANNER, artifacts_and_qemu as artifacts,
+    boot_on_qemu as boot, token,
+};
 
 const MIB: u64 = 1 << 20;
 const SIGKILL: u32 = 9;
@@ -207,6 +210,25 @@ fn without_tokens_init_runs_nothing_and_powers_off() {
     let out = boot("no-tokens", &linux, 1, &[]);
     let console = parse_console(&out).unwrap_or_else(|e| panic!("{e}; console:\n{out}"));
     check(&console, &[], &[]).unwrap_or_else(|e| panic!("{e}; console:\n{out}"));
+}
+
+/// The apf module loads on QEMU, finds no apf hypervisor and says so (QEMU's PSCI
+/// is SMCCC 1.0, so the module makes no HVC of its own), and init goes on.
+#[test]
+fn the_apf_module_loads_and_finds_apf_not_offered() {
+    let Some(linux) = artifacts() else { return };
+    let specs = [spec(workload::CALC, 0, 0, 200, 5)];
+    let tokens: Vec<String> = specs.iter().map(token).collect();
+    let out = boot("apf-module", &linux, 1, &tokens);
+    assert!(out.contains(MODULE_LOADED), "console:\n{out}");
+    assert!(
+        out.contains("apf: APF not offered (no SMCCC 1.1 firmware interface)"),
+        "console:\n{out}"
+    );
+    assert_eq!(out.matches(APF_NOT_OFFERED).count(), 1, "console:\n{out}");
+    assert!(!out.contains(APF_OFFERED), "console:\n{out}");
+    let console = parse_console(&out).unwrap_or_else(|e| panic!("{e}; console:\n{out}"));
+    check(&console, &specs, &[Ended::Done]).unwrap_or_else(|e| panic!("{e}; console:\n{out}"));
 }
 
 /// A working set no machine can map: the child cannot start, kills itself, and

@@ -65,11 +65,18 @@ static const char *apf_discover(struct apf_params *p)
 	unsigned long features[4];
 
 	/*
-	 * Firmware reached by SMC (not HVC) is not a hypervisor, and an HVC with no
-	 * EL2 is UNDEFINED: ask which conduit PSCI/SMCCC uses before any HVC.
+	 * An HVC with no EL2 is UNDEFINED, and firmware reached by SMC is no
+	 * hypervisor: ask which conduit Linux found for SMCCC 1.1 before any HVC.
+	 * (QEMU's PSCI without SMCCC_VERSION is SMCCC 1.0: no conduit.)
 	 */
-	if (arm_smccc_1_1_get_conduit() != SMCCC_CONDUIT_HVC)
-		return "SMCCC 1.1 conduit is not HVC";
+	switch (arm_smccc_1_1_get_conduit()) {
+	case SMCCC_CONDUIT_HVC:
+		break;
+	case SMCCC_CONDUIT_SMC:
+		return "the SMCCC conduit is SMC, not a hypervisor's HVC";
+	default:
+		return "no SMCCC 1.1 firmware interface";
+	}
 
 	arm_smccc_1_1_hvc(APF_VENDOR_HYP_UID, &res);
 	if ((u32)res.a0 != uid[0] || (u32)res.a1 != uid[1] ||

@@ -23,6 +23,12 @@ pub const CHEAP_BOOT: &str = "initcall_blacklist=bpf_tcp_ca_kfunc_init,bpf_dummy
                           crypto_algapi_init";
 /// Linux says so when the CPU has no FP: proof the init ran without FP/SIMD.
 pub const NO_FP_BANNER: &str = "Floating-point is not implemented";
+/// What init prints once `finit_module` has loaded `/apf.ko` (guest/linux/init.c).
+pub const MODULE_LOADED: &str = "apf-init: module apf loaded";
+/// The start of the module's line when it finds no APF (guest/linux/apf/apf.c).
+pub const APF_NOT_OFFERED: &str = "apf: APF not offered (";
+/// The start of the module's line when it finds APF.
+pub const APF_OFFERED: &str = "apf: hypervisor offers APF";
 
 /// The kernel Image and initramfs to boot.
 pub struct Artifacts {
