@@ -223,6 +223,52 @@ fn header_matches_rust() {
     assert!(errors.is_empty(), "abi.h drifted:\n{}", errors.join("\n"));
 }
 
+/// The Linux module (`guest/linux/apf/apf.c`) repeats abi.h's values under the
+/// same names: each of its literal `#define`s must be in abi.h with the same value,
+/// except the PPI range, which abi.h does not have and Rust does.
+#[test]
+fn linux_module_matches_abi_h() {
+    let read = |rel: &str| {
+        std::fs::read_to_string(format!("{}/../../{rel}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let header = header_values(&read("guest/include/abi.h"));
+    // Function-like macros (a `(` in the name) are code, not values.
+    let module_text: String = read("guest/linux/apf/apf.c")
+        .lines()
+        .filter(|l| {
+            l.trim()
+                .strip_prefix("#define ")
+                .is_some_and(|rest| !rest.split_whitespace().next().unwrap_or("").contains('('))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let module = header_values(&module_text);
+    let rust_only = [
+        ("PPI_FIRST", i128::from(ppi::PPI_FIRST)),
+        ("PPI_LAST", i128::from(ppi::PPI_LAST)),
+    ];
+    assert!(
+        module.len() >= 10,
+        "too few values found in apf.c: {module:?}"
+    );
+    let mut errors = Vec::new();
+    for (name, value) in &module {
+        let want = header
+            .get(name)
+            .copied()
+            .or_else(|| rust_only.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
+        match want {
+            None => errors.push(format!("{name} is in apf.c but not in abi.h")),
+            Some(w) if w != *value => errors.push(format!(
+                "{name}: apf.c says {value:#x}, abi.h/Rust say {w:#x}"
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(errors.is_empty(), "apf.c drifted:\n{}", errors.join("\n"));
+}
+
 #[test]
 fn parser_catches_a_drift() {
     let header = header_values("#define APF_VERSION 0x010000\n#define SDEI_DENIED -3\n");

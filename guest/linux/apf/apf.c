@@ -8,8 +8,9 @@
  * sub-functions must describe something usable. One line says what was found.
  * Nothing is enabled yet.
  *
- * The ABI values mirror guest/include/abi.h (checked against crates/abi): that
- * header needs <stdint.h>, which a kernel build does not have.
+ * The ABI values are guest/include/abi.h's, under the same names: that header
+ * needs <stdint.h>, which a kernel build does not have. crates/abi/tests/header.rs
+ * checks each literal #define here against abi.h and the Rust side.
  */
 #include <linux/arm-smccc.h>
 #include <linux/init.h>
@@ -20,24 +21,24 @@
 #define APF_VERSION_MAJOR(v) (((v) >> 16) & 0xff)
 #define APF_VERSION_MINOR(v) (((v) >> 8) & 0xff)
 
-#define APF_VENDOR_HYP_UID 0x8600FF01
-#define APF_VENDOR_HYP_FEATURES 0x86000000
-#define APF_VENDOR_HYP_FUNC_ASYNC_PF 0x30
-#define APF_VENDOR_HYP_ASYNC_PF 0x86000030
+#define SMCCC_VENDOR_HYP_UID 0x8600FF01
+#define SMCCC_VENDOR_HYP_FEATURES 0x86000000
+#define SMCCC_VENDOR_HYP_FUNC_ASYNC_PF 0x30
+#define SMCCC_VENDOR_HYP_ASYNC_PF 0x86000030
 #define APF_UID_0 0xE6B1F0A9
 #define APF_UID_1 0x21467061
 #define APF_UID_2 0x415E8C21
 #define APF_UID_3 0xF0A92146
 
-#define APF_FUNC_VERSION 0
-#define APF_FUNC_SLOTS 1
-#define APF_FUNC_SDEI 2
-#define APF_FUNC_IRQ 3
+#define ASYNC_PF_FUNC_VERSION 0
+#define ASYNC_PF_FUNC_SLOTS 1
+#define ASYNC_PF_FUNC_SDEI 2
+#define ASYNC_PF_FUNC_IRQ 3
 
 /* PPIs are INTIDs 16..31; 27 is the virtual timer's, which apf never offers. */
-#define APF_PPI_FIRST 16
-#define APF_PPI_LAST 31
-#define APF_PPI_TIMER_VIRT 27
+#define PPI_FIRST 16
+#define PPI_LAST 31
+#define PPI_TIMER_VIRT 27
 
 struct apf_params {
 	unsigned long version;
@@ -51,7 +52,7 @@ static long apf_call(unsigned long subfn, unsigned long *value)
 {
 	struct arm_smccc_res res;
 
-	arm_smccc_1_1_hvc(APF_VENDOR_HYP_ASYNC_PF, subfn, &res);
+	arm_smccc_1_1_hvc(SMCCC_VENDOR_HYP_ASYNC_PF, subfn, &res);
 	*value = res.a1;
 	return (long)res.a0;
 }
@@ -61,7 +62,7 @@ static const char *apf_discover(struct apf_params *p)
 {
 	static const u32 uid[4] = { APF_UID_0, APF_UID_1, APF_UID_2, APF_UID_3 };
 	struct arm_smccc_res res;
-	unsigned long fn = APF_VENDOR_HYP_FUNC_ASYNC_PF;
+	unsigned long fn = SMCCC_VENDOR_HYP_FUNC_ASYNC_PF;
 	unsigned long features[4];
 
 	/*
@@ -78,13 +79,13 @@ static const char *apf_discover(struct apf_params *p)
 		return "no SMCCC 1.1 firmware interface";
 	}
 
-	arm_smccc_1_1_hvc(APF_VENDOR_HYP_UID, &res);
+	arm_smccc_1_1_hvc(SMCCC_VENDOR_HYP_UID, &res);
 	if ((u32)res.a0 != uid[0] || (u32)res.a1 != uid[1] ||
 	    (u32)res.a2 != uid[2] || (u32)res.a3 != uid[3])
 		return "vendor-hyp UID is not apf's";
 
 	/* A 128-bit bitmap, 32 bits per register: function n is bit n % 32 of x[n / 32]. */
-	arm_smccc_1_1_hvc(APF_VENDOR_HYP_FEATURES, &res);
+	arm_smccc_1_1_hvc(SMCCC_VENDOR_HYP_FEATURES, &res);
 	features[0] = res.a0;
 	features[1] = res.a1;
 	features[2] = res.a2;
@@ -92,17 +93,17 @@ static const char *apf_discover(struct apf_params *p)
 	if (!((features[fn / 32] >> (fn % 32)) & 1))
 		return "FEATURES does not list ASYNC_PF";
 
-	if (apf_call(APF_FUNC_VERSION, &p->version) != SMCCC_RET_SUCCESS)
+	if (apf_call(ASYNC_PF_FUNC_VERSION, &p->version) != SMCCC_RET_SUCCESS)
 		return "VERSION failed";
 	if ((p->version >> 24) != 0 || APF_VERSION_MAJOR(p->version) != APF_VERSION_MAJOR(APF_VERSION))
 		return "unsupported VERSION";
-	if (apf_call(APF_FUNC_SLOTS, &p->slots) != SMCCC_RET_SUCCESS || p->slots == 0)
+	if (apf_call(ASYNC_PF_FUNC_SLOTS, &p->slots) != SMCCC_RET_SUCCESS || p->slots == 0)
 		return "no SLOTS";
-	if (apf_call(APF_FUNC_SDEI, &p->event) != SMCCC_RET_SUCCESS ||
+	if (apf_call(ASYNC_PF_FUNC_SDEI, &p->event) != SMCCC_RET_SUCCESS ||
 	    p->event == 0 || p->event > U32_MAX)
 		return "no SDEI event";
-	if (apf_call(APF_FUNC_IRQ, &p->ppi) != SMCCC_RET_SUCCESS ||
-	    p->ppi < APF_PPI_FIRST || p->ppi > APF_PPI_LAST || p->ppi == APF_PPI_TIMER_VIRT)
+	if (apf_call(ASYNC_PF_FUNC_IRQ, &p->ppi) != SMCCC_RET_SUCCESS ||
+	    p->ppi < PPI_FIRST || p->ppi > PPI_LAST || p->ppi == PPI_TIMER_VIRT)
 		return "no page-ready PPI";
 	return NULL;
 }
