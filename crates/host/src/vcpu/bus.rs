@@ -56,28 +56,23 @@ impl VcpuBus<'_> {
         }
     }
 
-    /// The error for an access to `addr` that missed the TLB and could not be
-    /// mapped: a stage-2 fault on RAM, an external abort elsewhere.
-    fn miss(&self, addr: u64) -> BusError {
-        if self.machine.is_ram(Gpa(addr), 1) {
-            BusError::Stage2Fault
-        } else {
-            BusError::ExternalAbort
-        }
-    }
-
-    /// Retries `access` once after mapping `addr`'s page, if it is RAM.
-    fn ram_retry<T>(
+    /// After a TLB miss: `None` if `addr` is not RAM (MMIO or nothing);
+    /// otherwise the access, retried once its page is mapped, or a stage-2
+    /// fault if the page needs a fetch.
+    fn ram_miss<T>(
         &mut self,
         addr: u64,
         write: bool,
         access: impl FnOnce(&mut VcpuTlb) -> Result<T, TlbMiss>,
-    ) -> Result<T, BusError> {
-        if self.machine.is_ram(Gpa(addr), 1) && self.map_on_miss(addr, write) {
+    ) -> Option<Result<T, BusError>> {
+        if !self.machine.is_ram(Gpa(addr), 1) {
+            return None;
+        }
+        Some(if self.map_on_miss(addr, write) {
             access(self.ram).map_err(|_| BusError::Stage2Fault)
         } else {
-            Err(self.miss(addr))
-        }
+            Err(BusError::Stage2Fault)
+        })
     }
 }
 
@@ -91,7 +86,9 @@ impl Bus for VcpuBus<'_> {
         // Instructions execute from RAM only; a fetch from MMIO is an abort.
         match self.ram.fetch_insn(addr) {
             Ok(w) => Ok(w),
-            Err(_) => self.ram_retry(addr, false, |t| t.fetch_insn(addr)),
+            Err(_) => self
+                .ram_miss(addr, false, |t| t.fetch_insn(addr))
+                .unwrap_or(Err(BusError::ExternalAbort)),
         }
     }
 
@@ -99,15 +96,14 @@ impl Bus for VcpuBus<'_> {
     fn read(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
         match self.ram.read(addr, size) {
             Ok(v) => Ok(v),
-            Err(_) if self.machine.is_ram(Gpa(addr), 1) => {
-                self.ram_retry(addr, false, |t| t.read(addr, size))
-            }
-            Err(_) => {
-                self.mmio += 1;
-                self.machine
-                    .mmio_read(addr, bytes(size))
-                    .ok_or(BusError::ExternalAbort)
-            }
+            Err(_) => self
+                .ram_miss(addr, false, |t| t.read(addr, size))
+                .unwrap_or_else(|| {
+                    self.mmio += 1;
+                    self.machine
+                        .mmio_read(addr, bytes(size))
+                        .ok_or(BusError::ExternalAbort)
+                }),
         }
     }
 
@@ -115,19 +111,18 @@ impl Bus for VcpuBus<'_> {
     fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         match self.ram.write(addr, size, value) {
             Ok(()) => Ok(()),
-            Err(_) if self.machine.is_ram(Gpa(addr), 1) => {
-                self.ram_retry(addr, true, |t| t.write(addr, size, value))
-            }
-            Err(_) => {
-                self.mmio += 1;
-                if self.machine.mmio_write(addr, bytes(size), value) {
-                    // A GIC write may change this vCPU's interrupt line.
-                    self.waker.kick();
-                    Ok(())
-                } else {
-                    Err(BusError::ExternalAbort)
-                }
-            }
+            Err(_) => self
+                .ram_miss(addr, true, |t| t.write(addr, size, value))
+                .unwrap_or_else(|| {
+                    self.mmio += 1;
+                    if self.machine.mmio_write(addr, bytes(size), value) {
+                        // A GIC write may change this vCPU's interrupt line.
+                        self.waker.kick();
+                        Ok(())
+                    } else {
+                        Err(BusError::ExternalAbort)
+                    }
+                }),
         }
     }
 
@@ -140,14 +135,18 @@ impl Bus for VcpuBus<'_> {
     ) -> Result<u64, BusError> {
         match self.ram.compare_exchange(addr, size, old, new) {
             Ok(v) => Ok(v),
-            Err(_) => self.ram_retry(addr, true, |t| t.compare_exchange(addr, size, old, new)),
+            Err(_) => self
+                .ram_miss(addr, true, |t| t.compare_exchange(addr, size, old, new))
+                .unwrap_or(Err(BusError::ExternalAbort)),
         }
     }
 
     fn compare_exchange_pair(&mut self, addr: u64, old: u128, new: u128) -> Result<u128, BusError> {
         match self.ram.compare_exchange_pair(addr, old, new) {
             Ok(v) => Ok(v),
-            Err(_) => self.ram_retry(addr, true, |t| t.compare_exchange_pair(addr, old, new)),
+            Err(_) => self
+                .ram_miss(addr, true, |t| t.compare_exchange_pair(addr, old, new))
+                .unwrap_or(Err(BusError::ExternalAbort)),
         }
     }
 
@@ -161,7 +160,9 @@ impl Bus for VcpuBus<'_> {
         let apply = |old| op.apply(size, old, operand);
         match self.ram.atomic_rmw(addr, size, apply) {
             Ok(v) => Ok(v),
-            Err(_) => self.ram_retry(addr, true, |t| t.atomic_rmw(addr, size, apply)),
+            Err(_) => self
+                .ram_miss(addr, true, |t| t.atomic_rmw(addr, size, apply))
+                .unwrap_or(Err(BusError::ExternalAbort)),
         }
     }
 
