@@ -200,8 +200,8 @@ build_init() {
     scratch=$(mktemp -d)
     check_fp_detector "$scratch"
     rm -rf "$scratch"
-    "${cross}gcc" "${cflags[@]}" -o "$out.tmp" "$script_dir/init.c" >&2 ||
-        die "compiling $script_dir/init.c failed"
+    "${cross}gcc" "${cflags[@]}" -o "$out.tmp" "$script_dir/init.c" "$script_dir/cases.c" >&2 ||
+        die "compiling $script_dir/init.c and cases.c failed"
     check_no_fp "$out.tmp"
     mv "$out.tmp" "$out"
 }
@@ -296,6 +296,7 @@ build_initramfs() {
     {
         cpio_entry dev $((0040755)) 0
         cpio_entry proc $((0040755)) 0
+        cpio_entry sys $((0040755)) 0
         cpio_entry init $((0100755)) "$(stat -c %s "$init")" "$init"
         cpio_entry apf.ko $((0100644)) "$(stat -c %s "$module")" "$module"
         cpio_ino=-1

@@ -13,12 +13,14 @@
  *
  * Freestanding: no FP/SIMD anywhere (build.sh checks the binary).
  */
+#include "cases.h"
+#include "line.h"
 #include "sys.h"
 #include "workloads.h"
 
 #define MAX_PROCS APF_BOOT_MAX_PROCS
 #define CMDLINE_MAX 4096
-#define LINE_MAX 256
+#define MODULE_PARAMS_MAX 512
 
 /* _start: the kernel leaves argc/argv/envp on the stack; init needs none of them. */
 __asm__(".text\n"
@@ -78,66 +80,6 @@ struct proc_report {
 enum failure { FAIL_NONE, FAIL_AFFINITY, FAIL_MMAP };
 
 static const char *const kind_names[] = { "?", "scan", "calc", "kv", "build" };
-
-/* --- Output: one write per line, so lines never interleave --- */
-struct line {
-	char buf[LINE_MAX];
-	u64 len;
-};
-
-static void put_str(struct line *l, const char *s)
-{
-	while (*s && l->len < LINE_MAX - 1)
-		l->buf[l->len++] = *s++;
-}
-
-static void put_dec(struct line *l, u64 v)
-{
-	char digits[20];
-	int n = 0;
-	do {
-		digits[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n && l->len < LINE_MAX - 1)
-		l->buf[l->len++] = digits[--n];
-}
-
-static void put_signed(struct line *l, s64 v)
-{
-	if (v < 0) {
-		put_str(l, "-");
-		put_dec(l, (u64)-v);
-	} else {
-		put_dec(l, (u64)v);
-	}
-}
-
-static void put_hex16(struct line *l, u64 v)
-{
-	for (int shift = 60; shift >= 0 && l->len < LINE_MAX - 1; shift -= 4)
-		l->buf[l->len++] = "0123456789abcdef"[(v >> shift) & 0xf];
-}
-
-static void put_bytes(struct line *l, const char *s, u64 n)
-{
-	for (u64 i = 0; i < n && l->len < LINE_MAX - 1; i++)
-		l->buf[l->len++] = s[i];
-}
-
-static void emit(struct line *l)
-{
-	l->buf[l->len++] = '\n';
-	u64 off = 0;
-	while (off < l->len) {
-		s64 n = sys_write(1, l->buf + off, l->len - off);
-		if (n == -EINTR)
-			continue;
-		if (n <= 0)
-			return; /* no console: nothing else to tell it to */
-		off += (u64)n;
-	}
-}
 
 static noreturn void power_off(void)
 {
@@ -442,18 +384,44 @@ static void report_end(u64 index, const volatile struct proc_report *r, int stat
 /* --- The apf guest module --- */
 
 /*
+ * The module's parameters, as modprobe would pass them: every `apf.<name>=<value>`
+ * token of the command line but init's own (apf.proc=, apf.case=), space-separated.
+ */
+static void module_params(const char *cmdline, u64 len, char *out)
+{
+	u64 o = 0;
+	for (u64 i = 0; i < len;) {
+		while (i < len && is_space(cmdline[i]))
+			i++;
+		u64 start = i;
+		while (i < len && !is_space(cmdline[i]))
+			i++;
+		const char *token = cmdline + start;
+		u64 n = i - start;
+		if (!starts_with(token, n, "apf.") || starts_with(token, n, "apf.proc=") ||
+		    starts_with(token, n, "apf.case=") || o + n + 1 >= MODULE_PARAMS_MAX)
+			continue;
+		if (o)
+			out[o++] = ' ';
+		for (u64 k = 4; k < n; k++)
+			out[o++] = token[k];
+	}
+	out[o] = 0;
+}
+
+/*
  * build.sh puts the module at /apf.ko: load it before anything runs, so its
  * discovery line comes first. Without the file there is nothing to say; a failed
  * load is a note, and the workloads run all the same.
  */
-static void load_apf_module(void)
+static void load_apf_module(const char *params)
 {
 	struct line l;
 	l.len = 0;
 	s64 fd = sys_open("/apf.ko", O_RDONLY);
 	if (fd == -ENOENT)
 		return;
-	s64 r = fd < 0 ? fd : sys_finit_module((int)fd);
+	s64 r = fd < 0 ? fd : sys_finit_module((int)fd, params);
 	if (fd >= 0)
 		sys_close((int)fd);
 	if (r == 0) {
@@ -463,6 +431,29 @@ static void load_apf_module(void)
 		put_signed(&l, -r);
 	}
 	emit(&l);
+}
+
+/* `apf.case=<name>`: the hostile case (cases.c) runs in a child before the processes. */
+static void run_case_token(const char *cmdline, u64 len)
+{
+	static const char prefix[] = "apf.case=";
+	for (u64 i = 0; i < len;) {
+		while (i < len && is_space(cmdline[i]))
+			i++;
+		u64 start = i;
+		while (i < len && !is_space(cmdline[i]))
+			i++;
+		const char *token = cmdline + start;
+		u64 n = i - start;
+		if (!starts_with(token, n, prefix))
+			continue;
+		s64 pid = sys_fork();
+		if (pid == 0)
+			sys_exit_group(run_case(token + sizeof(prefix) - 1, n - (sizeof(prefix) - 1)));
+		int status = 0;
+		while (pid > 0 && sys_wait4_pid(pid, &status) == -EINTR)
+			;
+	}
 }
 
 noreturn void init_main(void);
@@ -485,7 +476,7 @@ noreturn void init_main(void)
 		l.len = 0;
 	}
 	mount_or_fail("proc", "/proc", "proc");
-	load_apf_module();
+	mount_or_fail("sysfs", "/sys", "sysfs");
 
 	u64 online[CPU_MASK_WORDS] = { 0 };
 	r = sys_sched_getaffinity(online);
@@ -495,7 +486,11 @@ noreturn void init_main(void)
 		fail(&l);
 	}
 	u64 len = read_cmdline(cmdline);
+	static char params[MODULE_PARAMS_MAX];
+	module_params(cmdline, len, params);
+	load_apf_module(params);
 	u64 nprocs = parse_cmdline(cmdline, len, online, specs);
+	run_case_token(cmdline, len);
 
 	volatile struct proc_report *reports = 0;
 	if (nprocs) {

@@ -31,6 +31,14 @@ typedef int64_t s64;
 #define SYS_WAIT4 260
 #define SYS_FINIT_MODULE 273
 
+#define SYS_DELETE_MODULE 106
+#define SYS_CLOCK_GETTIME 113
+#define SYS_SCHED_YIELD 124
+#define O_WRONLY 1
+#define O_CREAT 0x40
+#define O_TRUNC 0x200
+#define O_NONBLOCK 0x800
+#define CLOCK_MONOTONIC 1
 #define AT_FDCWD (-100)
 #define O_RDONLY 0
 #define O_RDWR 2
@@ -116,10 +124,10 @@ static inline s64 sys_wait4(int *status)
 	return syscall6(SYS_WAIT4, (u64)-1, (u64)status, 0, 0, 0, 0);
 }
 
-/* finit_module(fd, "", 0): loads the module in the open file, no parameters. */
-static inline s64 sys_finit_module(int fd)
+/* finit_module(fd, params, 0): loads the module in the open file. */
+static inline s64 sys_finit_module(int fd, const char *params)
 {
-	return syscall3(SYS_FINIT_MODULE, (u64)fd, (u64)"", 0);
+	return syscall3(SYS_FINIT_MODULE, (u64)fd, (u64)params, 0);
 }
 
 static inline s64 sys_getpid(void) { return syscall3(SYS_GETPID, 0, 0, 0); }
@@ -146,6 +154,32 @@ static inline noreturn void sys_exit_group(int code)
 {
 	syscall3(SYS_EXIT_GROUP, (u64)code, 0, 0);
 	__builtin_unreachable();
+}
+
+static inline s64 sys_open_mode(const char *path, int flags, u64 mode)
+{
+	return syscall6(SYS_OPENAT, (u64)(s64)AT_FDCWD, (u64)path, (u64)flags, mode, 0, 0);
+}
+
+static inline s64 sys_wait4_pid(s64 pid, int *status)
+{
+	return syscall6(SYS_WAIT4, (u64)pid, (u64)status, 0, 0, 0, 0);
+}
+
+static inline s64 sys_sched_yield(void) { return syscall3(SYS_SCHED_YIELD, 0, 0, 0); }
+
+static inline s64 sys_delete_module(const char *name, int flags)
+{
+	return syscall3(SYS_DELETE_MODULE, (u64)name, (u64)flags, 0);
+}
+
+/* CLOCK_MONOTONIC in nanoseconds (0 if the call fails). */
+static inline u64 monotonic_ns(void)
+{
+	s64 ts[2] = { 0, 0 };
+	if (syscall3(SYS_CLOCK_GETTIME, CLOCK_MONOTONIC, (u64)ts, 0) != 0)
+		return 0;
+	return (u64)ts[0] * 1000000000ull + (u64)ts[1];
 }
 
 #endif

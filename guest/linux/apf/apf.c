@@ -758,13 +758,14 @@ static int __init apf_init(void)
 
 static void __exit apf_exit(void)
 {
-	unsigned long sleepers = atomic64_read(&apf_stats.sleepers);
+	s64 woken = atomic64_read(&apf_stats.offline_wakes);
 
 	apf_stop();
+	woken = atomic64_read(&apf_stats.offline_wakes) - woken;
 	sysfs_remove_group(apf_kobj, &apf_group);
 	kobject_put(apf_kobj);
 	free_percpu(apf_cpus);
-	pr_info("apf: unloaded (%lu sleepers woken)\n", sleepers);
+	pr_info("apf: unloaded, %lld sleepers woken\n", woken);
 }
 
 module_init(apf_init);
