@@ -296,7 +296,6 @@ build_initramfs() {
     {
         cpio_entry dev $((0040755)) 0
         cpio_entry proc $((0040755)) 0
-        cpio_entry sys $((0040755)) 0
         cpio_entry init $((0100755)) "$(stat -c %s "$init")" "$init"
         cpio_entry apf.ko $((0100644)) "$(stat -c %s "$module")" "$module"
         cpio_ino=-1

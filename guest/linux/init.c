@@ -9,7 +9,11 @@
  * Init alone writes to the console: after wait4 it prints
  *   apf-proc <index> done <progress> <checksum>
  *   apf-proc <index> killed <signal> <progress> <checksum>
- * then `apf-init done`, and powers off. A bad token: `apf-init error: ...`, power off.
+ *   apf-proc <index> stopped <progress> <checksum>
+ * the last for a process without work (work 0), which init stops with SIGKILL once
+ * every process with work has ended. Then one `apf-module <name> <value>` per
+ * counter file of the apf module (/sys/kernel/apf/), then `apf-init done`, and
+ * powers off. A bad token: `apf-init error: ...`, power off.
  *
  * Freestanding: no FP/SIMD anywhere (build.sh checks the binary).
  */
@@ -339,7 +343,12 @@ static noreturn void run_proc(const struct proc_spec *spec, volatile struct proc
 
 /* --- Init --- */
 
-static void report_end(u64 index, const volatile struct proc_report *r, int status)
+/*
+ * Prints how process `index` ended from its wait status. `stopping`: init has sent
+ * SIGKILL to the processes still running (they have no work of their own), so a
+ * death by SIGKILL is init's stop, not a kill.
+ */
+static void report_end(u64 index, const volatile struct proc_report *r, int status, int stopping)
 {
 	u64 current = r->current & 1;
 	u64 progress = r->progress[current];
@@ -362,6 +371,8 @@ static void report_end(u64 index, const volatile struct proc_report *r, int stat
 	put_dec(&l, index);
 	if (signal == 0 && (status >> 8 & 0xff) == 0) {
 		put_str(&l, " done ");
+	} else if (signal == SIGKILL && stopping && r->failure == FAIL_NONE) {
+		put_str(&l, " stopped ");
 	} else if (signal != 0 && signal != 0x7f) {
 		put_str(&l, " killed ");
 		put_dec(&l, (u64)signal);
@@ -456,6 +467,103 @@ static void run_case_token(const char *cmdline, u64 len)
 	}
 }
 
+/*
+ * sysfs on /sys, for the module's counters; build.sh's initramfs has no /sys, and
+ * the root (the initramfs) is writable. Without it the counters are not reported: a
+ * note, and the workloads run all the same.
+ */
+static void mount_sysfs(void)
+{
+	s64 r = sys_mkdir("/sys", 0555);
+	if (r == 0 || r == -EEXIST)
+		r = sys_mount("sysfs", "/sys", "sysfs");
+	if (r == 0 || r == -EBUSY)
+		return;
+	struct line l;
+	l.len = 0;
+	put_str(&l, "apf-init: mount sysfs on /sys failed: ");
+	put_signed(&l, r);
+	emit(&l);
+}
+
+/* The kernel's record for one directory entry (getdents64). */
+struct linux_dirent64 {
+	u64 d_ino;
+	s64 d_off;
+	unsigned short d_reclen;
+	unsigned char d_type;
+	char d_name[];
+};
+
+#define COUNTER_TEXT_MAX 32
+
+/* Prints `apf-module <name> <value>` for the counter file `name` of `dir`, or a note
+ * if it is not one decimal u64 and a newline. */
+static void report_counter(int dir, const char *name)
+{
+	struct line l;
+	l.len = 0;
+	char text[COUNTER_TEXT_MAX];
+	u64 len = 0;
+	s64 fd = sys_openat(dir, name, O_RDONLY);
+	s64 n = fd;
+	while (fd >= 0 && len < sizeof(text)) {
+		n = sys_read((int)fd, text + len, sizeof(text) - len);
+		if (n == -EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (u64)n;
+	}
+	if (fd >= 0)
+		sys_close((int)fd);
+	u64 value = 0;
+	if (n < 0) {
+		put_str(&l, "apf-init: module counter ");
+		put_str(&l, name);
+		put_str(&l, ": error ");
+		put_signed(&l, n);
+	} else if (len == 0 || len == sizeof(text) || text[len - 1] != '\n' ||
+		   !parse_dec(text, len - 1, &value)) {
+		put_str(&l, "apf-init: module counter ");
+		put_str(&l, name);
+		put_str(&l, ": not a decimal u64 and a newline");
+	} else {
+		put_str(&l, "apf-module ");
+		put_str(&l, name);
+		put_str(&l, " ");
+		put_dec(&l, value);
+	}
+	emit(&l);
+}
+
+/*
+ * The apf module's counters: every regular file of /sys/kernel/apf, in the order
+ * getdents gives them, so a counter the module adds needs no change here. Without
+ * the directory (no module, no sysfs): nothing.
+ */
+static void report_module_counters(void)
+{
+	static char entries[4096] __attribute__((aligned(8)));
+	s64 dir = sys_open("/sys/kernel/apf", O_RDONLY | O_DIRECTORY);
+	if (dir < 0)
+		return;
+	for (;;) {
+		s64 n = sys_getdents64((int)dir, entries, sizeof(entries));
+		if (n == -EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		for (s64 off = 0; off < n;) {
+			const struct linux_dirent64 *d = (const void *)(entries + off);
+			if (d->d_type == DT_REG)
+				report_counter((int)dir, d->d_name);
+			off += d->d_reclen;
+		}
+	}
+	sys_close((int)dir);
+}
+
 noreturn void init_main(void);
 noreturn void init_main(void)
 {
@@ -476,7 +584,7 @@ noreturn void init_main(void)
 		l.len = 0;
 	}
 	mount_or_fail("proc", "/proc", "proc");
-	mount_or_fail("sysfs", "/sys", "sysfs");
+	mount_sysfs();
 
 	u64 online[CPU_MASK_WORDS] = { 0 };
 	r = sys_sched_getaffinity(online);
@@ -524,7 +632,21 @@ noreturn void init_main(void)
 		pids[i] = pid;
 	}
 
+	/* Processes without work run until those with work have ended; then init stops
+	 * them. A run with none with work waits for ever, until the host stops it. */
+	u64 with_work = 0;
+	for (u64 i = 0; i < nprocs; i++)
+		if (specs[i].work)
+			with_work++;
+	u64 work_left = with_work;
+	int stopping = 0;
 	for (u64 running = nprocs; running;) {
+		if (with_work && !work_left && !stopping) {
+			for (u64 i = 0; i < nprocs; i++)
+				if (pids[i])
+					sys_kill(pids[i], SIGKILL);
+			stopping = 1;
+		}
 		int status = 0;
 		s64 pid = sys_wait4(&status);
 		if (pid == -EINTR)
@@ -536,13 +658,16 @@ noreturn void init_main(void)
 		}
 		for (u64 i = 0; i < nprocs; i++) {
 			if (pids[i] == pid) {
-				report_end(i, &reports[i], status);
+				report_end(i, &reports[i], status, stopping);
 				pids[i] = 0;
 				running--;
+				if (specs[i].work)
+					work_left--;
 			}
 		}
 	}
 
+	report_module_counters();
 	put_str(&l, "apf-init done");
 	emit(&l);
 	power_off();

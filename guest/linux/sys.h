@@ -15,9 +15,11 @@ typedef int64_t s64;
 
 #define SYS_DUP3 24
 #define SYS_FCNTL 25
+#define SYS_MKDIRAT 34
 #define SYS_MOUNT 40
 #define SYS_OPENAT 56
 #define SYS_CLOSE 57
+#define SYS_GETDENTS64 61
 #define SYS_READ 63
 #define SYS_WRITE 64
 #define SYS_EXIT_GROUP 94
@@ -42,6 +44,8 @@ typedef int64_t s64;
 #define AT_FDCWD (-100)
 #define O_RDONLY 0
 #define O_RDWR 2
+#define O_DIRECTORY 0x4000 /* arm64's value (asm-generic has 0200000) */
+#define DT_REG 8
 #define F_GETFD 1
 #define PROT_READ 1
 #define PROT_WRITE 2
@@ -53,6 +57,7 @@ typedef int64_t s64;
 #define EBUSY 16
 #define EINTR 4
 #define ENOENT 2
+#define EEXIST 17
 #define LINUX_REBOOT_MAGIC1 0xfee1deadu
 #define LINUX_REBOOT_MAGIC2 672274793u
 #define LINUX_REBOOT_CMD_POWER_OFF 0x4321fedcu
@@ -97,6 +102,23 @@ static inline s64 sys_read(int fd, void *buf, u64 len)
 static inline s64 sys_open(const char *path, int flags)
 {
 	return syscall6(SYS_OPENAT, (u64)(s64)AT_FDCWD, (u64)path, (u64)flags, 0, 0, 0);
+}
+
+/* openat(dirfd, path, flags): path relative to an open directory. */
+static inline s64 sys_openat(int dirfd, const char *path, int flags)
+{
+	return syscall6(SYS_OPENAT, (u64)(s64)dirfd, (u64)path, (u64)flags, 0, 0, 0);
+}
+
+static inline s64 sys_mkdir(const char *path, u64 mode)
+{
+	return syscall3(SYS_MKDIRAT, (u64)(s64)AT_FDCWD, (u64)path, mode);
+}
+
+/* The directory's next entries as struct linux_dirent64 records; 0 at its end. */
+static inline s64 sys_getdents64(int fd, void *buf, u64 len)
+{
+	return syscall3(SYS_GETDENTS64, (u64)fd, (u64)buf, len);
 }
 
 static inline s64 sys_close(int fd) { return syscall3(SYS_CLOSE, (u64)fd, 0, 0); }

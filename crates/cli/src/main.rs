@@ -17,7 +17,7 @@ mod vmargs;
 use apf_vm::config::{ByteSize, ProcessConfig, Span, VmConfig, WorkloadKind};
 use apf_vm::{
     ErrorClass, LinuxGuest, RunEnd, RunOptions, VmError, VmRun, run_image, run_linux,
-    run_workloads, run_workloads_observed,
+    run_linux_observed, run_workloads, run_workloads_observed,
 };
 use clap::{Args, Parser, Subcommand};
 use progress::RunBar;
@@ -101,10 +101,40 @@ struct RunArgs {
     timeout: Option<Span>,
 }
 
+/// A Linux guest for `compare` and `sweep`: every run boots it instead of the
+/// built-in guest.
+#[derive(Args, Debug)]
+struct LinuxArgs {
+    /// Boot this arm64 Linux Image (uncompressed) in every run instead of the built-in
+    /// guest, with --initrd; the -p processes go to its init as for `apf run --kernel`.
+    /// Without -p or --config: a 384MiB scan beside a calc, 512MiB of RAM in a 256MiB
+    /// budget.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "initrd",
+        conflicts_with = "duration"
+    )]
+    kernel: Option<PathBuf>,
+    /// The initramfs whose init runs the processes (guest/linux/build.sh makes it).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command-line arguments for --kernel (e.g. "console=ttyAMA0").
+    #[arg(
+        long,
+        value_name = "ARGS",
+        requires = "kernel",
+        allow_hyphen_values = true
+    )]
+    append: Option<String>,
+}
+
 #[derive(Args, Debug)]
 struct CompareArgs {
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    linux: LinuxArgs,
     /// Also write both runs as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -120,6 +150,8 @@ struct CompareArgs {
 struct SweepArgs {
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    linux: LinuxArgs,
     /// Added store latencies to run at (the default sweep).
     #[arg(
         long = "latencies",
@@ -304,8 +336,61 @@ fn check_output(flag: &'static str, path: Option<&Path>) -> Result<(), CliError>
     }
 }
 
-/// Runs the built-in guest with `config`, with a progress bar on a terminal.
-fn run_one(config: &VmConfig, label: &str, timeout: Duration) -> Result<RunReport, CliError> {
+/// What the runs of a command boot.
+#[derive(Debug)]
+enum Guest {
+    /// The built-in guest.
+    BuiltIn,
+    /// A Linux kernel and initrd (`--kernel`): each run boots a copy.
+    Linux(LinuxGuest),
+}
+
+impl Guest {
+    /// The guest `args` ask for, its files read.
+    fn of(args: &LinuxArgs) -> Result<Guest, CliError> {
+        let Some(kernel) = &args.kernel else {
+            return Ok(Guest::BuiltIn);
+        };
+        let kernel = read_input("kernel", "--kernel", kernel)?;
+        let initrd = args
+            .initrd
+            .as_deref()
+            .map(|p| read_input("initrd", "--initrd", p))
+            .transpose()?;
+        Ok(Guest::Linux(LinuxGuest {
+            kernel,
+            initrd,
+            // As `apf run --kernel`: the user's text only.
+            append: args.append.clone().unwrap_or_default(),
+        }))
+    }
+
+    /// The configuration `vm` describes for this guest, from its default
+    /// scenario, checked for a measured run.
+    fn config(&self, vm: &VmArgs) -> Result<VmConfig, VmArgsError> {
+        match self {
+            Guest::BuiltIn => vm.config(VmConfig::default()),
+            Guest::Linux(_) => vm.config_linux_workloads(VmConfig::linux_compare()),
+        }
+    }
+
+    /// Checks `config` as [`Guest::config`] does (a sweep's points).
+    fn validate(&self, config: &VmConfig) -> Result<(), VmArgsError> {
+        match self {
+            Guest::BuiltIn => config.validate()?,
+            Guest::Linux(_) => config.validate_linux_workloads()?,
+        }
+        Ok(())
+    }
+}
+
+/// Runs `guest` with `config`, with a progress bar on a terminal.
+fn run_one(
+    config: &VmConfig,
+    label: &str,
+    timeout: Duration,
+    guest: &Guest,
+) -> Result<RunReport, CliError> {
     if let Some(dir) = vmargs::ensure_store_dir(config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }
@@ -314,10 +399,16 @@ fn run_one(config: &VmConfig, label: &str, timeout: Duration) -> Result<RunRepor
         timeout,
         ..RunOptions::default()
     };
-    let run = run_workloads_observed(config, options, &mut |live| {
+    let mut observe = |live: &apf_vm::Live<'_>| {
         bar.update(live);
         ControlFlow::Continue(())
-    });
+    };
+    let run = match guest {
+        Guest::BuiltIn => run_workloads_observed(config, options, &mut observe),
+        // The run takes its guest (and frees the bytes once they are in guest
+        // RAM): a copy each time.
+        Guest::Linux(linux) => run_linux_observed(config, linux.clone(), options, &mut observe),
+    };
     bar.finish();
     Ok(RunReport::new(label, config, &run?))
 }
@@ -429,7 +520,7 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
         )?;
         RunReport::new(label, &config, &run)
     } else {
-        run_one(&config, label, timeout)?
+        run_one(&config, label, timeout, &Guest::BuiltIn)?
     };
     print!("{}", report::render_run(&report));
     let runs = [report];
@@ -566,6 +657,7 @@ fn off_and_on(
     config: &VmConfig,
     prefix: &str,
     timeout: Duration,
+    guest: &Guest,
 ) -> Result<(RunReport, RunReport), CliError> {
     let off = VmConfig {
         apf: false,
@@ -575,16 +667,17 @@ fn off_and_on(
         apf: true,
         ..config.clone()
     };
-    let a = run_one(&off, &format!("{prefix}APF off"), timeout)?;
-    let b = run_one(&on, &format!("{prefix}APF on"), timeout)?;
+    let a = run_one(&off, &format!("{prefix}APF off"), timeout, guest)?;
+    let b = run_one(&on, &format!("{prefix}APF on"), timeout, guest)?;
     Ok((a, b))
 }
 
 fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
-    let config = args.vm.config(VmConfig::default())?;
+    let guest = Guest::of(&args.linux)?;
+    let config = guest.config(&args.vm)?;
     check_output("--json", args.json.as_deref())?;
     check_output("--chart", args.chart.as_deref())?;
-    let (off, on) = off_and_on(&config, "", args.timeout.0)?;
+    let (off, on) = off_and_on(&config, "", args.timeout.0, &guest)?;
     print!("{}", report::render_side_by_side(&off, &on));
     let runs = [off, on];
     if let Some(path) = &args.json {
@@ -600,7 +693,8 @@ fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
 }
 
 fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
-    let base = args.vm.config(VmConfig::default())?;
+    let guest = Guest::of(&args.linux)?;
+    let base = guest.config(&args.vm)?;
     check_output("--json", args.json.as_deref())?;
     check_output("--chart", args.chart.as_deref())?;
     let points: Vec<(String, VmConfig)> = match &args.budgets {
@@ -637,10 +731,10 @@ fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
     // Every point is checked before the first runs: a bad one found after an
     // hour of runs would waste them.
     for (_, config) in &points {
-        config.validate().map_err(VmArgsError::from)?;
+        guest.validate(config)?;
     }
     for (label, config) in &points {
-        let (off, on) = off_and_on(config, &format!("{label}, "), args.timeout.0)?;
+        let (off, on) = off_and_on(config, &format!("{label}, "), args.timeout.0, &guest)?;
         sweep.points.push((label.clone(), off, on));
     }
     print!("{}", chart::render_sweep(&sweep));
@@ -691,7 +785,7 @@ fn cmd_trace(args: &TraceArgs) -> Result<(), CliError> {
     let config = args.vm.config(trace_config())?;
     let recorder = trace::Recorder::install()?;
     let label = if config.apf { "APF on" } else { "APF off" };
-    let report = run_one(&config, label, Duration::from_secs(120))?;
+    let report = run_one(&config, label, Duration::from_secs(120), &Guest::BuiltIn)?;
     let records = recorder.take();
     let filter = trace::Filter {
         vcpu: args.vcpu_filter,
@@ -718,7 +812,18 @@ fn one_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("bad arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut first = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    if first.ends_with(':') {
+        // A list follows (e.g. the required arguments missing), up to a blank line.
+        let items: Vec<&str> = text
+            .lines()
+            .skip_while(|l| l.trim().is_empty())
+            .skip(1)
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        first = format!("{first} {}", items.join(", "));
+    }
     match lines.find(|l| l.starts_with("tip:")) {
         Some(tip) => format!("{first} ({tip}; see --help)"),
         None => format!("{first} (see --help)"),
@@ -778,6 +883,11 @@ mod tests {
         );
         let e = Cli::try_parse_from(["apf", "run", "-p", "scan,vcpu=x"]).unwrap_err();
         assert!(one_line(&e).contains("not a vCPU number"));
+        let e = Cli::try_parse_from(["apf", "compare", "--kernel", "Image"]).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "the following required arguments were not provided: --initrd <FILE> (see --help)"
+        );
     }
 
     #[test]

@@ -169,6 +169,15 @@ impl VmArgs {
         Ok(c)
     }
 
+    /// The same, checked for a measured run of a Linux kernel (`compare` and
+    /// `sweep` with `--kernel`): as [`VmArgs::config_linux`], and some process
+    /// with work, whose end ends the run.
+    pub fn config_linux_workloads(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
+        let c = self.merged(base)?;
+        c.validate_linux_workloads()?;
+        Ok(c)
+    }
+
     fn merged(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {
         let mut c = match &self.config {
             Some(path) => {

@@ -180,3 +180,52 @@ fn the_device_tree_is_written_before_the_boot() {
         "{err}"
     );
 }
+
+/// `compare` and `sweep` with --kernel refuse what `run --kernel` refuses, the
+/// same way, and a run that could not end or measure anything, before any run.
+#[test]
+fn compare_and_sweep_with_a_kernel_refuse_bad_input() {
+    let dir = scratch("compare");
+    let kernel = dir.join("Image");
+    std::fs::write(&kernel, image(0x10_0000, MODERN | 1, 0)).unwrap(); // big-endian
+    let initrd = dir.join("initrd.cpio");
+    std::fs::write(&initrd, b"070701").unwrap();
+    let missing = dir.join("no-such-file");
+    let (k, i, m) = (
+        kernel.to_str().unwrap(),
+        initrd.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    );
+    for command in ["compare", "sweep"] {
+        let with = |extra: &[&str]| {
+            let mut args = vec![command, "--store", "mem", "--timeout", "20s"];
+            args.extend_from_slice(extra);
+            apf(&args)
+        };
+        assert_refused(&with(&["--kernel", k]), "not provided: --initrd");
+        assert_refused(&with(&["--initrd", i]), "--kernel <IMAGE>");
+        assert_refused(&with(&["--append", "x"]), "--kernel <IMAGE>");
+        assert_refused(
+            &with(&["--kernel", m, "--initrd", i]),
+            "cannot read the kernel",
+        );
+        assert_refused(
+            &with(&["--kernel", k, "--initrd", m]),
+            "(give --initrd a readable file)",
+        );
+        assert_refused(
+            &with(&["--kernel", k, "--initrd", i, "--duration", "5s"]),
+            "cannot be used with",
+        );
+        assert_refused(
+            &with(&["--kernel", k, "--initrd", i, "-p", "calc"]),
+            "give one some work",
+        );
+        assert_refused(
+            &with(&["--kernel", k, "--initrd", i, "-p", "scan,vcpu=1,work=5"]),
+            "pinned to vcpu 1, but the VM has 1",
+        );
+        // Flags are fine; the Image is not: found by the first run, before it starts.
+        assert_refused(&with(&["--kernel", k, "--initrd", i]), "big-endian");
+    }
+}

@@ -112,12 +112,14 @@ pub fn run_linux_observed(
         run.kernel_panic = Some(line.to_string());
     }
     run.processes = outcomes(config, &scanner, &ended_at);
+    run.guest_module = scanner.guest_module().to_vec();
     Ok(run)
 }
 
 /// Each process's outcome from what the init printed, its checksum checked
 /// against the Rust replay. A process the init said nothing about is still
-/// running as far as the host knows.
+/// running as far as the host knows. One the init stopped (it had no work of its
+/// own) is done, as the built-in guest reports a process it stops at the end.
 fn outcomes(
     config: &VmConfig,
     scanner: &ConsoleScanner,
@@ -130,9 +132,9 @@ fn outcomes(
         .enumerate()
         .map(|(i, p)| {
             let (state, progress, checksum, kill_signal) = match scanner.procs()[i] {
-                Some(ProcEnd::Done { progress, checksum }) => {
-                    (proc_state::DONE, progress, checksum, None)
-                }
+                Some(
+                    ProcEnd::Done { progress, checksum } | ProcEnd::Stopped { progress, checksum },
+                ) => (proc_state::DONE, progress, checksum, None),
                 Some(ProcEnd::Killed {
                     signal,
                     progress,
@@ -237,5 +239,38 @@ mod tests {
         let mut s = ConsoleScanner::new(3);
         s.scan(wrong.as_bytes(), true);
         assert!(!outcomes(&c, &s, &[None; 3])[0].checksum_ok);
+    }
+
+    #[test]
+    fn a_stopped_process_is_done_with_its_checksum_checked() {
+        let mut endless = config(vec![ProcessConfig {
+            kind: WorkloadKind::Calc,
+            vcpu: 1,
+            mem: ByteSize(0),
+            work: 0,
+        }]);
+        endless.processes.push(endless.processes[0].clone());
+        let block = boot_block(&endless);
+        let at_128 = workload::expected_checksum(&block.procs[0], 128).unwrap();
+        let at_64 = workload::expected_checksum(&block.procs[1], 64).unwrap();
+        let console = format!(
+            "apf-proc 0 stopped 128 {at_128:016x}\napf-proc 1 stopped 64 {:016x}\n",
+            at_64 ^ 1
+        );
+        let mut s = ConsoleScanner::new(2);
+        s.scan(console.as_bytes(), true);
+        let at = Duration::from_secs(3);
+        let out = outcomes(&endless, &s, &[Some(at), Some(at)]);
+        assert_eq!(
+            (out[0].state, out[0].progress, out[0].checksum_ok),
+            (proc_state::DONE, 128, true)
+        );
+        assert_eq!((out[0].ended_at, out[0].kill_signal), (Some(at), None));
+        assert!(!out[0].killed());
+        assert_eq!(
+            (out[1].state, out[1].checksum_ok),
+            (proc_state::DONE, false),
+            "a wrong checksum is caught"
+        );
     }
 }

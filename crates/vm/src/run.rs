@@ -75,6 +75,9 @@ pub struct VmRun {
     /// A Linux guest's panic line ("Kernel panic - not syncing: ..."), if it
     /// panicked.
     pub kernel_panic: Option<String>,
+    /// A Linux guest's apf module counters (`/sys/kernel/apf/<name>`) as its init
+    /// printed them after the processes ended, in its order; empty without.
+    pub guest_module: Vec<(String, u64)>,
 }
 
 impl VmRun {
@@ -390,6 +393,7 @@ pub(crate) fn finish(
         store: built.memory.store_info(),
         processes: Vec::new(),
         kernel_panic: None,
+        guest_module: Vec::new(),
     })
 }
 

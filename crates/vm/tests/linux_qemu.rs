@@ -10,8 +10,9 @@
 //! The protocol (guest/linux/README.md): one `apf.proc=<kind>,<vcpu>,<mem_bytes>,
 //! <work>,<seed>` token per process on the command line; init prints
 //! `apf-proc <i> done <progress> <checksum>` or `apf-proc <i> killed <signal>
-//! <progress> <checksum>` as each ends, then `apf-init done`, or one
-//! `apf-init error: …` line, and powers off.
+//! <progress> <checksum>` as each ends (`apf-proc <i> stopped <progress>
+//! <checksum>` for one without work, stopped once the others have ended), then
+//! `apf-init done`, or one `apf-init error: …` line, and powers off.
 
 #[path = "common/linux.rs"]
 mod linux;
@@ -32,7 +33,11 @@ const SIGKILL: u32 = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     Done,
-    Killed { signal: u32 },
+    Killed {
+        signal: u32,
+    },
+    /// Without work of its own; init stopped it.
+    Stopped,
 }
 
 /// One `apf-proc` line.
@@ -48,7 +53,7 @@ impl ProcLine {
     fn result(&self) -> ProcResult {
         ProcResult {
             state: match self.ended {
-                Ended::Done => proc_state::DONE,
+                Ended::Done | Ended::Stopped => proc_state::DONE,
                 Ended::Killed { .. } => proc_state::KILLED,
             },
             progress: self.progress,
@@ -85,11 +90,12 @@ fn parse_proc_line(rest: &str) -> Result<ProcLine, String> {
     let index = usize::try_from(number(0)?).map_err(|e| e.to_string())?;
     let (ended, rest_at) = match words.get(1).copied() {
         Some("done") => (Ended::Done, 2),
+        Some("stopped") => (Ended::Stopped, 2),
         Some("killed") => {
             let signal = u32::try_from(number(2)?).map_err(|e| e.to_string())?;
             (Ended::Killed { signal }, 3)
         }
-        other => return Err(format!("{other:?} is neither done nor killed")),
+        other => return Err(format!("{other:?} is not done, killed or stopped")),
     };
     if words.len() != rest_at + 2 {
         return Err(format!("{} fields, expected {}", words.len(), rest_at + 2));
@@ -254,6 +260,34 @@ fn a_process_that_cannot_map_its_working_set_is_reported_killed() {
     assert_eq!((killed.progress, killed.checksum), (0, specs[0].seed));
 }
 
+/// A process without work runs beside the one with work, and once that one has
+/// ended init stops it and reports the work it published, which the reference
+/// confirms.
+#[test]
+fn a_process_without_work_is_stopped_once_the_others_have_ended() {
+    let Some(linux) = artifacts() else { return };
+    let specs = [
+        spec(workload::CALC, 0, 0, 0, 0x0000_5709_0000_0001),
+        spec(workload::CALC, 0, 0, 3000, 0x0000_5709_0000_0002),
+    ];
+    let tokens: Vec<String> = specs.iter().map(token).collect();
+    let out = boot("stopped", &linux, 1, &tokens);
+    let console = parse_console(&out).unwrap_or_else(|e| panic!("{e}; console:\n{out}"));
+    check(&console, &specs, &[Ended::Stopped, Ended::Done])
+        .unwrap_or_else(|e| panic!("{e}; console:\n{out}"));
+    let stopped = console
+        .procs
+        .iter()
+        .find(|p| p.index == 0)
+        .expect("checked");
+    assert!(stopped.progress > 0, "console:\n{out}");
+    let last = console.procs.last().expect("checked");
+    assert_eq!(
+        last.index, 0,
+        "stopped after the other ended; console:\n{out}"
+    );
+}
+
 /// A token naming a vCPU the machine lacks: one error line, nothing run.
 #[test]
 fn a_bad_token_is_one_error_line_and_nothing_runs() {
@@ -278,7 +312,8 @@ fn a_bad_token_is_one_error_line_and_nothing_runs() {
 #[test]
 fn the_parser_reads_every_line_form_and_refuses_malformed_ones() {
     let out = "[ 1.0] Run /init\r\napf-proc 1 done 3000 59b9c8965c8d30b1\r\n\
-               apf-proc 0 killed 9 64 00000000000000ff\r\napf-init done\r\n";
+               apf-proc 0 killed 9 64 00000000000000ff\r\n\
+               apf-proc 2 stopped 128 0000000000000001\r\napf-init done\r\n";
     let console = parse_console(out).unwrap();
     assert!(console.init_done && console.init_error.is_none());
     assert_eq!(
@@ -296,6 +331,12 @@ fn the_parser_reads_every_line_form_and_refuses_malformed_ones() {
                 progress: 64,
                 checksum: 0xff
             },
+            ProcLine {
+                index: 2,
+                ended: Ended::Stopped,
+                progress: 128,
+                checksum: 1
+            },
         ]
     );
     for bad in [
@@ -303,6 +344,7 @@ fn the_parser_reads_every_line_form_and_refuses_malformed_ones() {
         "apf-proc 0 done 1 59B9C8965C8D30B1",
         "apf-proc 0 ended 1 59b9c8965c8d30b1",
         "apf-proc 0 killed 1 59b9c8965c8d30b1",
+        "apf-proc 0 stopped 9 1 59b9c8965c8d30b1",
         "apf-proc x done 1 59b9c8965c8d30b1",
         "apf-proc 0 done 1 59b9c8965c8d30b1 extra",
         "apf-init done\napf-proc 0 done 1 59b9c8965c8d30b1",

@@ -11,7 +11,8 @@ use apf_mem::MemMetrics;
 use apf_mem::metrics::Histogram;
 use apf_vm::config::VmConfig;
 use apf_vm::{RunEnd, VmRun};
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 
 /// The file `--json` writes.
@@ -60,6 +61,19 @@ pub struct RunReport {
     pub store: StoreReport,
     /// The memory system's invariant check at the end: `null` when it holds.
     pub invariant_violation: Option<String>,
+    /// A Linux guest's apf module counters, name to value in the order the
+    /// guest printed them; `{}` when it printed none (the built-in guest).
+    #[serde(serialize_with = "in_order")]
+    pub guest_module: Vec<(String, u64)>,
+}
+
+/// Pairs as a JSON object, keeping their order (a map would sort them).
+fn in_order<S: Serializer>(pairs: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (name, value) in pairs {
+        map.serialize_entry(name, value)?;
+    }
+    map.end()
 }
 
 /// One guest process.
@@ -367,6 +381,7 @@ impl RunReport {
                 queue_depth: run.store.queue_depth,
             },
             invariant_violation: run.mem_invariants.as_ref().err().map(ToString::to_string),
+            guest_module: run.guest_module.clone(),
         }
     }
 

@@ -214,6 +214,14 @@ pub fn render_run(r: &RunReport) -> String {
         count(m.budget_pages),
         count(m.ram_pages)
     );
+    if !r.guest_module.is_empty() {
+        let mut t = Table::new(&["guest module", "count"]);
+        for (name, value) in &r.guest_module {
+            t.row(vec![name.clone(), count(*value)]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
     out
 }
 
@@ -323,9 +331,44 @@ pub fn render_side_by_side(a: &RunReport, b: &RunReport) -> String {
         ratio(a.wall_s, b.wall_s),
     ]);
     out.push_str(&t.render());
+    out.push_str(&guest_module_side_by_side(a, b, &ratio_head));
     let fb = nonzero(&b.vcpu_sum(|v| &v.fallbacks));
     let _ = writeln!(out, "\n  {} fallbacks to synchronous faults: {fb}", b.label);
     out
+}
+
+/// The guest module's counters of two runs side by side, in `b`'s order then
+/// any only `a` has (a blank line and a table; nothing when neither has any).
+fn guest_module_side_by_side(a: &RunReport, b: &RunReport, ratio_head: &str) -> String {
+    let mut names: Vec<&str> = b.guest_module.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, _) in &a.guest_module {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return String::new();
+    }
+    let value = |r: &RunReport, name: &str| {
+        r.guest_module
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    };
+    let mut t = Table::new(&["guest module", &a.label, &b.label, ratio_head]);
+    for name in names {
+        let (x, y) = (value(a, name), value(b, name));
+        t.row(vec![
+            name.to_string(),
+            x.map_or("-".into(), count),
+            y.map_or("-".into(), count),
+            match (x, y) {
+                (Some(x), Some(y)) => ratio_n(x, y),
+                _ => "-".into(),
+            },
+        ]);
+    }
+    format!("\n{}", t.render())
 }
 
 fn short(label: &str) -> &str {
@@ -383,6 +426,61 @@ mod tests {
             lines[3].starts_with("    killed: process 0 scan (vcpu 0)"),
             "{both}"
         );
+    }
+
+    #[test]
+    fn guest_module_counters_show_only_when_present_in_order() {
+        let (config, run) = testing::quick_run();
+        let plain = RunReport::new("APF off", &config, &run);
+        assert!(!render_run(&plain).contains("guest module"));
+        assert!(!render_side_by_side(&plain, &plain).contains("guest module"));
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap()["guest_module"],
+            serde_json::json!({})
+        );
+
+        let with = |label: &str, counters: &[(&str, u64)]| RunReport {
+            label: label.into(),
+            guest_module: counters.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+            ..plain.clone()
+        };
+        let on = with(
+            "APF on",
+            &[
+                ("page_ready", 1_200),
+                ("not_present", 1_250),
+                ("wake_all", 1),
+            ],
+        );
+        let text = render_run(&on);
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("guest module"))
+            .collect();
+        assert_eq!(table.len(), 4, "{text}");
+        assert!(table[1].starts_with("   page_ready") && table[1].ends_with(" 1,200"));
+        assert!(table[2].starts_with("   not_present") && table[2].ends_with(" 1,250"));
+        let json = serde_json::to_string(&on).unwrap();
+        let tail = &json[json.find("\"guest_module\"").unwrap()..];
+        assert!(
+            tail.starts_with(
+                "\"guest_module\":{\"page_ready\":1200,\"not_present\":1250,\"wake_all\":1}"
+            ),
+            "the guest's order, not sorted: {tail}"
+        );
+
+        let off = with("APF off", &[("not_present", 0), ("fallbacks", 4)]);
+        let both = render_side_by_side(&off, &on);
+        let rows: Vec<&str> = both
+            .lines()
+            .skip_while(|l| !l.contains("guest module"))
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let cells = |row: &str| row.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(rows.len(), 5, "{both}");
+        assert_eq!(cells(rows[1]), ["page_ready", "-", "1,200", "-"]);
+        assert_eq!(cells(rows[2]), ["not_present", "0", "1,250", "new"]);
+        assert_eq!(cells(rows[4]), ["fallbacks", "4", "-", "-"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Reading a Linux guest's console as it streams: the init's `apf-proc` and
-//! `apf-init done` lines (the protocol in `linux/mod.rs`), and a kernel panic.
+//! Reading a Linux guest's console as it streams: the init's `apf-proc`,
+//! `apf-module` and `apf-init done` lines (the protocol in `linux/mod.rs`), and a
+//! kernel panic.
 //!
 //! The console is the kernel's and the init's at once, so a protocol line may
 //! follow a kernel timestamp or another message on the same line; it counts
@@ -24,10 +25,18 @@ pub enum ProcEnd {
         /// The checksum after them.
         checksum: u64,
     },
+    /// `apf-proc <index> stopped <progress> <checksum>`: a process without work
+    /// of its own, which the init stopped once every process with work had ended.
+    Stopped {
+        /// The last units it reported.
+        progress: u64,
+        /// The checksum after them.
+        checksum: u64,
+    },
 }
 
 /// One protocol line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtocolLine {
     /// A process ended.
     Proc {
@@ -36,11 +45,19 @@ pub enum ProtocolLine {
         /// How.
         end: ProcEnd,
     },
+    /// `apf-module <name> <value>`: one counter of the guest's apf module.
+    Module {
+        /// The counter's name (its file in `/sys/kernel/apf/`).
+        name: String,
+        /// Its value when the processes had ended.
+        value: u64,
+    },
     /// `apf-init done`: every process ended.
     InitDone,
 }
 
 const PROC_PREFIX: &str = "apf-proc ";
+const MODULE_PREFIX: &str = "apf-module ";
 const INIT_DONE: &str = "apf-init done";
 /// How the kernel starts its panic message.
 const PANIC: &str = "Kernel panic - not syncing";
@@ -76,11 +93,27 @@ fn proc_fields(rest: &str) -> Option<ProtocolLine> {
             progress: decimal(progress)?,
             checksum: checksum(sum)?,
         },
+        [_, "stopped", progress, sum] => ProcEnd::Stopped {
+            progress: decimal(progress)?,
+            checksum: checksum(sum)?,
+        },
         _ => return None,
     };
     Some(ProtocolLine::Proc {
         index: decimal(fields[0])?,
         end,
+    })
+}
+
+/// The fields after `apf-module `, exactly: a name of letters, digits and
+/// underscores (a sysfs file's), then a decimal u64.
+fn module_fields(rest: &str) -> Option<ProtocolLine> {
+    let (name, value) = rest.split_once(' ')?;
+    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    name_ok.then_some(())?;
+    Some(ProtocolLine::Module {
+        name: name.to_string(),
+        value: decimal(value)?,
     })
 }
 
@@ -90,8 +123,13 @@ pub fn parse_line(line: &str) -> Option<ProtocolLine> {
     if line.ends_with(INIT_DONE) {
         return Some(ProtocolLine::InitDone);
     }
-    line.match_indices(PROC_PREFIX)
-        .find_map(|(at, _)| proc_fields(&line[at + PROC_PREFIX.len()..]))
+    let after = |prefix: &'static str| {
+        line.match_indices(prefix)
+            .map(move |(at, _)| &line[at + prefix.len()..])
+    };
+    after(PROC_PREFIX)
+        .find_map(proc_fields)
+        .or_else(|| after(MODULE_PREFIX).find_map(module_fields))
 }
 
 /// The console as it arrives: whole lines only, each looked at once.
@@ -101,6 +139,8 @@ pub struct ConsoleScanner {
     seen: usize,
     /// The first report for each process index (later ones are ignored).
     procs: Vec<Option<ProcEnd>>,
+    /// The module's counters in the order printed (a repeated name: the first).
+    guest_module: Vec<(String, u64)>,
     init_done: bool,
     panic: Option<String>,
     panic_ended: bool,
@@ -152,13 +192,23 @@ impl ConsoleScanner {
                     ended.push(index);
                 }
             }
-            None => {}
+            Some(ProtocolLine::Module { name, value })
+                if !self.guest_module.iter().any(|(n, _)| *n == name) =>
+            {
+                self.guest_module.push((name, value));
+            }
+            Some(ProtocolLine::Module { .. }) | None => {}
         }
     }
 
     /// What the init reported for each process (`None`: nothing, or not yet).
     pub fn procs(&self) -> &[Option<ProcEnd>] {
         &self.procs
+    }
+
+    /// The guest module's counters the init printed, in its order.
+    pub fn guest_module(&self) -> &[(String, u64)] {
+        &self.guest_module
     }
 
     /// Whether the init said every process ended.
@@ -204,6 +254,31 @@ mod tests {
                 }
             })
         );
+        assert_eq!(
+            parse_line("apf-proc 3 stopped 1984 00000000000000ab"),
+            Some(ProtocolLine::Proc {
+                index: 3,
+                end: ProcEnd::Stopped {
+                    progress: 1984,
+                    checksum: 0xab
+                }
+            })
+        );
+        assert_eq!(
+            parse_line("apf-module sleepers_max 18446744073709551615\r"),
+            Some(ProtocolLine::Module {
+                name: "sleepers_max".into(),
+                value: u64::MAX
+            })
+        );
+        assert_eq!(
+            parse_line("[    9.1] apf: x apf-module not_present 0"),
+            Some(ProtocolLine::Module {
+                name: "not_present".into(),
+                value: 0
+            }),
+            "a kernel prefix on the same line"
+        );
         assert_eq!(parse_line("apf-init done"), Some(ProtocolLine::InitDone));
     }
 
@@ -243,6 +318,20 @@ mod tests {
             "apf-proc 0 done 99999999999999999999999 0123456789abcdef", // > u64
             "apf-init done!",
             "apf-init",
+            "apf-proc 0 stopped 1 0123456789abcdef 5", // killed's arity
+            "apf-proc 0 stopped 0123456789abcdef",     // a field short
+            "apf-module",
+            "apf-module page_ready",
+            "apf-module page_ready ",
+            "apf-module page_ready 12 13",
+            "apf-module page_ready -1",
+            "apf-module page_ready +1",
+            "apf-module page_ready 0x10",
+            "apf-module page_ready 18446744073709551616", // > u64
+            "apf-module  12",
+            "apf-module page-ready 12",
+            "apf-module page/ready 12",
+            "apf-init: module counter wake_all: not a decimal u64 and a newline",
         ] {
             assert_eq!(parse_line(bad), None, "{bad:?}");
         }
@@ -282,6 +371,33 @@ mod tests {
         assert!(!s.init_done(), "not a whole line yet");
         s.scan(&console, true);
         assert!(s.init_done());
+    }
+
+    #[test]
+    fn module_counters_are_kept_in_order_once_each() {
+        let mut s = ConsoleScanner::new(1);
+        let console = b"apf-proc 0 stopped 64 0000000000000040\n\
+            apf-module not_present 7\n[ 2.0] note\napf-module page_ready 5\n\
+            apf-module not_present 9\napf-module wake_all 1";
+        assert_eq!(s.scan(console, false), [0]);
+        assert_eq!(
+            s.procs(),
+            [Some(ProcEnd::Stopped {
+                progress: 64,
+                checksum: 0x40
+            })]
+        );
+        assert_eq!(
+            s.guest_module(),
+            [
+                ("not_present".to_string(), 7),
+                ("page_ready".to_string(), 5)
+            ],
+            "the repeated name keeps its first value; the last line is not whole yet"
+        );
+        s.scan(console, true);
+        assert_eq!(s.guest_module().len(), 3);
+        assert_eq!(ConsoleScanner::new(0).guest_module(), []);
     }
 
     #[test]

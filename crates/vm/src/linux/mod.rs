@@ -10,8 +10,13 @@
 //!   values the built-in guest's boot block would carry ([`crate::boot_block`]).
 //! - The init prints `apf-proc <index> done <progress> <checksum>` or
 //!   `apf-proc <index> killed <signal> <progress> <checksum>` (checksum: 16
-//!   lowercase hex digits) as each process ends, then `apf-init done`, then
-//!   powers off (PSCI SYSTEM_OFF).
+//!   lowercase hex digits) as each process ends. A process with work 0 runs
+//!   until every process with work has ended; the init then stops it (SIGKILL)
+//!   and prints `apf-proc <index> stopped <progress> <checksum>` (with no
+//!   process with work, it waits for ever).
+//! - Then, if the apf module made `/sys/kernel/apf/`, one
+//!   `apf-module <name> <value>` per counter file in it (a decimal u64), then
+//!   `apf-init done`, then it powers off (PSCI SYSTEM_OFF).
 //!
 //! # The boot
 //!
