@@ -148,12 +148,13 @@ static inline void workload_kv_unit(struct workload *w)
 }
 
 /*
- * Prepares a process over the working set mem[0..bytes) (zeroed for scan and
- * build, the prefilled table for kv). The caller checked kind and bytes against
- * the minimum each kind needs (a page for scan and build, 64 bytes for kv).
+ * Prepares a process over the working set mem[0..bytes), which must already be
+ * zero for scan and build (as fresh anonymous memory under Linux is); kv's table
+ * is filled here. The caller checked kind and bytes against the minimum each kind
+ * needs (a page for scan and build, 64 bytes for kv).
  */
-static inline void workload_start(struct workload *w, uint64_t kind, uint64_t *mem,
-				  uint64_t bytes, uint64_t seed)
+static inline void workload_start_zeroed(struct workload *w, uint64_t kind, uint64_t *mem,
+					 uint64_t bytes, uint64_t seed)
 {
 	w->kind = kind;
 	w->mem = mem;
@@ -163,10 +164,17 @@ static inline void workload_start(struct workload *w, uint64_t kind, uint64_t *m
 	w->kv_table = 0;
 	w->kv_cap = 0;
 	w->kv_bits = 0;
-	if (kind == APF_WORKLOAD_SCAN || kind == APF_WORKLOAD_BUILD)
-		workload_zero(mem, w->npages * WORKLOAD_WORDS_PER_PAGE);
 	if (kind == APF_WORKLOAD_KV)
 		workload_kv_init(w, bytes, seed);
+}
+
+/* workload_start_zeroed over memory of any content: scan's and build's is zeroed first. */
+static inline void workload_start(struct workload *w, uint64_t kind, uint64_t *mem,
+				  uint64_t bytes, uint64_t seed)
+{
+	if (kind == APF_WORKLOAD_SCAN || kind == APF_WORKLOAD_BUILD)
+		workload_zero(mem, bytes / APF_PAGE_SIZE * WORKLOAD_WORDS_PER_PAGE);
+	workload_start_zeroed(w, kind, mem, bytes, seed);
 }
 
 /* Does one unit of work. */

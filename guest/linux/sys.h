@@ -52,6 +52,7 @@ typedef int64_t s64;
 #define MAP_SHARED 0x01
 #define MAP_PRIVATE 0x02
 #define MAP_ANONYMOUS 0x20
+#define MAP_POPULATE 0x8000
 #define SIGKILL 9
 #define SIGCHLD 17
 #define EBUSY 16
@@ -136,6 +137,16 @@ static inline s64 sys_mmap_anonymous(u64 len, int shared)
 {
 	return syscall6(SYS_MMAP, 0, len, PROT_READ | PROT_WRITE,
 			(shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, (u64)-1, 0);
+}
+
+/*
+ * A private anonymous mapping whose pages the kernel allocates (zeroed) before
+ * returning, as a working set that exists from the start.
+ */
+static inline s64 sys_mmap_populated(u64 len)
+{
+	return syscall6(SYS_MMAP, 0, len, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, (u64)-1, 0);
 }
 
 /* fork(): clone with only the exit signal; the child runs on a copy of this stack. */

@@ -353,7 +353,7 @@ impl VmConfig {
                     kind: WorkloadKind::Scan,
                     vcpu: 0,
                     mem: ByteSize(384 << 20),
-                    work: 8_000,
+                    work: 15_000,
                 },
                 ProcessConfig {
                     kind: WorkloadKind::Calc,
