@@ -625,6 +625,12 @@ noreturn void init_main(void)
 		reports[i].failure = FAIL_NONE;
 	}
 
+	if (nprocs) {
+		/* The host times the processes from here, not across the boot. */
+		put_str(&l, "apf-init start");
+		emit(&l);
+		l.len = 0;
+	}
 	for (u64 i = 0; i < nprocs; i++) {
 		s64 pid = sys_fork();
 		if (pid == 0)

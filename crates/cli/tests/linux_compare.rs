@@ -1,7 +1,9 @@
 //! `apf compare --kernel`: Debian's stock arm64 kernel booted twice, APF off then
 //! on, a short scan under memory pressure beside a calc that runs until the scan
 //! is done. Both runs power off with every checksum right, and the init stopped
-//! the calc after it had done some work.
+//! the calc after it had done some work. With APF on, the guest module took every
+//! not-present the host sent, each was answered by a page-ready, and most of APF
+//! off's synchronous faults became asynchronous.
 //!
 //! The kernel and initramfs come from `guest/linux/build.sh` (see
 //! `crates/vm/tests/common/linux.rs`); without them the test skips with the reason
@@ -30,7 +32,7 @@ fn compare_boots_the_kernel_with_apf_off_then_on() {
         .arg(&linux.initrd)
         .args(["--append", &append])
         .args(["--vcpus", "1", "--ram", "256MiB", "--budget", "128MiB"])
-        .args(["-p", "scan,mem=160MiB,work=500", "-p", "calc"])
+        .args(["-p", "scan,mem=160MiB,work=3000", "-p", "calc"])
         .args(["--timeout", "300s", "--json"])
         .arg(&json)
         .output()
@@ -59,7 +61,7 @@ fn compare_boots_the_kernel_with_apf_off_then_on() {
         assert!(procs.iter().all(|p| p["checksum_ok"] == true), "{what}");
         assert_eq!(
             (&procs[0]["state"], &procs[0]["progress"]),
-            (&"done".into(), &500.into())
+            (&"done".into(), &3000.into())
         );
         let calc = &procs[1];
         assert_eq!((&calc["name"], &calc["work"]), (&"calc".into(), &0.into()));
@@ -71,5 +73,39 @@ fn compare_boots_the_kernel_with_apf_off_then_on() {
         let counters = run["guest_module"].as_object().expect("an object");
         assert!(counters.values().all(Value::is_u64), "{what}");
     }
+    let (off, on) = (&runs[0], &runs[1]);
+    let total = |run: &Value, group: &str, name: &str| -> u64 {
+        run["vcpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v[group][name].as_u64().unwrap())
+            .sum()
+    };
+    let delivered = total(on, "apf", "not_present_delivered");
+    assert!(delivered > 0, "{on:#}");
+    assert_eq!(
+        total(on, "apf", "page_ready") + total(on, "apf", "cancelled"),
+        delivered,
+        "every not-present is answered: {on:#}"
+    );
+    let module = &on["guest_module"];
+    assert_eq!(module["not_present"], delivered, "{on:#}");
+    assert_eq!(
+        module["page_ready"],
+        total(on, "apf", "page_ready"),
+        "{on:#}"
+    );
+    assert_eq!(module["fallbacks"], 0, "{on:#}");
+    assert_eq!(off["guest_module"]["not_present"], 0, "{off:#}");
+    // User-mode faults became asynchronous; kernel-mode ones (populating the
+    // working set) stay synchronous.
+    let (sync_off, sync_on) = (total(off, "faults", "sync"), total(on, "faults", "sync"));
+    assert!(
+        sync_on < sync_off,
+        "sync faults off {sync_off}, on {sync_on}"
+    );
+    let blocktime = |run: &Value| run["vcpus"][0]["blocktime_s"].as_f64().unwrap();
+    assert!(blocktime(on) < blocktime(off), "{off:#}\n{on:#}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,8 +30,9 @@ pub struct ProcessOutcome {
     pub kill_esr: u32,
     /// The signal that killed it, if a Linux guest killed it.
     pub kill_signal: Option<u32>,
-    /// When the host first saw it ended (done or killed), from the run's start;
-    /// `None` if it was still running when the run ended.
+    /// When the host first saw it ended (done or killed), from the run's start
+    /// (for a Linux guest, from the init's `apf-init start`: the boot is not the
+    /// process's time); `None` if it was still running when the run ended.
     pub ended_at: Option<Duration>,
 }
 

@@ -75,6 +75,8 @@ pub fn run_linux_observed(
         .filter(|&i| config.processes[i].work > 0)
         .collect();
     let mut ended_at = vec![None; config.processes.len()];
+    // Process times count from the init's start line, not across the boot.
+    let mut started_at: Option<Duration> = None;
     let mut work_done_at = None;
     let mut panic_at = None;
     let observer_stopped = monitor::watch(
@@ -86,8 +88,11 @@ pub fn run_linux_observed(
         observe,
         |live| {
             let ended = scanner.scan(&lock(&built.console), false);
+            if scanner.init_started() && started_at.is_none() {
+                started_at = Some(live.elapsed);
+            }
             for i in ended {
-                ended_at[i] = Some(live.elapsed);
+                ended_at[i] = Some(live.elapsed.saturating_sub(started_at.unwrap_or_default()));
             }
             if work_done_at.is_none()
                 && !finite.is_empty()

@@ -469,6 +469,7 @@ static irqreturn_t apf_ppi_handler(int irq, void *dev_id)
 	u32 *token = (u32 *)(c->block + (apf_separate_ready ? APF_SHARED_OFF_READY_TOKEN
 							    : APF_SHARED_OFF_TOKEN));
 	u32 pending = xchg(&c->pending, 0);
+	bool consumed = false;
 
 	/* First the not-present, which the host signalled before any page-ready. */
 	if (pending)
@@ -489,9 +490,16 @@ static irqreturn_t apf_ppi_handler(int irq, void *dev_id)
 		}
 		WRITE_ONCE(*token, 0);
 		smp_store_release(reason, 0);
+		consumed = true;
 	}
-	/* The line is level and only IRQ_ACK lowers it; with nothing pending, a no-op. */
-	apf_call(ASYNC_PF_FUNC_IRQ_ACK, 0, 0, NULL);
+	/*
+	 * The line is level and only IRQ_ACK lowers it. The host raises it after
+	 * writing the channel, so an interrupt that only the SDEI entry pended, with
+	 * the channel empty, has no line to lower: no ACK (one hypercall less per
+	 * not-present). Any other interrupt is ACKed, even with nothing read.
+	 */
+	if (consumed || !pending)
+		apf_call(ASYNC_PF_FUNC_IRQ_ACK, 0, 0, NULL);
 	return IRQ_HANDLED;
 }
 

@@ -52,6 +52,8 @@ pub enum ProtocolLine {
         /// Its value when the processes had ended.
         value: u64,
     },
+    /// `apf-init start`: the processes are about to start (the boot is over).
+    InitStart,
     /// `apf-init done`: every process ended.
     InitDone,
 }
@@ -59,6 +61,7 @@ pub enum ProtocolLine {
 const PROC_PREFIX: &str = "apf-proc ";
 const MODULE_PREFIX: &str = "apf-module ";
 const INIT_DONE: &str = "apf-init done";
+const INIT_START: &str = "apf-init start";
 /// How the kernel starts its panic message.
 const PANIC: &str = "Kernel panic - not syncing";
 /// How the kernel ends it (after the backtrace).
@@ -123,6 +126,9 @@ pub fn parse_line(line: &str) -> Option<ProtocolLine> {
     if line.ends_with(INIT_DONE) {
         return Some(ProtocolLine::InitDone);
     }
+    if line.ends_with(INIT_START) {
+        return Some(ProtocolLine::InitStart);
+    }
     let after = |prefix: &'static str| {
         line.match_indices(prefix)
             .map(move |(at, _)| &line[at + prefix.len()..])
@@ -141,6 +147,7 @@ pub struct ConsoleScanner {
     procs: Vec<Option<ProcEnd>>,
     /// The module's counters in the order printed (a repeated name: the first).
     guest_module: Vec<(String, u64)>,
+    init_started: bool,
     init_done: bool,
     panic: Option<String>,
     panic_ended: bool,
@@ -185,6 +192,7 @@ impl ConsoleScanner {
             self.panic_ended = true;
         }
         match parse_line(text) {
+            Some(ProtocolLine::InitStart) => self.init_started = true,
             Some(ProtocolLine::InitDone) => self.init_done = true,
             Some(ProtocolLine::Proc { index, end }) => {
                 if let Some(slot @ None) = self.procs.get_mut(index) {
@@ -209,6 +217,11 @@ impl ConsoleScanner {
     /// The guest module's counters the init printed, in its order.
     pub fn guest_module(&self) -> &[(String, u64)] {
         &self.guest_module
+    }
+
+    /// Whether the init said the processes are starting.
+    pub fn init_started(&self) -> bool {
+        self.init_started
     }
 
     /// Whether the init said every process ended.
@@ -280,6 +293,11 @@ mod tests {
             "a kernel prefix on the same line"
         );
         assert_eq!(parse_line("apf-init done"), Some(ProtocolLine::InitDone));
+        assert_eq!(
+            parse_line("[    4.1] x apf-init start"),
+            Some(ProtocolLine::InitStart)
+        );
+        assert_eq!(parse_line("apf-init start 2"), None);
     }
 
     #[test]
