@@ -365,8 +365,9 @@ static void apf_sleep(struct callback_head *work)
 	}
 	task = s->task;
 	s->task = NULL;
-	raw_spin_unlock_irqrestore(&apf_lock, flags);
+	/* Under the lock, with the entry: the count never exceeds the table. */
 	atomic64_dec(&apf_stats.sleepers);
+	raw_spin_unlock_irqrestore(&apf_lock, flags);
 	put_task_struct(task);	/* not the last reference: task is current */
 
 	/*
@@ -400,6 +401,7 @@ static void apf_prepare_sleep(u32 token)
 			s->orphan = false;
 			s->task = task;
 			get_task_struct(task);
+			apf_count_sleeper();
 			break;
 		}
 	}
@@ -409,15 +411,14 @@ static void apf_prepare_sleep(u32 token)
 
 	init_task_work(&s->work, apf_sleep);
 	atomic_inc(&apf_live);
-	apf_count_sleeper();
 	if (task_work_add(task, &s->work, TWA_RESUME) == 0)
 		return;
 
 	/* The task is exiting and runs no more task work. */
-	atomic64_dec(&apf_stats.sleepers);
 	raw_spin_lock(&apf_lock);
 	s->token = 0;
 	s->task = NULL;
+	atomic64_dec(&apf_stats.sleepers);
 	raw_spin_unlock(&apf_lock);
 	put_task_struct(task);
 	if (atomic_dec_and_test(&apf_live))
