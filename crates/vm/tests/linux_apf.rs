@@ -61,10 +61,15 @@ fn config(vcpus: u32) -> VmConfig {
 }
 
 fn boot(config: &VmConfig, linux: &Artifacts) -> VmRun {
+    boot_with(config, linux, "")
+}
+
+/// [`boot`] with `extra` on the kernel command line.
+fn boot_with(config: &VmConfig, linux: &Artifacts, extra: &str) -> VmRun {
     let guest = LinuxGuest {
         kernel: std::fs::read(&linux.image).expect("read the Image"),
         initrd: Some(std::fs::read(&linux.initrd).expect("read the initramfs")),
-        append: format!("console=ttyAMA0 {CHEAP_BOOT}"),
+        append: format!("console=ttyAMA0 {CHEAP_BOOT} {extra}"),
     };
     run_linux(
         config,
@@ -163,6 +168,39 @@ fn with_apf_not_offered_the_module_says_so_and_init_goes_on() {
     assert_eq!(run.processes.len(), 1);
     assert!(run.processes[0].checksum_ok, "{:?}", run.processes[0]);
     assert_eq!(run.processes[0].progress, 200);
+}
+
+/// With KPTI forced on, user mode runs with the kernel unmapped, where the host
+/// could not enter the module's SDEI entry: the module finds APF offered but keeps
+/// it off, and the process runs.
+#[test]
+fn with_kpti_the_module_keeps_apf_off() {
+    let Some(linux) = artifacts() else { return };
+    let config = VmConfig {
+        vcpus: 1,
+        ram: ByteSize(256 * MIB),
+        budget: ByteSize(128 * MIB),
+        processes: vec![process(WorkloadKind::Calc, 0, 0, 200)],
+        seed: 4,
+        ..VmConfig::default()
+    };
+    let run = boot_with(&config, &linux, "kpti=1");
+    let console = &run.uart;
+    assert_eq!(run.end, RunEnd::SystemOff, "console:\n{console}");
+    assert!(
+        console.contains("CPU features: detected: Kernel page table isolation (KPTI)"),
+        "console:\n{console}"
+    );
+    assert!(console.contains(&offered_line()), "console:\n{console}");
+    assert!(
+        console.contains("apf: APF off: the kernel is unmapped at EL0 (KPTI)"),
+        "console:\n{console}"
+    );
+    assert!(
+        console.contains("apf-module not_present 0"),
+        "console:\n{console}"
+    );
+    assert!(run.processes[0].checksum_ok, "{:?}", run.processes[0]);
 }
 
 #[test]

@@ -65,6 +65,7 @@
 #include <linux/task_work.h>
 #include <linux/wait_bit.h>
 #include <asm/cputype.h>
+#include <asm/mmu.h>
 
 #define APF_VERSION 0x010100
 #define APF_VERSION_MAJOR(v) (((v) >> 16) & 0xff)
@@ -669,6 +670,13 @@ static const char *apf_start(void)
 
 	if (max_sleepers == 0 || max_sleepers > 4096)
 		return "max_sleepers must be 1 to 4096";
+	/*
+	 * With KPTI, user mode runs with the kernel unmapped: the host would enter
+	 * apf_sdei_entry on page tables without it. Linux's own SDEI handler goes
+	 * through a trampoline for that; this module has none.
+	 */
+	if (arm64_kernel_unmapped_at_el0())
+		return "the kernel is unmapped at EL0 (KPTI) and the SDEI entry has no trampoline";
 	apf_separate_ready = APF_VERSION_MINOR(apf.version) >= 1;
 	apf_sleepers = kcalloc(max_sleepers, sizeof(*apf_sleepers), GFP_KERNEL);
 	if (!apf_sleepers)
