@@ -218,6 +218,36 @@ static int workers_fine(const char *name, const struct workers *w)
 	return 0;
 }
 
+/* Ends a case's verifiers early, on a failure: SIGKILL, then reaped. */
+static void abandon(struct workers *w)
+{
+	for (u64 i = 0; i < w->n; i++)
+		if (w->pid[i])
+			sys_kill(w->pid[i], SIGKILL);
+	reap(w);
+}
+
+/*
+ * Starts n verifiers (see spawn) and waits until at least `sleepers` tasks sleep
+ * on pages at once; returns how many then, or -1 after the failure line (the
+ * verifiers abandoned).
+ */
+static s64 start_sleeping(const char *name, struct workers *w, u64 n, u64 bytes, u64 passes,
+			  s64 cpu, s64 sleepers)
+{
+	if (spawn(w, n, bytes, passes, cpu)) {
+		abandon(w);
+		failed(name, "fork failed after workers:", (s64)w->n);
+		return -1;
+	}
+	s64 seen = wait_counter("sleepers", sleepers, 60 * SECOND);
+	if (seen < 0) {
+		abandon(w);
+		failed(name, "no task ever slept on a page; sleepers_max", counter("sleepers_max"));
+	}
+	return seen;
+}
+
 /* --- The cases --- */
 
 /*
@@ -228,24 +258,19 @@ static int workers_fine(const char *name, const struct workers *w)
 static int case_hotplug(const char *name)
 {
 	struct workers w = { 0 };
+	s64 unknown = counter("ready_unknown");
 	/* 128 MiB over eight verifiers, twice the budget: the second pass faults on
 	 * most pages, so once four sleep at once, cpu1 nearly always has sleepers. */
-	if (spawn(&w, 8, 16 * MIB, 2, 1)) {
-		reap(&w);
-		return failed(name, "fork failed after workers:", (s64)w.n);
-	}
-	s64 unknown = counter("ready_unknown");
-	if (wait_counter("sleepers", 4, 60 * SECOND) < 0) {
-		reap(&w);
-		return failed(name, "no task ever slept on a page; sleepers_max", counter("sleepers_max"));
-	}
+	if (start_sleeping(name, &w, 8, 16 * MIB, 2, 1, 4) < 0)
+		return 1;
 	s64 r = write_text("/sys/devices/system/cpu/cpu1/online", "0");
-	if (r)
-		return failed(name, "offlining cpu1 failed:", r);
 	s64 woken = counter("offline_wakes");
-	r = write_text("/sys/devices/system/cpu/cpu1/online", "1");
-	if (r)
-		return failed(name, "onlining cpu1 failed:", r);
+	if (r == 0)
+		r = write_text("/sys/devices/system/cpu/cpu1/online", "1");
+	if (r) {
+		abandon(&w);
+		return failed(name, "offlining or onlining cpu1 failed:", r);
+	}
 	reap(&w);
 	if (workers_fine(name, &w))
 		return 1;
@@ -270,17 +295,9 @@ static int case_hotplug(const char *name)
 static int case_kill(const char *name)
 {
 	struct workers w = { 0 };
-	if (spawn(&w, 1, 64 * MIB, 1000000, -1)) {
-		reap(&w);
-		return failed(name, "fork failed", 0);
-	}
-	if (wait_counter("sleepers", 1, 60 * SECOND) < 0) {
-		sys_kill(w.pid[0], SIGKILL);
-		reap(&w);
-		return failed(name, "no task ever slept on a page; sleepers_max", counter("sleepers_max"));
-	}
-	sys_kill(w.pid[0], SIGKILL);
-	reap(&w);
+	if (start_sleeping(name, &w, 1, 64 * MIB, 1000000, -1, 1) < 0)
+		return 1;
+	abandon(&w);	/* the SIGKILL this case is about */
 	if (w.signalled != 1)
 		return failed(name, "the killed verifier did not die of its signal; ok", (s64)w.ok);
 	s64 killed = counter("killed");
@@ -301,18 +318,14 @@ static int case_kill(const char *name)
 static int case_unload(const char *name)
 {
 	struct workers w = { 0 };
-	if (spawn(&w, 8, 16 * MIB, 2, -1)) {
-		reap(&w);
-		return failed(name, "fork failed after workers:", (s64)w.n);
-	}
-	s64 sleepers = wait_counter("sleepers", 4, 60 * SECOND);
-	if (sleepers < 0) {
-		reap(&w);
-		return failed(name, "no task ever slept on a page; sleepers_max", counter("sleepers_max"));
-	}
+	s64 sleepers = start_sleeping(name, &w, 8, 16 * MIB, 2, -1, 4);
+	if (sleepers < 0)
+		return 1;
 	s64 r = sys_delete_module("apf", O_NONBLOCK);
-	if (r)
+	if (r) {
+		abandon(&w);
 		return failed(name, "delete_module failed:", r);
+	}
 	reap(&w);
 	if (workers_fine(name, &w))
 		return 1;
@@ -332,7 +345,7 @@ static int case_crowd(const char *name)
 {
 	struct workers w = { 0 };
 	if (spawn(&w, 200, MIB, 3, -1)) {
-		reap(&w);
+		abandon(&w);
 		return failed(name, "fork failed after workers:", (s64)w.n);
 	}
 	reap(&w);

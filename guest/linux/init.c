@@ -267,21 +267,31 @@ static void parse_spec(const char *token, u64 n, const char *value, u64 value_le
 		bad_token(token, n, "no such vcpu online");
 }
 
+/*
+ * The command line's next space-separated token from *at: its start, its length
+ * in *n, and *at moved past it; NULL at the end.
+ */
+static const char *next_token(const char *cmdline, u64 len, u64 *at, u64 *n)
+{
+	u64 i = *at;
+	while (i < len && is_space(cmdline[i]))
+		i++;
+	u64 start = i;
+	while (i < len && !is_space(cmdline[i]))
+		i++;
+	*at = i;
+	*n = i - start;
+	return *n ? cmdline + start : 0;
+}
+
 /* Finds every apf.proc= token in the command line; returns how many. */
 static u64 parse_cmdline(const char *cmdline, u64 len, const u64 *online, struct proc_spec *specs)
 {
 	static const char prefix[] = "apf.proc=";
 	u64 nprocs = 0;
-	u64 i = 0;
-	while (i < len) {
-		while (i < len && is_space(cmdline[i]))
-			i++;
-		u64 start = i;
-		while (i < len && !is_space(cmdline[i]))
-			i++;
-		const char *token = cmdline + start;
-		u64 n = i - start;
-		if (n == 0 || !starts_with(token, n, prefix))
+	u64 at = 0, n;
+	for (const char *token; (token = next_token(cmdline, len, &at, &n));) {
+		if (!starts_with(token, n, prefix))
 			continue;
 		if (nprocs == MAX_PROCS)
 			bad_token(token, n, "more than 48 apf.proc= tokens");
@@ -407,15 +417,8 @@ static void report_end(u64 index, const volatile struct proc_report *r, int stat
  */
 static void module_params(const char *cmdline, u64 len, char *out)
 {
-	u64 o = 0;
-	for (u64 i = 0; i < len;) {
-		while (i < len && is_space(cmdline[i]))
-			i++;
-		u64 start = i;
-		while (i < len && !is_space(cmdline[i]))
-			i++;
-		const char *token = cmdline + start;
-		u64 n = i - start;
+	u64 o = 0, at = 0, n;
+	for (const char *token; (token = next_token(cmdline, len, &at, &n));) {
 		if (!starts_with(token, n, "apf.") || starts_with(token, n, "apf.proc=") ||
 		    starts_with(token, n, "apf.case=") || o + n + 1 >= MODULE_PARAMS_MAX)
 			continue;
@@ -455,14 +458,8 @@ static void load_apf_module(const char *params)
 static void run_case_token(const char *cmdline, u64 len)
 {
 	static const char prefix[] = "apf.case=";
-	for (u64 i = 0; i < len;) {
-		while (i < len && is_space(cmdline[i]))
-			i++;
-		u64 start = i;
-		while (i < len && !is_space(cmdline[i]))
-			i++;
-		const char *token = cmdline + start;
-		u64 n = i - start;
+	u64 at = 0, n;
+	for (const char *token; (token = next_token(cmdline, len, &at, &n));) {
 		if (!starts_with(token, n, prefix))
 			continue;
 		s64 pid = sys_fork();

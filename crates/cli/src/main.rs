@@ -351,18 +351,7 @@ impl Guest {
         let Some(kernel) = &args.kernel else {
             return Ok(Guest::BuiltIn);
         };
-        let kernel = read_input("kernel", "--kernel", kernel)?;
-        let initrd = args
-            .initrd
-            .as_deref()
-            .map(|p| read_input("initrd", "--initrd", p))
-            .transpose()?;
-        Ok(Guest::Linux(LinuxGuest {
-            kernel,
-            initrd,
-            // As `apf run --kernel`: the user's text only.
-            append: args.append.clone().unwrap_or_default(),
-        }))
+        read_linux_guest(kernel, args.initrd.as_deref(), args.append.as_deref()).map(Guest::Linux)
     }
 
     /// The configuration `vm` describes for this guest, from its default
@@ -574,27 +563,33 @@ fn read_input(what: &'static str, flag: &'static str, path: &Path) -> Result<Vec
     })
 }
 
+/// The `--kernel`, `--initrd` and `--append` of any command, the files read; the
+/// command line is the user's text only (the -p processes are added per run).
+fn read_linux_guest(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    append: Option<&str>,
+) -> Result<LinuxGuest, CliError> {
+    Ok(LinuxGuest {
+        kernel: read_input("kernel", "--kernel", kernel)?,
+        initrd: initrd
+            .map(|p| read_input("initrd", "--initrd", p))
+            .transpose()?,
+        append: append.unwrap_or_default().to_string(),
+    })
+}
+
 /// `apf run --kernel`: boots Linux with the -p processes; the report lists them
 /// as the init printed them (none if there are none).
 fn run_a_kernel(args: &RunArgs, path: &Path) -> Result<(), CliError> {
     check_output("--dtb-out", args.dtb_out.as_deref())?;
-    let kernel = read_input("kernel", "--kernel", path)?;
-    let initrd = args
-        .initrd
-        .as_deref()
-        .map(|p| read_input("initrd", "--initrd", p))
-        .transpose()?;
+    let guest = read_linux_guest(path, args.initrd.as_deref(), args.append.as_deref())?;
     // Without --config or -p, nothing runs but what the initrd brings.
     let base = VmConfig {
         processes: Vec::new(),
         ..VmConfig::default()
     };
     let config = args.vm.config_linux(base)?;
-    let guest = LinuxGuest {
-        kernel,
-        initrd,
-        append: args.append.clone().unwrap_or_default(),
-    };
     if let Some(out) = &args.dtb_out {
         let prepared = apf_vm::linux::prepare(&config, &guest).map_err(VmError::from)?;
         std::fs::write(out, &prepared.dtb).map_err(|source| CliError::Write {

@@ -91,11 +91,11 @@ fn compare_boots_the_kernel_with_apf_off_then_on() {
     );
     let module = &on["guest_module"];
     assert_eq!(module["not_present"], delivered, "{on:#}");
-    assert_eq!(
-        module["page_ready"],
-        total(on, "apf", "page_ready"),
-        "{on:#}"
-    );
+    // The init reads the module's counters once the scan has ended; a page-ready
+    // for the calc (stopped while asleep on a page) may still come after.
+    let module_ready = module["page_ready"].as_u64().unwrap();
+    assert!(module_ready > 0, "{on:#}");
+    assert!(module_ready <= total(on, "apf", "page_ready"), "{on:#}");
     assert_eq!(module["fallbacks"], 0, "{on:#}");
     assert_eq!(off["guest_module"]["not_present"], 0, "{off:#}");
     // User-mode faults became asynchronous; kernel-mode ones (populating the
