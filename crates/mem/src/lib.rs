@@ -35,7 +35,9 @@ pub mod store_bench;
 mod sync;
 mod tlb;
 
-pub use memory::{GuestMemory, HostAccessError, InvariantError, MemConfig, MemError};
+pub use memory::{
+    ExportError, GuestMemory, HostAccessError, InvariantError, MemConfig, MemError, PlaceError,
+};
 pub use metrics::MemMetrics;
 pub use pager::{FetchError, FetchSink, FetchStart};
 pub use store::Store;

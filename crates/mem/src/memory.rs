@@ -16,7 +16,7 @@ use crate::pager::{FetchError, FetchSink, FetchStart, PageIndex, Pager, Waiter};
 use crate::ram::{GuestRam, PAGE};
 use crate::reclaim::Reclaimer;
 use crate::shootdown::Shootdown;
-use crate::store::Store;
+use crate::store::{Slot, Store};
 use crate::sync::{AtomicBool, Mutex, Ordering, lock, thread};
 
 /// How guest memory is laid out and limited.
@@ -105,6 +105,28 @@ pub enum HostAccessError {
         /// Why.
         source: FetchError,
     },
+}
+
+/// Why [`GuestMemory::place_in_store`] refused a page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// The gfn is not guest RAM.
+    #[error("gfn {0:#x} is not guest RAM")]
+    NotRam(Gfn),
+    /// The page already holds something.
+    #[error("gfn {0:#x} is not untouched: its contents would be lost")]
+    Touched(Gfn),
+}
+
+/// Why [`GuestMemory::for_each_touched_page`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError<E> {
+    /// A page could not be read (from the store).
+    #[error("{0}")]
+    Read(HostAccessError),
+    /// The visitor failed.
+    #[error("{0}")]
+    Visit(E),
 }
 
 /// A broken invariant found by [`GuestMemory::check_invariants`].
@@ -312,6 +334,43 @@ impl GuestMemory {
             copy(done, pager.page_ptr(index).wrapping_add(in_page), n);
             pager.unpin(index);
             done += n;
+        }
+        Ok(())
+    }
+
+    /// Declares that page `gfn`, untouched so far, is held by the store at
+    /// `slot`: its first access will read it, like a page evicted there. This is
+    /// how a restored VM starts with its memory still in the snapshot's image.
+    /// Call it before any vCPU runs.
+    pub fn place_in_store(&self, gfn: Gfn, slot: Slot) -> Result<(), PlaceError> {
+        let pager = &self.inner.pager;
+        let index = pager.index_of(gfn).ok_or(PlaceError::NotRam(gfn))?;
+        if pager.place_in_store(index, slot) {
+            Ok(())
+        } else {
+            Err(PlaceError::Touched(gfn))
+        }
+    }
+
+    /// Calls `visit` with every page of RAM that is not untouched (one never
+    /// touched reads as zeros), by gfn, in order, with its contents: a copy
+    /// taken with the page pinned, read from the store first if it is there.
+    /// The pages read back stay clean and keep their store copy, so reclaim
+    /// drops them again without writing. Call it with the vCPUs stopped.
+    pub fn for_each_touched_page<E>(
+        &self,
+        mut visit: impl FnMut(Gfn, &[u8]) -> Result<(), E>,
+    ) -> Result<(), ExportError<E>> {
+        let pager = &self.inner.pager;
+        let mut page = vec![0u8; PAGE];
+        for i in 0..pager.pages() {
+            if pager.word(i).state() == State::Untouched {
+                continue;
+            }
+            let gfn = pager.gfn_of(PageIndex(i));
+            self.read_bytes(gfn.gpa(), &mut page)
+                .map_err(ExportError::Read)?;
+            visit(gfn, &page).map_err(ExportError::Visit)?;
         }
         Ok(())
     }

@@ -297,6 +297,19 @@ impl Pager {
         }
     }
 
+    /// Declares an untouched page's contents to be in the store at `slot` (a
+    /// restored VM's pages, before any vCPU runs). False, and nothing changed,
+    /// for a page that is not untouched.
+    pub(crate) fn place_in_store(&self, PageIndex(index): PageIndex, slot: Slot) -> bool {
+        let mut g = self.table.lock(index);
+        if g.state() != State::Untouched {
+            return false;
+        }
+        g.set_state(State::InStore);
+        g.set_slot(Some(slot.0));
+        true
+    }
+
     /// Marks a resident page written: its store copy (if any) is stale from now on.
     fn make_dirty(&self, w: &mut PageWord) {
         self.io.free_slot(w.slot());

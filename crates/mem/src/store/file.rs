@@ -115,6 +115,33 @@ enum Engine {
     Threads(Pool),
 }
 
+impl Engine {
+    /// io_uring or threads as `backend` asks; says which, and why not io_uring.
+    fn start(
+        file: &Arc<File>,
+        depth: usize,
+        backend: Backend,
+    ) -> Result<(Engine, String), StoreOpenError> {
+        Ok(match backend {
+            Backend::Threads => (
+                Engine::Threads(Pool::start(file, depth)?),
+                "threads".to_string(),
+            ),
+            Backend::IoUring => match Uring::new(depth) {
+                Ok(u) => (Engine::Uring(Box::new(u)), "io_uring".to_string()),
+                Err(source) => return Err(StoreOpenError::IoUring { depth, source }),
+            },
+            Backend::Auto => match Uring::new(depth) {
+                Ok(u) => (Engine::Uring(Box::new(u)), "io_uring".to_string()),
+                Err(e) => (
+                    Engine::Threads(Pool::start(file, depth)?),
+                    format!("threads: io_uring unavailable: {e}"),
+                ),
+            },
+        })
+    }
+}
+
 impl FileStore {
     /// Opens (creates) the swap file.
     pub fn open(cfg: &FileStoreConfig) -> Result<FileStore, StoreOpenError> {
@@ -138,23 +165,7 @@ impl FileStore {
         }
         let file = Arc::new(file);
         let depth = cfg.queue_depth;
-        let (engine, how) = match cfg.backend {
-            Backend::Threads => (
-                Engine::Threads(Pool::start(&file, depth)?),
-                "threads".to_string(),
-            ),
-            Backend::IoUring => match Uring::new(depth) {
-                Ok(u) => (Engine::Uring(Box::new(u)), "io_uring".to_string()),
-                Err(source) => return Err(StoreOpenError::IoUring { depth, source }),
-            },
-            Backend::Auto => match Uring::new(depth) {
-                Ok(u) => (Engine::Uring(Box::new(u)), "io_uring".to_string()),
-                Err(e) => (
-                    Engine::Threads(Pool::start(&file, depth)?),
-                    format!("threads: io_uring unavailable: {e}"),
-                ),
-            },
-        };
+        let (engine, how) = Engine::start(&file, depth, cfg.backend)?;
         let description = format!(
             "file ({how}, {}) at {shown}",
             if direct {
@@ -172,6 +183,49 @@ impl FileStore {
             direct,
             depth,
             description,
+        })
+    }
+
+    /// Opens an existing file of consecutive pages read-only (a snapshot's
+    /// memory image): slot `n` is the page at `n * 4096`, for the pages the file
+    /// holds. It hands out no slots, and a write fails with the operating
+    /// system's error: nothing can change the file through it.
+    pub fn open_image(
+        path: &Path,
+        queue_depth: usize,
+        direct: bool,
+    ) -> Result<FileStore, StoreOpenError> {
+        if queue_depth == 0 || queue_depth > 4096 {
+            return Err(StoreOpenError::QueueDepth(queue_depth));
+        }
+        let open = |source| StoreOpenError::Create {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new().read(true).open(path).map_err(open)?;
+        let len = file.metadata().map_err(open)?.len();
+        let pages = u32::try_from(len / PAGE as u64).unwrap_or(u32::MAX);
+        let mut used_direct = false;
+        if direct && set_direct(&file) {
+            if pages == 0 || probe_read(&file).is_ok() {
+                used_direct = true;
+            } else {
+                clear_direct(&file);
+            }
+        }
+        let file = Arc::new(file);
+        let (engine, how) = Engine::start(&file, queue_depth, Backend::Auto)?;
+        Ok(FileStore {
+            file,
+            slots: SlotAllocator::new(0),
+            engine,
+            direct: used_direct,
+            depth: queue_depth,
+            description: format!(
+                "image ({how}, {}, read-only, {pages} pages) at {}",
+                if used_direct { "O_DIRECT" } else { "buffered" },
+                path.display()
+            ),
         })
     }
 
@@ -254,6 +308,15 @@ fn probe(file: &File) -> io::Result<()> {
     check_full(w)?;
     // SAFETY: as above.
     let r = unsafe { libc::pread(fd, buf.0.cast::<libc::c_void>(), PAGE, 0) };
+    check_full(r)
+}
+
+/// Reads the first page: finds filesystems that accept `O_DIRECT` at open but
+/// refuse it at I/O, without writing.
+fn probe_read(file: &File) -> io::Result<()> {
+    let buf = AlignedPage::new()?;
+    // SAFETY: buf is a valid, aligned 4096-byte buffer we own.
+    let r = unsafe { libc::pread(file.as_raw_fd(), buf.0.cast::<libc::c_void>(), PAGE, 0) };
     check_full(r)
 }
 

@@ -9,8 +9,10 @@
 //! - [`FileStore`]: a swap file, io_uring or a pread/pwrite thread pool.
 //! - [`LatencyStore`]: adds latency on top of another store's real I/O.
 //! - [`FaultyStore`]: seeded errors, short reads, lost and duplicated completions.
+//! - [`CowStore`]: a read-only base (a snapshot's memory) under a writable top.
 //! - [`MemStore`]: pages in host memory, for tests.
 
+mod cow;
 mod faulty;
 mod file;
 mod latency;
@@ -22,6 +24,7 @@ use std::fmt;
 use std::ptr::NonNull;
 use std::time::Duration;
 
+pub use cow::{CowStore, page_checksum};
 pub use faulty::{FaultConfig, FaultyStore};
 pub use file::{Backend, FileStore, FileStoreConfig, StoreOpenError};
 pub use latency::{Latency, LatencyStore};
@@ -112,6 +115,18 @@ pub enum IoError {
         slot: u32,
         /// Bytes moved.
         done: usize,
+    },
+    /// A page read from a snapshot's image does not match its checksum.
+    #[error(
+        "page {slot} of the snapshot image fails its checksum: {found:#010x}, expected {expected:#010x}"
+    )]
+    Checksum {
+        /// The page (the base's slot).
+        slot: u32,
+        /// The checksum recorded at snapshot time.
+        expected: u32,
+        /// The checksum of what was read.
+        found: u32,
     },
     /// An injected error (FaultyStore).
     #[error("injected {op} error on slot {slot}")]
