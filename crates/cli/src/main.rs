@@ -9,6 +9,7 @@ mod chart;
 mod demo;
 mod progress;
 mod report;
+mod snapshot;
 mod storebench;
 mod table;
 mod trace;
@@ -51,6 +52,10 @@ enum Command {
     Compare(CompareArgs),
     /// Vary one parameter (added store latency by default), APF off and on at each value.
     Sweep(SweepArgs),
+    /// Run the built-in guest until --at, then write a snapshot of the VM to --out.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Resume a snapshot, lazily (pages read when touched) or eagerly, and finish its run.
+    Restore(snapshot::RestoreArgs),
     /// Measure the store's raw random-read rate per queue depth.
     StoreBench(storebench::StoreBenchArgs),
     /// Print the host's APF events of a short run, with the faulting instructions.
@@ -847,6 +852,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run(args),
         Command::Compare(args) => cmd_compare(args),
         Command::Sweep(args) => cmd_sweep(args),
+        Command::Snapshot(args) => snapshot::cmd_snapshot(args),
+        Command::Restore(args) => snapshot::cmd_restore(args),
         Command::StoreBench(args) => storebench::run(args).map_err(CliError::from),
         Command::Trace(args) => cmd_trace(args),
         Command::EngineDemo { faults } => demo::engine_demo(*faults).map_err(CliError::RunFailed),

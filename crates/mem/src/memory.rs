@@ -265,6 +265,16 @@ impl GuestMemory {
         &self.inner.shoot
     }
 
+    /// The guest physical address of the first byte of RAM.
+    pub fn ram_base(&self) -> Gpa {
+        self.inner.pager.base_gfn().gpa()
+    }
+
+    /// Pages of guest RAM.
+    pub fn ram_pages(&self) -> u64 {
+        self.inner.pager.pages() as u64
+    }
+
     /// Whether `gpa..gpa+len` is all guest RAM.
     pub fn contains(&self, gpa: Gpa, len: u64) -> bool {
         let base = self.inner.pager.base_gfn().gpa();

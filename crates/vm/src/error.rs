@@ -41,6 +41,9 @@ pub enum VmError {
     /// A vCPU thread panicked.
     #[error("vCPU {0} panicked")]
     VcpuPanicked(usize),
+    /// A snapshot could not be taken or read.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Whose fault a [`VmError`] is: what the caller should change.
@@ -85,6 +88,8 @@ impl VmError {
             VmError::Linux(crate::linux::LinuxError::Fdt(_)) => ErrorClass::Host,
             VmError::Linux(_) => ErrorClass::Input,
             VmError::VcpuPanicked(_) => ErrorClass::Run,
+            VmError::Snapshot(e) if e.is_input() => ErrorClass::Input,
+            VmError::Snapshot(_) => ErrorClass::Host,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod linux;
 mod linux_run;
 mod monitor;
 mod run;
+pub mod snapshot;
 mod store;
 pub mod workload;
 

@@ -5,7 +5,7 @@
 use crate::boot::{ProcessOutcome, boot_block, outcomes, read_boot_block};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::monitor::{self, Observer};
+use crate::monitor::{self, Live, Observer};
 use crate::store::open_store;
 use apf_abi::Gpa;
 use apf_abi::boot::{BOOT_BLOCK_GPA, BOOT_OFF_STOP, proc_state};
@@ -159,7 +159,7 @@ pub(crate) struct Boot {
 }
 
 /// A flat image's boot: at its load address, x0 = 0, the default clock.
-fn flat_image_boot() -> Boot {
+pub(crate) fn flat_image_boot() -> Boot {
     Boot {
         entry: IMAGE_LOAD_ADDR,
         context: 0,
@@ -167,7 +167,7 @@ fn flat_image_boot() -> Boot {
     }
 }
 
-fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
+pub(crate) fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> {
     if image.is_empty() {
         config.validate_machine()?;
         return Err(VmError::EmptyImage);
@@ -190,7 +190,15 @@ fn build(config: &VmConfig, image: &[u8], echo: bool) -> Result<Built, VmError> 
 /// Guest memory over the configuration's store, and the platform over it.
 pub(crate) fn build_machine(config: &VmConfig, echo: bool) -> Result<Built, VmError> {
     config.validate_machine()?;
-    let store = open_store(config)?;
+    build_machine_over(config, open_store(config)?, echo)
+}
+
+/// [`build_machine`] over a given store.
+pub(crate) fn build_machine_over(
+    config: &VmConfig,
+    store: Box<dyn apf_mem::Store>,
+    echo: bool,
+) -> Result<Built, VmError> {
     // Guest RAM's range, built once: memory takes it as given (page-aligned or
     // refused, never rounded), and the machine takes the same value for what it
     // decides by it (RAM or MMIO on a TLB miss, CPU_ON entry points, APF shared
@@ -441,63 +449,138 @@ pub fn run_workloads_observed(
 ) -> Result<VmRun, VmError> {
     config.validate()?;
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
-    let block = boot_block(config);
-    built
-        .memory
-        .write_bytes(Gpa(BOOT_BLOCK_GPA), &block.to_bytes())
-        .map_err(|e| VmError::Load(e.to_string()))?;
+    write_boot_block(config, &built)?;
     let begin = Instant::now();
     let vcpus = start_vcpus(config, &built, flat_image_boot(), vcpu::spawn)?;
+    let mut progress = WorkloadProgress::new(config);
+    let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
+    built.machine.stop(StopReason::Host);
+    let run = finish(&built, vcpus, begin, progress.work_done_at, watched.observer_stopped)?;
+    Ok(with_outcomes(config, &built, run, &progress))
+}
+
+/// Writes the built-in guest's boot block (its processes) into guest memory.
+pub(crate) fn write_boot_block(config: &VmConfig, built: &Built) -> Result<(), VmError> {
+    built
+        .memory
+        .write_bytes(Gpa(BOOT_BLOCK_GPA), &boot_block(config).to_bytes())
+        .map_err(|e| VmError::Load(e.to_string()))
+}
+
+/// The host's view of a workload run's processes, on the run's own timeline
+/// (a restored VM's from its restore: processes that ended before the
+/// snapshot ended at zero).
+#[derive(Debug, Clone)]
+pub(crate) struct WorkloadProgress {
+    /// When each process was first seen ended.
+    pub(crate) ended_at: Vec<Option<Duration>>,
+    /// When every process with work to do had done it.
+    pub(crate) work_done_at: Option<Duration>,
+    /// Time the VM ran before this run's timeline began (before its snapshot).
+    pub(crate) before: Duration,
+    stop_sent: bool,
+}
+
+impl WorkloadProgress {
+    pub(crate) fn new(config: &VmConfig) -> WorkloadProgress {
+        WorkloadProgress {
+            ended_at: vec![None; config.processes.len()],
+            work_done_at: None,
+            before: Duration::ZERO,
+            stop_sent: false,
+        }
+    }
+}
+
+/// How [`drive_workloads`] ended.
+pub(crate) struct Watched {
+    /// The observer ended the run.
+    pub(crate) observer_stopped: bool,
+    /// The snapshot time came (the machine is still running).
+    pub(crate) snapshot_due: bool,
+}
+
+/// Watches a built-in guest's workloads until every process with work to do
+/// has done it (then tells the others to stop), `config.duration` passes
+/// (counting the time before a snapshot), `options.timeout`, or `snapshot_at`
+/// (on the whole run's timeline).
+pub(crate) fn drive_workloads(
+    config: &VmConfig,
+    built: &Built,
+    begin: Instant,
+    options: RunOptions,
+    observe: Observer<'_>,
+    progress: &mut WorkloadProgress,
+    snapshot_at: Option<Duration>,
+) -> Watched {
     let finite: Vec<usize> = (0..config.processes.len())
         .filter(|&i| config.processes[i].work > 0)
         .collect();
-    let mut work_done_at = None;
-    let mut ended_at = vec![None; config.processes.len()];
-    let mut stop_sent = false;
+    let mut snapshot_due = false;
+    let mut snapshot_observer = |live: &Live<'_>| {
+        if snapshot_at.is_some_and(|at| progress.before + live.elapsed >= at) {
+            snapshot_due = true;
+            return ControlFlow::Break(());
+        }
+        observe(live)
+    };
     let observer_stopped = monitor::watch(
         &built.machine,
         &built.memory,
         begin,
         options.timeout,
         true,
-        observe,
+        &mut snapshot_observer,
         |live| {
             let Some(now) = live.boot_block() else {
                 return;
             };
             let ended =
                 |i: &usize| matches!(now.results[*i].state, proc_state::DONE | proc_state::KILLED);
-            for (i, at) in ended_at.iter_mut().enumerate() {
+            for (i, at) in progress.ended_at.iter_mut().enumerate() {
                 if at.is_none() && ended(&i) {
                     *at = Some(live.elapsed);
                 }
             }
-            if stop_sent {
+            if progress.stop_sent {
                 return;
             }
             let all_done = !finite.is_empty() && finite.iter().all(ended);
-            if all_done && work_done_at.is_none() {
-                work_done_at = Some(live.elapsed);
+            if all_done && progress.work_done_at.is_none() {
+                progress.work_done_at = Some(live.elapsed);
             }
-            let out_of_time = config.duration.is_some_and(|d| live.elapsed >= d.0);
+            let out_of_time = config
+                .duration
+                .is_some_and(|d| progress.before + live.elapsed >= d.0);
             if all_done || out_of_time {
                 let _ = built
                     .memory
                     .write_bytes(Gpa(BOOT_BLOCK_GPA + BOOT_OFF_STOP), &1u32.to_le_bytes());
-                stop_sent = true;
+                progress.stop_sent = true;
             }
         },
     );
-    built.machine.stop(StopReason::Host);
-    let mut run = finish(&built, vcpus, begin, work_done_at, observer_stopped)?;
-    // Read once every vCPU has stopped, so no process changes it meanwhile.
+    Watched {
+        observer_stopped: observer_stopped && !snapshot_due,
+        snapshot_due,
+    }
+}
+
+/// The run with its processes' outcomes, read once every vCPU has stopped (so
+/// no process changes the boot block meanwhile).
+pub(crate) fn with_outcomes(
+    config: &VmConfig,
+    built: &Built,
+    mut run: VmRun,
+    progress: &WorkloadProgress,
+) -> VmRun {
     let block = read_boot_block(&built.memory);
     // After `finish` took the wall time: checking the checksums replays every
     // process's work in Rust, which takes a while after a long run.
     run.processes = block
-        .map(|b| outcomes(config, &b, &ended_at))
+        .map(|b| outcomes(config, &b, &progress.ended_at))
         .unwrap_or_default();
-    Ok(run)
+    run
 }
 
 #[cfg(test)]

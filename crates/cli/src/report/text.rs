@@ -21,7 +21,7 @@ pub fn describe(c: &VmConfig, store: &StoreReport) -> String {
     )
 }
 
-fn ending(r: &RunReport) -> String {
+pub fn ending(r: &RunReport) -> String {
     let how = match r.end {
         "system_off" => "the guest powered off",
         "system_reset" => "the guest asked for a reset",

@@ -1,0 +1,280 @@
+//! `apf snapshot` and `apf restore`: take a snapshot of the built-in guest's
+//! run, and resume it eagerly or lazily, with APF off or on, or all three side
+//! by side (`--compare`).
+
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use apf_vm::RunOptions;
+use apf_vm::config::{Span, VmConfig, WorkloadKind};
+use apf_vm::snapshot::{RestoreMode, Restored, Snapshot, take_snapshot};
+use clap::Args;
+use serde::Serialize;
+
+use crate::progress::RunBar;
+use crate::report::{self, RunReport};
+use crate::table::{Table, count, secs};
+use crate::vmargs::{self, VmArgs};
+use crate::{CliError, check, check_output};
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// When to take it, from the start of the run (e.g. 3s).
+    #[arg(long, value_name = "DURATION")]
+    at: Span,
+    /// The directory to write (made if missing; refused if not empty).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// End the run after this long if the snapshot time never comes [default: 120s].
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    timeout: Span,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// A directory `apf snapshot` wrote.
+    dir: PathBuf,
+    /// Read every page before the first instruction.
+    #[arg(long, conflicts_with_all = ["lazy", "compare"])]
+    eager: bool,
+    /// Start at once; read each page when first touched (the default).
+    #[arg(long, conflicts_with = "compare")]
+    lazy: bool,
+    /// Run eager, lazy with APF off and lazy with APF on, side by side.
+    #[arg(long, conflicts_with = "apf")]
+    compare: bool,
+    /// What a restore may change: --apf, --budget, --ram (at least the snapshot's), the
+    /// store flags (the added latency also applies to the snapshot's image).
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Also write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// End the run after this long whatever the guest does.
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    timeout: Span,
+}
+
+pub fn cmd_snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
+    let config = args.vm.config(VmConfig::default())?;
+    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let bar = RunBar::new(&config, "to the snapshot");
+    let mut observe = |live: &apf_vm::Live<'_>| {
+        bar.update(live);
+        ControlFlow::Continue(())
+    };
+    let taken = take_snapshot(
+        &config,
+        args.at.0,
+        &args.out,
+        RunOptions {
+            timeout: args.timeout.0,
+            ..RunOptions::default()
+        },
+        &mut observe,
+    );
+    bar.finish();
+    let taken = taken?;
+    println!(
+        "snapshot {} taken at {:.2} s: {} of {} pages hold data ({} MiB), written in {:.2} s",
+        taken.dir.display(),
+        taken.taken_at.as_secs_f64(),
+        count(taken.pages_held),
+        count(taken.pages),
+        taken.pages_held * 4096 >> 20,
+        taken.write_time.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// One restore, for the report and the JSON.
+#[derive(Debug, Serialize)]
+struct RestoreReport {
+    /// `eager` or `lazy`.
+    mode: &'static str,
+    /// From opening the snapshot to the first instruction.
+    to_first_instruction_s: f64,
+    /// From opening the snapshot until every process with work had done it.
+    to_work_done_s: Option<f64>,
+    /// How long the VM had run before the snapshot.
+    taken_at_s: f64,
+    /// Pages the snapshot's image holds.
+    image_pages: u64,
+    /// Pages read before the first instruction.
+    loaded_pages: u64,
+    /// Pages read after it (on demand: faults, APF or not).
+    pages_read_after_start: u64,
+    /// Calc units per second of the restored run (its own work only).
+    calc_work_per_s: f64,
+    /// The run from the first instruction.
+    run: RunReport,
+}
+
+impl RestoreReport {
+    fn new(label: String, snap: &Snapshot, config: &VmConfig, r: &Restored) -> RestoreReport {
+        let run = RunReport::new(label, config, &r.run);
+        let wall = r.run.wall.as_secs_f64();
+        let before = &snap.state().progress.progress;
+        let calc: u64 = r
+            .run
+            .processes
+            .iter()
+            .filter(|p| p.kind == WorkloadKind::Calc)
+            .map(|p| p.progress - before.get(p.index).copied().unwrap_or(0).min(p.progress))
+            .sum();
+        RestoreReport {
+            mode: r.mode.name(),
+            to_first_instruction_s: r.to_first_instruction.as_secs_f64(),
+            to_work_done_s: r.to_work_done().map(|d| d.as_secs_f64()),
+            taken_at_s: r.taken_at.as_secs_f64(),
+            image_pages: r.image_pages,
+            loaded_pages: r.loaded_pages,
+            pages_read_after_start: r.run.mem.io.pages_read,
+            calc_work_per_s: if wall > 0.0 { calc as f64 / wall } else { 0.0 },
+            run,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RestoreJson<'a> {
+    apf_version: &'static str,
+    command: &'static str,
+    restores: &'a [RestoreReport],
+}
+
+pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
+    check_output("--json", args.json.as_deref())?;
+    let snap = Snapshot::open(&args.dir).map_err(apf_vm::VmError::from)?;
+    let config = args.vm.config(snap.config().clone())?;
+    snap.check_config(&config)
+        .map_err(apf_vm::VmError::from)?;
+    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let plan: Vec<(RestoreMode, bool)> = if args.compare {
+        vec![
+            (RestoreMode::Eager, true),
+            (RestoreMode::Lazy, false),
+            (RestoreMode::Lazy, true),
+        ]
+    } else if args.eager {
+        vec![(RestoreMode::Eager, config.apf)]
+    } else {
+        vec![(RestoreMode::Lazy, config.apf)]
+    };
+    let mut reports = Vec::new();
+    for (mode, apf) in plan {
+        let label = format!("{}, APF {}", mode.name(), if apf { "on" } else { "off" });
+        let config = VmConfig {
+            apf,
+            ..config.clone()
+        };
+        let bar = RunBar::new(&config, &label);
+        let mut observe = |live: &apf_vm::Live<'_>| {
+            bar.update(live);
+            ControlFlow::Continue(())
+        };
+        let restored = snap.restore(
+            mode,
+            &config,
+            RunOptions {
+                timeout: args.timeout.0,
+                ..RunOptions::default()
+            },
+            &mut observe,
+        );
+        bar.finish();
+        reports.push(RestoreReport::new(label, &snap, &config, &restored?));
+    }
+    if let [one] = reports.as_slice() {
+        print!("{}", render_one(&args.dir, one));
+    } else {
+        print!("{}", render_compare(&args.dir, &reports));
+    }
+    if let Some(path) = &args.json {
+        write_restore_json(path, &reports)?;
+    }
+    let runs: Vec<RunReport> = reports.into_iter().map(|r| r.run).collect();
+    check(&runs)
+}
+
+fn write_restore_json(path: &Path, restores: &[RestoreReport]) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(&RestoreJson {
+        apf_version: env!("CARGO_PKG_VERSION"),
+        command: "restore",
+        restores,
+    })
+    .map_err(|e| CliError::Write {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn render_one(dir: &Path, r: &RestoreReport) -> String {
+    let mut out = format!(
+        "restore of {} (taken at {:.2} s), {}: first instruction after {}, work done after {}; {} of {} image pages read before it\n",
+        dir.display(),
+        r.taken_at_s,
+        r.run.label,
+        secs(r.to_first_instruction_s),
+        r.to_work_done_s.map_or_else(|| "-".into(), secs),
+        count(r.loaded_pages),
+        count(r.image_pages),
+    );
+    out.push_str(&report::render_run(&r.run));
+    out
+}
+
+fn render_compare(dir: &Path, rs: &[RestoreReport]) -> String {
+    let mut out = String::new();
+    let first = &rs[0];
+    let _ = writeln!(
+        out,
+        "restores of {} (taken at {:.2} s; {} image pages)",
+        dir.display(),
+        first.taken_at_s,
+        count(first.image_pages)
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        report::describe(&first.run.config, &first.run.store)
+    );
+    for r in rs {
+        let _ = writeln!(out, "  {}: {}", r.run.label, report::ending(&r.run));
+    }
+    out.push('\n');
+    let labels: Vec<&str> = rs.iter().map(|r| r.run.label.as_str()).collect();
+    let mut head = vec![""];
+    head.extend(&labels);
+    let mut t = Table::new(&head);
+    let mut row = |name: &str, f: &dyn Fn(&RestoreReport) -> String| {
+        let mut cells = vec![name.to_string()];
+        cells.extend(rs.iter().map(f));
+        t.row(cells);
+    };
+    row("to first instruction", &|r| secs(r.to_first_instruction_s));
+    row("to work done", &|r| {
+        r.to_work_done_s.map_or_else(|| "-".into(), secs)
+    });
+    row("blocktime", &|r| secs(r.run.blocktime_s()));
+    row("pages read before start", &|r| count(r.loaded_pages));
+    row("pages read after start", &|r| count(r.pages_read_after_start));
+    row("calc work/s", &|r| count(r.calc_work_per_s as u64));
+    let faults = |r: &RestoreReport, key: &str| r.run.vcpus.iter().map(|v| v.faults[key]).sum::<u64>();
+    row("faults async", &|r| count(faults(r, "async")));
+    row("faults sync", &|r| count(faults(r, "sync")));
+    row("wall", &|r| secs(r.run.wall_s));
+    out.push_str(&t.render());
+    out
+}

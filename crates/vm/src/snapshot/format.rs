@@ -1,0 +1,329 @@
+//! A snapshot directory on disk:
+//!
+//! - `memory`: guest RAM as a sparse file, page `n` at `n * 4096`; pages the
+//!   guest never touched are holes.
+//! - `state`: one header line, `apf-snapshot <format> <length> <crc32>`, then
+//!   `length` bytes of JSON ([`SnapshotState`]) whose CRC-32 the header gives.
+//!   It is written last: a directory without it is not a snapshot.
+//!
+//! The state holds the configuration, every vCPU's and the platform's state,
+//! the workloads' progress as the host saw it, and the memory image's map: which
+//! pages it holds (extents) and each one's checksum.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apf_host::machine::MachineState;
+use apf_host::vcpu::VcpuState;
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+
+/// The format this apf writes and reads. Bump it whenever [`SnapshotState`] or
+/// the layout changes in a way an older reader would misread.
+pub const FORMAT: u32 = 1;
+
+const MAGIC: &str = "apf-snapshot";
+/// The state file's name in a snapshot directory.
+pub const STATE_FILE: &str = "state";
+/// The memory image's name in a snapshot directory.
+pub const MEMORY_FILE: &str = "memory";
+
+/// Why a snapshot could not be written or read. Every message names the
+/// directory and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The directory (or its state file) is missing or unreadable.
+    #[error("snapshot {dir}: cannot read {file}: {source} (give a directory `apf snapshot --out` wrote)")]
+    Missing {
+        /// The directory.
+        dir: PathBuf,
+        /// The file.
+        file: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file does not start with an apf snapshot header.
+    #[error("snapshot {dir}: the state file is not an apf snapshot (no `{MAGIC}` header)")]
+    NotASnapshot {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Written by an apf with another format.
+    #[error("snapshot {dir}: format {found}, but this apf (version {}) reads format {FORMAT}: restore it with the apf that took it", env!("CARGO_PKG_VERSION"))]
+    Version {
+        /// The directory.
+        dir: PathBuf,
+        /// Its format.
+        found: String,
+    },
+    /// A file is shorter (or longer) than the state says.
+    #[error("snapshot {dir}: {file} is {found} bytes, the snapshot says {expected}: it is truncated or damaged")]
+    Truncated {
+        /// The directory.
+        dir: PathBuf,
+        /// The file.
+        file: &'static str,
+        /// Its length.
+        found: u64,
+        /// The length it should have.
+        expected: u64,
+    },
+    /// The state does not match its checksum.
+    #[error("snapshot {dir}: the state fails its checksum ({found:#010x}, expected {expected:#010x}): it is damaged")]
+    StateChecksum {
+        /// The directory.
+        dir: PathBuf,
+        /// Recorded.
+        expected: u32,
+        /// Computed.
+        found: u32,
+    },
+    /// The state is not valid JSON of this format.
+    #[error("snapshot {dir}: the state cannot be read: {message}")]
+    Parse {
+        /// The directory.
+        dir: PathBuf,
+        /// serde's message.
+        message: String,
+    },
+    /// A page of the memory image does not match its checksum.
+    #[error("snapshot {dir}: page {page} of the memory image fails its checksum: it is damaged")]
+    PageChecksum {
+        /// The directory.
+        dir: PathBuf,
+        /// The page.
+        page: u64,
+    },
+    /// The state is inconsistent with itself.
+    #[error("snapshot {dir}: {what}")]
+    Inconsistent {
+        /// The directory.
+        dir: PathBuf,
+        /// What does not fit.
+        what: String,
+    },
+    /// The output directory cannot be used.
+    #[error("snapshot directory {dir}: {what}")]
+    Output {
+        /// The directory.
+        dir: PathBuf,
+        /// What to change.
+        what: String,
+    },
+    /// Writing the snapshot failed.
+    #[error("writing the snapshot to {dir}: {source}")]
+    Write {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl SnapshotError {
+    /// Whether the snapshot (or the directory given) is the problem, rather
+    /// than the host.
+    pub fn is_input(&self) -> bool {
+        !matches!(self, SnapshotError::Write { .. })
+    }
+}
+
+/// The memory image's map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryMap {
+    /// Pages of guest RAM (the image's length is this many pages).
+    pub pages: u64,
+    /// The pages the image holds, as `[first, count]` runs in order.
+    pub extents: Vec<[u64; 2]>,
+    /// Each held page's checksum, in the order of the extents.
+    pub sums: Vec<u32>,
+}
+
+impl MemoryMap {
+    /// Each held page with its checksum, in order.
+    pub fn held(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.extents
+            .iter()
+            .flat_map(|&[first, count]| first..first.saturating_add(count))
+            .zip(self.sums.iter().copied())
+    }
+
+    /// Pages held.
+    pub fn held_pages(&self) -> u64 {
+        self.extents.iter().map(|e| e[1]).sum()
+    }
+
+    /// Records page `n` (called in increasing order).
+    pub(crate) fn push(&mut self, n: u64, sum: u32) {
+        match self.extents.last_mut() {
+            Some([first, count]) if *first + *count == n => *count += 1,
+            _ => self.extents.push([n, 1]),
+        }
+        self.sums.push(sum);
+    }
+
+    fn check(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let bad = |what: String| SnapshotError::Inconsistent {
+            dir: dir.to_path_buf(),
+            what,
+        };
+        let mut next = 0u64;
+        for &[first, count] in &self.extents {
+            let end = first.checked_add(count).unwrap_or(u64::MAX);
+            if first < next || count == 0 || end > self.pages {
+                return Err(bad(format!(
+                    "memory extent [{first}, +{count}] is out of order or past the {} pages of RAM",
+                    self.pages
+                )));
+            }
+            next = end;
+        }
+        if self.held_pages() != self.sums.len() as u64 {
+            return Err(bad(format!(
+                "the memory map holds {} pages but {} checksums",
+                self.held_pages(),
+                self.sums.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The host's view of the built-in guest's processes at the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressState {
+    /// Which processes the host had seen end.
+    pub ended: Vec<bool>,
+    /// Each process's units of work done, as its results said.
+    pub progress: Vec<u64>,
+    /// Whether every process with work to do had done it.
+    pub work_done: bool,
+}
+
+/// Everything a restore needs besides the memory image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// The apf that wrote it (informative; [`FORMAT`] decides compatibility).
+    pub apf_version: String,
+    /// The configuration it ran with.
+    pub config: VmConfig,
+    /// How long the VM had run when its vCPUs stopped.
+    pub taken_at: Duration,
+    /// The platform: GIC, UART, PSCI.
+    pub machine: MachineState,
+    /// Each vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// The processes as the host saw them.
+    pub progress: ProgressState,
+    /// The memory image's map.
+    pub memory: MemoryMap,
+}
+
+/// Writes `state` as the directory's state file (after the memory image).
+pub(crate) fn write_state(dir: &Path, state: &SnapshotState) -> Result<(), SnapshotError> {
+    let werr = |source| SnapshotError::Write {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let body = serde_json::to_vec(state).map_err(|e| werr(std::io::Error::other(e)))?;
+    let header = format!(
+        "{MAGIC} {FORMAT} {} {:08x}\n",
+        body.len(),
+        crc32fast::hash(&body)
+    );
+    let mut f = File::create(dir.join(STATE_FILE)).map_err(werr)?;
+    f.write_all(header.as_bytes()).map_err(werr)?;
+    f.write_all(&body).map_err(werr)?;
+    f.sync_all().map_err(werr)
+}
+
+/// Reads and checks a snapshot's state, and that its memory image is whole.
+pub fn read_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
+    let d = || dir.to_path_buf();
+    let bytes = std::fs::read(dir.join(STATE_FILE)).map_err(|source| SnapshotError::Missing {
+        dir: d(),
+        file: STATE_FILE,
+        source,
+    })?;
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| SnapshotError::NotASnapshot { dir: d() })?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| SnapshotError::NotASnapshot { dir: d() })?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    if fields.first() != Some(&MAGIC) || fields.len() != 4 {
+        return Err(SnapshotError::NotASnapshot { dir: d() });
+    }
+    if fields[1] != FORMAT.to_string() {
+        return Err(SnapshotError::Version {
+            dir: d(),
+            found: fields[1].to_string(),
+        });
+    }
+    let (Ok(len), Ok(crc)) = (fields[2].parse::<u64>(), u32::from_str_radix(fields[3], 16)) else {
+        return Err(SnapshotError::NotASnapshot { dir: d() });
+    };
+    let body = &bytes[nl + 1..];
+    if body.len() as u64 != len {
+        return Err(SnapshotError::Truncated {
+            dir: d(),
+            file: STATE_FILE,
+            found: (nl + 1 + body.len()) as u64,
+            expected: nl as u64 + 1 + len,
+        });
+    }
+    let found = crc32fast::hash(body);
+    if found != crc {
+        return Err(SnapshotError::StateChecksum {
+            dir: d(),
+            expected: crc,
+            found,
+        });
+    }
+    let state: SnapshotState = serde_json::from_slice(body).map_err(|e| SnapshotError::Parse {
+        dir: d(),
+        message: e.to_string(),
+    })?;
+    state.memory.check(dir)?;
+    let ram_pages = state.config.ram.0 / apf_abi::PAGE_SIZE;
+    if state.memory.pages != ram_pages {
+        return Err(SnapshotError::Inconsistent {
+            dir: d(),
+            what: format!(
+                "the memory image has {} pages but the configuration's RAM has {ram_pages}",
+                state.memory.pages
+            ),
+        });
+    }
+    if state.vcpus.len() as u64 != u64::from(state.config.vcpus) {
+        return Err(SnapshotError::Inconsistent {
+            dir: d(),
+            what: format!(
+                "{} vCPU states for {} vCPUs",
+                state.vcpus.len(),
+                state.config.vcpus
+            ),
+        });
+    }
+    let image = dir.join(MEMORY_FILE);
+    let found = std::fs::metadata(&image)
+        .map_err(|source| SnapshotError::Missing {
+            dir: d(),
+            file: MEMORY_FILE,
+            source,
+        })?
+        .len();
+    let expected = state.memory.pages * apf_abi::PAGE_SIZE;
+    if found != expected {
+        return Err(SnapshotError::Truncated {
+            dir: d(),
+            file: MEMORY_FILE,
+            found,
+            expected,
+        });
+    }
+    Ok(state)
+}

@@ -1,0 +1,446 @@
+//! Snapshots of a running built-in-guest VM, and restoring them eagerly or
+//! lazily (DESIGN §9: page sources are stores; VM state is data).
+//!
+//! Taking one runs the configuration until the given time, stops every vCPU at
+//! an instruction boundary (a vCPU waiting for a page leaves with its PC on the
+//! faulting instruction, to retry it), and writes the directory `format.rs`
+//! describes. APF work in flight is dropped, as KVM does on migration: each
+//! restored vCPU whose guest had APF enabled gets a wake-all page-ready, and
+//! the guest's sleepers retry their accesses.
+//!
+//! A lazy restore starts at once: every page the image holds is "in the store"
+//! of a [`CowStore`] whose base is the image (read-only, shared by any number
+//! of restores) and whose top is a fresh swap file. An eager one reads (and
+//! checks) every page before the first instruction.
+
+mod format;
+
+pub use format::{FORMAT, MEMORY_FILE, MemoryMap, ProgressState, STATE_FILE, SnapshotError, SnapshotState, read_state};
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use apf_abi::{Gfn, Gpa, PAGE_SIZE};
+use apf_host::machine::StopReason;
+use apf_host::vcpu;
+use apf_mem::store::{CowStore, FileStore, Latency, LatencyStore, Slot, Store, page_checksum};
+use apf_mem::{ExportError, GuestMemory};
+
+use crate::config::VmConfig;
+use crate::boot::read_boot_block;
+use crate::error::VmError;
+use crate::monitor::Observer;
+use crate::run::{
+    Built, GUEST_IMAGE, RunOptions, VmRun, WorkloadProgress, build_machine_over, drive_workloads,
+    finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
+};
+use crate::store::open_store;
+
+/// What `take_snapshot` wrote.
+#[derive(Debug)]
+pub struct SnapshotTaken {
+    /// The directory.
+    pub dir: PathBuf,
+    /// How long the VM had run when its vCPUs stopped.
+    pub taken_at: Duration,
+    /// Pages of the memory image that hold data (the rest are holes).
+    pub pages_held: u64,
+    /// Pages of guest RAM.
+    pub pages: u64,
+    /// Time spent writing the directory once the vCPUs had stopped.
+    pub write_time: Duration,
+    /// The run up to the snapshot.
+    pub run: VmRun,
+}
+
+/// Runs the built-in guest with `config` until `at`, then writes a snapshot of
+/// it to `dir` (which must not exist, or be empty).
+pub fn take_snapshot(
+    config: &VmConfig,
+    at: Duration,
+    dir: &Path,
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<SnapshotTaken, VmError> {
+    config.validate()?;
+    prepare_output(dir)?;
+    let built = crate::run::build(config, GUEST_IMAGE, options.echo_console)?;
+    write_boot_block(config, &built)?;
+    let begin = Instant::now();
+    let vcpus = start_vcpus_resumed(config, &built, flat_image_boot(), vcpu::spawn, None)?;
+    let mut progress = WorkloadProgress::new(config);
+    let watched = drive_workloads(
+        config,
+        &built,
+        begin,
+        options,
+        observe,
+        &mut progress,
+        Some(at),
+    );
+    built.machine.stop(StopReason::Host);
+    let taken_at = begin.elapsed();
+    let run = finish(&built, vcpus, begin, progress.work_done_at, watched.observer_stopped)?;
+    if !watched.snapshot_due {
+        return Err(SnapshotError::Output {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "the run ended after {:.2?}, before the snapshot time {at:.2?}: give a smaller --at",
+                run.wall
+            ),
+        }
+        .into());
+    }
+    let t = Instant::now();
+    let memory = write_memory(dir, &built.memory)?;
+    let vcpu_states = run
+        .vcpus
+        .iter()
+        .map(|v| (*v.state).clone())
+        .collect::<Vec<_>>();
+    let state = SnapshotState {
+        apf_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: config.clone(),
+        taken_at,
+        machine: built.machine.save_state(),
+        vcpus: vcpu_states,
+        progress: ProgressState {
+            ended: progress.ended_at.iter().map(Option::is_some).collect(),
+            progress: read_boot_block(&built.memory)
+                .map(|b| {
+                    (0..config.processes.len())
+                        .map(|i| b.results[i].progress)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            work_done: progress.work_done_at.is_some(),
+        },
+        memory,
+    };
+    format::write_state(dir, &state)?;
+    let run = with_outcomes(config, &built, run, &progress);
+    Ok(SnapshotTaken {
+        dir: dir.to_path_buf(),
+        taken_at,
+        pages_held: state.memory.held_pages(),
+        pages: state.memory.pages,
+        write_time: t.elapsed(),
+        run,
+    })
+}
+
+/// Makes `dir` if needed; refuses one that holds anything.
+fn prepare_output(dir: &Path) -> Result<(), SnapshotError> {
+    let out = |what: String| SnapshotError::Output {
+        dir: dir.to_path_buf(),
+        what,
+    };
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(out(
+                    "exists and is not empty: give a new directory (nothing was overwritten)"
+                        .into(),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
+            .map_err(|e| out(format!("cannot be created: {e}"))),
+        Err(e) => Err(out(format!("cannot be read: {e}"))),
+    }
+}
+
+/// Writes every touched page of guest RAM to `dir/memory` (holes elsewhere).
+fn write_memory(dir: &Path, memory: &GuestMemory) -> Result<MemoryMap, SnapshotError> {
+    let werr = |source| SnapshotError::Write {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let pages = memory.ram_pages();
+    let file = File::create(dir.join(MEMORY_FILE)).map_err(werr)?;
+    file.set_len(pages * PAGE_SIZE).map_err(werr)?;
+    let base = memory.ram_base().gfn().0;
+    let mut map = MemoryMap {
+        pages,
+        extents: Vec::new(),
+        sums: Vec::new(),
+    };
+    memory
+        .for_each_touched_page(|gfn: Gfn, page| {
+            let n = gfn.0 - base;
+            map.push(n, page_checksum(page));
+            file.write_all_at(page, n * PAGE_SIZE)
+        })
+        .map_err(|e| match e {
+            ExportError::Visit(e) => werr(e),
+            ExportError::Read(e) => werr(std::io::Error::other(e.to_string())),
+        })?;
+    file.sync_all().map_err(werr)?;
+    Ok(map)
+}
+
+/// How a restore brings memory back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RestoreMode {
+    /// Every page read (and checked) before the first instruction.
+    Eager,
+    /// Pages read when first touched, from the image under a copy-on-write store.
+    Lazy,
+}
+
+impl RestoreMode {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestoreMode::Eager => "eager",
+            RestoreMode::Lazy => "lazy",
+        }
+    }
+}
+
+/// A restored run and what the restore itself cost.
+#[derive(Debug)]
+pub struct Restored {
+    /// How memory came back.
+    pub mode: RestoreMode,
+    /// From opening the snapshot to the first instruction: reading the state,
+    /// setting up memory (eager: reading all of it).
+    pub to_first_instruction: Duration,
+    /// How long the VM had run before its snapshot.
+    pub taken_at: Duration,
+    /// Pages the image holds.
+    pub image_pages: u64,
+    /// Pages read before the first instruction (eager).
+    pub loaded_pages: u64,
+    /// The run from the first instruction (its work_done_at is on the same
+    /// timeline).
+    pub run: VmRun,
+}
+
+impl Restored {
+    /// From opening the snapshot to the moment every process with work to do
+    /// had done it.
+    pub fn to_work_done(&self) -> Option<Duration> {
+        self.run
+            .work_done_at
+            .map(|w| w + self.to_first_instruction)
+    }
+}
+
+/// A snapshot directory, its state read and checked.
+#[derive(Debug)]
+pub struct Snapshot {
+    dir: PathBuf,
+    state: SnapshotState,
+    /// How long reading the state took (part of every restore's start).
+    open_time: Duration,
+}
+
+impl Snapshot {
+    /// Reads and checks the state in `dir`, and that the memory image is whole.
+    pub fn open(dir: &Path) -> Result<Snapshot, SnapshotError> {
+        let t = Instant::now();
+        let state = read_state(dir)?;
+        Ok(Snapshot {
+            dir: dir.to_path_buf(),
+            state,
+            open_time: t.elapsed(),
+        })
+    }
+
+    /// The configuration it was taken with: the base of a restore's.
+    pub fn config(&self) -> &VmConfig {
+        &self.state.config
+    }
+
+    /// Its state.
+    pub fn state(&self) -> &SnapshotState {
+        &self.state
+    }
+
+    /// Checks that a restore may use `config`: the snapshot's, with only what a
+    /// restore may change (APF, the budget, the store, the duration) changed,
+    /// and at least its RAM.
+    pub fn check_config(&self, config: &VmConfig) -> Result<(), SnapshotError> {
+        let taken = &self.state.config;
+        let bad = |what: String| SnapshotError::Inconsistent {
+            dir: self.dir.clone(),
+            what,
+        };
+        if config.ram.0 < taken.ram.0 {
+            return Err(bad(format!(
+                "--ram {} is less than the {} bytes of RAM the snapshot holds: give at least that",
+                config.ram.0, taken.ram.0
+            )));
+        }
+        if config.vcpus != taken.vcpus {
+            return Err(bad(format!(
+                "the snapshot has {} vCPUs, not {}: drop --vcpus",
+                taken.vcpus, config.vcpus
+            )));
+        }
+        if config.processes != taken.processes || config.seed != taken.seed {
+            return Err(bad(
+                "a restore runs the snapshot's processes with its seed: drop -p, --work and --seed"
+                    .into(),
+            ));
+        }
+        if config.separate_ready != taken.separate_ready {
+            return Err(bad(
+                "the guest chose its APF channel at boot: drop --separate-ready".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restores it with `config` (see [`Snapshot::check_config`]) and runs it
+    /// to the end, as [`crate::run_workloads`] would have.
+    pub fn restore(
+        &self,
+        mode: RestoreMode,
+        config: &VmConfig,
+        options: RunOptions,
+        observe: Observer<'_>,
+    ) -> Result<Restored, VmError> {
+        let t0 = Instant::now();
+        self.check_config(config)?;
+        config.validate()?;
+        let (dir, state) = (self.dir.as_path(), &self.state);
+        let (store, loaded_pages) = match mode {
+            RestoreMode::Lazy => (lazy_store(dir, state, config)?, 0),
+            RestoreMode::Eager => (open_store(config)?, state.memory.held_pages()),
+        };
+        let built = build_machine_over(config, store, options.echo_console)?;
+        match mode {
+            RestoreMode::Lazy => place_image(dir, state, &built)?,
+            RestoreMode::Eager => load_image(dir, state, &built)?,
+        }
+        built
+            .machine
+            .restore_state(&state.machine)
+            .map_err(|e| VmError::Load(format!("restoring the platform: {e}")))?;
+        let mut progress = WorkloadProgress::new(config);
+        progress.before = state.taken_at;
+        for (at, ended) in progress.ended_at.iter_mut().zip(&state.progress.ended) {
+            if *ended {
+                *at = Some(Duration::ZERO);
+            }
+        }
+        if state.progress.work_done {
+            progress.work_done_at = Some(Duration::ZERO);
+        }
+        let begin = Instant::now();
+        let to_first_instruction = self.open_time + (begin - t0);
+        let vcpus = start_vcpus_resumed(
+            config,
+            &built,
+            flat_image_boot(),
+            vcpu::spawn,
+            Some(state.vcpus.clone()),
+        )?;
+        let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
+        built.machine.stop(StopReason::Host);
+        let run = finish(&built, vcpus, begin, progress.work_done_at, watched.observer_stopped)?;
+        let run = with_outcomes(config, &built, run, &progress);
+        Ok(Restored {
+            mode,
+            to_first_instruction,
+            taken_at: state.taken_at,
+            image_pages: state.memory.held_pages(),
+            loaded_pages,
+            run,
+        })
+    }
+}
+
+/// The image (with the configuration's added latency, as any device of the
+/// store) under a fresh swap file.
+fn lazy_store(
+    dir: &Path,
+    state: &SnapshotState,
+    config: &VmConfig,
+) -> Result<Box<dyn Store>, VmError> {
+    let depth = usize::try_from(config.store.queue_depth).unwrap_or(1);
+    let image: Box<dyn Store> = Box::new(FileStore::open_image(
+        &dir.join(MEMORY_FILE),
+        depth,
+        config.store.direct,
+    )?);
+    let image = if config.store.latency.0.is_zero() {
+        image
+    } else {
+        Box::new(LatencyStore::new(image, Latency::Fixed(config.store.latency.0)))
+    };
+    let mut sums = vec![0u32; usize::try_from(state.memory.pages).unwrap_or(0)];
+    for (n, sum) in state.memory.held() {
+        sums[n as usize] = sum;
+    }
+    Ok(Box::new(CowStore::new(
+        image,
+        sums.into_boxed_slice(),
+        open_store(config)?,
+    )))
+}
+
+/// Declares every page the image holds to be in the store, at its own slot.
+fn place_image(dir: &Path, state: &SnapshotState, built: &Built) -> Result<(), VmError> {
+    let base = built.memory.ram_base().gfn().0;
+    for (n, _) in state.memory.held() {
+        let slot = u32::try_from(n).map_err(|_| SnapshotError::Inconsistent {
+            dir: dir.to_path_buf(),
+            what: format!("page {n} is past what a store can hold"),
+        })?;
+        built
+            .memory
+            .place_in_store(Gfn(base + n), Slot(slot))
+            .map_err(|e| VmError::Load(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Reads every page the image holds into guest memory, checking each against
+/// its checksum first (pages past the budget go to the swap file, as they
+/// would on a host that much smaller than the VM).
+fn load_image(dir: &Path, state: &SnapshotState, built: &Built) -> Result<(), VmError> {
+    let image = File::open(dir.join(MEMORY_FILE)).map_err(|source| SnapshotError::Missing {
+        dir: dir.to_path_buf(),
+        file: MEMORY_FILE,
+        source,
+    })?;
+    let base = built.memory.ram_base();
+    let page = usize::try_from(PAGE_SIZE).unwrap_or(4096);
+    let mut sums = state.memory.sums.iter();
+    let mut chunk = Vec::new();
+    for &[first, count] in &state.memory.extents {
+        // A megabyte at a time.
+        for at in (first..first + count).step_by(256) {
+            let n = (first + count - at).min(256);
+            chunk.resize(usize::try_from(n).unwrap_or(0) * page, 0);
+            image
+                .read_exact_at(&mut chunk, at * PAGE_SIZE)
+                .map_err(|source| SnapshotError::Missing {
+                    dir: dir.to_path_buf(),
+                    file: MEMORY_FILE,
+                    source,
+                })?;
+            for (i, bytes) in chunk.chunks(page).enumerate() {
+                let p = at + i as u64;
+                if sums.next() != Some(&page_checksum(bytes)) {
+                    return Err(SnapshotError::PageChecksum {
+                        dir: dir.to_path_buf(),
+                        page: p,
+                    }
+                    .into());
+                }
+            }
+            built
+                .memory
+                .write_bytes(Gpa(base.0 + at * PAGE_SIZE), &chunk)
+                .map_err(|e| VmError::Load(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
