@@ -61,8 +61,8 @@ mod timer;
 
 pub use apf_abi::esr::{AccessSize, Esr};
 pub use bus::{AtomicOp, Broadcast, Bus, BusError, SysRegId};
-pub use cpu::{Cpu, CpuConfig, Exit};
+pub use cpu::{Cpu, CpuConfig, CpuState, CpuStateError, Exit, PstateState};
 pub use exception::Exception;
 pub use ram_bus::RamBus;
-pub use sysreg::SysReg;
-pub use timer::{TimeScale, TimerLines};
+pub use sysreg::{SysReg, SysRegsState};
+pub use timer::{TimeScale, TimerLines, TimerState};

@@ -2,6 +2,8 @@
 //! from EL0 and EL1, the ID registers, and the host's view of them. Registers
 //! the CPU does not own (the GIC CPU interface) go to the [`Bus`](crate::Bus).
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::SysRegId;
 use crate::decode::reg;
 use crate::pstate::bits;
@@ -262,6 +264,98 @@ impl SysRegs {
             cntkctl_el1: 0,
             csselr_el1: 0,
             os_lock: true,
+        }
+    }
+}
+
+/// The EL1/EL0 system registers as a snapshot holds them (the architectural
+/// names; the ID registers are constants and MPIDR/CNTFRQ are configuration,
+/// so neither is here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // the names are the architectural register names
+pub struct SysRegsState {
+    pub sctlr_el1: u64,
+    pub actlr_el1: u64,
+    pub cpacr_el1: u64,
+    pub ttbr0_el1: u64,
+    pub ttbr1_el1: u64,
+    pub tcr_el1: u64,
+    pub spsr_el1: u64,
+    pub elr_el1: u64,
+    pub esr_el1: u64,
+    pub afsr0_el1: u64,
+    pub afsr1_el1: u64,
+    pub far_el1: u64,
+    pub par_el1: u64,
+    pub mair_el1: u64,
+    pub amair_el1: u64,
+    pub vbar_el1: u64,
+    pub contextidr_el1: u64,
+    pub tpidr_el1: u64,
+    pub tpidr_el0: u64,
+    pub tpidrro_el0: u64,
+    pub cntkctl_el1: u64,
+    pub csselr_el1: u64,
+    /// OSLSR_EL1.OSLK: the OS lock.
+    pub os_lock: bool,
+}
+
+impl SysRegs {
+    pub(crate) fn save(&self) -> SysRegsState {
+        SysRegsState {
+            sctlr_el1: self.sctlr_el1,
+            actlr_el1: self.actlr_el1,
+            cpacr_el1: self.cpacr_el1,
+            ttbr0_el1: self.ttbr0_el1,
+            ttbr1_el1: self.ttbr1_el1,
+            tcr_el1: self.tcr_el1,
+            spsr_el1: self.spsr_el1,
+            elr_el1: self.elr_el1,
+            esr_el1: self.esr_el1,
+            afsr0_el1: self.afsr0_el1,
+            afsr1_el1: self.afsr1_el1,
+            far_el1: self.far_el1,
+            par_el1: self.par_el1,
+            mair_el1: self.mair_el1,
+            amair_el1: self.amair_el1,
+            vbar_el1: self.vbar_el1,
+            contextidr_el1: self.contextidr_el1,
+            tpidr_el1: self.tpidr_el1,
+            tpidr_el0: self.tpidr_el0,
+            tpidrro_el0: self.tpidrro_el0,
+            cntkctl_el1: self.cntkctl_el1,
+            csselr_el1: self.csselr_el1,
+            os_lock: self.os_lock,
+        }
+    }
+
+    /// The registers `s` describes, with the bits this PE does not implement
+    /// dropped as an MSR would drop them.
+    pub(crate) fn restored(s: &SysRegsState) -> SysRegs {
+        SysRegs {
+            sctlr_el1: (s.sctlr_el1 & SCTLR_WRITABLE) | SCTLR_RESET,
+            actlr_el1: s.actlr_el1,
+            cpacr_el1: s.cpacr_el1 & CPACR_FPEN,
+            ttbr0_el1: s.ttbr0_el1,
+            ttbr1_el1: s.ttbr1_el1,
+            tcr_el1: s.tcr_el1,
+            spsr_el1: s.spsr_el1 & SPSR_MASK,
+            elr_el1: s.elr_el1,
+            esr_el1: s.esr_el1 & 0xFFFF_FFFF,
+            afsr0_el1: s.afsr0_el1,
+            afsr1_el1: s.afsr1_el1,
+            far_el1: s.far_el1,
+            par_el1: s.par_el1,
+            mair_el1: s.mair_el1,
+            amair_el1: 0,
+            vbar_el1: s.vbar_el1 & !0x7FF,
+            contextidr_el1: s.contextidr_el1 & 0xFFFF_FFFF,
+            tpidr_el1: s.tpidr_el1,
+            tpidr_el0: s.tpidr_el0,
+            tpidrro_el0: s.tpidrro_el0,
+            cntkctl_el1: s.cntkctl_el1 & CNTKCTL_MASK,
+            csselr_el1: s.csselr_el1 & 0xF,
+            os_lock: s.os_lock,
         }
     }
 }

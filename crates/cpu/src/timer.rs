@@ -4,6 +4,8 @@
 
 use std::num::NonZeroU32;
 
+use serde::{Deserialize, Serialize};
+
 /// How fast virtual time runs: `ticks` counter ticks per `instructions` retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeScale {
@@ -37,6 +39,23 @@ pub(crate) const CTL_ENABLE: u64 = 1 << 0;
 pub(crate) const CTL_IMASK: u64 = 1 << 1;
 pub(crate) const CTL_ISTATUS: u64 = 1 << 2;
 
+/// The two EL1 timers and the counter as a snapshot holds them. The count is
+/// kept as a value, not as an offset, so it survives a different [`TimeScale`]
+/// on the restoring side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerState {
+    /// CNTVCT_EL0 when the state was taken.
+    pub counter: u64,
+    /// CNTV_CTL_EL0's ENABLE and IMASK (ISTATUS is derived).
+    pub virt_ctl: u64,
+    /// CNTV_CVAL_EL0.
+    pub virt_cval: u64,
+    /// CNTP_CTL_EL0's ENABLE and IMASK.
+    pub phys_ctl: u64,
+    /// CNTP_CVAL_EL0.
+    pub phys_cval: u64,
+}
+
 /// Which of the two timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerId {
@@ -62,6 +81,27 @@ impl Timer {
             ctl: [0; 2],
             cval: [0; 2],
         }
+    }
+
+    /// The saved form, `retired` instructions after reset.
+    pub(crate) fn save(&self, retired: u64) -> TimerState {
+        TimerState {
+            counter: self.count(retired),
+            virt_ctl: self.ctl[0],
+            virt_cval: self.cval[0],
+            phys_ctl: self.ctl[1],
+            phys_cval: self.cval[1],
+        }
+    }
+
+    /// Installs `state` so that the count is `state.counter` at `retired`
+    /// instructions; the scale stays this timer's own.
+    pub(crate) fn restore(&mut self, state: &TimerState, retired: u64) {
+        self.offset = 0;
+        self.offset = state.counter.wrapping_sub(self.count(retired));
+        self.set_ctl(TimerId::Virt, state.virt_ctl);
+        self.set_ctl(TimerId::Phys, state.phys_ctl);
+        self.cval = [state.virt_cval, state.phys_cval];
     }
 
     /// The count after `retired` instructions.

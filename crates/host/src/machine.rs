@@ -2,14 +2,15 @@
 //! CPU_ON requests, the APF shared blocks in use, and how the run ends.
 
 use crate::apf::ApfCounters;
-use crate::gic::Gic;
+use crate::gic::{Gic, GicState, GicStateError};
 use crate::maintenance::Maintenance;
-use crate::psci::Psci;
+use crate::psci::{Psci, PsciState, PsciStateError};
 use crate::sync::lock;
-use crate::uart::Pl011;
+use crate::uart::{Pl011, Pl011State};
 use crate::waker::VcpuWaker;
 use apf_abi::Gpa;
 use apf_abi::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE, UART_BASE, UART_SIZE};
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,7 +27,7 @@ pub enum StopReason {
 }
 
 /// A CPU_ON waiting for its target vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartRequest {
     /// Entry point.
     pub entry: u64,
@@ -36,6 +37,42 @@ pub struct StartRequest {
     /// counter starts there, so every vCPU reads about the same time: each keeps
     /// its own counter, and one starting at 0 would put its CPU hours behind.
     pub counter: u64,
+}
+
+/// The shared platform's state as a snapshot holds it. The vCPUs' own state
+/// is in [`VcpuState`](crate::vcpu::VcpuState); APF shared blocks are claimed
+/// again by the vCPUs' engines as they restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// Distributor and redistributors.
+    pub gic: GicState,
+    /// The console's registers.
+    pub uart: Pl011State,
+    /// Every vCPU's power state.
+    pub psci: PsciState,
+    /// CPU_ONs accepted but not yet taken by their target, per vCPU.
+    pub starts: Vec<Option<StartRequest>>,
+}
+
+/// Why a [`MachineState`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MachineStateError {
+    /// The GIC's state.
+    #[error(transparent)]
+    Gic(#[from] GicStateError),
+    /// PSCI's state.
+    #[error(transparent)]
+    Psci(#[from] PsciStateError),
+    /// The pending CPU_ONs.
+    #[error(
+        "the saved machine has CPU_ON slots for {saved} vCPUs and this one {here}: build the machine with {saved} vCPUs"
+    )]
+    VcpuCount {
+        /// vCPUs in the saved state.
+        saved: usize,
+        /// vCPUs here.
+        here: usize,
+    },
 }
 
 /// What other threads can see of a vCPU while it runs: a watchdog's and a
@@ -169,6 +206,42 @@ impl Machine {
     /// Takes the CPU_ON waiting for `index`, if any.
     pub fn take_start(&self, index: usize) -> Option<StartRequest> {
         self.starts.get(index).and_then(|s| lock(s).take())
+    }
+
+    /// The platform's state. Consistent once every vCPU thread has left its
+    /// run loop (after [`Machine::stop`] and joining them).
+    pub fn save_state(&self) -> MachineState {
+        MachineState {
+            gic: self.gic.save_state(),
+            uart: self.uart.save_state(),
+            psci: self.psci.save_state(),
+            starts: self.starts.iter().map(|s| *lock(s)).collect(),
+        }
+    }
+
+    /// Installs `state` on a machine whose vCPUs have not started (then spawn
+    /// them with their [`VcpuState`](crate::vcpu::VcpuState)s). The GIC goes
+    /// first, so the UART's line agrees with it. Refused, with nothing changed,
+    /// when it was saved with another number of vCPUs.
+    pub fn restore_state(&self, state: &MachineState) -> Result<(), MachineStateError> {
+        let (saved, here) = (state.starts.len(), self.vcpus());
+        if saved != here {
+            return Err(MachineStateError::VcpuCount { saved, here });
+        }
+        if state.psci.power.len() != here {
+            return Err(PsciStateError::VcpuCount {
+                saved: state.psci.power.len(),
+                here,
+            }
+            .into());
+        }
+        self.gic.restore_state(&state.gic)?;
+        self.psci.restore_state(&state.psci)?;
+        self.uart.restore_state(&state.uart);
+        for (slot, &start) in self.starts.iter().zip(&state.starts) {
+            *lock(slot) = start;
+        }
+        Ok(())
     }
 
     /// Whether `[gpa, gpa + len)` is guest RAM.

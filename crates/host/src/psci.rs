@@ -22,6 +22,7 @@ use apf_abi::psci::{
     PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION, PSCI_VERSION_1_1,
 };
 use apf_abi::smccc::SMCCC_VERSION;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub const MIGRATE_INFO_TYPE_NOT_PRESENT: u64 = 2;
 
 /// A vCPU's power state as PSCI sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum PowerState {
     /// Powered off (at boot every vCPU but 0, or after CPU_OFF).
@@ -49,6 +50,28 @@ impl PowerState {
             _ => PowerState::On,
         }
     }
+}
+
+/// Every vCPU's power state, in vCPU order, as a snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsciState {
+    /// One per vCPU.
+    pub power: Vec<PowerState>,
+}
+
+/// Why a [`PsciState`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PsciStateError {
+    /// The state was saved with another number of vCPUs.
+    #[error(
+        "the saved PSCI state has {saved} vCPUs and this machine {here}: build the machine with {saved} vCPUs"
+    )]
+    VcpuCount {
+        /// vCPUs in the saved state.
+        saved: usize,
+        /// vCPUs here.
+        here: usize,
+    },
 }
 
 /// What the run loop must do after a PSCI call.
@@ -133,6 +156,32 @@ impl Psci {
             )
             .is_ok()
         })
+    }
+
+    /// Every vCPU's power state.
+    pub fn save_state(&self) -> PsciState {
+        PsciState {
+            power: self
+                .power
+                .iter()
+                .map(|p| PowerState::from_u8(p.load(Ordering::SeqCst)))
+                .collect(),
+        }
+    }
+
+    /// Installs `state` (before the vCPUs run). Refused, with nothing changed,
+    /// when it has another number of vCPUs.
+    pub fn restore_state(&self, state: &PsciState) -> Result<(), PsciStateError> {
+        if state.power.len() != self.vcpus() {
+            return Err(PsciStateError::VcpuCount {
+                saved: state.power.len(),
+                here: self.vcpus(),
+            });
+        }
+        for (p, &saved) in self.power.iter().zip(&state.power) {
+            p.store(saved as u8, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// After a system reset: vCPU 0 on, every other vCPU off.

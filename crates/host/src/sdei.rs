@@ -45,6 +45,7 @@ use apf_abi::sdei::{
     SDEI_SHARED_RESET, SDEI_STATUS_ENABLED, SDEI_STATUS_REGISTERED, SDEI_STATUS_RUNNING,
     SDEI_SUCCESS, SDEI_TYPE_PRIVATE, SDEI_VERSION, SDEI_VERSION_1_0,
 };
+use serde::{Deserialize, Serialize};
 
 /// A private, signaled event of normal priority (KVM's software-signaled event
 /// number), delivered only when the host injects it.
@@ -143,6 +144,59 @@ struct Dispatch {
     pstate: u64,
 }
 
+/// One event's handler state on a PE, as a snapshot holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdeiEventState {
+    /// The event number.
+    pub event: u32,
+    /// REGISTER succeeded and no UNREGISTER since.
+    pub registered: bool,
+    /// ENABLE (after REGISTER).
+    pub enabled: bool,
+    /// The handler's entry point.
+    pub entry: u64,
+    /// The argument the handler gets in x1.
+    pub arg: u64,
+    /// Injected by the host, not yet dispatched.
+    pub pending: bool,
+}
+
+/// A running handler and the context it interrupted, as a snapshot holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdeiRunningState {
+    /// The event whose handler runs.
+    pub event: u32,
+    /// The interrupted x0..x17.
+    pub x: [u64; SDEI_SAVED_REGS],
+    /// The interrupted PC.
+    pub pc: u64,
+    /// The interrupted PSTATE (SPSR format).
+    pub pstate: u64,
+}
+
+/// One vCPU's SDEI state as a snapshot holds it: enough to resume inside a
+/// handler (COMPLETE then returns to the interrupted context).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdeiVcpuState {
+    /// PE_MASK in effect.
+    pub masked: bool,
+    /// Every event of the platform.
+    pub events: Vec<SdeiEventState>,
+    /// The handler in progress, if any.
+    pub running: Option<SdeiRunningState>,
+}
+
+/// Why an [`SdeiVcpuState`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SdeiStateError {
+    /// The state names an event this platform does not have.
+    #[error("saved SDEI state names event {0:#x}, which this platform does not offer")]
+    UnknownEvent(u32),
+    /// The state lists an event twice.
+    #[error("saved SDEI state lists event {0:#x} twice")]
+    DuplicateEvent(u32),
+}
+
 /// SDEI state of one vCPU. Owned by the vCPU's thread: every event is private,
 /// so nothing here is shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +226,68 @@ impl SdeiVcpu {
     /// APF engine is reset with the vCPU, so nobody is told.
     pub fn reset(&mut self) {
         *self = SdeiVcpu::new();
+    }
+
+    /// This vCPU's SDEI state.
+    pub fn save_state(&self) -> SdeiVcpuState {
+        SdeiVcpuState {
+            masked: self.masked,
+            events: EVENTS
+                .iter()
+                .zip(&self.handlers)
+                .map(|(&(event, _), h)| SdeiEventState {
+                    event,
+                    registered: h.registered,
+                    enabled: h.enabled,
+                    entry: h.entry,
+                    arg: h.arg,
+                    pending: h.pending,
+                })
+                .collect(),
+            running: self.running.map(|d| SdeiRunningState {
+                event: EVENTS[d.event].0,
+                x: d.x,
+                pc: d.pc,
+                pstate: d.pstate,
+            }),
+        }
+    }
+
+    /// Installs `state`; an event it does not list is unregistered. Refused,
+    /// with nothing changed, if it names an event this platform lacks.
+    pub fn restore_state(&mut self, state: &SdeiVcpuState) -> Result<(), SdeiStateError> {
+        let index =
+            |event: u32| event_index(u64::from(event)).ok_or(SdeiStateError::UnknownEvent(event));
+        let mut handlers = [Handler::default(); EVENTS.len()];
+        let mut seen = [false; EVENTS.len()];
+        for e in &state.events {
+            let i = index(e.event)?;
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(SdeiStateError::DuplicateEvent(e.event));
+            }
+            handlers[i] = Handler {
+                registered: e.registered,
+                enabled: e.enabled,
+                entry: e.entry,
+                arg: e.arg,
+                pending: e.pending,
+            };
+        }
+        let running = match state.running {
+            Some(r) => Some(Dispatch {
+                event: index(r.event)?,
+                x: r.x,
+                pc: r.pc,
+                pstate: r.pstate,
+            }),
+            None => None,
+        };
+        *self = SdeiVcpu {
+            masked: state.masked,
+            handlers,
+            running,
+        };
+        Ok(())
     }
 
     /// Whether the PE is masked.

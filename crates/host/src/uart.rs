@@ -24,6 +24,7 @@
 use crate::gic::IrqLine;
 use crate::sync::lock;
 use apf_abi::platform::{UART_BASE, UART_SIZE};
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -72,6 +73,30 @@ struct State {
     irq: bool,
     /// Set once the sink failed, so the failure is reported once.
     sink_failed: bool,
+}
+
+/// The registers the guest programmed, as a snapshot holds them. Output already
+/// written, and a partial line not yet written, are not state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pl011State {
+    /// UARTILPR.
+    pub ilpr: u64,
+    /// UARTIBRD.
+    pub ibrd: u64,
+    /// UARTFBRD.
+    pub fbrd: u64,
+    /// UARTLCR_H.
+    pub lcr_h: u64,
+    /// UARTCR.
+    pub cr: u64,
+    /// UARTIFLS.
+    pub ifls: u64,
+    /// UARTIMSC.
+    pub imsc: u64,
+    /// UARTRIS: the raw (pending) interrupt status.
+    pub ris: u64,
+    /// UARTDMACR.
+    pub dmacr: u64,
 }
 
 /// The PL011.
@@ -208,6 +233,41 @@ impl Pl011 {
             tracing::warn!(error = %e, "UART output lost: the sink failed");
             s.sink_failed = true;
         }
+    }
+
+    /// The registers.
+    pub fn save_state(&self) -> Pl011State {
+        let s = lock(&self.state);
+        Pl011State {
+            ilpr: s.ilpr,
+            ibrd: s.ibrd,
+            fbrd: s.fbrd,
+            lcr_h: s.lcr_h,
+            cr: s.cr,
+            ifls: s.ifls,
+            imsc: s.imsc,
+            ris: s.ris,
+            dmacr: s.dmacr,
+        }
+    }
+
+    /// Installs `state` (bits a register does not implement are dropped as a
+    /// write would drop them) and drives the interrupt line to match. Restore
+    /// the GIC first: its saved line level then already agrees, so an
+    /// edge-triggered SPI sees no new edge.
+    pub fn restore_state(&self, state: &Pl011State) {
+        let mut s = lock(&self.state);
+        s.ilpr = state.ilpr & 0xFF;
+        s.ibrd = state.ibrd & 0xFFFF;
+        s.fbrd = state.fbrd & 0x3F;
+        s.lcr_h = state.lcr_h & 0xFF;
+        s.cr = state.cr & 0xFF87;
+        s.ifls = state.ifls & 0x3F;
+        s.imsc = state.imsc & INT_ALL;
+        s.ris = state.ris & INT_ALL;
+        s.dmacr = state.dmacr & 0x7;
+        s.irq = s.ris & s.imsc != 0;
+        self.irq.set_level(s.irq);
     }
 
     /// Writes out a partial line.

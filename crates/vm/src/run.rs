@@ -342,6 +342,7 @@ pub(crate) fn start_vcpus(
                 context: boot.context,
                 counter: 0,
             }),
+            resume: None,
             slice: SLICE,
             halt_poll: HALT_POLL,
         };

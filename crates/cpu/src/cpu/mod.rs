@@ -3,7 +3,10 @@
 use apf_abi::esr::{Esr, ec};
 
 mod exceptions;
+mod state;
 mod sysregs;
+
+pub use state::{CpuState, CpuStateError, PstateState};
 
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};

@@ -13,6 +13,7 @@ mod engine;
 pub mod fake;
 mod hypercall;
 mod slots;
+mod state;
 mod vcpu;
 mod vmm;
 
@@ -21,5 +22,6 @@ pub use counters::{ApfCounters, ApfCountersSnapshot, SyncReason};
 pub use engine::{ApfEngine, EnableError, FaultDecision};
 pub use hypercall::HypercallResult;
 pub use slots::GfnSlots;
+pub use state::ApfEngineState;
 pub use vcpu::{ApfVcpu, GuestMemoryError, SdeiCancelError, SdeiInjectError};
 pub use vmm::{ApfCommand, ApfCommandError, cmd};

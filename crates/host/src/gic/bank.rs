@@ -8,6 +8,8 @@
 //! edge-triggered one latches on a rising edge and is pending until its latch is
 //! cleared.
 
+use serde::{Deserialize, Serialize};
+
 use super::word::Word;
 
 /// Implemented priority bits: 5, so priorities step by 8 (0x00, 0x08 .. 0xF8).
@@ -68,6 +70,33 @@ pub(crate) struct Bank<W> {
 
 const LOW32: u64 = 0xFFFF_FFFF;
 
+/// A bank of 32 interrupts as a snapshot holds it: bit n of each word is
+/// interrupt n of the bank (SGI/PPI INTID n, or SPI INTID 32 + n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrqBankState {
+    /// IGROUPR: 1 = group 1.
+    pub group: u32,
+    /// ISENABLER.
+    pub enabled: u32,
+    /// The pending latch (set by an edge, ISPENDR or an SGI).
+    pub latch: u32,
+    /// The input line levels (a level-sensitive interrupt is pending while its
+    /// line is high).
+    pub level: u32,
+    /// ISACTIVER.
+    pub active: u32,
+    /// ICFGR decoded: 1 = edge-triggered.
+    pub edge: u32,
+    /// IPRIORITYR, one byte per interrupt.
+    pub priority: [u8; 32],
+}
+
+/// The low 32 bits of a bank word (every bank bit lives there).
+#[allow(clippy::cast_possible_truncation)]
+fn low32(v: u64) -> u32 {
+    (v & LOW32) as u32
+}
+
 impl<W: Word> Bank<W> {
     /// A bank at reset: everything 0 (group 0, disabled, priority 0,
     /// level-sensitive) except the `fixed_edge` bits.
@@ -85,6 +114,32 @@ impl<W: Word> Bank<W> {
     }
 
     /// Pending state: latched, or level-sensitive with the line high.
+    pub(crate) fn save(&self) -> IrqBankState {
+        IrqBankState {
+            group: low32(self.group.get()),
+            enabled: low32(self.enabled.get()),
+            latch: low32(self.latch.get()),
+            level: low32(self.level.get()),
+            active: low32(self.active.get()),
+            edge: low32(self.edge.get()),
+            priority: std::array::from_fn(|k| self.priority(u32::try_from(k).unwrap_or(0))),
+        }
+    }
+
+    /// Installs `s`; trigger modes fixed by the architecture (SGIs are edge)
+    /// and unimplemented priority bits stay as they must be.
+    pub(crate) fn restore(&self, s: &IrqBankState) {
+        self.group.set(u64::from(s.group));
+        self.enabled.set(u64::from(s.enabled));
+        self.latch.set(u64::from(s.latch));
+        self.level.set(u64::from(s.level));
+        self.active.set(u64::from(s.active));
+        self.edge.set(u64::from(s.edge) | self.fixed_edge);
+        for (k, &p) in (0u32..).zip(&s.priority) {
+            self.set_priority(k, p);
+        }
+    }
+
     pub(crate) fn pending(&self) -> u64 {
         (self.latch.get() | (self.level.get() & !self.edge.get())) & LOW32
     }

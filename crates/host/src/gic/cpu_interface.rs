@@ -70,7 +70,7 @@ impl IccReg {
 
 /// The smallest ICC_BPR1_EL1 value with 5 priority bits: group priority is then
 /// every implemented bit.
-const BPR1_MIN: u8 = 3;
+pub(super) const BPR1_MIN: u8 = 3;
 /// ICC_SRE_EL1: SRE, DFB and DIB, all read-as-one.
 const SRE_VALUE: u64 = 0b111;
 /// ICC_CTLR_EL1.PRIbits: priority bits − 1.
@@ -82,15 +82,15 @@ const IDLE_PRIORITY: u8 = 0xFF;
 
 /// A vCPU's CPU interface.
 pub struct GicCpuInterface<W: Word = AtomicU64> {
-    gic: Arc<Gic<W>>,
-    vcpu: usize,
+    pub(super) gic: Arc<Gic<W>>,
+    pub(super) vcpu: usize,
     affinity: u64,
-    pmr: u8,
-    bpr1: u8,
-    igrpen1: bool,
-    eoimode: bool,
+    pub(super) pmr: u8,
+    pub(super) bpr1: u8,
+    pub(super) igrpen1: bool,
+    pub(super) eoimode: bool,
     /// ICC_AP1R0_EL1: bit n set = an interrupt of group priority n × 8 is active.
-    active_priorities: u32,
+    pub(super) active_priorities: u32,
 }
 
 impl<W: Word> std::fmt::Debug for GicCpuInterface<W> {

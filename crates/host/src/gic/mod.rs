@@ -38,9 +38,12 @@ mod bank;
 mod cpu_interface;
 mod distributor;
 mod redistributor;
+mod state;
 mod word;
 
+pub use bank::IrqBankState;
 pub use cpu_interface::{GicCpuInterface, IccReg};
+pub use state::{GicState, GicStateError, IccState, RedistributorState};
 pub use word::Word;
 
 use crate::regs::affinity_of;

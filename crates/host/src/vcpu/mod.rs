@@ -21,21 +21,22 @@ mod stats;
 pub use context::{FlatRam, HostAccess, VcpuContext};
 pub use stats::{ExitCounts, FaultCounts, VcpuStats};
 
-use crate::apf::{ApfCountersSnapshot, ApfEngine, FaultDecision, ItemHandle};
-use crate::gic::GicCpuInterface;
+use crate::apf::{ApfCountersSnapshot, ApfEngine, ApfEngineState, FaultDecision, ItemHandle};
+use crate::gic::{GicCpuInterface, IccState};
 use crate::machine::{Machine, StartRequest, StopReason};
 use crate::maintenance::Pending;
 use crate::psci::{PowerState, PsciAction, enter_cpu};
-use crate::sdei::SdeiVcpu;
+use crate::sdei::{SdeiStateError, SdeiVcpu, SdeiVcpuState};
 use crate::smccc::{Firmware, SmcccExit, deliver_sdei, dispatch};
 use crate::waker::{VcpuWaker, WakeReason};
 use apf_abi::esr::{DataAbort, Esr, InstructionAbort, ec, fsc, ipa_from_hpfar};
 use apf_abi::ppi::{PPI_TIMER_PHYS, PPI_TIMER_VIRT};
 use apf_abi::{Gfn, Gpa};
-use apf_cpu::{Cpu, CpuConfig, Exception, Exit, SysReg, TimerLines};
+use apf_cpu::{Cpu, CpuConfig, CpuState, CpuStateError, Exception, Exit, SysReg, TimerLines};
 use apf_mem::{FetchSink, FetchStart, GuestMemory, Resolve, VcpuTlb};
 use bus::VcpuBus;
 use fetch_sink::ApfFetchSink;
+use serde::{Deserialize, Serialize};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -58,6 +59,10 @@ pub struct VcpuSpec {
     pub apf_separate_ready: bool,
     /// Where the vCPU starts, if it is powered on at boot.
     pub boot: Option<StartRequest>,
+    /// A saved state to resume from instead of `boot`: the thread restores it
+    /// before its first slice. Restore the machine ([`Machine::restore_state`])
+    /// before spawning.
+    pub resume: Option<Box<VcpuState>>,
     /// Instructions per slice: bounds the latency of shootdowns and kicks.
     pub slice: u64,
     /// How long a halting vCPU polls before it sleeps.
@@ -75,6 +80,48 @@ pub struct VcpuTotals {
     pub apf: ApfCountersSnapshot,
     /// The virtual counter at the end.
     pub counter: u64,
+    /// The vCPU's state when its thread left the run loop (the machine was
+    /// stopping): taken between slices, so never mid-instruction. A vCPU that
+    /// was waiting for a page has its PC at the faulting instruction and
+    /// retries it on resume.
+    pub state: Box<VcpuState>,
+}
+
+/// One vCPU's state as a snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// Registers, system registers, timers.
+    pub cpu: CpuState,
+    /// The GIC CPU interface.
+    pub icc: IccState,
+    /// SDEI registrations, mask and a handler in progress.
+    pub sdei: SdeiVcpuState,
+    /// The APF configuration (nothing in flight).
+    pub apf: ApfEngineState,
+    /// The power state when saved. Only `On` runs on resume; `Off` and
+    /// `OnPending` wait for a CPU_ON (the machine's state keeps a pending one).
+    pub power: PowerState,
+}
+
+/// Why a [`VcpuState`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VcpuStateError {
+    /// The CPU state.
+    #[error("vCPU {vcpu}: {error}")]
+    Cpu {
+        /// The vCPU.
+        vcpu: usize,
+        /// What is wrong.
+        error: CpuStateError,
+    },
+    /// The SDEI state.
+    #[error("vCPU {vcpu}: {error}")]
+    Sdei {
+        /// The vCPU.
+        vcpu: usize,
+        /// What is wrong.
+        error: SdeiStateError,
+    },
 }
 
 /// A spawned vCPU thread, waiting at the start barrier.
@@ -116,15 +163,33 @@ pub fn spawn(
                 port: Arc::clone(apf.port()),
                 waker: Arc::clone(&waker),
             });
-            let _ = tx.send(Arc::clone(&waker));
+            let index = spec.index;
+            let mut vcpu = Vcpu::new(spec, machine, Arc::clone(&waker), ram, sink, apf);
+            // A saved state is restored before the start barrier, so a refusal
+            // is an error of `spawn`, not of the run.
+            let resumed = match vcpu.spec.resume.take() {
+                Some(state) => match vcpu.resume(&state) {
+                    Ok(on) => Some(on),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return vcpu.totals(Instant::now());
+                    }
+                },
+                None => None,
+            };
+            let _ = tx.send(Ok(waker));
             start.wait();
-            let mut vcpu = Vcpu::new(spec, machine, waker, ram, sink, apf);
-            vcpu.run()
+            tracing::trace!(vcpu = index, resumed = ?resumed, "vcpu_start");
+            vcpu.run(resumed)
         })?;
-    let waker = rx
-        .recv()
-        .map_err(|_| std::io::Error::other("vCPU thread died at start"))?;
-    Ok(VcpuThread { waker, handle })
+    match rx.recv() {
+        Ok(Ok(waker)) => Ok(VcpuThread { waker, handle }),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }
+        Err(_) => Err(std::io::Error::other("vCPU thread died at start")),
+    }
 }
 
 struct Vcpu {
@@ -185,14 +250,17 @@ impl Vcpu {
         }
     }
 
-    fn run(&mut self) -> VcpuTotals {
+    /// Runs until the machine stops. `resumed`: the power state a restored
+    /// vCPU starts in (running or not); `None` boots from the spec.
+    fn run(&mut self, resumed: Option<bool>) -> VcpuTotals {
         let begin = Instant::now();
-        let mut on = match self.spec.boot {
-            Some(boot) => {
+        let mut on = match (resumed, self.spec.boot) {
+            (Some(on), _) => on,
+            (None, Some(boot)) => {
                 self.power_on(boot);
                 true
             }
-            None => false,
+            (None, None) => false,
         };
         while !self.ctx.machine.stopping() {
             if !on {
@@ -207,6 +275,11 @@ impl Vcpu {
                 }
             }
         }
+        self.totals(begin)
+    }
+
+    /// What the thread returns, with the state it leaves in.
+    fn totals(&mut self, begin: Instant) -> VcpuTotals {
         self.stats.total = begin.elapsed();
         self.stats.instructions = self.ctx.cpu.retired();
         self.ctx.ram.park();
@@ -215,7 +288,52 @@ impl Vcpu {
             stats: self.stats,
             apf: self.apf.counters().snapshot(),
             counter: self.ctx.cpu.counter(),
+            state: Box::new(self.save_state()),
         }
+    }
+
+    /// This vCPU's state; call between slices.
+    fn save_state(&self) -> VcpuState {
+        VcpuState {
+            cpu: self.ctx.cpu.save_state(),
+            icc: self.icc.save_state(),
+            sdei: self.ctx.sdei.save_state(),
+            apf: self.apf.save_state(),
+            power: self
+                .ctx
+                .machine
+                .psci
+                .power_state(self.spec.index)
+                .unwrap_or(PowerState::Off),
+        }
+    }
+
+    /// Installs a saved state in place of the boot; returns whether the vCPU
+    /// runs (else it waits for a CPU_ON). The GIC and PSCI must be restored
+    /// already. An APF configuration the machine refuses (its block is taken)
+    /// leaves APF off on this vCPU, with a warning: the guest runs on without it.
+    fn resume(&mut self, state: &VcpuState) -> Result<bool, VcpuStateError> {
+        let vcpu = self.spec.index;
+        self.ctx
+            .cpu
+            .restore_state(&state.cpu)
+            .map_err(|error| VcpuStateError::Cpu { vcpu, error })?;
+        self.ctx
+            .sdei
+            .restore_state(&state.sdei)
+            .map_err(|error| VcpuStateError::Sdei { vcpu, error })?;
+        self.icc.restore_state(&state.icc);
+        // The PPIs' levels came back with the GIC: start from them, so the
+        // first slice drives only what differs from the restored timers.
+        let gic = &self.ctx.machine.gic;
+        self.timer_lines = TimerLines {
+            virt: gic.ppi_level(vcpu, PPI_TIMER_VIRT),
+            phys: gic.ppi_level(vcpu, PPI_TIMER_PHYS),
+        };
+        if let Err(e) = self.apf.restore_state(&mut self.ctx, &state.apf) {
+            tracing::warn!(vcpu, error = %e, "saved APF configuration refused: APF is off on this vCPU");
+        }
+        Ok(state.power == PowerState::On)
     }
 
     /// Resets the vCPU and starts it at `req` (boot, or CPU_ON).
