@@ -86,7 +86,7 @@ pub fn cmd_snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
         taken.taken_at.as_secs_f64(),
         count(taken.pages_held),
         count(taken.pages),
-        taken.pages_held * 4096 >> 20,
+        (taken.pages_held * 4096) >> 20,
         taken.write_time.as_secs_f64(),
     );
     Ok(())
@@ -152,8 +152,7 @@ pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
     check_output("--json", args.json.as_deref())?;
     let snap = Snapshot::open(&args.dir).map_err(apf_vm::VmError::from)?;
     let config = args.vm.config(snap.config().clone())?;
-    snap.check_config(&config)
-        .map_err(apf_vm::VmError::from)?;
+    snap.check_config(&config).map_err(apf_vm::VmError::from)?;
     if let Some(dir) = vmargs::ensure_store_dir(&config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }
@@ -269,9 +268,12 @@ fn render_compare(dir: &Path, rs: &[RestoreReport]) -> String {
     });
     row("blocktime", &|r| secs(r.run.blocktime_s()));
     row("pages read before start", &|r| count(r.loaded_pages));
-    row("pages read after start", &|r| count(r.pages_read_after_start));
-    row("calc work/s", &|r| count(r.calc_work_per_s as u64));
-    let faults = |r: &RestoreReport, key: &str| r.run.vcpus.iter().map(|v| v.faults[key]).sum::<u64>();
+    row("pages read after start", &|r| {
+        count(r.pages_read_after_start)
+    });
+    row("calc work/s", &|r| report::count_f(r.calc_work_per_s));
+    let faults =
+        |r: &RestoreReport, key: &str| r.run.vcpus.iter().map(|v| v.faults[key]).sum::<u64>();
     row("faults async", &|r| count(faults(r, "async")));
     row("faults sync", &|r| count(faults(r, "sync")));
     row("wall", &|r| secs(r.run.wall_s));

@@ -316,9 +316,25 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
     assert!(fresh.irq_ack(&mut target));
     assert!(!target.ppi(APF_PPI));
 
-    // A state this engine cannot take: APF not offered here.
+    // A host that does not offer APF: the guest that enabled it keeps its
+    // channel (its sleepers get the wake-all, and it may ACK), but no fault is
+    // taken asynchronously any more.
+    let mut target = vcpu.clone();
+    target.claimed.clear();
+    target.ppi_levels = 0;
     let mut not_offered = ApfEngine::new(0, false);
-    assert!(not_offered.restore_state(&mut target, &saved).is_err());
+    not_offered.restore_state(&mut target, &saved).unwrap();
+    assert_eq!(target.peek(BLOCK + OFF_READY_TOKEN), Token::WAKE_ALL.0);
+    assert!(target.ppi(APF_PPI), "the wake-all is raised");
+    assert!(not_offered.irq_ack(&mut target), "and acknowledged");
+    assert!(
+        matches!(
+            not_offered.try_async(&mut target, apf_abi::Gfn(0x40006)),
+            FaultDecision::Sync(apf_host::apf::SyncReason::NotOffered)
+        ),
+        "faults are synchronous"
+    );
+    let mut not_offered = ApfEngine::new(0, false);
     assert!(
         not_offered
             .restore_state(&mut target, &ApfEngineState::default())

@@ -17,7 +17,7 @@ use crate::ram::{GuestRam, PAGE};
 use crate::reclaim::Reclaimer;
 use crate::shootdown::Shootdown;
 use crate::store::{Slot, Store};
-use crate::sync::{AtomicBool, Mutex, Ordering, lock, thread};
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, lock, thread, wait};
 
 /// How guest memory is laid out and limited.
 #[derive(Debug, Clone, PartialEq)]
@@ -363,24 +363,51 @@ impl GuestMemory {
     }
 
     /// Calls `visit` with every page of RAM that is not untouched (one never
-    /// touched reads as zeros), by gfn, in order, with its contents: a copy
-    /// taken with the page pinned, read from the store first if it is there.
-    /// The pages read back stay clean and keep their store copy, so reclaim
-    /// drops them again without writing. Call it with the vCPUs stopped.
+    /// touched reads as zeros), by gfn, with its contents: a copy taken with the
+    /// page pinned. Pages in memory come first, in order; then those in the
+    /// store, in order, read a batch at a time through the fetch pipeline (so at
+    /// the store's queue depth, not one by one). Pages read back stay clean and
+    /// keep their store copy, so reclaim drops them again without writing.
+    /// Call it with the vCPUs stopped.
     pub fn for_each_touched_page<E>(
         &self,
         mut visit: impl FnMut(Gfn, &[u8]) -> Result<(), E>,
     ) -> Result<(), ExportError<E>> {
         let pager = &self.inner.pager;
         let mut page = vec![0u8; PAGE];
-        for i in 0..pager.pages() {
-            if pager.word(i).state() == State::Untouched {
-                continue;
-            }
-            let gfn = pager.gfn_of(PageIndex(i));
+        let mut copy = |gfn: Gfn| -> Result<(), ExportError<E>> {
             self.read_bytes(gfn.gpa(), &mut page)
                 .map_err(ExportError::Read)?;
-            visit(gfn, &page).map_err(ExportError::Visit)?;
+            visit(gfn, &page).map_err(ExportError::Visit)
+        };
+        let mut stored = Vec::new();
+        for i in 0..pager.pages() {
+            match pager.word(i).state() {
+                State::Untouched => {}
+                State::InStore | State::Fetching => stored.push(pager.gfn_of(PageIndex(i))),
+                _ => copy(pager.gfn_of(PageIndex(i)))?,
+            }
+        }
+        // Half the budget at a time, so a batch's pages are still in memory
+        // when it is copied (a page reclaimed meanwhile is just read again).
+        let batch = usize::try_from(pager.frames().budget() / 2)
+            .unwrap_or(1)
+            .clamp(1, 1024);
+        let sink = Arc::new(Countdown::default());
+        for chunk in stored.chunks(batch) {
+            for &gfn in chunk {
+                sink.add();
+                if !matches!(
+                    self.start_fetch(gfn, Arc::clone(&sink) as Arc<dyn FetchSink>, 0),
+                    FetchStart::Started | FetchStart::Joined
+                ) {
+                    sink.fetch_done(0, Ok(()));
+                }
+            }
+            sink.wait_zero();
+            for &gfn in chunk {
+                copy(gfn)?;
+            }
         }
         Ok(())
     }
@@ -536,6 +563,37 @@ impl GuestMemory {
             )));
         }
         Ok(())
+    }
+}
+
+/// Counts fetches until all have ended ([`GuestMemory::for_each_touched_page`]).
+#[derive(Debug, Default)]
+struct Countdown {
+    left: Mutex<usize>,
+    zero: Condvar,
+}
+
+impl Countdown {
+    fn add(&self) {
+        *lock(&self.left) += 1;
+    }
+
+    fn wait_zero(&self) {
+        let mut left = lock(&self.left);
+        while *left > 0 {
+            left = wait(&self.zero, left);
+        }
+    }
+}
+
+impl FetchSink for Countdown {
+    fn fetch_done(&self, _cookie: u64, _result: Result<(), FetchError>) {
+        // A failed read is read again, and its error reported, by the copy.
+        let mut left = lock(&self.left);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.zero.notify_all();
+        }
     }
 }
 

@@ -318,9 +318,22 @@ pub(crate) fn start_vcpus(
     config: &VmConfig,
     built: &Built,
     boot: Boot,
+    spawn: impl SpawnVcpu,
+) -> Result<Vcpus, VmError> {
+    start_vcpus_resumed(config, built, boot, spawn, None)
+}
+
+/// [`start_vcpus`], each vCPU from its saved state if `resume` has one per
+/// vCPU (a restored VM: `boot` then only sets up the interpreters).
+pub(crate) fn start_vcpus_resumed(
+    config: &VmConfig,
+    built: &Built,
+    boot: Boot,
     mut spawn: impl SpawnVcpu,
+    resume: Option<Vec<vcpu::VcpuState>>,
 ) -> Result<Vcpus, VmError> {
     let n = usize::try_from(config.vcpus).unwrap_or(1);
+    let mut resume = resume.map(|states| states.into_iter().map(Box::new));
     let mut vcpus = Vcpus {
         machine: Arc::clone(&built.machine),
         waiting: Vec::with_capacity(n),
@@ -337,12 +350,12 @@ pub(crate) fn start_vcpus(
             apf_sdei_event: SDEI_EVENT_ASYNC_PF,
             apf_ppi: APF_DEFAULT_PPI,
             apf_separate_ready: config.separate_ready,
-            boot: (index == 0).then_some(StartRequest {
+            boot: (index == 0 && resume.is_none()).then_some(StartRequest {
                 entry: boot.entry,
                 context: boot.context,
                 counter: 0,
             }),
-            resume: None,
+            resume: resume.as_mut().and_then(Iterator::next),
             slice: SLICE,
             halt_poll: HALT_POLL,
         };
@@ -456,7 +469,13 @@ pub fn run_workloads_observed(
     let mut progress = WorkloadProgress::new(config);
     let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
     built.machine.stop(StopReason::Host);
-    let run = finish(&built, vcpus, begin, progress.work_done_at, watched.observer_stopped)?;
+    let run = finish(
+        &built,
+        vcpus,
+        begin,
+        progress.work_done_at,
+        watched.observer_stopped,
+    )?;
     Ok(with_outcomes(config, &built, run, &progress))
 }
 

@@ -61,8 +61,10 @@ fn options() -> RunOptions {
 }
 
 fn snapshot(config: &VmConfig, at: Duration, dir: &Path) -> Snapshot {
-    let taken = take_snapshot(config, at, dir, options(), &mut |_| ControlFlow::Continue(()))
-        .expect("the snapshot is taken");
+    let taken = take_snapshot(config, at, dir, options(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("the snapshot is taken");
     assert!(taken.pages_held > 0 && taken.pages_held < taken.pages);
     Snapshot::open(dir).expect("the snapshot reads back")
 }
@@ -134,7 +136,11 @@ fn snapshots_mid_run_restore_eagerly_and_lazily_with_apf_off_and_on() {
             not_present(&lazy_on) > 0,
             "APF on: the image's pages come in behind not-present"
         );
-        assert_eq!(image_digest(dir.path()), digest, "the image is never written");
+        assert_eq!(
+            image_digest(dir.path()),
+            digest,
+            "the image is never written"
+        );
     }
 }
 
@@ -150,7 +156,11 @@ fn two_restores_of_one_snapshot_run_at_once() {
     });
     assert_finished(&snap, &a, "restore a");
     assert_finished(&snap, &b, "restore b");
-    assert_eq!(image_digest(dir.path()), digest, "the shared image is never written");
+    assert_eq!(
+        image_digest(dir.path()),
+        digest,
+        "the shared image is never written"
+    );
 }
 
 #[test]
@@ -240,12 +250,9 @@ fn damaged_and_mismatched_snapshots_are_refused() {
     f.write_all_at(&[byte[0] ^ 0xFF], first * 4096 + 7).unwrap();
     let damaged = Snapshot::open(&d).expect("the state is whole");
     let e = damaged
-        .restore(
-            RestoreMode::Eager,
-            damaged.config(),
-            options(),
-            &mut |_| ControlFlow::Continue(()),
-        )
+        .restore(RestoreMode::Eager, damaged.config(), options(), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .expect_err("refused");
     assert!(
         matches!(e, VmError::Snapshot(SnapshotError::PageChecksum { page, .. }) if page == first),

@@ -4,7 +4,7 @@
 
 mod text;
 
-pub use text::{describe, ending, killed_lines, render_run, render_side_by_side};
+pub use text::{count_f, describe, ending, killed_lines, render_run, render_side_by_side};
 
 use apf_host::apf::{ApfCountersSnapshot, SyncReason};
 use apf_mem::MemMetrics;

@@ -226,7 +226,7 @@ pub fn render_run(r: &RunReport) -> String {
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // rounded, non-negative, small
-fn count_f(x: f64) -> String {
+pub fn count_f(x: f64) -> String {
     if x < 100.0 {
         format!("{x:.1}")
     } else {

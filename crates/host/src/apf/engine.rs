@@ -198,6 +198,10 @@ enum ReadyOutcome {
 pub struct ApfEngine<W: AtomicWord = AtomicU64> {
     vcpu_id: u32,
     offered: bool,
+    /// Faults may be taken asynchronously; false on an engine that keeps a
+    /// restored guest's channel without offering APF
+    /// ([`ApfEngine::restore_state`]).
+    async_faults: bool,
     /// The VMM offers ABI 1.1 (the separate page-ready channel); else 1.0.
     separate_ready_offered: bool,
     sdei_event: u32,
@@ -238,6 +242,7 @@ impl<W: AtomicWord> ApfEngine<W> {
         ApfEngine {
             vcpu_id: vcpu_id & apf_abi::token::TOKEN_MAX_VCPU,
             offered,
+            async_faults: true,
             separate_ready_offered: true,
             sdei_event: 0,
             ppi: 0,
@@ -270,6 +275,13 @@ impl<W: AtomicWord> ApfEngine<W> {
     /// Whether the VMM offers APF to this guest.
     pub fn offered(&self) -> bool {
         self.offered
+    }
+
+    /// Accepts the ABI's calls (so a restored guest's channel keeps working)
+    /// but takes every fault synchronously.
+    pub(crate) fn accept_channel_only(&mut self) {
+        self.offered = true;
+        self.async_faults = false;
     }
 
     /// The VMM offers only ABI 1.0: VERSION reports 1.0.0 and SEPARATE_READY is a
@@ -390,7 +402,7 @@ impl<W: AtomicWord> ApfEngine<W> {
     /// §5.7). A completed fetch maps the page, so the guest's retry of the
     /// faulting instruction just runs: nothing of the fault needs keeping.
     pub fn try_async(&mut self, vcpu: &mut impl ApfVcpu, gfn: Gfn) -> FaultDecision {
-        if !self.offered {
+        if !self.offered || !self.async_faults {
             return self.fallback(gfn, SyncReason::NotOffered);
         }
         if !self.control.enabled {

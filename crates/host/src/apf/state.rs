@@ -52,18 +52,26 @@ impl<W: AtomicWord> ApfEngine<W> {
     ///
     /// A refusal (a value the control API refuses, a block that is not usable
     /// guest RAM or another vCPU's) leaves APF disabled on this vCPU.
+    ///
+    /// On an engine not offering APF, a guest that had enabled it keeps its
+    /// channel (it gets the wake-all, and may ACK and disable) but every fault
+    /// is taken synchronously from then on.
     pub fn restore_state(
         &mut self,
         vcpu: &mut impl ApfVcpu,
         state: &ApfEngineState,
     ) -> Result<(), ApfCommandError> {
-        let configured = state.sdei_event != 0 || state.ppi != 0 || state.enabled;
         if !self.offered() {
-            return if configured {
-                Err(ApfCommandError::NotOffered)
-            } else {
-                Ok(())
-            };
+            if !state.enabled {
+                // Nothing the guest relies on: the hypercalls answer
+                // NOT_SUPPORTED from now on, as on any host without APF.
+                return Ok(());
+            }
+            // The guest enabled APF where it ran, and may have tasks asleep
+            // on tokens: it cannot be told APF went away. Keep its channel
+            // (the wake-all below, its IRQ_ACK, a later disable) but take
+            // every fault synchronously: this host sends no not-present.
+            self.accept_channel_only();
         }
         // The source's not-present was in-flight work: its item is gone, and the
         // guest re-faults on the page instead.

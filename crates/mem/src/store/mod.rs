@@ -12,6 +12,7 @@
 //! - [`CowStore`]: a read-only base (a snapshot's memory) under a writable top.
 //! - [`MemStore`]: pages in host memory, for tests.
 
+mod bulk;
 mod cow;
 mod faulty;
 mod file;
@@ -24,6 +25,7 @@ use std::fmt;
 use std::ptr::NonNull;
 use std::time::Duration;
 
+pub use bulk::{BulkReadError, read_slots};
 pub use cow::{CowStore, page_checksum};
 pub use faulty::{FaultConfig, FaultyStore};
 pub use file::{Backend, FileStore, FileStoreConfig, StoreOpenError};

@@ -36,7 +36,9 @@ pub const MEMORY_FILE: &str = "memory";
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// The directory (or its state file) is missing or unreadable.
-    #[error("snapshot {dir}: cannot read {file}: {source} (give a directory `apf snapshot --out` wrote)")]
+    #[error(
+        "snapshot {dir}: cannot read {file}: {source} (give a directory `apf snapshot --out` wrote)"
+    )]
     Missing {
         /// The directory.
         dir: PathBuf,
@@ -60,7 +62,9 @@ pub enum SnapshotError {
         found: String,
     },
     /// A file is shorter (or longer) than the state says.
-    #[error("snapshot {dir}: {file} is {found} bytes, the snapshot says {expected}: it is truncated or damaged")]
+    #[error(
+        "snapshot {dir}: {file} is {found} bytes, the snapshot says {expected}: it is truncated or damaged"
+    )]
     Truncated {
         /// The directory.
         dir: PathBuf,
@@ -72,7 +76,9 @@ pub enum SnapshotError {
         expected: u64,
     },
     /// The state does not match its checksum.
-    #[error("snapshot {dir}: the state fails its checksum ({found:#010x}, expected {expected:#010x}): it is damaged")]
+    #[error(
+        "snapshot {dir}: the state fails its checksum ({found:#010x}, expected {expected:#010x}): it is damaged"
+    )]
     StateChecksum {
         /// The directory.
         dir: PathBuf,
@@ -151,6 +157,17 @@ impl MemoryMap {
             .zip(self.sums.iter().copied())
     }
 
+    /// Each page's checksum by page number (0 for holes, which are never read).
+    pub fn sums_by_page(&self) -> Box<[u32]> {
+        let mut sums = vec![0u32; usize::try_from(self.pages).unwrap_or(0)];
+        for (n, sum) in self.held() {
+            if let Some(s) = usize::try_from(n).ok().and_then(|n| sums.get_mut(n)) {
+                *s = sum;
+            }
+        }
+        sums.into_boxed_slice()
+    }
+
     /// Pages held.
     pub fn held_pages(&self) -> u64 {
         self.extents.iter().map(|e| e[1]).sum()
@@ -172,7 +189,7 @@ impl MemoryMap {
         };
         let mut next = 0u64;
         for &[first, count] in &self.extents {
-            let end = first.checked_add(count).unwrap_or(u64::MAX);
+            let end = first.saturating_add(count);
             if first < next || count == 0 || end > self.pages {
                 return Err(bad(format!(
                     "memory extent [{first}, +{count}] is out of order or past the {} pages of RAM",
@@ -252,7 +269,8 @@ pub fn read_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| SnapshotError::NotASnapshot { dir: d() })?;
-    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| SnapshotError::NotASnapshot { dir: d() })?;
+    let header =
+        std::str::from_utf8(&bytes[..nl]).map_err(|_| SnapshotError::NotASnapshot { dir: d() })?;
     let fields: Vec<&str> = header.split(' ').collect();
     if fields.first() != Some(&MAGIC) || fields.len() != 4 {
         return Err(SnapshotError::NotASnapshot { dir: d() });

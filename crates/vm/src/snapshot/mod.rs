@@ -15,7 +15,10 @@
 
 mod format;
 
-pub use format::{FORMAT, MEMORY_FILE, MemoryMap, ProgressState, STATE_FILE, SnapshotError, SnapshotState, read_state};
+pub use format::{
+    FORMAT, MEMORY_FILE, MemoryMap, ProgressState, STATE_FILE, SnapshotError, SnapshotState,
+    read_state,
+};
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -25,11 +28,14 @@ use std::time::{Duration, Instant};
 use apf_abi::{Gfn, Gpa, PAGE_SIZE};
 use apf_host::machine::StopReason;
 use apf_host::vcpu;
-use apf_mem::store::{CowStore, FileStore, Latency, LatencyStore, Slot, Store, page_checksum};
+use apf_mem::store::{
+    BulkReadError, CowStore, FileStore, Latency, LatencyStore, Slot, Store, page_checksum,
+    read_slots,
+};
 use apf_mem::{ExportError, GuestMemory};
 
-use crate::config::VmConfig;
 use crate::boot::read_boot_block;
+use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::monitor::Observer;
 use crate::run::{
@@ -82,7 +88,13 @@ pub fn take_snapshot(
     );
     built.machine.stop(StopReason::Host);
     let taken_at = begin.elapsed();
-    let run = finish(&built, vcpus, begin, progress.work_done_at, watched.observer_stopped)?;
+    let run = finish(
+        &built,
+        vcpus,
+        begin,
+        progress.work_done_at,
+        watched.observer_stopped,
+    )?;
     if !watched.snapshot_due {
         return Err(SnapshotError::Output {
             dir: dir.to_path_buf(),
@@ -147,8 +159,9 @@ fn prepare_output(dir: &Path) -> Result<(), SnapshotError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
-            .map_err(|e| out(format!("cannot be created: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| out(format!("cannot be created: {e}")))
+        }
         Err(e) => Err(out(format!("cannot be read: {e}"))),
     }
 }
@@ -163,15 +176,11 @@ fn write_memory(dir: &Path, memory: &GuestMemory) -> Result<MemoryMap, SnapshotE
     let file = File::create(dir.join(MEMORY_FILE)).map_err(werr)?;
     file.set_len(pages * PAGE_SIZE).map_err(werr)?;
     let base = memory.ram_base().gfn().0;
-    let mut map = MemoryMap {
-        pages,
-        extents: Vec::new(),
-        sums: Vec::new(),
-    };
+    let mut held = Vec::new();
     memory
         .for_each_touched_page(|gfn: Gfn, page| {
             let n = gfn.0 - base;
-            map.push(n, page_checksum(page));
+            held.push((n, page_checksum(page)));
             file.write_all_at(page, n * PAGE_SIZE)
         })
         .map_err(|e| match e {
@@ -179,6 +188,16 @@ fn write_memory(dir: &Path, memory: &GuestMemory) -> Result<MemoryMap, SnapshotE
             ExportError::Read(e) => werr(std::io::Error::other(e.to_string())),
         })?;
     file.sync_all().map_err(werr)?;
+    // Visited resident pages first, then those in the store.
+    held.sort_unstable();
+    let mut map = MemoryMap {
+        pages,
+        extents: Vec::new(),
+        sums: Vec::new(),
+    };
+    for (n, sum) in held {
+        map.push(n, sum);
+    }
     Ok(map)
 }
 
@@ -224,9 +243,7 @@ impl Restored {
     /// From opening the snapshot to the moment every process with work to do
     /// had done it.
     pub fn to_work_done(&self) -> Option<Duration> {
-        self.run
-            .work_done_at
-            .map(|w| w + self.to_first_instruction)
+        self.run.work_done_at.map(|w| w + self.to_first_instruction)
     }
 }
 
@@ -316,7 +333,7 @@ impl Snapshot {
         let built = build_machine_over(config, store, options.echo_console)?;
         match mode {
             RestoreMode::Lazy => place_image(dir, state, &built)?,
-            RestoreMode::Eager => load_image(dir, state, &built)?,
+            RestoreMode::Eager => load_image(dir, state, config, &built)?,
         }
         built
             .machine
@@ -343,7 +360,13 @@ impl Snapshot {
         )?;
         let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
         built.machine.stop(StopReason::Host);
-        let run = finish(&built, vcpus, begin, progress.work_done_at, watched.observer_stopped)?;
+        let run = finish(
+            &built,
+            vcpus,
+            begin,
+            progress.work_done_at,
+            watched.observer_stopped,
+        )?;
         let run = with_outcomes(config, &built, run, &progress);
         Ok(Restored {
             mode,
@@ -356,31 +379,34 @@ impl Snapshot {
     }
 }
 
-/// The image (with the configuration's added latency, as any device of the
-/// store) under a fresh swap file.
-fn lazy_store(
-    dir: &Path,
-    state: &SnapshotState,
-    config: &VmConfig,
-) -> Result<Box<dyn Store>, VmError> {
+/// The snapshot's image as a store, slot `n` being page `n`, with the
+/// configuration's added latency as any device of the store has.
+fn image_store(dir: &Path, config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
     let depth = usize::try_from(config.store.queue_depth).unwrap_or(1);
     let image: Box<dyn Store> = Box::new(FileStore::open_image(
         &dir.join(MEMORY_FILE),
         depth,
         config.store.direct,
     )?);
-    let image = if config.store.latency.0.is_zero() {
+    Ok(if config.store.latency.0.is_zero() {
         image
     } else {
-        Box::new(LatencyStore::new(image, Latency::Fixed(config.store.latency.0)))
-    };
-    let mut sums = vec![0u32; usize::try_from(state.memory.pages).unwrap_or(0)];
-    for (n, sum) in state.memory.held() {
-        sums[n as usize] = sum;
-    }
+        Box::new(LatencyStore::new(
+            image,
+            Latency::Fixed(config.store.latency.0),
+        ))
+    })
+}
+
+/// The image under a fresh swap file (the configuration's store).
+fn lazy_store(
+    dir: &Path,
+    state: &SnapshotState,
+    config: &VmConfig,
+) -> Result<Box<dyn Store>, VmError> {
     Ok(Box::new(CowStore::new(
-        image,
-        sums.into_boxed_slice(),
+        image_store(dir, config)?,
+        state.memory.sums_by_page(),
         open_store(config)?,
     )))
 }
@@ -401,46 +427,39 @@ fn place_image(dir: &Path, state: &SnapshotState, built: &Built) -> Result<(), V
     Ok(())
 }
 
-/// Reads every page the image holds into guest memory, checking each against
-/// its checksum first (pages past the budget go to the swap file, as they
-/// would on a host that much smaller than the VM).
-fn load_image(dir: &Path, state: &SnapshotState, built: &Built) -> Result<(), VmError> {
-    let image = File::open(dir.join(MEMORY_FILE)).map_err(|source| SnapshotError::Missing {
-        dir: dir.to_path_buf(),
-        file: MEMORY_FILE,
-        source,
-    })?;
+/// Reads every page the image holds into guest memory through the image's
+/// store, at its queue depth, checking each against its checksum first. Pages
+/// past the budget go to the swap file, as they would on a host that much
+/// smaller than the VM.
+fn load_image(
+    dir: &Path,
+    state: &SnapshotState,
+    config: &VmConfig,
+    built: &Built,
+) -> Result<(), VmError> {
+    let image = image_store(dir, config)?;
+    let sums = state.memory.sums_by_page();
+    let slots: Vec<Slot> = state
+        .memory
+        .held()
+        .map(|(n, _)| Slot(u32::try_from(n).unwrap_or(u32::MAX)))
+        .collect();
     let base = built.memory.ram_base();
-    let page = usize::try_from(PAGE_SIZE).unwrap_or(4096);
-    let mut sums = state.memory.sums.iter();
-    let mut chunk = Vec::new();
-    for &[first, count] in &state.memory.extents {
-        // A megabyte at a time.
-        for at in (first..first + count).step_by(256) {
-            let n = (first + count - at).min(256);
-            chunk.resize(usize::try_from(n).unwrap_or(0) * page, 0);
-            image
-                .read_exact_at(&mut chunk, at * PAGE_SIZE)
-                .map_err(|source| SnapshotError::Missing {
-                    dir: dir.to_path_buf(),
-                    file: MEMORY_FILE,
-                    source,
-                })?;
-            for (i, bytes) in chunk.chunks(page).enumerate() {
-                let p = at + i as u64;
-                if sums.next() != Some(&page_checksum(bytes)) {
-                    return Err(SnapshotError::PageChecksum {
-                        dir: dir.to_path_buf(),
-                        page: p,
-                    }
-                    .into());
-                }
-            }
-            built
-                .memory
-                .write_bytes(Gpa(base.0 + at * PAGE_SIZE), &chunk)
-                .map_err(|e| VmError::Load(e.to_string()))?;
+    read_slots(&*image, &slots, config.store.io_timeout.0, |slot, page| {
+        let n = u64::from(slot.0);
+        if page_checksum(page) != sums[slot.0 as usize] {
+            return Err(VmError::from(SnapshotError::PageChecksum {
+                dir: dir.to_path_buf(),
+                page: n,
+            }));
         }
-    }
-    Ok(())
+        built
+            .memory
+            .write_bytes(Gpa(base.0 + n * PAGE_SIZE), page)
+            .map_err(|e| VmError::Load(e.to_string()))
+    })
+    .map_err(|e| match e {
+        BulkReadError::Visit(e) => e,
+        e => VmError::Load(format!("reading the snapshot's image: {e}")),
+    })
 }
