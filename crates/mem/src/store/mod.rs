@@ -10,11 +10,13 @@
 //! - [`LatencyStore`]: adds latency on top of another store's real I/O.
 //! - [`FaultyStore`]: seeded errors, short reads, lost and duplicated completions.
 //! - [`MemStore`]: pages in host memory, for tests.
+//! - [`NbdStore`]: pages on a network block device.
 
 mod faulty;
 mod file;
 mod latency;
 mod memstore;
+pub mod nbd;
 pub(crate) mod rng;
 mod slots;
 
@@ -26,6 +28,7 @@ pub use faulty::{FaultConfig, FaultyStore};
 pub use file::{Backend, FileStore, FileStoreConfig, StoreOpenError};
 pub use latency::{Latency, LatencyStore};
 pub use memstore::MemStore;
+pub use nbd::{NbdConfig, NbdError, NbdStore, NbdUrl};
 pub use slots::SlotAllocator;
 
 /// A page-sized place in a store.
@@ -113,6 +116,26 @@ pub enum IoError {
         /// Bytes moved.
         done: usize,
     },
+    /// The NBD server answered with an error.
+    #[error("{op} of slot {slot} failed: the NBD server replied {} ({error})", nbd::wire::error_name(*.error))]
+    Remote {
+        /// Direction.
+        op: &'static str,
+        /// The slot.
+        slot: u32,
+        /// The NBD error code.
+        error: u32,
+    },
+    /// The NBD server could not be reached again within the reconnect timeout.
+    #[error("{op} of slot {slot} failed: the NBD server was unreachable for {after:?}")]
+    Disconnected {
+        /// Direction.
+        op: &'static str,
+        /// The slot.
+        slot: u32,
+        /// The reconnect timeout.
+        after: Duration,
+    },
     /// An injected error (FaultyStore).
     #[error("injected {op} error on slot {slot}")]
     Injected {
@@ -140,6 +163,9 @@ impl IoError {
                 op: "write", errno, ..
             } => matches!(*errno, libc::ENOSPC | libc::EDQUOT | libc::EFBIG),
             IoError::Short { op: "write", .. } => true,
+            IoError::Remote {
+                op: "write", error, ..
+            } => *error == nbd::wire::NBD_ENOSPC,
             _ => false,
         }
     }
