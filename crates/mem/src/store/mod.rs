@@ -117,7 +117,7 @@ pub enum IoError {
         done: usize,
     },
     /// The NBD server answered with an error.
-    #[error("{op} of slot {slot} failed: the NBD server replied {} ({error})", nbd::wire::error_name(*.error))]
+    #[error("{op} of slot {slot} failed: the NBD server replied error {error}: {}", std::io::Error::from_raw_os_error(*.errno))]
     Remote {
         /// Direction.
         op: &'static str,
@@ -125,6 +125,8 @@ pub enum IoError {
         slot: u32,
         /// The NBD error code.
         error: u32,
+        /// The errno it stands for (NBD's codes are Linux's).
+        errno: i32,
     },
     /// The NBD server could not be reached again within the reconnect timeout.
     #[error("{op} of slot {slot} failed: the NBD server was unreachable for {after:?}")]
@@ -164,8 +166,8 @@ impl IoError {
             } => matches!(*errno, libc::ENOSPC | libc::EDQUOT | libc::EFBIG),
             IoError::Short { op: "write", .. } => true,
             IoError::Remote {
-                op: "write", error, ..
-            } => *error == nbd::wire::NBD_ENOSPC,
+                op: "write", errno, ..
+            } => *errno == libc::ENOSPC,
             _ => false,
         }
     }

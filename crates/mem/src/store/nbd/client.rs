@@ -446,6 +446,7 @@ impl Shared {
                         op: p.op(),
                         slot: p.slot,
                         error: action.error,
+                        errno: wire::errno_of(action.error),
                     })
                 };
                 st.done.push_back(IoCompletion { tag: p.tag, result });

@@ -476,21 +476,6 @@ pub fn errno_of(error: u32) -> i32 {
     }
 }
 
-/// The protocol's name for an NBD error code.
-pub fn error_name(error: u32) -> &'static str {
-    match error {
-        1 => "NBD_EPERM",
-        5 => "NBD_EIO",
-        12 => "NBD_ENOMEM",
-        22 => "NBD_EINVAL",
-        28 => "NBD_ENOSPC",
-        75 => "NBD_EOVERFLOW",
-        95 => "NBD_ENOTSUP",
-        108 => "NBD_ESHUTDOWN",
-        _ => "an unknown NBD error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
