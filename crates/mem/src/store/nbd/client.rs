@@ -6,6 +6,12 @@
 //! are needed, so a request is recorded in flight and sent in one step: either
 //! before a reconnect collects the requests to re-send (and is re-sent by it) or
 //! after (and sent on the new socket), never both.
+//!
+//! Limit: after a reconnect the reader writes every request in flight before it
+//! reads a reply. That cannot stall while the replies fit in the socket buffers
+//! (depth × 4 KiB; loopback and LAN defaults hold depth 32 many times over); a
+//! much deeper queue against a server that stops reading could wait out the
+//! write timeout and reconnect again.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
