@@ -101,9 +101,10 @@ pub struct VmArgs {
     /// Let the guest use the separate page-ready channel (ABI 1.1): on or off.
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub separate_ready: Option<bool>,
-    /// Backing store: file (a real swap file) or mem (host memory, for tests).
-    #[arg(long, value_name = "file|mem", value_parser = parse_store_kind)]
-    pub store: Option<StoreKind>,
+    /// Backing store: file (a real swap file), mem (host memory, for tests) or an
+    /// NBD export, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+    #[arg(long, value_name = "file|mem|nbd://HOST:PORT/EXPORT", value_parser = parse_store_kind)]
+    pub store: Option<StoreChoice>,
     /// Directory for the swap file (created if missing), or a file to use.
     #[arg(long, value_name = "PATH")]
     pub store_path: Option<PathBuf>,
@@ -136,11 +137,30 @@ pub struct VmArgs {
     pub seed: Option<u64>,
 }
 
-fn parse_store_kind(text: &str) -> Result<StoreKind, String> {
+/// A `--store` value: the kind, and the URL of an NBD store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreChoice {
+    /// The kind.
+    pub kind: StoreKind,
+    /// For NBD, the URL as given.
+    pub url: Option<String>,
+}
+
+fn parse_store_kind(text: &str) -> Result<StoreChoice, String> {
+    let kind = |kind| StoreChoice { kind, url: None };
     match text {
-        "file" => Ok(StoreKind::File),
-        "mem" => Ok(StoreKind::Mem),
-        _ => Err(format!("`{text}` is not a store: use file or mem")),
+        "file" => Ok(kind(StoreKind::File)),
+        "mem" => Ok(kind(StoreKind::Mem)),
+        _ if text.starts_with("nbd") => {
+            apf_mem::store::NbdUrl::parse(text).map_err(|e| e.to_string())?;
+            Ok(StoreChoice {
+                kind: StoreKind::Nbd,
+                url: Some(text.to_string()),
+            })
+        }
+        _ => Err(format!(
+            "`{text}` is not a store: use file, mem or nbd://HOST:PORT/EXPORT"
+        )),
     }
 }
 
@@ -198,7 +218,12 @@ impl VmArgs {
         set(&mut c.budget, self.budget);
         set(&mut c.apf, self.apf);
         set(&mut c.separate_ready, self.separate_ready);
-        set(&mut s.kind, self.store);
+        if let Some(choice) = &self.store {
+            s.kind = choice.kind;
+            // The flag replaces the store: a URL from the file does not
+            // outlive a switch to file or mem.
+            s.url.clone_from(&choice.url);
+        }
         set(&mut s.queue_depth, self.queue_depth);
         set(&mut s.latency, self.latency);
         set(&mut s.latency_sigma, self.latency_sigma);

@@ -230,6 +230,8 @@ pub enum StoreKind {
     File,
     /// Host memory: for tests only.
     Mem,
+    /// A network block device (`url`): pages at `slot * 4096` of the export.
+    Nbd,
 }
 
 /// The backing store.
@@ -240,6 +242,9 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// Directory or file for the swap file; a temporary file when unset.
     pub path: Option<PathBuf>,
+    /// The NBD export for `kind = "nbd"`: `nbd://HOST:PORT/EXPORT` or
+    /// `nbd+unix:///EXPORT?socket=PATH`.
+    pub url: Option<String>,
     /// io_uring queue depth.
     pub queue_depth: u32,
     /// Latency added to every read and write, on top of the real I/O.
@@ -264,6 +269,7 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: StoreKind::File,
             path: None,
+            url: None,
             queue_depth: 32,
             latency: Span(Duration::from_millis(1)),
             latency_sigma: 0.0,
@@ -424,6 +430,15 @@ pub enum ConfigError {
     /// Queue depth out of range.
     #[error("store.queue_depth = {0}: use 1 to 4096")]
     QueueDepth(u32),
+    /// An NBD store without a URL.
+    #[error("store.kind = \"nbd\" needs store.url = \"nbd://HOST:PORT/EXPORT\"")]
+    NbdUrlMissing,
+    /// A URL for a store that is not NBD.
+    #[error("store.url is set but store.kind is not \"nbd\": drop the url or set kind = \"nbd\"")]
+    UrlWithoutNbd,
+    /// A URL that does not parse.
+    #[error("store.url: {0}")]
+    NbdUrl(#[from] apf_mem::store::nbd::UrlError),
     /// The I/O timeout would fail I/Os that are merely slow.
     #[error(
         "store.io_timeout = {timeout}: it must be longer than store.latency ({latency}), or every read times out"
@@ -467,6 +482,14 @@ impl VmConfig {
         }
         if self.store.queue_depth == 0 || self.store.queue_depth > 4096 {
             return Err(ConfigError::QueueDepth(self.store.queue_depth));
+        }
+        match (self.store.kind, self.store.url.as_deref()) {
+            (StoreKind::Nbd, None) => return Err(ConfigError::NbdUrlMissing),
+            (StoreKind::Nbd, Some(url)) => {
+                apf_mem::store::NbdUrl::parse(url)?;
+            }
+            (_, Some(_)) => return Err(ConfigError::UrlWithoutNbd),
+            (_, None) => {}
         }
         let rates = [
             ("store.read_error_rate", self.store.read_error_rate),
@@ -581,6 +604,22 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_nbd_store_needs_a_good_url_and_only_nbd_takes_one() {
+        let mut c = VmConfig::default();
+        c.store.kind = StoreKind::Nbd;
+        assert_eq!(c.validate(), Err(ConfigError::NbdUrlMissing));
+        c.store.url = Some("nbd://127.0.0.1:10809/pages".into());
+        c.validate().unwrap();
+        c.store.url = Some("nbd://127.0.0.1:0/pages".into());
+        assert!(matches!(c.validate(), Err(ConfigError::NbdUrl(_))));
+        c.store.kind = StoreKind::File;
+        assert_eq!(c.validate(), Err(ConfigError::UrlWithoutNbd));
+        let t = VmConfig::from_toml("[store]\nkind = \"nbd\"\nurl = \"nbd://h/x\"\n").unwrap();
+        assert_eq!(t.store.kind, StoreKind::Nbd);
+        t.validate().unwrap();
+    }
 
     #[test]
     fn the_default_configuration_is_valid_and_under_pressure() {

@@ -12,6 +12,21 @@ pub enum VmError {
     /// The swap file could not be opened.
     #[error("store: {0}")]
     Store(#[from] apf_mem::store::StoreOpenError),
+    /// The NBD store could not be opened.
+    #[error("store: {0}")]
+    Nbd(#[from] apf_mem::store::NbdError),
+    /// The NBD export cannot hold guest RAM.
+    #[error(
+        "store: the NBD export {url} holds {export} bytes, less than guest RAM ({ram} bytes): use a larger export or less ram"
+    )]
+    NbdTooSmall {
+        /// The export.
+        url: String,
+        /// Its size.
+        export: u64,
+        /// Guest RAM.
+        ram: u64,
+    },
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(#[from] apf_mem::MemError),
@@ -74,6 +89,10 @@ impl VmError {
                 ErrorClass::Input
             }
             VmError::Store(StoreOpenError::QueueDepth(_)) => ErrorClass::Input,
+            // A server that is not there, refuses the export or is too small:
+            // a URL to change.
+            VmError::Nbd(apf_mem::store::NbdError::Thread(_)) => ErrorClass::Host,
+            VmError::Nbd(_) | VmError::NbdTooSmall { .. } => ErrorClass::Input,
             VmError::Store(StoreOpenError::IoUring { .. } | StoreOpenError::Threads(..)) => {
                 ErrorClass::Host
             }

@@ -4,8 +4,9 @@ use crate::config::{StoreKind, VmConfig};
 use crate::error::VmError;
 use apf_mem::store::{
     Backend, FaultConfig, FaultyStore, FileStore, FileStoreConfig, Latency, LatencyStore, MemStore,
-    Store,
+    NbdConfig, NbdStore, NbdUrl, Store,
 };
+use std::time::Duration;
 
 /// The backing store `config` describes: the file or memory store, with the added
 /// latency and injected faults it asks for.
@@ -22,6 +23,7 @@ pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
             capacity: pages,
         })?),
         StoreKind::Mem => Box::new(MemStore::new(pages, depth)),
+        StoreKind::Nbd => Box::new(open_nbd(config, pages, depth)?),
     };
     let delayed: Box<dyn Store> = if s.latency.0.is_zero() {
         base
@@ -54,4 +56,30 @@ pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
             },
         ))
     })
+}
+
+/// The NBD store: its export must hold all of guest RAM. The client gives up
+/// reconnecting well within the memory system's I/O timeout, so a server that
+/// stays away fails the I/O with the client's error rather than a timeout.
+fn open_nbd(config: &VmConfig, pages: u32, depth: usize) -> Result<NbdStore, VmError> {
+    let s = &config.store;
+    let text = s
+        .url
+        .as_deref()
+        .ok_or(crate::config::ConfigError::NbdUrlMissing)?;
+    let url = NbdUrl::parse(text).map_err(crate::config::ConfigError::from)?;
+    let mut cfg = NbdConfig::new(url);
+    cfg.queue_depth = depth;
+    cfg.capacity = pages;
+    cfg.reconnect_timeout = (s.io_timeout.0 / 3).min(Duration::from_secs(10));
+    cfg.io_timeout = (s.io_timeout.0 / 6).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let store = NbdStore::connect(&cfg)?;
+    if store.export_size() < config.ram.0 {
+        return Err(VmError::NbdTooSmall {
+            url: cfg.url.to_string(),
+            export: store.export_size(),
+            ram: config.ram.0,
+        });
+    }
+    Ok(store)
 }

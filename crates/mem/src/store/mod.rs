@@ -11,6 +11,7 @@
 //! - [`FaultyStore`]: seeded errors, short reads, lost and duplicated completions.
 //! - [`CowStore`]: a read-only base (a snapshot's memory) under a writable top.
 //! - [`MemStore`]: pages in host memory, for tests.
+//! - [`NbdStore`]: pages on a network block device.
 
 mod bulk;
 mod cow;
@@ -18,6 +19,7 @@ mod faulty;
 mod file;
 mod latency;
 mod memstore;
+pub mod nbd;
 pub(crate) mod rng;
 mod slots;
 
@@ -31,6 +33,7 @@ pub use faulty::{FaultConfig, FaultyStore};
 pub use file::{Backend, FileStore, FileStoreConfig, StoreOpenError};
 pub use latency::{Latency, LatencyStore};
 pub use memstore::MemStore;
+pub use nbd::{NbdConfig, NbdError, NbdStore, NbdUrl};
 pub use slots::SlotAllocator;
 
 /// A page-sized place in a store.
@@ -130,6 +133,28 @@ pub enum IoError {
         /// The checksum of what was read.
         found: u32,
     },
+    /// The NBD server answered with an error.
+    #[error("{op} of slot {slot} failed: the NBD server replied error {error}: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Remote {
+        /// Direction.
+        op: &'static str,
+        /// The slot.
+        slot: u32,
+        /// The NBD error code.
+        error: u32,
+        /// The errno it stands for (NBD's codes are Linux's).
+        errno: i32,
+    },
+    /// The NBD server could not be reached again within the reconnect timeout.
+    #[error("{op} of slot {slot} failed: the NBD server was unreachable for {after:?}")]
+    Disconnected {
+        /// Direction.
+        op: &'static str,
+        /// The slot.
+        slot: u32,
+        /// The reconnect timeout.
+        after: Duration,
+    },
     /// An injected error (FaultyStore).
     #[error("injected {op} error on slot {slot}")]
     Injected {
@@ -157,6 +182,9 @@ impl IoError {
                 op: "write", errno, ..
             } => matches!(*errno, libc::ENOSPC | libc::EDQUOT | libc::EFBIG),
             IoError::Short { op: "write", .. } => true,
+            IoError::Remote {
+                op: "write", errno, ..
+            } => *errno == libc::ENOSPC,
             _ => false,
         }
     }
