@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use apf_vm::RunOptions;
 use apf_vm::config::{Span, VmConfig, WorkloadKind};
-use apf_vm::snapshot::{RestoreMode, Restored, Snapshot, take_snapshot};
+use apf_vm::snapshot::{ImageSource, RestoreMode, Restored, Snapshot, take_snapshot};
 use clap::Args;
 use serde::Serialize;
 
@@ -50,6 +50,10 @@ pub struct RestoreArgs {
     /// store flags (the added latency also applies to the snapshot's image).
     #[command(flatten)]
     vm: VmArgs,
+    /// Read the memory image from this NBD export of it (read-only), e.g. one served by
+    /// `nbdkit -r file DIR/memory` or `qemu-nbd -r -f raw DIR/memory`, instead of DIR.
+    #[arg(long, value_name = "nbd://HOST:PORT[/EXPORT]")]
+    from: Option<String>,
     /// Also write the report as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -151,8 +155,10 @@ struct RestoreJson<'a> {
 pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
     check_output("--json", args.json.as_deref())?;
     let snap = Snapshot::open(&args.dir).map_err(apf_vm::VmError::from)?;
-    let config = args.vm.config(snap.config().clone())?;
+    // What a restore may not change first: its message says which flag to drop.
+    let config = args.vm.config_machine(snap.config().clone())?;
     snap.check_config(&config).map_err(apf_vm::VmError::from)?;
+    config.validate().map_err(apf_vm::VmError::from)?;
     if let Some(dir) = vmargs::ensure_store_dir(&config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }
@@ -167,6 +173,10 @@ pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
     } else {
         vec![(RestoreMode::Lazy, config.apf)]
     };
+    let source = args
+        .from
+        .clone()
+        .map_or(ImageSource::Local, ImageSource::Nbd);
     let mut reports = Vec::new();
     for (mode, apf) in plan {
         let label = format!("{}, APF {}", mode.name(), if apf { "on" } else { "off" });
@@ -182,6 +192,7 @@ pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
         let restored = snap.restore(
             mode,
             &config,
+            &source,
             RunOptions {
                 timeout: args.timeout.0,
                 ..RunOptions::default()

@@ -3,75 +3,10 @@
 //! server that is not there and an export smaller than guest RAM. Without
 //! nbdkit the tests print why and pass, unless APF_REQUIRE_NBD=1 (CI).
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-/// nbdkit, killed on every path out of the test.
-struct Nbdkit {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Nbdkit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn have_nbdkit() -> bool {
-    let found = Command::new("nbdkit")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("APF_REQUIRE_NBD").as_deref() != Ok("1"),
-            "nbdkit is missing and APF_REQUIRE_NBD=1: apt-get install nbdkit"
-        );
-        eprintln!("skipping: nbdkit is not installed (apt-get install nbdkit)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").port()
-}
-
-/// nbdkit's memory plugin with an export of `size`, listening once this
-/// returns (connects are retried for at most 10 s).
-fn nbdkit_memory(size: &str) -> Nbdkit {
-    let port = free_port();
-    let child = Command::new("nbdkit")
-        .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .args(["memory", size])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start nbdkit");
-    let mut server = Nbdkit { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nbdkit did not listen in 10 s");
-        if let Ok(Some(s)) = server.child.try_wait() {
-            panic!("nbdkit exited: {s}");
-        }
-        std::thread::yield_now();
-    }
-    server
-}
-
-fn apf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_apf"))
-        .args(args)
-        .output()
-        .expect("apf runs")
-}
+use common::{apf, free_port, have_nbdkit, nbdkit_memory, one_line_input_error};
+use std::process::Output;
 
 const QUICK: &[&str] = &[
     "run",
@@ -94,13 +29,6 @@ fn quick(store: &str, extra: &[&str]) -> Output {
     args.extend_from_slice(&["--store", store]);
     args.extend_from_slice(extra);
     apf(&args)
-}
-
-fn one_line_input_error(out: &Output, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
-    assert_eq!(err.lines().count(), 1, "{what}: {err}");
-    err
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
             capacity: pages,
         })?),
         StoreKind::Mem => Box::new(MemStore::new(pages, depth)),
-        StoreKind::Nbd => Box::new(open_nbd(config, pages, depth)?),
+        StoreKind::Nbd => Box::new(open_nbd(config, pages)?),
     };
     let delayed: Box<dyn Store> = if s.latency.0.is_zero() {
         base
@@ -58,27 +58,41 @@ pub fn open_store(config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
     })
 }
 
-/// The NBD store: its export must hold all of guest RAM. The client gives up
-/// reconnecting well within the memory system's I/O timeout, so a server that
-/// stays away fails the I/O with the client's error rather than a timeout.
-fn open_nbd(config: &VmConfig, pages: u32, depth: usize) -> Result<NbdStore, VmError> {
-    let s = &config.store;
-    let text = s
+/// The NBD store: its export must hold all of guest RAM.
+fn open_nbd(config: &VmConfig, pages: u32) -> Result<NbdStore, VmError> {
+    let text = config
+        .store
         .url
         .as_deref()
         .ok_or(crate::config::ConfigError::NbdUrlMissing)?;
-    let url = NbdUrl::parse(text).map_err(crate::config::ConfigError::from)?;
+    connect_nbd(text, config, false, pages, config.ram.0)
+}
+
+/// Connects to the NBD export at `url` with the configuration's queue depth and
+/// timeouts, refusing one smaller than `min_size` bytes. The client gives up
+/// reconnecting well within the memory system's I/O timeout, so a server that
+/// stays away fails the I/O with the client's error rather than a timeout.
+pub(crate) fn connect_nbd(
+    url: &str,
+    config: &VmConfig,
+    read_only: bool,
+    pages: u32,
+    min_size: u64,
+) -> Result<NbdStore, VmError> {
+    let s = &config.store;
+    let url = NbdUrl::parse(url).map_err(crate::config::ConfigError::from)?;
     let mut cfg = NbdConfig::new(url);
-    cfg.queue_depth = depth;
+    cfg.queue_depth = usize::try_from(s.queue_depth).unwrap_or(1);
     cfg.capacity = pages;
+    cfg.read_only = read_only;
     cfg.reconnect_timeout = (s.io_timeout.0 / 3).min(Duration::from_secs(10));
     cfg.io_timeout = (s.io_timeout.0 / 6).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let store = NbdStore::connect(&cfg)?;
-    if store.export_size() < config.ram.0 {
+    if store.export_size() < min_size {
         return Err(VmError::NbdTooSmall {
             url: cfg.url.to_string(),
             export: store.export_size(),
-            ram: config.ram.0,
+            ram: min_size,
         });
     }
     Ok(store)

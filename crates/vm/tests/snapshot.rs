@@ -7,7 +7,8 @@
 use apf_abi::boot::proc_state;
 use apf_vm::config::{ByteSize, ProcessConfig, Span, StoreConfig, VmConfig, WorkloadKind};
 use apf_vm::snapshot::{
-    MEMORY_FILE, RestoreMode, Restored, STATE_FILE, Snapshot, SnapshotError, take_snapshot,
+    ImageSource, MEMORY_FILE, RestoreMode, Restored, STATE_FILE, Snapshot, SnapshotError,
+    take_snapshot,
 };
 use apf_vm::{RunEnd, RunOptions, VmError};
 use std::ops::ControlFlow;
@@ -74,8 +75,10 @@ fn restore(snap: &Snapshot, mode: RestoreMode, apf: bool) -> Restored {
         apf,
         ..snap.config().clone()
     };
-    snap.restore(mode, &config, options(), &mut |_| ControlFlow::Continue(()))
-        .expect("the snapshot restores")
+    snap.restore(mode, &config, &ImageSource::Local, options(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("the snapshot restores")
 }
 
 /// Every process done with the right checksum, no page lost, memory consistent,
@@ -242,6 +245,7 @@ fn damaged_and_mismatched_snapshots_are_refused() {
     std::fs::copy(&image, d.join(MEMORY_FILE)).unwrap();
     let (first, _) = snap.state().memory.held().next().unwrap();
     let f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(d.join(MEMORY_FILE))
         .unwrap();
@@ -250,9 +254,13 @@ fn damaged_and_mismatched_snapshots_are_refused() {
     f.write_all_at(&[byte[0] ^ 0xFF], first * 4096 + 7).unwrap();
     let damaged = Snapshot::open(&d).expect("the state is whole");
     let e = damaged
-        .restore(RestoreMode::Eager, damaged.config(), options(), &mut |_| {
-            ControlFlow::Continue(())
-        })
+        .restore(
+            RestoreMode::Eager,
+            damaged.config(),
+            &ImageSource::Local,
+            options(),
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect_err("refused");
     assert!(
         matches!(e, VmError::Snapshot(SnapshotError::PageChecksum { page, .. }) if page == first),

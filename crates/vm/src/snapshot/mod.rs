@@ -42,7 +42,7 @@ use crate::run::{
     Built, GUEST_IMAGE, RunOptions, VmRun, WorkloadProgress, build_machine_over, drive_workloads,
     finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
 };
-use crate::store::open_store;
+use crate::store::{connect_nbd, open_store};
 
 /// What `take_snapshot` wrote.
 #[derive(Debug)]
@@ -220,6 +220,17 @@ impl RestoreMode {
     }
 }
 
+/// Where a restore reads the snapshot's memory image from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ImageSource {
+    /// The `memory` file in the snapshot's directory.
+    #[default]
+    Local,
+    /// An NBD export of it (e.g. `nbdkit file DIR/memory` or `qemu-nbd -r`),
+    /// at this URL, read-only: `nbd://HOST:PORT[/EXPORT]`.
+    Nbd(String),
+}
+
 /// A restored run and what the restore itself cost.
 #[derive(Debug)]
 pub struct Restored {
@@ -319,6 +330,7 @@ impl Snapshot {
         &self,
         mode: RestoreMode,
         config: &VmConfig,
+        source: &ImageSource,
         options: RunOptions,
         observe: Observer<'_>,
     ) -> Result<Restored, VmError> {
@@ -327,13 +339,13 @@ impl Snapshot {
         config.validate()?;
         let (dir, state) = (self.dir.as_path(), &self.state);
         let (store, loaded_pages) = match mode {
-            RestoreMode::Lazy => (lazy_store(dir, state, config)?, 0),
+            RestoreMode::Lazy => (lazy_store(dir, source, state, config)?, 0),
             RestoreMode::Eager => (open_store(config)?, state.memory.held_pages()),
         };
         let built = build_machine_over(config, store, options.echo_console)?;
         match mode {
             RestoreMode::Lazy => place_image(dir, state, &built)?,
-            RestoreMode::Eager => load_image(dir, state, config, &built)?,
+            RestoreMode::Eager => load_image(dir, source, state, config, &built)?,
         }
         built
             .machine
@@ -381,13 +393,27 @@ impl Snapshot {
 
 /// The snapshot's image as a store, slot `n` being page `n`, with the
 /// configuration's added latency as any device of the store has.
-fn image_store(dir: &Path, config: &VmConfig) -> Result<Box<dyn Store>, VmError> {
+fn image_store(
+    dir: &Path,
+    source: &ImageSource,
+    state: &SnapshotState,
+    config: &VmConfig,
+) -> Result<Box<dyn Store>, VmError> {
     let depth = usize::try_from(config.store.queue_depth).unwrap_or(1);
-    let image: Box<dyn Store> = Box::new(FileStore::open_image(
-        &dir.join(MEMORY_FILE),
-        depth,
-        config.store.direct,
-    )?);
+    let image: Box<dyn Store> = match source {
+        ImageSource::Local => Box::new(FileStore::open_image(
+            &dir.join(MEMORY_FILE),
+            depth,
+            config.store.direct,
+        )?),
+        ImageSource::Nbd(url) => Box::new(connect_nbd(
+            url,
+            config,
+            true,
+            0,
+            state.memory.pages * PAGE_SIZE,
+        )?),
+    };
     Ok(if config.store.latency.0.is_zero() {
         image
     } else {
@@ -401,11 +427,12 @@ fn image_store(dir: &Path, config: &VmConfig) -> Result<Box<dyn Store>, VmError>
 /// The image under a fresh swap file (the configuration's store).
 fn lazy_store(
     dir: &Path,
+    source: &ImageSource,
     state: &SnapshotState,
     config: &VmConfig,
 ) -> Result<Box<dyn Store>, VmError> {
     Ok(Box::new(CowStore::new(
-        image_store(dir, config)?,
+        image_store(dir, source, state, config)?,
         state.memory.sums_by_page(),
         open_store(config)?,
     )))
@@ -433,11 +460,12 @@ fn place_image(dir: &Path, state: &SnapshotState, built: &Built) -> Result<(), V
 /// smaller than the VM.
 fn load_image(
     dir: &Path,
+    source: &ImageSource,
     state: &SnapshotState,
     config: &VmConfig,
     built: &Built,
 ) -> Result<(), VmError> {
-    let image = image_store(dir, config)?;
+    let image = image_store(dir, source, state, config)?;
     let sums = state.memory.sums_by_page();
     let slots: Vec<Slot> = state
         .memory
