@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use apf_vm::RunOptions;
 use apf_vm::config::{Span, VmConfig, WorkloadKind};
-use apf_vm::snapshot::{ImageSource, RestoreMode, Restored, Snapshot, take_snapshot};
+use apf_vm::snapshot::{ImageSource, RestoreMode, Restored, Snapshot, SnapshotOf, take_snapshot};
 use clap::Args;
 use serde::Serialize;
 
@@ -16,13 +16,16 @@ use crate::progress::RunBar;
 use crate::report::{self, RunReport};
 use crate::table::{Table, count, secs};
 use crate::vmargs::{self, VmArgs};
-use crate::{CliError, check, check_output};
+use crate::{CliError, Guest, LinuxArgs, check, check_output};
 
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
     #[command(flatten)]
     vm: VmArgs,
-    /// When to take it, from the start of the run (e.g. 3s).
+    #[command(flatten)]
+    linux: LinuxArgs,
+    /// When to take it (e.g. 3s): from the start of the run, or with --kernel from the
+    /// init's start line (as the processes' times are).
     #[arg(long, value_name = "DURATION")]
     at: Span,
     /// The directory to write (made if missing; refused if not empty).
@@ -63,7 +66,8 @@ pub struct RestoreArgs {
 }
 
 pub fn cmd_snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
-    let config = args.vm.config(VmConfig::default())?;
+    let guest = Guest::of(&args.linux)?;
+    let config = guest.config(&args.vm)?;
     if let Some(dir) = vmargs::ensure_store_dir(&config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }
@@ -72,8 +76,13 @@ pub fn cmd_snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
         bar.update(live);
         ControlFlow::Continue(())
     };
+    let of = match guest {
+        Guest::BuiltIn => SnapshotOf::BuiltIn,
+        Guest::Linux(linux) => SnapshotOf::Linux(linux),
+    };
     let taken = take_snapshot(
         &config,
+        of,
         args.at.0,
         &args.out,
         RunOptions {
@@ -158,7 +167,6 @@ pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
     // What a restore may not change first: its message says which flag to drop.
     let config = args.vm.config_machine(snap.config().clone())?;
     snap.check_config(&config).map_err(apf_vm::VmError::from)?;
-    config.validate().map_err(apf_vm::VmError::from)?;
     if let Some(dir) = vmargs::ensure_store_dir(&config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }

@@ -7,8 +7,10 @@ use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::linux::console::{ConsoleScanner, ProcEnd};
 use crate::linux::{LinuxGuest, prepare};
-use crate::monitor::{self, Observer};
-use crate::run::{Boot, RunEnd, RunOptions, VmRun, build_machine, finish, start_vcpus};
+use crate::monitor::{self, Live, Observer};
+use crate::run::{
+    Boot, Built, RunEnd, RunOptions, VmRun, Watched, build_machine, finish, start_vcpus,
+};
 use crate::workload;
 use apf_abi::Gpa;
 use apf_abi::boot::{ProcResult, proc_state};
@@ -16,6 +18,7 @@ use apf_cpu::CpuConfig;
 use apf_host::machine::StopReason;
 use apf_host::sync::lock;
 use apf_host::vcpu;
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -44,9 +47,32 @@ pub fn run_linux_observed(
     options: RunOptions,
     observe: Observer<'_>,
 ) -> Result<VmRun, VmError> {
+    let (built, boot) = build_linux(config, guest, options.echo_console)?;
+    let begin = Instant::now();
+    let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
+    let mut progress = LinuxProgress::new(config);
+    let watched = drive_linux(&built, begin, options, observe, &mut progress, None);
+    built.machine.stop(StopReason::Host);
+    let run = finish(
+        &built,
+        vcpus,
+        begin,
+        progress.work_done_at,
+        watched.observer_stopped,
+    )?;
+    Ok(progress.report(config, run))
+}
+
+/// The machine with the kernel, the initrd and the device tree in guest RAM,
+/// and how its boot vCPU starts. The guest's bytes are freed once in RAM.
+pub(crate) fn build_linux(
+    config: &VmConfig,
+    guest: LinuxGuest,
+    echo: bool,
+) -> Result<(Built, Boot), VmError> {
     config.validate_linux()?;
     let prepared = prepare(config, &guest)?;
-    let built = build_machine(config, options.echo_console)?;
+    let built = build_machine(config, echo)?;
     let write = |at: u64, bytes: &[u8]| {
         built
             .memory
@@ -62,63 +88,124 @@ pub fn run_linux_observed(
     let boot = Boot {
         entry: prepared.layout.kernel.start,
         context: prepared.layout.dtb.start,
-        // A 100 MHz counter, one tick per retired instruction: Linux's clock keeps
-        // about wall time, as the interpreter retires 90-100 M instructions a
-        // second with the MMU on (a stock boot: 1.05 G instructions in 11.3 s).
-        // Fixed rather than measured at run time, so that runs are reproducible.
-        cpu: CpuConfig::default(),
+        cpu: linux_cpu(),
     };
-    let begin = Instant::now();
-    let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
-    let mut scanner = ConsoleScanner::new(config.processes.len());
-    let finite: Vec<usize> = (0..config.processes.len())
-        .filter(|&i| config.processes[i].work > 0)
-        .collect();
-    let mut ended_at = vec![None; config.processes.len()];
-    // Process times count from the init's start line, not across the boot.
-    let mut started_at: Option<Duration> = None;
-    let mut work_done_at = None;
-    let mut panic_at = None;
+    Ok((built, boot))
+}
+
+/// Every vCPU's interpreter for a Linux guest: a 100 MHz counter, one tick per
+/// retired instruction. Linux's clock keeps about wall time, as the interpreter
+/// retires 90-100 M instructions a second with the MMU on (a stock boot: 1.05 G
+/// instructions in 11.3 s). Fixed rather than measured at run time, so that
+/// runs are reproducible.
+pub(crate) fn linux_cpu() -> CpuConfig {
+    CpuConfig::default()
+}
+
+/// The host's view of a Linux guest's run, from its console.
+pub(crate) struct LinuxProgress {
+    scanner: ConsoleScanner,
+    finite: Vec<usize>,
+    ended_at: Vec<Option<Duration>>,
+    /// When the init's start line was seen: process times count from it, not
+    /// across the boot.
+    started_at: Option<Duration>,
+    pub(crate) work_done_at: Option<Duration>,
+    panic_at: Option<Duration>,
+}
+
+impl LinuxProgress {
+    pub(crate) fn new(config: &VmConfig) -> LinuxProgress {
+        LinuxProgress {
+            scanner: ConsoleScanner::new(config.processes.len()),
+            finite: (0..config.processes.len())
+                .filter(|&i| config.processes[i].work > 0)
+                .collect(),
+            ended_at: vec![None; config.processes.len()],
+            started_at: None,
+            work_done_at: None,
+            panic_at: None,
+        }
+    }
+
+    /// Which processes the init has said ended.
+    pub(crate) fn ended(&self) -> Vec<bool> {
+        self.ended_at.iter().map(Option::is_some).collect()
+    }
+
+    /// The run with the processes' outcomes, the panic and the module's
+    /// counters from the whole console.
+    pub(crate) fn report(mut self, config: &VmConfig, mut run: VmRun) -> VmRun {
+        // The console is complete now (the UART flushed its last partial line).
+        self.scanner.scan(run.uart.as_bytes(), true);
+        if let Some(line) = self.scanner.panic() {
+            run.end = RunEnd::KernelPanic;
+            run.kernel_panic = Some(line.to_string());
+        }
+        run.processes = outcomes(config, &self.scanner, &self.ended_at);
+        run.guest_module = self.scanner.guest_module().to_vec();
+        run
+    }
+}
+
+/// Watches a Linux guest's console until it powers off or resets, at
+/// `options.timeout`, soon after a kernel panic, or `snapshot_at` after the
+/// init's start line (the snapshot is then due; the machine still runs).
+pub(crate) fn drive_linux(
+    built: &Built,
+    begin: Instant,
+    options: RunOptions,
+    observe: Observer<'_>,
+    progress: &mut LinuxProgress,
+    snapshot_at: Option<Duration>,
+) -> Watched {
+    let snapshot_due = Cell::new(false);
+    let mut observe_or_snapshot = |live: &Live<'_>| {
+        if snapshot_due.get() {
+            return ControlFlow::Break(());
+        }
+        observe(live)
+    };
     let observer_stopped = monitor::watch(
         &built.machine,
         &built.memory,
         begin,
         options.timeout,
         false,
-        observe,
+        &mut observe_or_snapshot,
         |live| {
-            let ended = scanner.scan(&lock(&built.console), false);
-            if scanner.init_started() && started_at.is_none() {
-                started_at = Some(live.elapsed);
+            let p = &mut *progress;
+            let ended = p.scanner.scan(&lock(&built.console), false);
+            if p.scanner.init_started() && p.started_at.is_none() {
+                p.started_at = Some(live.elapsed);
             }
+            let since_init = live
+                .elapsed
+                .saturating_sub(p.started_at.unwrap_or_default());
             for i in ended {
-                ended_at[i] = Some(live.elapsed.saturating_sub(started_at.unwrap_or_default()));
+                p.ended_at[i] = Some(since_init);
             }
-            if work_done_at.is_none()
-                && !finite.is_empty()
-                && finite.iter().all(|&i| ended_at[i].is_some())
+            if p.work_done_at.is_none()
+                && !p.finite.is_empty()
+                && p.finite.iter().all(|&i| p.ended_at[i].is_some())
             {
-                work_done_at = Some(live.elapsed);
+                p.work_done_at = Some(live.elapsed);
             }
-            if scanner.panic().is_some() {
-                let since = *panic_at.get_or_insert(live.elapsed);
-                if scanner.panic_ended() || live.elapsed - since >= PANIC_GRACE {
+            if p.started_at.is_some() && snapshot_at.is_some_and(|at| since_init >= at) {
+                snapshot_due.set(true);
+            }
+            if p.scanner.panic().is_some() {
+                let since = *p.panic_at.get_or_insert(live.elapsed);
+                if p.scanner.panic_ended() || live.elapsed - since >= PANIC_GRACE {
                     built.machine.stop(StopReason::Host);
                 }
             }
         },
     );
-    built.machine.stop(StopReason::Host);
-    let mut run = finish(&built, vcpus, begin, work_done_at, observer_stopped)?;
-    // The console is complete now (the UART flushed its last partial line).
-    scanner.scan(run.uart.as_bytes(), true);
-    if let Some(line) = scanner.panic() {
-        run.end = RunEnd::KernelPanic;
-        run.kernel_panic = Some(line.to_string());
+    Watched {
+        observer_stopped: observer_stopped && !snapshot_due.get(),
+        snapshot_due: snapshot_due.get(),
     }
-    run.processes = outcomes(config, &scanner, &ended_at);
-    run.guest_module = scanner.guest_module().to_vec();
-    Ok(run)
 }
 
 /// Each process's outcome from what the init printed, its checksum checked

@@ -8,7 +8,7 @@ use apf_abi::boot::proc_state;
 use apf_vm::config::{ByteSize, ProcessConfig, Span, StoreConfig, VmConfig, WorkloadKind};
 use apf_vm::snapshot::{
     ImageSource, MEMORY_FILE, RestoreMode, Restored, STATE_FILE, Snapshot, SnapshotError,
-    take_snapshot,
+    SnapshotOf, take_snapshot,
 };
 use apf_vm::{RunEnd, RunOptions, VmError};
 use std::ops::ControlFlow;
@@ -62,7 +62,7 @@ fn options() -> RunOptions {
 }
 
 fn snapshot(config: &VmConfig, at: Duration, dir: &Path) -> Snapshot {
-    let taken = take_snapshot(config, at, dir, options(), &mut |_| {
+    let taken = take_snapshot(config, SnapshotOf::BuiltIn, at, dir, options(), &mut |_| {
         ControlFlow::Continue(())
     })
     .expect("the snapshot is taken");
@@ -278,6 +278,7 @@ fn damaged_and_mismatched_snapshots_are_refused() {
     // An output directory that is not empty is not overwritten.
     let e = take_snapshot(
         &config(true),
+        SnapshotOf::BuiltIn,
         Duration::from_millis(50),
         dir.path(),
         options(),

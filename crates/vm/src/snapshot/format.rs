@@ -220,6 +220,16 @@ pub struct ProgressState {
     pub work_done: bool,
 }
 
+/// Which guest a snapshot holds: it decides how the restored run is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestKind {
+    /// The built-in guest: processes report in its boot block.
+    BuiltIn,
+    /// A Linux guest: its init reports on the console.
+    Linux,
+}
+
 /// Everything a restore needs besides the memory image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotState {
@@ -227,8 +237,12 @@ pub struct SnapshotState {
     pub apf_version: String,
     /// The configuration it ran with.
     pub config: VmConfig,
+    /// The guest.
+    pub guest: GuestKind,
     /// How long the VM had run when its vCPUs stopped.
     pub taken_at: Duration,
+    /// Everything the guest had printed.
+    pub console: String,
     /// The platform: GIC, UART, PSCI.
     pub machine: MachineState,
     /// Each vCPU, in index order.

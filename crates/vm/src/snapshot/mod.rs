@@ -16,8 +16,8 @@
 mod format;
 
 pub use format::{
-    FORMAT, MEMORY_FILE, MemoryMap, ProgressState, STATE_FILE, SnapshotError, SnapshotState,
-    read_state,
+    FORMAT, GuestKind, MEMORY_FILE, MemoryMap, ProgressState, STATE_FILE, SnapshotError,
+    SnapshotState, read_state,
 };
 
 use std::fs::File;
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use apf_abi::{Gfn, Gpa, PAGE_SIZE};
 use apf_host::machine::StopReason;
+use apf_host::sync::lock;
 use apf_host::vcpu;
 use apf_mem::store::{
     BulkReadError, CowStore, FileStore, Latency, LatencyStore, Slot, Store, page_checksum,
@@ -37,6 +38,8 @@ use apf_mem::{ExportError, GuestMemory};
 use crate::boot::read_boot_block;
 use crate::config::VmConfig;
 use crate::error::VmError;
+use crate::linux::LinuxGuest;
+use crate::linux_run::{LinuxProgress, build_linux, drive_linux};
 use crate::monitor::Observer;
 use crate::run::{
     Built, GUEST_IMAGE, RunOptions, VmRun, WorkloadProgress, build_machine_over, drive_workloads,
@@ -61,65 +64,89 @@ pub struct SnapshotTaken {
     pub run: VmRun,
 }
 
-/// Runs the built-in guest with `config` until `at`, then writes a snapshot of
-/// it to `dir` (which must not exist, or be empty).
+/// The guest a snapshot is taken of.
+#[derive(Debug)]
+pub enum SnapshotOf {
+    /// The built-in guest with the configuration's processes; the snapshot
+    /// time counts from the start of the run.
+    BuiltIn,
+    /// A Linux guest; the snapshot time counts from its init's start line (as
+    /// its processes' times do), so that the boot's length does not matter.
+    Linux(LinuxGuest),
+}
+
+/// Runs `guest` with `config` until `at`, then writes a snapshot of it to `dir`
+/// (which must not exist, or be empty).
 pub fn take_snapshot(
     config: &VmConfig,
+    guest: SnapshotOf,
     at: Duration,
     dir: &Path,
     options: RunOptions,
     observe: Observer<'_>,
 ) -> Result<SnapshotTaken, VmError> {
-    config.validate()?;
+    let linux = matches!(guest, SnapshotOf::Linux(_));
+    if linux {
+        config.validate_linux_workloads()?;
+    } else {
+        config.validate()?;
+    }
     prepare_output(dir)?;
-    let built = crate::run::build(config, GUEST_IMAGE, options.echo_console)?;
-    write_boot_block(config, &built)?;
+    let (built, boot) = match guest {
+        SnapshotOf::BuiltIn => {
+            let built = crate::run::build(config, GUEST_IMAGE, options.echo_console)?;
+            write_boot_block(config, &built)?;
+            (built, flat_image_boot())
+        }
+        SnapshotOf::Linux(g) => build_linux(config, g, options.echo_console)?,
+    };
     let begin = Instant::now();
-    let vcpus = start_vcpus_resumed(config, &built, flat_image_boot(), vcpu::spawn, None)?;
-    let mut progress = WorkloadProgress::new(config);
-    let watched = drive_workloads(
-        config,
-        &built,
-        begin,
-        options,
-        observe,
-        &mut progress,
-        Some(at),
-    );
+    let vcpus = start_vcpus_resumed(config, &built, boot, vcpu::spawn, None)?;
+    let mut workloads = WorkloadProgress::new(config);
+    let mut console = LinuxProgress::new(config);
+    let watched = if linux {
+        drive_linux(&built, begin, options, observe, &mut console, Some(at))
+    } else {
+        drive_workloads(
+            config,
+            &built,
+            begin,
+            options,
+            observe,
+            &mut workloads,
+            Some(at),
+        )
+    };
     built.machine.stop(StopReason::Host);
     let taken_at = begin.elapsed();
-    let run = finish(
-        &built,
-        vcpus,
-        begin,
-        progress.work_done_at,
-        watched.observer_stopped,
-    )?;
+    let work_done_at = if linux {
+        console.work_done_at
+    } else {
+        workloads.work_done_at
+    };
+    let run = finish(&built, vcpus, begin, work_done_at, watched.observer_stopped)?;
     if !watched.snapshot_due {
         return Err(SnapshotError::Output {
             dir: dir.to_path_buf(),
             what: format!(
-                "the run ended after {:.2?}, before the snapshot time {at:.2?}: give a smaller --at",
-                run.wall
+                "the run ended after {:.2?}, before the snapshot time {at:.2?}{}: give a smaller --at",
+                run.wall,
+                if linux { " after the init's start" } else { "" }
             ),
         }
         .into());
     }
     let t = Instant::now();
     let memory = write_memory(dir, &built.memory)?;
-    let vcpu_states = run
-        .vcpus
-        .iter()
-        .map(|v| (*v.state).clone())
-        .collect::<Vec<_>>();
-    let state = SnapshotState {
-        apf_version: env!("CARGO_PKG_VERSION").to_string(),
-        config: config.clone(),
-        taken_at,
-        machine: built.machine.save_state(),
-        vcpus: vcpu_states,
-        progress: ProgressState {
-            ended: progress.ended_at.iter().map(Option::is_some).collect(),
+    let progress = if linux {
+        ProgressState {
+            ended: console.ended(),
+            progress: vec![0; config.processes.len()],
+            work_done: console.work_done_at.is_some(),
+        }
+    } else {
+        ProgressState {
+            ended: workloads.ended_at.iter().map(Option::is_some).collect(),
             progress: read_boot_block(&built.memory)
                 .map(|b| {
                     (0..config.processes.len())
@@ -127,12 +154,30 @@ pub fn take_snapshot(
                         .collect()
                 })
                 .unwrap_or_default(),
-            work_done: progress.work_done_at.is_some(),
+            work_done: workloads.work_done_at.is_some(),
+        }
+    };
+    let state = SnapshotState {
+        apf_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: config.clone(),
+        guest: if linux {
+            GuestKind::Linux
+        } else {
+            GuestKind::BuiltIn
         },
+        taken_at,
+        console: run.uart.clone(),
+        machine: built.machine.save_state(),
+        vcpus: run.vcpus.iter().map(|v| (*v.state).clone()).collect(),
+        progress,
         memory,
     };
     format::write_state(dir, &state)?;
-    let run = with_outcomes(config, &built, run, &progress);
+    let run = if linux {
+        console.report(config, run)
+    } else {
+        with_outcomes(config, &built, run, &workloads)
+    };
     Ok(SnapshotTaken {
         dir: dir.to_path_buf(),
         taken_at,
@@ -291,7 +336,7 @@ impl Snapshot {
 
     /// Checks that a restore may use `config`: the snapshot's, with only what a
     /// restore may change (APF, the budget, the store, the duration) changed,
-    /// and at least its RAM.
+    /// at least its RAM, and valid for its guest.
     pub fn check_config(&self, config: &VmConfig) -> Result<(), SnapshotError> {
         let taken = &self.state.config;
         let bad = |what: String| SnapshotError::Inconsistent {
@@ -321,7 +366,11 @@ impl Snapshot {
                 "the guest chose its APF channel at boot: drop --separate-ready".into(),
             ));
         }
-        Ok(())
+        match self.state.guest {
+            GuestKind::BuiltIn => config.validate(),
+            GuestKind::Linux => config.validate_linux(),
+        }
+        .map_err(|e| bad(e.to_string()))
     }
 
     /// Restores it with `config` (see [`Snapshot::check_config`]) and runs it
@@ -336,7 +385,6 @@ impl Snapshot {
     ) -> Result<Restored, VmError> {
         let t0 = Instant::now();
         self.check_config(config)?;
-        config.validate()?;
         let (dir, state) = (self.dir.as_path(), &self.state);
         let (store, loaded_pages) = match mode {
             RestoreMode::Lazy => (lazy_store(dir, source, state, config)?, 0),
@@ -351,16 +399,9 @@ impl Snapshot {
             .machine
             .restore_state(&state.machine)
             .map_err(|e| VmError::Load(format!("restoring the platform: {e}")))?;
-        let mut progress = WorkloadProgress::new(config);
-        progress.before = state.taken_at;
-        for (at, ended) in progress.ended_at.iter_mut().zip(&state.progress.ended) {
-            if *ended {
-                *at = Some(Duration::ZERO);
-            }
-        }
-        if state.progress.work_done {
-            progress.work_done_at = Some(Duration::ZERO);
-        }
+        // The console so far: a Linux guest's init lines before the snapshot
+        // still count, and the restored run's console reads as one.
+        lock(&built.console).extend_from_slice(state.console.as_bytes());
         let begin = Instant::now();
         let to_first_instruction = self.open_time + (begin - t0);
         let vcpus = start_vcpus_resumed(
@@ -370,16 +411,44 @@ impl Snapshot {
             vcpu::spawn,
             Some(state.vcpus.clone()),
         )?;
-        let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
-        built.machine.stop(StopReason::Host);
-        let run = finish(
-            &built,
-            vcpus,
-            begin,
-            progress.work_done_at,
-            watched.observer_stopped,
-        )?;
-        let run = with_outcomes(config, &built, run, &progress);
+        let run = match state.guest {
+            GuestKind::BuiltIn => {
+                let mut progress = WorkloadProgress::new(config);
+                progress.before = state.taken_at;
+                for (at, ended) in progress.ended_at.iter_mut().zip(&state.progress.ended) {
+                    if *ended {
+                        *at = Some(Duration::ZERO);
+                    }
+                }
+                if state.progress.work_done {
+                    progress.work_done_at = Some(Duration::ZERO);
+                }
+                let watched =
+                    drive_workloads(config, &built, begin, options, observe, &mut progress, None);
+                built.machine.stop(StopReason::Host);
+                let run = finish(
+                    &built,
+                    vcpus,
+                    begin,
+                    progress.work_done_at,
+                    watched.observer_stopped,
+                )?;
+                with_outcomes(config, &built, run, &progress)
+            }
+            GuestKind::Linux => {
+                let mut progress = LinuxProgress::new(config);
+                let watched = drive_linux(&built, begin, options, observe, &mut progress, None);
+                built.machine.stop(StopReason::Host);
+                let run = finish(
+                    &built,
+                    vcpus,
+                    begin,
+                    progress.work_done_at,
+                    watched.observer_stopped,
+                )?;
+                progress.report(config, run)
+            }
+        };
         Ok(Restored {
             mode,
             to_first_instruction,
