@@ -46,7 +46,12 @@ pub struct RestoreArgs {
     /// Start at once; read each page when first touched (the default).
     #[arg(long, conflicts_with = "compare")]
     lazy: bool,
-    /// Run eager, lazy with APF off and lazy with APF on, side by side.
+    /// Lazy, and a background loader reads the image's pages meanwhile (while host
+    /// memory has room), yielding to the guest's faults.
+    #[arg(long, conflicts_with_all = ["eager", "lazy", "compare"])]
+    prefetch: bool,
+    /// Run eager, lazy with APF off, lazy with APF on and lazy+prefetch with APF on,
+    /// side by side.
     #[arg(long, conflicts_with = "apf")]
     compare: bool,
     /// What a restore may change: --apf, --budget, --ram (at least the snapshot's), the
@@ -120,8 +125,10 @@ struct RestoreReport {
     image_pages: u64,
     /// Pages read before the first instruction.
     loaded_pages: u64,
-    /// Pages read after it (on demand: faults, APF or not).
+    /// Pages read after it: by the background loader, or on demand.
     pages_read_after_start: u64,
+    /// Of those, read by the background loader.
+    prefetched_pages: u64,
     /// Calc units per second of the restored run (its own work only).
     calc_work_per_s: f64,
     /// The run from the first instruction.
@@ -148,6 +155,7 @@ impl RestoreReport {
             image_pages: r.image_pages,
             loaded_pages: r.loaded_pages,
             pages_read_after_start: r.run.mem.io.pages_read,
+            prefetched_pages: r.prefetched_pages,
             calc_work_per_s: if wall > 0.0 { calc as f64 / wall } else { 0.0 },
             run,
         }
@@ -175,7 +183,10 @@ pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
             (RestoreMode::Eager, true),
             (RestoreMode::Lazy, false),
             (RestoreMode::Lazy, true),
+            (RestoreMode::LazyPrefetch, true),
         ]
+    } else if args.prefetch {
+        vec![(RestoreMode::LazyPrefetch, config.apf)]
     } else if args.eager {
         vec![(RestoreMode::Eager, config.apf)]
     } else {

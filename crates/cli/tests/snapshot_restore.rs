@@ -98,7 +98,15 @@ fn a_snapshot_restores_side_by_side_and_from_nbd_servers() {
         .iter()
         .map(|r| r["run"]["label"].as_str().unwrap())
         .collect();
-    assert_eq!(labels, ["eager, APF on", "lazy, APF off", "lazy, APF on"]);
+    assert_eq!(
+        labels,
+        [
+            "eager, APF on",
+            "lazy, APF off",
+            "lazy, APF on",
+            "lazy+prefetch, APF on"
+        ]
+    );
     for r in &rs {
         assert_correct(r, r["run"]["label"].as_str().unwrap());
     }
@@ -106,6 +114,11 @@ fn a_snapshot_restores_side_by_side_and_from_nbd_servers() {
     assert_eq!(rs[1]["loaded_pages"], 0);
     assert_eq!(vcpu_sum(&rs[1], "not_present"), 0);
     assert!(vcpu_sum(&rs[2], "not_present") > 0, "lazy with APF on");
+    assert_eq!(rs[2]["prefetched_pages"], 0);
+    assert!(
+        rs[3]["prefetched_pages"].as_u64().unwrap() > 0,
+        "the loader read pages"
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("to first instruction"), "{table}");
 

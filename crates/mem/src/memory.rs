@@ -270,6 +270,17 @@ impl GuestMemory {
         self.inner.pager.base_gfn().gpa()
     }
 
+    /// Pages of host memory guest pages may use (the budget).
+    pub fn budget_pages(&self) -> u64 {
+        self.inner.pager.frames().budget()
+    }
+
+    /// Pages of the budget not in use now.
+    pub fn free_pages(&self) -> u64 {
+        let frames = self.inner.pager.frames();
+        frames.budget().saturating_sub(frames.used())
+    }
+
     /// Pages of guest RAM.
     pub fn ram_pages(&self) -> u64 {
         self.inner.pager.pages() as u64

@@ -14,6 +14,7 @@
 //! checks) every page before the first instruction.
 
 mod format;
+mod prefetch;
 
 pub use format::{
     FORMAT, GuestKind, MEMORY_FILE, MemoryMap, ProgressState, STATE_FILE, SnapshotError,
@@ -23,6 +24,7 @@ pub use format::{
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apf_abi::{Gfn, Gpa, PAGE_SIZE};
@@ -46,6 +48,7 @@ use crate::run::{
     finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
 };
 use crate::store::{connect_nbd, open_store};
+use prefetch::Prefetcher;
 
 /// What `take_snapshot` wrote.
 #[derive(Debug)]
@@ -253,6 +256,9 @@ pub enum RestoreMode {
     Eager,
     /// Pages read when first touched, from the image under a copy-on-write store.
     Lazy,
+    /// Lazy, and a background loader reads the image's pages in address order
+    /// meanwhile, while host memory has room, yielding to demand faults.
+    LazyPrefetch,
 }
 
 impl RestoreMode {
@@ -261,6 +267,7 @@ impl RestoreMode {
         match self {
             RestoreMode::Eager => "eager",
             RestoreMode::Lazy => "lazy",
+            RestoreMode::LazyPrefetch => "lazy+prefetch",
         }
     }
 }
@@ -290,6 +297,9 @@ pub struct Restored {
     pub image_pages: u64,
     /// Pages read before the first instruction (eager).
     pub loaded_pages: u64,
+    /// Pages the background loader read (lazy+prefetch); the rest of those
+    /// read after the first instruction were read on demand.
+    pub prefetched_pages: u64,
     /// The run from the first instruction (its work_done_at is on the same
     /// timeline).
     pub run: VmRun,
@@ -387,12 +397,14 @@ impl Snapshot {
         self.check_config(config)?;
         let (dir, state) = (self.dir.as_path(), &self.state);
         let (store, loaded_pages) = match mode {
-            RestoreMode::Lazy => (lazy_store(dir, source, state, config)?, 0),
+            RestoreMode::Lazy | RestoreMode::LazyPrefetch => {
+                (lazy_store(dir, source, state, config)?, 0)
+            }
             RestoreMode::Eager => (open_store(config)?, state.memory.held_pages()),
         };
         let built = build_machine_over(config, store, options.echo_console)?;
         match mode {
-            RestoreMode::Lazy => place_image(dir, state, &built)?,
+            RestoreMode::Lazy | RestoreMode::LazyPrefetch => place_image(dir, state, &built)?,
             RestoreMode::Eager => load_image(dir, source, state, config, &built)?,
         }
         built
@@ -411,6 +423,14 @@ impl Snapshot {
             vcpu::spawn,
             Some(state.vcpus.clone()),
         )?;
+        let prefetcher = if mode == RestoreMode::LazyPrefetch {
+            let base = built.memory.ram_base().gfn().0;
+            let pages = state.memory.held().map(|(n, _)| Gfn(base + n)).collect();
+            let depth = usize::try_from(config.store.queue_depth / 4).unwrap_or(1);
+            Some(Prefetcher::start(Arc::clone(&built.memory), pages, depth)?)
+        } else {
+            None
+        };
         let run = match state.guest {
             GuestKind::BuiltIn => {
                 let mut progress = WorkloadProgress::new(config);
@@ -449,8 +469,10 @@ impl Snapshot {
                 progress.report(config, run)
             }
         };
+        let prefetched_pages = prefetcher.map_or(0, Prefetcher::stop);
         Ok(Restored {
             mode,
+            prefetched_pages,
             to_first_instruction,
             taken_at: state.taken_at,
             image_pages: state.memory.held_pages(),
