@@ -408,12 +408,19 @@ fn run_one(
 }
 
 fn write_json(path: &Path, command: &str, runs: &[RunReport]) -> Result<(), CliError> {
-    let report = JsonReport {
-        apf_version: env!("CARGO_PKG_VERSION"),
-        command,
-        runs,
-    };
-    let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::Write {
+    write_json_value(
+        path,
+        &JsonReport {
+            apf_version: env!("CARGO_PKG_VERSION"),
+            command,
+            runs,
+        },
+    )
+}
+
+/// Writes `value` as pretty JSON to `path`.
+fn write_json_value(path: &Path, value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Write {
         path: path.to_path_buf(),
         source: e.into(),
     })?;

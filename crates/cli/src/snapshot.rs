@@ -16,7 +16,7 @@ use crate::progress::RunBar;
 use crate::report::{self, RunReport};
 use crate::table::{Table, count, secs};
 use crate::vmargs::{self, VmArgs};
-use crate::{CliError, Guest, LinuxArgs, check, check_output};
+use crate::{CliError, Guest, LinuxArgs, check, check_output, write_json_value};
 
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
@@ -234,19 +234,14 @@ pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
 }
 
 fn write_restore_json(path: &Path, restores: &[RestoreReport]) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(&RestoreJson {
-        apf_version: env!("CARGO_PKG_VERSION"),
-        command: "restore",
-        restores,
-    })
-    .map_err(|e| CliError::Write {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    write_json_value(
+        path,
+        &RestoreJson {
+            apf_version: env!("CARGO_PKG_VERSION"),
+            command: "restore",
+            restores,
+        },
+    )
 }
 
 fn render_one(dir: &Path, r: &RestoreReport) -> String {
@@ -298,8 +293,9 @@ fn render_compare(dir: &Path, rs: &[RestoreReport]) -> String {
     });
     row("blocktime", &|r| secs(r.run.blocktime_s()));
     row("pages read before start", &|r| count(r.loaded_pages));
-    row("pages read after start", &|r| {
-        count(r.pages_read_after_start)
+    row("pages prefetched", &|r| count(r.prefetched_pages));
+    row("pages read on demand", &|r| {
+        count(r.pages_read_after_start.saturating_sub(r.prefetched_pages))
     });
     row("calc work/s", &|r| report::count_f(r.calc_work_per_s));
     let faults =

@@ -52,7 +52,6 @@ pub fn run_linux_observed(
     let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
     let mut progress = LinuxProgress::new(config);
     let watched = drive_linux(&built, begin, options, observe, &mut progress, None);
-    built.machine.stop(StopReason::Host);
     let run = finish(
         &built,
         vcpus,

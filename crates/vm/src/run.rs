@@ -387,6 +387,7 @@ pub(crate) fn start_vcpus_resumed(
     Ok(vcpus)
 }
 
+/// Stops the machine, waits for its vCPUs and gathers what the run produced.
 pub(crate) fn finish(
     built: &Built,
     vcpus: Vcpus,
@@ -394,6 +395,7 @@ pub(crate) fn finish(
     work_done_at: Option<Duration>,
     observer_stopped: bool,
 ) -> Result<VmRun, VmError> {
+    built.machine.stop(StopReason::Host);
     let vcpus = vcpus.join()?;
     let wall = begin.elapsed();
     built.machine.uart.flush();
@@ -444,7 +446,6 @@ pub fn run_image_observed(
         observe,
         |_| {},
     );
-    built.machine.stop(StopReason::Host);
     finish(&built, vcpus, begin, None, observer_stopped)
 }
 
@@ -468,7 +469,6 @@ pub fn run_workloads_observed(
     let vcpus = start_vcpus(config, &built, flat_image_boot(), vcpu::spawn)?;
     let mut progress = WorkloadProgress::new(config);
     let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
-    built.machine.stop(StopReason::Host);
     let run = finish(
         &built,
         vcpus,

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apf_abi::{Gfn, Gpa, PAGE_SIZE};
-use apf_host::machine::StopReason;
 use apf_host::sync::lock;
 use apf_host::vcpu;
 use apf_mem::store::{
@@ -120,7 +119,6 @@ pub fn take_snapshot(
             Some(at),
         )
     };
-    built.machine.stop(StopReason::Host);
     let taken_at = begin.elapsed();
     let work_done_at = if linux {
         console.work_done_at
@@ -445,7 +443,6 @@ impl Snapshot {
                 }
                 let watched =
                     drive_workloads(config, &built, begin, options, observe, &mut progress, None);
-                built.machine.stop(StopReason::Host);
                 let run = finish(
                     &built,
                     vcpus,
@@ -458,7 +455,6 @@ impl Snapshot {
             GuestKind::Linux => {
                 let mut progress = LinuxProgress::new(config);
                 let watched = drive_linux(&built, begin, options, observe, &mut progress, None);
-                built.machine.stop(StopReason::Host);
                 let run = finish(
                     &built,
                     vcpus,
