@@ -1,6 +1,6 @@
 //! `apf snapshot` and `apf restore`: a snapshot of a short run restored side by
 //! side (`--compare`), from nbdkit and qemu-nbd serving its image, through a
-//! failing server and a server restarted mid-run; and the one-line refusals
+//! failing server, a server restarted mid-run and one killed for good; and the one-line refusals
 //! (exit status 2) of damaged snapshots, wrong flags and bad exports.
 
 mod common;
@@ -175,14 +175,14 @@ fn a_snapshot_restores_side_by_side_and_from_nbd_servers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Waits until `log` (nbdkit's log filter) shows a read: the restore is
+/// Waits until `log` (nbdkit's log filter) shows `n` reads: the restore is
 /// reading its image from the server.
-fn wait_for_a_read(log: &Path) {
+fn wait_for_reads(log: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(log).is_ok_and(|t| t.contains(" Read id=")) {
+    while std::fs::read_to_string(log).map_or(0, |t| t.matches(" Read id=").count()) < n {
         assert!(
             Instant::now() < deadline,
-            "no read reached the server in 60 s"
+            "{n} reads did not reach the server in 60 s"
         );
         std::thread::yield_now();
     }
@@ -248,9 +248,9 @@ fn an_image_server_that_fails_or_restarts_mid_restore() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_a_read(&log);
+    wait_for_reads(&log, 1);
     server.kill();
-    let _again = start(&dir.join("nbdkit-again.log"));
+    let again_server = start(&dir.join("nbdkit-again.log"));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -259,6 +259,36 @@ fn an_image_server_that_fails_or_restarts_mid_restore() {
     assert!(
         again.contains(" Read id="),
         "the client came back and read from the restarted server"
+    );
+    drop(again_server);
+
+    // A server killed for good: once the client's reconnect window has passed,
+    // the reads fail like a broken disk. The run ends (no vCPU hangs); the
+    // processes that needed the lost pages are killed and named, the VM runs on.
+    let log = dir.join("nbdkit-gone.log");
+    let mut server = start(&log);
+    let child = Command::new(apf_bin)
+        .args(["restore", snap.to_str().unwrap(), "--from", &url])
+        .args(["--latency", "0", "--timeout", "120s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the guest kernel's own pages, which the first instructions read:
+    // the pages lost are the processes'.
+    wait_for_reads(&log, 300);
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("the guest powered off"),
+        "the VM ran on: {stdout}"
+    );
+    assert!(
+        stderr.contains("killed process") || stderr.contains("could not bring back"),
+        "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
