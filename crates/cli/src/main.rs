@@ -16,6 +16,7 @@ mod trace;
 mod vmargs;
 
 use apf_vm::config::{ByteSize, ProcessConfig, Span, VmConfig, WorkloadKind};
+use apf_vm::snapshot::{ImageSource, RestoreMode, Snapshot, SnapshotOf, take_snapshot};
 use apf_vm::{
     ErrorClass, LinuxGuest, RunEnd, RunOptions, VmError, VmRun, run_image, run_linux,
     run_linux_observed, run_workloads, run_workloads_observed,
@@ -27,8 +28,9 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use table::count;
 use thiserror::Error;
-use vmargs::{VmArgs, VmArgsError};
+use vmargs::{LinuxArgs, VmArgs, VmArgsError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -104,34 +106,6 @@ struct RunArgs {
     /// End the run after this long whatever the guest does [default: 120s; 30s with --image].
     #[arg(long, value_name = "DURATION")]
     timeout: Option<Span>,
-}
-
-/// A Linux guest for `compare` and `sweep`: every run boots it instead of the
-/// built-in guest.
-#[derive(Args, Debug)]
-struct LinuxArgs {
-    /// Boot this arm64 Linux Image (uncompressed) in every run instead of the built-in
-    /// guest, with --initrd; the -p processes go to its init as for `apf run --kernel`.
-    /// Without -p or --config: a 384MiB scan beside a calc, 512MiB of RAM in a 256MiB
-    /// budget.
-    #[arg(
-        long,
-        value_name = "IMAGE",
-        requires = "initrd",
-        conflicts_with = "duration"
-    )]
-    kernel: Option<PathBuf>,
-    /// The initramfs whose init runs the processes (guest/linux/build.sh makes it).
-    #[arg(long, value_name = "FILE", requires = "kernel")]
-    initrd: Option<PathBuf>,
-    /// Kernel command-line arguments for --kernel (e.g. "console=ttyAMA0").
-    #[arg(
-        long,
-        value_name = "ARGS",
-        requires = "kernel",
-        allow_hyphen_values = true
-    )]
-    append: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -699,6 +673,123 @@ fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
     check(&runs)
 }
 
+fn cmd_snapshot(args: &snapshot::SnapshotArgs) -> Result<(), CliError> {
+    let guest = Guest::of(&args.linux)?;
+    let config = guest.config(&args.vm)?;
+    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let bar = RunBar::new(&config, "to the snapshot");
+    let mut observe = |live: &apf_vm::Live<'_>| {
+        bar.update(live);
+        ControlFlow::Continue(())
+    };
+    let of = match guest {
+        Guest::BuiltIn => SnapshotOf::BuiltIn,
+        Guest::Linux(linux) => SnapshotOf::Linux(linux),
+    };
+    let taken = take_snapshot(
+        &config,
+        of,
+        args.at.0,
+        &args.out,
+        RunOptions {
+            timeout: args.timeout.0,
+            ..RunOptions::default()
+        },
+        &mut observe,
+    );
+    bar.finish();
+    let taken = taken?;
+    println!(
+        "snapshot {} taken at {:.2} s: {} of {} pages hold data ({} MiB), written in {:.2} s",
+        taken.dir.display(),
+        taken.taken_at.as_secs_f64(),
+        count(taken.pages_held),
+        count(taken.pages),
+        (taken.pages_held * 4096) >> 20,
+        taken.write_time.as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn cmd_restore(args: &snapshot::RestoreArgs) -> Result<(), CliError> {
+    check_output("--json", args.json.as_deref())?;
+    let snap = Snapshot::open(&args.dir).map_err(VmError::from)?;
+    // What a restore may not change first: its message says which flag to drop.
+    let config = args.vm.config_machine(snap.config().clone())?;
+    snap.check_config(&config).map_err(VmError::from)?;
+    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let plan: Vec<(RestoreMode, bool)> = if args.compare {
+        vec![
+            (RestoreMode::Eager, true),
+            (RestoreMode::Lazy, false),
+            (RestoreMode::Lazy, true),
+            (RestoreMode::LazyPrefetch, true),
+        ]
+    } else if args.prefetch {
+        vec![(RestoreMode::LazyPrefetch, config.apf)]
+    } else if args.eager {
+        vec![(RestoreMode::Eager, config.apf)]
+    } else {
+        vec![(RestoreMode::Lazy, config.apf)]
+    };
+    let source = args
+        .from
+        .clone()
+        .map_or(ImageSource::Local, ImageSource::Nbd);
+    let mut reports = Vec::new();
+    for (mode, apf) in plan {
+        let label = format!("{}, APF {}", mode.name(), if apf { "on" } else { "off" });
+        let config = VmConfig {
+            apf,
+            ..config.clone()
+        };
+        let bar = RunBar::new(&config, &label);
+        let mut observe = |live: &apf_vm::Live<'_>| {
+            bar.update(live);
+            ControlFlow::Continue(())
+        };
+        let restored = snap.restore(
+            mode,
+            &config,
+            &source,
+            RunOptions {
+                timeout: args.timeout.0,
+                ..RunOptions::default()
+            },
+            &mut observe,
+        );
+        bar.finish();
+        reports.push(snapshot::RestoreReport::new(
+            label, &snap, &config, &restored?,
+        ));
+    }
+    if let [one] = reports.as_slice() {
+        print!("{}", snapshot::render_one(&args.dir, one));
+    } else {
+        print!("{}", snapshot::render_compare(&args.dir, &reports));
+    }
+    if let Some(path) = &args.json {
+        write_restore_json(path, &reports)?;
+    }
+    let runs: Vec<RunReport> = reports.into_iter().map(|r| r.run).collect();
+    check(&runs)
+}
+
+fn write_restore_json(path: &Path, restores: &[snapshot::RestoreReport]) -> Result<(), CliError> {
+    write_json_value(
+        path,
+        &snapshot::RestoreJson {
+            apf_version: env!("CARGO_PKG_VERSION"),
+            command: "restore",
+            restores,
+        },
+    )
+}
+
 fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
     let guest = Guest::of(&args.linux)?;
     let base = guest.config(&args.vm)?;
@@ -859,8 +950,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run(args),
         Command::Compare(args) => cmd_compare(args),
         Command::Sweep(args) => cmd_sweep(args),
-        Command::Snapshot(args) => snapshot::cmd_snapshot(args),
-        Command::Restore(args) => snapshot::cmd_restore(args),
+        Command::Snapshot(args) => cmd_snapshot(args),
+        Command::Restore(args) => cmd_restore(args),
         Command::StoreBench(args) => storebench::run(args).map_err(CliError::from),
         Command::Trace(args) => cmd_trace(args),
         Command::EngineDemo { faults } => demo::engine_demo(*faults).map_err(CliError::RunFailed),

@@ -3,116 +3,72 @@
 //! by side (`--compare`).
 
 use std::fmt::Write as _;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use apf_vm::RunOptions;
 use apf_vm::config::{Span, VmConfig, WorkloadKind};
-use apf_vm::snapshot::{ImageSource, RestoreMode, Restored, Snapshot, SnapshotOf, take_snapshot};
+use apf_vm::snapshot::{Restored, Snapshot};
 use clap::Args;
 use serde::Serialize;
 
-use crate::progress::RunBar;
 use crate::report::{self, RunReport};
 use crate::table::{Table, count, secs};
-use crate::vmargs::{self, VmArgs};
-use crate::{CliError, Guest, LinuxArgs, check, check_output, write_json_value};
+use crate::vmargs::{LinuxArgs, VmArgs};
 
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
     #[command(flatten)]
-    vm: VmArgs,
+    pub vm: VmArgs,
     #[command(flatten)]
-    linux: LinuxArgs,
+    pub linux: LinuxArgs,
     /// When to take it (e.g. 3s): from the start of the run, or with --kernel from the
     /// init's start line (as the processes' times are).
     #[arg(long, value_name = "DURATION")]
-    at: Span,
+    pub at: Span,
     /// The directory to write (made if missing; refused if not empty).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// End the run after this long if the snapshot time never comes [default: 120s].
     #[arg(long, value_name = "DURATION", default_value = "120s")]
-    timeout: Span,
+    pub timeout: Span,
 }
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// A directory `apf snapshot` wrote.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Read every page before the first instruction.
     #[arg(long, conflicts_with_all = ["lazy", "compare"])]
-    eager: bool,
+    pub eager: bool,
     /// Start at once; read each page when first touched (the default).
     #[arg(long, conflicts_with = "compare")]
-    lazy: bool,
+    pub lazy: bool,
     /// Lazy, and a background loader reads the image's pages meanwhile (while host
     /// memory has room), yielding to the guest's faults.
     #[arg(long, conflicts_with_all = ["eager", "lazy", "compare"])]
-    prefetch: bool,
+    pub prefetch: bool,
     /// Run eager, lazy with APF off, lazy with APF on and lazy+prefetch with APF on,
     /// side by side.
     #[arg(long, conflicts_with = "apf")]
-    compare: bool,
+    pub compare: bool,
     /// What a restore may change: --apf, --budget, --ram (at least the snapshot's), the
     /// store flags (the added latency also applies to the snapshot's image).
     #[command(flatten)]
-    vm: VmArgs,
+    pub vm: VmArgs,
     /// Read the memory image from this NBD export of it (read-only), e.g. one served by
     /// `nbdkit -r file DIR/memory` or `qemu-nbd -r -f raw DIR/memory`, instead of DIR.
     #[arg(long, value_name = "nbd://HOST:PORT[/EXPORT]")]
-    from: Option<String>,
+    pub from: Option<String>,
     /// Also write the report as JSON.
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     /// End the run after this long whatever the guest does.
     #[arg(long, value_name = "DURATION", default_value = "120s")]
-    timeout: Span,
-}
-
-pub fn cmd_snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
-    let guest = Guest::of(&args.linux)?;
-    let config = guest.config(&args.vm)?;
-    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
-        eprintln!("apf: created the store directory {}", dir.display());
-    }
-    let bar = RunBar::new(&config, "to the snapshot");
-    let mut observe = |live: &apf_vm::Live<'_>| {
-        bar.update(live);
-        ControlFlow::Continue(())
-    };
-    let of = match guest {
-        Guest::BuiltIn => SnapshotOf::BuiltIn,
-        Guest::Linux(linux) => SnapshotOf::Linux(linux),
-    };
-    let taken = take_snapshot(
-        &config,
-        of,
-        args.at.0,
-        &args.out,
-        RunOptions {
-            timeout: args.timeout.0,
-            ..RunOptions::default()
-        },
-        &mut observe,
-    );
-    bar.finish();
-    let taken = taken?;
-    println!(
-        "snapshot {} taken at {:.2} s: {} of {} pages hold data ({} MiB), written in {:.2} s",
-        taken.dir.display(),
-        taken.taken_at.as_secs_f64(),
-        count(taken.pages_held),
-        count(taken.pages),
-        (taken.pages_held * 4096) >> 20,
-        taken.write_time.as_secs_f64(),
-    );
-    Ok(())
+    pub timeout: Span,
 }
 
 /// One restore, for the report and the JSON.
 #[derive(Debug, Serialize)]
-struct RestoreReport {
+pub struct RestoreReport {
     /// `eager` or `lazy`.
     mode: &'static str,
     /// From opening the snapshot to the first instruction.
@@ -132,11 +88,11 @@ struct RestoreReport {
     /// Calc units per second of the restored run (its own work only).
     calc_work_per_s: f64,
     /// The run from the first instruction.
-    run: RunReport,
+    pub run: RunReport,
 }
 
 impl RestoreReport {
-    fn new(label: String, snap: &Snapshot, config: &VmConfig, r: &Restored) -> RestoreReport {
+    pub fn new(label: String, snap: &Snapshot, config: &VmConfig, r: &Restored) -> RestoreReport {
         let run = RunReport::new(label, config, &r.run);
         let wall = r.run.wall.as_secs_f64();
         let before = &snap.state().progress.progress;
@@ -163,88 +119,13 @@ impl RestoreReport {
 }
 
 #[derive(Serialize)]
-struct RestoreJson<'a> {
-    apf_version: &'static str,
-    command: &'static str,
-    restores: &'a [RestoreReport],
+pub struct RestoreJson<'a> {
+    pub apf_version: &'static str,
+    pub command: &'static str,
+    pub restores: &'a [RestoreReport],
 }
 
-pub fn cmd_restore(args: &RestoreArgs) -> Result<(), CliError> {
-    check_output("--json", args.json.as_deref())?;
-    let snap = Snapshot::open(&args.dir).map_err(apf_vm::VmError::from)?;
-    // What a restore may not change first: its message says which flag to drop.
-    let config = args.vm.config_machine(snap.config().clone())?;
-    snap.check_config(&config).map_err(apf_vm::VmError::from)?;
-    if let Some(dir) = vmargs::ensure_store_dir(&config)? {
-        eprintln!("apf: created the store directory {}", dir.display());
-    }
-    let plan: Vec<(RestoreMode, bool)> = if args.compare {
-        vec![
-            (RestoreMode::Eager, true),
-            (RestoreMode::Lazy, false),
-            (RestoreMode::Lazy, true),
-            (RestoreMode::LazyPrefetch, true),
-        ]
-    } else if args.prefetch {
-        vec![(RestoreMode::LazyPrefetch, config.apf)]
-    } else if args.eager {
-        vec![(RestoreMode::Eager, config.apf)]
-    } else {
-        vec![(RestoreMode::Lazy, config.apf)]
-    };
-    let source = args
-        .from
-        .clone()
-        .map_or(ImageSource::Local, ImageSource::Nbd);
-    let mut reports = Vec::new();
-    for (mode, apf) in plan {
-        let label = format!("{}, APF {}", mode.name(), if apf { "on" } else { "off" });
-        let config = VmConfig {
-            apf,
-            ..config.clone()
-        };
-        let bar = RunBar::new(&config, &label);
-        let mut observe = |live: &apf_vm::Live<'_>| {
-            bar.update(live);
-            ControlFlow::Continue(())
-        };
-        let restored = snap.restore(
-            mode,
-            &config,
-            &source,
-            RunOptions {
-                timeout: args.timeout.0,
-                ..RunOptions::default()
-            },
-            &mut observe,
-        );
-        bar.finish();
-        reports.push(RestoreReport::new(label, &snap, &config, &restored?));
-    }
-    if let [one] = reports.as_slice() {
-        print!("{}", render_one(&args.dir, one));
-    } else {
-        print!("{}", render_compare(&args.dir, &reports));
-    }
-    if let Some(path) = &args.json {
-        write_restore_json(path, &reports)?;
-    }
-    let runs: Vec<RunReport> = reports.into_iter().map(|r| r.run).collect();
-    check(&runs)
-}
-
-fn write_restore_json(path: &Path, restores: &[RestoreReport]) -> Result<(), CliError> {
-    write_json_value(
-        path,
-        &RestoreJson {
-            apf_version: env!("CARGO_PKG_VERSION"),
-            command: "restore",
-            restores,
-        },
-    )
-}
-
-fn render_one(dir: &Path, r: &RestoreReport) -> String {
+pub fn render_one(dir: &Path, r: &RestoreReport) -> String {
     let mut out = format!(
         "restore of {} (taken at {:.2} s), {}: first instruction after {}, work done after {}; {} of {} image pages read before it\n",
         dir.display(),
@@ -259,7 +140,7 @@ fn render_one(dir: &Path, r: &RestoreReport) -> String {
     out
 }
 
-fn render_compare(dir: &Path, rs: &[RestoreReport]) -> String {
+pub fn render_compare(dir: &Path, rs: &[RestoreReport]) -> String {
     let mut out = String::new();
     let first = &rs[0];
     let _ = writeln!(

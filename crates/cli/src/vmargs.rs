@@ -268,6 +268,34 @@ pub fn ensure_store_dir(config: &VmConfig) -> Result<Option<&Path>, VmArgsError>
     Ok(Some(path))
 }
 
+/// A Linux guest for `compare` and `sweep`: every run boots it instead of the
+/// built-in guest.
+#[derive(Args, Debug)]
+pub struct LinuxArgs {
+    /// Boot this arm64 Linux Image (uncompressed) in every run instead of the built-in
+    /// guest, with --initrd; the -p processes go to its init as for `apf run --kernel`.
+    /// Without -p or --config: a 384MiB scan beside a calc, 512MiB of RAM in a 256MiB
+    /// budget.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "initrd",
+        conflicts_with = "duration"
+    )]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs whose init runs the processes (guest/linux/build.sh makes it).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command-line arguments for --kernel (e.g. "console=ttyAMA0").
+    #[arg(
+        long,
+        value_name = "ARGS",
+        requires = "kernel",
+        allow_hyphen_values = true
+    )]
+    pub append: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,7 @@ pub enum VmError {
     VcpuPanicked(usize),
     /// A snapshot could not be taken or read.
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Whose fault a [`VmError`] is: what the caller should change.
@@ -110,5 +110,113 @@ impl VmError {
             VmError::Snapshot(e) if e.is_input() => ErrorClass::Input,
             VmError::Snapshot(_) => ErrorClass::Host,
         }
+    }
+}
+
+/// Why a snapshot could not be written or read. Every message names the
+/// directory and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The directory (or its state file) is missing or unreadable.
+    #[error(
+        "snapshot {dir}: cannot read {file}: {source} (give a directory `apf snapshot --out` wrote)"
+    )]
+    Missing {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The file.
+        file: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file does not start with an apf snapshot header.
+    #[error("snapshot {dir}: the state file is not an apf snapshot (no `apf-snapshot` header)")]
+    NotASnapshot {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
+    /// Written by an apf with another format.
+    #[error("snapshot {dir}: format {found}, but this apf (version {}) reads format {reads}: restore it with the apf that took it", env!("CARGO_PKG_VERSION"))]
+    Version {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Its format.
+        found: String,
+        /// The format this apf reads.
+        reads: u32,
+    },
+    /// A file is shorter (or longer) than the state says.
+    #[error(
+        "snapshot {dir}: {file} is {found} bytes, the snapshot says {expected}: it is truncated or damaged"
+    )]
+    Truncated {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The file.
+        file: &'static str,
+        /// Its length.
+        found: u64,
+        /// The length it should have.
+        expected: u64,
+    },
+    /// The state does not match its checksum.
+    #[error(
+        "snapshot {dir}: the state fails its checksum ({found:#010x}, expected {expected:#010x}): it is damaged"
+    )]
+    StateChecksum {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Recorded.
+        expected: u32,
+        /// Computed.
+        found: u32,
+    },
+    /// The state is not valid JSON of this format.
+    #[error("snapshot {dir}: the state cannot be read: {message}")]
+    Parse {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// serde's message.
+        message: String,
+    },
+    /// A page of the memory image does not match its checksum.
+    #[error("snapshot {dir}: page {page} of the memory image fails its checksum: it is damaged")]
+    PageChecksum {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The page.
+        page: u64,
+    },
+    /// The state is inconsistent with itself.
+    #[error("snapshot {dir}: {what}")]
+    Inconsistent {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What does not fit.
+        what: String,
+    },
+    /// The output directory cannot be used.
+    #[error("snapshot directory {dir}: {what}")]
+    Output {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What to change.
+        what: String,
+    },
+    /// Writing the snapshot failed.
+    #[error("writing the snapshot to {dir}: {source}")]
+    Write {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl SnapshotError {
+    /// Whether the snapshot (or the directory given) is the problem, rather
+    /// than the host.
+    pub fn is_input(&self) -> bool {
+        !matches!(self, SnapshotError::Write { .. })
     }
 }

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use apf_host::machine::MachineState;
@@ -20,6 +20,7 @@ use apf_host::vcpu::VcpuState;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
+pub use crate::error::SnapshotError;
 
 /// The format this apf writes and reads. Bump it whenever [`SnapshotState`] or
 /// the layout changes in a way an older reader would misread.
@@ -30,112 +31,6 @@ const MAGIC: &str = "apf-snapshot";
 pub const STATE_FILE: &str = "state";
 /// The memory image's name in a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
-
-/// Why a snapshot could not be written or read. Every message names the
-/// directory and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The directory (or its state file) is missing or unreadable.
-    #[error(
-        "snapshot {dir}: cannot read {file}: {source} (give a directory `apf snapshot --out` wrote)"
-    )]
-    Missing {
-        /// The directory.
-        dir: PathBuf,
-        /// The file.
-        file: &'static str,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The state file does not start with an apf snapshot header.
-    #[error("snapshot {dir}: the state file is not an apf snapshot (no `{MAGIC}` header)")]
-    NotASnapshot {
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// Written by an apf with another format.
-    #[error("snapshot {dir}: format {found}, but this apf (version {}) reads format {FORMAT}: restore it with the apf that took it", env!("CARGO_PKG_VERSION"))]
-    Version {
-        /// The directory.
-        dir: PathBuf,
-        /// Its format.
-        found: String,
-    },
-    /// A file is shorter (or longer) than the state says.
-    #[error(
-        "snapshot {dir}: {file} is {found} bytes, the snapshot says {expected}: it is truncated or damaged"
-    )]
-    Truncated {
-        /// The directory.
-        dir: PathBuf,
-        /// The file.
-        file: &'static str,
-        /// Its length.
-        found: u64,
-        /// The length it should have.
-        expected: u64,
-    },
-    /// The state does not match its checksum.
-    #[error(
-        "snapshot {dir}: the state fails its checksum ({found:#010x}, expected {expected:#010x}): it is damaged"
-    )]
-    StateChecksum {
-        /// The directory.
-        dir: PathBuf,
-        /// Recorded.
-        expected: u32,
-        /// Computed.
-        found: u32,
-    },
-    /// The state is not valid JSON of this format.
-    #[error("snapshot {dir}: the state cannot be read: {message}")]
-    Parse {
-        /// The directory.
-        dir: PathBuf,
-        /// serde's message.
-        message: String,
-    },
-    /// A page of the memory image does not match its checksum.
-    #[error("snapshot {dir}: page {page} of the memory image fails its checksum: it is damaged")]
-    PageChecksum {
-        /// The directory.
-        dir: PathBuf,
-        /// The page.
-        page: u64,
-    },
-    /// The state is inconsistent with itself.
-    #[error("snapshot {dir}: {what}")]
-    Inconsistent {
-        /// The directory.
-        dir: PathBuf,
-        /// What does not fit.
-        what: String,
-    },
-    /// The output directory cannot be used.
-    #[error("snapshot directory {dir}: {what}")]
-    Output {
-        /// The directory.
-        dir: PathBuf,
-        /// What to change.
-        what: String,
-    },
-    /// Writing the snapshot failed.
-    #[error("writing the snapshot to {dir}: {source}")]
-    Write {
-        /// The directory.
-        dir: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-impl SnapshotError {
-    /// Whether the snapshot (or the directory given) is the problem, rather
-    /// than the host.
-    pub fn is_input(&self) -> bool {
-        !matches!(self, SnapshotError::Write { .. })
-    }
-}
 
 /// The memory image's map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +188,7 @@ pub fn read_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
         return Err(SnapshotError::Version {
             dir: d(),
             found: fields[1].to_string(),
+            reads: FORMAT,
         });
     }
     let (Ok(len), Ok(crc)) = (fields[2].parse::<u64>(), u32::from_str_radix(fields[3], 16)) else {
