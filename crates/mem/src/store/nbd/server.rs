@@ -405,9 +405,11 @@ impl Export {
                     return Ok(None);
                 };
                 if !self.is_named(req.name) {
+                    // The client's name echoed in part: a reply it cannot inflate.
+                    let asked = &req.name[..req.name.len().min(64)];
                     let msg = format!(
                         "no export {:?}; this server has only {:?}",
-                        String::from_utf8_lossy(req.name),
+                        String::from_utf8_lossy(asked),
                         self.name
                     );
                     option_reply(s, option, wire::REP_ERR_UNKNOWN, msg.as_bytes())?;
