@@ -481,10 +481,12 @@ impl Export {
                                 cookie: req.cookie,
                             });
                             out[..wire::SIMPLE_REPLY_LEN].copy_from_slice(&header);
-                            s.write_all(&out)?;
-                            s.flush()?;
+                            // Counted before the reply goes, so a client that
+                            // has its data sees it counted.
                             bump(&self.counters.reads, 1);
                             bump(&self.counters.bytes_read, u64::from(req.len));
+                            s.write_all(&out)?;
+                            s.flush()?;
                             continue;
                         }
                         Err(_) => wire::NBD_EIO,
