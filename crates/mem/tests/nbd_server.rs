@@ -472,3 +472,23 @@ fn nbdinfo_prints_the_size_and_lists_the_export() {
         "no export in the list"
     );
 }
+
+#[test]
+fn abort_is_acknowledged_and_ends_the_connection() {
+    let server = serve(Arc::new(pattern(64 << 10, 10)));
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    let mut greeting = [0u8; wire::GREETING_LEN];
+    s.read_exact(&mut greeting).unwrap();
+    s.write_all(&wire::CLIENT_FIXED_NEWSTYLE.to_be_bytes())
+        .unwrap();
+    s.write_all(&wire::encode_option(wire::OPT_ABORT, &[]))
+        .unwrap();
+    let mut h = [0u8; wire::OPTION_REPLY_HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    let r = wire::parse_option_reply(&h, wire::OPT_ABORT).unwrap();
+    assert_eq!((r.reply, r.len), (wire::REP_ACK, 0));
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(server.counters().protocol_errors, 0);
+}
