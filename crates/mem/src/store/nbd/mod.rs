@@ -8,6 +8,8 @@
 //! - `client`: one socket, requests pipelined with unique cookies, a reader
 //!   thread matching replies, reconnecting and re-sending when the connection
 //!   breaks.
+//! - [`server`]: the other side, a read-only NBD server of any
+//!   [`ExportSource`] (a guest's RAM for one).
 //!
 //! **Server failure.** When the connection breaks (EOF, reset, a bad reply, no
 //! reply for the I/O timeout), requests in flight are kept; the reader reconnects
@@ -24,6 +26,7 @@
 
 mod client;
 pub mod handshake;
+pub mod server;
 mod url;
 #[doc(hidden)]
 pub mod wire;
@@ -33,6 +36,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use server::{ExportSource, GuestRamSource, NbdServer, ServerCounters};
 pub use url::{DEFAULT_PORT, NbdTarget, NbdUrl, UrlError};
 
 use super::{IoCompletion, IoError, IoRequest, Slot, SlotAllocator, Store, StoreFull, StoreInfo};

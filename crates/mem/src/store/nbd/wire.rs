@@ -30,20 +30,38 @@ pub const CLIENT_NO_ZEROES: u32 = 2;
 
 /// Option: enter transmission with the named export, no error path.
 pub const OPT_EXPORT_NAME: u32 = 1;
+/// Option: the client gives up negotiating.
+pub const OPT_ABORT: u32 = 2;
+/// Option: list the exports.
+pub const OPT_LIST: u32 = 3;
+/// Option: information about an export, staying in negotiation.
+pub const OPT_INFO: u32 = 6;
 /// Option: enter transmission, with information replies and errors.
 pub const OPT_GO: u32 = 7;
+/// Option: structured replies (apf speaks simple replies only).
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
 
 /// Option reply: done.
 pub const REP_ACK: u32 = 1;
+/// Option reply: one export of a list.
+pub const REP_SERVER: u32 = 2;
 /// Option reply: information about the export.
 pub const REP_INFO: u32 = 3;
 /// Bit 31 marks an option reply as an error.
 pub const REP_ERR_BIT: u32 = 1 << 31;
 /// Option reply error: the option is not supported.
 pub const REP_ERR_UNSUP: u32 = REP_ERR_BIT | 1;
+/// Option reply error: the option's data is malformed.
+pub const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
+/// Option reply error: no export of that name.
+pub const REP_ERR_UNKNOWN: u32 = REP_ERR_BIT | 6;
+/// Option reply error: the option's data is too long.
+pub const REP_ERR_TOO_BIG: u32 = REP_ERR_BIT | 9;
 
 /// Information type: size and transmission flags.
 pub const INFO_EXPORT: u16 = 0;
+/// Information type: the export's name.
+pub const INFO_NAME: u16 = 1;
 /// Information type: block size constraints.
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
@@ -53,6 +71,10 @@ pub const TFLAG_HAS_FLAGS: u16 = 1;
 pub const TFLAG_READ_ONLY: u16 = 1 << 1;
 /// Transmission flag: the server takes FLUSH.
 pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+/// Transmission flag: several connections see the same data.
+pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// Transmission flag: the server takes CACHE.
+pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
 
 /// Commands.
 pub const CMD_READ: u16 = 0;
@@ -62,7 +84,19 @@ pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 /// Flush.
 pub const CMD_FLUSH: u16 = 3;
+/// Discard a range.
+pub const CMD_TRIM: u16 = 4;
+/// Read ahead into the server's cache.
+pub const CMD_CACHE: u16 = 5;
+/// Zero a range.
+pub const CMD_WRITE_ZEROES: u16 = 6;
 
+/// NBD error: not permitted (a write to a read-only export).
+pub const NBD_EPERM: u32 = 1;
+/// NBD error: I/O error.
+pub const NBD_EIO: u32 = 5;
+/// NBD error: invalid request.
+pub const NBD_EINVAL: u32 = 22;
 /// NBD error: no room.
 pub const NBD_ENOSPC: u32 = 28;
 /// NBD error: the server is shutting down; the client should disconnect.
@@ -71,6 +105,10 @@ pub const NBD_ESHUTDOWN: u32 = 108;
 /// The longest option reply accepted: export names and descriptions are at most
 /// 4096 bytes, so anything much longer is a hostile or broken server.
 pub const MAX_OPTION_REPLY: u32 = 64 * 1024;
+
+/// The largest payload a request may carry, the protocol's customary maximum
+/// block size.
+pub const MAX_PAYLOAD: u32 = 32 << 20;
 
 /// Bytes of the server's greeting.
 pub const GREETING_LEN: usize = 18;
