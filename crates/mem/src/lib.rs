@@ -19,7 +19,10 @@
 //! transition) → `io` (the I/O engine over the store: queue, depth, tags,
 //! timeouts, the collecting role; no page states) → `fifo`; `frames` (the
 //! budget and the reclaimer's kick) and `shootdown` below them, on `sync`.
+//! `export` (guest RAM as an NBD export, for a migration's source) sits on
+//! `memory` and `store`.
 
+mod export;
 mod fifo;
 mod frames;
 mod io;
@@ -35,6 +38,7 @@ pub mod store_bench;
 mod sync;
 mod tlb;
 
+pub use export::GuestRamSource;
 pub use memory::{
     ExportError, GuestMemory, HostAccessError, InvariantError, MemConfig, MemError, PlaceError,
 };

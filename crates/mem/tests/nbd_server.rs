@@ -15,10 +15,10 @@ use apf_abi::{Gpa, PAGE_SIZE};
 use apf_mem::store::nbd::handshake::{self, HandshakeError};
 use apf_mem::store::nbd::wire::{self, Request, SimpleReply};
 use apf_mem::store::{
-    ExportSource, FileStore, FileStoreConfig, GuestRamSource, IoBuf, IoCompletion, IoError, IoKind,
-    IoRequest, NbdConfig, NbdError, NbdServer, NbdStore, NbdUrl, Slot, Store,
+    ExportSource, FileStore, FileStoreConfig, IoBuf, IoCompletion, IoError, IoKind, IoRequest,
+    NbdConfig, NbdError, NbdServer, NbdStore, NbdUrl, Slot, Store,
 };
-use apf_mem::{GuestMemory, MemConfig};
+use apf_mem::{GuestMemory, GuestRamSource, MemConfig};
 
 const EXPORT: &str = "ram";
 

@@ -33,9 +33,7 @@ pub use faulty::{FaultConfig, FaultyStore};
 pub use file::{Backend, FileStore, FileStoreConfig, StoreOpenError};
 pub use latency::{Latency, LatencyStore};
 pub use memstore::MemStore;
-pub use nbd::{
-    ExportSource, GuestRamSource, NbdConfig, NbdError, NbdServer, NbdStore, NbdUrl, ServerCounters,
-};
+pub use nbd::{ExportSource, NbdConfig, NbdError, NbdServer, NbdStore, NbdUrl, ServerCounters};
 pub use slots::SlotAllocator;
 
 /// A page-sized place in a store.

@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use server::{ExportSource, GuestRamSource, NbdServer, ServerCounters};
+pub use server::{ExportSource, NbdServer, ServerCounters};
 pub use url::{DEFAULT_PORT, NbdTarget, NbdUrl, UrlError};
 
 use super::{IoCompletion, IoError, IoRequest, Slot, SlotAllocator, Store, StoreFull, StoreInfo};

@@ -1,7 +1,7 @@
 //! A read-only NBD server: one export, fixed newstyle, simple replies.
 //!
-//! - [`ExportSource`]: what is served (bytes by offset); [`GuestRamSource`]
-//!   serves a [`GuestMemory`]'s RAM, bringing pages in from its store as read.
+//! - [`ExportSource`]: what is served (bytes by offset); `crate::GuestRamSource`
+//!   serves a guest's RAM, bringing pages in from its store as read.
 //! - [`Export::serve`]: one connection's whole life (handshake, then requests)
 //!   over any byte stream, so the fuzz target drives exactly what a socket does.
 //! - [`NbdServer`]: a TCP listener, one thread per connection.
@@ -31,10 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use apf_abi::{Gpa, PAGE_SIZE};
-
 use super::wire::{self, OptionReply, SimpleReply};
-use crate::GuestMemory;
 
 /// Connections served at once; more are closed as they arrive.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -75,39 +72,6 @@ impl ExportSource for Vec<u8> {
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         buf.copy_from_slice(range);
         Ok(())
-    }
-}
-
-/// A guest's RAM as an export: byte `o` is guest physical address
-/// `ram_base + o`. Pages out in the store are brought in to be read; pages
-/// never touched read as zeros.
-#[derive(Debug)]
-pub struct GuestRamSource {
-    mem: Arc<GuestMemory>,
-}
-
-impl GuestRamSource {
-    /// Serves `mem`'s RAM.
-    pub fn new(mem: Arc<GuestMemory>) -> GuestRamSource {
-        GuestRamSource { mem }
-    }
-}
-
-impl ExportSource for GuestRamSource {
-    fn size(&self) -> u64 {
-        self.mem.ram_pages() * PAGE_SIZE
-    }
-
-    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let gpa = self
-            .mem
-            .ram_base()
-            .0
-            .checked_add(offset)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        self.mem
-            .read_bytes(Gpa(gpa), buf)
-            .map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
