@@ -1,6 +1,6 @@
 //! `apf snapshot` and `apf restore`: a snapshot of a short run restored side by
 //! side (`--compare`), from nbdkit and qemu-nbd serving its image, through a
-//! failing server, a server restarted mid-run and one killed for good; and the one-line refusals
+//! server restarted mid-run and one killed for good; and the one-line refusals
 //! (exit status 2) of damaged snapshots, wrong flags and bad exports.
 
 mod common;
@@ -189,7 +189,7 @@ fn wait_for_reads(log: &Path, n: usize) {
 }
 
 #[test]
-fn an_image_server_that_fails_or_restarts_mid_restore() {
+fn an_image_server_that_restarts_or_dies_mid_restore() {
     if !have_nbdkit() {
         return;
     }
@@ -197,32 +197,6 @@ fn an_image_server_that_fails_or_restarts_mid_restore() {
     let snap = snapshot(&dir);
     let image = snap.join("memory");
     let apf_bin = env!("CARGO_BIN_EXE_apf");
-
-    // A server whose reads fail some of the time: counted errors, and the run
-    // ends (all correct, or the processes that lost a page killed and named).
-    let server = nbdkit(&[
-        "-r",
-        "--filter=error",
-        "file",
-        image.to_str().unwrap(),
-        "error-pread-rate=5%",
-        "error=EIO",
-    ]);
-    let (out, rs) = restore(&snap, &["--from", &server.url(""), "--timeout", "120s"]);
-    let errors = rs[0]["run"]["memory"]["io_errors"].as_u64().unwrap();
-    assert!(errors > 0, "the failing reads are counted");
-    match out.status.code() {
-        Some(0) => assert_correct(&rs[0], "through 5% read errors"),
-        Some(1) => {
-            let e = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                e.contains("killed process") || e.contains("bring back"),
-                "{e}"
-            );
-        }
-        s => panic!("exit status {s:?}: {}", text(&out)),
-    }
-    drop(server);
 
     // A server killed mid-restore and started again on its port within the
     // client's reconnect window: nothing is lost.
