@@ -2,6 +2,11 @@
 //! 127.0.0.1. A missing server binary skips a test with a printed reason,
 //! unless APF_REQUIRE_NBD=1 (CI), which makes it a failure.
 
+#[path = "common/servers.rs"]
+mod servers;
+
+use servers::have;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
@@ -30,23 +35,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn have(bin: &str) -> bool {
-    let found = Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("APF_REQUIRE_NBD").as_deref() != Ok("1"),
-            "{bin} is missing and APF_REQUIRE_NBD=1: apt-get install nbdkit qemu-utils"
-        );
-        eprintln!("skipping: {bin} is not installed (apt-get install nbdkit qemu-utils)");
-    }
-    found
 }
 
 fn free_port() -> u16 {
@@ -226,7 +214,7 @@ fn spread_slots(n: u32, capacity: u32) -> Vec<u32> {
 
 #[test]
 fn nbdkit_memory_write_then_read_at_depth_32() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -257,7 +245,7 @@ fn nbdkit_memory_write_then_read_at_depth_32() {
 
 #[test]
 fn qemu_nbd_file_write_then_read_at_depth_32_and_read_only() {
-    if !have("qemu-nbd") {
+    if !have("qemu-nbd", "qemu-utils") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +288,7 @@ fn qemu_nbd_file_write_then_read_at_depth_32_and_read_only() {
 
 #[test]
 fn a_read_only_config_refuses_writes_to_a_writable_server() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -321,7 +309,7 @@ fn a_read_only_config_refuses_writes_to_a_writable_server() {
 
 #[test]
 fn nbdkit_read_only_export_refuses_writes() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -341,7 +329,7 @@ fn nbdkit_read_only_export_refuses_writes() {
 
 #[test]
 fn export_name_fallback_when_the_server_is_not_fixed_newstyle() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -358,7 +346,7 @@ fn export_name_fallback_when_the_server_is_not_fixed_newstyle() {
 
 #[test]
 fn error_filter_fails_some_reads_and_the_store_keeps_working() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -413,7 +401,7 @@ fn error_filter_fails_some_reads_and_the_store_keeps_working() {
 
 #[test]
 fn delay_filter_completions_all_arrive() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -436,7 +424,7 @@ fn delay_filter_completions_all_arrive() {
 
 #[test]
 fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -517,7 +505,7 @@ fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
 
 #[test]
 fn server_killed_for_good_fails_every_request_within_the_timeout() {
-    if !have("nbdkit") {
+    if !have("nbdkit", "nbdkit") {
         return;
     }
     let port = free_port();
@@ -559,7 +547,7 @@ fn server_killed_for_good_fails_every_request_within_the_timeout() {
 
 #[test]
 fn a_wrong_export_or_port_is_a_one_line_error() {
-    if !have("qemu-nbd") {
+    if !have("qemu-nbd", "qemu-utils") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -3,10 +3,15 @@
 //! skips its test with a printed reason, unless APF_REQUIRE_NBD=1 (CI), which
 //! makes it a failure.
 
+#[path = "common/servers.rs"]
+mod servers;
+
+use servers::have;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,23 +26,6 @@ use apf_mem::store::{
 use apf_mem::{GuestMemory, GuestRamSource, MemConfig};
 
 const EXPORT: &str = "ram";
-
-fn have(bin: &str) -> bool {
-    let found = Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("APF_REQUIRE_NBD").as_deref() != Ok("1"),
-            "{bin} is missing and APF_REQUIRE_NBD=1: apt-get install qemu-utils libnbd-bin"
-        );
-        eprintln!("skipping: {bin} is not installed (apt-get install qemu-utils libnbd-bin)");
-    }
-    found
-}
 
 /// Bytes that differ in every 8-byte word and every page.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -401,7 +389,7 @@ fn run(cmd: &mut Command) -> Output {
 
 #[test]
 fn qemu_img_compares_and_converts_guest_memory() {
-    if !have("qemu-img") {
+    if !have("qemu-img", "qemu-utils") {
         return;
     }
     let written = pattern(12 << 20, 8);
@@ -449,7 +437,7 @@ fn qemu_img_compares_and_converts_guest_memory() {
 
 #[test]
 fn nbdinfo_prints_the_size_and_lists_the_export() {
-    if !have("nbdinfo") {
+    if !have("nbdinfo", "libnbd-bin") {
         return;
     }
     let server = serve(Arc::new(pattern(3 << 20, 9)));

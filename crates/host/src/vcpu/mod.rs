@@ -98,9 +98,6 @@ pub struct VcpuState {
     pub sdei: SdeiVcpuState,
     /// The APF configuration (nothing in flight).
     pub apf: ApfEngineState,
-    /// The power state when saved. Only `On` runs on resume; `Off` and
-    /// `OnPending` wait for a CPU_ON (the machine's state keeps a pending one).
-    pub power: PowerState,
 }
 
 /// Why a [`VcpuState`] was refused.
@@ -299,18 +296,13 @@ impl Vcpu {
             icc: self.icc.save_state(),
             sdei: self.ctx.sdei.save_state(),
             apf: self.apf.save_state(),
-            power: self
-                .ctx
-                .machine
-                .psci
-                .power_state(self.spec.index)
-                .unwrap_or(PowerState::Off),
         }
     }
 
     /// Installs a saved state in place of the boot; returns whether the vCPU
-    /// runs (else it waits for a CPU_ON). The GIC and PSCI must be restored
-    /// already. An APF configuration the machine refuses (its block is taken)
+    /// runs: only if the restored PSCI state has it on (`Off` and `OnPending`
+    /// wait for a CPU_ON, which the machine's state keeps). The GIC and PSCI
+    /// must be restored already. An APF configuration the machine refuses (its block is taken)
     /// leaves APF off on this vCPU, with a warning: the guest runs on without it.
     fn resume(&mut self, state: &VcpuState) -> Result<bool, VcpuStateError> {
         let vcpu = self.spec.index;
@@ -333,7 +325,7 @@ impl Vcpu {
         if let Err(e) = self.apf.restore_state(&mut self.ctx, &state.apf) {
             tracing::warn!(vcpu, error = %e, "saved APF configuration refused: APF is off on this vCPU");
         }
-        Ok(state.power == PowerState::On)
+        Ok(self.ctx.machine.psci.power_state(vcpu) == Some(PowerState::On))
     }
 
     /// Resets the vCPU and starts it at `req` (boot, or CPU_ON).
