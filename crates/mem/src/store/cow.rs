@@ -13,10 +13,11 @@
 //! and the page stays in the store.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{IoCompletion, IoError, IoKind, IoRequest, Slot, Store, StoreFull, StoreInfo};
-use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
+use super::pair::{Side, StorePair};
+use super::{IoBuf, IoCompletion, IoError, IoKind, IoRequest, Slot, Store, StoreFull, StoreInfo};
+use crate::sync::{Mutex, lock};
 
 /// The checksum a snapshot keeps for each page (CRC-32C would do as well; what
 /// matters is that writer and reader agree, and both use this).
@@ -24,23 +25,16 @@ pub fn page_checksum(page: &[u8]) -> u32 {
     crc32fast::hash(page)
 }
 
-/// How long one wait on a side lasts when both sides have requests in flight.
-const ALTERNATE: Duration = Duration::from_micros(200);
-
 /// A read-only base under a writable top.
 #[derive(Debug)]
 pub struct CowStore {
-    base: Box<dyn Store>,
+    /// The base (first) and the top (second).
+    pair: StorePair,
     base_pages: u32,
-    top: Box<dyn Store>,
-    /// Each base page's checksum, by page (slot) number.
-    sums: Box<[u32]>,
-    /// Base reads in flight: tag → (slot, buffer), to check the page on completion.
-    base_reads: Mutex<HashMap<u64, (Slot, super::IoBuf)>>,
-    /// Requests refused at submission, completed with their error.
-    refused: Mutex<Vec<IoCompletion>>,
-    base_inflight: AtomicUsize,
-    top_inflight: AtomicUsize,
+    /// Each base page's checksum, by page (slot) number, if the base has them.
+    sums: Option<Box<[u32]>>,
+    /// Checked base reads in flight: tag → (slot, buffer).
+    base_reads: Mutex<HashMap<u64, (Slot, IoBuf)>>,
 }
 
 impl CowStore {
@@ -48,15 +42,26 @@ impl CowStore {
     /// checksum; `top` takes every page written.
     pub fn new(base: Box<dyn Store>, sums: Box<[u32]>, top: Box<dyn Store>) -> CowStore {
         let base_pages = u32::try_from(sums.len()).unwrap_or(u32::MAX);
+        CowStore::with(base, base_pages, Some(sums), top)
+    }
+
+    /// A base of `base_pages` pages with no checksums (one whose transport
+    /// checks its own data, e.g. a migration source's memory over TCP).
+    pub fn unchecked(base: Box<dyn Store>, base_pages: u32, top: Box<dyn Store>) -> CowStore {
+        CowStore::with(base, base_pages, None, top)
+    }
+
+    fn with(
+        base: Box<dyn Store>,
+        base_pages: u32,
+        sums: Option<Box<[u32]>>,
+        top: Box<dyn Store>,
+    ) -> CowStore {
         CowStore {
-            base,
+            pair: StorePair::new(base, top),
             base_pages,
-            top,
             sums,
             base_reads: Mutex::new(HashMap::new()),
-            refused: Mutex::new(Vec::new()),
-            base_inflight: AtomicUsize::new(0),
-            top_inflight: AtomicUsize::new(0),
         }
     }
 
@@ -69,25 +74,13 @@ impl CowStore {
         slot.0 < self.base_pages
     }
 
-    /// Collects what each side has finished, without waiting.
-    fn drain(&self, out: &mut Vec<IoCompletion>) -> usize {
-        let mut n = {
-            let mut refused = lock(&self.refused);
-            let n = refused.len();
-            out.append(&mut refused);
-            n
+    /// Fails the base reads whose page does not match its checksum.
+    fn check(&self, done: &mut [IoCompletion]) {
+        let Some(sums) = &self.sums else {
+            return;
         };
-        n += self.collect_base(out, None);
-        n += self.collect_top(out, None);
-        n
-    }
-
-    fn collect_base(&self, out: &mut Vec<IoCompletion>, wait: Option<Duration>) -> usize {
-        let before = out.len();
-        let n = self.base.complete(out, wait);
-        self.base_inflight.fetch_sub(n, Ordering::Relaxed);
         let mut reads = lock(&self.base_reads);
-        for c in &mut out[before..] {
+        for c in done {
             let Some((slot, buf)) = reads.remove(&c.tag) else {
                 continue;
             };
@@ -98,7 +91,7 @@ impl CowStore {
             // this completion is returned (IoBuf's contract), and the read
             // that filled it has finished.
             let page = unsafe { std::slice::from_raw_parts(buf.as_ptr(), crate::ram::PAGE) };
-            let expected = self.sums[slot.0 as usize];
+            let expected = sums[slot.0 as usize];
             let found = page_checksum(page);
             if found != expected {
                 c.result = Err(IoError::Checksum {
@@ -108,19 +101,12 @@ impl CowStore {
                 });
             }
         }
-        n
-    }
-
-    fn collect_top(&self, out: &mut Vec<IoCompletion>, wait: Option<Duration>) -> usize {
-        let n = self.top.complete(out, wait);
-        self.top_inflight.fetch_sub(n, Ordering::Relaxed);
-        n
     }
 }
 
 impl Store for CowStore {
     fn info(&self) -> StoreInfo {
-        let (base, top) = (self.base.info(), self.top.info());
+        let (base, top) = (self.pair.first.info(), self.pair.second.info());
         StoreInfo {
             description: format!(
                 "copy-on-write: {} pages read from {}; written pages to {}",
@@ -131,9 +117,10 @@ impl Store for CowStore {
     }
 
     fn alloc_slot(&self) -> Result<Slot, StoreFull> {
-        let s = self.top.alloc_slot()?;
+        let top = &self.pair.second;
+        let s = top.alloc_slot()?;
         s.0.checked_add(self.base_pages).map(Slot).ok_or_else(|| {
-            self.top.free_slot(s);
+            top.free_slot(s);
             StoreFull {
                 capacity: u32::MAX - self.base_pages,
             }
@@ -142,7 +129,7 @@ impl Store for CowStore {
 
     fn free_slot(&self, slot: Slot) {
         if !self.is_base(slot) {
-            self.top.free_slot(Slot(slot.0 - self.base_pages));
+            self.pair.second.free_slot(Slot(slot.0 - self.base_pages));
         }
     }
 
@@ -158,7 +145,7 @@ impl Store for CowStore {
             } else if r.kind == IoKind::Write {
                 // The pager writes only to slots it was handed: a write here is
                 // a bug, and the base must not change whatever asks.
-                lock(&self.refused).push(IoCompletion {
+                self.pair.refuse(IoCompletion {
                     tag: r.tag,
                     result: Err(IoError::Os {
                         op: "write",
@@ -170,47 +157,19 @@ impl Store for CowStore {
                 base.push(*r);
             }
         }
-        if !base.is_empty() {
+        if self.sums.is_some() && !base.is_empty() {
             lock(&self.base_reads).extend(base.iter().map(|r| (r.tag, (r.slot, r.buf))));
-            self.base_inflight.fetch_add(base.len(), Ordering::Relaxed);
-            self.base.submit(&base);
         }
-        if !top.is_empty() {
-            self.top_inflight.fetch_add(top.len(), Ordering::Relaxed);
-            self.top.submit(&top);
-        }
+        self.pair.submit(Side::First, &base);
+        self.pair.submit(Side::Second, &top);
     }
 
     fn complete(&self, out: &mut Vec<IoCompletion>, wait: Option<Duration>) -> usize {
-        let n = self.drain(out);
-        let Some(wait) = wait else {
-            return n;
-        };
-        if n > 0 {
-            return n;
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let base_busy = self.base_inflight.load(Ordering::Relaxed) > 0;
-            let top_busy = self.top_inflight.load(Ordering::Relaxed) > 0;
-            let n = match (base_busy, top_busy) {
-                (true, false) => self.collect_base(out, Some(left)),
-                (false, true) => self.collect_top(out, Some(left)),
-                // Both busy: take turns, so neither side's completion waits
-                // long behind the other's silence.
-                (true, true) => {
-                    let slice = left.min(ALTERNATE);
-                    self.collect_base(out, Some(slice)) + self.collect_top(out, Some(slice))
-                }
-                // Nothing in flight: nothing can arrive.
-                (false, false) => 0,
-            };
-            let n = n + self.drain(out);
-            if n > 0 || left.is_zero() || !(base_busy || top_busy) {
-                return n;
+        self.pair.complete(out, wait, |side, done| {
+            if side == Side::First {
+                self.check(done);
             }
-        }
+        })
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`CowStore`]: a read-only base (a snapshot's memory) under a writable top.
 //! - [`MemStore`]: pages in host memory, for tests.
 //! - [`NbdStore`]: pages on a network block device.
+//! - [`MirrorStore`]: a migration source's memory, read through a local mirror.
 
 mod bulk;
 mod cow;
@@ -19,7 +20,9 @@ mod faulty;
 mod file;
 mod latency;
 mod memstore;
+mod mirror;
 pub mod nbd;
+mod pair;
 pub(crate) mod rng;
 mod slots;
 
@@ -33,6 +36,7 @@ pub use faulty::{FaultConfig, FaultyStore};
 pub use file::{Backend, FileStore, FileStoreConfig, StoreOpenError};
 pub use latency::{Latency, LatencyStore};
 pub use memstore::MemStore;
+pub use mirror::{Mirror, MirrorCounts, MirrorOrigin, MirrorStore};
 pub use nbd::{ExportSource, NbdConfig, NbdError, NbdServer, NbdStore, NbdUrl, ServerCounters};
 pub use slots::SlotAllocator;
 
