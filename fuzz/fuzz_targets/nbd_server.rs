@@ -1,6 +1,7 @@
 //! A hostile NBD client: arbitrary bytes as everything a client sends, fed to
 //! the server's per-connection state machine (`Export::serve`: greeting,
-//! options, then requests) over an in-memory stream, serving a 64 KiB export.
+//! options, then requests, READs served by 2 worker threads so the queue fills
+//! and the reader waits) over an in-memory stream, serving a 64 KiB export.
 //!
 //! Invariants: no panic; the connection ends (the input is finite and every
 //! length is bounded or skipped); the server's first bytes are its greeting;
@@ -10,7 +11,7 @@
 
 #![no_main]
 
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Cursor, Write};
 use std::sync::Arc;
 
 use apf_mem::store::nbd::server::Export;
@@ -19,21 +20,14 @@ use libfuzzer_sys::fuzz_target;
 
 const EXPORT_SIZE: usize = 64 * 1024;
 
-/// Reads the input; counts what the server writes without keeping it.
-struct Client<'a> {
-    input: Cursor<&'a [u8]>,
+/// Counts what the server writes without keeping it.
+struct Client {
     first: Vec<u8>,
     written: usize,
     longest: usize,
 }
 
-impl Read for Client<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl Write for Client<'_> {
+impl Write for Client {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.first.len() < wire::GREETING_LEN {
             let n = (wire::GREETING_LEN - self.first.len()).min(buf.len());
@@ -52,14 +46,13 @@ fuzz_target!(|data: &[u8]| {
     let source: Vec<u8> = (0..EXPORT_SIZE)
         .map(|i| u8::try_from(i % 251).unwrap_or(0))
         .collect();
-    let export = Export::new("ram".to_string(), Arc::new(source));
+    let export = Export::new("ram".to_string(), Arc::new(source)).with_workers(2);
     let mut client = Client {
-        input: Cursor::new(data),
         first: Vec::new(),
         written: 0,
         longest: 0,
     };
-    let _ = export.serve(&mut client);
+    let _ = export.serve(&mut Cursor::new(data), &mut client);
     assert_eq!(
         client.first[..],
         wire::encode_greeting(wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES)[..]

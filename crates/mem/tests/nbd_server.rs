@@ -1,5 +1,7 @@
 //! apf's NBD server against apf's own client, a hand-driven client for the
-//! refusals, and real clients (`qemu-img`, `nbdinfo`). A missing client binary
+//! refusals and the order of replies, sources that hold reads until the test
+//! lets them go (concurrency without timing), and real clients (`qemu-img`,
+//! `nbdinfo`). A missing client binary
 //! skips its test with a printed reason, unless APF_REQUIRE_NBD=1 (CI), which
 //! makes it a failure.
 
@@ -9,15 +11,16 @@ mod servers;
 use servers::have;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use apf_abi::{Gpa, PAGE_SIZE};
 use apf_mem::store::nbd::handshake::{self, HandshakeError};
+use apf_mem::store::nbd::server::{DEFAULT_WORKERS, ServerConfig};
 use apf_mem::store::nbd::wire::{self, Request, SimpleReply};
 use apf_mem::store::{
     ExportSource, FileStore, FileStoreConfig, IoBuf, IoCompletion, IoError, IoKind, IoRequest,
@@ -44,6 +47,128 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 fn serve(source: Arc<dyn ExportSource>) -> NbdServer {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     NbdServer::bind(any, EXPORT.to_string(), source).expect("bind the NBD server")
+}
+
+fn serve_with(source: Arc<dyn ExportSource>, config: ServerConfig) -> NbdServer {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    NbdServer::bind_with(any, EXPORT.to_string(), source, config).expect("bind the NBD server")
+}
+
+/// How long a held read waits before the test calls the server stuck: a
+/// failure detector only, which a passing run never reaches.
+const STUCK: Duration = Duration::from_secs(20);
+
+/// Serves `data`, each read held inside until `together` reads are inside at
+/// once: they complete only if the server serves that many concurrently. A
+/// read held for [`STUCK`] fails, and so does every read after it.
+struct Latch {
+    data: Vec<u8>,
+    together: usize,
+    state: Mutex<LatchState>,
+    opened: Condvar,
+}
+
+#[derive(Default)]
+struct LatchState {
+    inside: usize,
+    peak: usize,
+    open: bool,
+    stuck: bool,
+}
+
+impl Latch {
+    fn new(data: Vec<u8>, together: usize) -> Latch {
+        Latch {
+            data,
+            together,
+            state: Mutex::default(),
+            opened: Condvar::new(),
+        }
+    }
+
+    /// The most reads that were inside at once.
+    fn peak(&self) -> usize {
+        self.state.lock().unwrap().peak
+    }
+}
+
+impl ExportSource for Latch {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        st.inside += 1;
+        st.peak = st.peak.max(st.inside);
+        if st.inside >= self.together {
+            st.open = true;
+            self.opened.notify_all();
+        }
+        let (mut st, _) = self
+            .opened
+            .wait_timeout_while(st, STUCK, |s| !s.open && !s.stuck)
+            .unwrap();
+        st.inside -= 1;
+        if !st.open {
+            st.stuck = true;
+            return Err(io::Error::other(format!(
+                "at most {} reads were served at once, not {}",
+                st.peak, self.together
+            )));
+        }
+        drop(st);
+        ExportSource::read(&self.data, offset, buf)
+    }
+}
+
+/// Serves `data`; the read at `offsets[i]` is held until the test has let
+/// `i` through ([`Turnstile::let_through`] lowers the bar), so the test
+/// chooses the order reads finish in. Other offsets pass freely. A read held
+/// for [`STUCK`] fails, and so does every held read after it.
+struct Turnstile {
+    data: Vec<u8>,
+    offsets: Vec<u64>,
+    /// Reads of index at least `.0` pass; none is held once `.1` (stuck).
+    bar: Mutex<(usize, bool)>,
+    lowered: Condvar,
+}
+
+impl Turnstile {
+    fn new(data: Vec<u8>, offsets: Vec<u64>, bar: usize) -> Turnstile {
+        Turnstile {
+            data,
+            offsets,
+            bar: Mutex::new((bar, false)),
+            lowered: Condvar::new(),
+        }
+    }
+
+    fn let_through(&self, i: usize) {
+        self.bar.lock().unwrap().0 = i;
+        self.lowered.notify_all();
+    }
+}
+
+impl ExportSource for Turnstile {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if let Some(i) = self.offsets.iter().position(|&o| o == offset) {
+            let bar = self.bar.lock().unwrap();
+            let (mut bar, _) = self
+                .lowered
+                .wait_timeout_while(bar, STUCK, |&mut (at, stuck)| at > i && !stuck)
+                .unwrap();
+            if bar.0 > i {
+                bar.1 = true;
+                return Err(io::Error::other(format!("read {i} was never let through")));
+            }
+        }
+        ExportSource::read(&self.data, offset, buf)
+    }
 }
 
 fn url(server: &NbdServer, export: &str) -> String {
@@ -147,6 +272,180 @@ fn own_client_reads_a_pattern_from_memory_at_depth_32() {
     assert_eq!(c.reads, 2048);
     assert_eq!(c.bytes_read, data.len() as u64);
     assert_eq!((c.error_replies, c.protocol_errors), (0, 0));
+}
+
+#[test]
+fn one_connection_serves_as_many_reads_at_once_as_it_has_workers() {
+    // Each read is held until all are inside the source together: a server
+    // serving one at a time fails them (EIO) after STUCK.
+    let k = DEFAULT_WORKERS;
+    let data = pattern(k * 4096, 11);
+    let latch = Arc::new(Latch::new(data.clone(), k));
+    let server = serve(Arc::clone(&latch) as Arc<dyn ExportSource>);
+    let store = connect(&server, EXPORT).expect("connect");
+    read_all_and_check(&store, &data, k);
+    assert_eq!(latch.peak(), k);
+    drop(store);
+    let c = server.counters();
+    assert_eq!((c.connections, c.reads), (1, k as u64));
+    assert_eq!((c.error_replies, c.protocol_errors), (0, 0));
+}
+
+#[test]
+fn a_connection_never_serves_more_reads_at_once_than_its_workers() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let none = ServerConfig {
+        workers: 0,
+        ..ServerConfig::default()
+    };
+    let e = NbdServer::bind_with(any, EXPORT.into(), Arc::new(vec![0u8; 4096]), none)
+        .expect_err("0 workers");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("workers"), "{e}");
+    // 4 workers, 12 reads pipelined: 4 are served together (the latch opens
+    // only then), never more, and the rest wait their turn.
+    let data = pattern(12 * 4096, 12);
+    let latch = Arc::new(Latch::new(data.clone(), 4));
+    let four = ServerConfig {
+        workers: 4,
+        ..ServerConfig::default()
+    };
+    let server = serve_with(Arc::clone(&latch) as Arc<dyn ExportSource>, four);
+    let store = connect(&server, EXPORT).expect("connect");
+    read_all_and_check(&store, &data, 12);
+    assert_eq!(latch.peak(), 4);
+    assert_eq!(server.counters().reads, 12);
+}
+
+/// Pipelined READs on one socket as `(offset, len)`, cookies 100 and up.
+fn send_reads(s: &mut TcpStream, reads: &[(u64, u32)]) {
+    let mut all = Vec::new();
+    for (i, &(offset, len)) in reads.iter().enumerate() {
+        all.extend_from_slice(&wire::encode_request(Request {
+            command: wire::CMD_READ,
+            cookie: 100 + i as u64,
+            offset,
+            len,
+        }));
+    }
+    s.write_all(&all).unwrap();
+}
+
+#[test]
+fn replies_come_back_out_of_order_each_with_its_own_data() {
+    let data = pattern(256 << 10, 13);
+    // Lengths that differ, so a reply whose data strayed would misframe.
+    let reads: Vec<(u64, u32)> = (0..8u32)
+        .map(|i| (u64::from(i) * 30_001, 1000 + 1313 * i))
+        .collect();
+    let k = reads.len();
+    // Only the last read passes at first; each reply received lets the one
+    // before it through, so the replies can only come back last first.
+    let gate = Arc::new(Turnstile::new(
+        data.clone(),
+        reads.iter().map(|r| r.0).collect(),
+        k - 1,
+    ));
+    let server = serve(Arc::clone(&gate) as Arc<dyn ExportSource>);
+    let mut s = transmission(&server);
+    s.set_read_timeout(Some(2 * STUCK)).unwrap();
+    send_reads(&mut s, &reads);
+    for i in (0..k).rev() {
+        assert_eq!(
+            reply(&mut s),
+            SimpleReply {
+                error: 0,
+                cookie: 100 + i as u64
+            },
+            "the reply to read {i}"
+        );
+        let (offset, len) = reads[i];
+        let mut got = vec![0u8; len as usize];
+        s.read_exact(&mut got).unwrap();
+        let at = usize::try_from(offset).unwrap();
+        assert!(got == data[at..at + got.len()], "read {i}'s data");
+        if i > 0 {
+            gate.let_through(i - 1);
+        }
+    }
+    let c = server.counters();
+    assert_eq!(
+        (c.requests, c.reads, c.error_replies),
+        (k as u64, k as u64, 0)
+    );
+}
+
+#[test]
+fn disc_ends_the_connection_after_the_replies_in_flight() {
+    let data = pattern(64 << 10, 14);
+    let gate = Arc::new(Turnstile::new(data.clone(), vec![8192], 1));
+    let server = serve(Arc::clone(&gate) as Arc<dyn ExportSource>);
+    let mut s = transmission(&server);
+    s.set_read_timeout(Some(2 * STUCK)).unwrap();
+    send_reads(&mut s, &[(8192, 4096)]);
+    request(&mut s, wire::CMD_DISC, 1, 0, 0);
+    // The server has read the DISC while the READ is still held.
+    let deadline = Instant::now() + STUCK;
+    while server.counters().requests < 2 {
+        assert!(Instant::now() < deadline, "the server never read the DISC");
+        std::thread::yield_now();
+    }
+    gate.let_through(0);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        rest.len(),
+        wire::SIMPLE_REPLY_LEN + 4096,
+        "the READ's reply, then the end"
+    );
+    let header: [u8; wire::SIMPLE_REPLY_LEN] = rest[..wire::SIMPLE_REPLY_LEN].try_into().unwrap();
+    assert_eq!(
+        wire::parse_simple_reply(&header),
+        Ok(SimpleReply {
+            error: 0,
+            cookie: 100
+        })
+    );
+    assert!(rest[wire::SIMPLE_REPLY_LEN..] == data[8192..8192 + 4096]);
+    assert_eq!(server.open_connections(), 0);
+}
+
+#[test]
+fn a_client_that_stalls_its_handshake_is_closed_at_the_limit() {
+    let limit = Duration::from_millis(500);
+    let config = ServerConfig {
+        handshake_limit: limit,
+        ..ServerConfig::default()
+    };
+    let data = pattern(64 << 10, 15);
+    let server = serve_with(Arc::new(data.clone()), config);
+    let mut idle = transmission(&server);
+    let mut stalled = TcpStream::connect(server.local_addr()).unwrap();
+    stalled.set_read_timeout(Some(STUCK)).unwrap();
+    let mut got = Vec::new();
+    stalled
+        .read_to_end(&mut got)
+        .expect("the server closes a stalled handshake");
+    assert!(
+        got == wire::encode_greeting(wire::FLAG_FIXED_NEWSTYLE | wire::FLAG_NO_ZEROES),
+        "only the greeting, then the end"
+    );
+    assert_eq!(server.counters().protocol_errors, 1);
+    // The limit is the handshake's alone: a connection past it may idle longer
+    // (this sleep is the idling under test, not a synchronisation).
+    std::thread::sleep(2 * limit);
+    request(&mut idle, wire::CMD_READ, 1, 0, 64);
+    assert_eq!(
+        reply(&mut idle),
+        SimpleReply {
+            error: 0,
+            cookie: 1
+        }
+    );
+    let mut page = [0u8; 64];
+    idle.read_exact(&mut page).unwrap();
+    assert!(page[..] == data[..64]);
+    assert_eq!(server.open_connections(), 1);
 }
 
 #[test]

@@ -12,29 +12,55 @@
 //! `CACHE` succeed doing nothing; `WRITE`, `TRIM` and `WRITE_ZEROES` get
 //! `EPERM`; the rest `EINVAL`; `DISC` ends the connection.
 //!
-//! Each connection answers its requests one at a time, in order: a client
-//! may pipeline, the server does not (it never reads ahead of the reply it is
-//! writing). Several connections run in parallel (`CAN_MULTI_CONN`).
+//! Each connection has a reader (the connection's thread) that parses
+//! requests, and up to `workers` threads (16 by default, started as needed)
+//! that serve its READs, so a slow read (a page the source must bring in from
+//! its swap) holds up no other. Replies may leave out of order, each matched by
+//! its cookie; a reply's header and data are written whole under one lock on
+//! the socket. At most `workers` READs, and at most [`wire::MAX_PAYLOAD`]
+//! bytes of them, are in flight per connection: past that the reader waits,
+//! so a connection holds no more data than the longest READ, as when it
+//! answered one request at a time. Other commands are answered by the reader
+//! at once. `DISC`, a bad request magic or the end of the stream ends the
+//! connection once the replies in flight are sent. Several connections run in
+//! parallel (`CAN_MULTI_CONN`).
 //!
 //! A hostile client is bounded: option data over 16 KiB is skipped unread and
 //! refused; a request over [`wire::MAX_PAYLOAD`] is refused (a WRITE's payload
 //! that long closes the connection, its framing being unrecoverable without
 //! reading it); a bad magic closes that connection only; at most
-//! [`MAX_CONNECTIONS`] connections at once.
+//! [`MAX_CONNECTIONS`] connections at once; over TCP, a handshake not finished
+//! within [`ServerConfig::handshake_limit`] closes the connection. Once in
+//! transmission a connection may stay idle for as long as the client likes:
+//! NBD has no keep-alive, and a post-copy destination can rightly go quiet for
+//! minutes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
 
 use super::wire::{self, OptionReply, SimpleReply};
 
 /// Connections served at once; more are closed as they arrive.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// READs served at once per connection unless configured otherwise: enough
+/// for a pipelining client (apf's sends up to 32) to keep a source with a slow
+/// swap busy, few enough that 64 connections stay at about a thousand threads.
+pub const DEFAULT_WORKERS: usize = 16;
+
+/// The most workers a connection may have.
+pub const MAX_WORKERS: usize = 64;
+
+/// How long a TCP client has, by default, from connecting to the end of its
+/// handshake: real clients need milliseconds.
+pub const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The longest option data read: export names are at most 4096 bytes, and a
 /// GO or INFO adds a few information types.
@@ -88,7 +114,8 @@ pub struct ServerCounters {
     pub bytes_read: u64,
     /// Requests answered with an error.
     pub error_replies: u64,
-    /// Connections closed because the client broke the protocol.
+    /// Connections closed because the client broke the protocol (or, over
+    /// TCP, did not finish its handshake in time).
     pub protocol_errors: u64,
 }
 
@@ -139,6 +166,45 @@ pub enum ServeError {
     /// A WRITE's payload is too long to skip safely.
     #[error("a WRITE of {0} bytes is over the {max} accepted", max = wire::MAX_PAYLOAD)]
     WriteTooLong(u32),
+    /// The client did not finish its handshake within the server's limit.
+    #[error("the client did not finish its handshake within {0:?}")]
+    HandshakeTimedOut(Duration),
+}
+
+/// How an [`NbdServer`] serves its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// READs served at once per connection, each on its own thread
+    /// (1 to [`MAX_WORKERS`]); also the most READs in flight per connection.
+    pub workers: usize,
+    /// How long a client has from connecting to the end of its handshake
+    /// (more than zero).
+    pub handshake_limit: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            workers: DEFAULT_WORKERS,
+            handshake_limit: DEFAULT_HANDSHAKE_LIMIT,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn check(&self) -> io::Result<()> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return bad(format!(
+                "NBD server workers must be 1 to {MAX_WORKERS} per connection, not {}",
+                self.workers
+            ));
+        }
+        if self.handshake_limit.is_zero() {
+            return bad("the NBD server's handshake limit must be more than zero".into());
+        }
+        Ok(())
+    }
 }
 
 /// One named export and its counters; [`serve`](Export::serve) speaks NBD
@@ -146,6 +212,7 @@ pub enum ServeError {
 pub struct Export {
     name: String,
     source: Arc<dyn ExportSource>,
+    workers: usize,
     counters: Counters,
 }
 
@@ -154,6 +221,7 @@ impl std::fmt::Debug for Export {
         f.debug_struct("Export")
             .field("name", &self.name)
             .field("size", &self.source.size())
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
@@ -233,13 +301,23 @@ enum Negotiation {
 }
 
 impl Export {
-    /// An export called `name` serving `source`.
+    /// An export called `name` serving `source`, [`DEFAULT_WORKERS`] READs at
+    /// once per connection.
     pub fn new(name: String, source: Arc<dyn ExportSource>) -> Export {
         Export {
             name,
             source,
+            workers: DEFAULT_WORKERS,
             counters: Counters::default(),
         }
+    }
+
+    /// Serves up to `workers` READs at once per connection, taken into
+    /// 1..=[`MAX_WORKERS`].
+    #[must_use]
+    pub fn with_workers(mut self, workers: usize) -> Export {
+        self.workers = workers.clamp(1, MAX_WORKERS);
+        self
     }
 
     /// The export's name.
@@ -266,24 +344,64 @@ impl Export {
         name.is_empty() || name == self.name.as_bytes()
     }
 
-    /// Serves one connection from the greeting to its end.
-    pub fn serve<S: Read + Write>(&self, s: &mut S) -> Result<Ended, ServeError> {
-        let r = match self.negotiate(s) {
-            Ok(Negotiation::Transmission) => self.transmit(s),
+    /// Serves one connection from the greeting to its end: requests are read
+    /// from `reader`, replies written to `writer` (for a socket, `&mut &stream`
+    /// for both). READs are served on scoped threads, all joined before this
+    /// returns.
+    pub fn serve<R: Read, W: Write + Send>(
+        &self,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<Ended, ServeError> {
+        let r = match self.negotiate(reader, writer) {
+            Ok(Negotiation::Transmission) => self.transmit(reader, writer),
             Ok(Negotiation::Aborted) => Ok(Ended::Aborted),
             Err(e) => Err(e),
         };
+        self.tally(r)
+    }
+
+    /// Serves one TCP connection, whose handshake must end within `limit`.
+    fn serve_tcp(&self, stream: &TcpStream, limit: Duration) -> Result<Ended, ServeError> {
+        let deadline = Instant::now().checked_add(limit);
+        let (mut r, mut w) = (Deadline { stream, deadline }, Deadline { stream, deadline });
+        let r = match self.negotiate(&mut r, &mut w) {
+            Ok(Negotiation::Transmission) => stream
+                .set_read_timeout(None)
+                .and_then(|()| stream.set_write_timeout(None))
+                .map_err(ServeError::from)
+                .and_then(|()| self.transmit(&mut &*stream, &mut &*stream)),
+            Ok(Negotiation::Aborted) => Ok(Ended::Aborted),
+            Err(ServeError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && deadline.is_some_and(|d| Instant::now() >= d) =>
+            {
+                Err(ServeError::HandshakeTimedOut(limit))
+            }
+            Err(e) => Err(e),
+        };
+        self.tally(r)
+    }
+
+    /// Counts a connection the client ended by breaking the protocol.
+    fn tally(&self, r: Result<Ended, ServeError>) -> Result<Ended, ServeError> {
         if matches!(&r, Err(e) if !matches!(e, ServeError::Io(_))) {
             bump(&self.counters.protocol_errors, 1);
         }
         r
     }
 
-    fn negotiate<S: Read + Write>(&self, s: &mut S) -> Result<Negotiation, ServeError> {
+    fn negotiate<R: Read, W: Write>(
+        &self,
+        r: &mut R,
+        s: &mut W,
+    ) -> Result<Negotiation, ServeError> {
         s.write_all(&wire::encode_greeting(HANDSHAKE_FLAGS))?;
         s.flush()?;
         let mut flags = [0u8; 4];
-        s.read_exact(&mut flags)?;
+        r.read_exact(&mut flags)?;
         let flags = u32::from_be_bytes(flags);
         if flags & !(wire::CLIENT_FIXED_NEWSTYLE | wire::CLIENT_NO_ZEROES) != 0 {
             return Err(ServeError::ClientFlags(flags));
@@ -291,7 +409,7 @@ impl Export {
         let no_zeroes = flags & wire::CLIENT_NO_ZEROES != 0;
         loop {
             let mut h = [0u8; 16];
-            s.read_exact(&mut h)?;
+            r.read_exact(&mut h)?;
             let magic = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
             if magic != wire::IHAVEOPT {
                 return Err(ServeError::OptionMagic(magic));
@@ -299,7 +417,7 @@ impl Export {
             let option = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
             let len = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
             if len > MAX_OPTION_DATA {
-                skip(s, u64::from(len))?;
+                skip(r, u64::from(len))?;
                 if option == wire::OPT_EXPORT_NAME {
                     return Err(ServeError::NoSuchExport(format!("<{len} bytes>")));
                 }
@@ -310,7 +428,7 @@ impl Export {
                 continue;
             }
             let mut data = vec![0u8; len as usize];
-            s.read_exact(&mut data)?;
+            r.read_exact(&mut data)?;
             let next = self.option(s, option, &data, no_zeroes)?;
             s.flush()?;
             if let Some(n) = next {
@@ -408,60 +526,161 @@ impl Export {
         }
     }
 
-    fn transmit<S: Read + Write>(&self, s: &mut S) -> Result<Ended, ServeError> {
-        let size = self.source.size();
-        // Reply header and READ data, reused: at most MAX_PAYLOAD + 16 bytes.
-        let mut out: Vec<u8> = Vec::new();
+    /// The transmission phase: this thread reads requests while workers,
+    /// started as READs arrive, serve them.
+    fn transmit<R: Read, W: Write + Send>(
+        &self,
+        r: &mut R,
+        w: &mut W,
+    ) -> Result<Ended, ServeError> {
+        let conn = Transmission {
+            export: self,
+            size: self.source.size(),
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            replies: Mutex::new(Replies { w, error: None }),
+            broken: AtomicBool::new(false),
+        };
+        let ended = std::thread::scope(|scope| {
+            let mut workers = Vec::new();
+            let ended = conn.read_requests(r, scope, &mut workers);
+            conn.close();
+            // Joined by hand: the scope alone waits only for their closures,
+            // and a thread past that (its thread-locals being freed) would
+            // outlive the connection.
+            for w in workers {
+                // Never an error: workers catch panics (see `work`).
+                let _ = w.join();
+            }
+            ended
+        });
+        // Every worker is joined: each reply in flight was sent, or failed.
+        let failed = conn
+            .replies
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .error;
+        match (ended, failed) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(e)) => Err(e.into()),
+            (Ok(ended), None) => Ok(ended),
+        }
+    }
+}
+
+/// Whether a READ of `len` bytes may join `in_flight` others of `bytes` in
+/// all, with `workers` to serve them: one always may, so every legal READ is
+/// served.
+fn has_room(in_flight: usize, bytes: u64, len: u32, workers: usize) -> bool {
+    in_flight == 0
+        || (in_flight < workers
+            && bytes.saturating_add(u64::from(len)) <= u64::from(wire::MAX_PAYLOAD))
+}
+
+/// A READ to serve.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    cookie: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// The READs of one connection between its reader and its workers.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Queued, not yet taken by a worker.
+    jobs: VecDeque<Job>,
+    /// Queued or being served: counted until the reply is written.
+    in_flight: usize,
+    /// The data of those in flight.
+    bytes: u64,
+    /// Workers started.
+    workers: usize,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// No more jobs will come: workers exit once the queue is empty.
+    closing: bool,
+}
+
+/// The socket's write half, shared by the reader and the workers.
+struct Replies<'w, W> {
+    w: &'w mut W,
+    /// The first write that failed; nothing more is written after it.
+    error: Option<io::Error>,
+}
+
+/// One connection in transmission.
+struct Transmission<'a, W> {
+    export: &'a Export,
+    size: u64,
+    queue: Mutex<Queue>,
+    /// Wakes workers: a job was queued, or the connection is closing.
+    work: Condvar,
+    /// Wakes the reader: a READ finished, so there may be room for another.
+    room: Condvar,
+    replies: Mutex<Replies<'a, W>>,
+    /// A reply could not be written: the reader stops.
+    broken: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state whole (source reads run outside
+    // them, and a panicking one is caught): a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<'a, W: Write + Send> Transmission<'a, W> {
+    /// Reads and dispatches requests until the client ends the connection or
+    /// breaks it. After a failed write it returns `Closed`; the caller
+    /// reports that write's error.
+    fn read_requests<'s, R: Read>(
+        &'s self,
+        r: &mut R,
+        scope: &'s Scope<'s, '_>,
+        workers: &mut Vec<ScopedJoinHandle<'s, ()>>,
+    ) -> Result<Ended, ServeError> {
+        let counters = &self.export.counters;
         loop {
+            if self.broken.load(Ordering::Acquire) {
+                return Ok(Ended::Closed);
+            }
             let mut h = [0u8; wire::REQUEST_LEN];
-            if !read_or_eof(s, &mut h)? {
+            if !read_or_eof(r, &mut h)? {
                 return Ok(Ended::Closed);
             }
             let Some(req) = wire::parse_request(&h) else {
                 let magic = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
                 return Err(ServeError::RequestMagic(magic));
             };
-            bump(&self.counters.requests, 1);
+            bump(&counters.requests, 1);
             let in_range = |len: u32| {
                 len > 0
                     && len <= wire::MAX_PAYLOAD
                     && req
                         .offset
                         .checked_add(u64::from(len))
-                        .is_some_and(|end| end <= size)
+                        .is_some_and(|end| end <= self.size)
             };
             let error = match req.command {
                 wire::CMD_READ if in_range(req.len) => {
-                    let len = req.len as usize;
-                    out.clear();
-                    out.resize(wire::SIMPLE_REPLY_LEN + len, 0);
-                    match self
-                        .source
-                        .read(req.offset, &mut out[wire::SIMPLE_REPLY_LEN..])
-                    {
-                        Ok(()) => {
-                            let header = wire::encode_simple_reply(SimpleReply {
-                                error: 0,
-                                cookie: req.cookie,
-                            });
-                            out[..wire::SIMPLE_REPLY_LEN].copy_from_slice(&header);
-                            // Counted before the reply goes, so a client that
-                            // has its data sees it counted.
-                            bump(&self.counters.reads, 1);
-                            bump(&self.counters.bytes_read, u64::from(req.len));
-                            s.write_all(&out)?;
-                            s.flush()?;
-                            continue;
-                        }
-                        Err(_) => wire::NBD_EIO,
-                    }
+                    self.queue_read(
+                        Job {
+                            cookie: req.cookie,
+                            offset: req.offset,
+                            len: req.len,
+                        },
+                        scope,
+                        workers,
+                    );
+                    continue;
                 }
                 wire::CMD_READ => wire::NBD_EINVAL,
                 wire::CMD_WRITE => {
                     if req.len > wire::MAX_PAYLOAD {
                         return Err(ServeError::WriteTooLong(req.len));
                     }
-                    skip(s, u64::from(req.len))?;
+                    skip(r, u64::from(req.len))?;
                     wire::NBD_EPERM
                 }
                 wire::CMD_DISC => return Ok(Ended::Disconnected),
@@ -470,14 +689,184 @@ impl Export {
                 _ => wire::NBD_EINVAL,
             };
             if error != 0 {
-                bump(&self.counters.error_replies, 1);
+                bump(&counters.error_replies, 1);
             }
-            s.write_all(&wire::encode_simple_reply(SimpleReply {
+            self.send(&wire::encode_simple_reply(SimpleReply {
                 error,
                 cookie: req.cookie,
-            }))?;
-            s.flush()?;
+            }));
         }
+    }
+
+    /// Queues a READ once there is room, starting a worker if none is free.
+    fn queue_read<'s>(
+        &'s self,
+        job: Job,
+        scope: &'s Scope<'s, '_>,
+        started: &mut Vec<ScopedJoinHandle<'s, ()>>,
+    ) {
+        let workers = self.export.workers;
+        let mut q = lock(&self.queue);
+        while !has_room(q.in_flight, q.bytes, job.len, workers) {
+            q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        q.in_flight += 1;
+        q.bytes += u64::from(job.len);
+        q.jobs.push_back(job);
+        if q.jobs.len() > q.idle && q.workers < workers {
+            // Without a new thread the ones running take it in turn.
+            if let Ok(w) = std::thread::Builder::new()
+                .name("apf-nbd-read".into())
+                .spawn_scoped(scope, move || self.work())
+            {
+                started.push(w);
+                q.workers += 1;
+            }
+        }
+        if q.workers == 0 {
+            // No thread could be started at all: serve it here, in order.
+            q.jobs.pop_front();
+            drop(q);
+            self.answer(job);
+            self.finished(job);
+            return;
+        }
+        drop(q);
+        self.work.notify_one();
+    }
+
+    /// A worker: serves queued READs until the connection closes.
+    fn work(&self) {
+        let mut q = lock(&self.queue);
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                drop(q);
+                if catch_unwind(AssertUnwindSafe(|| self.answer(job))).is_err() {
+                    // Only the writer can panic here (a source's panic is
+                    // caught in `answer`): the stream is unusable, and the job
+                    // must still leave the in-flight count or the reader
+                    // would wait for room forever.
+                    self.fail(io::Error::other("writing a reply panicked"));
+                }
+                self.finished(job);
+                q = lock(&self.queue);
+            } else if q.closing {
+                return;
+            } else {
+                q.idle += 1;
+                q = self.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+                q.idle -= 1;
+            }
+        }
+    }
+
+    /// Reads a READ's data from the source and sends its reply.
+    fn answer(&self, job: Job) {
+        let counters = &self.export.counters;
+        // Fresh each time rather than kept per worker, so an idle worker holds
+        // no buffer and the bytes in flight bound this connection's memory.
+        let mut out = vec![0u8; wire::SIMPLE_REPLY_LEN + job.len as usize];
+        let data = &mut out[wire::SIMPLE_REPLY_LEN..];
+        // A panicking source fails this READ alone, not the connection and the
+        // other replies in flight.
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            self.export.source.read(job.offset, data)
+        }));
+        let error = if matches!(read, Ok(Ok(()))) {
+            // Counted before the reply goes, so a client that has its data
+            // sees it counted.
+            bump(&counters.reads, 1);
+            bump(&counters.bytes_read, u64::from(job.len));
+            0
+        } else {
+            bump(&counters.error_replies, 1);
+            out.truncate(wire::SIMPLE_REPLY_LEN);
+            wire::NBD_EIO
+        };
+        out[..wire::SIMPLE_REPLY_LEN].copy_from_slice(&wire::encode_simple_reply(SimpleReply {
+            error,
+            cookie: job.cookie,
+        }));
+        self.send(&out);
+    }
+
+    /// A READ's reply is written (or failed): it leaves the in-flight count.
+    fn finished(&self, job: Job) {
+        let mut q = lock(&self.queue);
+        q.in_flight -= 1;
+        q.bytes -= u64::from(job.len);
+        self.room.notify_one();
+    }
+
+    /// Writes one reply whole, header and data together.
+    fn send(&self, reply: &[u8]) {
+        let mut out = lock(&self.replies);
+        if out.error.is_some() {
+            return;
+        }
+        let sent = match out.w.write_all(reply) {
+            Ok(()) => out.w.flush(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            // Under the same lock, so no later reply follows a failed one.
+            out.error = Some(e);
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    /// Records the first failed write; the reader stops, nothing more is sent.
+    fn fail(&self, e: io::Error) {
+        lock(&self.replies).error.get_or_insert(e);
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// No more READs: workers finish those queued, then exit.
+    fn close(&self) {
+        lock(&self.queue).closing = true;
+        self.work.notify_all();
+    }
+}
+
+/// A TCP connection in its handshake: every read and write ends by
+/// `deadline` (none when the limit is past what an `Instant` can hold).
+#[derive(Clone, Copy)]
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Deadline<'_> {
+    /// The time left, or a time-out error when none is.
+    fn left(&self) -> io::Result<Option<Duration>> {
+        let Some(d) = self.deadline else {
+            return Ok(None);
+        };
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(Some(left))
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(self.left()?)?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(self.left()?)?;
+        let mut s = self.stream;
+        s.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -495,6 +884,7 @@ struct Connections {
 #[derive(Debug)]
 struct Shared {
     export: Export,
+    handshake_limit: Duration,
     connections: Mutex<Connections>,
     stop: AtomicBool,
 }
@@ -540,7 +930,7 @@ impl Shared {
             let spawned = std::thread::Builder::new()
                 .name("apf-nbd-serve".into())
                 .spawn(move || {
-                    let _ = shared.export.serve(&mut &stream);
+                    let _ = shared.export.serve_tcp(&stream, shared.handshake_limit);
                     shared.connections().open.remove(&id);
                 });
             match spawned {
@@ -564,16 +954,29 @@ pub struct NbdServer {
 
 impl NbdServer {
     /// Listens on `addr` (port 0 picks a free one) and serves `source` as
-    /// export `name`.
+    /// export `name`, with the default [`ServerConfig`].
     pub fn bind(
         addr: SocketAddr,
         name: String,
         source: Arc<dyn ExportSource>,
     ) -> io::Result<NbdServer> {
+        NbdServer::bind_with(addr, name, source, ServerConfig::default())
+    }
+
+    /// [`bind`](NbdServer::bind) with `config`; a config out of range is an
+    /// `InvalidInput` error saying which field.
+    pub fn bind_with(
+        addr: SocketAddr,
+        name: String,
+        source: Arc<dyn ExportSource>,
+        config: ServerConfig,
+    ) -> io::Result<NbdServer> {
+        config.check()?;
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            export: Export::new(name, source),
+            export: Export::new(name, source).with_workers(config.workers),
+            handshake_limit: config.handshake_limit,
             connections: Mutex::new(Connections::default()),
             stop: AtomicBool::new(false),
         });
@@ -667,6 +1070,40 @@ mod tests {
         let mut huge = u32::MAX.to_be_bytes().to_vec();
         huge.extend_from_slice(&[0; 8]);
         assert!(parse_info_request(&huge).is_none());
+    }
+
+    #[test]
+    fn room_is_bounded_by_workers_and_bytes_but_one_read_always_fits() {
+        let max = wire::MAX_PAYLOAD;
+        assert!(has_room(0, 0, max, 1), "a lone READ of the longest length");
+        assert!(has_room(3, 4096 * 3, 4096, 4));
+        assert!(!has_room(4, 4096 * 4, 4096, 4), "over the workers");
+        assert!(has_room(1, u64::from(max) - 4096, 4096, 4));
+        assert!(
+            !has_room(1, u64::from(max) - 4095, 4096, 4),
+            "over the bytes"
+        );
+        assert!(!has_room(1, u64::MAX, 1, 4));
+    }
+
+    #[test]
+    fn configs_out_of_range_are_refused_naming_the_field() {
+        for (workers, limit, field) in [
+            (0, DEFAULT_HANDSHAKE_LIMIT, "workers"),
+            (MAX_WORKERS + 1, DEFAULT_HANDSHAKE_LIMIT, "workers"),
+            (1, Duration::ZERO, "handshake limit"),
+        ] {
+            let c = ServerConfig {
+                workers,
+                handshake_limit: limit,
+            };
+            let e = c.check().expect_err("out of range");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        ServerConfig::default()
+            .check()
+            .expect("the default is valid");
     }
 
     #[test]
