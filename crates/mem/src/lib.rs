@@ -13,15 +13,19 @@
 //! - [`GuestMemory::start_fetch`] (asynchronous, for APF) and
 //!   [`VcpuTlb::fetch_blocking`] bring pages back, one read per page however many
 //!   ask, read straight into place and published atomically.
+//! - [`GuestMemory::start_dirty_log`] / [`GuestMemory::take_dirty_log`] log the
+//!   pages written between takes (pre-copy migration's rounds).
 //!
 //! The parts, each owning its state, depend one way (`tests/layering.rs`):
 //! `tlb` → `memory` (composes) → `reclaim` → `pager` (page table, every state
 //! transition) → `io` (the I/O engine over the store: queue, depth, tags,
 //! timeouts, the collecting role; no page states) → `fifo`; `frames` (the
-//! budget and the reclaimer's kick) and `shootdown` below them, on `sync`.
+//! budget and the reclaimer's kick), `dirty_log` (whose takes shoot down) and
+//! `shootdown` below them, on `sync`.
 //! `export` (guest RAM as an NBD export, for a migration's source) sits on
 //! `memory` and `store`.
 
+mod dirty_log;
 mod export;
 mod fifo;
 mod frames;
@@ -38,6 +42,7 @@ pub mod store_bench;
 mod sync;
 mod tlb;
 
+pub use dirty_log::DirtyPages;
 pub use export::GuestRamSource;
 pub use memory::{
     ExportError, GuestMemory, HostAccessError, InvariantError, MemConfig, MemError, PlaceError,

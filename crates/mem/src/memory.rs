@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use apf_abi::{Gfn, Gpa, PAGE_SIZE};
 
+use crate::dirty_log::DirtyPages;
 use crate::frames::Frames;
 use crate::io::IoEngine;
 use crate::metrics::{MemMetrics, PageCounts};
@@ -17,7 +18,7 @@ use crate::ram::{GuestRam, PAGE};
 use crate::reclaim::Reclaimer;
 use crate::shootdown::Shootdown;
 use crate::store::{Slot, Store};
-use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, lock, thread, wait};
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, lock, model_yield, thread, wait};
 
 /// How guest memory is laid out and limited.
 #[derive(Debug, Clone, PartialEq)]
@@ -352,7 +353,12 @@ impl GuestMemory {
                     pager.mark_pinned_dirty(index);
                 }
             }
+            // A copy is not atomic: let the model checker run others first.
+            model_yield();
             copy(done, pager.page_ptr(index).wrapping_add(in_page), n);
+            if write {
+                pager.log_host_write(index);
+            }
             pager.unpin(index);
             done += n;
         }
@@ -433,6 +439,39 @@ impl GuestMemory {
             return FetchStart::NotRam;
         };
         pager.start_fetch(index, Waiter::Sink(sink, cookie))
+    }
+
+    /// Starts logging writes to guest RAM (for pre-copy migration): from now on
+    /// every write, by a vCPU or the host, puts its page in the log that
+    /// [`GuestMemory::take_dirty_log`] takes. Starting empties the log and
+    /// returns once no vCPU holds a writable mapping made before, so no write
+    /// after this returns escapes the log. Call it from a thread that is not an
+    /// unparked vCPU of this memory (it waits for every running vCPU's
+    /// [`VcpuTlb::sync`](crate::VcpuTlb::sync)).
+    pub fn start_dirty_log(&self) {
+        self.inner.pager.log().start(&self.inner.shoot);
+    }
+
+    /// The pages written since the previous take (or the start), removed from
+    /// the log. Returns once no vCPU holds a writable mapping made before the
+    /// log was cleared: a write the set misses (made after it was cleared) is
+    /// in the next take, and a write to a page in the set that raced with the
+    /// take has landed, so copying the set after this returns copies it.
+    /// After [`GuestMemory::stop_dirty_log`] it still returns what was logged
+    /// before. Call it as [`GuestMemory::start_dirty_log`].
+    pub fn take_dirty_log(&self) -> DirtyPages {
+        let pager = &self.inner.pager;
+        pager.log().take(&self.inner.shoot, pager.base_gfn())
+    }
+
+    /// Stops logging writes (mappings no longer wait for the log).
+    pub fn stop_dirty_log(&self) {
+        self.inner.pager.log().stop();
+    }
+
+    /// Whether writes are being logged.
+    pub fn dirty_log_on(&self) -> bool {
+        self.inner.pager.log().is_on()
     }
 
     /// Pages of the RAM mapping the host kernel holds in memory (by `mincore`),
@@ -615,5 +654,36 @@ impl Drop for GuestMemory {
         for h in lock(&self.threads).drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    #[test]
+    fn a_host_write_racing_a_take_is_in_the_next_take() {
+        let base = 0x4000_0000;
+        let mem = GuestMemory::new(
+            MemConfig::new(base, 4 * PAGE_SIZE, 4 * PAGE_SIZE),
+            Box::new(MemStore::new(8, 2)),
+        )
+        .unwrap();
+        mem.start_dirty_log();
+        let gpa = Gpa(base + PAGE_SIZE);
+        let mut taken_meanwhile = None;
+        // A take between the pin and the copy (no vCPU: its shootdown waits for
+        // nobody) must leave the page for the next take, which comes after
+        // the bytes landed.
+        mem.host_access(gpa, 4, true, |_, ptr, n| {
+            taken_meanwhile = Some(mem.take_dirty_log());
+            // SAFETY: `ptr` is `n` bytes of a pinned resident page.
+            unsafe { crate::ram::copy_to_shared(&b"late"[..n], ptr) }
+        })
+        .unwrap();
+        assert!(!taken_meanwhile.unwrap().contains(gpa.gfn()));
+        let next = mem.take_dirty_log();
+        assert_eq!(next.iter().collect::<Vec<_>>(), [gpa.gfn()]);
     }
 }

@@ -88,6 +88,9 @@ counters!(
         resident,
         /// First write to a clean resident page: marked dirty, mapped writable.
         write_protect,
+        /// First write since the dirty log was last taken to a resident page
+        /// already dirty: logged, mapped writable.
+        log_dirty,
         /// Never-touched page zero-filled without I/O.
         zero_fill,
         /// Page being evicted, rescued (eviction of it aborted).

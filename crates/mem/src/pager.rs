@@ -2,6 +2,8 @@
 //! rescues; starting, granting a frame to and settling a fetch; and the steps
 //! of an eviction the reclaimer asks for (Resident → Evicting → Dropping →
 //! InStore or Untouched). States are in `page.rs`; nothing else changes them.
+//! While the dirty log (`dirty_log.rs`) is on, every write sets its page's bit
+//! there, and a page is mapped writable only once its bit is set.
 //!
 //! It owns the guest RAM mapping, the frames (the budget: taking one kicks the
 //! reclaimer when few are left) and the I/O engine, whose lock also guards the
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use apf_abi::Gfn;
 
+use crate::dirty_log::DirtyLog;
 use crate::fifo::ExpressFifo;
 use crate::frames::Frames;
 use crate::io::{IoEnd, IoEngine, OnReads, WriteOutcome};
@@ -156,6 +159,7 @@ pub(crate) struct Pager {
     table: PageTable,
     frames: Frames,
     io: IoEngine<Fetches>,
+    log: DirtyLog,
     /// Names blocked waiters (their outcomes are left under it).
     next_waiter: AtomicU64,
     faults: FaultCounters,
@@ -176,6 +180,7 @@ impl Pager {
             table: PageTable::new(pages),
             frames,
             io,
+            log: DirtyLog::new(pages),
             next_waiter: AtomicU64::new(1),
             faults: FaultCounters::default(),
             fetch: FetchCounters::default(),
@@ -197,6 +202,10 @@ impl Pager {
 
     pub(crate) fn io(&self) -> &IoEngine<Fetches> {
         &self.io
+    }
+
+    pub(crate) fn log(&self) -> &DirtyLog {
+        &self.log
     }
 
     pub(crate) fn ram(&self) -> &GuestRam {
@@ -253,13 +262,18 @@ impl Pager {
 
     /// A vCPU faulted on `gfn`: maps it if it is resident (a write to a clean
     /// page marks it dirty), rescues it if it is being evicted, zero-fills it if
-    /// never touched; else it needs a fetch, or is not RAM.
+    /// never touched; else it needs a fetch, or is not RAM. While the dirty log
+    /// is on, a write sets the page's bit before it is mapped writable, and a
+    /// page whose bit is clear is mapped read-only (so its next write faults).
     pub(crate) fn fault(&self, gfn: Gfn, write: bool) -> Fault {
         let Some(PageIndex(index)) = self.index_of(gfn) else {
             bump(&self.faults.not_ram);
             return Fault::NotRam;
         };
         let f = &self.faults;
+        // Read once: if the log starts after this, its shootdown drops
+        // whatever this fault maps.
+        let logging = self.log.is_on();
         let mut g = self.table.lock(index);
         let mut took_frame = false;
         match g.state() {
@@ -267,6 +281,8 @@ impl Pager {
                 if write && !g.dirty() {
                     self.make_dirty(&mut g);
                     bump(&f.write_protect);
+                } else if write && logging && self.log.mark(index) {
+                    bump(&f.log_dirty);
                 } else {
                     bump(&f.resident);
                 }
@@ -286,7 +302,12 @@ impl Pager {
             }
         }
         self.table.mark_accessed(index);
-        let writable = g.dirty();
+        if write && logging {
+            // Before the writable mapping is handed out (idempotent if the
+            // arm above set it).
+            self.log.mark(index);
+        }
+        let writable = g.dirty() && (!logging || self.log.is_marked(index));
         drop(g);
         if took_frame {
             self.frames.kick_if_low();
@@ -367,10 +388,24 @@ impl Pager {
         }
     }
 
-    /// A pinned page's host address and whether it may be mapped writable.
+    /// A pinned page's host address and whether it may be mapped writable:
+    /// dirty, and while the dirty log is on, logged (as in [`Pager::fault`]).
     pub(crate) fn pinned_mapping(&self, PageIndex(index): PageIndex) -> (*mut u8, bool) {
-        let writable = self.table.lock(index).dirty();
+        let logging = self.log.is_on();
+        let g = self.table.lock(index);
+        let writable = g.dirty() && (!logging || self.log.is_marked(index));
+        drop(g);
         (self.ram.page_ptr(index), writable)
+    }
+
+    /// A host write to pinned page `index` has landed: logs it if the dirty
+    /// log is on. After the bytes, not before: no shootdown waits for a host
+    /// writer, so a take between a bit set first and the write would return
+    /// the page before it was written and lose the write.
+    pub(crate) fn log_host_write(&self, PageIndex(index): PageIndex) {
+        if self.log.is_on() {
+            self.log.mark(index);
+        }
     }
 
     /// Releases a pin taken by [`Pager::pin`] or [`Pager::fetch_pinned`].

@@ -6,10 +6,12 @@
 //! its TLB) or is parked (it promised not to touch guest memory through its TLB
 //! until it unparks, and flushes then if the epoch moved). Accesses happen only
 //! between those points, so after the wait no vCPU can reach the batch's pages.
+//! The dirty log (`dirty_log.rs`) shoots down too, so two shootdowns may wait
+//! at once.
 
 use std::sync::Arc;
 
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, Ordering, lock, wait};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, lock, wait};
 
 /// One vCPU's side of the protocol.
 #[derive(Debug)]
@@ -23,7 +25,9 @@ pub(crate) struct VcpuSlot {
 pub(crate) struct Shootdown {
     epoch: AtomicU64,
     vcpus: Mutex<Vec<Arc<VcpuSlot>>>,
-    waiting: AtomicBool,
+    /// Shootdowns waiting now (a count, not a flag: the first to finish must
+    /// not stop the acknowledgements that wake the others).
+    waiting: AtomicUsize,
     m: Mutex<()>,
     cv: Condvar,
 }
@@ -33,7 +37,7 @@ impl Shootdown {
         Shootdown {
             epoch: AtomicU64::new(0),
             vcpus: Mutex::new(Vec::new()),
-            waiting: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             m: Mutex::new(()),
             cv: Condvar::new(),
         }
@@ -90,8 +94,8 @@ impl Shootdown {
         let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let vcpus: Vec<Arc<VcpuSlot>> = lock(&self.vcpus).clone();
         let mut g = lock(&self.m);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         loop {
-            self.waiting.store(true, Ordering::SeqCst);
             let done = vcpus
                 .iter()
                 .all(|v| v.parked.load(Ordering::SeqCst) || v.acked.load(Ordering::SeqCst) >= e);
@@ -100,11 +104,11 @@ impl Shootdown {
             }
             g = wait(&self.cv, g);
         }
-        self.waiting.store(false, Ordering::SeqCst);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn notify_if_waiting(&self) {
-        if self.waiting.load(Ordering::SeqCst) {
+        if self.waiting.load(Ordering::SeqCst) != 0 {
             let _g = lock(&self.m);
             self.cv.notify_all();
         }

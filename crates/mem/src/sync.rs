@@ -38,6 +38,15 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Under the model checker, a point where another thread may run: for steps
+/// that are not atomic in reality but involve no shuttle primitive (a host
+/// copy of a page). Nothing otherwise.
+#[inline]
+pub(crate) fn model_yield() {
+    #[cfg(feature = "shuttle")]
+    thread::yield_now();
+}
+
 /// Waits on `cv` for at most `d` (shuttle never times out: the protocol must not
 /// depend on timeouts for progress, only for noticing lost completions).
 pub(crate) fn wait_timeout<'a, T>(

@@ -4,6 +4,9 @@
 //! load or store. Fills happen in [`VcpuTlb::resolve`] (the stage-2 fault path):
 //! a read maps the page read-only unless it is already dirty, so the first write to
 //! a clean page faults and marks it dirty, as hardware dirty tracking does.
+//! While the dirty log is on (`dirty_log.rs`), a page is mapped writable only
+//! once its log bit is set too, so the first write after each take faults and
+//! logs it; the hit path is unchanged.
 //!
 //! A vCPU takes part in the shootdown (`shootdown.rs`) by acknowledging a new
 //! epoch in [`VcpuTlb::sync`] (flushing its TLB first), or by being parked
@@ -521,5 +524,199 @@ mod tests {
         assert!(tlb.sync(), "a shootdown happened: flushed");
         sd.join().unwrap();
         assert_eq!(tlb.read(BASE, AccessSize::Byte), Err(TlbMiss));
+    }
+}
+
+/// The dirty log seen through a TLB, on one thread: the TLB is parked around
+/// each start and take (a running vCPU would have to acknowledge the shootdown
+/// from its own thread), as the vCPU loop is whenever it is not in a slice.
+#[cfg(all(test, not(feature = "shuttle")))]
+mod dirty_log_tests {
+    use super::*;
+    use crate::store::MemStore;
+    use crate::{DirtyPages, MemConfig};
+
+    const BASE: u64 = 0x4000_0000;
+
+    fn memory(pages: u64, budget_pages: u64) -> Arc<GuestMemory> {
+        let mut cfg = MemConfig::new(BASE, pages * PAGE_SIZE, budget_pages * PAGE_SIZE);
+        cfg.batch_pages = 1;
+        GuestMemory::new(cfg, Box::new(MemStore::new(64, 2))).unwrap()
+    }
+
+    fn gpa(page: u64) -> u64 {
+        BASE + page * PAGE_SIZE
+    }
+
+    /// Accesses like the vCPU loop: on a miss, resolve (fetching on this
+    /// thread if needed) and retry.
+    fn fault_in(tlb: &mut VcpuTlb, at: u64, write: bool) {
+        match tlb.resolve(Gpa(at), write) {
+            Resolve::Mapped => {}
+            Resolve::NeedsFetch(gfn) => tlb.fetch_blocking(gfn).unwrap(),
+            Resolve::NotRam => panic!("{at:#x} is RAM"),
+        }
+    }
+
+    fn write(tlb: &mut VcpuTlb, page: u64, v: u64) {
+        while tlb.write(gpa(page), AccessSize::Double, v).is_err() {
+            fault_in(tlb, gpa(page), true);
+        }
+    }
+
+    fn read(tlb: &mut VcpuTlb, page: u64) -> u64 {
+        loop {
+            if let Ok(v) = tlb.read(gpa(page), AccessSize::Double) {
+                return v;
+            }
+            fault_in(tlb, gpa(page), false);
+        }
+    }
+
+    fn start(tlb: &mut VcpuTlb) {
+        tlb.park();
+        tlb.memory().start_dirty_log();
+        assert!(tlb.unpark(), "starting shoots down");
+    }
+
+    /// The pages taken, by page number from the base.
+    fn take(tlb: &mut VcpuTlb) -> Vec<u64> {
+        tlb.park();
+        let taken: DirtyPages = tlb.memory().take_dirty_log();
+        assert!(tlb.unpark(), "taking shoots down");
+        let base = Gpa(BASE).gfn().0;
+        taken.iter().map(|g| g.0 - base).collect()
+    }
+
+    #[test]
+    fn a_write_through_the_tlb_after_the_start_is_in_the_next_take() {
+        let mem = memory(8, 8);
+        let mut tlb = mem.vcpu_tlb();
+        write(&mut tlb, 1, 10); // dirty, mapped writable, before the log
+        start(&mut tlb);
+        // Still dirty, but not logged: a read maps it read-only.
+        assert_eq!(read(&mut tlb, 1), 10);
+        assert_eq!(tlb.write(gpa(1), AccessSize::Double, 11), Err(TlbMiss));
+        write(&mut tlb, 1, 11);
+        write(&mut tlb, 2, 20); // zero-filled by a write
+        assert_eq!(read(&mut tlb, 3), 0, "a read-only touch");
+        assert_eq!(take(&mut tlb), [1, 2]);
+        let f = mem.metrics().faults;
+        // Pages 1-3 zero-filled; page 1 mapped read-only once, then logged.
+        assert_eq!(
+            (f.log_dirty, f.zero_fill, f.resident, f.write_protect),
+            (1, 3, 1, 0),
+            "page 1's write after the start faulted once more: {f:?}"
+        );
+    }
+
+    #[test]
+    fn a_page_written_before_a_take_and_not_after_is_not_in_the_next() {
+        let mem = memory(8, 8);
+        let mut tlb = mem.vcpu_tlb();
+        start(&mut tlb);
+        write(&mut tlb, 4, 1);
+        write(&mut tlb, 5, 1);
+        assert_eq!(take(&mut tlb), [4, 5]);
+        // A blocking fetch of a resident page maps it as a fault does:
+        // dirty, but read-only until logged again.
+        tlb.fetch_blocking(Gpa(gpa(4)).gfn()).unwrap();
+        assert_eq!(tlb.read(gpa(4), AccessSize::Double), Ok(1));
+        assert_eq!(tlb.write(gpa(4), AccessSize::Double, 9), Err(TlbMiss));
+        // The take dropped the writable mappings: the next write faults in again.
+        assert_eq!(tlb.write(gpa(5), AccessSize::Double, 2), Err(TlbMiss));
+        write(&mut tlb, 5, 2);
+        assert_eq!(read(&mut tlb, 4), 1);
+        assert_eq!(take(&mut tlb), [5]);
+        assert_eq!(take(&mut tlb), [0u64; 0], "nothing written since");
+    }
+
+    #[test]
+    fn a_host_write_is_logged_and_a_host_read_is_not() {
+        let mem = memory(8, 8);
+        let mut tlb = mem.vcpu_tlb();
+        start(&mut tlb);
+        mem.write_bytes(Gpa(gpa(6) + 100), b"host").unwrap();
+        // Across a page boundary: both pages.
+        mem.write_bytes(Gpa(gpa(2) - 2), b"span").unwrap();
+        let mut buf = [0u8; 8];
+        mem.read_bytes(Gpa(gpa(7)), &mut buf).unwrap();
+        tlb.read_bytes(Gpa(gpa(3)), &mut buf).unwrap();
+        assert_eq!(take(&mut tlb), [1, 2, 6]);
+        tlb.write_bytes(Gpa(gpa(0)), b"vcpu").unwrap();
+        assert_eq!(take(&mut tlb), [0]);
+    }
+
+    #[test]
+    fn eviction_and_fetching_do_not_log_a_page() {
+        // Two frames for four pages: touching them all evicts (the dirty ones
+        // are written to the store) and reading them again fetches.
+        let mem = memory(4, 2);
+        let mut tlb = mem.vcpu_tlb();
+        for page in 0..4 {
+            write(&mut tlb, page, 100 + page);
+        }
+        start(&mut tlb);
+        let read_before = mem.metrics().io.pages_read;
+        for _ in 0..2 {
+            for page in 0..4 {
+                assert_eq!(read(&mut tlb, page), 100 + page);
+                tlb.sync();
+            }
+        }
+        let m = mem.metrics();
+        assert!(
+            m.io.pages_read > read_before && m.evict.written > 0,
+            "pages were evicted and fetched back: {m:?}"
+        );
+        assert_eq!(take(&mut tlb), [0u64; 0]);
+        // A write to a fetched (clean) page is logged as any other.
+        write(&mut tlb, 2, 7);
+        assert_eq!(take(&mut tlb), [2]);
+    }
+
+    #[test]
+    fn a_write_fault_while_a_take_waits_for_this_vcpu_is_in_the_next_take() {
+        let mem = memory(8, 8);
+        let mut tlb = mem.vcpu_tlb();
+        start(&mut tlb);
+        let epoch = mem.shootdown().epoch();
+        let taker = std::thread::spawn({
+            let mem = Arc::clone(&mem);
+            move || mem.take_dirty_log()
+        });
+        // The take has cleared the log and waits for this vCPU's sync; the
+        // slice goes on meanwhile, and faults page 3 in writable.
+        while mem.shootdown().epoch() == epoch {
+            std::thread::yield_now();
+        }
+        write(&mut tlb, 3, 1);
+        assert!(tlb.sync(), "the take's shootdown flushes");
+        let base = Gpa(BASE).gfn().0;
+        let taken: Vec<u64> = taker.join().unwrap().iter().map(|g| g.0 - base).collect();
+        assert_eq!(taken, [0u64; 0], "page 3 was logged after the clear");
+        // So the flush dropped its writable entry, and this write, after the
+        // take returned, is logged for the next one.
+        assert_eq!(tlb.write(gpa(3), AccessSize::Double, 2), Err(TlbMiss));
+        write(&mut tlb, 3, 2);
+        assert_eq!(take(&mut tlb), [3]);
+    }
+
+    #[test]
+    fn a_stopped_log_maps_dirty_pages_writable_and_logs_nothing() {
+        let mem = memory(8, 8);
+        let mut tlb = mem.vcpu_tlb();
+        start(&mut tlb);
+        write(&mut tlb, 1, 1);
+        mem.stop_dirty_log();
+        assert!(!mem.dirty_log_on());
+        write(&mut tlb, 2, 1);
+        assert_eq!(take(&mut tlb), [1], "what was logged before the stop");
+        // No log: a dirty page read maps writable, as before any log.
+        assert_eq!(read(&mut tlb, 1), 1);
+        assert_eq!(tlb.write(gpa(1), AccessSize::Double, 3), Ok(()));
+        assert_eq!(take(&mut tlb), [0u64; 0]);
+        start(&mut tlb);
+        assert_eq!(take(&mut tlb), [0u64; 0], "starting empties the log");
     }
 }
