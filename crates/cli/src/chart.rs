@@ -424,6 +424,112 @@ pub fn render_sweep(s: &Sweep) -> String {
     )
 }
 
+/// `apf migrate-bench --chart`: per network latency, the four migrations'
+/// total time, destination blocktime and end-to-end time, side by side.
+pub fn migrate(
+    path: &Path,
+    runs: &[(std::time::Duration, Vec<crate::migrate::BenchRun>)],
+) -> Result<(), String> {
+    draw_to(
+        path,
+        |root| draw_migrate(root, runs),
+        |root| draw_migrate(root, runs),
+    )
+}
+
+const MODE_COLOURS: [RGBColor; 4] = [
+    RGBColor(0x2c, 0xa0, 0x2c),
+    OFF,
+    ON,
+    RGBColor(0xff, 0x7f, 0x0e),
+];
+
+fn draw_migrate<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[(std::time::Duration, Vec<crate::migrate::BenchRun>)],
+) -> Result<(), String> {
+    use crate::migrate::BenchRun;
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, 3));
+    type Metric = fn(&BenchRun) -> f64;
+    let metrics: [(&str, Metric); 3] = [
+        ("total migration time (s)", BenchRun::total_s),
+        ("destination blocktime (s)", |r| r.destination.blocktime_s),
+        ("end to end, work done (s)", |r| {
+            r.end_to_end_s().unwrap_or(0.0)
+        }),
+    ];
+    let groups: Vec<String> = runs.iter().map(|(l, _)| secs(l.as_secs_f64())).collect();
+    for (area, (title, metric)) in panels.iter().zip(metrics) {
+        #[allow(clippy::cast_precision_loss)] // a handful of groups
+        let n = groups.len() as f64;
+        let top = runs
+            .iter()
+            .flat_map(|(_, rs)| rs.iter().map(metric))
+            .fold(0.0, f64::max)
+            * 1.15;
+        let label_of = |x: &f64| {
+            let i = x.floor();
+            if (x - i - 0.5).abs() < 1e-6 && i >= 0.0 {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked
+                groups.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..n, 0f64..top.max(1e-3))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len() * 2 + 1)
+            .x_label_formatter(&label_of)
+            .x_desc("net latency")
+            .draw()
+            .map_err(err)?;
+        for (g, (_, rs)) in runs.iter().enumerate() {
+            #[allow(clippy::cast_precision_loss)] // a handful of bars
+            let x = g as f64;
+            for (k, r) in rs.iter().enumerate() {
+                #[allow(clippy::cast_precision_loss)] // four bars
+                let left = x + 0.1 + 0.2 * k as f64;
+                let colour = MODE_COLOURS[k % MODE_COLOURS.len()];
+                chart
+                    .draw_series([Rectangle::new(
+                        [(left, 0.0), (left + 0.2, metric(r))],
+                        colour.filled(),
+                    )])
+                    .map_err(err)?;
+            }
+        }
+        if let Some((_, first)) = runs.first() {
+            for (k, r) in first.iter().enumerate() {
+                let colour = MODE_COLOURS[k % MODE_COLOURS.len()];
+                chart
+                    .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+                    .map_err(err)?
+                    .label(r.label.clone())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 
 mod chart;
 mod demo;
+mod migrate;
 mod progress;
 mod report;
 mod snapshot;
@@ -58,6 +59,11 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Resume a snapshot, lazily (pages read when touched) or eagerly, and finish its run.
     Restore(snapshot::RestoreArgs),
+    /// Wait for a VM migrated by `apf run --migrate-to`, resume it, and finish its run.
+    Listen(migrate::ListenArgs),
+    /// Migrate the built-in configuration between two apf processes on loopback:
+    /// pre-copy, post-copy with APF off and on, hybrid, side by side per network latency.
+    MigrateBench(migrate::MigrateBenchArgs),
     /// Measure the store's raw random-read rate per queue depth.
     StoreBench(storebench::StoreBenchArgs),
     /// Print the host's APF events of a short run, with the faulting instructions.
@@ -106,6 +112,8 @@ struct RunArgs {
     /// End the run after this long whatever the guest does [default: 120s; 30s with --image].
     #[arg(long, value_name = "DURATION")]
     timeout: Option<Span>,
+    #[command(flatten)]
+    migrate: migrate::MigrateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +240,8 @@ enum CliError {
     Chart { path: PathBuf, reason: String },
     #[error(transparent)]
     Bench(#[from] storebench::StoreBenchError),
+    #[error(transparent)]
+    MigrateBench(#[from] migrate::BenchError),
     #[error("cannot record trace events: {0}")]
     Trace(#[from] tracing::subscriber::SetGlobalDefaultError),
     /// The VM ran and the run failed.
@@ -278,7 +288,7 @@ impl CliError {
             | CliError::Chart { .. }
             | CliError::Trace(_)
             | CliError::Bench(StoreBenchError::Bench(_)) => EXIT_HOST,
-            CliError::RunFailed(_) => EXIT_RUN_FAILED,
+            CliError::RunFailed(_) | CliError::MigrateBench(_) => EXIT_RUN_FAILED,
         }
     }
 }
@@ -484,6 +494,9 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
     }
     let config = args.vm.config(VmConfig::default())?;
     let timeout = args.timeout.map_or(Duration::from_secs(120), |t| t.0);
+    if let Some(to) = &args.migrate.migrate_to {
+        return cmd_migrate_source(args, &config, to, timeout);
+    }
     let label = if config.apf { "APF on" } else { "APF off" };
     let report = if args.console {
         let run = run_workloads(
@@ -503,6 +516,180 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
         write_json(path, "run", &runs)?;
     }
     check(&runs)
+}
+
+fn cmd_migrate_source(
+    args: &RunArgs,
+    config: &VmConfig,
+    addr: &str,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    if let Some(dir) = vmargs::ensure_store_dir(config)? {
+        eprintln!("apf: created the store directory {}", dir.display());
+    }
+    let to = args.migrate.target(addr, config);
+    let bar = RunBar::new(config, "source");
+    let mut observe = |live: &apf_vm::Live<'_>| {
+        bar.update(live);
+        ControlFlow::Continue(())
+    };
+    let result = apf_vm::migrate::run_migrating(
+        config,
+        &to,
+        RunOptions {
+            timeout,
+            echo_console: false,
+        },
+        &mut observe,
+    );
+    bar.finish();
+    let r = result?;
+    let run = RunReport::new("source", config, &r.run);
+    let report = migrate::SourceJson::new(&to, &r);
+    print!("{}", report.render(&run));
+    if let Some(path) = &args.json {
+        write_json_value(
+            path,
+            &migrate::WithRunReport {
+                report: &report,
+                run: &run,
+            },
+        )?;
+    }
+    match &r.abandoned {
+        Some(why) => Err(CliError::RunFailed(format!(
+            "the migration to {addr} was abandoned ({why}); the VM ran to its end here"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn cmd_listen(args: &migrate::ListenArgs) -> Result<(), CliError> {
+    check_output("--json", args.json.as_deref())?;
+    let listener = apf_vm::migrate::Listener::bind(&args.options())?;
+    let addr = listener
+        .local_addr()
+        .map_or_else(|| "?".to_string(), |a| a.to_string());
+    // The first line says where: `apf migrate-bench` (and scripts) read it.
+    println!("apf listen: waiting for a migration on {addr}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let landed = listener.take(
+        RunOptions {
+            timeout: args.timeout.0,
+            echo_console: false,
+        },
+        &mut |_| ControlFlow::Continue(()),
+        Box::new(|line| eprintln!("apf listen: {line}")),
+    )?;
+    let label = if landed.config.apf {
+        "APF on"
+    } else {
+        "APF off"
+    };
+    let run = RunReport::new(label, &landed.config, &landed.run);
+    let report = migrate::LandedJson::new(&landed, &run);
+    print!("{}", report.render(&run));
+    if let Some(path) = &args.json {
+        write_json_value(
+            path,
+            &migrate::WithRunReport {
+                report: &report,
+                run: &run,
+            },
+        )?;
+    }
+    if !landed.lost_pages.is_empty() {
+        return Err(CliError::RunFailed(format!(
+            "{} pages never arrived from the source ({})",
+            landed.lost_pages.len(),
+            landed
+                .copy_error
+                .as_deref()
+                .unwrap_or("the source was gone")
+        )));
+    }
+    check(std::slice::from_ref(&run))
+}
+
+fn cmd_migrate_bench(args: &migrate::MigrateBenchArgs) -> Result<(), CliError> {
+    let config = args.vm.config(VmConfig::default())?;
+    check_output("--json", args.json.as_deref())?;
+    check_output("--chart", args.chart.as_deref())?;
+    let work = std::env::temp_dir().join(format!("apf-migrate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|source| CliError::Write {
+        path: work.clone(),
+        source,
+    })?;
+    let config_file = work.join("config.toml");
+    let text = config
+        .to_toml()
+        .map_err(|e| migrate::BenchError::Config(e.to_string()))?;
+    std::fs::write(&config_file, text).map_err(|source| CliError::Write {
+        path: config_file.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(|e| migrate::BenchError::Spawn {
+        what: "apf".into(),
+        source: e,
+    })?;
+    let mut all = Vec::new();
+    let mut text = String::new();
+    for latency in &args.latencies {
+        let mut runs = Vec::new();
+        for (mode, apf, name) in migrate::BENCH_PLAN {
+            eprintln!("apf migrate-bench: {name}, net latency {latency}");
+            runs.push(migrate::bench_one(
+                &exe,
+                &work,
+                &config_file,
+                &format!("{name} {latency}"),
+                (mode, apf, latency.0),
+                args.at.0,
+                args.timeout.0,
+            )?);
+        }
+        for (r, (_, _, name)) in runs.iter_mut().zip(migrate::BENCH_PLAN) {
+            r.label = name.to_string();
+        }
+        let table = migrate::render_bench(latency.0, &config, &runs);
+        println!("{table}");
+        text.push_str(&table);
+        all.push((latency.0, runs));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    if let Some(path) = &args.json {
+        let runs: Vec<&migrate::BenchRun> = all.iter().flat_map(|(_, r)| r).collect();
+        write_json_value(
+            path,
+            &serde_json::json!({
+                "apf_version": env!("CARGO_PKG_VERSION"),
+                "command": "migrate-bench",
+                "config": config,
+                "migrate_at_s": args.at.0.as_secs_f64(),
+                "runs": runs,
+            }),
+        )?;
+    }
+    if let Some(path) = &args.chart {
+        chart::migrate(path, &all).map_err(|reason| CliError::Chart {
+            path: path.clone(),
+            reason,
+        })?;
+    }
+    let bad: Vec<String> = all
+        .iter()
+        .flat_map(|(_, r)| r)
+        .filter(|r| !r.destination_run.checksums_ok)
+        .map(|r| format!("{} at {} s", r.label, r.net_latency_s))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::RunFailed(format!(
+            "wrong checksums after: {}",
+            bad.join(", ")
+        )))
+    }
 }
 
 fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
@@ -952,6 +1139,8 @@ fn main() -> ExitCode {
         Command::Sweep(args) => cmd_sweep(args),
         Command::Snapshot(args) => cmd_snapshot(args),
         Command::Restore(args) => cmd_restore(args),
+        Command::Listen(args) => cmd_listen(args),
+        Command::MigrateBench(args) => cmd_migrate_bench(args),
         Command::StoreBench(args) => storebench::run(args).map_err(CliError::from),
         Command::Trace(args) => cmd_trace(args),
         Command::EngineDemo { faults } => demo::engine_demo(*faults).map_err(CliError::RunFailed),

@@ -379,6 +379,27 @@ impl GuestMemory {
         }
     }
 
+    /// Drops page `gfn` from memory if it is resident, clean and still has its
+    /// store copy, so that its next access reads that copy. Returns whether it
+    /// did. Call it only before any vCPU runs (no TLB may map the page): a
+    /// migration's destination drops a page the source changed after it was
+    /// copied here.
+    pub fn drop_clean_page(&self, gfn: Gfn) -> bool {
+        let pager = &self.inner.pager;
+        pager.index_of(gfn).is_some_and(|i| pager.drop_clean(i))
+    }
+
+    /// Every page of RAM that is not untouched (one never touched reads as
+    /// zeros), in order: what a migration must move. With vCPUs running it is
+    /// a moment's view; a page first written later is in the dirty log.
+    pub fn touched_pages(&self) -> Vec<Gfn> {
+        let pager = &self.inner.pager;
+        (0..pager.pages())
+            .filter(|&i| pager.word(i).state() != State::Untouched)
+            .map(|i| pager.gfn_of(PageIndex(i)))
+            .collect()
+    }
+
     /// Calls `visit` with every page of RAM that is not untouched (one never
     /// touched reads as zeros), by gfn, with its contents: a copy taken with the
     /// page pinned. Pages in memory come first, in order; then those in the

@@ -331,6 +331,27 @@ impl Pager {
         true
     }
 
+    /// Gives back the frame of a clean resident page that still has its store
+    /// copy: it is in the store again, and its next access reads that copy.
+    /// False, and nothing changed, for any other page. No TLB may map it (no
+    /// vCPU runs yet): a migration's destination uses it before its first
+    /// instruction, for a page the source changed after it was copied here.
+    pub(crate) fn drop_clean(&self, PageIndex(index): PageIndex) -> bool {
+        let mut g = self.table.lock(index);
+        if g.state() != State::Resident || g.dirty() || g.slot().is_none() || g.pins() != 0 {
+            return false;
+        }
+        // Under the page's lock: no fetch can read into the frame meanwhile.
+        if self.ram.discard_runs(&[(index, 1)]).is_err() {
+            return false;
+        }
+        g.set_state(State::InStore);
+        self.table.notify_changed(index);
+        drop(g);
+        self.frames.release(1);
+        true
+    }
+
     /// Marks a resident page written: its store copy (if any) is stale from now on.
     fn make_dirty(&self, w: &mut PageWord) {
         self.io.free_slot(w.slot());
@@ -941,6 +962,31 @@ pub(crate) mod tests {
             ),
             (1, 1, 1, 1)
         );
+    }
+
+    #[test]
+    fn only_a_clean_resident_page_with_a_copy_is_dropped_and_it_reads_its_copy_again() {
+        let p = pager(2, 2, 8);
+        assert!(p.place_in_store(PageIndex(0), Slot(3)));
+        let sink = Arc::new(Sink::default());
+        assert_eq!(
+            p.start_fetch(PageIndex(0), Waiter::Sink(sink.clone(), 1)),
+            FetchStart::Started
+        );
+        p.poll_completions();
+        assert_eq!(state(&p, 0), State::Resident);
+        assert_eq!(p.frames().used(), 1);
+        // A dirty page (page 1, zero-filled by a write) has no copy to go back to.
+        assert!(matches!(p.fault(Gfn(BASE.0 + 1), true), Fault::Map { .. }));
+        assert!(!p.drop_clean(PageIndex(1)), "a dirty page stays");
+        assert_eq!(state(&p, 1), State::Resident);
+        // The clean one goes back to its slot and gives back its frame.
+        assert!(p.drop_clean(PageIndex(0)));
+        let w = p.word(0);
+        assert_eq!((w.state(), w.slot()), (State::InStore, Some(3)));
+        assert_eq!(p.frames().used(), 1, "only page 1's frame is in use");
+        assert!(!p.drop_clean(PageIndex(0)), "not resident any more");
+        assert_eq!(p.fault(BASE, false), Fault::NeedsFetch, "it is read again");
     }
 
     #[test]

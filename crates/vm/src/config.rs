@@ -462,6 +462,11 @@ pub enum ConfigError {
 }
 
 impl VmConfig {
+    /// The configuration as a file `--config` reads back as the same.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Toml(e.to_string()))
+    }
+
     /// Parses a TOML configuration; missing fields take their defaults. Not
     /// validated: flags may still change it (callers check the result).
     pub fn from_toml(text: &str) -> Result<VmConfig, ConfigError> {

@@ -59,6 +59,9 @@ pub enum VmError {
     /// A snapshot could not be taken or read.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A migration could not start or finish.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
 }
 
 /// Whose fault a [`VmError`] is: what the caller should change.
@@ -109,6 +112,8 @@ impl VmError {
             VmError::VcpuPanicked(_) => ErrorClass::Run,
             VmError::Snapshot(e) if e.is_input() => ErrorClass::Input,
             VmError::Snapshot(_) => ErrorClass::Host,
+            VmError::Migrate(e) if e.is_input() => ErrorClass::Input,
+            VmError::Migrate(_) => ErrorClass::Host,
         }
     }
 }
@@ -218,5 +223,89 @@ impl SnapshotError {
     /// than the host.
     pub fn is_input(&self) -> bool {
         !matches!(self, SnapshotError::Write { .. })
+    }
+}
+
+/// Why a migration could not start or finish.
+#[derive(Debug, Error)]
+pub enum MigrateError {
+    /// `--migrate-to` is not an address.
+    #[error("--migrate-to {0}: not HOST:PORT of an `apf listen`")]
+    Address(String),
+    /// The destination is not there.
+    #[error("cannot reach the destination at {addr}: {source}; is `apf listen` running there?")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The destination answered, but not as an apf destination.
+    #[error("the destination at {addr} is not an apf migration listener: {what}")]
+    NotApf {
+        /// The address.
+        addr: String,
+        /// What came back.
+        what: String,
+    },
+    /// The destination refused.
+    #[error("the destination at {addr} refused the migration: {why}")]
+    Refused {
+        /// The address.
+        addr: String,
+        /// Its reason.
+        why: String,
+    },
+    /// The connection to the destination broke and did not come back in time.
+    #[error(
+        "lost the destination at {addr} during {during} and could not reconnect within {after:?}: {last}"
+    )]
+    Lost {
+        /// The address.
+        addr: String,
+        /// What was going on.
+        during: &'static str,
+        /// How long reconnecting was tried.
+        after: std::time::Duration,
+        /// The last error.
+        last: String,
+    },
+    /// The run ended before the migration time.
+    #[error("the run ended after {ran:?}, before --migrate-at {at:?}: give a smaller --migrate-at")]
+    EndedFirst {
+        /// How long it ran.
+        ran: std::time::Duration,
+        /// The migration time.
+        at: std::time::Duration,
+    },
+    /// The listening port cannot be used.
+    #[error("cannot listen on {addr}: {source}: give another --port")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The source's page server could not start.
+    #[error("cannot start the page server: {0}")]
+    PageServer(std::io::Error),
+    /// The dirty log cannot be kept (no pre-copy without it).
+    #[error("pre-copy: {0}")]
+    Precopy(String),
+}
+
+impl MigrateError {
+    /// Whether the command line is the problem (rather than the network or
+    /// the host).
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            MigrateError::Address(_)
+                | MigrateError::Connect { .. }
+                | MigrateError::NotApf { .. }
+                | MigrateError::Refused { .. }
+                | MigrateError::EndedFirst { .. }
+                | MigrateError::Listen { .. }
+        )
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod linux;
 mod linux_run;
+pub mod migrate;
 mod monitor;
 mod run;
 pub mod snapshot;
@@ -16,7 +17,7 @@ mod store;
 pub mod workload;
 
 pub use boot::{ProcessOutcome, boot_block};
-pub use error::{ErrorClass, VmError};
+pub use error::{ErrorClass, MigrateError, VmError};
 pub use linux::LinuxGuest;
 pub use linux_run::{run_linux, run_linux_observed};
 pub use monitor::{Live, Observer};

@@ -311,6 +311,7 @@ fn memory_report(m: &MemMetrics, wall_s: f64) -> MemoryReport {
         faults: BTreeMap::from([
             ("resident", f.resident),
             ("write_protect", f.write_protect),
+            ("log_dirty", f.log_dirty),
             ("zero_fill", f.zero_fill),
             ("rescued", f.rescued),
             ("needs_fetch", f.needs_fetch),

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod proxy;
+
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use super::pair::{Side, StorePair};
 use super::{
-    FileStore, IoBuf, IoCompletion, IoError, IoKind, IoRequest, Slot, Store, StoreFull, StoreInfo,
-    StoreOpenError,
+    FileStore, IoBuf, IoCompletion, IoError, IoKind, IoRequest, Latency, LatencyStore, Slot, Store,
+    StoreFull, StoreInfo, StoreOpenError,
 };
 use crate::ram::PAGE;
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
@@ -178,12 +178,14 @@ pub struct MirrorStore {
 impl MirrorStore {
     /// A mirror of `pages` pages of `remote` in a new file in `dir` (removed
     /// from the directory at once; it lives while the store does), read at
-    /// `queue_depth`.
+    /// `queue_depth` with `latency` added to each read, as the host's own
+    /// swap has (the mirror holds what does not fit in the host's memory).
     pub fn create(
         remote: Box<dyn Store>,
         pages: u32,
         dir: &Path,
         queue_depth: usize,
+        latency: Duration,
     ) -> Result<(MirrorStore, Arc<Mirror>), StoreOpenError> {
         let path = dir.join(format!(
             "apf-mirror-{}-{:x}",
@@ -205,7 +207,14 @@ impl MirrorStore {
             .map_err(create)
             .and_then(|()| FileStore::open_image(&path, queue_depth, false));
         let _ = std::fs::remove_file(&path);
-        let local = opened?;
+        let local: Box<dyn Store> = if latency.is_zero() {
+            Box::new(opened?)
+        } else {
+            Box::new(LatencyStore::new(
+                Box::new(opened?),
+                Latency::Fixed(latency),
+            ))
+        };
         let mirror = Arc::new(Mirror {
             file,
             path,
@@ -218,7 +227,7 @@ impl MirrorStore {
         });
         Ok((
             MirrorStore {
-                pair: StorePair::new(remote, Box::new(local)),
+                pair: StorePair::new(remote, local),
                 mirror: Arc::clone(&mirror),
                 remote_reads: Mutex::new(HashMap::new()),
             },
@@ -358,7 +367,8 @@ mod tests {
     #[test]
     fn a_remote_read_is_copied_and_the_next_read_is_local() {
         let (store, mirror) =
-            MirrorStore::create(remote(4), 4, &std::env::temp_dir(), 4).expect("mirror");
+            MirrorStore::create(remote(4), 4, &std::env::temp_dir(), 4, Duration::ZERO)
+                .expect("mirror");
         for p in 0..4 {
             mirror.want(p);
         }
@@ -392,7 +402,8 @@ mod tests {
     #[test]
     fn writes_and_slots_past_the_image_are_refused() {
         let (store, mirror) =
-            MirrorStore::create(remote(2), 2, &std::env::temp_dir(), 4).expect("mirror");
+            MirrorStore::create(remote(2), 2, &std::env::temp_dir(), 4, Duration::ZERO)
+                .expect("mirror");
         let mut page = Page::new();
         let e = run(&store, IoKind::Write, 0, &mut page).expect_err("read-only");
         assert!(

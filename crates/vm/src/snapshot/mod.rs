@@ -28,8 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apf_abi::{Gfn, Gpa, PAGE_SIZE};
+use apf_host::machine::MachineState;
 use apf_host::sync::lock;
 use apf_host::vcpu;
+use apf_host::vcpu::VcpuState;
 use apf_mem::store::{
     BulkReadError, CowStore, FileStore, Latency, LatencyStore, Slot, Store, page_checksum,
     read_slots,
@@ -43,11 +45,12 @@ use crate::linux::LinuxGuest;
 use crate::linux_run::{LinuxProgress, build_linux, drive_linux};
 use crate::monitor::Observer;
 use crate::run::{
-    Built, GUEST_IMAGE, RunOptions, VmRun, WorkloadProgress, build_machine_over, drive_workloads,
-    finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
+    Built, GUEST_IMAGE, RunOptions, Vcpus, VmRun, WorkloadProgress, build_machine_over,
+    drive_workloads, finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
 };
 use crate::store::{connect_nbd, open_store};
 use prefetch::Prefetcher;
+pub(crate) use prefetch::load as prefetch_pages;
 
 /// What `take_snapshot` wrote.
 #[derive(Debug)]
@@ -405,22 +408,16 @@ impl Snapshot {
             RestoreMode::Lazy | RestoreMode::LazyPrefetch => place_image(dir, state, &built)?,
             RestoreMode::Eager => load_image(dir, source, state, config, &built)?,
         }
-        built
-            .machine
-            .restore_state(&state.machine)
-            .map_err(|e| VmError::Load(format!("restoring the platform: {e}")))?;
-        // The console so far: a Linux guest's init lines before the snapshot
-        // still count, and the restored run's console reads as one.
-        lock(&built.console).extend_from_slice(state.console.as_bytes());
-        let begin = Instant::now();
+        let resume = Resume {
+            guest: state.guest,
+            taken_at: state.taken_at,
+            console: &state.console,
+            machine: &state.machine,
+            vcpus: &state.vcpus,
+            progress: &state.progress,
+        };
+        let (vcpus, begin) = start_resumed(config, &built, &resume)?;
         let to_first_instruction = self.open_time + (begin - t0);
-        let vcpus = start_vcpus_resumed(
-            config,
-            &built,
-            flat_image_boot(),
-            vcpu::spawn,
-            Some(state.vcpus.clone()),
-        )?;
         let prefetcher = if mode == RestoreMode::LazyPrefetch {
             let base = built.memory.ram_base().gfn().0;
             let pages = state.memory.held().map(|(n, _)| Gfn(base + n)).collect();
@@ -429,42 +426,7 @@ impl Snapshot {
         } else {
             None
         };
-        let run = match state.guest {
-            GuestKind::BuiltIn => {
-                let mut progress = WorkloadProgress::new(config);
-                progress.before = state.taken_at;
-                for (at, ended) in progress.ended_at.iter_mut().zip(&state.progress.ended) {
-                    if *ended {
-                        *at = Some(Duration::ZERO);
-                    }
-                }
-                if state.progress.work_done {
-                    progress.work_done_at = Some(Duration::ZERO);
-                }
-                let watched =
-                    drive_workloads(config, &built, begin, options, observe, &mut progress, None);
-                let run = finish(
-                    &built,
-                    vcpus,
-                    begin,
-                    progress.work_done_at,
-                    watched.observer_stopped,
-                )?;
-                with_outcomes(config, &built, run, &progress)
-            }
-            GuestKind::Linux => {
-                let mut progress = LinuxProgress::new(config);
-                let watched = drive_linux(&built, begin, options, observe, &mut progress, None);
-                let run = finish(
-                    &built,
-                    vcpus,
-                    begin,
-                    progress.work_done_at,
-                    watched.observer_stopped,
-                )?;
-                progress.report(config, run)
-            }
-        };
+        let run = run_resumed(config, &built, vcpus, begin, &resume, options, observe)?;
         let prefetched_pages = prefetcher.map_or(0, Prefetcher::stop);
         Ok(Restored {
             mode,
@@ -476,6 +438,93 @@ impl Snapshot {
             run,
         })
     }
+}
+
+/// A stopped VM's state, everything but its memory: what a snapshot's state
+/// file and a migration's switch-over carry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume<'a> {
+    pub(crate) guest: GuestKind,
+    pub(crate) taken_at: Duration,
+    pub(crate) console: &'a str,
+    pub(crate) machine: &'a MachineState,
+    pub(crate) vcpus: &'a [VcpuState],
+    pub(crate) progress: &'a ProgressState,
+}
+
+/// Restores the platform's state into `built` (its memory already set up)
+/// and starts its vCPUs where they stopped. Returns them and the moment they
+/// started.
+pub(crate) fn start_resumed(
+    config: &VmConfig,
+    built: &Built,
+    r: &Resume<'_>,
+) -> Result<(Vcpus, Instant), VmError> {
+    built
+        .machine
+        .restore_state(r.machine)
+        .map_err(|e| VmError::Load(format!("restoring the platform: {e}")))?;
+    // The console so far: a Linux guest's init lines before the stop still
+    // count, and the resumed run's console reads as one.
+    lock(&built.console).extend_from_slice(r.console.as_bytes());
+    let begin = Instant::now();
+    let vcpus = start_vcpus_resumed(
+        config,
+        built,
+        flat_image_boot(),
+        vcpu::spawn,
+        Some(r.vcpus.to_vec()),
+    )?;
+    Ok((vcpus, begin))
+}
+
+/// Watches a resumed VM to the end of its run, as the run it continues would
+/// have been watched; its processes' outcomes span both parts.
+pub(crate) fn run_resumed(
+    config: &VmConfig,
+    built: &Built,
+    vcpus: Vcpus,
+    begin: Instant,
+    r: &Resume<'_>,
+    options: RunOptions,
+    observe: Observer<'_>,
+) -> Result<VmRun, VmError> {
+    Ok(match r.guest {
+        GuestKind::BuiltIn => {
+            let mut progress = WorkloadProgress::new(config);
+            progress.before = r.taken_at;
+            for (at, ended) in progress.ended_at.iter_mut().zip(&r.progress.ended) {
+                if *ended {
+                    *at = Some(Duration::ZERO);
+                }
+            }
+            if r.progress.work_done {
+                progress.work_done_at = Some(Duration::ZERO);
+            }
+            let watched =
+                drive_workloads(config, built, begin, options, observe, &mut progress, None);
+            let run = finish(
+                built,
+                vcpus,
+                begin,
+                progress.work_done_at,
+                watched.observer_stopped,
+            )?;
+            with_outcomes(config, built, run, &progress)
+        }
+        GuestKind::Linux => {
+            let mut progress = LinuxProgress::new(config);
+            let watched = drive_linux(built, begin, options, observe, &mut progress, None);
+            let run = finish(
+                built,
+                vcpus,
+                begin,
+                progress.work_done_at,
+                watched.observer_stopped,
+            )?;
+            progress.report(config, run)
+        }
+    })
 }
 
 /// The snapshot's image as a store, slot `n` being page `n`, with the

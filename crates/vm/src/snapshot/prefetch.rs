@@ -71,7 +71,11 @@ impl Prefetcher {
     }
 }
 
-fn load(memory: &GuestMemory, pages: &[Gfn], depth: usize, stop: &AtomicBool) -> u64 {
+/// Brings `pages` (in order) into `memory`, `depth` reads at most in flight,
+/// until host memory is nearly full or `stop`; returns, once they have all
+/// ended, how many reads it started. A migration's destination fills memory
+/// this way.
+pub(crate) fn load(memory: &GuestMemory, pages: &[Gfn], depth: usize, stop: &AtomicBool) -> u64 {
     let inflight = Arc::new(InFlight::default());
     let sink: Arc<dyn FetchSink> = inflight.clone();
     // Leave an eighth of the budget for the guest's own faults.
@@ -92,6 +96,7 @@ fn load(memory: &GuestMemory, pages: &[Gfn], depth: usize, stop: &AtomicBool) ->
             }
         }
     }
-    // Its sink must outlive its reads only as an Arc: nothing to wait for.
+    // Ended reads only: a caller may change what the pages' copies hold next.
+    inflight.wait_below(1);
     started
 }
