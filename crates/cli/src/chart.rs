@@ -428,7 +428,7 @@ pub fn render_sweep(s: &Sweep) -> String {
 /// total time, destination blocktime and end-to-end time, side by side.
 pub fn migrate(
     path: &Path,
-    runs: &[(std::time::Duration, Vec<crate::migrate::BenchRun>)],
+    runs: &[(apf_vm::config::Span, Vec<crate::migrate::BenchRun>)],
 ) -> Result<(), String> {
     draw_to(
         path,
@@ -446,7 +446,7 @@ const MODE_COLOURS: [RGBColor; 4] = [
 
 fn draw_migrate<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    runs: &[(std::time::Duration, Vec<crate::migrate::BenchRun>)],
+    runs: &[(apf_vm::config::Span, Vec<crate::migrate::BenchRun>)],
 ) -> Result<(), String> {
     use crate::migrate::BenchRun;
     root.fill(&WHITE).map_err(err)?;
@@ -459,7 +459,7 @@ fn draw_migrate<DB: DrawingBackend>(
             r.end_to_end_s().unwrap_or(0.0)
         }),
     ];
-    let groups: Vec<String> = runs.iter().map(|(l, _)| secs(l.as_secs_f64())).collect();
+    let groups: Vec<String> = runs.iter().map(|(l, _)| l.to_string()).collect();
     for (area, (title, metric)) in panels.iter().zip(metrics) {
         #[allow(clippy::cast_precision_loss)] // a handful of groups
         let n = groups.len() as f64;

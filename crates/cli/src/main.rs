@@ -651,10 +651,10 @@ fn cmd_migrate_bench(args: &migrate::MigrateBenchArgs) -> Result<(), CliError> {
         for (r, (_, _, name)) in runs.iter_mut().zip(migrate::BENCH_PLAN) {
             r.label = name.to_string();
         }
-        let table = migrate::render_bench(latency.0, &config, &runs);
+        let table = migrate::render_bench(*latency, &config, &runs);
         println!("{table}");
         text.push_str(&table);
-        all.push((latency.0, runs));
+        all.push((*latency, runs));
     }
     let _ = std::fs::remove_dir_all(&work);
     if let Some(path) = &args.json {

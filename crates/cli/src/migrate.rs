@@ -605,8 +605,8 @@ pub fn bench_one(
 }
 
 /// The side-by-side table of one latency's migrations.
-pub fn render_bench(latency: Duration, config: &VmConfig, runs: &[BenchRun]) -> String {
-    let mut out = format!("net latency {}\n", secs(latency.as_secs_f64()));
+pub fn render_bench(latency: Span, config: &VmConfig, runs: &[BenchRun]) -> String {
+    let mut out = format!("net latency {latency}\n");
     let mut head = vec![""];
     head.extend(runs.iter().map(|r| r.label.as_str()));
     let mut t = Table::new(&head);

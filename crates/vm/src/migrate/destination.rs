@@ -5,7 +5,7 @@
 //! does not hold yet from the source; APF hides those reads as it hides any.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -165,7 +165,7 @@ struct Shared {
     switch: Mutex<mpsc::Sender<Switch>>,
     /// The reply to AwaitComplete has been written.
     complete_sent: AtomicBool,
-    resumed: std::sync::atomic::AtomicU64,
+    resumed: AtomicU64,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -573,7 +573,7 @@ impl Listener {
             options: self.options,
             switch: Mutex::new(switch_tx),
             complete_sent: AtomicBool::new(false),
-            resumed: std::sync::atomic::AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
             log,
         });
         let acceptor = Arc::clone(&shared);
@@ -674,6 +674,7 @@ fn land(
     }
     let stop = AtomicBool::new(false);
     let copied_all = AtomicBool::new(false);
+    let pushed_to_memory = AtomicU64::new(0);
     let (copy_error, run, complete) = std::thread::scope(|scope| {
         let copier = scope.spawn(|| {
             // First into guest memory while it has room, as a push into RAM
@@ -685,7 +686,8 @@ fn land(
                 .map(|n| Gfn(base + u64::from(n)))
                 .collect();
             let depth = usize::try_from(config.store.queue_depth / 4).unwrap_or(1);
-            prefetch_pages(&built.memory, &wanted, depth.max(1), &stop);
+            let loaded = prefetch_pages(&built.memory, &wanted, depth.max(1), &stop);
+            pushed_to_memory.store(loaded, Ordering::Release);
             let r = copy_missing(&transfer, &stop);
             let r = match r {
                 Ok(()) => Ok(()),
@@ -701,7 +703,7 @@ fn land(
                     setup,
                     copied_before_start,
                     all_pages: r.is_ok(),
-                    counts: transfer.mirror.counts(),
+                    counts: by_origin(transfer.mirror.counts(), loaded),
                 },
             );
             r.err().flatten()
@@ -771,7 +773,10 @@ fn land(
         copied_before_start,
         complete_after: complete.as_ref().map(|c| c.0),
         work_at_complete: complete.map(|c| c.1),
-        mirror: transfer.mirror.counts(),
+        mirror: by_origin(
+            transfer.mirror.counts(),
+            pushed_to_memory.load(Ordering::Acquire),
+        ),
         lost_pages,
         copy_error,
         resumed_connections: shared.resumed.load(Ordering::Relaxed),
@@ -800,6 +805,15 @@ fn copy_missing(transfer: &Transfer, stop: &AtomicBool) -> Result<(), CopyStop> 
             transfer.copy(&batch).map_err(CopyStop::Failed)?;
         }
     }
+}
+
+/// The mirror's counts with the copier's reads into guest memory counted as
+/// copied: they go through the pager, so the mirror saw them as demand reads.
+fn by_origin(mut c: MirrorCounts, loaded: u64) -> MirrorCounts {
+    let loaded = loaded.min(c.demand);
+    c.demand -= loaded;
+    c.copied += loaded;
+    c
 }
 
 /// Why the copier stopped before every page was here.
