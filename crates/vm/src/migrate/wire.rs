@@ -98,8 +98,13 @@ pub(crate) fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, Fr
     if len > MAX_PAYLOAD {
         return Err(FrameError::TooLong(len));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
+    // Read as it comes: a peer that claims a long frame and sends little
+    // costs what it sent, not the limit.
+    let mut payload = Vec::new();
+    r.take(u64::from(len)).read_to_end(&mut payload)?;
+    if payload.len() != len as usize {
+        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     let found = crc32fast::hash(&payload);
     if found != word(12) {
         return Err(FrameError::Checksum {
@@ -315,6 +320,39 @@ mod tests {
             !e.is_refusal(),
             "a cut connection is resumed, not refused: {e}"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer sends, reading a frame returns a request or an
+        /// error; it never panics, and never asks for more than the limit.
+        #[test]
+        fn any_bytes_read_as_a_request_or_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = read_frame::<Request>(&mut bytes.as_slice());
+        }
+
+        /// A frame with a valid header around any payload is refused unless
+        /// the payload is a request.
+        #[test]
+        fn any_payload_in_a_good_frame_is_decoded_or_refused(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            let mut frame = MAGIC.to_vec();
+            frame.extend_from_slice(&PROTOCOL.to_le_bytes());
+            frame.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(0).to_le_bytes());
+            frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            frame.extend_from_slice(&payload);
+            if let Err(e) = read_frame::<Request>(&mut frame.as_slice()) {
+                proptest::prop_assert!(e.is_refusal(), "{e}");
+            }
+        }
+
+        /// Page runs hold exactly the pages they were made from.
+        #[test]
+        fn page_runs_round_trip(mut pages in proptest::collection::vec(0u32..5000, 0..300)) {
+            pages.sort_unstable();
+            pages.dedup();
+            let runs = PageRuns::from_sorted(pages.iter().copied());
+            proptest::prop_assert_eq!(runs.pages().collect::<Vec<_>>(), pages.clone());
+            proptest::prop_assert_eq!(runs.len(), pages.len() as u64);
+        }
     }
 
     #[test]
