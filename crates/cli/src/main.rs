@@ -547,19 +547,23 @@ fn cmd_migrate_source(
     let run = RunReport::new("source", config, &r.run);
     let report = migrate::SourceJson::new(&to, &r);
     print!("{}", report.render(&run));
-    if let Some(path) = &args.json {
-        write_json_value(
-            path,
-            &migrate::WithRunReport {
-                report: &report,
-                run: &run,
-            },
-        )?;
-    }
+    write_with_run(args.json.as_deref(), &report, &run)?;
     match &r.abandoned {
         Some(why) => Err(CliError::RunFailed(format!(
             "the migration to {addr} was abandoned ({why}); the VM ran to its end here"
         ))),
+        None => Ok(()),
+    }
+}
+
+/// Writes a migration report with its run to `path`, if given.
+fn write_with_run(
+    path: Option<&Path>,
+    report: &impl serde::Serialize,
+    run: &RunReport,
+) -> Result<(), CliError> {
+    match path {
+        Some(path) => write_json_value(path, &migrate::WithRunReport { report, run }),
         None => Ok(()),
     }
 }
@@ -589,15 +593,7 @@ fn cmd_listen(args: &migrate::ListenArgs) -> Result<(), CliError> {
     let run = RunReport::new(label, &landed.config, &landed.run);
     let report = migrate::LandedJson::new(&landed, &run);
     print!("{}", report.render(&run));
-    if let Some(path) = &args.json {
-        write_json_value(
-            path,
-            &migrate::WithRunReport {
-                report: &report,
-                run: &run,
-            },
-        )?;
-    }
+    write_with_run(args.json.as_deref(), &report, &run)?;
     if !landed.lost_pages.is_empty() {
         return Err(CliError::RunFailed(format!(
             "{} pages never arrived from the source ({})",

@@ -318,10 +318,17 @@ fn a_control_connection_cut_during_precopy_at_and_after_the_switch_over_loses_no
     }
 }
 
-#[test]
-fn a_page_connection_cut_mid_postcopy_and_restored_loses_nothing() {
-    let dst_json = tmp("cut-pages-dst.json");
-    let src_json = tmp("cut-pages-src.json");
+/// A post-copy migration 2 s in whose page connections go through a proxy
+/// that cuts them after 24 MiB (past the first demand reads, well before the
+/// last page), then `outage`. Returns the source's output, the destination's
+/// exit code and stderr, both reports and the proxy.
+fn pages_through(
+    name: &str,
+    outage: Outage,
+    extra: &[&str],
+) -> (Output, (Option<i32>, String), PathBuf, PathBuf, Proxy) {
+    let dst_json = tmp(&format!("{name}-dst.json"));
+    let src_json = tmp(&format!("{name}-src.json"));
     // The destination reaches the source's page server (on a port the test
     // chose) through the proxy.
     let server_port = {
@@ -330,9 +337,8 @@ fn a_page_connection_cut_mid_postcopy_and_restored_loses_nothing() {
     };
     let proxy = Proxy::start(
         SocketAddr::from(([127, 0, 0, 1], server_port)),
-        // Past the first demand reads, well before the last page.
         Cut::AfterBytesBack(24 << 20),
-        Outage::Refuse(3),
+        outage,
     );
     let listen = Listen::start(&[
         "--json",
@@ -340,19 +346,23 @@ fn a_page_connection_cut_mid_postcopy_and_restored_loses_nothing() {
         "--pages-via",
         &proxy.addr.to_string(),
     ]);
-    let out = source(
-        listen.addr,
-        "postcopy",
-        "2s",
-        &["--page-server-port", &server_port.to_string()],
-        &src_json,
-    );
+    let port = server_port.to_string();
+    let mut args = vec!["--page-server-port", port.as_str()];
+    args.extend_from_slice(extra);
+    let out = source(listen.addr, "postcopy", "2s", &args, &src_json);
+    let end = listen.finish();
+    (out, end, src_json, dst_json, proxy)
+}
+
+#[test]
+fn a_page_connection_cut_mid_postcopy_and_restored_loses_nothing() {
+    let (out, (code, err), src_json, dst_json, proxy) =
+        pages_through("cut-pages", Outage::Refuse(3), &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, err) = listen.finish();
     assert_eq!(code, Some(0), "{err}");
     assert!(proxy.was_cut() && proxy.refused() == 3);
     let (src, dst) = (json(&src_json), json(&dst_json));
@@ -366,40 +376,14 @@ fn a_page_connection_cut_mid_postcopy_and_restored_loses_nothing() {
 
 #[test]
 fn a_source_gone_after_the_switch_over_costs_exactly_the_pages_not_yet_here() {
-    let dst_json = tmp("gone-dst.json");
-    let src_json = tmp("gone-src.json");
-    let server_port = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let proxy = Proxy::start(
-        SocketAddr::from(([127, 0, 0, 1], server_port)),
-        Cut::AfterBytesBack(24 << 20),
-        Outage::Forever,
-    );
     let config = tmp("gone.toml");
     // A short I/O timeout: the destination gives up on the source after a
     // third of it.
     std::fs::write(&config, "[store]\nio_timeout = \"3s\"\n").expect("config");
-    let listen = Listen::start(&[
-        "--json",
-        &dst_json.display().to_string(),
-        "--pages-via",
-        &proxy.addr.to_string(),
-    ]);
-    let out = source(
-        listen.addr,
-        "postcopy",
-        "2s",
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--page-server-port",
-            &server_port.to_string(),
-        ],
-        &src_json,
-    );
-    let (code, err) = listen.finish();
+    let config = config.display().to_string();
+    let (_, (code, err), src_json, dst_json, proxy) =
+        pages_through("gone", Outage::Forever, &["--config", &config]);
+    assert!(proxy.was_cut());
     assert_eq!(code, Some(1), "the destination fails the run: {err}");
     assert!(err.contains("never arrived"), "{err}");
     let dst = json(&dst_json);
@@ -411,7 +395,6 @@ fn a_source_gone_after_the_switch_over_costs_exactly_the_pages_not_yet_here() {
         "every page is either here or named as lost"
     );
     // The source saw its destination finish without every page.
-    let _ = out;
     let src = json(&src_json);
     assert_eq!(src["all_pages_moved"], false, "{src}");
 }

@@ -176,28 +176,8 @@ impl Store for CowStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{IoBuf, MemStore};
-    use std::ptr::NonNull;
-
-    struct Page(Box<[u8; 8192]>);
-
-    impl Page {
-        fn new(fill: u8) -> Page {
-            Page(Box::new([fill; 8192]))
-        }
-        /// A 4096-aligned page inside the box.
-        fn buf(&mut self) -> IoBuf {
-            let p = self.0.as_mut_ptr();
-            let aligned = p.wrapping_add(p.align_offset(4096));
-            // SAFETY: 4096 aligned, 4096 bytes inside the 8192-byte box, used by
-            // one request at a time in these tests, which wait for it.
-            unsafe { IoBuf::new(NonNull::new(aligned).expect("non-null")) }
-        }
-        fn bytes(&mut self) -> &mut [u8] {
-            let off = self.0.as_ptr().align_offset(4096);
-            &mut self.0[off..off + 4096]
-        }
-    }
+    use crate::store::MemStore;
+    use crate::store::test_page::Page;
 
     fn run(store: &CowStore, req: IoRequest) -> Result<(), IoError> {
         store.submit(&[req]);

@@ -316,26 +316,7 @@ impl Store for MirrorStore {
 mod tests {
     use super::*;
     use crate::store::MemStore;
-    use std::ptr::NonNull;
-
-    struct Page(Box<[u8; 8192]>);
-
-    impl Page {
-        fn new() -> Page {
-            Page(Box::new([0; 8192]))
-        }
-        fn buf(&mut self) -> IoBuf {
-            let p = self.0.as_mut_ptr();
-            let aligned = p.wrapping_add(p.align_offset(4096));
-            // SAFETY: 4096 aligned, 4096 bytes inside the box, one request at a
-            // time, each waited for.
-            unsafe { IoBuf::new(NonNull::new(aligned).expect("non-null")) }
-        }
-        fn bytes(&mut self) -> &mut [u8] {
-            let off = self.0.as_ptr().align_offset(4096);
-            &mut self.0[off..off + 4096]
-        }
-    }
+    use crate::store::test_page::Page;
 
     fn run(store: &dyn Store, kind: IoKind, slot: u32, page: &mut Page) -> Result<(), IoError> {
         let req = IoRequest {
@@ -357,7 +338,7 @@ mod tests {
         let store = MemStore::new(u32::from(pages), 4);
         for n in 0..pages {
             let slot = store.alloc_slot().expect("slot");
-            let mut p = Page::new();
+            let mut p = Page::new(0);
             p.bytes().fill(n + 1);
             run(&store, IoKind::Write, slot.0, &mut p).expect("write");
         }
@@ -372,13 +353,13 @@ mod tests {
         for p in 0..4 {
             mirror.want(p);
         }
-        let mut page = Page::new();
+        let mut page = Page::new(0);
         run(&store, IoKind::Read, 2, &mut page).expect("remote read");
         assert!(page.bytes().iter().all(|&b| b == 3));
         assert!(mirror.holds(2), "copied on read");
         assert_eq!(mirror.missing(), vec![0, 1, 3]);
         // The mirror file now answers: a copy put there wins over the remote.
-        let mut other = Page::new();
+        let mut other = Page::new(0);
         other.bytes().fill(0x77);
         mirror
             .put(1, other.bytes(), MirrorOrigin::Copy)
@@ -404,7 +385,7 @@ mod tests {
         let (store, mirror) =
             MirrorStore::create(remote(2), 2, &std::env::temp_dir(), 4, Duration::ZERO)
                 .expect("mirror");
-        let mut page = Page::new();
+        let mut page = Page::new(0);
         let e = run(&store, IoKind::Write, 0, &mut page).expect_err("read-only");
         assert!(
             matches!(

@@ -25,6 +25,8 @@ pub mod nbd;
 mod pair;
 pub(crate) mod rng;
 mod slots;
+#[cfg(test)]
+mod test_page;
 
 use std::fmt;
 use std::ptr::NonNull;

@@ -191,7 +191,7 @@ pub fn run_migrating(
         vcpus,
         begin,
         progress.work_done_at,
-        watched.observer_stopped && !switching,
+        watched.observer_stopped,
     )?;
     let stopped = Instant::now();
     let (precopy, abandoned) = match precopy {
