@@ -33,21 +33,36 @@ fn on_off(text: &str) -> Result<bool, String> {
 #[derive(Args, Debug, Clone)]
 pub struct MigrateArgs {
     /// Migrate the VM (built-in guest) to the `apf listen` at HOST:PORT while it runs.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["image", "kernel", "console"])]
     pub migrate_to: Option<String>,
     /// When the migration starts, on the run's timeline.
-    #[arg(long, value_name = "DURATION", default_value = "3s")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "3s",
+        requires = "migrate_to"
+    )]
     pub migrate_at: Span,
     /// precopy (rounds while the guest runs), postcopy (switch at once, pages on demand)
     /// or hybrid (one pre-copy round, then post-copy).
-    #[arg(long, value_name = "MODE", default_value = "postcopy", value_parser = parse_mode)]
+    #[arg(long, value_name = "MODE", default_value = "postcopy", value_parser = parse_mode, requires = "migrate_to")]
     pub mode: MigrateMode,
     /// Added to each page read the destination makes, on top of the real network (e.g.
     /// 30us for 25 GbE, 1ms for a WAN).
-    #[arg(long, value_name = "DURATION", default_value = "0")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "0",
+        requires = "migrate_to"
+    )]
     pub net_latency: Span,
     /// The port the source serves its memory on, over NBD (0: any free port).
-    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        requires = "migrate_to"
+    )]
     pub page_server_port: u16,
 }
 
@@ -542,6 +557,8 @@ pub fn bench_one(
             .arg("run")
             .arg("--config")
             .arg(config_file)
+            .arg("--apf")
+            .arg(if apf { "on" } else { "off" })
             .arg("--migrate-to")
             .arg(addr.to_string())
             .arg("--migrate-at")

@@ -286,6 +286,19 @@ pub enum MigrateError {
         /// Why.
         source: std::io::Error,
     },
+    /// The switch-over failed after the source stopped its vCPUs.
+    #[error(
+        "the switch-over to {addr} failed ({why}); the VM is stopped here and saved in {}: `apf restore` it if the destination did not start it",
+        rescue.display()
+    )]
+    SwitchOver {
+        /// The destination.
+        addr: String,
+        /// What happened.
+        why: String,
+        /// The snapshot directory the VM was saved to.
+        rescue: std::path::PathBuf,
+    },
     /// The source's page server could not start.
     #[error("cannot start the page server: {0}")]
     PageServer(std::io::Error),

@@ -115,6 +115,12 @@ impl ControlClient {
         }
     }
 
+    /// Closes the connection: the destination takes it as "the answer
+    /// arrived".
+    pub(crate) fn close(&mut self) {
+        self.stream = None;
+    }
+
     /// Sends `req` once, on the open connection or a new one; no retry.
     pub(crate) fn call_once(&mut self, req: &Request) -> Option<Reply> {
         let r = self.try_call(req).ok();

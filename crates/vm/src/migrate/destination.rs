@@ -4,6 +4,7 @@
 //! switch-over, and runs it to its end. Demand faults read pages the mirror
 //! does not hold yet from the source; APF hides those reads as it hides any.
 
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use apf_abi::Gfn;
+use apf_mem::GuestMemory;
 use apf_mem::store::{
     CowStore, Latency, LatencyStore, Mirror, MirrorCounts, MirrorOrigin, MirrorStore, Slot, Store,
     read_slots,
@@ -27,6 +29,9 @@ use crate::run::{Built, RunOptions, VmRun, build_machine_over};
 use crate::snapshot::{GuestKind, Resume, prefetch_pages, run_resumed, start_resumed};
 use crate::store::{connect_nbd, open_store};
 
+/// A session that began and then went quiet for this long may be replaced by
+/// a new source (longer than any source retries a broken connection).
+const TAKEOVER_GRACE: Duration = Duration::from_secs(15);
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pages the background copier asks for at once (it looks for pages the
@@ -166,6 +171,8 @@ struct Shared {
     /// The reply to AwaitComplete has been written.
     complete_sent: AtomicBool,
     resumed: AtomicU64,
+    /// When the session's source last sent a request.
+    last_request: Mutex<Instant>,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -208,13 +215,18 @@ impl Shared {
             Some(s) => match &*g {
                 // A source that began and vanished before the switch-over
                 // still runs its VM: a new one may take its place.
-                Phase::Begun { .. } => {
+                Phase::Begun { .. }
+                    if relock(self.last_request.lock()).elapsed() >= TAKEOVER_GRACE =>
+                {
                     (self.log)(&format!(
                         "session {s:016x} dropped before its switch-over: a new source took its place"
                     ));
                     self.set(&mut g, Phase::Waiting);
                     Ok(false)
                 }
+                Phase::Begun { .. } => Err(format!(
+                    "this listener is taking session {s:016x}: start another `apf listen`"
+                )),
                 _ => Err(format!(
                     "this listener is running session {s:016x}'s VM: start another `apf listen`"
                 )),
@@ -292,6 +304,9 @@ impl Shared {
         if *s != session {
             return Reply::Refused("not this session's round".into());
         }
+        if !pages.within(prepared.config.ram.0 / apf_abi::PAGE_SIZE) {
+            return Reply::Refused("a round names pages past guest RAM".into());
+        }
         if round < *rounds {
             // Sent again after a broken connection: it was copied.
             return Reply::Copied {
@@ -339,6 +354,19 @@ impl Shared {
         let mut g = self.lock();
         if g.session() != Some(session) {
             return Reply::Refused("a switch-over for another session".into());
+        }
+        if let Phase::Begun { prepared, .. } = &*g {
+            let pages = prepared.config.ram.0 / apf_abi::PAGE_SIZE;
+            if !state.held.within(pages) || !state.changed.within(pages) {
+                return Reply::Refused("a switch-over names pages past guest RAM".into());
+            }
+            if state.vcpus.len() != usize::try_from(prepared.config.vcpus).unwrap_or(0) {
+                return Reply::Refused(format!(
+                    "a switch-over with {} vCPU states for {} vCPUs",
+                    state.vcpus.len(),
+                    prepared.config.vcpus
+                ));
+            }
         }
         if matches!(&*g, Phase::Begun { .. }) {
             let Phase::Begun {
@@ -444,13 +472,20 @@ impl Shared {
                 Err(e) => return refuse(&mut stream, e.to_string()),
             };
             let complete = matches!(req, Request::AwaitComplete);
+            *relock(self.last_request.lock()) = Instant::now();
             let reply = self.handle(session, req);
             if write_frame(&mut stream, &reply).is_err() {
                 return;
             }
             if complete && matches!(reply, Reply::Complete { .. }) {
-                self.complete_sent.store(true, Ordering::Release);
-                self.changed.notify_all();
+                // Heard only once the source closes its end: it has the
+                // answer, and may exit.
+                let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+                if matches!(stream.read(&mut [0u8; 1]), Ok(0)) {
+                    self.complete_sent.store(true, Ordering::Release);
+                    self.changed.notify_all();
+                }
+                return;
             }
         }
     }
@@ -574,6 +609,7 @@ impl Listener {
             switch: Mutex::new(switch_tx),
             complete_sent: AtomicBool::new(false),
             resumed: AtomicU64::new(0),
+            last_request: Mutex::new(Instant::now()),
             log,
         });
         let acceptor = Arc::clone(&shared);
@@ -643,11 +679,15 @@ fn land(
         built.memory.drop_clean_page(Gfn(base + u64::from(n)));
     }
     let copied_before_start = if mode == MigrateMode::Precopy {
-        transfer.copy(&changed).map_err(|e| {
-            fail(VmError::Load(format!(
-                "copying the last pre-copy pages: {e}"
-            )))
-        })?
+        // If the source cannot be read now, the pages are fetched after the
+        // start instead, as in post-copy: better than failing a switch-over
+        // the source cannot undo.
+        transfer.copy(&changed).unwrap_or_else(|e| {
+            (shared.log)(&format!(
+                "copying the last pre-copy pages failed ({e}); they follow as in post-copy"
+            ));
+            0
+        })
     } else {
         0
     };
@@ -674,21 +714,11 @@ fn land(
     }
     let stop = AtomicBool::new(false);
     let copied_all = AtomicBool::new(false);
-    let pushed_to_memory = AtomicU64::new(0);
     let (copy_error, run, complete) = std::thread::scope(|scope| {
         let copier = scope.spawn(|| {
-            // First into guest memory while it has room, as a push into RAM
-            // would; the rest into the mirror (this host's swap, in effect).
-            let wanted: Vec<Gfn> = transfer
-                .mirror
-                .missing()
-                .into_iter()
-                .map(|n| Gfn(base + u64::from(n)))
-                .collect();
-            let depth = usize::try_from(config.store.queue_depth / 4).unwrap_or(1);
-            let loaded = prefetch_pages(&built.memory, &wanted, depth.max(1), &stop);
-            pushed_to_memory.store(loaded, Ordering::Release);
-            let r = copy_missing(&transfer, &stop);
+            // Half the queue: demand faults keep the rest.
+            let depth = usize::try_from(config.store.queue_depth / 2).unwrap_or(1);
+            let r = copy_missing(&transfer, &built.memory, depth.max(1), &stop);
             let r = match r {
                 Ok(()) => Ok(()),
                 Err(CopyStop::RunEnded) => Err(None),
@@ -703,7 +733,7 @@ fn land(
                     setup,
                     copied_before_start,
                     all_pages: r.is_ok(),
-                    counts: by_origin(transfer.mirror.counts(), loaded),
+                    counts: transfer.mirror.counts(),
                 },
             );
             r.err().flatten()
@@ -773,10 +803,7 @@ fn land(
         copied_before_start,
         complete_after: complete.as_ref().map(|c| c.0),
         work_at_complete: complete.map(|c| c.1),
-        mirror: by_origin(
-            transfer.mirror.counts(),
-            pushed_to_memory.load(Ordering::Acquire),
-        ),
+        mirror: transfer.mirror.counts(),
         lost_pages,
         copy_error,
         resumed_connections: shared.resumed.load(Ordering::Relaxed),
@@ -784,10 +811,21 @@ fn land(
     })
 }
 
-/// Copies every page the mirror wants and lacks, a batch at a time, skipping
-/// those demand reads brought in meanwhile. Stops early at `stop`, or when a
-/// batch fails (the source gone for longer than the reconnect window).
-fn copy_missing(transfer: &Transfer, stop: &AtomicBool) -> Result<(), CopyStop> {
+/// Copies every page the mirror wants and lacks, a batch at a time over the
+/// copier's own connection (a demand read never waits behind it), skipping
+/// those demand reads brought in meanwhile; and loads each batch from the
+/// mirror into guest memory while it has room, as a push into RAM would (the
+/// rest stay in the mirror: this host's swap, in effect). Stops early at
+/// `stop`, or when a batch fails (the source gone for longer than the
+/// reconnect window).
+fn copy_missing(
+    transfer: &Transfer,
+    memory: &GuestMemory,
+    depth: usize,
+    stop: &AtomicBool,
+) -> Result<(), CopyStop> {
+    let base = memory.ram_base().gfn().0;
+    let room = || memory.free_pages() > memory.budget_pages() / 8 + depth as u64;
     loop {
         let missing = transfer.mirror.missing();
         if missing.is_empty() {
@@ -803,17 +841,12 @@ fn copy_missing(transfer: &Transfer, stop: &AtomicBool) -> Result<(), CopyStop> 
                 .filter(|&p| !transfer.mirror.holds(p))
                 .collect();
             transfer.copy(&batch).map_err(CopyStop::Failed)?;
+            if room() {
+                let gfns: Vec<Gfn> = batch.iter().map(|&p| Gfn(base + u64::from(p))).collect();
+                prefetch_pages(memory, &gfns, depth, stop);
+            }
         }
     }
-}
-
-/// The mirror's counts with the copier's reads into guest memory counted as
-/// copied: they go through the pager, so the mirror saw them as demand reads.
-fn by_origin(mut c: MirrorCounts, loaded: u64) -> MirrorCounts {
-    let loaded = loaded.min(c.demand);
-    c.demand -= loaded;
-    c.copied += loaded;
-    c
 }
 
 /// Why the copier stopped before every page was here.

@@ -25,7 +25,7 @@ use crate::run::{
     GUEST_IMAGE, RunOptions, VmRun, WorkloadProgress, build, drive_workloads, finish,
     flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
 };
-use crate::snapshot::{GuestKind, ProgressState};
+use crate::snapshot::{GuestKind, ProgressState, Resume, write_stopped};
 
 /// The export name of a source's memory.
 pub const EXPORT: &str = "apf-ram";
@@ -129,7 +129,8 @@ pub fn run_migrating(
     observe: Observer<'_>,
 ) -> Result<SourceReport, VmError> {
     config.validate()?;
-    let mut control = ControlClient::connect(&to.addr, new_session(), to.reconnect_window)?;
+    let session = new_session();
+    let mut control = ControlClient::connect(&to.addr, session, to.reconnect_window)?;
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
     write_boot_block(config, &built)?;
     let ip = control
@@ -185,7 +186,11 @@ pub fn run_migrating(
         (worker.join(), watched)
     });
     let precopy = precopy.map_err(|_| VmError::Load("the pre-copy thread panicked".into()))?;
-    let switching = stop.load(Ordering::Acquire);
+    // Switching only if the run was stopped for it: a guest that powered off
+    // meanwhile has nothing to move.
+    let switching = stop.load(Ordering::Acquire) && watched.observer_stopped;
+    // Before the vCPUs stop: the downtime measured from here is an upper bound.
+    let stopped = Instant::now();
     let run = finish(
         &built,
         vcpus,
@@ -193,7 +198,6 @@ pub fn run_migrating(
         progress.work_done_at,
         watched.observer_stopped,
     )?;
-    let stopped = Instant::now();
     let (precopy, abandoned) = match precopy {
         Ok(p) => (p, None),
         Err(e) => (
@@ -286,16 +290,50 @@ pub fn run_migrating(
         changed,
     };
     let (held_at_stop, changed_at_stop) = (switch.held.len(), switch.changed.len());
-    let reply = control.call(&Request::SwitchOver(Box::new(switch)), "the switch-over")?;
-    let Reply::Started {
-        copied_before_start,
-        ..
-    } = reply
-    else {
-        return Err(unexpected(&to.addr, &reply));
+    let reply = control.call(
+        &Request::SwitchOver(Box::new(switch.clone())),
+        "the switch-over",
+    );
+    let copied_before_start = match reply {
+        Ok(Reply::Started {
+            copied_before_start,
+            ..
+        }) => copied_before_start,
+        // Refused, unreachable, or garbled: whether the destination runs the
+        // VM may be unknown, but it must survive somewhere.
+        other => {
+            let why = match other {
+                Ok(r) => format!("unexpected reply {r:?}"),
+                Err(e) => e.to_string(),
+            };
+            let rescue = std::env::temp_dir().join(format!("apf-rescue-{session:016x}"));
+            let resume = Resume {
+                guest: GuestKind::BuiltIn,
+                taken_at: switch.taken_at,
+                console: &switch.console,
+                machine: &switch.machine,
+                vcpus: &switch.vcpus,
+                progress: &switch.progress,
+            };
+            write_stopped(&rescue, config, &resume, memory)?;
+            return Err(MigrateError::SwitchOver {
+                addr: to.addr.clone(),
+                why,
+                rescue,
+            }
+            .into());
+        }
     };
     let downtime = stopped.elapsed();
-    let reply = control.call(&Request::AwaitComplete, "post-copy")?;
+    // The destination may still read pages while the control connection is
+    // down: stay while it does.
+    let reply = loop {
+        let served = server.counters().requests;
+        match control.call(&Request::AwaitComplete, "post-copy") {
+            Err(MigrateError::Lost { .. }) if server.counters().requests != served => {}
+            r => break r?,
+        }
+    };
     let Reply::Complete {
         all_pages,
         demand,
@@ -304,6 +342,7 @@ pub fn run_migrating(
     else {
         return Err(unexpected(&to.addr, &reply));
     };
+    control.close();
     let total = started.elapsed();
     let served = server.counters();
     server.shutdown();

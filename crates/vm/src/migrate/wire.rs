@@ -139,6 +139,15 @@ impl PageRuns {
             .flat_map(|&[first, count]| first..first.saturating_add(count))
     }
 
+    /// Whether every page is below `pages` (a peer's runs are checked before
+    /// they are expanded).
+    pub(crate) fn within(&self, pages: u64) -> bool {
+        self.0
+            .iter()
+            .all(|&[first, count]| u64::from(first) + u64::from(count) <= pages)
+            && self.len() <= pages
+    }
+
     /// How many.
     pub(crate) fn len(&self) -> u64 {
         self.0.iter().map(|r| u64::from(r[1])).sum()
@@ -352,6 +361,8 @@ mod tests {
             let runs = PageRuns::from_sorted(pages.iter().copied());
             proptest::prop_assert_eq!(runs.pages().collect::<Vec<_>>(), pages.clone());
             proptest::prop_assert_eq!(runs.len(), pages.len() as u64);
+            proptest::prop_assert!(runs.within(5000));
+            proptest::prop_assert_eq!(runs.within(pages.last().map_or(0, |&p| u64::from(p))), pages.is_empty());
         }
     }
 

@@ -192,6 +192,32 @@ pub fn take_snapshot(
     })
 }
 
+/// Writes a stopped VM (`r`, its memory in `memory`) as a snapshot directory
+/// `apf restore` resumes: a migration's source does when its switch-over
+/// failed, so that the VM survives on disk whatever happened at the other end.
+pub(crate) fn write_stopped(
+    dir: &Path,
+    config: &VmConfig,
+    r: &Resume<'_>,
+    memory: &GuestMemory,
+) -> Result<(), VmError> {
+    prepare_output(dir)?;
+    let memory = write_memory(dir, memory)?;
+    let state = SnapshotState {
+        apf_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: config.clone(),
+        guest: r.guest,
+        taken_at: r.taken_at,
+        console: r.console.to_string(),
+        machine: r.machine.clone(),
+        vcpus: r.vcpus.to_vec(),
+        progress: r.progress.clone(),
+        memory,
+    };
+    format::write_state(dir, &state)?;
+    Ok(())
+}
+
 /// Makes `dir` if needed; refuses one that holds anything.
 fn prepare_output(dir: &Path) -> Result<(), SnapshotError> {
     let out = |what: String| SnapshotError::Output {
