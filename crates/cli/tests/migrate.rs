@@ -507,3 +507,52 @@ fn a_source_that_gives_up_before_the_switch_over_runs_its_vm_to_the_end() {
         "{err}"
     );
 }
+
+#[test]
+fn a_switch_over_that_cannot_be_confirmed_saves_the_vm_for_apf_restore() {
+    // The switch-over is cut in half and the destination never comes back:
+    // the source cannot know whether the VM runs there, so it saves it.
+    let listen = Listen::start(&[]);
+    let proxy = Proxy::start(
+        listen.addr,
+        Cut::AfterFrames {
+            frames: 2,
+            extra: 200,
+        },
+        Outage::Forever,
+    );
+    let config = tmp("rescue.toml");
+    // The source retries for a third of this.
+    std::fs::write(&config, "[store]\nio_timeout = \"3s\"\n").expect("config");
+    let mut extra = SMALL.to_vec();
+    let config = config.display().to_string();
+    extra.extend(["--config", config.as_str()]);
+    let out = source(
+        proxy.addr,
+        "postcopy",
+        "1s",
+        &extra,
+        &tmp("rescue-src.json"),
+    );
+    let _ = listen.stop();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let dir = err
+        .split("saved in ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no directory in {err}"));
+    assert!(err.contains("apf restore"), "{err}");
+    // Nothing lost: the saved VM finishes its run with every checksum right.
+    let restored = tmp("rescue-restore.json");
+    let out = apf(&["restore", dir, "--json", &restored.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&restored);
+    assert_eq!(r["restores"][0]["run"]["checksums_ok"], true, "{r}");
+    let _ = std::fs::remove_dir_all(dir);
+}
