@@ -527,7 +527,7 @@ fn cmd_migrate_source(
     if let Some(dir) = vmargs::ensure_store_dir(config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }
-    let to = args.migrate.target(addr, config);
+    let to = args.migrate.target(addr);
     let bar = RunBar::new(config, "source");
     let mut observe = |live: &apf_vm::Live<'_>| {
         bar.update(live);

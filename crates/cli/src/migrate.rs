@@ -15,18 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::{self, RunReport};
 use crate::table::{Table, count, secs};
-use crate::vmargs::VmArgs;
+use crate::vmargs::{VmArgs, on_off};
 
 fn parse_mode(text: &str) -> Result<MigrateMode, String> {
     MigrateMode::parse(text).ok_or_else(|| format!("`{text}` is not precopy, postcopy or hybrid"))
-}
-
-fn on_off(text: &str) -> Result<bool, String> {
-    match text {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("`{text}` is not on or off")),
-    }
 }
 
 /// The migration flags of `apf run`.
@@ -67,22 +59,15 @@ pub struct MigrateArgs {
 }
 
 impl MigrateArgs {
-    pub fn target(&self, to: &str, config: &VmConfig) -> MigrateTo {
+    pub fn target(&self, to: &str) -> MigrateTo {
         MigrateTo {
             addr: to.to_string(),
             at: self.migrate_at.0,
             mode: self.mode,
             net_latency: self.net_latency.0,
             page_server_port: self.page_server_port,
-            reconnect_window: reconnect_window(config),
         }
     }
-}
-
-/// How long a broken connection is retried: as the NBD client retries page
-/// reads (a third of the I/O timeout, at most 10 s).
-pub fn reconnect_window(config: &VmConfig) -> Duration {
-    (config.store.io_timeout.0 / 3).min(Duration::from_secs(10))
 }
 
 #[derive(Args, Debug)]

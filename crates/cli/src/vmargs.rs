@@ -43,7 +43,7 @@ pub enum VmArgsError {
 }
 
 /// `on`/`off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
-fn on_off(text: &str) -> Result<bool, String> {
+pub(crate) fn on_off(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),

@@ -264,6 +264,16 @@ pub struct StoreConfig {
     pub io_timeout: Span,
 }
 
+impl StoreConfig {
+    /// How long a broken connection to a remote page source is retried: a
+    /// third of the I/O timeout, at most 10 s (well inside the memory
+    /// system's own timeout). The NBD client and the migration control
+    /// stream both use it.
+    pub fn reconnect_window(&self) -> Duration {
+        (self.io_timeout.0 / 3).min(Duration::from_secs(10))
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {

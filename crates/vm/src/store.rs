@@ -85,7 +85,7 @@ pub(crate) fn connect_nbd(
     cfg.queue_depth = usize::try_from(s.queue_depth).unwrap_or(1);
     cfg.capacity = pages;
     cfg.read_only = read_only;
-    cfg.reconnect_timeout = (s.io_timeout.0 / 3).min(Duration::from_secs(10));
+    cfg.reconnect_timeout = s.reconnect_window();
     cfg.io_timeout = (s.io_timeout.0 / 6).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let store = NbdStore::connect(&cfg)?;
     if store.export_size() < min_size {

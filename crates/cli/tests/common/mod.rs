@@ -6,6 +6,10 @@
 #![allow(dead_code)] // each test file uses its own part
 
 pub mod proxy;
+// The same check the memory crate's NBD tests make.
+#[path = "../../../mem/tests/common/servers.rs"]
+mod servers;
+pub use servers::have;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,24 +39,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Whether `binary` runs; if not, says so (and fails under APF_REQUIRE_NBD=1).
-pub fn have(binary: &str, package: &str) -> bool {
-    let found = Command::new(binary)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("APF_REQUIRE_NBD").as_deref() != Ok("1"),
-            "{binary} is missing and APF_REQUIRE_NBD=1: apt-get install {package}"
-        );
-        eprintln!("skipping: {binary} is not installed (apt-get install {package})");
-    }
-    found
 }
 
 pub fn have_nbdkit() -> bool {

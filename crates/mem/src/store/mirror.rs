@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,6 @@ pub struct MirrorCounts {
 #[derive(Debug)]
 pub struct Mirror {
     file: File,
-    path: PathBuf,
     pages: u32,
     wanted: PageBits,
     held: PageBits,
@@ -97,11 +96,6 @@ impl Mirror {
     /// Pages of the image.
     pub fn pages(&self) -> u32 {
         self.pages
-    }
-
-    /// The mirror file (unlinked once open).
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Declares that page `page` holds data at the source and must be taken.
@@ -217,7 +211,6 @@ impl MirrorStore {
         };
         let mirror = Arc::new(Mirror {
             file,
-            path,
             pages,
             wanted: PageBits::new(pages),
             held: PageBits::new(pages),

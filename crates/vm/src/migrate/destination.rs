@@ -763,7 +763,7 @@ fn land(
     let run = run?;
     // The source waits for this answer before it exits: give it the time it
     // has to come back for it.
-    let deadline = Instant::now() + config.store.io_timeout.0.min(Duration::from_secs(10));
+    let deadline = Instant::now() + config.store.reconnect_window();
     let mut g = shared.lock();
     while !shared.complete_sent.load(Ordering::Acquire) && Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -47,8 +47,6 @@ pub struct MigrateTo {
     pub net_latency: Duration,
     /// The port to serve the VM's memory on (0: any free one).
     pub page_server_port: u16,
-    /// How long a broken control connection is retried.
-    pub reconnect_window: Duration,
 }
 
 /// One pre-copy round.
@@ -130,7 +128,7 @@ pub fn run_migrating(
 ) -> Result<SourceReport, VmError> {
     config.validate()?;
     let session = new_session();
-    let mut control = ControlClient::connect(&to.addr, session, to.reconnect_window)?;
+    let mut control = ControlClient::connect(&to.addr, session, config.store.reconnect_window())?;
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
     write_boot_block(config, &built)?;
     let ip = control
