@@ -17,8 +17,8 @@ use yaxpeax_arm::armv8::a64::InstDecoder;
 /// One recorded event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// Microseconds since the recorder started.
-    pub at_us: u128,
+    /// Nanoseconds since the recorder started.
+    pub at_ns: u128,
     /// The event's name (`async_pf_not_present`, ...) or, for unnamed events, its
     /// message.
     pub name: String,
@@ -121,7 +121,7 @@ impl<S: Subscriber> Layer<S> for Recorder {
             meta.name().to_string()
         };
         let record = Record {
-            at_us: self.start.elapsed().as_micros(),
+            at_ns: self.start.elapsed().as_nanos(),
             name,
             fields: f.fields,
         };
@@ -181,7 +181,7 @@ pub fn render(records: &[&Record]) -> String {
     let mut out = String::new();
     for r in records {
         #[allow(clippy::cast_precision_loss)] // microseconds of a short run
-        let ms = r.at_us as f64 / 1000.0;
+        let ms = r.at_ns as f64 / 1e6;
         let _ = write!(out, "{ms:>11.3} ms  ");
         if let Some(v) = r.u64("vcpu") {
             let _ = write!(out, "vcpu{v:<2} ");
@@ -213,9 +213,11 @@ pub fn render(records: &[&Record]) -> String {
 }
 
 /// Where each asynchronous fault's time went, from the events of every fault
-/// whose page came in: not-present → completed (the fetch as the engine saw it),
-/// completed → page-ready sent, page-ready → the guest's retry (its next stage-2
-/// exit on that page: the TLB refill of the access that faulted).
+/// whose page came in: not-present → page in (when the fetch finished on its
+/// thread: the completion's time less its `waited_ns`), page in → page-ready sent
+/// (the PPI pending: how long the vCPU took to notice the completion), page-ready →
+/// the guest's retry (its next stage-2 exit on that page; none when the retry's
+/// TLB refill finds the page resident and is resolved in the access).
 pub fn fault_latencies(records: &[Record]) -> String {
     #[derive(Default)]
     struct Fault {
@@ -239,23 +241,25 @@ pub fn fault_latencies(records: &[Record]) -> String {
                     key(t),
                     Fault {
                         gfn,
-                        not_present: r.at_us,
+                        not_present: r.at_ns,
                         ..Fault::default()
                     },
                 ));
             }
             ("async_pf_completed", Some(t)) => {
                 if let Some((_, f)) = open.iter_mut().find(|(k, _)| *k == key(t)) {
-                    f.completed = Some(r.at_us);
-                    fetch.push(r.at_us - f.not_present);
+                    let waited = u128::from(r.u64("waited_ns").unwrap_or(0));
+                    let page_in = r.at_ns.saturating_sub(waited).max(f.not_present);
+                    f.completed = Some(page_in);
+                    fetch.push(page_in - f.not_present);
                 }
             }
             ("async_pf_ready", Some(t)) => {
                 if let Some((_, f)) = open.iter_mut().find(|(k, _)| *k == key(t))
                     && let Some(done) = f.completed
                 {
-                    f.ready = Some(r.at_us);
-                    notify.push(r.at_us - done);
+                    f.ready = Some(r.at_ns);
+                    notify.push(r.at_ns.saturating_sub(done));
                 }
             }
             ("stage2_abort", None) => {
@@ -265,7 +269,7 @@ pub fn fault_latencies(records: &[Record]) -> String {
                     .position(|(k, f)| k.0 == vcpu && Some(f.gfn) == gfn && f.ready.is_some())
                 {
                     let (_, f) = open.swap_remove(i);
-                    wake.push(r.at_us - f.ready.unwrap_or(r.at_us));
+                    wake.push(r.at_ns - f.ready.unwrap_or(r.at_ns));
                 }
             }
             _ => {}
@@ -277,11 +281,16 @@ pub fn fault_latencies(records: &[Record]) -> String {
             v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
                 .copied()
         };
+        // Nanoseconds, shown in µs to 0.1.
+        let us = |ns: u128| ns as f64 / 1000.0;
         match (q(50), q(90), q(99)) {
             (Some(a), Some(b), Some(c)) => {
                 format!(
-                    "  {what:<28} {:>6} faults: p50 {a} µs, p90 {b} µs, p99 {c} µs\n",
-                    v.len()
+                    "  {what:<28} {:>6} faults: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs\n",
+                    v.len(),
+                    us(a),
+                    us(b),
+                    us(c)
                 )
             }
             _ => format!("  {what:<28}      0 faults\n"),
@@ -300,7 +309,7 @@ mod tests {
 
     fn rec(name: &str, fields: &[(&'static str, u64)]) -> Record {
         Record {
-            at_us: 1500,
+            at_ns: 1_500_000,
             name: name.into(),
             fields: fields.iter().map(|&(k, v)| (k, Value::U64(v))).collect(),
         }
@@ -309,7 +318,7 @@ mod tests {
     #[test]
     fn fault_latencies_follow_each_token_to_its_retry() {
         let at = |us: u128, name: &str, fields: &[(&'static str, u64)]| Record {
-            at_us: us,
+            at_ns: us * 1000,
             ..rec(name, fields)
         };
         let records = vec![
@@ -324,10 +333,16 @@ mod tests {
                 "async_pf_not_present",
                 &[("vcpu", 1), ("gfn", 9), ("token", 0x1001)],
             ),
+            // The fetch finished at 1100 µs; the vCPU noticed it 10 µs later.
             at(
                 1110,
                 "async_pf_completed",
-                &[("vcpu", 0), ("gfn", 7), ("token", 0x1000)],
+                &[
+                    ("vcpu", 0),
+                    ("gfn", 7),
+                    ("token", 0x1000),
+                    ("waited_ns", 10_000),
+                ],
             ),
             at(1130, "async_pf_ready", &[("vcpu", 0), ("token", 0x1000)]),
             at(1200, "stage2_abort", &[("vcpu", 1), ("gfn", 7)]),
@@ -335,15 +350,15 @@ mod tests {
         ];
         let text = fault_latencies(&records);
         assert!(
-            text.contains("not-present → page in             1 faults: p50 1000 µs"),
+            text.contains("not-present → page in             1 faults: p50 990.0 µs"),
             "{text}"
         );
         assert!(
-            text.contains("page in → page-ready sent         1 faults: p50 20 µs"),
+            text.contains("page in → page-ready sent         1 faults: p50 30.0 µs"),
             "{text}"
         );
         assert!(
-            text.contains("page-ready → guest retries        1 faults: p50 300 µs"),
+            text.contains("page-ready → guest retries        1 faults: p50 300.0 µs"),
             "{text}"
         );
     }

@@ -12,7 +12,17 @@
 //! exact code with shuttle's atomics.
 
 use apf_abi::ASYNC_PF_PER_VCPU;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Nanoseconds since the first call in this process: when a page came in, as one
+/// word a completer can store.
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// The atomic operations the port needs, so the same code runs on std atomics and
 /// under a model checker.
@@ -101,6 +111,9 @@ pub struct Completed {
     pub slot: u8,
     /// Whether the fetch succeeded.
     pub ok: bool,
+    /// How long ago the completer finished the fetch: what the vCPU took to
+    /// notice it (the page-ready latency `apf trace` breaks down).
+    pub waited: Duration,
 }
 
 /// One vCPU's completion port. Completers call [`CompletionPort::complete`]; the
@@ -110,6 +123,9 @@ pub struct CompletionPort<W: AtomicWord = AtomicU64> {
     words: [W; ASYNC_PF_PER_VCPU],
     /// Bit n set: slot n may have completed since the last collect.
     ready: W,
+    /// When each slot's fetch completed ([`now_ns`]); a measurement, outside the
+    /// protocol (plain atomics also under the model checker).
+    done_at: [AtomicU64; ASYNC_PF_PER_VCPU],
 }
 
 impl<W: AtomicWord> Default for CompletionPort<W> {
@@ -117,6 +133,7 @@ impl<W: AtomicWord> Default for CompletionPort<W> {
         CompletionPort {
             words: std::array::from_fn(|_| W::new(word(0, IDLE))),
             ready: W::new(0),
+            done_at: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -149,6 +166,9 @@ impl<W: AtomicWord> CompletionPort<W> {
             return false;
         };
         let done = word(handle.generation, if ok { DONE_OK } else { DONE_FAILED });
+        // Before the state changes, so the collector (Acquire) sees this time.
+        let done_at = &self.done_at[usize::from(handle.slot)];
+        done_at.store(now_ns(), Ordering::Relaxed);
         if w.compare_exchange(
             word(handle.generation, ARMED),
             done,
@@ -183,7 +203,9 @@ impl<W: AtomicWord> CompletionPort<W> {
                 _ => continue, // drained and possibly re-armed: not this completion
             };
             w.store(v & !STATE_MASK, Ordering::Release);
-            sink(Completed { slot, ok });
+            let done_at = self.done_at[usize::from(slot)].load(Ordering::Relaxed);
+            let waited = Duration::from_nanos(now_ns().saturating_sub(done_at));
+            sink(Completed { slot, ok, waited });
         }
     }
 }
@@ -199,9 +221,9 @@ mod tests {
         assert!(port.complete(h, true));
         assert!(!port.complete(h, true), "duplicate refused");
         let mut got = Vec::new();
-        port.collect(|c| got.push(c));
-        assert_eq!(got, vec![Completed { slot: 3, ok: true }]);
-        port.collect(|c| got.push(c));
+        port.collect(|c| got.push((c.slot, c.ok)));
+        assert_eq!(got, vec![(3, true)]);
+        port.collect(|c| got.push((c.slot, c.ok)));
         assert_eq!(got.len(), 1);
     }
 
@@ -216,8 +238,8 @@ mod tests {
         assert!(!port.complete(old, false), "stale generation refused");
         assert!(port.complete(new, false));
         let mut got = Vec::new();
-        port.collect(|c| got.push(c));
-        assert_eq!(got, vec![Completed { slot: 7, ok: false }]);
+        port.collect(|c| got.push((c.slot, c.ok)));
+        assert_eq!(got, vec![(7, false)]);
     }
 
     #[test]

@@ -516,8 +516,11 @@ impl<W: AtomicWord> ApfEngine<W> {
         if self.halted_on == Some(gfn) {
             self.halted_on = None;
         }
+        // `waited_ns`: since the fetch finished on its thread, so `apf trace` can
+        // place the page-in itself and show how long the vCPU took to notice it.
+        let waited_ns = u64::try_from(c.waited.as_nanos()).unwrap_or(u64::MAX);
         tracing::trace!(name: "async_pf_completed", target: "apf", vcpu = self.vcpu_id, gfn = gfn.0,
-            token = token.0, ok = c.ok);
+            token = token.0, ok = c.ok, waited_ns);
     }
 
     fn release(&mut self, slot: u8) {
