@@ -191,7 +191,7 @@ fi
 # --- Timing ---
 
 if ((runs > 0)); then
-	echo "CoreMark: apf $apf, QEMU $("$qemu" --version | head -1)"
+	echo "CoreMark: apf $apf, QEMU $("$qemu" --version | sed -n 1p)"
 	echo "rate = (N2 - N1) / (wall(N2) - wall(N1)), N1 and N2 = $n1 and $n2 on apf," \
 		"$((n1 * qemu_scale)) and $((n2 * qemu_scale)) on QEMU; startup cancels"
 	echo
@@ -259,9 +259,13 @@ if ((profile)); then
 		--json "$out/apf-profile.json" >"$log" 2>"$out/perf-record.log" ||
 		fail "perf record of apf (see $out/perf-record.log)"
 	check_output "$log" "$n1" "apf under perf"
+	# Whole reports go to files first: head closing a pipe early would fail the
+	# script under pipefail.
+	perf report -i "$out/perf.data" --no-children --percent-limit 1 --stdio \
+		>"$out/perf-report.txt" 2>/dev/null || fail "perf report (see $out/perf.data)"
 	{
 		echo "# perf record -g of apf on CoreMark, $n1 iterations ($img1)"
-		perf report -i "$out/perf.data" --no-children --percent-limit 1 --stdio 2>/dev/null | head -80
+		sed -n 1,80p "$out/perf-report.txt" | sed 's/ *$//' | cut -c1-160
 		echo
 	} >"$report"
 
@@ -313,9 +317,10 @@ if ((profile)); then
 		{
 			echo
 			echo "# callgrind, apf on CoreMark for N=$c2: host instructions by source file:function (top 30)"
-			callgrind_annotate --threshold=99 "$out/apf-count-n$c2.callgrind" 2>/dev/null |
-				sed -n '/file:function/,$p' | sed '1,2d' | sed "s|$root/||; s|/rustc/[0-9a-f]*/||" |
-				cut -c1-160 | head -30
+			callgrind_annotate --threshold=99 "$out/apf-count-n$c2.callgrind" \
+				>"$out/callgrind-annotate.txt" 2>/dev/null
+			sed -n '/file:function/,$p' "$out/callgrind-annotate.txt" | sed '1,2d' |
+				sed "s|$root/||; s|/rustc/[0-9a-f]*/||" | cut -c1-160 | sed -n 1,30p
 		} >>"$report"
 	fi
 	echo
