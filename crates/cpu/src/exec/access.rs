@@ -87,7 +87,8 @@ impl Cpu {
     pub(super) fn access_fault(&mut self, e: BusError, va: u64, pa: u64, info: AccessInfo) -> Flow {
         match e {
             BusError::Stage2Fault => {
-                Flow::Fault(self.stage2_exit(Cpu::stage2_data_syndrome(info), va, pa))
+                let exit = self.stage2_exit(Cpu::stage2_data_syndrome(info), va, pa);
+                self.fault_exit(exit)
             }
             BusError::ExternalAbort => {
                 self.data_abort_el1(va, info.write, fsc::SYNC_EXTERNAL);
@@ -101,7 +102,8 @@ impl Cpu {
     pub(super) fn translation_fault(&mut self, f: Fault, va: u64, info: AccessInfo) -> Flow {
         match f {
             Fault::WalkStage2 { ipa, .. } => {
-                Flow::Fault(self.stage2_exit(Cpu::stage2_walk_data_syndrome(false), va, ipa))
+                let exit = self.stage2_exit(Cpu::stage2_walk_data_syndrome(false), va, ipa);
+                self.fault_exit(exit)
             }
             _ => {
                 self.data_abort_el1(va, info.write, f.status());

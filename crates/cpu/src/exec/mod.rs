@@ -308,11 +308,11 @@ impl Cpu {
             }
             Op::Hvc { imm } => {
                 self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::Hvc { imm })
+                self.exit_after(Exit::Hvc { imm })
             }
             Op::Smc { imm } => {
                 self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::Smc { imm })
+                self.exit_after(Exit::Smc { imm })
             }
             Op::Brk { imm } => {
                 self.sync_exception(Esr::new(ec::BRK64, u64::from(imm)), None);
@@ -448,12 +448,8 @@ impl Cpu {
                 }
                 Flow::Trap
             }
-            Op::NotDecoded => {
-                // The run loop decodes before executing; reaching this is a bug,
-                // and UNDEFINED is the safe answer for a guest.
-                self.undefined();
-                Flow::Trap
-            }
+            // The run loop decodes the slot and comes back.
+            Op::NotDecoded => Flow::NotDecoded,
         }
     }
 
