@@ -82,17 +82,17 @@ pub(super) fn shifted(v: u64, shift: Shift, amount: u32, sf: bool) -> u64 {
     }
 }
 
+/// An extended register: `option<1:0>` is the width (8 << option bits),
+/// `option<2>` signedness. Branch-free, as the extend differs from one
+/// instruction to the next.
 #[inline]
 pub(super) fn extended(v: u64, ext: Extend, amount: u8) -> u64 {
-    let x = match ext.0 & 7 {
-        0 => v & 0xFF,
-        1 => v & 0xFFFF,
-        2 => v & 0xFFFF_FFFF,
-        3 => v,
-        4 => sext(v, 8),
-        5 => sext(v, 16),
-        6 => sext(v, 32),
-        _ => v,
+    let unused = 64 - (8u32 << (ext.0 & 3));
+    let top = v << unused;
+    let x = if ext.0 & 4 != 0 {
+        ((top as i64) >> unused) as u64
+    } else {
+        top >> unused
     };
     x << amount
 }
@@ -281,5 +281,30 @@ impl Cpu {
             };
             self.w(d, r & mask(sf));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extends_take_width_and_sign_from_the_option() {
+        let v = 0x8000_8081_8283_8485u64;
+        let cases = [
+            (0, 0x85),
+            (1, 0x8485),
+            (2, 0x8283_8485),
+            (3, v),
+            (4, 0xFFFF_FFFF_FFFF_FF85),
+            (5, 0xFFFF_FFFF_FFFF_8485),
+            (6, 0xFFFF_FFFF_8283_8485),
+            (7, v),
+        ];
+        for (option, want) in cases {
+            assert_eq!(extended(v, Extend(option), 0), want, "option {option}");
+            assert_eq!(extended(v, Extend(option), 2), want << 2, "option {option}");
+        }
+        assert_eq!(extended(0x7F, Extend(4), 0), 0x7F, "positive SXTB");
     }
 }
