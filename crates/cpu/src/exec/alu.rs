@@ -23,7 +23,9 @@ use crate::decode::{
 use crate::pstate::bits;
 
 /// AddWithCarry: the result (truncated to the width) and NZCV in SPSR positions.
-#[inline]
+/// Inlined: CMP and friends are a tenth of typical code, and a call costs as
+/// much as the flag arithmetic.
+#[inline(always)]
 fn add_with_carry(x: u64, y: u64, carry: bool, sf: bool) -> (u64, u64) {
     if sf {
         let (r1, c1) = x.overflowing_add(y);
@@ -46,7 +48,7 @@ fn add_with_carry(x: u64, y: u64, carry: bool, sf: bool) -> (u64, u64) {
 }
 
 /// `x + y` or `x - y` (as `x + !y + 1`) with its flags.
-#[inline]
+#[inline(always)]
 pub(super) fn add_or_sub(x: u64, y: u64, sub: bool, sf: bool) -> (u64, u64) {
     if sub {
         add_with_carry(x, !y, true, sf)
@@ -97,6 +99,9 @@ pub(super) fn extended(v: u64, ext: Extend, amount: u8) -> u64 {
     x << amount
 }
 
+/// SBFM, BFM, UBFM. The shifts and extends (UBFM/SBFM) are inlined: they
+/// are common; BFM, with its mask decode, is not.
+#[inline(always)]
 pub(super) fn bitfield(op: BitfieldOp, src: u64, dst: u64, immr: u32, imms: u32, sf: bool) -> u64 {
     let size = if sf { 64 } else { 32 };
     let field = |width: u32| -> u64 {
@@ -111,19 +116,22 @@ pub(super) fn bitfield(op: BitfieldOp, src: u64, dst: u64, immr: u32, imms: u32,
         BitfieldOp::Ubfm => (src & field(imms + 1)) << (size - immr),
         BitfieldOp::Sbfm if imms >= immr => sext(src >> immr, imms - immr + 1),
         BitfieldOp::Sbfm => sext(src & field(imms + 1), imms + 1) << (size - immr),
-        BitfieldOp::Bfm => {
-            let (wmask, tmask) =
-                decode_bit_masks(u32::from(sf), imms, immr, false).unwrap_or((0, 0));
-            let rotated = if sf {
-                src.rotate_right(immr)
-            } else {
-                u64::from((src as u32).rotate_right(immr))
-            };
-            let bot = (dst & !wmask) | (rotated & wmask);
-            (dst & !tmask) | (bot & tmask)
-        }
+        BitfieldOp::Bfm => bitfield_move(src, dst, immr, imms, sf),
     };
     r & mask(sf)
+}
+
+/// BFM: the rotated field of `src` inserted into `dst`.
+#[inline(never)]
+fn bitfield_move(src: u64, dst: u64, immr: u32, imms: u32, sf: bool) -> u64 {
+    let (wmask, tmask) = decode_bit_masks(u32::from(sf), imms, immr, false).unwrap_or((0, 0));
+    let rotated = if sf {
+        src.rotate_right(immr)
+    } else {
+        u64::from((src as u32).rotate_right(immr))
+    };
+    let bot = (dst & !wmask) | (rotated & wmask);
+    (dst & !tmask) | (bot & tmask)
 }
 
 pub(super) fn unary(op: UnaryOp, v: u64, sf: bool) -> u64 {
