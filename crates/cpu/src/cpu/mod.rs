@@ -234,47 +234,59 @@ impl Cpu {
         // it is an exception entry, so the retired count is the step count.
         let start = self.retired;
         let stop = start + limit;
-        while self.retired < stop {
+        // The count lives in a register here; `self.retired` gets it on the
+        // way out, and MRS/MSR (the only ops that read it) get it passed.
+        let mut retired = start;
+        while retired < stop {
             // A word index within the page.
             #[allow(clippy::cast_possible_truncation)]
             let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
             let op = self.cache.op(slab, index);
-            match self.exec(bus, op) {
+            match self.exec(bus, op, retired) {
                 Flow::Next => {
                     self.pc = self.pc.wrapping_add(4);
-                    self.retired += 1;
+                    retired += 1;
                     if index == OPS_PER_PAGE - 1 {
                         break;
                     }
                 }
                 Flow::Jump => {
-                    self.retired += 1;
+                    retired += 1;
                     // Same page and still aligned, else the outer loop decides.
                     if self.pc & !0xFFC != page {
                         break;
                     }
                     if bus.kicked() {
-                        return (self.retired - start, Some(Exit::Kicked));
+                        self.retired = retired;
+                        return (retired - start, Some(Exit::Kicked));
                     }
                 }
                 Flow::Resync => {
-                    self.retired += 1;
+                    retired += 1;
                     break;
                 }
-                Flow::Trap => return (self.retired - start + 1, None),
-                Flow::Fault => return (self.retired - start, Some(self.exit)),
+                Flow::Trap => {
+                    self.retired = retired;
+                    return (retired - start + 1, None);
+                }
+                Flow::Fault => {
+                    self.retired = retired;
+                    return (retired - start, Some(self.exit));
+                }
                 Flow::Exit => {
-                    self.retired += 1;
-                    return (self.retired - start, Some(self.exit));
+                    self.retired = retired + 1;
+                    return (retired + 1 - start, Some(self.exit));
                 }
                 Flow::NotDecoded => {
                     if let Some(steps) = self.fill_slot(bus, slab, index, pa_page) {
-                        return (self.retired - start + steps.0, steps.1);
+                        self.retired = retired;
+                        return (retired - start + steps.0, steps.1);
                     }
                 }
             }
         }
-        (self.retired - start, None)
+        self.retired = retired;
+        (retired - start, None)
     }
 
     /// Fetches and decodes the word at PC into slot `index` of `slab`, or
