@@ -13,6 +13,8 @@ const SET_BITS: u32 = 9;
 const SETS: usize = 1 << SET_BITS;
 const NO_PAGE: u64 = u64::MAX;
 const NO_SLAB: u32 = u32::MAX;
+/// Bits of the held-page filter; a page number's low bits pick one.
+const FILTER_BITS: usize = 4096;
 
 type DecodedPage = Box<[Op; OPS_PER_PAGE]>;
 
@@ -24,6 +26,11 @@ pub(crate) struct DecodeCache {
     /// Per set, the way used last (the other one is evicted next).
     recent: Vec<u8>,
     slab: Vec<DecodedPage>,
+    /// A superset of the held pages (bit `pfn % FILTER_BITS`), so that a
+    /// store to a data page costs a bit test instead of a set lookup. Bits
+    /// are set when a page is taken in and cleared only when every page is
+    /// forgotten.
+    filter: [u64; FILTER_BITS / 64],
 }
 
 impl std::fmt::Debug for DecodeCache {
@@ -52,6 +59,15 @@ fn set_of(pfn: u64) -> usize {
     set
 }
 
+/// The filter bit of page `pfn`.
+#[inline(always)]
+fn filter_bit(pfn: u64) -> usize {
+    // Masked to the filter's size.
+    #[allow(clippy::cast_possible_truncation)]
+    let bit = (pfn as usize) & (FILTER_BITS - 1);
+    bit
+}
+
 impl DecodeCache {
     pub(crate) fn new() -> DecodeCache {
         DecodeCache {
@@ -59,6 +75,7 @@ impl DecodeCache {
             slab_of: vec![NO_SLAB; SETS * WAYS],
             recent: vec![0; SETS],
             slab: Vec::new(),
+            filter: [0; FILTER_BITS / 64],
         }
     }
 
@@ -82,6 +99,8 @@ impl DecodeCache {
                     self.slab_of[e] = u32::try_from(self.slab.len() - 1).unwrap_or(0);
                 }
                 self.tags[e] = pfn;
+                let bit = filter_bit(pfn);
+                self.filter[bit / 64] |= 1 << (bit % 64);
                 self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);
                 e
             }
@@ -100,9 +119,25 @@ impl DecodeCache {
         self.slab[slab][index & (OPS_PER_PAGE - 1)] = op;
     }
 
+    /// Whether page `pfn` may be held (false: it surely is not).
+    #[inline(always)]
+    fn may_hold(&self, pfn: u64) -> bool {
+        let bit = filter_bit(pfn);
+        (self.filter[bit / 64] >> (bit % 64)) & 1 != 0
+    }
+
     /// This CPU stored `len` bytes at `addr`: forget any ops decoded from them.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn stored(&mut self, addr: u64, len: u64) {
+        let last = addr.wrapping_add(len - 1);
+        if self.may_hold(addr >> 12) || self.may_hold(last >> 12) {
+            self.stored_near_code(addr, len);
+        }
+    }
+
+    /// [`DecodeCache::stored`] for a store the filter did not rule out.
+    #[inline(never)]
+    fn stored_near_code(&mut self, addr: u64, len: u64) {
         if let Some(e) = self.find(addr >> 12) {
             self.reset_range(e, addr, len);
         }
@@ -135,6 +170,7 @@ impl DecodeCache {
     /// Forgets every page.
     pub(crate) fn invalidate_all(&mut self) {
         self.tags.fill(NO_PAGE);
+        self.filter.fill(0);
     }
 }
 
@@ -158,6 +194,24 @@ mod tests {
         // Other pages are unaffected.
         c.stored(0x6000, 8);
         assert_eq!(c.op(s, 4), Op::Barrier);
+    }
+
+    #[test]
+    fn stores_to_a_filter_mate_or_after_a_full_flush_stay_exact() {
+        let mut c = DecodeCache::new();
+        let s = c.page(5);
+        c.set(s, 0, Op::Barrier);
+        // Page 5 + FILTER_BITS shares page 5's filter bit but is not held.
+        c.stored((5 + FILTER_BITS as u64) << 12, 8);
+        assert_eq!(c.op(s, 0), Op::Barrier);
+        // Forgetting everything clears the filter; taking the page in again sets it.
+        c.invalidate_all();
+        assert!(!c.may_hold(5));
+        let s = c.page(5);
+        assert!(c.may_hold(5));
+        c.set(s, 0, Op::Barrier);
+        c.stored(0x5000, 4);
+        assert_eq!(c.op(s, 0), Op::NotDecoded);
     }
 
     #[test]

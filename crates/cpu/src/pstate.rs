@@ -88,28 +88,54 @@ impl Pstate {
         self.el == 1 && self.spsel
     }
 
-    /// Whether condition `cond` (4 bits) holds.
-    #[inline]
+    /// Whether condition `cond` (4 bits) holds: a table lookup, because a
+    /// match on the condition is an indirect jump that mispredicts whenever
+    /// consecutive conditional instructions test different conditions.
+    #[inline(always)]
     pub(crate) fn holds(&self, cond: u8) -> bool {
-        let f = self.nzcv;
-        let (n, z, c, v) = (
-            f & bits::N != 0,
-            f & bits::Z != 0,
-            f & bits::C != 0,
-            f & bits::V != 0,
-        );
-        let r = match cond >> 1 {
-            0 => z,
-            1 => c,
-            2 => n,
-            3 => v,
-            4 => c && !z,
-            5 => n == v,
-            6 => n == v && !z,
-            _ => true,
-        };
-        if cond & 1 == 1 && cond != 0xF { !r } else { r }
+        let nibble = (self.nzcv >> 28) & 0xF;
+        (COND_HOLDS[usize::from(cond & 0xF)] >> nibble) & 1 != 0
     }
+}
+
+/// Per condition, the set of NZCV values (bit `NZCV >> 28`) it holds for.
+// Both loop counters stay below 16, and `From` cannot be called in a const.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const COND_HOLDS: [u16; 16] = {
+    let mut table = [0u16; 16];
+    let mut cond = 0;
+    while cond < 16 {
+        let mut nzcv = 0;
+        while nzcv < 16 {
+            if cond_holds(cond as u8, (nzcv as u64) << 28) {
+                table[cond] |= 1 << nzcv;
+            }
+            nzcv += 1;
+        }
+        cond += 1;
+    }
+    table
+};
+
+/// The architecture's ConditionHolds for flags `f` (SPSR positions).
+const fn cond_holds(cond: u8, f: u64) -> bool {
+    let (n, z, c, v) = (
+        f & bits::N != 0,
+        f & bits::Z != 0,
+        f & bits::C != 0,
+        f & bits::V != 0,
+    );
+    let r = match cond >> 1 {
+        0 => z,
+        1 => c,
+        2 => n,
+        3 => v,
+        4 => c && !z,
+        5 => n == v,
+        6 => n == v && !z,
+        _ => true,
+    };
+    if cond & 1 == 1 && cond != 0xF { !r } else { r }
 }
 
 #[cfg(test)]
@@ -148,5 +174,23 @@ mod tests {
         assert!(p.holds(10)); // GE (N == V)
         assert!(!p.holds(12)); // GT needs !Z
         assert!(p.holds(14) && p.holds(15)); // AL and NV both hold
+    }
+
+    #[test]
+    fn the_table_agrees_with_condition_holds_everywhere() {
+        let mut p = Pstate::reset();
+        for nzcv in 0..16u64 {
+            p.nzcv = nzcv << 28;
+            for cond in 0..16u8 {
+                assert_eq!(
+                    p.holds(cond),
+                    cond_holds(cond, nzcv << 28),
+                    "{cond} {nzcv:#x}"
+                );
+            }
+        }
+        // Spot checks against hand-worked values: GT with Z clear and N == V.
+        p.nzcv = bits::N | bits::V;
+        assert!(p.holds(12) && !p.holds(13) && p.holds(10) && !p.holds(11));
     }
 }

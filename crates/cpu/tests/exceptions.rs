@@ -435,6 +435,29 @@ fn timer_deadline_exit_is_exact() {
 }
 
 #[test]
+fn counter_reads_mid_block_see_every_instruction_before_them() {
+    // The run loop keeps the retired count in a register; MRS must still see
+    // the exact count, after straight-line code and after a taken branch.
+    let words = [
+        0xD503_201F, // nop
+        0x9100_0421, // add x1, x1, #1
+        0xD53B_E040, // mrs x0, cntvct_el0      (2 retired before it)
+        0x1400_0002, // b +8
+        0xD503_201F, // nop (skipped)
+        0xD53B_E043, // mrs x3, cntvct_el0      (4 retired before it)
+        0xD51B_E344, // msr cntv_cval_el0, x4   (a deadline never reached)
+        0xD53B_E045, // mrs x5, cntvct_el0      (6 retired before it)
+        0xD400_0002, // hvc #0
+    ];
+    let (mut cpu, mut bus) = machine(&words);
+    cpu.set_x(4, u64::MAX);
+    assert_eq!(cpu.run(&mut bus, 1000), Exit::Hvc { imm: 0 });
+    assert_eq!((cpu.x(0), cpu.x(3), cpu.x(5)), (2, 4, 6));
+    assert_eq!(cpu.retired(), 8);
+    assert_eq!(cpu.counter(), 8);
+}
+
+#[test]
 fn timer_write_that_changes_the_level_exits() {
     let words = [
         0xD280_0022, // mov x2, #1

@@ -10,7 +10,7 @@ pub use state::{CpuState, CpuStateError, PstateState};
 
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
-use crate::decode::{Op, decode, reg};
+use crate::decode::{decode, reg};
 use crate::exception::Exception;
 use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
 use crate::pstate::{Pstate, bits};
@@ -115,10 +115,12 @@ pub(crate) enum Flow {
     Resync,
     /// Not retired: an exception was taken (PC is at the vector).
     Trap,
-    /// Not retired, no state changed: return this exit (a stage-2 abort).
-    Fault(Exit),
-    /// Retired (PC already past it): return this exit.
-    Exit(Exit),
+    /// Not retired, no state changed: return [`Cpu::exit`] (a stage-2 abort).
+    Fault,
+    /// Retired (PC already past it): return [`Cpu::exit`].
+    Exit,
+    /// Not executed: the slot at PC is not decoded yet.
+    NotDecoded,
 }
 
 /// One vCPU: architectural state plus its decoded-instruction cache.
@@ -136,6 +138,9 @@ pub struct Cpu {
     pub(crate) monitor: Option<Monitor>,
     pub(crate) irq_line: bool,
     pub(crate) retired: u64,
+    /// The exit a [`Flow::Fault`] or [`Flow::Exit`] returns (kept out of
+    /// `Flow` so that every op returns its flow in a register).
+    pub(crate) exit: Exit,
     pub(crate) config: CpuConfig,
     pub(crate) cache: DecodeCache,
     pub(crate) mmu: Mmu,
@@ -155,6 +160,7 @@ impl Cpu {
             monitor: None,
             irq_line: false,
             retired: 0,
+            exit: Exit::Budget,
             config,
             cache: DecodeCache::new(),
             mmu: Mmu::new(),
@@ -228,60 +234,101 @@ impl Cpu {
         // it is an exception entry, so the retired count is the step count.
         let start = self.retired;
         let stop = start + limit;
-        while self.retired < stop {
+        // The count lives in a register here; `self.retired` gets it on the
+        // way out, and MRS/MSR (the only ops that read it) get it passed.
+        let mut retired = start;
+        while retired < stop {
             // A word index within the page.
             #[allow(clippy::cast_possible_truncation)]
             let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
-            let mut op = self.cache.op(slab, index);
-            if matches!(op, Op::NotDecoded) {
-                let pa = pa_page | (self.pc & 0xFFF);
-                match bus.fetch(pa) {
-                    Ok(word) => {
-                        op = decode(word);
-                        self.cache.set(slab, index, op);
-                    }
-                    Err(crate::BusError::Stage2Fault) => {
-                        let esr = Cpu::stage2_fetch_syndrome();
-                        let exit = self.stage2_exit(esr, self.pc, pa);
-                        return (self.retired - start, Some(exit));
-                    }
-                    Err(crate::BusError::ExternalAbort) => {
-                        self.fetch_abort_el1();
-                        return (self.retired - start + 1, None);
-                    }
-                }
-            }
-            match self.exec(bus, op) {
+            let op = self.cache.op(slab, index);
+            match self.exec(bus, op, retired) {
                 Flow::Next => {
                     self.pc = self.pc.wrapping_add(4);
-                    self.retired += 1;
+                    retired += 1;
                     if index == OPS_PER_PAGE - 1 {
                         break;
                     }
                 }
                 Flow::Jump => {
-                    self.retired += 1;
+                    retired += 1;
                     // Same page and still aligned, else the outer loop decides.
                     if self.pc & !0xFFC != page {
                         break;
                     }
                     if bus.kicked() {
-                        return (self.retired - start, Some(Exit::Kicked));
+                        self.retired = retired;
+                        return (retired - start, Some(Exit::Kicked));
                     }
                 }
                 Flow::Resync => {
-                    self.retired += 1;
+                    retired += 1;
                     break;
                 }
-                Flow::Trap => return (self.retired - start + 1, None),
-                Flow::Fault(exit) => return (self.retired - start, Some(exit)),
-                Flow::Exit(exit) => {
-                    self.retired += 1;
-                    return (self.retired - start, Some(exit));
+                Flow::Trap => {
+                    self.retired = retired;
+                    return (retired - start + 1, None);
+                }
+                Flow::Fault => {
+                    self.retired = retired;
+                    return (retired - start, Some(self.exit));
+                }
+                Flow::Exit => {
+                    self.retired = retired + 1;
+                    return (retired + 1 - start, Some(self.exit));
+                }
+                Flow::NotDecoded => {
+                    if let Some(steps) = self.fill_slot(bus, slab, index, pa_page) {
+                        self.retired = retired;
+                        return (retired - start + steps.0, steps.1);
+                    }
                 }
             }
         }
-        (self.retired - start, None)
+        self.retired = retired;
+        (retired - start, None)
+    }
+
+    /// Fetches and decodes the word at PC into slot `index` of `slab`, or
+    /// returns the extra steps and exit of a fetch that failed.
+    #[cold]
+    #[inline(never)]
+    fn fill_slot<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        slab: usize,
+        index: usize,
+        pa_page: u64,
+    ) -> Option<(u64, Option<Exit>)> {
+        let pa = pa_page | (self.pc & 0xFFF);
+        match bus.fetch(pa) {
+            Ok(word) => {
+                self.cache.set(slab, index, decode(word));
+                None
+            }
+            Err(crate::BusError::Stage2Fault) => {
+                let esr = Cpu::stage2_fetch_syndrome();
+                let exit = self.stage2_exit(esr, self.pc, pa);
+                Some((0, Some(exit)))
+            }
+            Err(crate::BusError::ExternalAbort) => {
+                self.fetch_abort_el1();
+                Some((1, None))
+            }
+        }
+    }
+
+    /// Not retired, no state changed: the run loop returns `exit`.
+    #[cold]
+    pub(crate) fn fault_exit(&mut self, exit: Exit) -> Flow {
+        self.exit = exit;
+        Flow::Fault
+    }
+
+    /// Retired: the run loop returns `exit`.
+    pub(crate) fn exit_after(&mut self, exit: Exit) -> Flow {
+        self.exit = exit;
+        Flow::Exit
     }
 
     /// The PA page of the code page at PC (MMU on). Once per page entered, so

@@ -53,6 +53,30 @@ pub(super) fn no_syndrome(write: bool) -> AccessInfo {
     }
 }
 
+/// What the access path needs to know about an access: whether it writes
+/// and which EL's permissions apply, cheaply; and, only on a fault, the full
+/// [`AccessInfo`] (packing the syndrome costs as much as the access itself).
+pub(super) trait Access: Copy {
+    fn write(self) -> bool;
+    fn unprivileged(self) -> bool;
+    fn info(self) -> AccessInfo;
+}
+
+impl Access for AccessInfo {
+    #[inline(always)]
+    fn write(self) -> bool {
+        self.write
+    }
+    #[inline(always)]
+    fn unprivileged(self) -> bool {
+        self.unprivileged
+    }
+    #[inline(always)]
+    fn info(self) -> AccessInfo {
+        self
+    }
+}
+
 /// The physical address of byte `va` of an access that starts at `start`
 /// (translated to `first`) and may continue on the next page (`second`).
 #[inline]
@@ -87,7 +111,8 @@ impl Cpu {
     pub(super) fn access_fault(&mut self, e: BusError, va: u64, pa: u64, info: AccessInfo) -> Flow {
         match e {
             BusError::Stage2Fault => {
-                Flow::Fault(self.stage2_exit(Cpu::stage2_data_syndrome(info), va, pa))
+                let exit = self.stage2_exit(Cpu::stage2_data_syndrome(info), va, pa);
+                self.fault_exit(exit)
             }
             BusError::ExternalAbort => {
                 self.data_abort_el1(va, info.write, fsc::SYNC_EXTERNAL);
@@ -101,7 +126,8 @@ impl Cpu {
     pub(super) fn translation_fault(&mut self, f: Fault, va: u64, info: AccessInfo) -> Flow {
         match f {
             Fault::WalkStage2 { ipa, .. } => {
-                Flow::Fault(self.stage2_exit(Cpu::stage2_walk_data_syndrome(false), va, ipa))
+                let exit = self.stage2_exit(Cpu::stage2_walk_data_syndrome(false), va, ipa);
+                self.fault_exit(exit)
             }
             _ => {
                 self.data_abort_el1(va, info.write, f.status());
@@ -116,16 +142,16 @@ impl Cpu {
         &mut self,
         bus: &mut B,
         va: u64,
-        info: AccessInfo,
+        info: impl Access,
     ) -> Result<Translation, Flow> {
-        let kind = if info.write {
+        let kind = if info.write() {
             AccessKind::Write
         } else {
             AccessKind::Read
         };
-        let el0 = info.unprivileged || self.pstate.el == 0;
+        let el0 = info.unprivileged() || self.pstate.el == 0;
         self.translate(bus, va, kind, el0)
-            .map_err(|f| self.translation_fault(f, va, info))
+            .map_err(|f| self.translation_fault(f, va, info.info()))
     }
 
     /// Alignment check for an access whose alignment does not depend on the
@@ -150,13 +176,13 @@ impl Cpu {
         bus: &mut B,
         addr: u64,
         size: AccessSize,
-        info: AccessInfo,
+        info: impl Access,
     ) -> Result<u64, Flow> {
         if !self.mmu_on() {
             self.aligned(addr, size.bytes(), false)?;
             return bus
                 .read(addr, size)
-                .map_err(|e| self.access_fault(e, addr, addr, info));
+                .map_err(|e| self.access_fault(e, addr, addr, info.info()));
         }
         if addr & (size.bytes() - 1) != 0 {
             // Only the low `size` bytes are set.
@@ -167,7 +193,7 @@ impl Cpu {
         }
         let t = self.translate_data(bus, addr, info)?;
         bus.read(t.pa, size)
-            .map_err(|e| self.access_fault(e, addr, t.pa, info))
+            .map_err(|e| self.access_fault(e, addr, t.pa, info.info()))
     }
 
     #[inline(always)]
@@ -177,12 +203,12 @@ impl Cpu {
         addr: u64,
         size: AccessSize,
         v: u64,
-        info: AccessInfo,
+        info: impl Access,
     ) -> Result<(), Flow> {
         if !self.mmu_on() {
             self.aligned(addr, size.bytes(), true)?;
             bus.write(addr, size, v)
-                .map_err(|e| self.access_fault(e, addr, addr, info))?;
+                .map_err(|e| self.access_fault(e, addr, addr, info.info()))?;
             self.cache.stored(addr, size.bytes());
             return Ok(());
         }
@@ -191,7 +217,7 @@ impl Cpu {
         }
         let t = self.translate_data(bus, addr, info)?;
         bus.write(t.pa, size, v)
-            .map_err(|e| self.access_fault(e, addr, t.pa, info))?;
+            .map_err(|e| self.access_fault(e, addr, t.pa, info.info()))?;
         self.cache.stored(t.pa, size.bytes());
         Ok(())
     }
@@ -206,12 +232,12 @@ impl Cpu {
         va: u64,
         len: u64,
         elem: u64,
-        info: AccessInfo,
+        info: impl Access,
     ) -> Result<(Translation, Translation), Flow> {
         let unaligned = va & (elem - 1) != 0;
         // SCTLR.A faults before translation; Device memory needs the type.
         if unaligned && self.sys.sctlr_el1 & SCTLR_A != 0 {
-            self.alignment_fault(va, info.write);
+            self.alignment_fault(va, info.write());
             return Err(Flow::Trap);
         }
         let first = self.translate_data(bus, va, info)?;
@@ -223,7 +249,7 @@ impl Cpu {
             first
         };
         if unaligned && (first.device || second.device) {
-            self.alignment_fault(va, info.write);
+            self.alignment_fault(va, info.write());
             return Err(Flow::Trap);
         }
         Ok((first, second))
@@ -238,7 +264,7 @@ impl Cpu {
         va: u64,
         len: u64,
         elem: u64,
-        info: AccessInfo,
+        info: impl Access,
     ) -> Result<u128, Flow> {
         let (first, second) = self.translate_block(bus, va, len, elem, info)?;
         let mut value = 0u128;
@@ -247,7 +273,7 @@ impl Cpu {
             let pa = byte_pa(at, va, first, second);
             let byte = bus
                 .read(pa, AccessSize::Byte)
-                .map_err(|e| self.access_fault(e, at, pa, info))?;
+                .map_err(|e| self.access_fault(e, at, pa, info.info()))?;
             value |= u128::from(byte) << (8 * k);
         }
         Ok(value)
@@ -268,7 +294,7 @@ impl Cpu {
         len: u64,
         elem: u64,
         value: u128,
-        info: AccessInfo,
+        info: impl Access,
     ) -> Result<(), Flow> {
         let (first, second) = self.translate_block(bus, va, len, elem, info)?;
         let last = va.wrapping_add(len - 1);
@@ -276,7 +302,7 @@ impl Cpu {
         if crosses {
             for (at, pa) in [(va, first.pa), (last & !0xFFF, second.pa & !0xFFF)] {
                 if let Err(e) = bus.read(pa, AccessSize::Byte) {
-                    return Err(self.access_fault(e, at, pa, info));
+                    return Err(self.access_fault(e, at, pa, info.info()));
                 }
             }
         }
@@ -290,7 +316,7 @@ impl Cpu {
                 #[allow(clippy::cast_possible_truncation)]
                 let part = (value >> (8 * k * elem)) as u64;
                 bus.write(pa, size, part)
-                    .map_err(|e| self.access_fault(e, at, pa, info))?;
+                    .map_err(|e| self.access_fault(e, at, pa, info.info()))?;
             }
         } else {
             for k in 0..len {
@@ -299,7 +325,7 @@ impl Cpu {
                 #[allow(clippy::cast_possible_truncation)]
                 let byte = (value >> (8 * k)) as u64 & 0xFF;
                 bus.write(pa, AccessSize::Byte, byte)
-                    .map_err(|e| self.access_fault(e, at, pa, info))?;
+                    .map_err(|e| self.access_fault(e, at, pa, info.info()))?;
             }
         }
         let first_len = if crosses { 0x1000 - (va & 0xFFF) } else { len };

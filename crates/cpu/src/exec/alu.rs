@@ -23,7 +23,9 @@ use crate::decode::{
 use crate::pstate::bits;
 
 /// AddWithCarry: the result (truncated to the width) and NZCV in SPSR positions.
-#[inline]
+/// Inlined: CMP and friends are a tenth of typical code, and a call costs as
+/// much as the flag arithmetic.
+#[inline(always)]
 fn add_with_carry(x: u64, y: u64, carry: bool, sf: bool) -> (u64, u64) {
     if sf {
         let (r1, c1) = x.overflowing_add(y);
@@ -46,7 +48,7 @@ fn add_with_carry(x: u64, y: u64, carry: bool, sf: bool) -> (u64, u64) {
 }
 
 /// `x + y` or `x - y` (as `x + !y + 1`) with its flags.
-#[inline]
+#[inline(always)]
 pub(super) fn add_or_sub(x: u64, y: u64, sub: bool, sf: bool) -> (u64, u64) {
     if sub {
         add_with_carry(x, !y, true, sf)
@@ -82,21 +84,24 @@ pub(super) fn shifted(v: u64, shift: Shift, amount: u32, sf: bool) -> u64 {
     }
 }
 
+/// An extended register: `option<1:0>` is the width (8 << option bits),
+/// `option<2>` signedness. Branch-free, as the extend differs from one
+/// instruction to the next.
 #[inline]
 pub(super) fn extended(v: u64, ext: Extend, amount: u8) -> u64 {
-    let x = match ext.0 & 7 {
-        0 => v & 0xFF,
-        1 => v & 0xFFFF,
-        2 => v & 0xFFFF_FFFF,
-        3 => v,
-        4 => sext(v, 8),
-        5 => sext(v, 16),
-        6 => sext(v, 32),
-        _ => v,
+    let unused = 64 - (8u32 << (ext.0 & 3));
+    let top = v << unused;
+    let x = if ext.0 & 4 != 0 {
+        ((top as i64) >> unused) as u64
+    } else {
+        top >> unused
     };
     x << amount
 }
 
+/// SBFM, BFM, UBFM. The shifts and extends (UBFM/SBFM) are inlined: they
+/// are common; BFM, with its mask decode, is not.
+#[inline(always)]
 pub(super) fn bitfield(op: BitfieldOp, src: u64, dst: u64, immr: u32, imms: u32, sf: bool) -> u64 {
     let size = if sf { 64 } else { 32 };
     let field = |width: u32| -> u64 {
@@ -111,19 +116,22 @@ pub(super) fn bitfield(op: BitfieldOp, src: u64, dst: u64, immr: u32, imms: u32,
         BitfieldOp::Ubfm => (src & field(imms + 1)) << (size - immr),
         BitfieldOp::Sbfm if imms >= immr => sext(src >> immr, imms - immr + 1),
         BitfieldOp::Sbfm => sext(src & field(imms + 1), imms + 1) << (size - immr),
-        BitfieldOp::Bfm => {
-            let (wmask, tmask) =
-                decode_bit_masks(u32::from(sf), imms, immr, false).unwrap_or((0, 0));
-            let rotated = if sf {
-                src.rotate_right(immr)
-            } else {
-                u64::from((src as u32).rotate_right(immr))
-            };
-            let bot = (dst & !wmask) | (rotated & wmask);
-            (dst & !tmask) | (bot & tmask)
-        }
+        BitfieldOp::Bfm => bitfield_move(src, dst, immr, imms, sf),
     };
     r & mask(sf)
+}
+
+/// BFM: the rotated field of `src` inserted into `dst`.
+#[inline(never)]
+fn bitfield_move(src: u64, dst: u64, immr: u32, imms: u32, sf: bool) -> u64 {
+    let (wmask, tmask) = decode_bit_masks(u32::from(sf), imms, immr, false).unwrap_or((0, 0));
+    let rotated = if sf {
+        src.rotate_right(immr)
+    } else {
+        u64::from((src as u32).rotate_right(immr))
+    };
+    let bot = (dst & !wmask) | (rotated & wmask);
+    (dst & !tmask) | (bot & tmask)
 }
 
 pub(super) fn unary(op: UnaryOp, v: u64, sf: bool) -> u64 {
@@ -281,5 +289,30 @@ impl Cpu {
             };
             self.w(d, r & mask(sf));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extends_take_width_and_sign_from_the_option() {
+        let v = 0x8000_8081_8283_8485u64;
+        let cases = [
+            (0, 0x85),
+            (1, 0x8485),
+            (2, 0x8283_8485),
+            (3, v),
+            (4, 0xFFFF_FFFF_FFFF_FF85),
+            (5, 0xFFFF_FFFF_FFFF_8485),
+            (6, 0xFFFF_FFFF_8283_8485),
+            (7, v),
+        ];
+        for (option, want) in cases {
+            assert_eq!(extended(v, Extend(option), 0), want, "option {option}");
+            assert_eq!(extended(v, Extend(option), 2), want << 2, "option {option}");
+        }
+        assert_eq!(extended(0x7F, Extend(4), 0), 0x7F, "positive SXTB");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{Ordering, fence};
 
 use apf_abi::esr::AccessSize;
 
-use super::access::{no_syndrome, single};
+use super::access::{Access, no_syndrome, single};
 use super::alu::extended;
 use super::{sext, size_mask};
 use crate::Cpu;
@@ -43,6 +43,41 @@ fn store_info(t: u8, size: AccessSize, wb: Writeback) -> AccessInfo {
     single(t, size, false, size == AccessSize::Double, false, true)
 }
 
+/// A single-register load or store (immediate, register offset, literal),
+/// described by its fields so that the syndrome is built only on a fault.
+#[derive(Debug, Clone, Copy)]
+struct Single {
+    t: u8,
+    size: AccessSize,
+    /// `None` for a store.
+    load: Option<LoadExt>,
+    wb: Writeback,
+    unprivileged: bool,
+}
+
+impl Access for Single {
+    #[inline(always)]
+    fn write(self) -> bool {
+        self.load.is_none()
+    }
+    #[inline(always)]
+    fn unprivileged(self) -> bool {
+        self.unprivileged
+    }
+    #[cold]
+    #[inline(never)]
+    fn info(self) -> AccessInfo {
+        let info = match self.load {
+            Some(ext) => load_info(self.t, self.size, ext, self.wb),
+            None => store_info(self.t, self.size, self.wb),
+        };
+        AccessInfo {
+            unprivileged: self.unprivileged,
+            ..info
+        }
+    }
+}
+
 impl Cpu {
     /// A load with an immediate offset: LDR (unsigned offset, pre- or
     /// post-indexed), LDUR and LDTR.
@@ -65,9 +100,12 @@ impl Cpu {
         };
         let moved = base.wrapping_add(i64::from(offset) as u64);
         let addr = if wb == Writeback::Post { base } else { moved };
-        let info = AccessInfo {
+        let info = Single {
+            t,
+            size,
+            load: Some(ext),
+            wb,
             unprivileged,
-            ..load_info(t, size, ext, wb)
         };
         let v = match self.load(bus, addr, size, info) {
             Ok(v) => v,
@@ -103,9 +141,12 @@ impl Cpu {
         let addr = if wb == Writeback::Post { base } else { moved };
         // Rt == Rn with writeback stores the original value (a permitted outcome).
         let v = self.r(t);
-        let info = AccessInfo {
+        let info = Single {
+            t,
+            size,
+            load: None,
+            wb,
             unprivileged,
-            ..store_info(t, size, wb)
         };
         if let Err(f) = self.store(bus, addr, size, v, info) {
             return f;
@@ -135,7 +176,13 @@ impl Cpu {
             Err(f) => return f,
         };
         let addr = base.wrapping_add(extended(self.r(m), ext, shift));
-        let info = load_info(t, size, sign, Writeback::None);
+        let info = Single {
+            t,
+            size,
+            load: Some(sign),
+            wb: Writeback::None,
+            unprivileged: false,
+        };
         match self.load(bus, addr, size, info) {
             Ok(v) => {
                 self.w(t, loaded(v, size, sign));
@@ -164,7 +211,19 @@ impl Cpu {
         };
         let addr = base.wrapping_add(extended(self.r(m), ext, shift));
         let v = self.r(t);
-        match self.store(bus, addr, size, v, store_info(t, size, Writeback::None)) {
+        match self.store(
+            bus,
+            addr,
+            size,
+            v,
+            Single {
+                t,
+                size,
+                load: None,
+                wb: Writeback::None,
+                unprivileged: false,
+            },
+        ) {
             Ok(()) => Flow::Next,
             Err(f) => f,
         }
@@ -181,7 +240,18 @@ impl Cpu {
         ext: LoadExt,
     ) -> Flow {
         let addr = self.pc.wrapping_add(i64::from(offset) as u64);
-        match self.load(bus, addr, size, load_info(t, size, ext, Writeback::None)) {
+        match self.load(
+            bus,
+            addr,
+            size,
+            Single {
+                t,
+                size,
+                load: Some(ext),
+                wb: Writeback::None,
+                unprivileged: false,
+            },
+        ) {
             Ok(v) => {
                 self.w(t, loaded(v, size, ext));
                 Flow::Next

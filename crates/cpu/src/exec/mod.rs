@@ -73,9 +73,11 @@ impl Cpu {
         if r < 31 { self.regs[usize::from(r)] } else { 0 }
     }
 
-    /// Executes one decoded instruction at the current PC.
+    /// Executes one decoded instruction at the current PC, `retired`
+    /// instructions after reset (the run loop keeps the count in a register;
+    /// only the counter and timer registers need it in `self`).
     #[inline(always)]
-    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: Op) -> Flow {
+    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: Op, retired: u64) -> Flow {
         match op {
             // Data processing (immediate and register): see `alu`.
             Op::AddImm {
@@ -308,11 +310,11 @@ impl Cpu {
             }
             Op::Hvc { imm } => {
                 self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::Hvc { imm })
+                self.exit_after(Exit::Hvc { imm })
             }
             Op::Smc { imm } => {
                 self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::Smc { imm })
+                self.exit_after(Exit::Smc { imm })
             }
             Op::Brk { imm } => {
                 self.sync_exception(Esr::new(ec::BRK64, u64::from(imm)), None);
@@ -335,8 +337,14 @@ impl Cpu {
                 Flow::Resync
             }
             Op::MsrImm { field, imm } => self.msr_immediate(field, imm),
-            Op::Mrs { t, reg: id } => self.exec_mrs(bus, t, id),
-            Op::Msr { t, reg: id } => self.exec_msr(bus, t, id),
+            Op::Mrs { t, reg: id } => {
+                self.retired = retired;
+                self.exec_mrs(bus, t, id)
+            }
+            Op::Msr { t, reg: id } => {
+                self.retired = retired;
+                self.exec_msr(bus, t, id)
+            }
             Op::Sys { t, op: id } => self.exec_sys(bus, t, id),
 
             // Loads and stores: see `load_store` and, for exclusives and atomics, `atomic`.
@@ -448,12 +456,8 @@ impl Cpu {
                 }
                 Flow::Trap
             }
-            Op::NotDecoded => {
-                // The run loop decodes before executing; reaching this is a bug,
-                // and UNDEFINED is the safe answer for a guest.
-                self.undefined();
-                Flow::Trap
-            }
+            // The run loop decodes the slot and comes back.
+            Op::NotDecoded => Flow::NotDecoded,
         }
     }
 

@@ -21,7 +21,7 @@ impl Cpu {
             ),
             SysFault::FpTrapped => Esr::new(ec::FP_ASIMD, 0),
             SysFault::Aborted => return Flow::Trap,
-            SysFault::Exit(exit) => return Flow::Fault(exit),
+            SysFault::Exit(exit) => return self.fault_exit(exit),
         };
         self.sync_exception(esr, None);
         Flow::Trap
@@ -31,7 +31,7 @@ impl Cpu {
     fn after_foreign<B: Bus>(&mut self, bus: &mut B, foreign: bool) -> Flow {
         if foreign && bus.kicked() {
             self.pc = self.pc.wrapping_add(4);
-            Flow::Exit(Exit::Kicked)
+            self.exit_after(Exit::Kicked)
         } else {
             Flow::Next
         }
@@ -70,7 +70,7 @@ impl Cpu {
             return Flow::Trap;
         }
         self.pc = self.pc.wrapping_add(4);
-        Flow::Exit(if wfe { Exit::Wfe } else { Exit::Wfi })
+        self.exit_after(if wfe { Exit::Wfe } else { Exit::Wfi })
     }
 
     /// MRS: the value comes from this CPU or, for the GIC CPU interface, the bus.
@@ -96,7 +96,7 @@ impl Cpu {
             }
             Ok(MsrEffect::TimerLines) => {
                 self.pc = self.pc.wrapping_add(4);
-                Flow::Exit(Exit::TimerDeadline)
+                self.exit_after(Exit::TimerDeadline)
             }
             Ok(MsrEffect::Foreign) => self.after_foreign(bus, true),
             Err(f) => self.sys_fault(f, id, t, false),
