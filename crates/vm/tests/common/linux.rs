@@ -114,8 +114,8 @@ pub fn artifacts() -> Option<Artifacts> {
 pub fn token(spec: &ProcSpec) -> String {
     let kind = kind_name(spec.kind).expect("a known kind");
     format!(
-        "apf.proc={kind},{},{},{},{}",
-        spec.vcpu, spec.mem_bytes, spec.work, spec.seed
+        "apf.proc={kind},{},{},{},{},{}",
+        spec.vcpu, spec.mem_bytes, spec.work, spec.seed, spec.write_pct
     )
 }
 
