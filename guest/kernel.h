@@ -167,7 +167,7 @@ struct sdei_finish { u64 fn; u64 resume; };
 struct sdei_finish apf_sdei_handler(u64 event, u64 arg, u64 pc, u64 pstate);
 
 /* --- EL0 side (user.c) --- */
-noreturn void user_main(u64 kind, u64 base, u64 bytes, u64 work, u64 seed);
+noreturn void user_main(u64 kind, u64 base, u64 bytes, u64 work, u64 seed, u64 write_pct);
 
 /* --- Freestanding helpers (lib.c); gcc may call these for struct copies --- */
 void *memcpy(void *dst, const void *src, size_t n);

@@ -26,10 +26,10 @@ extern char __image_end[];
 #define DEFAULT_NR_VCPUS 2
 #define DEFAULT_RAM_SIZE (256 * MiB)
 static const struct apf_proc_spec default_procs[] = {
-	{ APF_WORKLOAD_SCAN, 0, 8 * MiB, 200000, 0x5ca0000000000001 },
-	{ APF_WORKLOAD_CALC, 0, 0, 4000, 0xca1c000000000002 },
-	{ APF_WORKLOAD_SCAN, 1, 8 * MiB, 200000, 0x5ca0000000000003 },
-	{ APF_WORKLOAD_CALC, 1, 0, 4000, 0xca1c000000000004 },
+	{ APF_WORKLOAD_SCAN, 0, 8 * MiB, 200000, 0x5ca0000000000001, APF_WRITE_PCT_ALL, 0 },
+	{ APF_WORKLOAD_CALC, 0, 0, 4000, 0xca1c000000000002, APF_WRITE_PCT_ALL, 0 },
+	{ APF_WORKLOAD_SCAN, 1, 8 * MiB, 200000, 0x5ca0000000000003, APF_WRITE_PCT_ALL, 0 },
+	{ APF_WORKLOAD_CALC, 1, 0, 4000, 0xca1c000000000004, APF_WRITE_PCT_ALL, 0 },
 };
 
 static const char *const kind_names[] = { "?", "scan", "calc", "kv", "build" };
@@ -103,6 +103,8 @@ static void load_config(void)
 			fatal("proc kind", p->spec.kind);
 		if (p->spec.vcpu >= config.nr_vcpus)
 			fatal("proc vcpu", p->spec.vcpu);
+		if (p->spec.write_pct > APF_WRITE_PCT_ALL)
+			fatal("proc write_pct", p->spec.write_pct);
 		if (p->spec.mem_bytes < min_mem_bytes(p->spec.kind) ||
 		    p->spec.mem_bytes > ram_end - next)
 			fatal("proc mem_bytes", p->spec.mem_bytes);
@@ -159,10 +161,10 @@ static void print_results(void)
 		const struct proc *p = &procs[i];
 		const struct apf_proc_result *r = p->res;
 		kprintf("APF-RESULT proc=%u kind=%s vcpu=%u state=%s progress=%lu "
-			"checksum=0x%lx esr=0x%x mem=%lu work=%lu seed=0x%lx\n",
+			"checksum=0x%lx esr=0x%x mem=%lu work=%lu seed=0x%lx write=%u\n",
 			i, kind_names[p->spec.kind], p->spec.vcpu,
 			state_names[r->state & 3], r->progress, r->checksum, r->kill_esr,
-			p->spec.mem_bytes, p->spec.work, p->spec.seed);
+			p->spec.mem_bytes, p->spec.work, p->spec.seed, p->spec.write_pct);
 	}
 	kprintf("APF-END procs=%u ticks=%lu cntfrq=%lu\n", config.nr_procs,
 		read_sysreg(cntvct_el0) - boot_ticks, read_sysreg(cntfrq_el0));

@@ -15,7 +15,7 @@
 static u8 user_stacks[MAX_PROCS][USTACK_SIZE] __attribute__((aligned(APF_PAGE_SIZE)));
 
 /*
- * The first EL0 context: user_main(kind, base, bytes, work, seed) at EL0t, IRQs
+ * The first EL0 context: user_main(kind, base, bytes, work, seed, write_pct) at EL0t, IRQs
  * on; and the result as of 0 units done.
  */
 void proc_init(struct proc *p)
@@ -26,6 +26,7 @@ void proc_init(struct proc *p)
 	p->ctx.x[2] = p->spec.mem_bytes;
 	p->ctx.x[3] = p->spec.work;
 	p->ctx.x[4] = p->spec.seed;
+	p->ctx.x[5] = p->spec.write_pct;
 	p->ctx.elr = (u64)user_main;
 	p->ctx.spsr = 0;
 	p->ctx.sp_el0 = (u64)user_stacks[p->idx] + USTACK_SIZE;

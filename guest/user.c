@@ -35,12 +35,12 @@ static noreturn void sys_exit(void)
 		;
 }
 
-noreturn void user_main(u64 kind, u64 base, u64 bytes, u64 work, u64 seed)
+noreturn void user_main(u64 kind, u64 base, u64 bytes, u64 work, u64 seed, u64 write_pct)
 {
 	static const char *const ready[] = { "", "scan: ready\n", "calc: ready\n",
 					     "kv: ready\n", "build: ready\n" };
 	struct workload w;
-	workload_start(&w, kind, (u64 *)base, bytes, seed);
+	workload_start(&w, kind, (u64 *)base, bytes, seed, write_pct);
 	sys_print(ready[kind]);
 
 	for (u64 done = 0; work == 0 || done < work;) {

@@ -70,6 +70,7 @@ struct workload {
 	uint64_t kind;		/* APF_WORKLOAD_* */
 	uint64_t *mem;		/* the working set */
 	uint64_t npages;	/* scan, build: pages of the working set */
+	uint64_t write_pct;	/* scan: percent of accesses that write */
 	uint64_t rng;
 	uint64_t checksum;
 	struct workload_kv_entry *kv_table;
@@ -77,14 +78,25 @@ struct workload {
 	unsigned kv_bits;
 };
 
-/* scan: read-modify-write one word of a random page. */
+/*
+ * Whether a scan access drawn as r writes: write_pct of them, chosen from a mix of
+ * r (not r's own bits, which chose the page and word) so the choice is
+ * reproducible and independent of where the access lands.
+ */
+static inline int workload_scan_writes(uint64_t r, uint64_t write_pct)
+{
+	return write_pct >= APF_WRITE_PCT_ALL || workload_mix64(r) % 100 < write_pct;
+}
+
+/* scan: read one word of a random page, and for write_pct of them write it back. */
 static inline void workload_scan_unit(struct workload *w)
 {
 	uint64_t r = workload_rng_next(&w->rng);
 	uint64_t page = r % w->npages;
 	uint64_t *word = &w->mem[page * WORKLOAD_WORDS_PER_PAGE + (r >> 55)];
 	uint64_t v = *word;
-	*word = v + (r | 1);
+	if (workload_scan_writes(r, w->write_pct))
+		*word = v + (r | 1);
 	w->checksum = workload_fold(w->checksum, v + page);
 }
 
@@ -148,17 +160,19 @@ static inline void workload_kv_unit(struct workload *w)
 }
 
 /*
- * Prepares a process over the working set mem[0..bytes), which must already be
+ * Prepares a process over the working set mem[0..bytes) (write_pct: scan's
+ * share of writing accesses, 0..100), which must already be
  * zero for scan and build (as fresh anonymous memory under Linux is); kv's table
  * is filled here. The caller checked kind and bytes against the minimum each kind
  * needs (a page for scan and build, 64 bytes for kv).
  */
 static inline void workload_start_zeroed(struct workload *w, uint64_t kind, uint64_t *mem,
-					 uint64_t bytes, uint64_t seed)
+					 uint64_t bytes, uint64_t seed, uint64_t write_pct)
 {
 	w->kind = kind;
 	w->mem = mem;
 	w->npages = bytes / APF_PAGE_SIZE;
+	w->write_pct = write_pct;
 	w->rng = seed;
 	w->checksum = seed;
 	w->kv_table = 0;
@@ -170,11 +184,11 @@ static inline void workload_start_zeroed(struct workload *w, uint64_t kind, uint
 
 /* workload_start_zeroed over memory of any content: scan's and build's is zeroed first. */
 static inline void workload_start(struct workload *w, uint64_t kind, uint64_t *mem,
-				  uint64_t bytes, uint64_t seed)
+				  uint64_t bytes, uint64_t seed, uint64_t write_pct)
 {
 	if (kind == APF_WORKLOAD_SCAN || kind == APF_WORKLOAD_BUILD)
 		workload_zero(mem, bytes / APF_PAGE_SIZE * WORKLOAD_WORDS_PER_PAGE);
-	workload_start_zeroed(w, kind, mem, bytes, seed);
+	workload_start_zeroed(w, kind, mem, bytes, seed, write_pct);
 }
 
 /* Does one unit of work. */

@@ -164,8 +164,9 @@ _Static_assert(sizeof(struct apf_shared_data) == APF_SHARED_BLOCK_SIZE, "size");
 /* --- Boot block --- */
 #define APF_BOOT_BLOCK_GPA 0x4007F000
 #define APF_BOOT_MAGIC 0x42465041
-#define APF_BOOT_VERSION 1
+#define APF_BOOT_VERSION 2
 #define APF_BOOT_MAX_PROCS 48
+#define APF_WRITE_PCT_ALL 100
 #define APF_WORKLOAD_SCAN 1
 #define APF_WORKLOAD_CALC 2
 #define APF_WORKLOAD_KV 3
@@ -177,8 +178,8 @@ _Static_assert(sizeof(struct apf_shared_data) == APF_SHARED_BLOCK_SIZE, "size");
 #define APF_BOOT_OFF_STOP 40
 #define APF_BOOT_OFF_FINISHED 44
 #define APF_BOOT_OFF_PROCS 48
-#define APF_BOOT_OFF_RESULTS 1584
-#define APF_BOOT_BLOCK_SIZE 3120
+#define APF_BOOT_OFF_RESULTS 1968
+#define APF_BOOT_BLOCK_SIZE 3504
 
 struct apf_proc_spec {
 	uint32_t kind;
@@ -186,6 +187,8 @@ struct apf_proc_spec {
 	uint64_t mem_bytes;
 	uint64_t work;
 	uint64_t seed;
+	uint32_t write_pct;	/* scan: percent of accesses that write (0..100) */
+	uint32_t reserved;
 };
 
 struct apf_proc_result {

@@ -65,6 +65,7 @@ struct proc_spec {
 	u64 mem_bytes;
 	u64 work;
 	u64 seed;
+	u64 write_pct;
 };
 
 /*
@@ -222,25 +223,29 @@ static int cpu_online(const u64 *mask, u64 cpu)
 	return cpu < CPU_MASK_WORDS * 64 && (mask[cpu / 64] >> (cpu % 64)) & 1;
 }
 
-/* Parses one token's value: <kind>,<vcpu>,<mem_bytes>,<work>,<seed>. */
+/*
+ * Parses one token's value: <kind>,<vcpu>,<mem_bytes>,<work>,<seed>[,<write_pct>]
+ * (write_pct, scan's share of writing accesses, is 100 when absent, as before it
+ * existed).
+ */
 static void parse_spec(const char *token, u64 n, const char *value, u64 value_len,
 		       const u64 *online, struct proc_spec *spec)
 {
-	const char *field[5];
-	u64 field_len[5];
+	const char *field[6];
+	u64 field_len[6];
 	u64 nfields = 0, start = 0;
 	for (u64 i = 0; i <= value_len; i++) {
 		if (i < value_len && value[i] != ',')
 			continue;
-		if (nfields == 5)
-			bad_token(token, n, "more than 5 fields");
+		if (nfields == 6)
+			bad_token(token, n, "more than 6 fields");
 		field[nfields] = value + start;
 		field_len[nfields] = i - start;
 		nfields++;
 		start = i + 1;
 	}
-	if (nfields != 5)
-		bad_token(token, n, "expected <kind>,<vcpu>,<mem_bytes>,<work>,<seed>");
+	if (nfields < 5)
+		bad_token(token, n, "expected <kind>,<vcpu>,<mem_bytes>,<work>,<seed>[,<write_pct>]");
 
 	spec->kind = 0;
 	for (u64 k = APF_WORKLOAD_SCAN; k <= APF_WORKLOAD_BUILD; k++)
@@ -256,6 +261,10 @@ static void parse_spec(const char *token, u64 n, const char *value, u64 value_le
 		bad_token(token, n, "work is not a decimal u64");
 	if (!parse_dec(field[4], field_len[4], &spec->seed))
 		bad_token(token, n, "seed is not a decimal u64");
+	spec->write_pct = APF_WRITE_PCT_ALL;
+	if (nfields == 6 && (!parse_dec(field[5], field_len[5], &spec->write_pct) ||
+			     spec->write_pct > APF_WRITE_PCT_ALL))
+		bad_token(token, n, "write_pct is not a decimal from 0 to 100");
 
 	/* The same minimums as the built-in guest and apf_vm::workload. */
 	if ((spec->kind == APF_WORKLOAD_SCAN || spec->kind == APF_WORKLOAD_BUILD) &&
@@ -348,7 +357,8 @@ static noreturn void run_proc(const struct proc_spec *spec, volatile struct proc
 	}
 
 	struct workload w;
-	workload_start_zeroed(&w, spec->kind, mem, spec->mem_bytes, spec->seed);
+	workload_start_zeroed(&w, spec->kind, mem, spec->mem_bytes, spec->seed,
+			      spec->write_pct);
 	for (u64 done = 0; spec->work == 0 || done < spec->work;) {
 		workload_step(&w);
 		done++;

@@ -12,8 +12,8 @@ use core::mem::{offset_of, size_of};
 pub const BOOT_BLOCK_GPA: u64 = crate::platform::IMAGE_LOAD_ADDR - 0x1000;
 /// "APFB", little-endian.
 pub const BOOT_MAGIC: u32 = 0x4246_5041;
-/// Layout version of [`BootBlock`].
-pub const BOOT_VERSION: u32 = 1;
+/// Layout version of [`BootBlock`]. 2: [`ProcSpec::write_pct`] (32 -> 40 bytes).
+pub const BOOT_VERSION: u32 = 2;
 /// Most processes a run can have.
 pub const BOOT_MAX_PROCS: usize = 48;
 
@@ -43,7 +43,7 @@ pub mod proc_state {
 
 /// What one process should do.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcSpec {
     /// A [`workload`] kind.
     pub kind: u32,
@@ -55,6 +55,30 @@ pub struct ProcSpec {
     pub work: u64,
     /// Per-process seed (derived from the run's seed by the VMM).
     pub seed: u64,
+    /// `scan`: the percentage of its accesses that write (0..=100; 100 = every
+    /// access a read-modify-write). Other kinds ignore it.
+    pub write_pct: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+/// [`ProcSpec::write_pct`] when none is given: every access writes.
+pub const WRITE_PCT_ALL: u32 = 100;
+
+impl Default for ProcSpec {
+    /// An empty slot; `write_pct` as when none is given, so a spec built from the
+    /// default keeps today's read-modify-write scan.
+    fn default() -> Self {
+        ProcSpec {
+            kind: 0,
+            vcpu: 0,
+            mem_bytes: 0,
+            work: 0,
+            seed: 0,
+            write_pct: WRITE_PCT_ALL,
+            reserved: 0,
+        }
+    }
 }
 
 /// What one process reports.
@@ -141,7 +165,7 @@ const _: () = {
     assert!(BOOT_OFF_STOP == 40);
     assert!(BOOT_OFF_FINISHED == 44);
     assert!(BOOT_OFF_PROCS == 48);
-    assert!(BOOT_PROC_SPEC_SIZE == 32);
+    assert!(BOOT_PROC_SPEC_SIZE == 40);
     assert!(BOOT_PROC_RESULT_SIZE == 32);
     assert!(BOOT_OFF_RESULTS == BOOT_OFF_PROCS + BOOT_PROC_SPEC_SIZE * BOOT_MAX_PROCS as u64);
     assert!(BOOT_BLOCK_SIZE <= 4096);
@@ -170,6 +194,8 @@ impl BootBlock {
             w.u64(p.mem_bytes);
             w.u64(p.work);
             w.u64(p.seed);
+            w.u32(p.write_pct);
+            w.u32(p.reserved);
         }
         for r in &self.results {
             w.u32(r.state);
@@ -206,6 +232,8 @@ impl BootBlock {
                 mem_bytes: r.u64(),
                 work: r.u64(),
                 seed: r.u64(),
+                write_pct: r.u32(),
+                reserved: r.u32(),
             };
         }
         for res in &mut block.results {
@@ -275,6 +303,8 @@ mod tests {
             mem_bytes: 1 << 20,
             work: 9,
             seed: 3,
+            write_pct: 40,
+            reserved: 0,
         };
         block.results[15].checksum = 0xABCD;
         let bytes = block.to_bytes();
@@ -283,6 +313,7 @@ mod tests {
         assert_eq!(bytes[at(BOOT_OFF_STOP)], 1);
         let p1 = at(BOOT_OFF_PROCS + BOOT_PROC_SPEC_SIZE);
         assert_eq!(u32::from(bytes[p1]), workload::SCAN);
+        assert_eq!(u32::from(bytes[p1 + 32]), 40, "write_pct after seed");
         let r15 = at(BOOT_OFF_RESULTS + 15 * BOOT_PROC_RESULT_SIZE + 16);
         assert_eq!(bytes[r15..r15 + 2], [0xCD, 0xAB]);
         let mut bad = bytes;

@@ -152,6 +152,7 @@ fn rust_values() -> Vec<(&'static str, i128)> {
         ("APF_BOOT_MAGIC", w(boot::BOOT_MAGIC)),
         ("APF_BOOT_VERSION", w(boot::BOOT_VERSION)),
         ("APF_BOOT_MAX_PROCS", boot::BOOT_MAX_PROCS as i128),
+        ("APF_WRITE_PCT_ALL", w(boot::WRITE_PCT_ALL)),
         ("APF_WORKLOAD_SCAN", w(boot::workload::SCAN)),
         ("APF_WORKLOAD_CALC", w(boot::workload::CALC)),
         ("APF_WORKLOAD_KV", w(boot::workload::KV)),

@@ -1048,12 +1048,14 @@ fn trace_config() -> VmConfig {
                 vcpu: 0,
                 mem: ByteSize(32 << 20),
                 work: 300,
+                write_pct: 100,
             },
             ProcessConfig {
                 kind: WorkloadKind::Calc,
                 vcpu: 0,
                 mem: ByteSize(0),
                 work: 0,
+                write_pct: 100,
             },
         ],
         ..VmConfig::default()

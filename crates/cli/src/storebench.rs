@@ -1,10 +1,12 @@
 //! `apf store-bench`: the store's raw random 4 KiB read rate per queue depth, the
-//! limit the fetch pipeline is held against (DESIGN §8). The store is built from
-//! the same configuration a run uses (file, O_DIRECT, added latency).
+//! limit the fetch pipeline is held against (DESIGN §8), or with
+//! `--write-ratio` a mix of random reads and writes (page-ins beside write-backs).
+//! The store is built from the same configuration a run uses (file, O_DIRECT,
+//! added latency).
 
 use crate::table::{Table, count};
 use crate::vmargs::{VmArgs, VmArgsError, ensure_store_dir};
-use apf_mem::store_bench::{BenchError, prepare, random_reads};
+use apf_mem::store_bench::{BenchError, prepare, random_io};
 use apf_vm::config::{Span, VmConfig};
 use apf_vm::{VmError, open_store};
 use clap::Args;
@@ -30,6 +32,17 @@ pub struct StoreBenchArgs {
     /// Pages to write first and read back at random [default: the guest RAM's pages].
     #[arg(long, value_name = "N")]
     pages: Option<u32>,
+    /// Percentage of the random I/Os that are writes (0 to 100): 0 reads only.
+    #[arg(long, value_name = "PCT", default_value_t = 0, value_parser = parse_write_ratio)]
+    write_ratio: u32,
+}
+
+fn parse_write_ratio(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|&pct| pct <= 100)
+        .ok_or_else(|| format!("`{text}`: use a percentage of writes from 0 to 100"))
 }
 
 /// Why the benchmark could not run.
@@ -54,17 +67,20 @@ pub enum StoreBenchError {
 pub struct DepthRate {
     /// Queue depth.
     pub depth: usize,
-    /// Reads per second.
+    /// I/Os (reads and writes) per second.
     pub iops: f64,
+    /// Writes per second, of them.
+    pub writes_per_s: f64,
 }
 
-/// Measures every depth in `depths` on the store `config` describes; returns the
-/// store's description and the rates.
+/// Measures every depth in `depths` on the store `config` describes, with
+/// `write_pct` of the I/Os writes; returns the store's description and the rates.
 pub fn measure(
     config: &VmConfig,
     depths: &[usize],
     time: Duration,
     pages: u32,
+    write_pct: u32,
 ) -> Result<(String, Vec<DepthRate>), StoreBenchError> {
     if let Some(&bad) = depths.iter().find(|&&d| d == 0 || d > 4096) {
         return Err(StoreBenchError::Depth(bad));
@@ -76,10 +92,21 @@ pub fn measure(
     let slots = prepare(store.as_ref(), pages, deepest)?;
     let mut rates = Vec::with_capacity(depths.len());
     for &depth in depths {
-        let r = random_reads(store.as_ref(), &slots, depth, time, u64::MAX, config.seed)?;
+        let r = random_io(
+            store.as_ref(),
+            &slots,
+            depth,
+            time,
+            u64::MAX,
+            config.seed,
+            write_pct,
+        )?;
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let write_share = r.writes as f64 / r.ios.max(1) as f64;
         rates.push(DepthRate {
             depth: r.depth,
             iops: r.iops(),
+            writes_per_s: r.iops() * write_share,
         });
     }
     Ok((store.info().description, rates))
@@ -94,12 +121,22 @@ pub fn run(args: &StoreBenchArgs) -> Result<(), StoreBenchError> {
     let pages = args
         .pages
         .unwrap_or_else(|| u32::try_from(config.ram.0 / apf_abi::PAGE_SIZE).unwrap_or(u32::MAX));
-    let (store, rates) = measure(&config, &args.depths, args.time.0, pages)?;
+    let (store, rates) = measure(&config, &args.depths, args.time.0, pages, args.write_ratio)?;
+    let what = if args.write_ratio == 0 {
+        "random 4KiB reads".to_string()
+    } else {
+        format!("random 4KiB I/O, {}% writes,", args.write_ratio)
+    };
     println!(
-        "store: {store}; random 4KiB reads over {} pages",
+        "store: {store}; {what} over {} pages",
         count(u64::from(pages))
     );
-    let mut t = Table::new(&["queue depth", "reads/s", "mean latency", "vs depth 1"]);
+    let rate = if args.write_ratio == 0 {
+        "reads/s"
+    } else {
+        "reads+writes/s"
+    };
+    let mut t = Table::new(&["queue depth", rate, "mean latency", "vs depth 1"]);
     let first = rates.first().map_or(0.0, |r| r.iops);
     for r in &rates {
         #[allow(clippy::cast_precision_loss)] // depths are small
@@ -127,15 +164,30 @@ mod tests {
         let mut config = VmConfig::default();
         config.store.kind = StoreKind::Mem;
         config.store.latency = Span(Duration::from_micros(200));
-        let (store, rates) = measure(&config, &[1, 8], Duration::from_millis(50), 64).unwrap();
+        let (store, rates) = measure(&config, &[1, 8], Duration::from_millis(50), 64, 0).unwrap();
         assert!(store.contains("200µs"), "{store}");
         assert_eq!(rates.iter().map(|r| r.depth).collect::<Vec<_>>(), [1, 8]);
         assert!(rates.iter().all(|r| r.iops > 0.0), "{rates:?}");
+        assert!(rates.iter().all(|r| r.writes_per_s == 0.0), "{rates:?}");
+        let (_, mixed) = measure(&config, &[8], Duration::from_millis(50), 64, 50).unwrap();
+        let share = mixed[0].writes_per_s / mixed[0].iops;
+        assert!((0.2..0.8).contains(&share), "{mixed:?}");
+    }
+
+    #[test]
+    fn a_write_ratio_out_of_range_says_what_to_change() {
+        assert_eq!(parse_write_ratio("40"), Ok(40));
+        for bad in ["101", "x", "-1"] {
+            assert_eq!(
+                parse_write_ratio(bad),
+                Err(format!("`{bad}`: use a percentage of writes from 0 to 100"))
+            );
+        }
     }
 
     #[test]
     fn a_zero_depth_is_refused() {
-        let e = measure(&VmConfig::default(), &[0], Duration::ZERO, 1).unwrap_err();
+        let e = measure(&VmConfig::default(), &[0], Duration::ZERO, 1, 0).unwrap_err();
         assert_eq!(e.to_string(), "queue depth 0: use 1 to 4096");
     }
 }

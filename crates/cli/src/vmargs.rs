@@ -1,6 +1,7 @@
 //! The flags that describe a VM, shared by `run`, `compare`, `sweep` and `trace`:
 //! a TOML file (`--config`) and flags that override its values.
 
+use apf_abi::boot::WRITE_PCT_ALL;
 use apf_vm::config::{
     ByteSize, ConfigError, ProcessConfig, Span, StoreKind, VmConfig, WorkloadKind,
 };
@@ -51,7 +52,8 @@ pub(crate) fn on_off(text: &str) -> Result<bool, String> {
     }
 }
 
-/// A process given on the command line: `KIND[,vcpu=N][,mem=SIZE][,work=N]`.
+/// A process given on the command line:
+/// `KIND[,vcpu=N][,mem=SIZE][,work=N][,write=PCT]` (`write`: scan only).
 pub fn parse_process(text: &str) -> Result<ProcessConfig, String> {
     let mut parts = text.split(',');
     let kind: WorkloadKind = parts.next().unwrap_or_default().trim().parse()?;
@@ -64,17 +66,31 @@ pub fn parse_process(text: &str) -> Result<ProcessConfig, String> {
             64 << 20
         }),
         work: 0,
+        write_pct: 100,
     };
     for part in parts {
-        let (key, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("`{part}` in `{text}`: write key=value (vcpu, mem or work)"))?;
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            format!("`{part}` in `{text}`: write key=value (vcpu, mem, work or write)")
+        })?;
         let bad = |what: &str| format!("{key}={value} in `{text}`: {what}");
         match key.trim() {
             "vcpu" => p.vcpu = value.trim().parse().map_err(|_| bad("not a vCPU number"))?,
             "mem" => p.mem = value.trim().parse().map_err(|e| bad(&format!("{e}")))?,
             "work" => p.work = value.trim().parse().map_err(|_| bad("not a count"))?,
-            _ => return Err(format!("`{key}` in `{text}`: use vcpu, mem or work")),
+            "write" if kind != WorkloadKind::Scan => {
+                return Err(format!(
+                    "{key}={value} in `{text}`: write applies to scan only: drop it"
+                ));
+            }
+            "write" => {
+                p.write_pct = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&pct| pct <= WRITE_PCT_ALL)
+                    .ok_or_else(|| bad("use a percentage of accesses that write, from 0 to 100"))?;
+            }
+            _ => return Err(format!("`{key}` in `{text}`: use vcpu, mem, work or write")),
         }
     }
     Ok(p)
@@ -120,9 +136,10 @@ pub struct VmArgs {
     /// Use O_DIRECT when the filesystem allows it: on or off.
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub direct: Option<bool>,
-    /// A guest process, KIND[,vcpu=N][,mem=SIZE][,work=N] with KIND scan, calc, kv or
-    /// build; work=0 (the default) runs until the run ends. Repeat for more; replaces
-    /// the configuration's list.
+    /// A guest process, KIND[,vcpu=N][,mem=SIZE][,work=N][,write=PCT] with KIND scan,
+    /// calc, kv or build; work=0 (the default) runs until the run ends; write (scan
+    /// only) is the percentage of accesses that write, 100 by default, 0 reads only.
+    /// Repeat for more; replaces the configuration's list.
     #[arg(long = "process", short = 'p', value_name = "SPEC", value_parser = parse_process)]
     pub processes: Vec<ProcessConfig>,
     /// Units of work for every process that has some (replaces their `work`).
@@ -309,7 +326,8 @@ mod tests {
                 kind: WorkloadKind::Scan,
                 vcpu: 1,
                 mem: ByteSize(32 << 20),
-                work: 500
+                work: 500,
+                write_pct: 100,
             }
         );
         let calc = parse_process("calc").unwrap();
@@ -325,7 +343,7 @@ mod tests {
         assert!(
             parse_process("scan,cpu=1")
                 .unwrap_err()
-                .contains("use vcpu, mem or work")
+                .contains("use vcpu, mem, work or write")
         );
         assert!(
             parse_process("scan,mem=lots")
@@ -336,6 +354,28 @@ mod tests {
             parse_process("scan,work")
                 .unwrap_err()
                 .contains("key=value")
+        );
+    }
+
+    #[test]
+    fn scan_write_ratio_parses_and_bad_values_say_what_to_change() {
+        assert_eq!(parse_process("scan").unwrap().write_pct, 100);
+        for pct in [0, 50, 100] {
+            let p = parse_process(&format!("scan,write={pct},work=5")).unwrap();
+            assert_eq!((p.write_pct, p.work), (pct, 5));
+        }
+        for bad in ["scan,write=101", "scan,write=x", "scan,write=-1"] {
+            let err = parse_process(bad).unwrap_err();
+            assert!(
+                err.contains("use a percentage of accesses that write, from 0 to 100"),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains('\n'), "{bad}: one line: {err}");
+        }
+        assert!(
+            parse_process("calc,write=0")
+                .unwrap_err()
+                .contains("write applies to scan only")
         );
     }
 

@@ -611,9 +611,12 @@ fn kicks_go_to_the_vcpus_whose_line_may_have_changed() {
         "MMIO on vCPU 1's redistributor"
     );
     assert_eq!(rig.iar(1), 3);
-    assert_eq!(rig.kicks[1].take(), 1, "acknowledge lowers the line");
+    assert!(!rig.line(1), "acknowledge lowers the line");
+    // Only vCPU 1's own thread touches its CPU interface; it compares its line
+    // after the access itself (the bus), so the GIC kicks nobody.
+    assert_eq!((rig.kicks[0].take(), rig.kicks[1].take()), (0, 0));
     rig.eoi(1, 3);
-    assert!(rig.kicks[1].take() >= 1);
+    assert_eq!((rig.kicks[0].take(), rig.kicks[1].take()), (0, 0));
     rig.w(gicd(0), 4, 0b10);
     assert_eq!(
         (rig.kicks[0].take(), rig.kicks[1].take()),

@@ -34,11 +34,13 @@ pub enum BenchError {
     NoSlots,
 }
 
-/// A random-read run's result.
+/// A random-I/O run's result.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BenchResult {
-    /// Reads completed.
+    /// I/Os completed, reads and writes.
     pub ios: u64,
+    /// Of them, writes.
+    pub writes: u64,
     /// Wall time.
     pub elapsed: Duration,
     /// Queue depth used.
@@ -46,7 +48,7 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
-    /// Reads per second.
+    /// I/Os (reads and writes) per second.
     pub fn iops(&self) -> f64 {
         #[allow(clippy::cast_precision_loss)]
         let ios = self.ios as f64;
@@ -120,6 +122,21 @@ pub fn random_reads(
     max_ios: u64,
     seed: u64,
 ) -> Result<BenchResult, BenchError> {
+    random_io(store, slots, depth, duration, max_ios, seed, 0)
+}
+
+/// [`random_reads`] where `write_pct` of the requests (0..=100, drawn from the
+/// same seeded sequence) are 4 KiB writes to a random slot instead: the mix of
+/// page-ins and write-backs the fetch pipeline puts on the store.
+pub fn random_io(
+    store: &dyn Store,
+    slots: &[Slot],
+    depth: usize,
+    duration: Duration,
+    max_ios: u64,
+    seed: u64,
+    write_pct: u32,
+) -> Result<BenchResult, BenchError> {
     if slots.is_empty() {
         return Err(BenchError::NoSlots);
     }
@@ -129,14 +146,30 @@ pub fn random_reads(
         source,
     })?;
     let mut rng = Rng::new(seed);
-    let mut pick = || slots[usize::try_from(rng.next_u64() % slots.len() as u64).unwrap_or(0)];
+    let mut pick = || {
+        let r = rng.next_u64();
+        let slot = slots[usize::try_from(r % slots.len() as u64).unwrap_or(0)];
+        // The high bits, independent of the slot's (low) ones for any slot count
+        // below 2^32.
+        let kind = if (r >> 32) % 100 < u64::from(write_pct) {
+            IoKind::Write
+        } else {
+            IoKind::Read
+        };
+        (kind, slot)
+    };
+    let mut kinds = vec![IoKind::Read; depth];
     let start = Instant::now();
     let first: Vec<IoRequest> = (0..depth)
-        .map(|b| request(&bufs, b, b as u64, IoKind::Read, pick()))
+        .map(|b| {
+            let (kind, slot) = pick();
+            kinds[b] = kind;
+            request(&bufs, b, b as u64, kind, slot)
+        })
         .collect();
     store.submit(&first);
     let mut in_flight = depth;
-    let (mut ios, mut errors) = (0u64, 0u64);
+    let (mut ios, mut writes, mut errors) = (0u64, 0u64, 0u64);
     let mut done = Vec::new();
     while in_flight > 0 {
         done.clear();
@@ -145,14 +178,17 @@ pub fn random_reads(
         let mut again = Vec::new();
         for c in &done {
             in_flight -= 1;
+            let b = usize::try_from(c.tag).expect("tags are buffer indices");
             if c.result.is_ok() {
                 ios += 1;
+                writes += u64::from(kinds[b] == IoKind::Write);
             } else {
                 errors += 1;
             }
             if !stop {
-                let b = usize::try_from(c.tag).expect("tags are buffer indices");
-                again.push(request(&bufs, b, c.tag, IoKind::Read, pick()));
+                let (kind, slot) = pick();
+                kinds[b] = kind;
+                again.push(request(&bufs, b, c.tag, kind, slot));
             }
         }
         in_flight += again.len();
@@ -162,10 +198,16 @@ pub fn random_reads(
     }
     let elapsed = start.elapsed();
     if errors > 0 {
-        return Err(BenchError::Io(errors, "reading"));
+        let doing = if write_pct == 0 {
+            "reading"
+        } else {
+            "reading and writing"
+        };
+        return Err(BenchError::Io(errors, doing));
     }
     Ok(BenchResult {
         ios,
+        writes,
         elapsed,
         depth,
     })
@@ -288,7 +330,32 @@ pub fn pipeline_random_fetches(
     }
     Ok(BenchResult {
         ios: timed_done,
+        writes: 0,
         elapsed,
         depth: usize::try_from(depth).unwrap_or(usize::MAX),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    #[test]
+    fn random_io_writes_its_share_and_reads_only_at_zero() {
+        let store = MemStore::new(64, 8);
+        let slots = prepare(&store, 64, 8).unwrap();
+        let n = 4000;
+        for (write_pct, range) in [(0, 0..1), (50, 1800..2200), (100, n..n + 17)] {
+            let r = random_io(&store, &slots, 8, Duration::MAX, n, 3, write_pct).unwrap();
+            // The requests in flight when the count is reached complete and count
+            // too: up to two batches of the depth.
+            assert!((n..=n + 16).contains(&r.ios), "write={write_pct}: {r:?}");
+            let writes = if write_pct == 100 { r.ios } else { r.writes };
+            assert!(range.contains(&writes), "write={write_pct}: {r:?}");
+            assert_eq!(r.writes == r.ios, write_pct == 100, "{r:?}");
+        }
+        let reads = random_reads(&store, &slots, 8, Duration::MAX, 100, 3).unwrap();
+        assert_eq!(reads.writes, 0);
+    }
 }

@@ -143,6 +143,8 @@ pub fn boot_block(config: &VmConfig) -> BootBlock {
             },
             work: p.work,
             seed: process_seed(config.seed, i),
+            write_pct: p.write_pct,
+            reserved: 0,
         };
     }
     block

@@ -5,7 +5,7 @@
 //! into one line that says what to change.
 
 use apf_abi::PAGE_SIZE;
-use apf_abi::boot::{BOOT_MAX_PROCS, workload};
+use apf_abi::boot::{BOOT_MAX_PROCS, WRITE_PCT_ALL, workload};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -216,10 +216,46 @@ pub struct ProcessConfig {
     /// Units of work; 0 = run until the run's duration ends.
     #[serde(default)]
     pub work: u64,
+    /// `scan` only: the percentage of its accesses that write (`write` in TOML
+    /// and on the command line); 100, the default, makes every access a
+    /// read-modify-write, 0 reads only.
+    #[serde(
+        rename = "write",
+        default = "all_writes",
+        skip_serializing_if = "is_all_writes"
+    )]
+    pub write_pct: u32,
 }
 
 fn default_working_set() -> ByteSize {
     ByteSize(64 << 20)
+}
+
+fn all_writes() -> u32 {
+    WRITE_PCT_ALL
+}
+
+fn is_all_writes(write_pct: &u32) -> bool {
+    *write_pct == WRITE_PCT_ALL
+}
+
+impl ProcessConfig {
+    /// Checks what the process itself asks for (`index` names it in the error).
+    fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        if self.write_pct > WRITE_PCT_ALL {
+            return Err(ConfigError::WritePct {
+                index,
+                value: self.write_pct,
+            });
+        }
+        if self.kind != WorkloadKind::Scan && self.write_pct != WRITE_PCT_ALL {
+            return Err(ConfigError::WriteNotScan {
+                index,
+                kind: self.kind.name(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Which backing store holds evicted pages.
@@ -337,12 +373,14 @@ impl Default for VmConfig {
                     vcpu: 0,
                     mem: ByteSize(96 << 20),
                     work: 15_000,
+                    write_pct: 100,
                 },
                 ProcessConfig {
                     kind: WorkloadKind::Calc,
                     vcpu: 0,
                     mem: ByteSize(0),
                     work: 0,
+                    write_pct: 100,
                 },
             ],
             duration: None,
@@ -370,12 +408,14 @@ impl VmConfig {
                     vcpu: 0,
                     mem: ByteSize(384 << 20),
                     work: 15_000,
+                    write_pct: 100,
                 },
                 ProcessConfig {
                     kind: WorkloadKind::Calc,
                     vcpu: 0,
                     mem: ByteSize(0),
                     work: 0,
+                    write_pct: 100,
                 },
             ],
             ..VmConfig::default()
@@ -415,6 +455,22 @@ pub enum ConfigError {
         vcpu: u32,
         /// vCPUs the VM has.
         vcpus: u32,
+    },
+    /// A write percentage out of range.
+    #[error("process {index}: write = {value}: use a percentage from 0 to 100")]
+    WritePct {
+        /// Process index.
+        index: usize,
+        /// The value given.
+        value: u32,
+    },
+    /// A write percentage on a kind other than scan.
+    #[error("process {index} ({kind}): write applies to scan only: drop it")]
+    WriteNotScan {
+        /// Process index.
+        index: usize,
+        /// Its kind.
+        kind: &'static str,
     },
     /// Working sets do not fit in guest RAM.
     #[error(
@@ -561,6 +617,7 @@ impl VmConfig {
                     vcpus: self.vcpus,
                 });
             }
+            p.validate(index)?;
         }
         Ok(())
     }
@@ -598,6 +655,7 @@ impl VmConfig {
                     vcpus: self.vcpus,
                 });
             }
+            p.validate(index)?;
             if p.kind != WorkloadKind::Calc {
                 total = total.saturating_add(p.mem.0.next_multiple_of(PAGE_SIZE));
             }
@@ -732,6 +790,47 @@ mod tests {
     }
 
     #[test]
+    fn toml_carries_the_scan_write_ratio_and_checks_it() {
+        let text = "[[processes]]\nkind = \"scan\"\nmem = \"8MiB\"\nwork = 10\nwrite = 0\n";
+        let c = VmConfig::from_toml(text).unwrap();
+        assert_eq!(c.processes[0].write_pct, 0);
+        c.validate().unwrap();
+        let back = VmConfig::from_toml(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back.processes[0].write_pct, 0, "written back as write = 0");
+        let default = VmConfig::default().to_toml().unwrap();
+        assert!(!default.contains("write"), "100 is left out: {default}");
+        assert_eq!(VmConfig::from_toml(&default).unwrap(), VmConfig::default());
+
+        let mut bad = c.clone();
+        bad.processes[0].write_pct = 101;
+        let e = bad.validate().unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::WritePct {
+                index: 0,
+                value: 101
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "process 0: write = 101: use a percentage from 0 to 100"
+        );
+        assert_eq!(bad.validate_linux(), Err(e));
+        let mut calc = c;
+        calc.processes[0].kind = WorkloadKind::Calc;
+        assert!(
+            calc.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("write applies to scan only")
+        );
+        let e = VmConfig::from_toml(&text.replace("write = 0", "write = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected u32") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn bad_values_get_one_line_that_names_the_fix() {
         let base = VmConfig::default();
         let cases: Vec<(VmConfig, &str)> = vec![
@@ -770,6 +869,7 @@ mod tests {
                         vcpu: 5,
                         mem: ByteSize(4096),
                         work: 1,
+                        write_pct: 100,
                     }],
                     ..base.clone()
                 },
@@ -782,6 +882,7 @@ mod tests {
                         vcpu: 0,
                         mem: ByteSize(1 << 30),
                         work: 1,
+                        write_pct: 100,
                     }],
                     ..base.clone()
                 },
@@ -794,6 +895,7 @@ mod tests {
                         vcpu: 0,
                         mem: ByteSize(0),
                         work: 0,
+                        write_pct: 100,
                     }],
                     ..base.clone()
                 },

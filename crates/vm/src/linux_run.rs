@@ -280,18 +280,21 @@ mod tests {
                 vcpu: 0,
                 mem: ByteSize(0),
                 work: 40,
+                write_pct: 100,
             },
             ProcessConfig {
                 kind: WorkloadKind::Calc,
                 vcpu: 0,
                 mem: ByteSize(0),
                 work: 40,
+                write_pct: 100,
             },
             ProcessConfig {
                 kind: WorkloadKind::Calc,
                 vcpu: 1,
                 mem: ByteSize(0),
                 work: 40,
+                write_pct: 100,
             },
         ]);
         let block = boot_block(&c);
@@ -339,6 +342,7 @@ mod tests {
             vcpu: 1,
             mem: ByteSize(0),
             work: 0,
+            write_pct: 100,
         }]);
         endless.processes.push(endless.processes[0].clone());
         let block = boot_block(&endless);

@@ -11,7 +11,8 @@
 //! The algorithms, shared with the C side:
 //! - all: `checksum = rng = seed` at the start; `rng_next` is splitmix64.
 //! - `scan`: `r = rng_next()`, page `r % pages`, word `r >> 55`; `v = word;
-//!   word = v + (r | 1); checksum = fold(checksum, v + page)`.
+//!   checksum = fold(checksum, v + page)`; the access also writes `word = v +
+//!   (r | 1)` when `write_pct` is 100 or `mix64(r) % 100 < write_pct`.
 //! - `calc`: `checksum = fold(checksum, crunch(checksum, 64))`.
 //! - `kv`: a table of the largest power of two `cap` entries that fits; keys
 //!   `1..=cap/4` start with `mix64(seed + key)`; a unit draws `r`, key
@@ -22,7 +23,7 @@
 //!   incremented by `x`; then `x` is folded.
 
 use apf_abi::PAGE_SIZE;
-use apf_abi::boot::{BootBlock, ProcResult, ProcSpec, workload};
+use apf_abi::boot::{BootBlock, ProcResult, ProcSpec, WRITE_PCT_ALL, workload};
 use std::collections::HashMap;
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -50,6 +51,9 @@ pub enum ReferenceError {
         /// Bytes needed.
         min: u64,
     },
+    /// A scan's write percentage above 100 (the guest refuses it too).
+    #[error("write percentage {0} is above 100")]
+    WritePct(u32),
     /// More units were reported than the spec asked for.
     #[error("progress {progress} is beyond the spec's {work} units of work")]
     BeyondWork {
@@ -143,6 +147,8 @@ pub fn default_config() -> BootBlock {
             mem_bytes,
             work,
             seed,
+            write_pct: WRITE_PCT_ALL,
+            reserved: 0,
         };
     }
     block
@@ -159,7 +165,8 @@ pub struct Replay {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Scan(SparseMemory),
+    /// The memory, and the percentage of accesses that write.
+    Scan(SparseMemory, u32),
     Calc,
     Kv(KvModel),
     Build(SparseMemory),
@@ -183,7 +190,10 @@ impl Replay {
             workload::KV if spec.mem_bytes < KV_MIN_BYTES => {
                 return Err(too_small("kv", KV_MIN_BYTES));
             }
-            workload::SCAN => Kind::Scan(SparseMemory::new(spec.mem_bytes)),
+            workload::SCAN if spec.write_pct > WRITE_PCT_ALL => {
+                return Err(ReferenceError::WritePct(spec.write_pct));
+            }
+            workload::SCAN => Kind::Scan(SparseMemory::new(spec.mem_bytes), spec.write_pct),
             workload::BUILD => Kind::Build(SparseMemory::new(spec.mem_bytes)),
             workload::KV => Kind::Kv(KvModel::new(spec.mem_bytes, spec.seed)),
             workload::CALC => Kind::Calc,
@@ -201,10 +211,15 @@ impl Replay {
     pub fn step(&mut self) {
         let c = self.checksum;
         self.checksum = match &mut self.kind {
-            Kind::Scan(mem) => {
+            Kind::Scan(mem, write_pct) => {
                 let r = rng_next(&mut self.rng);
                 let page = r % mem.pages;
-                let v = mem.add(page * WORDS_PER_PAGE + (r >> 55), r | 1);
+                let word = page * WORDS_PER_PAGE + (r >> 55);
+                let v = if scan_writes(r, *write_pct) {
+                    mem.add(word, r | 1)
+                } else {
+                    mem.get(word)
+                };
                 fold(c, v.wrapping_add(page))
             }
             Kind::Calc => fold(c, crunch(c, CALC_ROUNDS)),
@@ -258,6 +273,11 @@ impl SparseMemory {
         }
     }
 
+    /// A word's value.
+    fn get(&self, word: u64) -> u64 {
+        self.words.get(&word).copied().unwrap_or(0)
+    }
+
     /// Adds `delta` to a word and returns the value it had.
     fn add(&mut self, word: u64, delta: u64) -> u64 {
         let slot = self.words.entry(word).or_insert(0);
@@ -303,6 +323,11 @@ fn kv_capacity(mem_bytes: u64) -> u64 {
     1 << (mem_bytes / KV_ENTRY_BYTES).ilog2()
 }
 
+/// Whether the scan access drawn as `r` writes (`workload_scan_writes`).
+fn scan_writes(r: u64, write_pct: u32) -> bool {
+    write_pct >= WRITE_PCT_ALL || mix64(r) % 100 < u64::from(write_pct)
+}
+
 fn mix64(z: u64) -> u64 {
     let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -338,6 +363,7 @@ mod tests {
             mem_bytes,
             work,
             seed,
+            ..ProcSpec::default()
         }
     }
 
@@ -348,6 +374,7 @@ mod tests {
         mem: Vec<u64>,
         pages: u64,
         kv_cap: u64,
+        write_pct: u32,
         rng: u64,
         checksum: u64,
     }
@@ -360,6 +387,7 @@ mod tests {
                 mem: vec![0; words],
                 pages: s.mem_bytes / PAGE_SIZE,
                 kv_cap: 0,
+                write_pct: s.write_pct,
                 rng: s.seed,
                 checksum: s.seed,
             };
@@ -399,7 +427,9 @@ mod tests {
                     let page = r % self.pages;
                     let w = Self::at(page * WORDS_PER_PAGE + (r >> 55));
                     let v = self.mem[w];
-                    self.mem[w] = v.wrapping_add(r | 1);
+                    if self.write_pct == 100 || mix64(r) % 100 < u64::from(self.write_pct) {
+                        self.mem[w] = v.wrapping_add(r | 1);
+                    }
                     fold(c, v.wrapping_add(page))
                 }
                 workload::CALC => fold(c, crunch(c, CALC_ROUNDS)),
@@ -437,16 +467,24 @@ mod tests {
     }
 
     fn small_spec() -> impl Strategy<Value = ProcSpec> {
-        (1u32..=4, 0u64..=8, 64u64..=3 * PAGE_SIZE, any::<u64>()).prop_map(
-            |(kind, pages, extra, seed)| {
+        (
+            1u32..=4,
+            0u64..=8,
+            64u64..=3 * PAGE_SIZE,
+            any::<u64>(),
+            prop_oneof![Just(0u32), Just(50), Just(100), 0u32..=100],
+        )
+            .prop_map(|(kind, pages, extra, seed, write_pct)| {
                 let mem = if kind == workload::KV {
                     extra
                 } else {
                     (pages + 1) * PAGE_SIZE
                 };
-                spec(kind, mem, 0, seed)
-            },
-        )
+                ProcSpec {
+                    write_pct,
+                    ..spec(kind, mem, 0, seed)
+                }
+            })
     }
 
     proptest! {
@@ -490,7 +528,7 @@ mod tests {
             differed |= replay.checksum() != forgetful;
         }
         assert!(differed);
-        let Kind::Scan(mem) = &replay.kind else {
+        let Kind::Scan(mem, _) = &replay.kind else {
             unreachable!()
         };
         assert!(
@@ -498,6 +536,67 @@ mod tests {
             "{} of 512 words touched",
             mem.words.len()
         );
+    }
+
+    /// The scan with `write_pct`, computed here with the formula written out: the
+    /// checksum and the number of words it left changed.
+    fn scan_by_hand(write_pct: u32, pages: u64, units: u64, seed: u64) -> (u64, usize) {
+        let mut mem = HashMap::<u64, u64>::new();
+        let (mut rng, mut checksum) = (seed, seed);
+        for _ in 0..units {
+            let r = rng_next(&mut rng);
+            let page = r % pages;
+            let word = mem.entry(page * WORDS_PER_PAGE + (r >> 55)).or_insert(0);
+            let v = *word;
+            if write_pct == 100 || mix64(r) % 100 < u64::from(write_pct) {
+                *word = v.wrapping_add(r | 1);
+            }
+            checksum = fold(checksum, v.wrapping_add(page));
+        }
+        (checksum, mem.values().filter(|&&v| v != 0).count())
+    }
+
+    #[test]
+    fn scan_write_ratio_0_50_100_mirrors_the_guest_formula() {
+        let pages = 4;
+        let units = 4000;
+        let mut sums = Vec::new();
+        for write_pct in [0, 50, 100] {
+            let s = ProcSpec {
+                write_pct,
+                ..spec(workload::SCAN, pages * PAGE_SIZE, units, 0x77)
+            };
+            let (by_hand, written) = scan_by_hand(write_pct, pages, units, 0x77);
+            assert_eq!(
+                expected_checksum(&s, units),
+                Ok(by_hand),
+                "write={write_pct}"
+            );
+            sums.push(by_hand);
+            match write_pct {
+                // Reads only: memory stays zero, the checksum folds only pages.
+                0 => assert_eq!(written, 0),
+                // About half the 4,000 accesses write, over 2,048 words.
+                // (2,048 × (1 − e^(−2000/2048)) ≈ 1,280 distinct words.)
+                50 => assert!((1000..1550).contains(&written), "{written} words written"),
+                // All 4,000: ≈ 1,760.
+                _ => assert!(written > 1600, "{written} words written"),
+            }
+        }
+        assert!(sums[0] != sums[1] && sums[1] != sums[2] && sums[0] != sums[2]);
+        // write = 100 is the scan as it was before the ratio existed.
+        let default = spec(workload::SCAN, pages * PAGE_SIZE, units, 0x77);
+        assert_eq!(default.write_pct, 100);
+        assert_eq!(expected_checksum(&default, units), Ok(sums[2]));
+    }
+
+    #[test]
+    fn scan_write_ratio_above_100_is_refused() {
+        let s = ProcSpec {
+            write_pct: 101,
+            ..spec(workload::SCAN, PAGE_SIZE, 1, 0)
+        };
+        assert_eq!(expected_checksum(&s, 0), Err(ReferenceError::WritePct(101)));
     }
 
     #[test]

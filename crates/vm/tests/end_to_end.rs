@@ -18,12 +18,14 @@ fn scan_calc(apf: bool) -> VmConfig {
                     vcpu,
                     mem: ByteSize(20 << 20),
                     work: 2500,
+                    write_pct: 100,
                 },
                 ProcessConfig {
                     kind: WorkloadKind::Calc,
                     vcpu,
                     mem: ByteSize(0),
                     work: 0,
+                    write_pct: 100,
                 },
             ]
         })
@@ -194,4 +196,45 @@ fn apf_not_offered_and_abi_1_0_are_both_correct() {
     assert_all_correct(&run10);
     assert!(run10.uart.contains("separate_ready=0"), "{}", run10.uart);
     assert!(run10.vcpus.iter().map(|v| v.apf.page_ready).sum::<u64>() > 0);
+}
+
+/// The scan's write ratio through the whole system: the guest's checksums equal
+/// the host's replay at write = 0, 50 and 100, and the fewer accesses write, the
+/// more of the pages the scan brought back leave memory clean, without a write.
+#[test]
+fn scans_that_write_0_50_and_100_percent_all_check_out() {
+    let mut dropped_clean = Vec::new();
+    for write_pct in [0, 50, 100] {
+        let config = VmConfig {
+            vcpus: 1,
+            ram: ByteSize(32 << 20),
+            budget: ByteSize(8 << 20),
+            apf: true,
+            processes: vec![ProcessConfig {
+                kind: WorkloadKind::Scan,
+                vcpu: 0,
+                mem: ByteSize(12 << 20),
+                work: 6000,
+                write_pct,
+            }],
+            store: StoreConfig {
+                latency: Span(Duration::ZERO),
+                ..StoreConfig::default()
+            },
+            ..VmConfig::default()
+        };
+        let r = run(&config);
+        assert_all_correct(&r);
+        assert_eq!(r.processes[0].progress, 6000);
+        assert!(
+            r.mem.io.pages_read > 0,
+            "write={write_pct}: nothing paged in"
+        );
+        assert_eq!(r.mem_invariants, Ok(()));
+        dropped_clean.push(r.mem.evict.dropped_clean);
+    }
+    assert!(
+        dropped_clean[0] > dropped_clean[1] && dropped_clean[1] > dropped_clean[2],
+        "pages dropped clean at write = 0, 50, 100: {dropped_clean:?}"
+    );
 }

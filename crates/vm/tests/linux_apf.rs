@@ -34,11 +34,13 @@ fn process(kind: WorkloadKind, vcpu: u32, mem: u64, work: u64) -> ProcessConfig 
         vcpu,
         mem: ByteSize(mem),
         work,
+        write_pct: 100,
     }
 }
 
 /// 512 MiB of guest RAM in a 128 MiB budget over a real swap file, every workload
-/// kind spread over the vCPUs, a 192 MiB scan among them.
+/// kind spread over the vCPUs, a 192 MiB scan among them and a 32 MiB one that
+/// writes half its accesses.
 fn config(vcpus: u32) -> VmConfig {
     let last = vcpus - 1;
     VmConfig {
@@ -54,6 +56,11 @@ fn config(vcpus: u32) -> VmConfig {
             process(WorkloadKind::Calc, last, 0, 3_000),
             process(WorkloadKind::Kv, last, MIB, 5_000),
             process(WorkloadKind::Build, 0, 8 * MIB, 1_000),
+            // A scan that writes half its accesses: the sixth field of its token.
+            ProcessConfig {
+                write_pct: 50,
+                ..process(WorkloadKind::Scan, last, 32 * MIB, 4_000)
+            },
         ],
         seed: 7,
         ..VmConfig::default()

@@ -93,6 +93,7 @@ fn calc(vcpu: u32, work: u64) -> ProcessConfig {
         vcpu,
         mem: ByteSize(0),
         work,
+        write_pct: 100,
     }
 }
 

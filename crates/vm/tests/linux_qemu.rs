@@ -169,6 +169,7 @@ fn spec(kind: u32, vcpu: u32, mem_bytes: u64, work: u64, seed: u64) -> ProcSpec 
         mem_bytes,
         work,
         seed,
+        ..ProcSpec::default()
     }
 }
 

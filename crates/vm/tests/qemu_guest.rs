@@ -72,6 +72,8 @@ fn parse_result_line(line: &str) -> Result<Reported, String> {
             mem_bytes: number(line, "mem")?,
             work: number(line, "work")?,
             seed: number(line, "seed")?,
+            write_pct: narrow(line, "write")?,
+            reserved: 0,
         },
         result: ProcResult {
             state,
@@ -182,6 +184,7 @@ fn spec(kind: u32, vcpu: u32, mem_bytes: u64, work: u64, seed: u64) -> ProcSpec 
         mem_bytes,
         work,
         seed,
+        ..ProcSpec::default()
     }
 }
 
@@ -295,8 +298,8 @@ fn the_timer_preempts_a_cpu_bound_process_on_qemu() {
 
 const SAMPLE: &str = "\
 apf-guest: config=boot-block vcpus=1 procs=2 ram=0x8000000 heap=0x400cb000..0x400d0000
-APF-RESULT proc=0 kind=calc vcpu=0 state=done progress=3 checksum=0xCHK0 esr=0x0 mem=0 work=3 seed=0x5
-APF-RESULT proc=1 kind=scan vcpu=0 state=killed progress=0 checksum=0x9 esr=0x92000010 mem=4096 work=7 seed=0x9
+APF-RESULT proc=0 kind=calc vcpu=0 state=done progress=3 checksum=0xCHK0 esr=0x0 mem=0 work=3 seed=0x5 write=100
+APF-RESULT proc=1 kind=scan vcpu=0 state=killed progress=0 checksum=0x9 esr=0x92000010 mem=4096 work=7 seed=0x9 write=100
 APF-END procs=2
 ";
 

@@ -28,12 +28,14 @@ fn config(apf: bool) -> VmConfig {
                     vcpu,
                     mem: ByteSize(20 << 20),
                     work: 2500,
+                    write_pct: 100,
                 },
                 ProcessConfig {
                     kind: WorkloadKind::Calc,
                     vcpu,
                     mem: ByteSize(0),
                     work: 0,
+                    write_pct: 100,
                 },
             ]
         })

@@ -79,6 +79,7 @@ fn config(secs: u64) -> VmConfig {
                 vcpu,
                 mem: ByteSize(mem),
                 work: 0,
+                write_pct: 100,
             })
         })
         .collect();

@@ -443,12 +443,14 @@ pub(crate) mod testing {
                     vcpu: 0,
                     mem: ByteSize(8 << 20),
                     work: 200,
+                    write_pct: 100,
                 },
                 ProcessConfig {
                     kind: WorkloadKind::Calc,
                     vcpu: 0,
                     mem: ByteSize(0),
                     work: 0,
+                    write_pct: 100,
                 },
             ],
             ..VmConfig::default()

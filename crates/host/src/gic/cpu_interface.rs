@@ -239,7 +239,9 @@ impl<W: Word> GicCpuInterface<W> {
             IccReg::Sgi1r => self.gic.send_sgi(self.vcpu, value),
             IccReg::Iar1 | IccReg::Hppir1 | IccReg::Rpr => return false,
         }
-        self.gic.kick(self.vcpu);
+        // No kick: only this vCPU's own thread accesses its CPU interface, and it
+        // re-evaluates its line after the access (the bus ends the slice if the
+        // line moved).
         true
     }
 
@@ -259,7 +261,6 @@ impl<W: Word> GicCpuInterface<W> {
             return INTID_SPURIOUS;
         }
         self.active_priorities |= 1 << (self.group_priority(priority) >> 3);
-        self.gic.kick(self.vcpu);
         intid
     }
 

@@ -28,9 +28,10 @@
 //! its [`GicCpuInterface`] (priority mask, binary point, active priorities:
 //! state no other PE can reach). After any change that may alter a vCPU's
 //! interrupt line — an interrupt becoming pending, enabled, deactivated or
-//! re-prioritised, a CPU-interface register written — the GIC *kicks* that vCPU
-//! through the [`Kick`] it connected, and the vCPU re-evaluates
-//! [`GicCpuInterface::irq_line`]. A kick follows the state change, so a vCPU
+//! re-prioritised — the GIC *kicks* that vCPU through the [`Kick`] it
+//! connected, and the vCPU re-evaluates [`GicCpuInterface::irq_line`]. A
+//! CPU-interface register is accessed only by its own vCPU, which compares its
+//! line after the access itself (and ends its slice only if the line moved). A kick follows the state change, so a vCPU
 //! that clears its kick flag and then reads the state cannot miss one; a halted
 //! vCPU is woken by it.
 
@@ -314,14 +315,16 @@ impl<W: Word> Gic<W> {
     }
 
     /// Deactivates `intid` on behalf of vCPU `vcpu` (EOI in EOImode 0, or DIR).
+    /// A deactivation by vCPU `vcpu`'s own CPU interface. That vCPU compares its
+    /// line after the access itself, so only another vCPU an SPI is routed to
+    /// is kicked.
     fn deactivate(&self, vcpu: usize, intid: u32) {
         if intid < SPI_FIRST {
             self.redists[vcpu].bank.deactivate(intid);
-            self.kick(vcpu);
         } else if intid < INTID_LIMIT {
             let bit = intid - SPI_FIRST;
             self.spis.deactivate(bit);
-            if let Some(target) = self.spi_target(bit) {
+            if let Some(target) = self.spi_target(bit).filter(|&t| t != vcpu) {
                 self.kick(target);
             }
         }

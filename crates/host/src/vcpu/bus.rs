@@ -18,6 +18,9 @@ pub(crate) struct VcpuBus<'a> {
     pub(crate) icc: &'a mut GicCpuInterface,
     pub(crate) machine: &'a Machine,
     pub(crate) waker: &'a VcpuWaker,
+    /// The interrupt line the CPU was given for this slice: a CPU-interface
+    /// access that leaves it as it was needs no new slice.
+    pub(crate) irq_line: bool,
     /// MMIO accesses in this slice, for the exit statistics.
     pub(crate) mmio: u64,
     /// Stage-2 faults resolved without an exit in this slice.
@@ -31,6 +34,17 @@ pub(crate) struct VcpuBus<'a> {
 // addresses (the interpreter translates virtual ones itself); they become a
 // `Gpa` where they meet the machine (`is_ram`).
 impl VcpuBus<'_> {
+    /// After a CPU-interface access: the CPU samples its interrupt line only
+    /// between slices, so a line that differs from the one it was given ends the
+    /// slice (a kick). Most accesses (an EOI with nothing else pending, a PMR
+    /// write) leave it as it was and cost no exit. A change another thread makes
+    /// meanwhile kicks this vCPU itself, so none is missed.
+    fn end_slice_if_line_moved(&mut self) {
+        if self.icc.irq_line() != self.irq_line {
+            self.waker.kick();
+        }
+    }
+
     /// After a TLB miss on RAM: the stage-2 fault path, taken here without an
     /// exit when the page needs no I/O (resident, rescued or zero-filled), as
     /// KVM handles such faults without the VMM. Returns whether the page is now
@@ -170,7 +184,7 @@ impl Bus for VcpuBus<'_> {
         let icc = IccReg::decode(reg.op0, reg.op1, reg.crn, reg.crm, reg.op2)?;
         let v = self.icc.read(icc);
         // IAR changes the running priority, and so the line.
-        self.waker.kick();
+        self.end_slice_if_line_moved();
         v
     }
 
@@ -179,7 +193,7 @@ impl Bus for VcpuBus<'_> {
             return false;
         };
         let ok = self.icc.write(icc, value);
-        self.waker.kick();
+        self.end_slice_if_line_moved();
         ok
     }
 

@@ -384,7 +384,8 @@ impl Vcpu {
         self.apf.service(&mut self.ctx);
         deliver_sdei(&mut self.apf, &mut self.ctx);
         self.update_timer_lines();
-        self.ctx.cpu.set_irq_line(self.icc.irq_line());
+        let irq_line = self.icc.irq_line();
+        self.ctx.cpu.set_irq_line(irq_line);
 
         let t = Instant::now();
         let ctx = &mut self.ctx;
@@ -398,6 +399,7 @@ impl Vcpu {
             icc: &mut self.icc,
             machine: &ctx.machine,
             waker: &self.waker,
+            irq_line,
             mmio: 0,
             mapped: 0,
             unresolved: None,

@@ -7,7 +7,8 @@
 //! - The host appends one `apf.proc=<kind>,<vcpu>,<mem_bytes>,<work>,<seed>`
 //!   token per process to the kernel command line, in process order: the kind
 //!   as [`crate::workload::kind_name`] prints it, the rest decimal, with the
-//!   values the built-in guest's boot block would carry ([`crate::boot_block`]).
+//!   values the built-in guest's boot block would carry ([`crate::boot_block`]);
+//!   a scan whose write percentage is not 100 gets it as a sixth field.
 //! - The init prints `apf-proc <index> done <progress> <checksum>` or
 //!   `apf-proc <index> killed <signal> <progress> <checksum>` (checksum: 16
 //!   lowercase hex digits) as each process ends. A process with work 0 runs
@@ -32,6 +33,7 @@ pub mod image;
 use crate::boot::boot_block;
 use crate::config::VmConfig;
 use crate::workload;
+use apf_abi::boot::WRITE_PCT_ALL;
 use apf_abi::platform::RAM_BASE;
 use fdt::{FdtError, TreeSpec, device_tree, rng_seed_of};
 use image::{ImageHeader, ImageHeaderError};
@@ -186,6 +188,11 @@ pub fn bootargs(append: &str, config: &VmConfig) -> String {
             "apf.proc={kind},{},{},{},{}",
             p.vcpu, p.mem_bytes, p.work, p.seed
         ));
+        // Only when not the default, so the tokens of runs without it stay as
+        // they were (and an init from before the field still reads them).
+        if p.write_pct != WRITE_PCT_ALL {
+            args.push_str(&format!(",{}", p.write_pct));
+        }
     }
     args
 }
@@ -354,12 +361,14 @@ mod tests {
                 vcpu: 1,
                 mem: ByteSize(8 << 20),
                 work: 300,
+                write_pct: 100,
             },
             ProcessConfig {
                 kind: WorkloadKind::Calc,
                 vcpu: 0,
                 mem: ByteSize(64 << 20),
                 work: 0,
+                write_pct: 100,
             },
         ]
     }
@@ -381,6 +390,13 @@ mod tests {
         assert_eq!(
             bootargs("", &config(scan_and_calc()[..1].to_vec())),
             format!("apf.proc=scan,1,8388608,300,{s0}")
+        );
+        let mut reads_only = scan_and_calc();
+        reads_only[0].write_pct = 0;
+        assert_eq!(
+            bootargs("", &config(reads_only[..1].to_vec())),
+            format!("apf.proc=scan,1,8388608,300,{s0},0"),
+            "a write percentage other than 100 is the sixth field"
         );
     }
 

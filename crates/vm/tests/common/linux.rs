@@ -9,7 +9,7 @@
 // Each test file uses its own part of this.
 #![allow(dead_code)]
 
-use apf_abi::boot::ProcSpec;
+use apf_abi::boot::{ProcSpec, WRITE_PCT_ALL};
 use apf_vm::workload::kind_name;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -113,10 +113,17 @@ pub fn artifacts() -> Option<Artifacts> {
 /// The command-line token for one process.
 pub fn token(spec: &ProcSpec) -> String {
     let kind = kind_name(spec.kind).expect("a known kind");
-    format!(
+    let token = format!(
         "apf.proc={kind},{},{},{},{}",
         spec.vcpu, spec.mem_bytes, spec.work, spec.seed
-    )
+    );
+    // As the host writes it (`apf_vm::linux::bootargs`): the write percentage
+    // only when it is not 100.
+    if spec.write_pct == WRITE_PCT_ALL {
+        token
+    } else {
+        format!("{token},{}", spec.write_pct)
+    }
 }
 
 /// Boots Linux with `tokens` appended to the command line and returns the console
