@@ -197,8 +197,8 @@ impl FileStore {
     /// system allocate or convert blocks: io_uring cannot issue that without
     /// blocking and hands it to a kernel worker thread, where such writes go one
     /// at a time and need a CPU the vCPUs are using. An overwrite of a written
-    /// block is issued at once. (Measured on ext4, two vCPUs on two cores:
-    /// README "Known limits" had APF-on scans taking up to 4.7 times as long.)
+    /// block is issued at once. (On ext4 with two vCPUs on two cores, APF-on
+    /// scans took up to 4.7 times as long before: README "Performance".)
     fn write_ahead(&self, slot: Slot) -> io::Result<()> {
         const CHUNK_PAGES: u32 = 256;
         let mut written = lock(&self.written_ahead);
