@@ -165,17 +165,20 @@ impl<W: AtomicWord> CompletionPort<W> {
         let Some(w) = self.words.get(usize::from(handle.slot)) else {
             return false;
         };
+        let armed = word(handle.generation, ARMED);
+        // A stale or duplicate completion must not overwrite the time of the
+        // item armed now: refused before it stores one. (It could still slip in
+        // if the slot were drained, re-armed and completed between this check
+        // and the store below: a few nanoseconds, and only the measurement.)
+        if w.load(Ordering::Relaxed) != armed {
+            return false;
+        }
         let done = word(handle.generation, if ok { DONE_OK } else { DONE_FAILED });
         // Before the state changes, so the collector (Acquire) sees this time.
         let done_at = &self.done_at[usize::from(handle.slot)];
         done_at.store(now_ns(), Ordering::Relaxed);
-        if w.compare_exchange(
-            word(handle.generation, ARMED),
-            done,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        )
-        .is_err()
+        if w.compare_exchange(armed, done, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
         {
             return false;
         }
@@ -235,8 +238,14 @@ mod tests {
         assert!(!port.complete(old, true));
         let new = port.arm(7);
         assert_ne!(old.generation, new.generation);
-        assert!(!port.complete(old, false), "stale generation refused");
         assert!(port.complete(new, false));
+        let first = port.done_at[7].load(Ordering::Relaxed);
+        assert!(!port.complete(old, false), "stale generation refused");
+        assert_eq!(
+            port.done_at[7].load(Ordering::Relaxed),
+            first,
+            "the refused completion left the item's time alone"
+        );
         let mut got = Vec::new();
         port.collect(|c| got.push((c.slot, c.ok)));
         assert_eq!(got, vec![(7, false)]);
