@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use apf_abi::Gpa;
 use apf_mem::store::{FileStore, FileStoreConfig, Slot, Store};
-use apf_mem::store_bench::{PipelineBench, fill, pipeline_random_fetches, prepare, random_reads};
+use apf_mem::store_bench::{PipelineBench, fill, pipeline_random_fetches, prepare, random_io};
 use apf_mem::{AccessSize, GuestMemory, MemConfig, Resolve, VcpuTlb};
 use criterion::{Criterion, Throughput, criterion_group};
 
@@ -76,7 +76,7 @@ fn random_read(c: &mut Criterion, s: &Setup) {
     for d in DEPTHS {
         g.bench_function(format!("store/d{d}"), |b| {
             b.iter_custom(|n| {
-                random_reads(&s.raw, &s.slots, d, Duration::MAX, n, n)
+                random_io(&s.raw, &s.slots, d, Duration::MAX, n, n, 0)
                     .unwrap()
                     .elapsed
             })
@@ -96,7 +96,7 @@ fn random_read(c: &mut Criterion, s: &Setup) {
 fn ratios(s: &Setup) {
     let t = Duration::from_secs(2);
     for d in DEPTHS {
-        let raw = random_reads(&s.raw, &s.slots, d, t, u64::MAX, 7).unwrap();
+        let raw = random_io(&s.raw, &s.slots, d, t, u64::MAX, 7, 0).unwrap();
         let pipe = pipeline_random_fetches(&s.mem, &pipeline(d, t, u64::MAX, 7)).unwrap();
         println!(
             "depth {d:>2}: store {:>8.0} IOPS, pipeline {:>8.0} fetches/s, ratio {:.2}",

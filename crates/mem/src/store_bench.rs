@@ -112,22 +112,11 @@ fn request(bufs: &GuestRam, buf: usize, tag: u64, kind: IoKind, slot: Slot) -> I
     }
 }
 
-/// Random 4 KiB reads of `slots` with `depth` requests in flight until `duration`
-/// passes or `max_ios` complete (seeded, so runs read the same sequence).
-pub fn random_reads(
-    store: &dyn Store,
-    slots: &[Slot],
-    depth: usize,
-    duration: Duration,
-    max_ios: u64,
-    seed: u64,
-) -> Result<BenchResult, BenchError> {
-    random_io(store, slots, depth, duration, max_ios, seed, 0)
-}
-
-/// [`random_reads`] where `write_pct` of the requests (0..=100, drawn from the
-/// same seeded sequence) are 4 KiB writes to a random slot instead: the mix of
-/// page-ins and write-backs the fetch pipeline puts on the store.
+/// Random 4 KiB I/O on `slots` with `depth` requests in flight until `duration`
+/// passes or `max_ios` complete (seeded, so runs issue the same sequence):
+/// reads, except `write_pct` of the requests (0..=100) are 4 KiB writes to a
+/// random slot instead, the mix of page-ins and write-backs the fetch pipeline
+/// puts on the store.
 pub fn random_io(
     store: &dyn Store,
     slots: &[Slot],
@@ -355,7 +344,7 @@ mod tests {
             assert!(range.contains(&writes), "write={write_pct}: {r:?}");
             assert_eq!(r.writes == r.ios, write_pct == 100, "{r:?}");
         }
-        let reads = random_reads(&store, &slots, 8, Duration::MAX, 100, 3).unwrap();
+        let reads = random_io(&store, &slots, 8, Duration::MAX, 100, 3, 0).unwrap();
         assert_eq!(reads.writes, 0);
     }
 }
