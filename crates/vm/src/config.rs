@@ -536,7 +536,17 @@ impl VmConfig {
     /// Parses a TOML configuration; missing fields take their defaults. Not
     /// validated: flags may still change it (callers check the result).
     pub fn from_toml(text: &str) -> Result<VmConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Toml(e.message().replace('\n', " ")))
+        toml::from_str(text).map_err(|e| {
+            let what = e.message().replace('\n', " ");
+            // Where: the line the error is on, as written, so a wrong value names
+            // its key.
+            let Some(span) = e.span() else {
+                return ConfigError::Toml(what);
+            };
+            let line = text[..span.start.min(text.len())].matches('\n').count();
+            let written = text.lines().nth(line).unwrap_or("").trim();
+            ConfigError::Toml(format!("line {}: {what} (`{written}`)", line + 1))
+        })
     }
 
     /// Checks that the machine (vCPUs, memory, store) can be built; what runs on it
@@ -787,6 +797,13 @@ mod tests {
         let e = VmConfig::from_toml("vcpu = 2\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `vcpu`"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+        let e = VmConfig::from_toml("vcpus = 1\n[[processes]]\nkind = \"scan\"\nwrite = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 4: ") && e.contains("(`write = \"x\"`)"),
+            "{e}"
+        );
     }
 
     #[test]
