@@ -77,8 +77,8 @@ impl Cpu {
     /// instructions after reset (the run loop keeps the count in a register;
     /// only the counter and timer registers need it in `self`).
     #[inline(always)]
-    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: Op, retired: u64) -> Flow {
-        match op {
+    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: &Op, retired: u64) -> Flow {
+        match *op {
             // Data processing (immediate and register): see `alu`.
             Op::AddImm {
                 d,
