@@ -11,7 +11,7 @@
 //! check. A page's blocks are forgotten whenever any of its slots is reset or
 //! the page is evicted, so a block never outlives the words it came from.
 
-use crate::decode::{Hint, Op};
+use crate::decode::{Hint, LogicOp, Op, reg};
 
 /// Instructions per 4 KiB page.
 pub(crate) const OPS_PER_PAGE: usize = 1024;
@@ -50,6 +50,10 @@ pub(crate) fn ends_block(op: &Op) -> bool {
             | Op::CondSel { .. }
             | Op::CondCmp { .. }
             | Op::Crc32 { .. }
+            | Op::AddX { .. }
+            | Op::AddW { .. }
+            | Op::MovX { .. }
+            | Op::MovW { .. }
             | Op::Hint(Hint::Nop)
             | Op::Prefetch
             | Op::Clrex
@@ -76,6 +80,60 @@ const NO_PAGE: u64 = u64::MAX;
 const NO_SLAB: u32 = u32::MAX;
 /// Bits of the held-page filter; a page number's low bits pick one.
 const FILTER_BITS: usize = 4096;
+
+/// The block-only form of `op`, if it has one: the same effect with the
+/// choices of its generic form (width, ADD or SUB, flags, a zero operand) made
+/// here. tests/blocks.rs compares blocks with single steps, which run the
+/// generic forms.
+fn specialise(op: Op) -> Op {
+    match op {
+        Op::AddImm {
+            d,
+            n,
+            imm,
+            sf: true,
+            sub,
+            flags: false,
+        } => Op::AddX {
+            d,
+            n,
+            imm: if sub {
+                u64::from(imm).wrapping_neg()
+            } else {
+                u64::from(imm)
+            },
+        },
+        Op::AddImm {
+            d,
+            n,
+            imm,
+            sf: false,
+            sub,
+            flags: false,
+        } => Op::AddW {
+            d,
+            n,
+            imm: if sub { imm.wrapping_neg() } else { imm },
+        },
+        Op::LogicShifted {
+            d,
+            n: reg::ZR,
+            m,
+            op: LogicOp::Orr,
+            amount: 0,
+            invert: false,
+            sf,
+            ..
+        } => {
+            if sf {
+                Op::MovX { d, m }
+            } else {
+                Op::MovW { d, m }
+            }
+        }
+        op => op,
+    }
+}
 
 type DecodedPage = Box<[Op; OPS_PER_PAGE]>;
 /// Per slot, the block that starts there: `start << 16 | len`, or [`NO_BLOCK`].
@@ -232,7 +290,7 @@ impl DecodeCache {
             arena.clear();
         }
         let start = arena.len();
-        arena.extend_from_slice(&self.slab[slab][index..end]);
+        arena.extend(self.slab[slab][index..end].iter().map(|&op| specialise(op)));
         self.blocks[slab][index] = (start as u64) << 16 | len as u64;
         Some(Block { start, len })
     }

@@ -44,7 +44,7 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
     let sf = rng.below(2);
     let (rd, rn, rm, ra) = (rng.below(8), rng.below(8), rng.below(8), rng.below(8));
     let width = if sf == 1 { 64 } else { 32 };
-    match rng.below(14) {
+    match rng.below(15) {
         // ADD/ADDS/SUB/SUBS (immediate)
         0 => sf << 31 | rng.below(4) << 29 | 0x1100_0000 | rng.below(4096) << 10 | rn << 5 | rd,
         // ADD/SUB (shifted register), LSL/LSR/ASR
@@ -120,6 +120,8 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         11 => sf << 31 | 0x3400_0000 | rng.below(2) << 24 | 2 << 5 | rn,
         // MRS Xd, CNTVCT_EL0: reads the retired count
         12 => 0xD53B_E040 | rd,
+        // MOV (ORR from XZR/WZR, unshifted)
+        13 => sf << 31 | 0x2A00_0000 | rm << 16 | 31 << 5 | rd,
         // LDR Xd, [X27]: a data abort (rarely: it ends the program), else NOP
         _ if faulting_load && rng.below(100) == 0 => 0xF940_0000 | 27 << 5 | rd,
         _ => 0xD503_201F,

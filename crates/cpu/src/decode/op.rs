@@ -297,6 +297,32 @@ pub(crate) enum Op {
         castagnoli: bool,
     },
 
+    // Forms only blocks hold (see `cache::specialise`): common cases of the
+    // ops above with the choices the generic form makes per execution taken
+    // once, when the block is built.
+    /// ADD/SUB (immediate), X, no flags: `d = n + imm` (SUB as the negated imm).
+    AddX {
+        d: u8,
+        n: u8,
+        imm: u64,
+    },
+    /// ADD/SUB (immediate), W, no flags.
+    AddW {
+        d: u8,
+        n: u8,
+        imm: u32,
+    },
+    /// ORR Xd, XZR, Xm (MOV register).
+    MovX {
+        d: u8,
+        m: u8,
+    },
+    /// ORR Wd, WZR, Wm (MOV register).
+    MovW {
+        d: u8,
+        m: u8,
+    },
+
     B {
         offset: i32,
     },

@@ -261,6 +261,24 @@ impl Cpu {
                 Flow::Next
             }
 
+            // Block-only forms (see `cache::specialise`).
+            Op::AddX { d, n, imm } => {
+                self.w(d, self.r(n).wrapping_add(imm));
+                Flow::Next
+            }
+            Op::AddW { d, n, imm } => {
+                self.w(d, u64::from((self.r(n) as u32).wrapping_add(imm)));
+                Flow::Next
+            }
+            Op::MovX { d, m } => {
+                self.w(d, self.r(m));
+                Flow::Next
+            }
+            Op::MovW { d, m } => {
+                self.w(d, self.r(m) & 0xFFFF_FFFF);
+                Flow::Next
+            }
+
             // Branches and exception generation.
             Op::B { offset } => self.branch_if(true, offset),
             Op::Bl { offset } => {
