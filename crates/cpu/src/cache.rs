@@ -11,7 +11,7 @@
 //! check. A page's blocks are forgotten whenever any of its slots is reset or
 //! the page is evicted, so a block never outlives the words it came from.
 
-use crate::decode::{Hint, LogicOp, Op, reg};
+use crate::decode::{BitfieldOp, Hint, LogicOp, Op, reg};
 
 /// Instructions per 4 KiB page.
 pub(crate) const OPS_PER_PAGE: usize = 1024;
@@ -52,6 +52,13 @@ pub(crate) fn ends_block(op: &Op) -> bool {
             | Op::Crc32 { .. }
             | Op::AddX { .. }
             | Op::AddW { .. }
+            | Op::SubsImmW { .. }
+            | Op::SubsRegW { .. }
+            | Op::AddRegW { .. }
+            | Op::EorRegW { .. }
+            | Op::AndImm { .. }
+            | Op::Ubfx { .. }
+            | Op::Ubfiz { .. }
             | Op::MovX { .. }
             | Op::MovW { .. }
             | Op::Hint(Hint::Nop)
@@ -115,6 +122,84 @@ fn specialise(op: Op) -> Op {
             n,
             imm: if sub { imm.wrapping_neg() } else { imm },
         },
+        Op::AddImm {
+            d,
+            n,
+            imm,
+            sf: false,
+            sub: true,
+            flags: true,
+        } => Op::SubsImmW { d, n, imm },
+        // With no shift amount every shift type is the identity.
+        Op::AddShifted {
+            d,
+            n,
+            m,
+            amount: 0,
+            sf: false,
+            sub,
+            flags,
+            ..
+        } if sub == flags => {
+            if sub {
+                Op::SubsRegW { d, n, m }
+            } else {
+                Op::AddRegW { d, n, m }
+            }
+        }
+        Op::LogicShifted {
+            d,
+            n,
+            m,
+            op: LogicOp::Eor,
+            amount: 0,
+            invert: false,
+            sf: false,
+            ..
+        } => Op::EorRegW { d, n, m },
+        Op::LogicImm {
+            d,
+            n,
+            op: LogicOp::And,
+            imm,
+            sf,
+        } => Op::AndImm {
+            d,
+            n,
+            imm: if sf { imm } else { imm & 0xFFFF_FFFF },
+        },
+        // UBFM's field, as the generic form computes it (alu::bitfield).
+        Op::Bitfield {
+            d,
+            n,
+            op: BitfieldOp::Ubfm,
+            immr,
+            imms,
+            sf,
+        } => {
+            let field = |width: u8| {
+                if width >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << width) - 1
+                }
+            };
+            if imms >= immr {
+                Op::Ubfx {
+                    d,
+                    n,
+                    shift: immr,
+                    mask: field(imms - immr + 1),
+                }
+            } else {
+                Op::Ubfiz {
+                    d,
+                    n,
+                    shift: if sf { 64 } else { 32 } - immr,
+                    mask: field(imms + 1),
+                }
+            }
+        }
         Op::LogicShifted {
             d,
             n: reg::ZR,

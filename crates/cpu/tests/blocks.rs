@@ -44,21 +44,21 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
     let sf = rng.below(2);
     let (rd, rn, rm, ra) = (rng.below(8), rng.below(8), rng.below(8), rng.below(8));
     let width = if sf == 1 { 64 } else { 32 };
-    match rng.below(15) {
+    match rng.below(16) {
         // ADD/ADDS/SUB/SUBS (immediate)
         0 => sf << 31 | rng.below(4) << 29 | 0x1100_0000 | rng.below(4096) << 10 | rn << 5 | rd,
-        // ADD/SUB (shifted register), LSL/LSR/ASR
+        // ADD/SUB (shifted register), LSL/LSR/ASR, unshifted half the time
         1 => {
             sf << 31
                 | rng.below(4) << 29
                 | 0x0B00_0000
                 | rng.below(3) << 22
                 | rm << 16
-                | rng.below(width) << 10
+                | (rng.below(width) * rng.below(2)) << 10
                 | rn << 5
                 | rd
         }
-        // AND/ORR/EOR/ANDS (shifted register), with and without N
+        // AND/ORR/EOR/ANDS (shifted register), with and without N, unshifted half the time
         2 => {
             sf << 31
                 | rng.below(4) << 29
@@ -66,7 +66,7 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
                 | rng.below(4) << 22
                 | rng.below(2) << 21
                 | rm << 16
-                | rng.below(width) << 10
+                | (rng.below(width) * rng.below(2)) << 10
                 | rn << 5
                 | rd
         }
@@ -120,6 +120,18 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         11 => sf << 31 | 0x3400_0000 | rng.below(2) << 24 | 2 << 5 | rn,
         // MRS Xd, CNTVCT_EL0: reads the retired count
         12 => 0xD53B_E040 | rd,
+        // AND/ORR/EOR/ANDS (immediate) with a valid bitmask of 64- or 32-bit elements
+        14 => {
+            let (immr, imms) = (rng.below(width), rng.below(width - 1));
+            sf << 31
+                | rng.below(4) << 29
+                | 0x1200_0000
+                | sf << 22
+                | immr << 16
+                | imms << 10
+                | rn << 5
+                | rd
+        }
         // MOV (ORR from XZR/WZR, unshifted)
         13 => sf << 31 | 0x2A00_0000 | rm << 16 | 31 << 5 | rd,
         // LDR Xd, [X27]: a data abort (rarely: it ends the program), else NOP

@@ -312,6 +312,50 @@ pub(crate) enum Op {
         n: u8,
         imm: u32,
     },
+    /// SUBS (immediate), W: CMP.
+    SubsImmW {
+        d: u8,
+        n: u8,
+        imm: u32,
+    },
+    /// SUBS (shifted register), W, no shift: CMP.
+    SubsRegW {
+        d: u8,
+        n: u8,
+        m: u8,
+    },
+    /// ADD (shifted register), W, no flags, no shift.
+    AddRegW {
+        d: u8,
+        n: u8,
+        m: u8,
+    },
+    /// EOR (shifted register), W, no shift.
+    EorRegW {
+        d: u8,
+        n: u8,
+        m: u8,
+    },
+    /// AND (immediate) of either width, no flags; `imm` within the width.
+    AndImm {
+        d: u8,
+        n: u8,
+        imm: u64,
+    },
+    /// UBFM with imms >= immr (LSR, UBFX): `d = (n >> shift) & mask`.
+    Ubfx {
+        d: u8,
+        n: u8,
+        shift: u8,
+        mask: u64,
+    },
+    /// UBFM with imms < immr (LSL, UBFIZ): `d = (n & mask) << shift`.
+    Ubfiz {
+        d: u8,
+        n: u8,
+        shift: u8,
+        mask: u64,
+    },
     /// ORR Xd, XZR, Xm (MOV register).
     MovX {
         d: u8,
