@@ -276,18 +276,37 @@ impl Cpu {
                         }
                         self.pc = self.pc.wrapping_add(4);
                     }
-                    // The ops before the one that returned `flow` retired
+                    // The ops taken from the slice: all of them but the last
+                    // retired, and the last too unless it trapped or faulted
                     // (PC may be at a vector now, so count from the slice).
-                    let done = b.len - rest.len() - usize::from(flow != Flow::Next);
-                    retired += done as u64;
-                    if flow == Flow::Next {
+                    let taken = (b.len - rest.len()) as u64;
+                    match flow {
                         // The block ended at a branch not taken or the page end.
-                        if self.pc & 0xFFF == 0 {
-                            break;
+                        Flow::Next => {
+                            retired += taken;
+                            if self.pc & 0xFFF == 0 {
+                                break;
+                            }
+                            continue;
                         }
-                        continue;
+                        // The common way out, handled here as below but
+                        // without the general dispatch on `flow`.
+                        Flow::Jump => {
+                            retired += taken;
+                            if self.pc & !0xFFC != page {
+                                break;
+                            }
+                            if bus.kicked() {
+                                self.retired = retired;
+                                return (retired - start, Some(Exit::Kicked));
+                            }
+                            continue;
+                        }
+                        _ => {
+                            retired += taken - 1;
+                            flow
+                        }
                     }
-                    flow
                 }
                 // One op at a time: not decoded yet, or near the budget's end.
                 _ => self.exec_one(bus, slab, index, retired),
