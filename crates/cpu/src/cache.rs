@@ -3,11 +3,83 @@
 //! two apart do not evict each other). A slot is decoded on first execution; a
 //! store by this CPU resets the slots it overwrites, so self-modifying code
 //! sees its new words.
+//!
+//! On top of the slots, straight-line blocks: the decoded ops from an entry
+//! slot up to the first op that may leave straight-line flow (see
+//! [`ends_block`]) or the page end, copied contiguously into an arena so the
+//! run loop executes them without a per-op lookup, page-end check or budget
+//! check. A page's blocks are forgotten whenever any of its slots is reset or
+//! the page is evicted, so a block never outlives the words it came from.
 
-use crate::decode::Op;
+use crate::decode::{BitfieldOp, Hint, LogicOp, Op, reg};
 
 /// Instructions per 4 KiB page.
 pub(crate) const OPS_PER_PAGE: usize = 1024;
+/// Arena capacity in ops (16 MiB); when full, every block is forgotten.
+const ARENA_OPS: usize = 1 << 20;
+/// A slot's block entry: none built there.
+const NO_BLOCK: u64 = 0;
+
+/// A straight-line block: `len` ops at `start` in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Block {
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+/// Whether `op` ends a block: it may set PC, change PSTATE, the timer or the
+/// translation regime, read the retired count, or is not decoded. Loads and
+/// stores stay inside: a fault leaves the block through its flow.
+pub(crate) fn ends_block(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::AddImm { .. }
+            | Op::AddShifted { .. }
+            | Op::AddExtended { .. }
+            | Op::AddCarry { .. }
+            | Op::LogicImm { .. }
+            | Op::LogicShifted { .. }
+            | Op::MovWide { .. }
+            | Op::Adr { .. }
+            | Op::Bitfield { .. }
+            | Op::Extr { .. }
+            | Op::ShiftVariable { .. }
+            | Op::Unary { .. }
+            | Op::Div { .. }
+            | Op::Mul { .. }
+            | Op::CondSel { .. }
+            | Op::CondCmp { .. }
+            | Op::Crc32 { .. }
+            | Op::AddX { .. }
+            | Op::AddW { .. }
+            | Op::SubsImmW { .. }
+            | Op::SubsRegW { .. }
+            | Op::AddRegW { .. }
+            | Op::EorRegW { .. }
+            | Op::AndImm { .. }
+            | Op::Ubfx { .. }
+            | Op::Ubfiz { .. }
+            | Op::MovX { .. }
+            | Op::MovW { .. }
+            | Op::Hint(Hint::Nop)
+            | Op::Prefetch
+            | Op::Clrex
+            | Op::Barrier
+            | Op::Load { .. }
+            | Op::Store { .. }
+            | Op::LoadRegOffset { .. }
+            | Op::StoreRegOffset { .. }
+            | Op::LoadLiteral { .. }
+            | Op::LoadPair { .. }
+            | Op::StorePair { .. }
+            | Op::LoadExclusive { .. }
+            | Op::StoreExclusive { .. }
+            | Op::LoadAcquire { .. }
+            | Op::StoreRelease { .. }
+            | Op::Atomic { .. }
+            | Op::Cas { .. }
+    )
+}
 const WAYS: usize = 2;
 const SET_BITS: u32 = 9;
 const SETS: usize = 1 << SET_BITS;
@@ -16,7 +88,141 @@ const NO_SLAB: u32 = u32::MAX;
 /// Bits of the held-page filter; a page number's low bits pick one.
 const FILTER_BITS: usize = 4096;
 
+/// The block-only form of `op`, if it has one: the same effect with the
+/// choices of its generic form (width, ADD or SUB, flags, a zero operand) made
+/// here. tests/blocks.rs compares blocks with single steps, which run the
+/// generic forms.
+fn specialise(op: Op) -> Op {
+    match op {
+        Op::AddImm {
+            d,
+            n,
+            imm,
+            sf: true,
+            sub,
+            flags: false,
+        } => Op::AddX {
+            d,
+            n,
+            imm: if sub {
+                u64::from(imm).wrapping_neg()
+            } else {
+                u64::from(imm)
+            },
+        },
+        Op::AddImm {
+            d,
+            n,
+            imm,
+            sf: false,
+            sub,
+            flags: false,
+        } => Op::AddW {
+            d,
+            n,
+            imm: if sub { imm.wrapping_neg() } else { imm },
+        },
+        Op::AddImm {
+            d,
+            n,
+            imm,
+            sf: false,
+            sub: true,
+            flags: true,
+        } => Op::SubsImmW { d, n, imm },
+        // With no shift amount every shift type is the identity.
+        Op::AddShifted {
+            d,
+            n,
+            m,
+            amount: 0,
+            sf: false,
+            sub,
+            flags,
+            ..
+        } if sub == flags => {
+            if sub {
+                Op::SubsRegW { d, n, m }
+            } else {
+                Op::AddRegW { d, n, m }
+            }
+        }
+        Op::LogicShifted {
+            d,
+            n,
+            m,
+            op: LogicOp::Eor,
+            amount: 0,
+            invert: false,
+            sf: false,
+            ..
+        } => Op::EorRegW { d, n, m },
+        Op::LogicImm {
+            d,
+            n,
+            op: LogicOp::And,
+            imm,
+            sf,
+        } => Op::AndImm {
+            d,
+            n,
+            imm: if sf { imm } else { imm & 0xFFFF_FFFF },
+        },
+        // UBFM's field, as the generic form computes it (alu::bitfield).
+        Op::Bitfield {
+            d,
+            n,
+            op: BitfieldOp::Ubfm,
+            immr,
+            imms,
+            sf,
+        } => {
+            let field = |width: u8| {
+                if width >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << width) - 1
+                }
+            };
+            if imms >= immr {
+                Op::Ubfx {
+                    d,
+                    n,
+                    shift: immr,
+                    mask: field(imms - immr + 1),
+                }
+            } else {
+                Op::Ubfiz {
+                    d,
+                    n,
+                    shift: if sf { 64 } else { 32 } - immr,
+                    mask: field(imms + 1),
+                }
+            }
+        }
+        Op::LogicShifted {
+            d,
+            n: reg::ZR,
+            m,
+            op: LogicOp::Orr,
+            amount: 0,
+            invert: false,
+            sf,
+            ..
+        } => {
+            if sf {
+                Op::MovX { d, m }
+            } else {
+                Op::MovW { d, m }
+            }
+        }
+        op => op,
+    }
+}
+
 type DecodedPage = Box<[Op; OPS_PER_PAGE]>;
+/// Per slot, the block that starts there: `start << 16 | len`, or [`NO_BLOCK`].
+type PageBlocks = Box<[u64; OPS_PER_PAGE]>;
 
 pub(crate) struct DecodeCache {
     /// Page number held by each entry (set * WAYS + way).
@@ -26,6 +232,13 @@ pub(crate) struct DecodeCache {
     /// Per set, the way used last (the other one is evicted next).
     recent: Vec<u8>,
     slab: Vec<DecodedPage>,
+    /// The block entries of each slab page.
+    blocks: Vec<PageBlocks>,
+    /// The ops of every block built since the arena was last emptied.
+    /// [`crate::Cpu::run`] takes it out of the cache while guest code runs
+    /// (stores into code only clear entries in `blocks`, never arena ops), so
+    /// a block's ops are borrowed without a lookup per op.
+    pub(crate) arena: Vec<Op>,
     /// A superset of the held pages (bit `pfn % FILTER_BITS`), so that a
     /// store to a data page costs a bit test instead of a set lookup. Bits
     /// are set when a page is taken in and cleared only when every page is
@@ -75,6 +288,8 @@ impl DecodeCache {
             slab_of: vec![NO_SLAB; SETS * WAYS],
             recent: vec![0; SETS],
             slab: Vec::new(),
+            blocks: Vec::new(),
+            arena: Vec::new(),
             filter: [0; FILTER_BITS / 64],
         }
     }
@@ -96,12 +311,14 @@ impl DecodeCache {
                 let e = set * WAYS + (1 - usize::from(self.recent[set]));
                 if self.slab_of[e] == NO_SLAB {
                     self.slab.push(empty_page());
+                    self.blocks.push(Box::new([NO_BLOCK; OPS_PER_PAGE]));
                     self.slab_of[e] = u32::try_from(self.slab.len() - 1).unwrap_or(0);
                 }
                 self.tags[e] = pfn;
                 let bit = filter_bit(pfn);
                 self.filter[bit / 64] |= 1 << (bit % 64);
                 self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);
+                self.blocks[self.slab_of[e] as usize].fill(NO_BLOCK);
                 e
             }
         };
@@ -112,6 +329,55 @@ impl DecodeCache {
     #[inline]
     pub(crate) fn op(&self, slab: usize, index: usize) -> Op {
         self.slab[slab][index & (OPS_PER_PAGE - 1)]
+    }
+
+    /// The block starting at slot `index` of `slab`, if one was built.
+    #[inline(always)]
+    pub(crate) fn block(&self, slab: usize, index: usize) -> Option<Block> {
+        let b = self.blocks[slab][index & (OPS_PER_PAGE - 1)];
+        // Fields of an entry built by `build_block`: start < 2^48.
+        #[allow(clippy::cast_possible_truncation)]
+        (b != NO_BLOCK).then_some(Block {
+            start: (b >> 16) as usize,
+            len: (b & 0xFFFF) as usize,
+        })
+    }
+
+    /// Builds the block starting at slot `index` of `slab` from its decoded
+    /// slots; None when a slot before the block's end is not decoded yet (the
+    /// single-op path decodes it, and a later entry builds the block).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn build_block(
+        &mut self,
+        slab: usize,
+        index: usize,
+        arena: &mut Vec<Op>,
+    ) -> Option<Block> {
+        let page = &self.slab[slab];
+        let mut end = index;
+        while end < OPS_PER_PAGE {
+            let op = &page[end];
+            if *op == Op::NotDecoded {
+                return None;
+            }
+            end += 1;
+            if ends_block(op) {
+                break;
+            }
+        }
+        let len = end - index;
+        if arena.len() + len > ARENA_OPS {
+            // Forget every block; arena space is reclaimed only this way.
+            for b in &mut self.blocks {
+                b.fill(NO_BLOCK);
+            }
+            arena.clear();
+        }
+        let start = arena.len();
+        arena.extend(self.slab[slab][index..end].iter().map(|&op| specialise(op)));
+        self.blocks[slab][index] = (start as u64) << 16 | len as u64;
+        Some(Block { start, len })
     }
 
     #[inline]
@@ -158,6 +424,8 @@ impl DecodeCache {
         #[allow(clippy::cast_possible_truncation)]
         let last = (((addr & 0xFFF) + len - 1).min(0xFFF) >> 2) as usize;
         self.slab[s][first..=last].fill(Op::NotDecoded);
+        // A block may span the reset slots from any earlier entry slot.
+        self.blocks[s].fill(NO_BLOCK);
     }
 
     /// Forgets page `pfn`.

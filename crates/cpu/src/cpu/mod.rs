@@ -10,7 +10,7 @@ pub use state::{CpuState, CpuStateError, PstateState};
 
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
-use crate::decode::{decode, reg};
+use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
 use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
 use crate::pstate::{Pstate, bits};
@@ -172,6 +172,17 @@ impl Cpu {
     /// instruction: on an exit caused by an access, no architectural state of
     /// that instruction has changed, so the host can retry it.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        // The block arena is out of the cache while guest code runs, so the
+        // run loop borrows a block's ops while ops borrow `self` mutably.
+        let mut arena = std::mem::take(&mut self.cache.arena);
+        let exit = self.run_with(bus, budget, &mut arena);
+        self.cache.arena = arena;
+        exit
+    }
+
+    /// [`Cpu::run`] with the block arena taken out of the cache.
+    #[inline(always)]
+    fn run_with<B: Bus>(&mut self, bus: &mut B, budget: u64, arena: &mut Vec<Op>) -> Exit {
         let mut left = budget;
         loop {
             if left == 0 {
@@ -203,7 +214,7 @@ impl Cpu {
                     .map(|n| (d, n))
             });
             let limit = deadline.map_or(left, |(_, n)| n.min(left));
-            let (steps, exit) = self.run_page(bus, limit);
+            let (steps, exit) = self.run_page(bus, limit, arena);
             left -= steps;
             if let Some(exit) = exit {
                 return exit;
@@ -218,7 +229,12 @@ impl Cpu {
 
     /// Executes up to `limit` steps without leaving the current code page.
     #[inline]
-    fn run_page<B: Bus>(&mut self, bus: &mut B, limit: u64) -> (u64, Option<Exit>) {
+    fn run_page<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        limit: u64,
+        arena: &mut Vec<Op>,
+    ) -> (u64, Option<Exit>) {
         let page = self.pc & !0xFFF;
         // The decode cache is keyed by PA page, so code mapped twice decodes once.
         let pa_page = if self.sys.sctlr_el1 & crate::sysreg::SCTLR_M == 0 {
@@ -241,8 +257,64 @@ impl Cpu {
             // A word index within the page.
             #[allow(clippy::cast_possible_truncation)]
             let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
-            let op = self.cache.op(slab, index);
-            match self.exec(bus, op, retired) {
+            let block = match self.cache.block(slab, index) {
+                Some(b) => Some(b),
+                None => self.cache.build_block(slab, index, arena),
+            };
+            let flow = match block {
+                // The whole block fits in the budget: run it without a
+                // per-op lookup, budget or page-end check.
+                Some(b) if b.len as u64 <= stop - retired => {
+                    // Only the block's last op can read the count (MRS, MSR).
+                    let last = retired + b.len as u64 - 1;
+                    let mut rest = arena[b.start..b.start + b.len].iter();
+                    let mut flow = Flow::Next;
+                    for op in rest.by_ref() {
+                        flow = self.exec(bus, op, last);
+                        if flow != Flow::Next {
+                            break;
+                        }
+                        self.pc = self.pc.wrapping_add(4);
+                    }
+                    // The ops taken from the slice: all of them but the last
+                    // retired, and the last too unless it trapped or faulted
+                    // (PC may be at a vector now, so count from the slice).
+                    let taken = (b.len - rest.len()) as u64;
+                    match flow {
+                        // The block ended at a branch not taken or the page end.
+                        Flow::Next => {
+                            retired += taken;
+                            if self.pc & 0xFFF == 0 {
+                                break;
+                            }
+                            continue;
+                        }
+                        // The common way out, handled here as below but
+                        // without the general dispatch on `flow`.
+                        Flow::Jump => {
+                            retired += taken;
+                            if self.pc & !0xFFC != page {
+                                break;
+                            }
+                            if bus.kicked() {
+                                self.retired = retired;
+                                return (retired - start, Some(Exit::Kicked));
+                            }
+                            continue;
+                        }
+                        _ => {
+                            retired += taken - 1;
+                            flow
+                        }
+                    }
+                }
+                // One op at a time: not decoded yet, or near the budget's end.
+                _ => self.exec_one(bus, slab, index, retired),
+            };
+            // `retired` counts the ops before the one that returned `flow`.
+            #[allow(clippy::cast_possible_truncation)]
+            let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
+            match flow {
                 Flow::Next => {
                     self.pc = self.pc.wrapping_add(4);
                     retired += 1;
@@ -287,6 +359,14 @@ impl Cpu {
         }
         self.retired = retired;
         (retired - start, None)
+    }
+
+    /// Executes the op in slot `index` of `slab` alone: the rare path, kept
+    /// out of line so the block loop's copy of `exec` is the only inlined one.
+    #[inline(never)]
+    fn exec_one<B: Bus>(&mut self, bus: &mut B, slab: usize, index: usize, retired: u64) -> Flow {
+        let op = self.cache.op(slab, index);
+        self.exec(bus, &op, retired)
     }
 
     /// Fetches and decodes the word at PC into slot `index` of `slab`, or

@@ -297,6 +297,76 @@ pub(crate) enum Op {
         castagnoli: bool,
     },
 
+    // Forms only blocks hold (see `cache::specialise`): common cases of the
+    // ops above with the choices the generic form makes per execution taken
+    // once, when the block is built.
+    /// ADD/SUB (immediate), X, no flags: `d = n + imm` (SUB as the negated imm).
+    AddX {
+        d: u8,
+        n: u8,
+        imm: u64,
+    },
+    /// ADD/SUB (immediate), W, no flags.
+    AddW {
+        d: u8,
+        n: u8,
+        imm: u32,
+    },
+    /// SUBS (immediate), W: CMP.
+    SubsImmW {
+        d: u8,
+        n: u8,
+        imm: u32,
+    },
+    /// SUBS (shifted register), W, no shift: CMP.
+    SubsRegW {
+        d: u8,
+        n: u8,
+        m: u8,
+    },
+    /// ADD (shifted register), W, no flags, no shift.
+    AddRegW {
+        d: u8,
+        n: u8,
+        m: u8,
+    },
+    /// EOR (shifted register), W, no shift.
+    EorRegW {
+        d: u8,
+        n: u8,
+        m: u8,
+    },
+    /// AND (immediate) of either width, no flags; `imm` within the width.
+    AndImm {
+        d: u8,
+        n: u8,
+        imm: u64,
+    },
+    /// UBFM with imms >= immr (LSR, UBFX): `d = (n >> shift) & mask`.
+    Ubfx {
+        d: u8,
+        n: u8,
+        shift: u8,
+        mask: u64,
+    },
+    /// UBFM with imms < immr (LSL, UBFIZ): `d = (n & mask) << shift`.
+    Ubfiz {
+        d: u8,
+        n: u8,
+        shift: u8,
+        mask: u64,
+    },
+    /// ORR Xd, XZR, Xm (MOV register).
+    MovX {
+        d: u8,
+        m: u8,
+    },
+    /// ORR Wd, WZR, Wm (MOV register).
+    MovW {
+        d: u8,
+        m: u8,
+    },
+
     B {
         offset: i32,
     },

@@ -77,8 +77,8 @@ impl Cpu {
     /// instructions after reset (the run loop keeps the count in a register;
     /// only the counter and timer registers need it in `self`).
     #[inline(always)]
-    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: Op, retired: u64) -> Flow {
-        match op {
+    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: &Op, retired: u64) -> Flow {
+        match *op {
             // Data processing (immediate and register): see `alu`.
             Op::AddImm {
                 d,
@@ -258,6 +258,57 @@ impl Cpu {
             } => {
                 let v = crc32(self.r(n), self.r(m) & size_mask(size), size, castagnoli);
                 self.w(d, v);
+                Flow::Next
+            }
+
+            // Block-only forms (see `cache::specialise`).
+            Op::AddX { d, n, imm } => {
+                self.w(d, self.r(n).wrapping_add(imm));
+                Flow::Next
+            }
+            Op::AddW { d, n, imm } => {
+                self.w(d, u64::from((self.r(n) as u32).wrapping_add(imm)));
+                Flow::Next
+            }
+            Op::SubsImmW { d, n, imm } => {
+                let (r, nzcv) = add_or_sub(self.r(n), u64::from(imm), true, false);
+                self.pstate.nzcv = nzcv;
+                self.w(d, r);
+                Flow::Next
+            }
+            Op::SubsRegW { d, n, m } => {
+                let (r, nzcv) = add_or_sub(self.r(n), self.r(m), true, false);
+                self.pstate.nzcv = nzcv;
+                self.w(d, r);
+                Flow::Next
+            }
+            Op::AddRegW { d, n, m } => {
+                let r = (self.r(n) as u32).wrapping_add(self.r(m) as u32);
+                self.w(d, u64::from(r));
+                Flow::Next
+            }
+            Op::EorRegW { d, n, m } => {
+                self.w(d, (self.r(n) ^ self.r(m)) & 0xFFFF_FFFF);
+                Flow::Next
+            }
+            Op::AndImm { d, n, imm } => {
+                self.w(d, self.r(n) & imm);
+                Flow::Next
+            }
+            Op::Ubfx { d, n, shift, mask } => {
+                self.w(d, (self.r(n) >> shift) & mask);
+                Flow::Next
+            }
+            Op::Ubfiz { d, n, shift, mask } => {
+                self.w(d, (self.r(n) & mask) << shift);
+                Flow::Next
+            }
+            Op::MovX { d, m } => {
+                self.w(d, self.r(m));
+                Flow::Next
+            }
+            Op::MovW { d, m } => {
+                self.w(d, self.r(m) & 0xFFFF_FFFF);
                 Flow::Next
             }
 
