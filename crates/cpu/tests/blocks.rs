@@ -21,110 +21,118 @@ const HVC1: u32 = 0xD400_0022;
 /// Times each program's body runs.
 const PASSES: u64 = 3;
 
-/// splitmix64: a seeded generator for reproducible programs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in 0..n.
-    fn below(&mut self, n: u32) -> u32 {
-        u32::try_from(self.next() % u64::from(n)).unwrap()
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// One random instruction: destinations are X0..X7; X28 is the data base.
 fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
-    let sf = rng.below(2);
-    let (rd, rn, rm, ra) = (rng.below(8), rng.below(8), rng.below(8), rng.below(8));
+    let sf = rng.below_u32(2);
+    let (rd, rn, rm, ra) = (
+        rng.below_u32(8),
+        rng.below_u32(8),
+        rng.below_u32(8),
+        rng.below_u32(8),
+    );
     let width = if sf == 1 { 64 } else { 32 };
-    match rng.below(16) {
+    match rng.below_u32(16) {
         // ADD/ADDS/SUB/SUBS (immediate)
-        0 => sf << 31 | rng.below(4) << 29 | 0x1100_0000 | rng.below(4096) << 10 | rn << 5 | rd,
+        0 => {
+            sf << 31
+                | rng.below_u32(4) << 29
+                | 0x1100_0000
+                | rng.below_u32(4096) << 10
+                | rn << 5
+                | rd
+        }
         // ADD/SUB (shifted register), LSL/LSR/ASR, unshifted half the time
         1 => {
             sf << 31
-                | rng.below(4) << 29
+                | rng.below_u32(4) << 29
                 | 0x0B00_0000
-                | rng.below(3) << 22
+                | rng.below_u32(3) << 22
                 | rm << 16
-                | (rng.below(width) * rng.below(2)) << 10
+                | (rng.below_u32(width) * rng.below_u32(2)) << 10
                 | rn << 5
                 | rd
         }
         // AND/ORR/EOR/ANDS (shifted register), with and without N, unshifted half the time
         2 => {
             sf << 31
-                | rng.below(4) << 29
+                | rng.below_u32(4) << 29
                 | 0x0A00_0000
-                | rng.below(4) << 22
-                | rng.below(2) << 21
+                | rng.below_u32(4) << 22
+                | rng.below_u32(2) << 21
                 | rm << 16
-                | (rng.below(width) * rng.below(2)) << 10
+                | (rng.below_u32(width) * rng.below_u32(2)) << 10
                 | rn << 5
                 | rd
         }
         // MOVZ/MOVK
         3 => {
             sf << 31
-                | (2 + rng.below(2)) << 29
+                | (2 + rng.below_u32(2)) << 29
                 | 0x1280_0000
-                | rng.below(2 + 2 * sf) << 21
-                | rng.below(65536) << 5
+                | rng.below_u32(2 + 2 * sf) << 21
+                | rng.below_u32(65536) << 5
                 | rd
         }
         // SBFM/UBFM
         4 => {
-            let opc = if rng.below(2) == 0 { 0 } else { 2 };
+            let opc = if rng.below_u32(2) == 0 { 0 } else { 2 };
             sf << 31
                 | opc << 29
                 | 0x1300_0000
                 | sf << 22
-                | rng.below(width) << 16
-                | rng.below(width) << 10
+                | rng.below_u32(width) << 16
+                | rng.below_u32(width) << 10
                 | rn << 5
                 | rd
         }
         // MADD/MSUB
-        5 => sf << 31 | 0x1B00_0000 | rm << 16 | rng.below(2) << 15 | ra << 10 | rn << 5 | rd,
+        5 => sf << 31 | 0x1B00_0000 | rm << 16 | rng.below_u32(2) << 15 | ra << 10 | rn << 5 | rd,
         // CSEL/CSINC/CSINV/CSNEG
         6 => {
             sf << 31
-                | rng.below(2) << 30
+                | rng.below_u32(2) << 30
                 | 0x1A80_0000
                 | rm << 16
-                | rng.below(14) << 12
-                | rng.below(2) << 10
+                | rng.below_u32(14) << 12
+                | rng.below_u32(2) << 10
                 | rn << 5
                 | rd
         }
         // LDR/STR (unsigned offset) of every size, from X28
         7 | 8 => {
-            let size = rng.below(4);
-            size << 30 | 0x3900_0000 | rng.below(2) << 22 | rng.below(64) << 10 | 28 << 5 | rd
+            let size = rng.below_u32(4);
+            size << 30
+                | 0x3900_0000
+                | rng.below_u32(2) << 22
+                | rng.below_u32(64) << 10
+                | 28 << 5
+                | rd
         }
         // LDP/STP X (signed offset) from X28, distinct registers
         9 => {
-            let rt2 = (rd + 1 + rng.below(7)) % 8;
-            0xA900_0000 | rng.below(2) << 22 | rng.below(32) << 15 | rt2 << 10 | 28 << 5 | rd
+            let rt2 = (rd + 1 + rng.below_u32(7)) % 8;
+            0xA900_0000
+                | rng.below_u32(2) << 22
+                | rng.below_u32(32) << 15
+                | rt2 << 10
+                | 28 << 5
+                | rd
         }
         // B.cond over the next instruction
-        10 => 0x5400_0000 | 2 << 5 | rng.below(14),
+        10 => 0x5400_0000 | 2 << 5 | rng.below_u32(14),
         // CBZ/CBNZ over the next instruction
-        11 => sf << 31 | 0x3400_0000 | rng.below(2) << 24 | 2 << 5 | rn,
+        11 => sf << 31 | 0x3400_0000 | rng.below_u32(2) << 24 | 2 << 5 | rn,
         // MRS Xd, CNTVCT_EL0: reads the retired count
         12 => 0xD53B_E040 | rd,
         // AND/ORR/EOR/ANDS (immediate) with a valid bitmask of 64- or 32-bit elements
         14 => {
-            let (immr, imms) = (rng.below(width), rng.below(width - 1));
+            let (immr, imms) = (rng.below_u32(width), rng.below_u32(width - 1));
             sf << 31
-                | rng.below(4) << 29
+                | rng.below_u32(4) << 29
                 | 0x1200_0000
                 | sf << 22
                 | immr << 16
@@ -135,7 +143,7 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         // MOV (ORR from XZR/WZR, unshifted)
         13 => sf << 31 | 0x2A00_0000 | rm << 16 | 31 << 5 | rd,
         // LDR Xd, [X27]: a data abort (rarely: it ends the program), else NOP
-        _ if faulting_load && rng.below(100) == 0 => 0xF940_0000 | 27 << 5 | rd,
+        _ if faulting_load && rng.below_u32(100) == 0 => 0xF940_0000 | 27 << 5 | rd,
         _ => 0xD503_201F,
     }
 }
@@ -143,8 +151,8 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
 fn program(seed: u64) -> Vec<u32> {
     let mut rng = Rng(seed);
     // Long enough to cross page ends; a fault possible in half the programs.
-    let len = 50 + rng.below(3000);
-    let faulting = rng.below(2) == 0;
+    let len = 50 + rng.below_u32(3000);
+    let faulting = rng.below_u32(2) == 0;
     let mut words: Vec<u32> = (0..len).map(|_| instruction(&mut rng, faulting)).collect();
     // SUBS X9, X9, #1; B.NE to the start: X9 = PASSES runs the body that many
     // times, and only code run before is in blocks. The NOP is what a last

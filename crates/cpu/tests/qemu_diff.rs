@@ -49,31 +49,9 @@ const SIGVTALRM: u32 = 26;
 const DEFAULT_CASES_PER_CLASS: usize = 12_000;
 const BATCH: usize = 6_000;
 
-/// splitmix64: small, seedable, good enough to pick instruction fields.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bits(&mut self, n: u32) -> u32 {
-        u32::try_from(self.next() & ((1u64 << n) - 1)).unwrap_or(0)
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// An encoding class: how its words and their registers are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
