@@ -36,12 +36,14 @@ static u64 mix(u64 seed, u64 page, u64 pass)
 /*
  * A verifier: `passes` passes over `bytes` of fresh memory. Each pass checks the
  * first and last word of every page against the previous pass's and writes its
- * own. cpu < 0: no pinning.
+ * own. cpu < 0: no pinning. The gate page holds: [0] 1 = go; [1] verifiers done
+ * with their first pass; [2] verifiers started, or 0 when none waits for the
+ * others after the first pass.
  */
 static noreturn void verifier(u64 seed, u64 bytes, u64 passes, s64 cpu, volatile u64 *gate)
 {
 	/* Every verifier starts at once: their memory must be in use together. */
-	while (!*gate)
+	while (!gate[0])
 		sys_sched_yield();
 	if (cpu >= 0) {
 		u64 mask[CPU_MASK_WORDS] = { 0 };
@@ -49,8 +51,10 @@ static noreturn void verifier(u64 seed, u64 bytes, u64 passes, s64 cpu, volatile
 		sys_sched_setaffinity(mask);
 	}
 	s64 addr = sys_mmap_anonymous(bytes, 0);
-	if (addr < 0 && addr > -4096)
+	if (addr < 0 && addr > -4096) {
+		__atomic_fetch_add(&gate[1], 1, __ATOMIC_SEQ_CST);	/* nobody waits for us */
 		sys_exit_group(VERIFY_NO_MEMORY);
+	}
 	u64 *mem = (u64 *)addr;
 	u64 words = PAGE / 8;
 	for (u64 pass = 0; pass < passes; pass++) {
@@ -65,6 +69,16 @@ static noreturn void verifier(u64 seed, u64 bytes, u64 passes, s64 cpu, volatile
 			w[0] = next;
 			w[words - 1] = ~next;
 		}
+		/*
+		 * Whatever the scheduler does, no second pass starts before every
+		 * verifier has written its memory once: with more memory in all than
+		 * the host's budget, the second passes read pages the host evicted.
+		 */
+		if (pass == 0 && gate[2]) {
+			__atomic_fetch_add(&gate[1], 1, __ATOMIC_SEQ_CST);
+			while (gate[1] < gate[2])
+				sys_sched_yield();
+		}
 	}
 	sys_exit_group(VERIFY_OK);
 }
@@ -76,8 +90,11 @@ struct workers {
 	u64 ok, mismatched, no_memory, signalled, other;
 };
 
-/* Starts n verifiers, which begin together once all exist; -1 if one cannot. */
-static int spawn(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu)
+/*
+ * Starts n verifiers, which begin together once all exist (and with `together`,
+ * start their second pass only once all have done the first); -1 if one cannot.
+ */
+static int spawn_verifiers(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu, int together)
 {
 	s64 gate = sys_mmap_anonymous(PAGE, 1);
 	if (gate < 0 && gate > -4096)
@@ -94,9 +111,16 @@ static int spawn(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu)
 		}
 		w->pid[w->n++] = pid;
 	}
+	if (together)
+		w->gate[2] = w->n;	/* the ones that exist: a failed fork must not strand them */
 	compiler_barrier();
-	*w->gate = 1;	/* on error too: the ones that exist must end */
+	w->gate[0] = 1;	/* on error too: the ones that exist must end */
 	return err;
+}
+
+static int spawn(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu)
+{
+	return spawn_verifiers(w, n, bytes, passes, cpu, 0);
 }
 
 static void record(struct workers *w, int status)
@@ -355,7 +379,7 @@ static int case_unload(const char *name)
 static int case_crowd(const char *name)
 {
 	struct workers w = { 0 };
-	if (spawn(&w, 200, MIB, 3, -1)) {
+	if (spawn_verifiers(&w, 200, MIB, 3, -1, 1)) {
 		abandon(&w);
 		return failed(name, "fork failed after workers:", (s64)w.n);
 	}
