@@ -11,7 +11,8 @@
 //! check. A page's blocks are forgotten whenever any of its slots is reset or
 //! the page is evicted, so a block never outlives the words it came from.
 
-use crate::decode::{BitfieldOp, Hint, LogicOp, Op, reg};
+use crate::decode::{BitfieldOp, Hint, LoadExt, LogicOp, Op, Writeback, reg};
+use apf_abi::esr::AccessSize;
 
 /// Instructions per 4 KiB page.
 pub(crate) const OPS_PER_PAGE: usize = 1024;
@@ -61,6 +62,14 @@ pub(crate) fn ends_block(op: &Op) -> bool {
             | Op::Ubfiz { .. }
             | Op::MovX { .. }
             | Op::MovW { .. }
+            | Op::LoadX { .. }
+            | Op::LoadW { .. }
+            | Op::LoadH { .. }
+            | Op::LoadB { .. }
+            | Op::StoreX { .. }
+            | Op::StoreW { .. }
+            | Op::StoreH { .. }
+            | Op::StoreB { .. }
             | Op::Hint(Hint::Nop)
             | Op::Prefetch
             | Op::Clrex
@@ -216,6 +225,35 @@ fn specialise(op: Op) -> Op {
                 Op::MovW { d, m }
             }
         }
+        // Single-register loads and stores without writeback: one form per
+        // size (LDTR/STTR and the sign-extending loads stay generic).
+        Op::Load {
+            t,
+            n,
+            offset,
+            size,
+            ext: LoadExt::Zero,
+            wb: Writeback::None,
+            unprivileged: false,
+        } => match size {
+            AccessSize::Double => Op::LoadX { t, n, offset },
+            AccessSize::Word => Op::LoadW { t, n, offset },
+            AccessSize::Half => Op::LoadH { t, n, offset },
+            AccessSize::Byte => Op::LoadB { t, n, offset },
+        },
+        Op::Store {
+            t,
+            n,
+            offset,
+            size,
+            wb: Writeback::None,
+            unprivileged: false,
+        } => match size {
+            AccessSize::Double => Op::StoreX { t, n, offset },
+            AccessSize::Word => Op::StoreW { t, n, offset },
+            AccessSize::Half => Op::StoreH { t, n, offset },
+            AccessSize::Byte => Op::StoreB { t, n, offset },
+        },
         op => op,
     }
 }

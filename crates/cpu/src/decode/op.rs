@@ -366,6 +366,56 @@ pub(crate) enum Op {
         d: u8,
         m: u8,
     },
+    /// LDR/LDUR (immediate) of 8 bytes, no writeback, not LDTR: the generic
+    /// `Load` with its size, extension and writeback taken as constants where
+    /// it runs (no size dispatch on the memory side, a constant alignment mask).
+    LoadX {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::LoadX`], 4 bytes zero-extended (LDR Wt).
+    LoadW {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::LoadX`], 2 bytes zero-extended (LDRH).
+    LoadH {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::LoadX`], 1 byte zero-extended (LDRB).
+    LoadB {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// STR/STUR (immediate) of 8 bytes, no writeback, not STTR.
+    StoreX {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::StoreX`], 4 bytes (STR Wt).
+    StoreW {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::StoreX`], 2 bytes (STRH).
+    StoreH {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::StoreX`], 1 byte (STRB).
+    StoreB {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
 
     B {
         offset: i32,

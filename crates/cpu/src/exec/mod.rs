@@ -31,7 +31,7 @@ use apf_abi::esr::{AccessSize, Esr, ec};
 use crate::Cpu;
 use crate::bus::Bus;
 use crate::cpu::{Exit, Flow};
-use crate::decode::{Hint, Op, reg};
+use crate::decode::{Hint, LoadExt, Op, Writeback, reg};
 
 use alu::{
     add_or_sub, bitfield, crc32, divide, extended, extract, mask, mov_wide, multiply, select_else,
@@ -310,6 +310,64 @@ impl Cpu {
             Op::MovW { d, m } => {
                 self.w(d, self.r(m) & 0xFFFF_FFFF);
                 Flow::Next
+            }
+            Op::LoadX { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Double,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadW { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Word,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadH { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Half,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadB { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Byte,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::StoreX { t, n, offset } => self.store_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Double,
+                Writeback::None,
+                false,
+            ),
+            Op::StoreW { t, n, offset } => {
+                self.store_immediate(bus, t, n, offset, AccessSize::Word, Writeback::None, false)
+            }
+            Op::StoreH { t, n, offset } => {
+                self.store_immediate(bus, t, n, offset, AccessSize::Half, Writeback::None, false)
+            }
+            Op::StoreB { t, n, offset } => {
+                self.store_immediate(bus, t, n, offset, AccessSize::Byte, Writeback::None, false)
             }
 
             // Branches and exception generation.
