@@ -70,6 +70,16 @@ pub(crate) fn ends_block(op: &Op) -> bool {
             | Op::StoreW { .. }
             | Op::StoreH { .. }
             | Op::StoreB { .. }
+            | Op::LoadSH { .. }
+            | Op::LoadRegX { .. }
+            | Op::LoadRegW { .. }
+            | Op::LoadRegH { .. }
+            | Op::LoadRegB { .. }
+            | Op::LoadRegSH { .. }
+            | Op::StoreRegX { .. }
+            | Op::StoreRegW { .. }
+            | Op::StoreRegH { .. }
+            | Op::StoreRegB { .. }
             | Op::Hint(Hint::Nop)
             | Op::Prefetch
             | Op::Clrex
@@ -226,7 +236,7 @@ fn specialise(op: Op) -> Op {
             }
         }
         // Single-register loads and stores without writeback: one form per
-        // size (LDTR/STTR and the sign-extending loads stay generic).
+        // size (LDTR/STTR, writeback and most sign-extending loads stay generic).
         Op::Load {
             t,
             n,
@@ -240,6 +250,105 @@ fn specialise(op: Op) -> Op {
             AccessSize::Word => Op::LoadW { t, n, offset },
             AccessSize::Half => Op::LoadH { t, n, offset },
             AccessSize::Byte => Op::LoadB { t, n, offset },
+        },
+        Op::Load {
+            t,
+            n,
+            offset,
+            size: AccessSize::Half,
+            ext: LoadExt::Sign32,
+            wb: Writeback::None,
+            unprivileged: false,
+        } => Op::LoadSH { t, n, offset },
+        Op::LoadRegOffset {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+            size,
+            sign: LoadExt::Zero,
+        } => match size {
+            AccessSize::Double => Op::LoadRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Word => Op::LoadRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Half => Op::LoadRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Byte => Op::LoadRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+        },
+        Op::LoadRegOffset {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+            size: AccessSize::Half,
+            sign: LoadExt::Sign32,
+        } => Op::LoadRegSH {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        },
+        Op::StoreRegOffset {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+            size,
+        } => match size {
+            AccessSize::Double => Op::StoreRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Word => Op::StoreRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Half => Op::StoreRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Byte => Op::StoreRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
         },
         Op::Store {
             t,

@@ -369,6 +369,103 @@ impl Cpu {
             Op::StoreB { t, n, offset } => {
                 self.store_immediate(bus, t, n, offset, AccessSize::Byte, Writeback::None, false)
             }
+            Op::LoadSH { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Half,
+                LoadExt::Sign32,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.load_register_offset(
+                bus,
+                t,
+                n,
+                m,
+                ext,
+                shift,
+                AccessSize::Double,
+                LoadExt::Zero,
+            ),
+            Op::LoadRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => {
+                self.load_register_offset(bus, t, n, m, ext, shift, AccessSize::Word, LoadExt::Zero)
+            }
+            Op::LoadRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => {
+                self.load_register_offset(bus, t, n, m, ext, shift, AccessSize::Half, LoadExt::Zero)
+            }
+            Op::LoadRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => {
+                self.load_register_offset(bus, t, n, m, ext, shift, AccessSize::Byte, LoadExt::Zero)
+            }
+            Op::LoadRegSH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.load_register_offset(
+                bus,
+                t,
+                n,
+                m,
+                ext,
+                shift,
+                AccessSize::Half,
+                LoadExt::Sign32,
+            ),
+            Op::StoreRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Double),
+            Op::StoreRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Word),
+            Op::StoreRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Half),
+            Op::StoreRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Byte),
 
             // Branches and exception generation.
             Op::B { offset } => self.branch_if(true, offset),
