@@ -11,7 +11,8 @@
 //! check. A page's blocks are forgotten whenever any of its slots is reset or
 //! the page is evicted, so a block never outlives the words it came from.
 
-use crate::decode::{BitfieldOp, Hint, LogicOp, Op, reg};
+use crate::decode::{BitfieldOp, Hint, LoadExt, LogicOp, Op, Writeback, reg};
+use apf_abi::esr::AccessSize;
 
 /// Instructions per 4 KiB page.
 pub(crate) const OPS_PER_PAGE: usize = 1024;
@@ -61,6 +62,24 @@ pub(crate) fn ends_block(op: &Op) -> bool {
             | Op::Ubfiz { .. }
             | Op::MovX { .. }
             | Op::MovW { .. }
+            | Op::LoadX { .. }
+            | Op::LoadW { .. }
+            | Op::LoadH { .. }
+            | Op::LoadB { .. }
+            | Op::StoreX { .. }
+            | Op::StoreW { .. }
+            | Op::StoreH { .. }
+            | Op::StoreB { .. }
+            | Op::LoadSH { .. }
+            | Op::LoadRegX { .. }
+            | Op::LoadRegW { .. }
+            | Op::LoadRegH { .. }
+            | Op::LoadRegB { .. }
+            | Op::LoadRegSH { .. }
+            | Op::StoreRegX { .. }
+            | Op::StoreRegW { .. }
+            | Op::StoreRegH { .. }
+            | Op::StoreRegB { .. }
             | Op::Hint(Hint::Nop)
             | Op::Prefetch
             | Op::Clrex
@@ -216,6 +235,134 @@ fn specialise(op: Op) -> Op {
                 Op::MovW { d, m }
             }
         }
+        // Single-register loads and stores without writeback: one form per
+        // size (LDTR/STTR, writeback and most sign-extending loads stay generic).
+        Op::Load {
+            t,
+            n,
+            offset,
+            size,
+            ext: LoadExt::Zero,
+            wb: Writeback::None,
+            unprivileged: false,
+        } => match size {
+            AccessSize::Double => Op::LoadX { t, n, offset },
+            AccessSize::Word => Op::LoadW { t, n, offset },
+            AccessSize::Half => Op::LoadH { t, n, offset },
+            AccessSize::Byte => Op::LoadB { t, n, offset },
+        },
+        Op::Load {
+            t,
+            n,
+            offset,
+            size: AccessSize::Half,
+            ext: LoadExt::Sign32,
+            wb: Writeback::None,
+            unprivileged: false,
+        } => Op::LoadSH { t, n, offset },
+        Op::LoadRegOffset {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+            size,
+            sign: LoadExt::Zero,
+        } => match size {
+            AccessSize::Double => Op::LoadRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Word => Op::LoadRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Half => Op::LoadRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Byte => Op::LoadRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+        },
+        Op::LoadRegOffset {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+            size: AccessSize::Half,
+            sign: LoadExt::Sign32,
+        } => Op::LoadRegSH {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        },
+        Op::StoreRegOffset {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+            size,
+        } => match size {
+            AccessSize::Double => Op::StoreRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Word => Op::StoreRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Half => Op::StoreRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+            AccessSize::Byte => Op::StoreRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            },
+        },
+        Op::Store {
+            t,
+            n,
+            offset,
+            size,
+            wb: Writeback::None,
+            unprivileged: false,
+        } => match size {
+            AccessSize::Double => Op::StoreX { t, n, offset },
+            AccessSize::Word => Op::StoreW { t, n, offset },
+            AccessSize::Half => Op::StoreH { t, n, offset },
+            AccessSize::Byte => Op::StoreB { t, n, offset },
+        },
         op => op,
     }
 }

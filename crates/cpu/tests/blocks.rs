@@ -1,8 +1,9 @@
-//! Straight-line blocks against single steps: random loops of ALU ops, loads,
-//! stores, forward branches, counter reads and a faulting load run once
-//! with a budget of one step per call (the single-op path), once with a large
-//! budget (whole blocks), and once with small odd budgets (blocks that do not
-//! fit fall back to single ops). Every run must end in the same state: the
+//! Straight-line blocks against single steps: random loops of ALU ops, loads
+//! and stores (immediate and register offset, sign-extending loads too),
+//! forward branches, counter reads and a faulting load run once with a budget
+//! of one step per call (the single-op path), once with a large budget (whole
+//! blocks), and once with small odd budgets (blocks that do not fit fall back
+//! to single ops). Every run must end in the same state: the
 //! registers, PC, PSTATE, the retired count, the exception registers and the
 //! data memory.
 
@@ -35,7 +36,7 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         rng.below_u32(8),
     );
     let width = if sf == 1 { 64 } else { 32 };
-    match rng.below_u32(16) {
+    match rng.below_u32(18) {
         // ADD/ADDS/SUB/SUBS (immediate)
         0 => {
             sf << 31
@@ -142,8 +143,42 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         }
         // MOV (ORR from XZR/WZR, unshifted)
         13 => sf << 31 | 0x2A00_0000 | rm << 16 | 31 << 5 | rd,
+        // LDRSB/LDRSH (unsigned offset) to X or W, from X28
+        15 => {
+            let size = rng.below_u32(2);
+            size << 30
+                | 0x3900_0000
+                | (2 + rng.below_u32(2)) << 22
+                | rng.below_u32(64) << 10
+                | 28 << 5
+                | rd
+        }
+        // LDR/STR (register) of every size from X28, the sign-extending loads
+        // of bytes and halfwords too; the index X26 (small) under each extend
+        16 => {
+            let size = rng.below_u32(4);
+            let opc = if size < 2 {
+                rng.below_u32(4)
+            } else {
+                rng.below_u32(2)
+            };
+            let option = match rng.below_u32(4) {
+                0 => 2, // UXTW
+                1 => 3, // LSL
+                2 => 6, // SXTW
+                _ => 7, // SXTX
+            };
+            size << 30
+                | 0x3820_0800
+                | opc << 22
+                | 26 << 16
+                | option << 13
+                | rng.below_u32(2) << 12
+                | 28 << 5
+                | rd
+        }
         // LDR Xd, [X27]: a data abort (rarely: it ends the program), else NOP
-        _ if faulting_load && rng.below_u32(100) == 0 => 0xF940_0000 | 27 << 5 | rd,
+        _ if faulting_load && rng.below_u32(80) == 0 => 0xF940_0000 | 27 << 5 | rd,
         _ => 0xD503_201F,
     }
 }
@@ -182,6 +217,8 @@ fn machine(words: &[u32], seed: u64) -> (Cpu, RamBus) {
     cpu.set_x(9, PASSES);
     cpu.set_x(27, HOLE);
     cpu.set_x(28, DATA);
+    // A register-offset index: scaled by up to 8, it stays in the compared data.
+    cpu.set_x(26, rng.next() & 0x3F);
     (cpu, bus)
 }
 

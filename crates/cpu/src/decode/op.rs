@@ -366,6 +366,137 @@ pub(crate) enum Op {
         d: u8,
         m: u8,
     },
+    /// LDR/LDUR (immediate) of 8 bytes, no writeback, not LDTR: the generic
+    /// `Load` with its size, extension and writeback taken as constants where
+    /// it runs (no size dispatch on the memory side, a constant alignment mask).
+    LoadX {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::LoadX`], 4 bytes zero-extended (LDR Wt).
+    LoadW {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::LoadX`], 2 bytes zero-extended (LDRH).
+    LoadH {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::LoadX`], 1 byte zero-extended (LDRB).
+    LoadB {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// STR/STUR (immediate) of 8 bytes, no writeback, not STTR.
+    StoreX {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::StoreX`], 4 bytes (STR Wt).
+    StoreW {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::StoreX`], 2 bytes (STRH).
+    StoreH {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// As [`Op::StoreX`], 1 byte (STRB).
+    StoreB {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// LDRSH Wt (immediate), no writeback: [`Op::LoadX`]'s form for the
+    /// sign-extending halfword load to a W register.
+    LoadSH {
+        t: u8,
+        n: u8,
+        offset: i32,
+    },
+    /// LDR Xt (register): the generic `LoadRegOffset` with its size and extension
+    /// taken as constants where it runs, as [`Op::LoadX`].
+    LoadRegX {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::LoadRegX`], 4 bytes zero-extended (LDR Wt).
+    LoadRegW {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::LoadRegX`], 2 bytes zero-extended (LDRH).
+    LoadRegH {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::LoadRegX`], 1 byte zero-extended (LDRB).
+    LoadRegB {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::LoadRegX`], 2 bytes sign-extended to W (LDRSH Wt).
+    LoadRegSH {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// STR Xt (register): the generic `StoreRegOffset` with its size taken as a
+    /// constant where it runs.
+    StoreRegX {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::StoreRegX`], 4 bytes (STR Wt).
+    StoreRegW {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::StoreRegX`], 2 bytes (STRH).
+    StoreRegH {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
+    /// As [`Op::StoreRegX`], 1 byte (STRB).
+    StoreRegB {
+        t: u8,
+        n: u8,
+        m: u8,
+        ext: Extend,
+        shift: u8,
+    },
 
     B {
         offset: i32,

@@ -31,7 +31,7 @@ use apf_abi::esr::{AccessSize, Esr, ec};
 use crate::Cpu;
 use crate::bus::Bus;
 use crate::cpu::{Exit, Flow};
-use crate::decode::{Hint, Op, reg};
+use crate::decode::{Hint, LoadExt, Op, Writeback, reg};
 
 use alu::{
     add_or_sub, bitfield, crc32, divide, extended, extract, mask, mov_wide, multiply, select_else,
@@ -311,6 +311,161 @@ impl Cpu {
                 self.w(d, self.r(m) & 0xFFFF_FFFF);
                 Flow::Next
             }
+            Op::LoadX { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Double,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadW { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Word,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadH { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Half,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadB { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Byte,
+                LoadExt::Zero,
+                Writeback::None,
+                false,
+            ),
+            Op::StoreX { t, n, offset } => self.store_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Double,
+                Writeback::None,
+                false,
+            ),
+            Op::StoreW { t, n, offset } => {
+                self.store_immediate(bus, t, n, offset, AccessSize::Word, Writeback::None, false)
+            }
+            Op::StoreH { t, n, offset } => {
+                self.store_immediate(bus, t, n, offset, AccessSize::Half, Writeback::None, false)
+            }
+            Op::StoreB { t, n, offset } => {
+                self.store_immediate(bus, t, n, offset, AccessSize::Byte, Writeback::None, false)
+            }
+            Op::LoadSH { t, n, offset } => self.load_immediate(
+                bus,
+                t,
+                n,
+                offset,
+                AccessSize::Half,
+                LoadExt::Sign32,
+                Writeback::None,
+                false,
+            ),
+            Op::LoadRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.load_register_offset(
+                bus,
+                t,
+                n,
+                m,
+                ext,
+                shift,
+                AccessSize::Double,
+                LoadExt::Zero,
+            ),
+            Op::LoadRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => {
+                self.load_register_offset(bus, t, n, m, ext, shift, AccessSize::Word, LoadExt::Zero)
+            }
+            Op::LoadRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => {
+                self.load_register_offset(bus, t, n, m, ext, shift, AccessSize::Half, LoadExt::Zero)
+            }
+            Op::LoadRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => {
+                self.load_register_offset(bus, t, n, m, ext, shift, AccessSize::Byte, LoadExt::Zero)
+            }
+            Op::LoadRegSH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.load_register_offset(
+                bus,
+                t,
+                n,
+                m,
+                ext,
+                shift,
+                AccessSize::Half,
+                LoadExt::Sign32,
+            ),
+            Op::StoreRegX {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Double),
+            Op::StoreRegW {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Word),
+            Op::StoreRegH {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Half),
+            Op::StoreRegB {
+                t,
+                n,
+                m,
+                ext,
+                shift,
+            } => self.store_register_offset(bus, t, n, m, ext, shift, AccessSize::Byte),
 
             // Branches and exception generation.
             Op::B { offset } => self.branch_if(true, offset),
