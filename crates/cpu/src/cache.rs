@@ -548,6 +548,16 @@ impl DecodeCache {
         }
     }
 
+    /// [`DecodeCache::stored`] for a naturally aligned store of `len` (a power
+    /// of two, at most 16) bytes: it lies in one page, so one filter test.
+    #[inline(always)]
+    pub(crate) fn stored_aligned(&mut self, addr: u64, len: u64) {
+        debug_assert!(len.is_power_of_two() && len <= 16 && addr & (len - 1) == 0);
+        if self.may_hold(addr >> 12) {
+            self.stored_near_code(addr, len);
+        }
+    }
+
     /// [`DecodeCache::stored`] for a store the filter did not rule out.
     #[inline(never)]
     fn stored_near_code(&mut self, addr: u64, len: u64) {

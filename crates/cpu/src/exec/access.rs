@@ -209,7 +209,7 @@ impl Cpu {
             self.aligned(addr, size.bytes(), true)?;
             bus.write(addr, size, v)
                 .map_err(|e| self.access_fault(e, addr, addr, info.info()))?;
-            self.cache.stored(addr, size.bytes());
+            self.cache.stored_aligned(addr, size.bytes());
             return Ok(());
         }
         if addr & (size.bytes() - 1) != 0 {
@@ -218,7 +218,8 @@ impl Cpu {
         let t = self.translate_data(bus, addr, info)?;
         bus.write(t.pa, size, v)
             .map_err(|e| self.access_fault(e, addr, t.pa, info.info()))?;
-        self.cache.stored(t.pa, size.bytes());
+        // Aligned: the PA has the VA's page offset.
+        self.cache.stored_aligned(t.pa, size.bytes());
         Ok(())
     }
 

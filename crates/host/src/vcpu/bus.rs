@@ -90,6 +90,25 @@ impl VcpuBus<'_> {
     }
 }
 
+impl VcpuBus<'_> {
+    /// [`Bus::write`] after a TLB miss: RAM to map first, or MMIO.
+    #[cold]
+    #[inline(never)]
+    fn write_miss(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
+        self.ram_miss(addr, true, |t| t.write(addr, size, value))
+            .unwrap_or_else(|| {
+                self.mmio += 1;
+                if self.machine.mmio_write(addr, bytes(size), value) {
+                    // A GIC write may change this vCPU's interrupt line.
+                    self.waker.kick();
+                    Ok(())
+                } else {
+                    Err(BusError::ExternalAbort)
+                }
+            })
+    }
+}
+
 fn bytes(size: AccessSize) -> usize {
     usize::try_from(size.bytes()).unwrap_or(8)
 }
@@ -121,22 +140,13 @@ impl Bus for VcpuBus<'_> {
         }
     }
 
-    #[inline]
+    // Always, with the miss out of line: called, a store paid a call and a
+    // size dispatch that the caller's constant size folds away.
+    #[inline(always)]
     fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         match self.ram.write(addr, size, value) {
             Ok(()) => Ok(()),
-            Err(_) => self
-                .ram_miss(addr, true, |t| t.write(addr, size, value))
-                .unwrap_or_else(|| {
-                    self.mmio += 1;
-                    if self.machine.mmio_write(addr, bytes(size), value) {
-                        // A GIC write may change this vCPU's interrupt line.
-                        self.waker.kick();
-                        Ok(())
-                    } else {
-                        Err(BusError::ExternalAbort)
-                    }
-                }),
+            Err(_) => self.write_miss(addr, size, value),
         }
     }
 
