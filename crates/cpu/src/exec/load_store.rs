@@ -64,8 +64,10 @@ impl Access for Single {
     fn unprivileged(self) -> bool {
         self.unprivileged
     }
-    #[cold]
-    #[inline(never)]
+    // Inline, each fault path builds the syndrome itself from the fields it
+    // has; out of line, the fields were packed into one argument on every
+    // access, faulting or not.
+    #[inline(always)]
     fn info(self) -> AccessInfo {
         let info = match self.load {
             Some(ext) => load_info(self.t, self.size, ext, self.wb),
