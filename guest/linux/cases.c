@@ -43,7 +43,8 @@ static u64 mix(u64 seed, u64 page, u64 pass)
 static noreturn void verifier(u64 seed, u64 bytes, u64 passes, s64 cpu, volatile u64 *gate)
 {
 	/* Every verifier starts at once: their memory must be in use together. */
-	while (!gate[0])
+	/* Acquire: what the parent wrote before the go (gate[2]) is seen after it. */
+	while (!__atomic_load_n(&gate[0], __ATOMIC_ACQUIRE))
 		sys_sched_yield();
 	if (cpu >= 0) {
 		u64 mask[CPU_MASK_WORDS] = { 0 };
@@ -113,8 +114,8 @@ static int spawn_verifiers(struct workers *w, u64 n, u64 bytes, u64 passes, s64 
 	}
 	if (together)
 		w->gate[2] = w->n;	/* the ones that exist: a failed fork must not strand them */
-	compiler_barrier();
-	w->gate[0] = 1;	/* on error too: the ones that exist must end */
+	/* Release: gate[2] is visible before the go. On error too: the ones that exist must end. */
+	__atomic_store_n(&w->gate[0], 1, __ATOMIC_RELEASE);
 	return err;
 }
 
