@@ -37,8 +37,7 @@ static u64 mix(u64 seed, u64 page, u64 pass)
  * A verifier: `passes` passes over `bytes` of fresh memory. Each pass checks the
  * first and last word of every page against the previous pass's and writes its
  * own. cpu < 0: no pinning. The gate page holds: [0] 1 = go; [1] verifiers done
- * with their first pass; [2] verifiers started, or 0 when none waits for the
- * others after the first pass.
+ * with their first pass; [2] verifiers started.
  */
 static noreturn void verifier(u64 seed, u64 bytes, u64 passes, s64 cpu, volatile u64 *gate)
 {
@@ -75,7 +74,7 @@ static noreturn void verifier(u64 seed, u64 bytes, u64 passes, s64 cpu, volatile
 		 * verifier has written its memory once: with more memory in all than
 		 * the host's budget, the second passes read pages the host evicted.
 		 */
-		if (pass == 0 && gate[2]) {
+		if (pass == 0) {
 			__atomic_fetch_add(&gate[1], 1, __ATOMIC_SEQ_CST);
 			while (gate[1] < gate[2])
 				sys_sched_yield();
@@ -92,10 +91,10 @@ struct workers {
 };
 
 /*
- * Starts n verifiers, which begin together once all exist (and with `together`,
- * start their second pass only once all have done the first); -1 if one cannot.
+ * Starts n verifiers, which begin together once all exist and start their second
+ * pass only once all have done the first; -1 if one cannot.
  */
-static int spawn_verifiers(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu, int together)
+static int spawn(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu)
 {
 	s64 gate = sys_mmap_anonymous(PAGE, 1);
 	if (gate < 0 && gate > -4096)
@@ -112,17 +111,12 @@ static int spawn_verifiers(struct workers *w, u64 n, u64 bytes, u64 passes, s64 
 		}
 		w->pid[w->n++] = pid;
 	}
-	if (together)
-		w->gate[2] = w->n;	/* the ones that exist: a failed fork must not strand them */
+	w->gate[2] = w->n;	/* the ones that exist: a failed fork must not strand them */
 	/* Release: gate[2] is visible before the go. On error too: the ones that exist must end. */
 	__atomic_store_n(&w->gate[0], 1, __ATOMIC_RELEASE);
 	return err;
 }
 
-static int spawn(struct workers *w, u64 n, u64 bytes, u64 passes, s64 cpu)
-{
-	return spawn_verifiers(w, n, bytes, passes, cpu, 0);
-}
 
 static void record(struct workers *w, int status)
 {
@@ -253,9 +247,10 @@ static void abandon(struct workers *w)
 }
 
 /*
- * Starts n verifiers (see spawn) and waits until at least `sleepers` tasks sleep
- * on pages at once; returns how many then, or -1 after the failure line (the
- * verifiers abandoned).
+ * Starts n verifiers (see spawn; the second passes wait for every first
+ * one, so they all read evicted pages at the same time) and waits until at least
+ * `sleepers` tasks sleep on pages at once; returns how many then, or -1 after the
+ * failure line (the verifiers abandoned).
  */
 static s64 start_sleeping(const char *name, struct workers *w, u64 n, u64 bytes, u64 passes,
 			  s64 cpu, s64 sleepers)
@@ -268,7 +263,7 @@ static s64 start_sleeping(const char *name, struct workers *w, u64 n, u64 bytes,
 	s64 seen = wait_counter("sleepers", sleepers, 60 * SECOND);
 	if (seen < 0) {
 		abandon(w);
-		failed(name, "no task ever slept on a page; sleepers_max", counter("sleepers_max"));
+		failed(name, "too few tasks slept on pages at once; sleepers_max", counter("sleepers_max"));
 	}
 	return seen;
 }
@@ -380,7 +375,7 @@ static int case_unload(const char *name)
 static int case_crowd(const char *name)
 {
 	struct workers w = { 0 };
-	if (spawn_verifiers(&w, 200, MIB, 3, -1, 1)) {
+	if (spawn(&w, 200, MIB, 3, -1)) {
 		abandon(&w);
 		return failed(name, "fork failed after workers:", (s64)w.n);
 	}
