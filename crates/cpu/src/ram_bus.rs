@@ -159,6 +159,13 @@ impl Bus for RamBus {
         self.get(addr, size)
     }
 
+    fn host_page(&mut self, pa: u64, _write: bool) -> Option<*mut u8> {
+        if self.unmapped_pages.contains(&(pa >> 12)) {
+            return None;
+        }
+        self.slice_mut(pa, 4096).map(<[u8]>::as_mut_ptr)
+    }
+
     #[inline(always)]
     fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> Result<(), BusError> {
         self.put(addr, size, value)

@@ -144,6 +144,17 @@ impl VcpuTlb {
             .then(|| e.host.wrapping_add((gpa & OFFSET_MASK) as usize))
     }
 
+    /// PROTOTYPE: the host address of page `gpa` (4 KiB aligned) if this TLB
+    /// maps it now for reads (`write`: for writes). Valid until the next
+    /// [`VcpuTlb::sync`] or [`VcpuTlb::park`].
+    pub fn host_page(&self, gpa: u64, write: bool) -> Option<*mut u8> {
+        if write {
+            self.hit_write(gpa, 1)
+        } else {
+            self.hit_read(gpa, 1)
+        }
+    }
+
     /// Reads a naturally aligned value (a misaligned access always misses).
     #[inline]
     pub fn read(&mut self, gpa: u64, size: AccessSize) -> Result<u64, TlbMiss> {

@@ -144,6 +144,10 @@ pub struct Cpu {
     pub(crate) config: CpuConfig,
     pub(crate) cache: DecodeCache,
     pub(crate) mmu: Mmu,
+    /// PROTOTYPE: compiled blocks; out of `self` while guest code runs.
+    pub(crate) jit: Option<Box<crate::jit::Jit>>,
+    /// PROTOTYPE: data pages compiled code may access directly (MMU off only).
+    pub(crate) jtlb: Box<[crate::jit::JEntry; crate::jit::JTLB_ENTRIES]>,
 }
 
 impl Cpu {
@@ -164,6 +168,8 @@ impl Cpu {
             config,
             cache: DecodeCache::new(),
             mmu: Mmu::new(),
+            jit: None,
+            jtlb: Box::new([crate::jit::JEntry::EMPTY; crate::jit::JTLB_ENTRIES]),
         }
     }
 
@@ -174,15 +180,25 @@ impl Cpu {
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         // The block arena is out of the cache while guest code runs, so the
         // run loop borrows a block's ops while ops borrow `self` mutably.
+        // Host pages handed out by the bus are valid for one run only.
+        self.jtlb_flush();
         let mut arena = std::mem::take(&mut self.cache.arena);
-        let exit = self.run_with(bus, budget, &mut arena);
+        let mut jit = self.jit.take().unwrap_or_default();
+        let exit = self.run_with(bus, budget, &mut arena, &mut jit);
         self.cache.arena = arena;
+        self.jit = Some(jit);
         exit
     }
 
     /// [`Cpu::run`] with the block arena taken out of the cache.
     #[inline(always)]
-    fn run_with<B: Bus>(&mut self, bus: &mut B, budget: u64, arena: &mut Vec<Op>) -> Exit {
+    fn run_with<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        budget: u64,
+        arena: &mut Vec<Op>,
+        jit: &mut crate::jit::Jit,
+    ) -> Exit {
         let mut left = budget;
         loop {
             if left == 0 {
@@ -214,7 +230,7 @@ impl Cpu {
                     .map(|n| (d, n))
             });
             let limit = deadline.map_or(left, |(_, n)| n.min(left));
-            let (steps, exit) = self.run_page(bus, limit, arena);
+            let (steps, exit) = self.run_page(bus, limit, arena, jit);
             left -= steps;
             if let Some(exit) = exit {
                 return exit;
@@ -234,6 +250,7 @@ impl Cpu {
         bus: &mut B,
         limit: u64,
         arena: &mut Vec<Op>,
+        jit: &mut crate::jit::Jit,
     ) -> (u64, Option<Exit>) {
         let page = self.pc & !0xFFF;
         // The decode cache is keyed by PA page, so code mapped twice decodes once.
@@ -245,7 +262,12 @@ impl Cpu {
                 Err(f) => return self.fetch_translation_fault(f),
             }
         };
+        let taken_before = self.cache.pages_taken;
         let slab = self.cache.page(pa_page >> 12);
+        if self.cache.pages_taken != taken_before {
+            // A new code page: no direct store may skip its decode-cache reset.
+            self.jtlb_flush();
+        }
         // Every step in here retires an instruction except the last one when
         // it is an exception entry, so the retired count is the step count.
         let start = self.retired;
@@ -267,19 +289,68 @@ impl Cpu {
                 Some(b) if b.len as u64 <= stop - retired => {
                     // Only the block's last op can read the count (MRS, MSR).
                     let last = retired + b.len as u64 - 1;
-                    let mut rest = arena[b.start..b.start + b.len].iter();
-                    let mut flow = Flow::Next;
-                    for op in rest.by_ref() {
-                        flow = self.exec(bus, op, last);
-                        if flow != Flow::Next {
-                            break;
-                        }
-                        self.pc = self.pc.wrapping_add(4);
-                    }
-                    // The ops taken from the slice: all of them but the last
-                    // retired, and the last too unless it trapped or faulted
-                    // (PC may be at a vector now, so count from the slice).
-                    let taken = (b.len - rest.len()) as u64;
+                    let ops = &arena[b.start..b.start + b.len];
+                    let (flow, taken) =
+                        if let Some(f) = jit.entry(b.start, ops, self.cache.arena_generation) {
+                            let busp: *mut u8 = (bus as *mut B).cast();
+                            let mut f = f;
+                            let mut ops_ptr = ops.as_ptr();
+                            let mut last = last;
+                            loop {
+                                let cpu: *mut Cpu = self;
+                                // SAFETY (prototype): the code was compiled from the
+                                // ops at `ops_ptr`, which the arena keeps until its
+                                // generation changes (never while it is out).
+                                #[allow(unsafe_code)]
+                                let r = unsafe {
+                                    f(
+                                        cpu,
+                                        busp,
+                                        crate::jit::helper::<B>,
+                                        ops_ptr,
+                                        last,
+                                        crate::jit::fill::<B>,
+                                    )
+                                };
+                                let code = r & 0xFF;
+                                let taken = r >> 8;
+                                // Chain to the next compiled block on this page.
+                                let stays = if code == crate::jit::JUMP {
+                                    self.pc & !0xFFC == page && !bus.kicked()
+                                } else {
+                                    code == crate::jit::NEXT && self.pc & 0xFFF != 0
+                                };
+                                if stays {
+                                    #[allow(clippy::cast_possible_truncation)]
+                                    let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
+                                    if let Some(nb) = self.cache.block(slab, index)
+                                        && nb.len as u64 <= stop - retired - taken
+                                        && let Some(nf) = jit.compiled(nb.start)
+                                    {
+                                        retired += taken;
+                                        f = nf;
+                                        ops_ptr = arena[nb.start..].as_ptr();
+                                        last = retired + nb.len as u64 - 1;
+                                        continue;
+                                    }
+                                }
+                                break (crate::jit::flow_of(r), taken);
+                            }
+                        } else {
+                            let mut rest = ops.iter();
+                            let mut flow = Flow::Next;
+                            for op in rest.by_ref() {
+                                flow = self.exec(bus, op, last);
+                                if flow != Flow::Next {
+                                    break;
+                                }
+                                self.pc = self.pc.wrapping_add(4);
+                            }
+                            // The ops taken from the slice: all of them but the last
+                            // retired, and the last too unless it trapped or faulted
+                            // (PC may be at a vector now, so count from the slice).
+                            (flow, (b.len - rest.len()) as u64)
+                        };
                     match flow {
                         // The block ended at a branch not taken or the page end.
                         Flow::Next => {
@@ -570,9 +641,15 @@ impl Cpu {
     /// when another vCPU broadcast a TLBI ([`Bus::broadcast`]).
     pub fn flush_tlb(&mut self) {
         self.mmu.flush();
+        self.jtlb_flush();
     }
 
     /// Moves the live SP into its bank.
+    /// PROTOTYPE: forgets every direct host page.
+    pub(crate) fn jtlb_flush(&mut self) {
+        self.jtlb.fill(crate::jit::JEntry::EMPTY);
+    }
+
     pub(crate) fn store_sp_bank(&mut self) {
         let sp = self.regs[usize::from(reg::SP)];
         if self.pstate.uses_sp_el1() {

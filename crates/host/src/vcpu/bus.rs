@@ -140,6 +140,10 @@ impl Bus for VcpuBus<'_> {
         }
     }
 
+    fn host_page(&mut self, pa: u64, write: bool) -> Option<*mut u8> {
+        self.ram.host_page(pa, write)
+    }
+
     // Always, with the miss out of line: called, a store paid a call and a
     // size dispatch that the caller's constant size folds away.
     #[inline(always)]
