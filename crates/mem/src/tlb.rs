@@ -144,15 +144,18 @@ impl VcpuTlb {
             .then(|| e.host.wrapping_add((gpa & OFFSET_MASK) as usize))
     }
 
-    /// PROTOTYPE: the host address of page `gpa` (4 KiB aligned) if this TLB
-    /// maps it now for reads (`write`: for writes). Valid until the next
-    /// [`VcpuTlb::sync`] or [`VcpuTlb::park`].
-    pub fn host_page(&self, gpa: u64, write: bool) -> Option<*mut u8> {
-        if write {
+    /// The host address of page `gpa` (4 KiB aligned) if this TLB maps it now
+    /// for reads (`write`: for writes), so that a caller may make the accesses
+    /// a hit makes ([`VcpuTlb::read`], [`VcpuTlb::write`]) itself. The address
+    /// is valid as a hit is: until this vCPU next calls [`VcpuTlb::sync`] or
+    /// [`VcpuTlb::park`].
+    pub fn host_page(&self, gpa: u64, write: bool) -> Option<std::ptr::NonNull<u8>> {
+        let p = if write {
             self.hit_write(gpa, 1)
         } else {
             self.hit_read(gpa, 1)
-        }
+        };
+        std::ptr::NonNull::new(p?)
     }
 
     /// Reads a naturally aligned value (a misaligned access always misses).

@@ -10,6 +10,7 @@ pub use state::{CpuState, CpuStateError, PstateState};
 
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
+use crate::jit::{self, CompiledBlocks, DirectPages};
 use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
 use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
@@ -26,15 +27,34 @@ pub struct CpuConfig {
     pub cntfrq: u64,
     /// Virtual time: counter ticks per retired instruction.
     pub time_scale: TimeScale,
+    /// How guest code runs.
+    pub engine: Engine,
+}
+
+/// How a vCPU runs guest code. Both engines retire the same instructions with
+/// the same effects; the compiler is faster on code that runs often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Every block is interpreted.
+    Interpreter,
+    /// A block entered `after` times is compiled to host code (Cranelift) and
+    /// runs compiled from then on; ops the compiler does not handle still call
+    /// the interpreter. On a host without a Cranelift backend, the interpreter.
+    Compiler {
+        /// Entries before a block is compiled (0: at its first).
+        after: u32,
+    },
 }
 
 impl Default for CpuConfig {
-    /// MPIDR 0, 100 MHz counter, one tick per instruction.
+    /// MPIDR 0, 100 MHz counter, one tick per instruction, blocks compiled
+    /// after 50 entries.
     fn default() -> CpuConfig {
         CpuConfig {
             mpidr: 0,
             cntfrq: 100_000_000,
             time_scale: TimeScale::default(),
+            engine: Engine::Compiler { after: 50 },
         }
     }
 }
@@ -144,10 +164,11 @@ pub struct Cpu {
     pub(crate) config: CpuConfig,
     pub(crate) cache: DecodeCache,
     pub(crate) mmu: Mmu,
-    /// PROTOTYPE: compiled blocks; out of `self` while guest code runs.
-    pub(crate) jit: Option<Box<crate::jit::Jit>>,
-    /// PROTOTYPE: data pages compiled code may access directly (MMU off only).
-    pub(crate) jtlb: Box<[crate::jit::JEntry; crate::jit::JTLB_ENTRIES]>,
+    /// Compiled blocks ([`Engine::Compiler`]); out of `self` while guest
+    /// code runs, as the arena is.
+    pub(crate) compiled: Option<Box<CompiledBlocks>>,
+    /// Guest pages compiled code accesses with host loads and stores.
+    pub(crate) direct: DirectPages,
 }
 
 impl Cpu {
@@ -168,8 +189,11 @@ impl Cpu {
             config,
             cache: DecodeCache::new(),
             mmu: Mmu::new(),
-            jit: None,
-            jtlb: Box::new([crate::jit::JEntry::EMPTY; crate::jit::JTLB_ENTRIES]),
+            compiled: match config.engine {
+                Engine::Interpreter => None,
+                Engine::Compiler { after } => Some(Box::new(CompiledBlocks::new(after))),
+            },
+            direct: DirectPages::new(),
         }
     }
 
@@ -180,13 +204,13 @@ impl Cpu {
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         // The block arena is out of the cache while guest code runs, so the
         // run loop borrows a block's ops while ops borrow `self` mutably.
-        // Host pages handed out by the bus are valid for one run only.
-        self.jtlb_flush();
+        // Host pages the bus hands out are valid for one run only.
+        self.direct.flush();
         let mut arena = std::mem::take(&mut self.cache.arena);
-        let mut jit = self.jit.take().unwrap_or_default();
-        let exit = self.run_with(bus, budget, &mut arena, &mut jit);
+        let mut compiled = self.compiled.take();
+        let exit = self.run_with(bus, budget, &mut arena, compiled.as_deref_mut());
         self.cache.arena = arena;
-        self.jit = Some(jit);
+        self.compiled = compiled;
         exit
     }
 
@@ -197,7 +221,7 @@ impl Cpu {
         bus: &mut B,
         budget: u64,
         arena: &mut Vec<Op>,
-        jit: &mut crate::jit::Jit,
+        mut compiled: Option<&mut CompiledBlocks>,
     ) -> Exit {
         let mut left = budget;
         loop {
@@ -230,7 +254,7 @@ impl Cpu {
                     .map(|n| (d, n))
             });
             let limit = deadline.map_or(left, |(_, n)| n.min(left));
-            let (steps, exit) = self.run_page(bus, limit, arena, jit);
+            let (steps, exit) = self.run_page(bus, limit, arena, compiled.as_deref_mut());
             left -= steps;
             if let Some(exit) = exit {
                 return exit;
@@ -250,7 +274,7 @@ impl Cpu {
         bus: &mut B,
         limit: u64,
         arena: &mut Vec<Op>,
-        jit: &mut crate::jit::Jit,
+        mut compiled: Option<&mut CompiledBlocks>,
     ) -> (u64, Option<Exit>) {
         let page = self.pc & !0xFFF;
         // The decode cache is keyed by PA page, so code mapped twice decodes once.
@@ -265,8 +289,8 @@ impl Cpu {
         let taken_before = self.cache.pages_taken;
         let slab = self.cache.page(pa_page >> 12);
         if self.cache.pages_taken != taken_before {
-            // A new code page: no direct store may skip its decode-cache reset.
-            self.jtlb_flush();
+            // A new code page: no direct store may skip its decode-cache check.
+            self.direct.flush();
         }
         // Every step in here retires an instruction except the last one when
         // it is an exception entry, so the retired count is the step count.
@@ -291,51 +315,11 @@ impl Cpu {
                     let last = retired + b.len as u64 - 1;
                     let ops = &arena[b.start..b.start + b.len];
                     let (flow, taken) =
-                        if let Some(f) = jit.entry(b.start, ops, self.cache.arena_generation) {
-                            let busp: *mut u8 = (bus as *mut B).cast();
-                            let mut f = f;
-                            let mut ops_ptr = ops.as_ptr();
-                            let mut last = last;
-                            loop {
-                                let cpu: *mut Cpu = self;
-                                // SAFETY (prototype): the code was compiled from the
-                                // ops at `ops_ptr`, which the arena keeps until its
-                                // generation changes (never while it is out).
-                                #[allow(unsafe_code)]
-                                let r = unsafe {
-                                    f(
-                                        cpu,
-                                        busp,
-                                        crate::jit::helper::<B>,
-                                        ops_ptr,
-                                        last,
-                                        crate::jit::fill::<B>,
-                                    )
-                                };
-                                let code = r & 0xFF;
-                                let taken = r >> 8;
-                                // Chain to the next compiled block on this page.
-                                let stays = if code == crate::jit::JUMP {
-                                    self.pc & !0xFFC == page && !bus.kicked()
-                                } else {
-                                    code == crate::jit::NEXT && self.pc & 0xFFF != 0
-                                };
-                                if stays {
-                                    #[allow(clippy::cast_possible_truncation)]
-                                    let index = ((self.pc >> 2) as usize) & (OPS_PER_PAGE - 1);
-                                    if let Some(nb) = self.cache.block(slab, index)
-                                        && nb.len as u64 <= stop - retired - taken
-                                        && let Some(nf) = jit.compiled(nb.start)
-                                    {
-                                        retired += taken;
-                                        f = nf;
-                                        ops_ptr = arena[nb.start..].as_ptr();
-                                        last = retired + nb.len as u64 - 1;
-                                        continue;
-                                    }
-                                }
-                                break (crate::jit::flow_of(r), taken);
-                            }
+                        if let Some(blocks) = compiled.as_deref_mut()
+                            && let Some(f) = blocks.entry(b.start, ops, self.cache.arena_generation)
+                        {
+                            let chain = jit::Chain { page, slab, stop };
+                            self.run_compiled(bus, blocks, f, ops, &mut retired, &chain, arena)
                         } else {
                             let mut rest = ops.iter();
                             let mut flow = Flow::Next;
@@ -641,15 +625,10 @@ impl Cpu {
     /// when another vCPU broadcast a TLBI ([`Bus::broadcast`]).
     pub fn flush_tlb(&mut self) {
         self.mmu.flush();
-        self.jtlb_flush();
+        self.direct.flush();
     }
 
     /// Moves the live SP into its bank.
-    /// PROTOTYPE: forgets every direct host page.
-    pub(crate) fn jtlb_flush(&mut self) {
-        self.jtlb.fill(crate::jit::JEntry::EMPTY);
-    }
-
     pub(crate) fn store_sp_bank(&mut self) {
         let sp = self.regs[usize::from(reg::SP)];
         if self.pstate.uses_sp_el1() {

@@ -72,7 +72,7 @@ impl Cpu {
                 s.sctlr_el1 = (v & SCTLR_WRITABLE) | SCTLR_RESET;
                 // Cached permissions depend on WXN; M on or off starts afresh.
                 self.mmu.flush();
-                self.jtlb_flush();
+                self.direct.flush();
             }
             SysReg::ActlrEl1 => s.actlr_el1 = v,
             SysReg::CpacrEl1 => s.cpacr_el1 = v & CPACR_FPEN,
@@ -92,7 +92,7 @@ impl Cpu {
                 self.mmu
                     .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
                 self.mmu.flush();
-                self.jtlb_flush();
+                self.direct.flush();
             }
             SysReg::SpsrEl1 => s.spsr_el1 = v & SPSR_MASK,
             SysReg::ElrEl1 => s.elr_el1 = v,
@@ -108,7 +108,7 @@ impl Cpu {
             SysReg::MairEl1 => {
                 s.mair_el1 = v;
                 self.mmu.flush();
-                self.jtlb_flush();
+                self.direct.flush();
             }
             // No IMPLEMENTATION DEFINED attributes: RAZ/WI.
             SysReg::AmairEl1 => {}
@@ -451,7 +451,7 @@ impl Cpu {
         match op2 {
             0 => {
                 self.mmu.flush();
-                self.jtlb_flush();
+                self.direct.flush();
             }
             2 => {
                 let asid = self.mmu.asid_bits(self.sys.tcr_el1, v);

@@ -1,440 +1,30 @@
-//! PROTOTYPE (branch jit-proto, not for main): straight-line blocks compiled
-//! to host code with Cranelift, to measure what a JIT would give on CoreMark
-//! before deciding to build one. The common ALU forms and the branch that ends
-//! a block run as native code on the register file in `Cpu`; every other op
-//! (loads, stores, system ops) calls back into the interpreter's `exec`.
+//! Ops to Cranelift IR: the common ALU forms, single loads and stores
+//! through the direct-page table, and the branch that ends a block. Everything
+//! else calls the interpreter (`Emit::exec_op`).
 //!
-//! A block is compiled after it has been entered [`hot_threshold`] times.
-//! Compiled code is keyed by the block's arena position: arena ops never
-//! change until the arena is emptied, and then every compiled block is
-//! dropped with it (the arena generation).
-#![allow(unsafe_code)]
+//! Guest registers live in `Cpu::regs` and NZCV in `Cpu::pstate`: every op
+//! loads what it reads and stores what it writes, so an op run by the
+//! interpreter in the middle of a block sees the same state.
+
+// Immediates become i64 IR constants and offsets i32: the bit patterns are
+// what matters, so wrapping casts are the semantics here.
 #![allow(
     clippy::cast_possible_truncation,
     clippy::cast_possible_wrap,
-    clippy::cast_sign_loss,
-    clippy::undocumented_unsafe_blocks,
-    clippy::multiple_unsafe_ops_per_block
+    clippy::cast_sign_loss
 )]
 
-use std::mem::offset_of;
-
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Value, types};
-use cranelift_codegen::settings::{self, Configurable};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{Module, default_libcall_names};
+use cranelift_codegen::ir::{InstBuilder, SigRef, Value, types};
+use cranelift_frontend::FunctionBuilder;
 
-use crate::Cpu;
-use crate::bus::Bus;
-use crate::cpu::Flow;
+use super::direct::DIRECT_PAGES;
+use super::{CALLS_EXEC, CALLS_FILL, JUMP, NEXT, NZCV, PC, REGS, flags, ram_flags};
 use crate::decode::{CondSelOp, LoadExt, LogicOp, MovOp, MulOp, Op, Writeback, reg};
-use crate::pstate::Pstate;
 use apf_abi::esr::AccessSize;
 
-/// The interpreter's entry for one op: (cpu, bus, op, retired) -> flow code.
-pub(crate) type Helper = unsafe extern "C" fn(*mut Cpu, *mut u8, *const Op, u64) -> u64;
-/// A compiled block: (cpu, bus, helper, the block's ops, retired count of its
-/// last op) -> ops taken << 8 | flow code.
-pub(crate) type BlockFn =
-    unsafe extern "C" fn(*mut Cpu, *mut u8, Helper, *const Op, u64, Fill) -> u64;
-/// Fills the direct-page entry of an access that just went through the interpreter.
-pub(crate) type Fill = unsafe extern "C" fn(*mut Cpu, *mut u8, u64, u64);
-
-/// Entries of the direct-page table (direct-mapped on the VA page number).
-pub(crate) const JTLB_ENTRIES: usize = 256;
-
-/// A data page compiled code may access directly: valid for one run, with
-/// the MMU off (VA = PA), and for writes only on pages holding no decoded code.
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-pub(crate) struct JEntry {
-    read_tag: u64,
-    write_tag: u64,
-    /// Host address minus guest address.
-    addend: u64,
-    pad: u64,
-}
-
-impl JEntry {
-    pub(crate) const EMPTY: JEntry = JEntry {
-        read_tag: u64::MAX,
-        write_tag: u64::MAX,
-        addend: 0,
-        pad: 0,
-    };
-}
-
-const _: () = assert!(size_of::<JEntry>() == 32);
-
-/// [`Fill`] for bus type `B`.
-pub(crate) unsafe extern "C" fn fill<B: Bus>(cpu: *mut Cpu, bus: *mut u8, va: u64, write: u64) {
-    let cpu = unsafe { &mut *cpu };
-    let bus = unsafe { &mut *bus.cast::<B>() };
-    if cpu.sys.sctlr_el1 & crate::sysreg::SCTLR_M != 0 {
-        return;
-    }
-    let page = va & !0xFFF;
-    let write = write != 0;
-    if write && cpu.cache.may_hold(page >> 12) {
-        return;
-    }
-    let Some(host) = bus.host_page(page, write) else {
-        return;
-    };
-    let e = &mut cpu.jtlb[((va >> 12) as usize) & (JTLB_ENTRIES - 1)];
-    let addend = (host as u64).wrapping_sub(page);
-    if e.addend != addend {
-        *e = JEntry::EMPTY;
-        e.addend = addend;
-    }
-    if write {
-        e.write_tag = page;
-    }
-    e.read_tag = page;
-}
-
-pub(crate) const NEXT: u64 = 0;
-pub(crate) const JUMP: u64 = 1;
-
-pub(crate) fn flow_code(f: Flow) -> u64 {
-    match f {
-        Flow::Next => 0,
-        Flow::Jump => 1,
-        Flow::Resync => 2,
-        Flow::Trap => 3,
-        Flow::Fault => 4,
-        Flow::Exit => 5,
-        Flow::NotDecoded => 6,
-    }
-}
-
-pub(crate) fn flow_of(code: u64) -> Flow {
-    match code & 0xFF {
-        0 => Flow::Next,
-        1 => Flow::Jump,
-        2 => Flow::Resync,
-        3 => Flow::Trap,
-        4 => Flow::Fault,
-        5 => Flow::Exit,
-        _ => Flow::NotDecoded,
-    }
-}
-
-/// The interpreter's `exec` for one op, called from compiled code.
-pub(crate) unsafe extern "C" fn helper<B: Bus>(
-    cpu: *mut Cpu,
-    bus: *mut u8,
-    op: *const Op,
-    retired: u64,
-) -> u64 {
-    let cpu = unsafe { &mut *cpu };
-    let bus = unsafe { &mut *bus.cast::<B>() };
-    let op = unsafe { &*op };
-    if census_on() {
-        census(op);
-    }
-    flow_code(cpu.exec(bus, op, retired))
-}
-
-fn census_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("APF_JIT_CENSUS").is_some())
-}
-
-struct Census(std::collections::HashMap<String, u64>);
-impl Drop for Census {
-    fn drop(&mut self) {
-        let mut v: Vec<_> = self.0.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1));
-        for (k, n) in v.iter().take(25) {
-            eprintln!("census {n:>12} {k}");
-        }
-    }
-}
-thread_local! {
-    static CENSUS: std::cell::RefCell<Census> = std::cell::RefCell::new(Census(Default::default()));
-}
-
-#[cold]
-fn census(op: &Op) {
-    let d = format!("{op:?}");
-    let key = match *op {
-        Op::Load {
-            wb, unprivileged, ..
-        }
-        | Op::Store {
-            wb, unprivileged, ..
-        } => {
-            format!(
-                "{} wb={wb:?} u={unprivileged}",
-                d.split(' ').next().unwrap_or("")
-            )
-        }
-        Op::AddShifted {
-            shift,
-            amount,
-            sf,
-            sub,
-            flags,
-            ..
-        } => {
-            format!("AddShifted {shift:?} {amount} sf={sf} sub={sub} flags={flags}")
-        }
-        Op::AddImm { sf, sub, flags, .. } => format!("AddImm sf={sf} sub={sub} flags={flags}"),
-        Op::LogicShifted {
-            op,
-            amount,
-            invert,
-            sf,
-            ..
-        } => {
-            format!("LogicShifted {op:?} {amount} inv={invert} sf={sf}")
-        }
-        Op::LogicImm { op, sf, .. } => format!("LogicImm {op:?} sf={sf}"),
-        Op::Bitfield { op, sf, .. } => format!("Bitfield {op:?} sf={sf}"),
-        _ => d.split(' ').next().unwrap_or("").to_string(),
-    };
-    CENSUS.with(|c| *c.borrow_mut().0.entry(key).or_default() += 1);
-}
-
-/// Entries before a block is compiled (APF_JIT_HOT, default 50; 0 compiles at once).
-fn hot_threshold() -> u32 {
-    static HOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *HOT.get_or_init(|| {
-        std::env::var("APF_JIT_HOT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(50)
-    })
-}
-
-#[derive(Clone, Copy)]
-enum Slot {
-    Cold(u32),
-    Compiled(BlockFn),
-    Refused,
-}
-
-pub(crate) struct Jit {
-    module: Option<JITModule>,
-    ctx: cranelift_codegen::Context,
-    fctx: FunctionBuilderContext,
-    slots: Vec<Slot>,
-    generation: u64,
-    compiled: u64,
-}
-
-// SAFETY (prototype): the JIT module's memory is owned by this value and only
-// used by the thread that runs the vCPU.
-unsafe impl Send for Jit {}
-
-impl std::fmt::Debug for Jit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jit")
-            .field("compiled", &self.compiled)
-            .finish()
-    }
-}
-
-fn new_module() -> JITModule {
-    let mut flags = settings::builder();
-    flags.set("use_colocated_libcalls", "false").unwrap();
-    flags.set("is_pic", "false").unwrap();
-    flags.set("opt_level", "speed").unwrap();
-    let isa = cranelift_native::builder()
-        .expect("host supported")
-        .finish(settings::Flags::new(flags))
-        .expect("isa");
-    JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()))
-}
-
-impl Default for Jit {
-    fn default() -> Jit {
-        let module = new_module();
-        let ctx = module.make_context();
-        Jit {
-            module: Some(module),
-            ctx,
-            fctx: FunctionBuilderContext::new(),
-            slots: Vec::new(),
-            generation: 0,
-            compiled: 0,
-        }
-    }
-}
-
-const REGS: i32 = offset_of!(Cpu, regs) as i32;
-const PC: i32 = offset_of!(Cpu, pc) as i32;
-const JTLB: i32 = offset_of!(Cpu, jtlb) as i32;
-const NZCV: i32 = (offset_of!(Cpu, pstate) + offset_of!(Pstate, nzcv)) as i32;
-
-fn flags() -> MemFlagsData {
-    MemFlagsData::trusted()
-}
-
-impl Jit {
-    /// The compiled code of the block at arena `start`, compiling it when hot.
-    #[inline]
-    pub(crate) fn entry(&mut self, start: usize, ops: &[Op], generation: u64) -> Option<BlockFn> {
-        if generation != self.generation {
-            self.reset(generation);
-        }
-        if start >= self.slots.len() {
-            self.slots.resize(start + 1024, Slot::Cold(0));
-        }
-        match self.slots[start] {
-            Slot::Compiled(f) => Some(f),
-            Slot::Refused => None,
-            Slot::Cold(n) => {
-                if n >= hot_threshold() {
-                    self.compile_at(start, ops)
-                } else {
-                    self.slots[start] = Slot::Cold(n + 1);
-                    None
-                }
-            }
-        }
-    }
-
-    /// The compiled code of the block at arena `start`, if there is some.
-    #[inline(always)]
-    pub(crate) fn compiled(&self, start: usize) -> Option<BlockFn> {
-        match self.slots.get(start) {
-            Some(Slot::Compiled(f)) => Some(*f),
-            _ => None,
-        }
-    }
-
-    #[cold]
-    fn reset(&mut self, generation: u64) {
-        if let Some(m) = self.module.take() {
-            // SAFETY: every pointer into this module's code is in `slots`, cleared here.
-            unsafe { m.free_memory() };
-        }
-        self.slots.clear();
-        self.module = Some(new_module());
-        self.generation = generation;
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn compile_at(&mut self, start: usize, ops: &[Op]) -> Option<BlockFn> {
-        let f = self.compile(ops);
-        self.slots[start] = match f {
-            Some(f) => Slot::Compiled(f),
-            None => Slot::Refused,
-        };
-        f
-    }
-
-    fn compile(&mut self, ops: &[Op]) -> Option<BlockFn> {
-        let module = self.module.as_mut()?;
-        let ptr = module.target_config().pointer_type();
-        let mut helper_sig = Signature::new(module.isa().default_call_conv());
-        for _ in 0..3 {
-            helper_sig.params.push(AbiParam::new(ptr));
-        }
-        helper_sig.params.push(AbiParam::new(types::I64));
-        helper_sig.returns.push(AbiParam::new(types::I64));
-
-        let mut sig = module.make_signature();
-        for _ in 0..4 {
-            sig.params.push(AbiParam::new(ptr));
-        }
-        sig.params.push(AbiParam::new(types::I64));
-        sig.params.push(AbiParam::new(ptr));
-        sig.returns.push(AbiParam::new(types::I64));
-        let mut fill_sig = Signature::new(module.isa().default_call_conv());
-        for _ in 0..2 {
-            fill_sig.params.push(AbiParam::new(ptr));
-        }
-        fill_sig.params.push(AbiParam::new(types::I64));
-        fill_sig.params.push(AbiParam::new(types::I64));
-        let id = module.declare_anonymous_function(&sig).ok()?;
-        self.ctx.func.signature = sig;
-        {
-            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let p = b.block_params(entry).to_vec();
-            let (cpu, bus, helper, opsp, last, fillp) = (p[0], p[1], p[2], p[3], p[4], p[5]);
-            let helper_sigref = b.import_signature(helper_sig);
-            let fill_sigref = b.import_signature(fill_sig);
-            let pc0 = b.ins().load(types::I64, flags(), cpu, PC);
-            let jtlb = b.ins().load(ptr, flags(), cpu, JTLB);
-            let mut e = Emit {
-                b,
-                cpu,
-                pc0,
-                bus,
-                helper,
-                opsp,
-                last,
-                fillp,
-                jtlb,
-                helper_sigref,
-                fill_sigref,
-            };
-            let len = ops.len();
-            let mut ended = false;
-            for (i, op) in ops.iter().enumerate() {
-                if e.native(op, i, len) {
-                    if i == len - 1 && ends_natively(op) {
-                        ended = true;
-                    }
-                    continue;
-                }
-                // The interpreter runs this op with PC at it.
-                let pc = e.pc_at(i);
-                e.b.ins().store(flags(), pc, cpu, PC);
-                let off = e.b.ins().iconst(ptr, (i * size_of::<Op>()) as i64);
-                let opp = e.b.ins().iadd(opsp, off);
-                let call =
-                    e.b.ins()
-                        .call_indirect(helper_sigref, helper, &[cpu, bus, opp, last]);
-                let r = e.b.inst_results(call)[0];
-                let out = e.b.create_block();
-                let cont = e.b.create_block();
-                e.b.ins().brif(r, out, &[], cont, &[]);
-                e.b.switch_to_block(out);
-                e.b.seal_block(out);
-                let taken = e.b.ins().iconst(types::I64, ((i as i64) + 1) << 8);
-                let v = e.b.ins().bor(taken, r);
-                e.b.ins().return_(&[v]);
-                e.b.switch_to_block(cont);
-                e.b.seal_block(cont);
-            }
-            if !ended {
-                // Every op went to the next: PC past the block.
-                let pc = e.pc_at(len);
-                e.b.ins().store(flags(), pc, cpu, PC);
-                let v =
-                    e.b.ins()
-                        .iconst(types::I64, ((len as i64) << 8) | NEXT as i64);
-                e.b.ins().return_(&[v]);
-            }
-            let mut b = e.b;
-            b.seal_all_blocks();
-            b.finalize(module.target_config());
-        }
-        let ok = module.define_function(id, &mut self.ctx).is_ok();
-        module.clear_context(&mut self.ctx);
-        if !ok {
-            return None;
-        }
-        module.finalize_definitions().ok()?;
-        let code = module.get_finalized_function(id);
-        self.compiled += 1;
-        // SAFETY: compiled with BlockFn's signature and the host's call convention.
-        Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(code) })
-    }
-}
-
 /// Whether `op`, compiled natively as a block's last op, returns itself.
-fn ends_natively(op: &Op) -> bool {
+pub(super) fn ends_natively(op: &Op) -> bool {
     matches!(
         op,
         Op::B { .. }
@@ -447,18 +37,19 @@ fn ends_natively(op: &Op) -> bool {
     )
 }
 
-struct Emit<'a> {
-    b: FunctionBuilder<'a>,
-    cpu: Value,
-    pc0: Value,
-    bus: Value,
-    helper: Value,
-    opsp: Value,
-    last: Value,
-    fillp: Value,
-    jtlb: Value,
-    helper_sigref: cranelift_codegen::ir::SigRef,
-    fill_sigref: cranelift_codegen::ir::SigRef,
+/// The function being built for one block, and the values every op uses.
+pub(super) struct Emit<'a> {
+    pub(super) b: FunctionBuilder<'a>,
+    /// `*mut Cpu`.
+    pub(super) cpu: Value,
+    /// `*mut Calls`.
+    pub(super) calls: Value,
+    /// PC of the block's first op.
+    pub(super) pc0: Value,
+    /// The direct-page table.
+    pub(super) direct: Value,
+    pub(super) exec_sig: SigRef,
+    pub(super) fill_sig: SigRef,
 }
 
 impl Emit<'_> {
@@ -491,7 +82,7 @@ impl Emit<'_> {
     }
 
     fn load_ext(&mut self, host: Value, size: AccessSize, ext: LoadExt) -> Value {
-        let f = flags();
+        let f = ram_flags();
         let v = match (size, ext) {
             (AccessSize::Double, _) => self.b.ins().load(types::I64, f, host, 0),
             (AccessSize::Byte, LoadExt::Zero) => self.b.ins().uload8(types::I64, f, host, 0),
@@ -509,7 +100,7 @@ impl Emit<'_> {
     }
 
     fn store_sized(&mut self, host: Value, size: AccessSize, v: Value) {
-        let f = flags();
+        let f = ram_flags();
         match size {
             AccessSize::Double => self.b.ins().store(f, v, host, 0),
             AccessSize::Byte => self.b.ins().istore8(f, v, host, 0),
@@ -546,9 +137,9 @@ impl Emit<'_> {
             self.b.seal_block(probe);
         }
         let idx = self.b.ins().ushr_imm_s(addr, 12);
-        let idx = self.b.ins().band_imm_s(idx, (JTLB_ENTRIES - 1) as i64);
+        let idx = self.b.ins().band_imm_s(idx, (DIRECT_PAGES - 1) as i64);
         let off = self.b.ins().ishl_imm_s(idx, 5);
-        let entry = self.b.ins().iadd(self.jtlb, off);
+        let entry = self.b.ins().iadd(self.direct, off);
         let tag = self
             .b
             .ins()
@@ -572,19 +163,7 @@ impl Emit<'_> {
 
         self.b.switch_to_block(slow);
         self.b.seal_block(slow);
-        let pc = self.pc_at(i);
-        self.b.ins().store(flags(), pc, self.cpu, PC);
-        let off = self
-            .b
-            .ins()
-            .iconst(types::I64, (i * size_of::<Op>()) as i64);
-        let opp = self.b.ins().iadd(self.opsp, off);
-        let call = self.b.ins().call_indirect(
-            self.helper_sigref,
-            self.helper,
-            &[self.cpu, self.bus, opp, self.last],
-        );
-        let r = self.b.inst_results(call)[0];
+        let r = self.exec_op(i);
         let out = self.b.create_block();
         let refill = self.b.create_block();
         self.b.ins().brif(r, out, &[], refill, &[]);
@@ -596,16 +175,36 @@ impl Emit<'_> {
         self.b.switch_to_block(refill);
         self.b.seal_block(refill);
         let w = self.b.ins().iconst(types::I64, i64::from(write));
+        let fill = self
+            .b
+            .ins()
+            .load(types::I64, flags(), self.calls, CALLS_FILL);
         self.b
             .ins()
-            .call_indirect(self.fill_sigref, self.fillp, &[self.cpu, self.bus, addr, w]);
+            .call_indirect(self.fill_sig, fill, &[self.cpu, self.calls, addr, w]);
         self.b.ins().jump(cont, &[]);
 
         self.b.switch_to_block(cont);
         self.b.seal_block(cont);
     }
 
-    fn pc_at(&mut self, i: usize) -> Value {
+    /// Calls the interpreter for op `i` with PC at it; returns its flow code.
+    pub(super) fn exec_op(&mut self, i: usize) -> Value {
+        let pc = self.pc_at(i);
+        self.b.ins().store(flags(), pc, self.cpu, PC);
+        let exec = self
+            .b
+            .ins()
+            .load(types::I64, flags(), self.calls, CALLS_EXEC);
+        let index = self.b.ins().iconst(types::I64, i as i64);
+        let call = self
+            .b
+            .ins()
+            .call_indirect(self.exec_sig, exec, &[self.cpu, self.calls, index]);
+        self.b.inst_results(call)[0]
+    }
+
+    pub(super) fn pc_at(&mut self, i: usize) -> Value {
         self.b.ins().iadd_imm_s(self.pc0, (i * 4) as i64)
     }
 
@@ -702,7 +301,7 @@ impl Emit<'_> {
     }
 
     /// Emits `op` (op `i` of `len`) as native code, or returns false.
-    fn native(&mut self, op: &Op, i: usize, len: usize) -> bool {
+    pub(super) fn native(&mut self, op: &Op, i: usize, len: usize) -> bool {
         match generic(*op) {
             Op::AddX { d, n, imm } => {
                 let x = self.r(n);

@@ -1,0 +1,456 @@
+//! The block compiler: a decoded block that keeps being entered is compiled to
+//! host code with Cranelift, and the run loop calls that code instead of
+//! interpreting the block's ops.
+//!
+//! - **What is compiled.** A block is the interpreter's own (`cache.rs`): straight
+//!   line, ending at a branch or the page end, its ops in the decode cache's
+//!   arena. It is compiled after [`Engine::Compiler`]'s `after` entries. Common
+//!   ALU ops, single loads and stores and the closing branch become native code
+//!   (`emit.rs`); any other op calls the interpreter's `exec` for that op, so
+//!   both engines share one definition of every instruction.
+//! - **Memory.** A native load or store looks its page up in the direct-page
+//!   table (`direct.rs`): a hit is a host load or store, a miss runs the op in the
+//!   interpreter and then asks the bus for the page's host address.
+//! - **Lifetime.** Compiled code is keyed by the block's arena position, and
+//!   arena ops never change until the arena is emptied; then every compiled
+//!   block is freed with it (the arena generation).
+//! - **Unsafe code.** This module is the only place in apf-cpu that has any: it
+//!   calls code it generated and that code writes the `Cpu` it is given, and it
+//!   reads and writes guest RAM through the bus's [`HostPage`](crate::HostPage)s.
+//!
+//! [`Engine::Compiler`]: crate::Engine::Compiler
+
+#![allow(unsafe_code)]
+
+mod direct;
+mod emit;
+
+pub(crate) use direct::DirectPages;
+
+use std::mem::offset_of;
+
+use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, types};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Module, default_libcall_names};
+
+use crate::Cpu;
+use crate::bus::Bus;
+use crate::cpu::Flow;
+use crate::decode::Op;
+use crate::pstate::Pstate;
+use emit::{Emit, ends_natively};
+
+/// Compiled code for one block: `(cpu, calls) -> ops taken << 8 | flow code`.
+/// Ops taken: those retired, plus the last one when it returned a flow other
+/// than [`NEXT`] (as the interpreter's block loop counts them).
+pub(crate) type BlockFn = unsafe extern "C" fn(*mut Cpu, *mut Calls) -> u64;
+/// The interpreter's `exec` for op `index` of the block: `(cpu, calls, index)
+/// -> flow code`.
+type ExecFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64) -> u64;
+/// Fills the direct-page entry of an access the interpreter just did:
+/// `(cpu, calls, virtual address, write)`.
+type FillFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64, u64);
+
+/// What compiled code needs from the run loop beyond the `Cpu`, behind one
+/// pointer so that a call passes two arguments. Compiled code reads it only
+/// on its slow paths.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Calls {
+    /// The `&mut B` of the run, type-erased (`exec` and `fill` know `B`).
+    bus: *mut u8,
+    exec: ExecFn,
+    fill: FillFn,
+    /// The running block's ops in the arena.
+    ops: *const Op,
+    /// The retired count of the block's last op (MRS and MSR read it).
+    last: u64,
+}
+
+impl Calls {
+    /// The calls of a run on `bus`.
+    pub(crate) fn new<B: Bus>(bus: &mut B) -> Calls {
+        Calls {
+            bus: (bus as *mut B).cast(),
+            exec: exec::<B>,
+            fill: fill::<B>,
+            ops: std::ptr::null(),
+            last: 0,
+        }
+    }
+}
+
+/// Flow codes, as compiled code returns them in its low byte.
+pub(crate) const NEXT: u64 = 0;
+pub(crate) const JUMP: u64 = 1;
+
+fn flow_code(f: Flow) -> u64 {
+    match f {
+        Flow::Next => NEXT,
+        Flow::Jump => JUMP,
+        Flow::Resync => 2,
+        Flow::Trap => 3,
+        Flow::Fault => 4,
+        Flow::Exit => 5,
+        Flow::NotDecoded => 6,
+    }
+}
+
+pub(crate) fn flow_of(code: u64) -> Flow {
+    match code & 0xFF {
+        NEXT => Flow::Next,
+        JUMP => Flow::Jump,
+        2 => Flow::Resync,
+        3 => Flow::Trap,
+        4 => Flow::Fault,
+        5 => Flow::Exit,
+        _ => Flow::NotDecoded,
+    }
+}
+
+/// [`ExecFn`] for bus type `B`.
+///
+/// # Safety
+///
+/// `cpu` is the running `Cpu` and `calls` the [`Calls`] of this run, made by
+/// `Calls::new::<B>`, with `ops` pointing at the running block, which has more
+/// than `index` ops. Compiled code passes what it was called with.
+unsafe extern "C" fn exec<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, index: u64) -> u64 {
+    // SAFETY: the caller passes the pointers compiled code was called with;
+    // [`call`] made them from live `&mut` borrows that nothing else uses
+    // during the call.
+    let (cpu, calls) = unsafe { (&mut *cpu, &mut *calls) };
+    // SAFETY: `Calls::new::<B>` erased a `&mut B` that outlives the call.
+    let bus = unsafe { &mut *calls.bus.cast::<B>() };
+    #[allow(clippy::cast_possible_truncation)]
+    // SAFETY: `ops` is the block's first op and `index` is within the block
+    // (compiled code passes the index of the op it stands for).
+    let op = unsafe { &*calls.ops.add(index as usize) };
+    flow_code(cpu.exec(bus, op, calls.last))
+}
+
+/// [`FillFn`] for bus type `B`.
+///
+/// # Safety
+///
+/// As for [`exec`].
+unsafe extern "C" fn fill<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, va: u64, write: u64) {
+    // SAFETY: as in `exec`.
+    let (cpu, calls) = unsafe { (&mut *cpu, &mut *calls) };
+    // SAFETY: as in `exec`.
+    let bus = unsafe { &mut *calls.bus.cast::<B>() };
+    cpu.fill_direct(bus, va, write != 0);
+}
+
+/// Where a run of compiled blocks may go on: blocks of code page `page`
+/// (decode-cache slab `slab`) while the retired count stays below `stop`.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    pub(crate) page: u64,
+    pub(crate) slab: usize,
+    pub(crate) stop: u64,
+}
+
+impl Cpu {
+    /// Runs compiled block `f` (its ops `ops`, the first retiring as number
+    /// `*retired`), then each next block while it is on the same page,
+    /// compiled, within the budget, and no kick came: the run loop's work
+    /// between blocks, done without its lookups. Returns the last block's flow
+    /// and ops taken; `*retired` counts the blocks before it.
+    #[inline(always)]
+    pub(crate) fn run_compiled<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        blocks: &CompiledBlocks,
+        f: BlockFn,
+        ops: &[Op],
+        retired: &mut u64,
+        chain: &Chain,
+        arena: &[Op],
+    ) -> (Flow, u64) {
+        let mut calls = Calls::new(bus);
+        let (mut f, mut ops) = (f, ops);
+        loop {
+            let last = *retired + ops.len() as u64 - 1;
+            let r = call(f, self, &mut calls, ops, last);
+            let (code, taken) = (r & 0xFF, r >> 8);
+            let stays = match code {
+                JUMP => self.pc & !0xFFC == chain.page && !bus.kicked(),
+                NEXT => self.pc & 0xFFF != 0,
+                _ => false,
+            };
+            if stays {
+                #[allow(clippy::cast_possible_truncation)]
+                let index = ((self.pc >> 2) as usize) & (crate::cache::OPS_PER_PAGE - 1);
+                if let Some(next) = self.cache.block(chain.slab, index)
+                    && next.len as u64 <= chain.stop - *retired - taken
+                    && let Some(next_f) = blocks.compiled(next.start)
+                {
+                    *retired += taken;
+                    f = next_f;
+                    ops = &arena[next.start..next.start + next.len];
+                    continue;
+                }
+            }
+            return (flow_of(code), taken);
+        }
+    }
+}
+
+/// Calls compiled block `f` on `cpu`, its ops at `ops`.
+fn call(f: BlockFn, cpu: &mut Cpu, calls: &mut Calls, ops: &[Op], last: u64) -> u64 {
+    calls.ops = ops.as_ptr();
+    calls.last = last;
+    // SAFETY: `f` was compiled by `CompiledBlocks::compile` from exactly these
+    // ops (the arena keeps them while compiled code for them exists) with
+    // `BlockFn`'s signature. It reads and writes `Cpu` fields at their
+    // `offset_of!` offsets, guest RAM only through host pages the bus vouched
+    // for, and calls back only `calls.exec` and `calls.fill`, which get these
+    // same two pointers; both borrows are unused until it returns.
+    unsafe { f(cpu, calls) }
+}
+
+const REGS: i32 = field(offset_of!(Cpu, regs));
+const PC: i32 = field(offset_of!(Cpu, pc));
+const DIRECT: i32 = field(offset_of!(Cpu, direct) + DirectPages::TABLE);
+const NZCV: i32 = field(offset_of!(Cpu, pstate) + offset_of!(Pstate, nzcv));
+const CALLS_EXEC: i32 = field(offset_of!(Calls, exec));
+const CALLS_FILL: i32 = field(offset_of!(Calls, fill));
+
+/// A field offset as an IR load/store offset.
+const fn field(offset: usize) -> i32 {
+    assert!(offset < 1 << 16, "a field compiled code uses is far in");
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    let offset = offset as i32;
+    offset
+}
+
+/// Memory flags of compiled code's accesses to the `Cpu`, its direct-page
+/// table and [`Calls`]: valid and aligned, so they never trap.
+fn flags() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+/// Memory flags of a guest RAM access through a host page: valid, so it never
+/// traps, but only as aligned as the host page is.
+fn ram_flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// The compiled state of one arena position.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    /// Entered this many times, not compiled.
+    Cold(u32),
+    Compiled(BlockFn),
+    /// Compiling failed: interpret it.
+    Refused,
+}
+
+/// Every compiled block of one vCPU, keyed by arena position.
+pub(crate) struct CompiledBlocks {
+    /// None: the host's ISA has no Cranelift backend; nothing is compiled.
+    module: Option<JITModule>,
+    ctx: cranelift_codegen::Context,
+    builder: FunctionBuilderContext,
+    slots: Vec<Slot>,
+    /// The arena generation the slots belong to.
+    generation: u64,
+    /// Entries before a block is compiled.
+    after: u32,
+    /// Blocks compiled so far.
+    compiled: u64,
+}
+
+// SAFETY: a `JITModule` is not `Send` only because it holds raw pointers to its
+// code memory. That memory is owned by this value alone, used only by the thread
+// that holds it (the vCPU's), and freed by it; nothing is thread-local.
+unsafe impl Send for CompiledBlocks {}
+
+impl std::fmt::Debug for CompiledBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledBlocks")
+            .field("after", &self.after)
+            .field("compiled", &self.compiled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A module for the host's ISA, if Cranelift has a backend for it.
+fn new_module() -> Option<JITModule> {
+    let mut flags = settings::builder();
+    // Blocks are small and generated by us: the IR verifier is for debugging.
+    for (name, value) in [
+        ("opt_level", "speed"),
+        ("is_pic", "false"),
+        ("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }),
+    ] {
+        flags.set(name, value).ok()?;
+    }
+    let isa = cranelift_native::builder()
+        .ok()?
+        .finish(settings::Flags::new(flags))
+        .ok()?;
+    Some(JITModule::new(JITBuilder::with_isa(
+        isa,
+        default_libcall_names(),
+    )))
+}
+
+impl CompiledBlocks {
+    /// Blocks compiled after `after` entries (0: at their first).
+    pub(crate) fn new(after: u32) -> CompiledBlocks {
+        let module = new_module();
+        let ctx = module
+            .as_ref()
+            .map_or_else(cranelift_codegen::Context::new, Module::make_context);
+        CompiledBlocks {
+            module,
+            ctx,
+            builder: FunctionBuilderContext::new(),
+            slots: Vec::new(),
+            generation: 0,
+            after,
+            compiled: 0,
+        }
+    }
+
+    /// The compiled code of the block at arena `start`, compiling it once it
+    /// has been entered often enough.
+    #[inline]
+    pub(crate) fn entry(&mut self, start: usize, ops: &[Op], generation: u64) -> Option<BlockFn> {
+        if generation != self.generation {
+            self.reset(generation);
+        }
+        if start >= self.slots.len() {
+            self.slots.resize(start + 1024, Slot::Cold(0));
+        }
+        match self.slots[start] {
+            Slot::Compiled(f) => Some(f),
+            Slot::Refused => None,
+            Slot::Cold(n) if n >= self.after => self.compile_at(start, ops),
+            Slot::Cold(n) => {
+                self.slots[start] = Slot::Cold(n + 1);
+                None
+            }
+        }
+    }
+
+    /// The compiled code of the block at arena `start`, if there is some.
+    #[inline(always)]
+    pub(crate) fn compiled(&self, start: usize) -> Option<BlockFn> {
+        match self.slots.get(start) {
+            Some(Slot::Compiled(f)) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The arena was emptied: free every compiled block.
+    #[cold]
+    fn reset(&mut self, generation: u64) {
+        self.slots.clear();
+        self.generation = generation;
+        if let Some(module) = self.module.take() {
+            // SAFETY: every pointer into this module's code was in `slots`, just
+            // cleared, and no compiled code is running (we are in the run loop).
+            unsafe { module.free_memory() };
+            self.module = new_module();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn compile_at(&mut self, start: usize, ops: &[Op]) -> Option<BlockFn> {
+        let f = self.compile(ops);
+        self.slots[start] = f.map_or(Slot::Refused, Slot::Compiled);
+        f
+    }
+
+    fn compile(&mut self, ops: &[Op]) -> Option<BlockFn> {
+        let module = self.module.as_mut()?;
+        let target = module.target_config();
+        let ptr = target.pointer_type();
+        let call_conv = module.isa().default_call_conv();
+        let signature = |params: &[types::Type], returns: bool| {
+            let mut sig = Signature::new(call_conv);
+            sig.params
+                .extend(params.iter().map(|&t| AbiParam::new(t)));
+            if returns {
+                sig.returns.push(AbiParam::new(types::I64));
+            }
+            sig
+        };
+        let block_sig = signature(&[ptr, ptr], true);
+        let exec_sig = signature(&[ptr, ptr, types::I64], true);
+        let fill_sig = signature(&[ptr, ptr, types::I64, types::I64], false);
+        let id = module.declare_anonymous_function(&block_sig).ok()?;
+        self.ctx.func.signature = block_sig;
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let (cpu, calls) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+            let exec_sig = b.import_signature(exec_sig);
+            let fill_sig = b.import_signature(fill_sig);
+            let pc0 = b.ins().load(types::I64, flags(), cpu, PC);
+            let direct = b.ins().load(ptr, flags(), cpu, DIRECT);
+            let mut e = Emit {
+                b,
+                cpu,
+                calls,
+                pc0,
+                direct,
+                exec_sig,
+                fill_sig,
+            };
+            let len = ops.len();
+            let mut ended = false;
+            for (i, op) in ops.iter().enumerate() {
+                if e.native(op, i, len) {
+                    ended |= i == len - 1 && ends_natively(op);
+                    continue;
+                }
+                // The interpreter runs it; any flow but NEXT leaves the block.
+                let r = e.exec_op(i);
+                let out = e.b.create_block();
+                let cont = e.b.create_block();
+                e.b.ins().brif(r, out, &[], cont, &[]);
+                e.b.switch_to_block(out);
+                e.b.seal_block(out);
+                let taken = e.b.ins().iconst(types::I64, taken_code(i + 1, 0));
+                let v = e.b.ins().bor(taken, r);
+                e.b.ins().return_(&[v]);
+                e.b.switch_to_block(cont);
+                e.b.seal_block(cont);
+            }
+            if !ended {
+                // Every op went on to the next: PC is past the block.
+                let pc = e.pc_at(len);
+                e.b.ins().store(flags(), pc, cpu, PC);
+                let v = e.b.ins().iconst(types::I64, taken_code(len, NEXT));
+                e.b.ins().return_(&[v]);
+            }
+            e.b.seal_all_blocks();
+            e.b.finalize(target);
+        }
+        let defined = module.define_function(id, &mut self.ctx).is_ok();
+        module.clear_context(&mut self.ctx);
+        if !defined {
+            return None;
+        }
+        module.finalize_definitions().ok()?;
+        let code = module.get_finalized_function(id);
+        self.compiled += 1;
+        // SAFETY: `code` was just compiled with `block_sig`, which is
+        // `BlockFn`'s: two pointers in, an i64 out, the host's C convention.
+        Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(code) })
+    }
+}
+
+/// `taken << 8 | flow`, as compiled code returns it.
+fn taken_code(taken: usize, flow: u64) -> i64 {
+    i64::try_from(taken << 8 | usize::try_from(flow).unwrap_or(0)).unwrap_or(i64::MAX)
+}
