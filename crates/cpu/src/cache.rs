@@ -395,6 +395,9 @@ pub(crate) struct DecodeCache {
     pub(crate) arena_generation: u64,
     /// Pages taken in since creation (a new code page may need store checks).
     pub(crate) pages_taken: u64,
+    /// Bumped whenever block entries are forgotten, so that whoever kept a
+    /// block found here knows to look again.
+    pub(crate) block_epoch: u64,
 }
 
 impl std::fmt::Debug for DecodeCache {
@@ -444,6 +447,7 @@ impl DecodeCache {
             filter: [0; FILTER_BITS / 64],
             arena_generation: 0,
             pages_taken: 0,
+            block_epoch: 0,
         }
     }
 
@@ -473,6 +477,7 @@ impl DecodeCache {
                 self.filter[bit / 64] |= 1 << (bit % 64);
                 self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);
                 self.blocks[self.slab_of[e] as usize].fill(NO_BLOCK);
+                self.block_epoch += 1;
                 e
             }
         };
@@ -528,6 +533,7 @@ impl DecodeCache {
             }
             arena.clear();
             self.arena_generation += 1;
+            self.block_epoch += 1;
         }
         let start = arena.len();
         arena.extend(self.slab[slab][index..end].iter().map(|&op| specialise(op)));
@@ -591,6 +597,7 @@ impl DecodeCache {
         self.slab[s][first..=last].fill(Op::NotDecoded);
         // A block may span the reset slots from any earlier entry slot.
         self.blocks[s].fill(NO_BLOCK);
+        self.block_epoch += 1;
     }
 
     /// Forgets page `pfn`.

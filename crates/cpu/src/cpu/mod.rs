@@ -10,9 +10,9 @@ pub use state::{CpuState, CpuStateError, PstateState};
 
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
-use crate::jit::{self, CompiledBlocks, DirectPages};
 use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
+use crate::jit::{self, CompiledBlocks, DirectPages};
 use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
 use crate::pstate::{Pstate, bits};
 use crate::sysreg::{SCTLR_WXN, SysRegs};
@@ -314,27 +314,31 @@ impl Cpu {
                     // Only the block's last op can read the count (MRS, MSR).
                     let last = retired + b.len as u64 - 1;
                     let ops = &arena[b.start..b.start + b.len];
-                    let (flow, taken) =
-                        if let Some(blocks) = compiled.as_deref_mut()
-                            && let Some(f) = blocks.entry(b.start, ops, self.cache.arena_generation)
-                        {
-                            let chain = jit::Chain { page, slab, stop };
-                            self.run_compiled(bus, blocks, f, ops, &mut retired, &chain, arena)
-                        } else {
-                            let mut rest = ops.iter();
-                            let mut flow = Flow::Next;
-                            for op in rest.by_ref() {
-                                flow = self.exec(bus, op, last);
-                                if flow != Flow::Next {
-                                    break;
-                                }
-                                self.pc = self.pc.wrapping_add(4);
-                            }
-                            // The ops taken from the slice: all of them but the last
-                            // retired, and the last too unless it trapped or faulted
-                            // (PC may be at a vector now, so count from the slice).
-                            (flow, (b.len - rest.len()) as u64)
+                    let (flow, taken) = if let Some(blocks) = compiled.as_deref_mut()
+                        && let Some(f) = blocks.entry(b, index, ops, self.cache.arena_generation)
+                    {
+                        let chain = jit::Chain {
+                            page,
+                            slab,
+                            stop,
+                            arena,
                         };
+                        self.run_compiled(bus, blocks, f, b, &mut retired, &chain)
+                    } else {
+                        let mut rest = ops.iter();
+                        let mut flow = Flow::Next;
+                        for op in rest.by_ref() {
+                            flow = self.exec(bus, op, last);
+                            if flow != Flow::Next {
+                                break;
+                            }
+                            self.pc = self.pc.wrapping_add(4);
+                        }
+                        // The ops taken from the slice: all of them but the last
+                        // retired, and the last too unless it trapped or faulted
+                        // (PC may be at a vector now, so count from the slice).
+                        (flow, (b.len - rest.len()) as u64)
+                    };
                     match flow {
                         // The block ended at a branch not taken or the page end.
                         Flow::Next => {

@@ -19,7 +19,11 @@ use cranelift_codegen::ir::{InstBuilder, SigRef, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 use super::direct::DIRECT_PAGES;
-use super::{CALLS_EXEC, CALLS_FILL, JUMP, NEXT, NZCV, PC, REGS, flags, ram_flags};
+use super::{
+    BLOCK_EPOCH, CALLS_EXEC, CALLS_FILL, CALLS_LEFT, CALLS_LEN, CALLS_MISS, CALLS_RETIRED,
+    CALLS_START, JUMP, LINK_CODE, LINK_EPOCH, LINK_LEN, LINK_START, Link, NEXT, NZCV, PC, REGS,
+    flags, ram_flags,
+};
 use crate::decode::{CondSelOp, LoadExt, LogicOp, MovOp, MulOp, Op, Writeback, reg};
 use apf_abi::esr::AccessSize;
 
@@ -50,6 +54,21 @@ pub(super) struct Emit<'a> {
     pub(super) direct: Value,
     pub(super) exec_sig: SigRef,
     pub(super) fill_sig: SigRef,
+    pub(super) block_sig: SigRef,
+    /// The block's first op's offset in its page.
+    pub(super) offset: usize,
+    /// Where the links of this block's ways out are kept.
+    #[allow(clippy::vec_box)]
+    pub(super) links: &'a mut Vec<Box<Link>>,
+}
+
+/// Where a block goes on its way out.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Target {
+    /// This many bytes from the block's first op.
+    Fixed(i64),
+    /// A register's value.
+    Computed(Value),
 }
 
 impl Emit<'_> {
@@ -270,34 +289,113 @@ impl Emit<'_> {
     }
 
     /// Ends the function: branch to `target` if `cond`, else past the block.
-    fn branch(&mut self, cond: Option<Value>, target: Value, len: usize) {
-        let taken = ((len as i64) << 8) | JUMP as i64;
+    fn branch(&mut self, cond: Option<Value>, target: Target, len: usize) {
         match cond {
-            None => {
-                self.b.ins().store(flags(), target, self.cpu, PC);
-                let v = self.b.ins().iconst(types::I64, taken);
-                self.b.ins().return_(&[v]);
-            }
+            None => self.leave(target, JUMP, len),
             Some(c) => {
                 let yes = self.b.create_block();
                 let no = self.b.create_block();
                 self.b.ins().brif(c, yes, &[], no, &[]);
                 self.b.switch_to_block(yes);
                 self.b.seal_block(yes);
-                self.b.ins().store(flags(), target, self.cpu, PC);
-                let v = self.b.ins().iconst(types::I64, taken);
-                self.b.ins().return_(&[v]);
+                self.leave(target, JUMP, len);
                 self.b.switch_to_block(no);
                 self.b.seal_block(no);
-                let next = self.pc_at(len);
-                self.b.ins().store(flags(), next, self.cpu, PC);
-                let v = self
-                    .b
-                    .ins()
-                    .iconst(types::I64, ((len as i64) << 8) | NEXT as i64);
-                self.b.ins().return_(&[v]);
+                self.leave(Target::Fixed(len as i64 * 4), NEXT, len);
             }
         }
+    }
+
+    /// Ends the function with all `len` ops retired, flow `code` (NEXT or
+    /// JUMP) and PC at `to`. A fixed target on this page goes straight on to
+    /// the block there when this way out is linked to it, the decode cache
+    /// still holds it (the link's epoch), and it fits in what is left of the
+    /// budget; else the run loop gets the flow, and the link to fill.
+    pub(super) fn leave(&mut self, to: Target, code: u64, len: usize) {
+        let ret = self
+            .b
+            .ins()
+            .iconst(types::I64, ((len as i64) << 8) | code as i64);
+        let pc = match to {
+            Target::Fixed(bytes) => self.b.ins().iadd_imm_s(self.pc0, bytes),
+            Target::Computed(v) => v,
+        };
+        self.b.ins().store(flags(), pc, self.cpu, PC);
+        let on_page = match to {
+            Target::Fixed(bytes) => (0..4096).contains(&(self.offset as i64 + bytes)),
+            Target::Computed(_) => false,
+        };
+        if !on_page {
+            self.b.ins().return_(&[ret]);
+            return;
+        }
+        self.links.push(Box::new(Link::EMPTY));
+        let slot: &Link = self.links.last().map(AsRef::as_ref).unwrap_or(&Link::EMPTY);
+        let link = self
+            .b
+            .ins()
+            .iconst(types::I64, std::ptr::from_ref(slot) as i64);
+        let (linked, current, fits, go, miss) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let next = self.b.ins().load(types::I64, flags(), link, LINK_CODE);
+        self.b.ins().brif(next, linked, &[], miss, &[]);
+
+        self.b.switch_to_block(linked);
+        self.b.seal_block(linked);
+        let epoch = self.b.ins().load(types::I64, flags(), link, LINK_EPOCH);
+        let now = self
+            .b
+            .ins()
+            .load(types::I64, flags(), self.cpu, BLOCK_EPOCH);
+        let same = self.b.ins().icmp(IntCC::Equal, epoch, now);
+        self.b.ins().brif(same, current, &[], miss, &[]);
+
+        self.b.switch_to_block(current);
+        self.b.seal_block(current);
+        let left = self
+            .b
+            .ins()
+            .load(types::I64, flags(), self.calls, CALLS_LEFT);
+        let next_len = self.b.ins().load(types::I64, flags(), link, LINK_LEN);
+        let need = self.b.ins().iadd_imm_s(next_len, len as i64);
+        let ok = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedGreaterThanOrEqual, left, need);
+        self.b.ins().brif(ok, fits, &[], miss, &[]);
+
+        self.b.switch_to_block(fits);
+        self.b.seal_block(fits);
+        let left = self.b.ins().iadd_imm_s(left, -(len as i64));
+        self.b.ins().store(flags(), left, self.calls, CALLS_LEFT);
+        let retired = self
+            .b
+            .ins()
+            .load(types::I64, flags(), self.calls, CALLS_RETIRED);
+        let retired = self.b.ins().iadd_imm_s(retired, len as i64);
+        self.b
+            .ins()
+            .store(flags(), retired, self.calls, CALLS_RETIRED);
+        let start = self.b.ins().load(types::I64, flags(), link, LINK_START);
+        self.b.ins().store(flags(), start, self.calls, CALLS_START);
+        self.b.ins().store(flags(), next_len, self.calls, CALLS_LEN);
+        self.b.ins().jump(go, &[]);
+
+        self.b.switch_to_block(go);
+        self.b.seal_block(go);
+        self.b
+            .ins()
+            .return_call_indirect(self.block_sig, next, &[self.cpu, self.calls]);
+
+        self.b.switch_to_block(miss);
+        self.b.seal_block(miss);
+        self.b.ins().store(flags(), link, self.calls, CALLS_MISS);
+        self.b.ins().return_(&[ret]);
     }
 
     /// Emits `op` (op `i` of `len`) as native code, or returns false.
@@ -426,31 +524,20 @@ impl Emit<'_> {
                 self.w(d, v);
             }
             Op::B { offset } if i == len - 1 => {
-                let t = self
-                    .b
-                    .ins()
-                    .iadd_imm_s(self.pc0, (i * 4) as i64 + i64::from(offset));
-                self.branch(None, t, len);
+                self.branch(None, Target::Fixed((i * 4) as i64 + i64::from(offset)), len);
             }
             Op::Bl { offset } if i == len - 1 => {
                 let ret = self.pc_at(i + 1);
                 self.w(30, ret);
-                let t = self
-                    .b
-                    .ins()
-                    .iadd_imm_s(self.pc0, (i * 4) as i64 + i64::from(offset));
-                self.branch(None, t, len);
+                self.branch(None, Target::Fixed((i * 4) as i64 + i64::from(offset)), len);
             }
             Op::Br { n } | Op::Ret { n } if i == len - 1 => {
                 let t = self.r(n);
-                self.branch(None, t, len);
+                self.branch(None, Target::Computed(t), len);
             }
             Op::BCond { cond, offset } if i == len - 1 => {
                 let c = self.holds(cond);
-                let t = self
-                    .b
-                    .ins()
-                    .iadd_imm_s(self.pc0, (i * 4) as i64 + i64::from(offset));
+                let t = Target::Fixed((i * 4) as i64 + i64::from(offset));
                 self.branch(Some(c), t, len);
             }
             Op::Cbz {
@@ -470,10 +557,7 @@ impl Emit<'_> {
                     v,
                     0,
                 );
-                let tg = self
-                    .b
-                    .ins()
-                    .iadd_imm_s(self.pc0, (i * 4) as i64 + i64::from(offset));
+                let tg = Target::Fixed((i * 4) as i64 + i64::from(offset));
                 self.branch(Some(c), tg, len);
             }
             Op::Tbz {
@@ -494,10 +578,7 @@ impl Emit<'_> {
                     v,
                     0,
                 );
-                let tg = self
-                    .b
-                    .ins()
-                    .iadd_imm_s(self.pc0, (i * 4) as i64 + i64::from(offset));
+                let tg = Target::Fixed((i * 4) as i64 + i64::from(offset));
                 self.branch(Some(c), tg, len);
             }
             Op::Load {
@@ -758,17 +839,69 @@ fn generic(op: Op) -> Op {
         Op::StoreW { t, n, offset } => store(t, n, offset, Word),
         Op::StoreH { t, n, offset } => store(t, n, offset, Half),
         Op::StoreB { t, n, offset } => store(t, n, offset, Byte),
-        Op::LoadRegX { t, n, m, ext, shift } => load_reg(t, n, m, ext, shift, Double, LoadExt::Zero),
-        Op::LoadRegW { t, n, m, ext, shift } => load_reg(t, n, m, ext, shift, Word, LoadExt::Zero),
-        Op::LoadRegH { t, n, m, ext, shift } => load_reg(t, n, m, ext, shift, Half, LoadExt::Zero),
-        Op::LoadRegB { t, n, m, ext, shift } => load_reg(t, n, m, ext, shift, Byte, LoadExt::Zero),
-        Op::LoadRegSH { t, n, m, ext, shift } => {
-            load_reg(t, n, m, ext, shift, Half, LoadExt::Sign32)
-        }
-        Op::StoreRegX { t, n, m, ext, shift } => store_reg(t, n, m, ext, shift, Double),
-        Op::StoreRegW { t, n, m, ext, shift } => store_reg(t, n, m, ext, shift, Word),
-        Op::StoreRegH { t, n, m, ext, shift } => store_reg(t, n, m, ext, shift, Half),
-        Op::StoreRegB { t, n, m, ext, shift } => store_reg(t, n, m, ext, shift, Byte),
+        Op::LoadRegX {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => load_reg(t, n, m, ext, shift, Double, LoadExt::Zero),
+        Op::LoadRegW {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => load_reg(t, n, m, ext, shift, Word, LoadExt::Zero),
+        Op::LoadRegH {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => load_reg(t, n, m, ext, shift, Half, LoadExt::Zero),
+        Op::LoadRegB {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => load_reg(t, n, m, ext, shift, Byte, LoadExt::Zero),
+        Op::LoadRegSH {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => load_reg(t, n, m, ext, shift, Half, LoadExt::Sign32),
+        Op::StoreRegX {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => store_reg(t, n, m, ext, shift, Double),
+        Op::StoreRegW {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => store_reg(t, n, m, ext, shift, Word),
+        Op::StoreRegH {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => store_reg(t, n, m, ext, shift, Half),
+        Op::StoreRegB {
+            t,
+            n,
+            m,
+            ext,
+            shift,
+        } => store_reg(t, n, m, ext, shift, Byte),
         op => op,
     }
 }

@@ -30,6 +30,7 @@ pub(crate) use direct::DirectPages;
 use std::mem::offset_of;
 
 use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, types};
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -37,15 +38,22 @@ use cranelift_module::{Module, default_libcall_names};
 
 use crate::Cpu;
 use crate::bus::Bus;
+use crate::cache::{Block, DecodeCache};
 use crate::cpu::Flow;
 use crate::decode::Op;
 use crate::pstate::Pstate;
-use emit::{Emit, ends_natively};
+use emit::{Emit, Target, ends_natively};
 
-/// Compiled code for one block: `(cpu, calls) -> ops taken << 8 | flow code`.
-/// Ops taken: those retired, plus the last one when it returned a flow other
-/// than [`NEXT`] (as the interpreter's block loop counts them).
-pub(crate) type BlockFn = unsafe extern "C" fn(*mut Cpu, *mut Calls) -> u64;
+/// Compiled code for one block, in Cranelift's tail-call convention, so that a
+/// block can jump to the next: `(cpu, calls) -> ops taken << 8 | flow code`
+/// of the last block run. Ops taken: those retired, plus the last one when it
+/// returned a flow other than [`NEXT`] (as the interpreter's block loop counts
+/// them). Called only through [`EnterFn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockFn(*const u8);
+/// The way into compiled code from Rust: `(cpu, calls, block) -> what the
+/// block returns`.
+type EnterFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, *const u8) -> u64;
 /// The interpreter's `exec` for op `index` of the block: `(cpu, calls, index)
 /// -> flow code`.
 type ExecFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64) -> u64;
@@ -53,9 +61,8 @@ type ExecFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64) -> u64;
 /// `(cpu, calls, virtual address, write)`.
 type FillFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64, u64);
 
-/// What compiled code needs from the run loop beyond the `Cpu`, behind one
-/// pointer so that a call passes two arguments. Compiled code reads it only
-/// on its slow paths.
+/// What compiled code shares with the run loop beyond the `Cpu`, behind one
+/// pointer so that a call passes two arguments.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Calls {
@@ -63,24 +70,41 @@ pub(crate) struct Calls {
     bus: *mut u8,
     exec: ExecFn,
     fill: FillFn,
-    /// The running block's ops in the arena.
-    ops: *const Op,
-    /// The retired count of the block's last op (MRS and MSR read it).
-    last: u64,
+    /// The arena's first op.
+    arena: *const Op,
+    /// The running block: its first op's arena position, its length, and the
+    /// retired count its first op retires as.
+    start: u64,
+    len: u64,
+    retired: u64,
+    /// Steps a block may still take before it jumps to the next; a block
+    /// jumps only to one that fits.
+    left: u64,
+    /// The link a block found empty or stale on its way out (null: none), for
+    /// the run loop to fill.
+    miss: *mut Link,
 }
 
 impl Calls {
-    /// The calls of a run on `bus`.
-    pub(crate) fn new<B: Bus>(bus: &mut B) -> Calls {
+    /// The calls of a run on `bus` with blocks in `arena`.
+    pub(crate) fn new<B: Bus>(bus: &mut B, arena: &[Op]) -> Calls {
         Calls {
             bus: (bus as *mut B).cast(),
             exec: exec::<B>,
             fill: fill::<B>,
-            ops: std::ptr::null(),
-            last: 0,
+            arena: arena.as_ptr(),
+            start: 0,
+            len: 0,
+            retired: 0,
+            left: 0,
+            miss: std::ptr::null_mut(),
         }
     }
 }
+
+/// Steps compiled code may run before the run loop looks at kicks again:
+/// about 3 µs of guest code.
+const STEPS_PER_ENTRY: u64 = 1024;
 
 /// Flow codes, as compiled code returns them in its low byte.
 pub(crate) const NEXT: u64 = 0;
@@ -119,16 +143,22 @@ pub(crate) fn flow_of(code: u64) -> Flow {
 /// than `index` ops. Compiled code passes what it was called with.
 unsafe extern "C" fn exec<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, index: u64) -> u64 {
     // SAFETY: the caller passes the pointers compiled code was called with;
-    // [`call`] made them from live `&mut` borrows that nothing else uses
+    // `call` made them from live `&mut` borrows that nothing else uses
     // during the call.
-    let (cpu, calls) = unsafe { (&mut *cpu, &mut *calls) };
+    let cpu = unsafe { &mut *cpu };
+    // SAFETY: as for `cpu`.
+    let calls = unsafe { &mut *calls };
     // SAFETY: `Calls::new::<B>` erased a `&mut B` that outlives the call.
     let bus = unsafe { &mut *calls.bus.cast::<B>() };
     #[allow(clippy::cast_possible_truncation)]
-    // SAFETY: `ops` is the block's first op and `index` is within the block
-    // (compiled code passes the index of the op it stands for).
-    let op = unsafe { &*calls.ops.add(index as usize) };
-    flow_code(cpu.exec(bus, op, calls.last))
+    // SAFETY: `start` is the running block's arena position and `index` is
+    // within the block (compiled code passes the index of the op it stands
+    // for), so the op is in the arena.
+    let op = unsafe { calls.arena.add((calls.start + index) as usize) };
+    // SAFETY: `op` points at an op of the running block, in the arena, which
+    // is unchanged while compiled code runs.
+    let op = unsafe { &*op };
+    flow_code(cpu.exec(bus, op, calls.retired + calls.len - 1))
 }
 
 /// [`FillFn`] for bus type `B`.
@@ -138,19 +168,23 @@ unsafe extern "C" fn exec<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, index: u64) 
 /// As for [`exec`].
 unsafe extern "C" fn fill<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, va: u64, write: u64) {
     // SAFETY: as in `exec`.
-    let (cpu, calls) = unsafe { (&mut *cpu, &mut *calls) };
+    let cpu = unsafe { &mut *cpu };
+    // SAFETY: as in `exec`.
+    let calls = unsafe { &mut *calls };
     // SAFETY: as in `exec`.
     let bus = unsafe { &mut *calls.bus.cast::<B>() };
     cpu.fill_direct(bus, va, write != 0);
 }
 
 /// Where a run of compiled blocks may go on: blocks of code page `page`
-/// (decode-cache slab `slab`) while the retired count stays below `stop`.
+/// (decode-cache slab `slab`, ops in `arena`) while the retired count stays
+/// below `stop`.
 #[derive(Debug)]
-pub(crate) struct Chain {
+pub(crate) struct Chain<'a> {
     pub(crate) page: u64,
     pub(crate) slab: usize,
     pub(crate) stop: u64,
+    pub(crate) arena: &'a [Op],
 }
 
 impl Cpu {
@@ -159,65 +193,99 @@ impl Cpu {
     /// compiled, within the budget, and no kick came: the run loop's work
     /// between blocks, done without its lookups. Returns the last block's flow
     /// and ops taken; `*retired` counts the blocks before it.
-    #[inline(always)]
+    #[inline(never)]
     pub(crate) fn run_compiled<B: Bus>(
         &mut self,
         bus: &mut B,
-        blocks: &CompiledBlocks,
+        blocks: &mut CompiledBlocks,
         f: BlockFn,
-        ops: &[Op],
+        block: Block,
         retired: &mut u64,
-        chain: &Chain,
-        arena: &[Op],
+        chain: &Chain<'_>,
     ) -> (Flow, u64) {
-        let mut calls = Calls::new(bus);
-        let (mut f, mut ops) = (f, ops);
+        let Some(enter) = blocks.enter else {
+            unreachable!("a block was compiled without a way in");
+        };
+        let mut calls = Calls::new(bus, chain.arena);
+        let (mut f, mut block) = (f, block);
         loop {
-            let last = *retired + ops.len() as u64 - 1;
-            let r = call(f, self, &mut calls, ops, last);
+            calls.start = block.start as u64;
+            calls.len = block.len as u64;
+            calls.retired = *retired;
+            calls.left = (chain.stop - *retired).min(STEPS_PER_ENTRY);
+            calls.miss = std::ptr::null_mut();
+            // SAFETY: see `call`.
+            let r = unsafe { call(enter, self, &mut calls, f) };
+            // The blocks before the last one retired every op.
+            *retired = calls.retired;
             let (code, taken) = (r & 0xFF, r >> 8);
             let stays = match code {
                 JUMP => self.pc & !0xFFC == chain.page && !bus.kicked(),
                 NEXT => self.pc & 0xFFF != 0,
                 _ => false,
             };
-            if stays {
-                #[allow(clippy::cast_possible_truncation)]
-                let index = ((self.pc >> 2) as usize) & (crate::cache::OPS_PER_PAGE - 1);
-                if let Some(next) = self.cache.block(chain.slab, index)
-                    && next.len as u64 <= chain.stop - *retired - taken
-                    && let Some(next_f) = blocks.compiled(next.start)
-                {
-                    *retired += taken;
-                    f = next_f;
-                    ops = &arena[next.start..next.start + next.len];
-                    continue;
-                }
+            if !stays {
+                return (flow_of(code), taken);
             }
-            return (flow_of(code), taken);
+            #[allow(clippy::cast_possible_truncation)]
+            let index = ((self.pc >> 2) as usize) & (crate::cache::OPS_PER_PAGE - 1);
+            let Some(next) = self.cache.block(chain.slab, index) else {
+                return (flow_of(code), taken);
+            };
+            let Some(next_f) = blocks.compiled(next.start) else {
+                return (flow_of(code), taken);
+            };
+            if next.len as u64 > chain.stop - *retired - taken {
+                return (flow_of(code), taken);
+            }
+            // SAFETY: a non-null `miss` is a link of the block that just ran,
+            // owned by `blocks` (alive), and no compiled code runs now.
+            if let Some(link) = unsafe { calls.miss.as_mut() } {
+                *link = Link {
+                    code: next_f.0,
+                    epoch: self.cache.block_epoch,
+                    start: next.start as u64,
+                    len: next.len as u64,
+                };
+            }
+            *retired += taken;
+            (f, block) = (next_f, next);
         }
     }
 }
 
-/// Calls compiled block `f` on `cpu`, its ops at `ops`.
-fn call(f: BlockFn, cpu: &mut Cpu, calls: &mut Calls, ops: &[Op], last: u64) -> u64 {
-    calls.ops = ops.as_ptr();
-    calls.last = last;
-    // SAFETY: `f` was compiled by `CompiledBlocks::compile` from exactly these
-    // ops (the arena keeps them while compiled code for them exists) with
-    // `BlockFn`'s signature. It reads and writes `Cpu` fields at their
-    // `offset_of!` offsets, guest RAM only through host pages the bus vouched
-    // for, and calls back only `calls.exec` and `calls.fill`, which get these
-    // same two pointers; both borrows are unused until it returns.
-    unsafe { f(cpu, calls) }
+/// Runs compiled block `f` (and the blocks it jumps to) on `cpu`.
+///
+/// # Safety
+///
+/// `enter` and `f` come from the same live [`CompiledBlocks`], and `calls`
+/// describes `f`'s block: its arena position and length in an arena that holds
+/// its ops, and a budget (`left`) it fits in.
+#[inline(always)]
+unsafe fn call(enter: EnterFn, cpu: &mut Cpu, calls: &mut Calls, f: BlockFn) -> u64 {
+    // SAFETY: `f` was compiled by `CompiledBlocks::compile` from the ops
+    // `calls` points at (the arena keeps them while code for them exists).
+    // Compiled code reads and writes `Cpu` fields at their `offset_of!`
+    // offsets and `Calls` fields likewise, guest RAM only through host pages
+    // the bus vouched for, jumps only to blocks of its own module through
+    // links whose epoch matches the decode cache's, and calls back only
+    // `calls.exec` and `calls.fill`, which get these same two pointers; both
+    // borrows are unused until it returns.
+    unsafe { enter(cpu, calls, f.0) }
 }
 
 const REGS: i32 = field(offset_of!(Cpu, regs));
 const PC: i32 = field(offset_of!(Cpu, pc));
 const DIRECT: i32 = field(offset_of!(Cpu, direct) + DirectPages::TABLE);
 const NZCV: i32 = field(offset_of!(Cpu, pstate) + offset_of!(Pstate, nzcv));
+const BLOCK_EPOCH: i32 = field(offset_of!(Cpu, cache) + offset_of!(DecodeCache, block_epoch));
 const CALLS_EXEC: i32 = field(offset_of!(Calls, exec));
 const CALLS_FILL: i32 = field(offset_of!(Calls, fill));
+const CALLS_START: i32 = field(offset_of!(Calls, start));
+const CALLS_LEN: i32 = field(offset_of!(Calls, len));
+const CALLS_RETIRED: i32 = field(offset_of!(Calls, retired));
+const CALLS_LEFT: i32 = field(offset_of!(Calls, left));
+const CALLS_MISS: i32 = field(offset_of!(Calls, miss));
 
 /// A field offset as an IR load/store offset.
 const fn field(offset: usize) -> i32 {
@@ -249,6 +317,35 @@ enum Slot {
     Refused,
 }
 
+/// Where one way out of a compiled block (a branch or its fall-through, to a
+/// fixed place on the same page) went last time: the block there, valid while
+/// the decode cache's blocks are those of `epoch`. Compiled code reads it and
+/// jumps straight to `code`; the run loop fills it when it found the block.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct Link {
+    /// The block's code (null: not linked yet).
+    code: *const u8,
+    epoch: u64,
+    /// The block's arena position and length.
+    start: u64,
+    len: u64,
+}
+
+const LINK_CODE: i32 = field(offset_of!(Link, code));
+const LINK_EPOCH: i32 = field(offset_of!(Link, epoch));
+const LINK_START: i32 = field(offset_of!(Link, start));
+const LINK_LEN: i32 = field(offset_of!(Link, len));
+
+impl Link {
+    const EMPTY: Link = Link {
+        code: std::ptr::null(),
+        epoch: 0,
+        start: 0,
+        len: 0,
+    };
+}
+
 /// Every compiled block of one vCPU, keyed by arena position.
 pub(crate) struct CompiledBlocks {
     /// None: the host's ISA has no Cranelift backend; nothing is compiled.
@@ -256,6 +353,13 @@ pub(crate) struct CompiledBlocks {
     ctx: cranelift_codegen::Context,
     builder: FunctionBuilderContext,
     slots: Vec<Slot>,
+    /// The module's way in from Rust (None: no module, or compiling it failed).
+    enter: Option<EnterFn>,
+    /// Every compiled block's links, boxed so that compiled code can hold
+    /// their addresses (a `Vec<Link>` would move them as it grows); freed
+    /// with the module.
+    #[allow(clippy::vec_box)]
+    links: Vec<Box<Link>>,
     /// The arena generation the slots belong to.
     generation: u64,
     /// Entries before a block is compiled.
@@ -265,8 +369,9 @@ pub(crate) struct CompiledBlocks {
 }
 
 // SAFETY: a `JITModule` is not `Send` only because it holds raw pointers to its
-// code memory. That memory is owned by this value alone, used only by the thread
-// that holds it (the vCPU's), and freed by it; nothing is thread-local.
+// code memory, as `enter`, the slots and the links do. That memory is owned by
+// this value alone, used only by the thread that holds it (the vCPU's), and
+// freed by it; nothing is thread-local.
 unsafe impl Send for CompiledBlocks {}
 
 impl std::fmt::Debug for CompiledBlocks {
@@ -285,7 +390,16 @@ fn new_module() -> Option<JITModule> {
     for (name, value) in [
         ("opt_level", "speed"),
         ("is_pic", "false"),
-        ("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }),
+        // Cranelift's tail calls need frame pointers.
+        ("preserve_frame_pointers", "true"),
+        (
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        ),
     ] {
         flags.set(name, value).ok()?;
     }
@@ -306,21 +420,85 @@ impl CompiledBlocks {
         let ctx = module
             .as_ref()
             .map_or_else(cranelift_codegen::Context::new, Module::make_context);
-        CompiledBlocks {
+        let mut blocks = CompiledBlocks {
             module,
             ctx,
             builder: FunctionBuilderContext::new(),
             slots: Vec::new(),
+            enter: None,
+            links: Vec::new(),
             generation: 0,
             after,
             compiled: 0,
+        };
+        blocks.enter = blocks.compile_enter();
+        blocks
+    }
+
+    /// The signatures of compiled code: blocks (tail calls), the way in, the
+    /// interpreter's `exec` and `fill`.
+    fn signatures(module: &JITModule) -> [Signature; 4] {
+        let ptr = module.target_config().pointer_type();
+        let host = module.isa().default_call_conv();
+        let signature = |call_conv, params: &[types::Type], returns: bool| {
+            let mut sig = Signature::new(call_conv);
+            sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+            if returns {
+                sig.returns.push(AbiParam::new(types::I64));
+            }
+            sig
+        };
+        [
+            signature(CallConv::Tail, &[ptr, ptr], true),
+            signature(host, &[ptr, ptr, ptr], true),
+            signature(host, &[ptr, ptr, types::I64], true),
+            signature(host, &[ptr, ptr, types::I64, types::I64], false),
+        ]
+    }
+
+    /// Compiles the module's [`EnterFn`]: a host-convention function that
+    /// calls a block in the tail-call convention.
+    fn compile_enter(&mut self) -> Option<EnterFn> {
+        let module = self.module.as_mut()?;
+        let [block_sig, enter_sig, _, _] = CompiledBlocks::signatures(module);
+        let id = module.declare_anonymous_function(&enter_sig).ok()?;
+        self.ctx.func.signature = enter_sig;
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let p = b.block_params(entry).to_vec();
+            let block_sig = b.import_signature(block_sig);
+            let call = b.ins().call_indirect(block_sig, p[2], &[p[0], p[1]]);
+            let r = b.inst_results(call)[0];
+            b.ins().return_(&[r]);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
         }
+        let defined = module.define_function(id, &mut self.ctx).is_ok();
+        module.clear_context(&mut self.ctx);
+        if !defined {
+            return None;
+        }
+        module.finalize_definitions().ok()?;
+        let code = module.get_finalized_function(id);
+        // SAFETY: `code` was just compiled with `enter_sig`, which is
+        // `EnterFn`'s: three pointers in, an i64 out, the host's C convention.
+        Some(unsafe { std::mem::transmute::<*const u8, EnterFn>(code) })
     }
 
     /// The compiled code of the block at arena `start`, compiling it once it
     /// has been entered often enough.
     #[inline]
-    pub(crate) fn entry(&mut self, start: usize, ops: &[Op], generation: u64) -> Option<BlockFn> {
+    pub(crate) fn entry(
+        &mut self,
+        block: Block,
+        index: usize,
+        ops: &[Op],
+        generation: u64,
+    ) -> Option<BlockFn> {
+        let start = block.start;
         if generation != self.generation {
             self.reset(generation);
         }
@@ -330,7 +508,7 @@ impl CompiledBlocks {
         match self.slots[start] {
             Slot::Compiled(f) => Some(f),
             Slot::Refused => None,
-            Slot::Cold(n) if n >= self.after => self.compile_at(start, ops),
+            Slot::Cold(n) if n >= self.after => self.compile_at(start, index, ops),
             Slot::Cold(n) => {
                 self.slots[start] = Slot::Cold(n + 1);
                 None
@@ -351,48 +529,43 @@ impl CompiledBlocks {
     #[cold]
     fn reset(&mut self, generation: u64) {
         self.slots.clear();
+        self.enter = None;
         self.generation = generation;
         if let Some(module) = self.module.take() {
-            // SAFETY: every pointer into this module's code was in `slots`, just
-            // cleared, and no compiled code is running (we are in the run loop).
+            // SAFETY: every pointer into this module's code was in `slots` and
+            // `enter`, just cleared, or in the links, freed next; no compiled
+            // code is running (we are in the run loop).
             unsafe { module.free_memory() };
+            self.links.clear();
             self.module = new_module();
+            self.enter = self.compile_enter();
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn compile_at(&mut self, start: usize, ops: &[Op]) -> Option<BlockFn> {
-        let f = self.compile(ops);
+    fn compile_at(&mut self, start: usize, index: usize, ops: &[Op]) -> Option<BlockFn> {
+        let f = self.compile(index, ops);
         self.slots[start] = f.map_or(Slot::Refused, Slot::Compiled);
         f
     }
 
-    fn compile(&mut self, ops: &[Op]) -> Option<BlockFn> {
+    /// Compiles the block of `ops` that starts at slot `index` of its page.
+    fn compile(&mut self, index: usize, ops: &[Op]) -> Option<BlockFn> {
+        self.enter?;
         let module = self.module.as_mut()?;
         let target = module.target_config();
         let ptr = target.pointer_type();
-        let call_conv = module.isa().default_call_conv();
-        let signature = |params: &[types::Type], returns: bool| {
-            let mut sig = Signature::new(call_conv);
-            sig.params
-                .extend(params.iter().map(|&t| AbiParam::new(t)));
-            if returns {
-                sig.returns.push(AbiParam::new(types::I64));
-            }
-            sig
-        };
-        let block_sig = signature(&[ptr, ptr], true);
-        let exec_sig = signature(&[ptr, ptr, types::I64], true);
-        let fill_sig = signature(&[ptr, ptr, types::I64, types::I64], false);
+        let [block_sig, _, exec_sig, fill_sig] = CompiledBlocks::signatures(module);
         let id = module.declare_anonymous_function(&block_sig).ok()?;
-        self.ctx.func.signature = block_sig;
+        self.ctx.func.signature = block_sig.clone();
         {
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let (cpu, calls) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+            let block_sig = b.import_signature(block_sig);
             let exec_sig = b.import_signature(exec_sig);
             let fill_sig = b.import_signature(fill_sig);
             let pc0 = b.ins().load(types::I64, flags(), cpu, PC);
@@ -405,6 +578,9 @@ impl CompiledBlocks {
                 direct,
                 exec_sig,
                 fill_sig,
+                block_sig,
+                offset: index * 4,
+                links: &mut self.links,
             };
             let len = ops.len();
             let mut ended = false;
@@ -428,10 +604,9 @@ impl CompiledBlocks {
             }
             if !ended {
                 // Every op went on to the next: PC is past the block.
-                let pc = e.pc_at(len);
-                e.b.ins().store(flags(), pc, cpu, PC);
-                let v = e.b.ins().iconst(types::I64, taken_code(len, NEXT));
-                e.b.ins().return_(&[v]);
+                // Blocks are at most a page of ops.
+                let bytes = i64::try_from(len * 4).unwrap_or(i64::MAX);
+                e.leave(Target::Fixed(bytes), NEXT, len);
             }
             e.b.seal_all_blocks();
             e.b.finalize(target);
@@ -444,9 +619,7 @@ impl CompiledBlocks {
         module.finalize_definitions().ok()?;
         let code = module.get_finalized_function(id);
         self.compiled += 1;
-        // SAFETY: `code` was just compiled with `block_sig`, which is
-        // `BlockFn`'s: two pointers in, an i64 out, the host's C convention.
-        Some(unsafe { std::mem::transmute::<*const u8, BlockFn>(code) })
+        Some(BlockFn(code))
     }
 }
 
