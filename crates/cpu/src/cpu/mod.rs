@@ -323,7 +323,7 @@ impl Cpu {
                             stop,
                             arena,
                         };
-                        self.run_compiled(bus, blocks, f, b, &mut retired, &chain)
+                        self.run_compiled(bus, blocks, f, &mut retired, &chain)
                     } else {
                         let mut rest = ops.iter();
                         let mut flow = Flow::Next;

@@ -20,9 +20,8 @@ use cranelift_frontend::FunctionBuilder;
 
 use super::direct::DIRECT_PAGES;
 use super::{
-    BLOCK_EPOCH, CALLS_EXEC, CALLS_FILL, CALLS_LEFT, CALLS_LEN, CALLS_MISS, CALLS_RETIRED,
-    CALLS_START, JUMP, LINK_CODE, LINK_EPOCH, LINK_LEN, LINK_START, Link, NEXT, NZCV, PC, REGS,
-    flags, ram_flags,
+    BLOCK_EPOCH, CALLS_EXEC, CALLS_FILL, CALLS_LEFT, CALLS_MISS, JUMP, LINK_CODE, LINK_EPOCH,
+    LINK_LEN, Link, NEXT, NZCV, PC, REGS, flags, ram_flags,
 };
 use crate::decode::{CondSelOp, LoadExt, LogicOp, MovOp, MulOp, Op, Writeback, reg};
 use apf_abi::esr::AccessSize;
@@ -57,6 +56,10 @@ pub(super) struct Emit<'a> {
     pub(super) block_sig: SigRef,
     /// The block's first op's offset in its page.
     pub(super) offset: usize,
+    /// The block's first op's arena position.
+    pub(super) start: usize,
+    /// The block's length.
+    pub(super) len: usize,
     /// Where the links of this block's ways out are kept.
     #[allow(clippy::vec_box)]
     pub(super) links: &'a mut Vec<Box<Link>>,
@@ -215,11 +218,12 @@ impl Emit<'_> {
             .b
             .ins()
             .load(types::I64, flags(), self.calls, CALLS_EXEC);
-        let index = self.b.ins().iconst(types::I64, i as i64);
-        let call = self
-            .b
-            .ins()
-            .call_indirect(self.exec_sig, exec, &[self.cpu, self.calls, index]);
+        let op = self.b.ins().iconst(types::I64, (self.start + i) as i64);
+        let last = self.b.ins().iconst(types::I64, (self.len - 1) as i64);
+        let call =
+            self.b
+                .ins()
+                .call_indirect(self.exec_sig, exec, &[self.cpu, self.calls, op, last]);
         self.b.inst_results(call)[0]
     }
 
@@ -373,17 +377,6 @@ impl Emit<'_> {
         self.b.seal_block(fits);
         let left = self.b.ins().iadd_imm_s(left, -(len as i64));
         self.b.ins().store(flags(), left, self.calls, CALLS_LEFT);
-        let retired = self
-            .b
-            .ins()
-            .load(types::I64, flags(), self.calls, CALLS_RETIRED);
-        let retired = self.b.ins().iadd_imm_s(retired, len as i64);
-        self.b
-            .ins()
-            .store(flags(), retired, self.calls, CALLS_RETIRED);
-        let start = self.b.ins().load(types::I64, flags(), link, LINK_START);
-        self.b.ins().store(flags(), start, self.calls, CALLS_START);
-        self.b.ins().store(flags(), next_len, self.calls, CALLS_LEN);
         self.b.ins().jump(go, &[]);
 
         self.b.switch_to_block(go);

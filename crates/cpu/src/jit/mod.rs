@@ -54,9 +54,9 @@ pub(crate) struct BlockFn(*const u8);
 /// The way into compiled code from Rust: `(cpu, calls, block) -> what the
 /// block returns`.
 type EnterFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, *const u8) -> u64;
-/// The interpreter's `exec` for op `index` of the block: `(cpu, calls, index)
-/// -> flow code`.
-type ExecFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64) -> u64;
+/// The interpreter's `exec` for an op of the running block: `(cpu, calls, the
+/// op's arena position, the block's length - 1) -> flow code`.
+type ExecFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64, u64) -> u64;
 /// Fills the direct-page entry of an access the interpreter just did:
 /// `(cpu, calls, virtual address, write)`.
 type FillFn = unsafe extern "C" fn(*mut Cpu, *mut Calls, u64, u64);
@@ -72,13 +72,12 @@ pub(crate) struct Calls {
     fill: FillFn,
     /// The arena's first op.
     arena: *const Op,
-    /// The running block: its first op's arena position, its length, and the
-    /// retired count its first op retires as.
-    start: u64,
-    len: u64,
+    /// The retired count when compiled code was entered, and the budget then.
     retired: u64,
-    /// Steps a block may still take before it jumps to the next; a block
-    /// jumps only to one that fits.
+    budget: u64,
+    /// What is left of the budget as the running block starts: a block jumps
+    /// to the next only if it fits, and takes its length off. So the running
+    /// block's first op retires as number `retired + budget - left`.
     left: u64,
     /// The link a block found empty or stale on its way out (null: none), for
     /// the run loop to fill.
@@ -93,9 +92,8 @@ impl Calls {
             exec: exec::<B>,
             fill: fill::<B>,
             arena: arena.as_ptr(),
-            start: 0,
-            len: 0,
             retired: 0,
+            budget: 0,
             left: 0,
             miss: std::ptr::null_mut(),
         }
@@ -141,7 +139,7 @@ pub(crate) fn flow_of(code: u64) -> Flow {
 /// `cpu` is the running `Cpu` and `calls` the [`Calls`] of this run, made by
 /// `Calls::new::<B>`, with `ops` pointing at the running block, which has more
 /// than `index` ops. Compiled code passes what it was called with.
-unsafe extern "C" fn exec<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, index: u64) -> u64 {
+unsafe extern "C" fn exec<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, op: u64, last: u64) -> u64 {
     // SAFETY: the caller passes the pointers compiled code was called with;
     // `call` made them from live `&mut` borrows that nothing else uses
     // during the call.
@@ -151,14 +149,15 @@ unsafe extern "C" fn exec<B: Bus>(cpu: *mut Cpu, calls: *mut Calls, index: u64) 
     // SAFETY: `Calls::new::<B>` erased a `&mut B` that outlives the call.
     let bus = unsafe { &mut *calls.bus.cast::<B>() };
     #[allow(clippy::cast_possible_truncation)]
-    // SAFETY: `start` is the running block's arena position and `index` is
-    // within the block (compiled code passes the index of the op it stands
-    // for), so the op is in the arena.
-    let op = unsafe { calls.arena.add((calls.start + index) as usize) };
+    // SAFETY: compiled code passes the arena position of the op it stands
+    // for, which it was compiled from, so it is in the arena.
+    let op = unsafe { calls.arena.add(op as usize) };
     // SAFETY: `op` points at an op of the running block, in the arena, which
     // is unchanged while compiled code runs.
     let op = unsafe { &*op };
-    flow_code(cpu.exec(bus, op, calls.retired + calls.len - 1))
+    // MRS and MSR (which end blocks) read the count their block retires to.
+    let first = calls.retired + calls.budget - calls.left;
+    flow_code(cpu.exec(bus, op, first + last))
 }
 
 /// [`FillFn`] for bus type `B`.
@@ -188,18 +187,18 @@ pub(crate) struct Chain<'a> {
 }
 
 impl Cpu {
-    /// Runs compiled block `f` (its ops `ops`, the first retiring as number
-    /// `*retired`), then each next block while it is on the same page,
-    /// compiled, within the budget, and no kick came: the run loop's work
-    /// between blocks, done without its lookups. Returns the last block's flow
-    /// and ops taken; `*retired` counts the blocks before it.
+    /// Runs compiled block `f`, which fits in the budget and whose first op
+    /// retires as number `*retired`, and the blocks after it on the same
+    /// page while they are compiled, fit, and no kick came. Compiled blocks
+    /// jump to each other through their links; when one returns instead, this
+    /// fills the link it missed and calls the next. Returns the last block's
+    /// flow and ops taken; `*retired` counts the blocks before it.
     #[inline(never)]
     pub(crate) fn run_compiled<B: Bus>(
         &mut self,
         bus: &mut B,
         blocks: &mut CompiledBlocks,
         f: BlockFn,
-        block: Block,
         retired: &mut u64,
         chain: &Chain<'_>,
     ) -> (Flow, u64) {
@@ -207,17 +206,16 @@ impl Cpu {
             unreachable!("a block was compiled without a way in");
         };
         let mut calls = Calls::new(bus, chain.arena);
-        let (mut f, mut block) = (f, block);
+        let mut f = f;
         loop {
-            calls.start = block.start as u64;
-            calls.len = block.len as u64;
             calls.retired = *retired;
-            calls.left = (chain.stop - *retired).min(STEPS_PER_ENTRY);
+            calls.budget = (chain.stop - *retired).min(STEPS_PER_ENTRY);
+            calls.left = calls.budget;
             calls.miss = std::ptr::null_mut();
             // SAFETY: see `call`.
             let r = unsafe { call(enter, self, &mut calls, f) };
             // The blocks before the last one retired every op.
-            *retired = calls.retired;
+            *retired = calls.retired + calls.budget - calls.left;
             let (code, taken) = (r & 0xFF, r >> 8);
             let stays = match code {
                 JUMP => self.pc & !0xFFC == chain.page && !bus.kicked(),
@@ -244,12 +242,11 @@ impl Cpu {
                 *link = Link {
                     code: next_f.0,
                     epoch: self.cache.block_epoch,
-                    start: next.start as u64,
                     len: next.len as u64,
                 };
             }
             *retired += taken;
-            (f, block) = (next_f, next);
+            f = next_f;
         }
     }
 }
@@ -258,9 +255,8 @@ impl Cpu {
 ///
 /// # Safety
 ///
-/// `enter` and `f` come from the same live [`CompiledBlocks`], and `calls`
-/// describes `f`'s block: its arena position and length in an arena that holds
-/// its ops, and a budget (`left`) it fits in.
+/// `enter` and `f` come from the same live [`CompiledBlocks`], `calls.arena`
+/// holds the ops `f` was compiled from, and `f`'s block fits in `calls.left`.
 #[inline(always)]
 unsafe fn call(enter: EnterFn, cpu: &mut Cpu, calls: &mut Calls, f: BlockFn) -> u64 {
     // SAFETY: `f` was compiled by `CompiledBlocks::compile` from the ops
@@ -281,9 +277,6 @@ const NZCV: i32 = field(offset_of!(Cpu, pstate) + offset_of!(Pstate, nzcv));
 const BLOCK_EPOCH: i32 = field(offset_of!(Cpu, cache) + offset_of!(DecodeCache, block_epoch));
 const CALLS_EXEC: i32 = field(offset_of!(Calls, exec));
 const CALLS_FILL: i32 = field(offset_of!(Calls, fill));
-const CALLS_START: i32 = field(offset_of!(Calls, start));
-const CALLS_LEN: i32 = field(offset_of!(Calls, len));
-const CALLS_RETIRED: i32 = field(offset_of!(Calls, retired));
 const CALLS_LEFT: i32 = field(offset_of!(Calls, left));
 const CALLS_MISS: i32 = field(offset_of!(Calls, miss));
 
@@ -327,21 +320,18 @@ pub(crate) struct Link {
     /// The block's code (null: not linked yet).
     code: *const u8,
     epoch: u64,
-    /// The block's arena position and length.
-    start: u64,
+    /// The block's length.
     len: u64,
 }
 
 const LINK_CODE: i32 = field(offset_of!(Link, code));
 const LINK_EPOCH: i32 = field(offset_of!(Link, epoch));
-const LINK_START: i32 = field(offset_of!(Link, start));
 const LINK_LEN: i32 = field(offset_of!(Link, len));
 
 impl Link {
     const EMPTY: Link = Link {
         code: std::ptr::null(),
         epoch: 0,
-        start: 0,
         len: 0,
     };
 }
@@ -451,7 +441,7 @@ impl CompiledBlocks {
         [
             signature(CallConv::Tail, &[ptr, ptr], true),
             signature(host, &[ptr, ptr, ptr], true),
-            signature(host, &[ptr, ptr, types::I64], true),
+            signature(host, &[ptr, ptr, types::I64, types::I64], true),
             signature(host, &[ptr, ptr, types::I64, types::I64], false),
         ]
     }
@@ -545,13 +535,14 @@ impl CompiledBlocks {
     #[cold]
     #[inline(never)]
     fn compile_at(&mut self, start: usize, index: usize, ops: &[Op]) -> Option<BlockFn> {
-        let f = self.compile(index, ops);
+        let f = self.compile(start, index, ops);
         self.slots[start] = f.map_or(Slot::Refused, Slot::Compiled);
         f
     }
 
-    /// Compiles the block of `ops` that starts at slot `index` of its page.
-    fn compile(&mut self, index: usize, ops: &[Op]) -> Option<BlockFn> {
+    /// Compiles the block of `ops`, at arena position `start`, that starts at
+    /// slot `index` of its page.
+    fn compile(&mut self, start: usize, index: usize, ops: &[Op]) -> Option<BlockFn> {
         self.enter?;
         let module = self.module.as_mut()?;
         let target = module.target_config();
@@ -580,6 +571,8 @@ impl CompiledBlocks {
                 fill_sig,
                 block_sig,
                 offset: index * 4,
+                start,
+                len: ops.len(),
                 links: &mut self.links,
             };
             let len = ops.len();
