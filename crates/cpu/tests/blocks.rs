@@ -202,12 +202,55 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
     }
 }
 
+/// A compare (CMP or TST, register or immediate, often of equal or small
+/// values) and right after it an op that reads the flags it set: B.cond over
+/// the next instruction, or CSEL/CSINC, under every condition.
+fn compare_and_use(rng: &mut Rng) -> [u32; 2] {
+    let sf = rng.below_u32(2);
+    let rn = rng.below_u32(8);
+    // Equal operands half the time (the conditions that differ only there).
+    let rm = if rng.below_u32(2) == 0 {
+        rn
+    } else {
+        rng.below_u32(8)
+    };
+    let compare = match rng.below_u32(3) {
+        // CMP Xn, Xm / CMP Wn, Wm
+        0 => sf << 31 | 0x6B00_001F | rm << 16 | rn << 5,
+        // CMP Xn, #imm / CMP Wn, #imm
+        1 => sf << 31 | 0x7100_001F | rng.below_u32(4096) << 10 | rn << 5,
+        // TST Xn, #1 << k / TST Wn, #1 << k (ANDS to ZR, one-bit mask)
+        _ => {
+            let width = if sf == 1 { 64 } else { 32 };
+            let k = rng.below_u32(width);
+            let immr = (width - k) % width;
+            sf << 31 | 0x7200_001F | sf << 22 | immr << 16 | rn << 5
+        }
+    };
+    let cond = rng.below_u32(16);
+    let reader = if rng.below_u32(2) == 0 {
+        0x5400_0000 | 2 << 5 | cond
+    } else {
+        let rd = rng.below_u32(8);
+        sf << 31 | 0x1A80_0000 | rm << 16 | cond << 12 | rng.below_u32(2) << 10 | rn << 5 | rd
+    };
+    [compare, reader]
+}
+
 fn program(seed: u64) -> Vec<u32> {
     let mut rng = Rng(seed);
     // Long enough to cross page ends; a fault possible in half the programs.
     let len = 50 + rng.below_u32(3000);
     let faulting = rng.below_u32(2) == 0;
-    let mut words: Vec<u32> = (0..len).map(|_| instruction(&mut rng, faulting)).collect();
+    let mut words: Vec<u32> = (0..len)
+        .flat_map(|_| {
+            if rng.below_u32(12) == 0 {
+                compare_and_use(&mut rng).to_vec()
+            } else {
+                vec![instruction(&mut rng, faulting)]
+            }
+        })
+        .collect();
     // SUBS X9, X9, #1; B.NE to the start: X9 = PASSES runs the body that many
     // times, and only code run before is in blocks. The NOP is what a last
     // forward branch skips.

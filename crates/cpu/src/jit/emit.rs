@@ -60,9 +60,22 @@ pub(super) struct Emit<'a> {
     pub(super) start: usize,
     /// The block's length.
     pub(super) len: usize,
+    /// What the NZCV in `Cpu` was last computed from in this block, if a
+    /// native op set it: a condition on it can be a compare of the operands.
+    pub(super) flags_from: Option<FlagsFrom>,
     /// Where the links of this block's ways out are kept.
     #[allow(clippy::vec_box)]
     pub(super) links: &'a mut Vec<Box<Link>>,
+}
+
+/// What a native op computed NZCV from (values at the op's width, zero
+/// extended).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FlagsFrom {
+    /// `x - y` (SUBS, CMP).
+    Sub { x: Value, y: Value, sf: bool },
+    /// A logical result: C and V clear (ANDS, TST).
+    Logic { r: Value, sf: bool },
 }
 
 /// Where a block goes on its way out.
@@ -248,6 +261,7 @@ impl Emit<'_> {
 
     /// NZCV of x - y at width 32 or 64 (x, y already at that width in I64).
     fn subs_flags(&mut self, x: Value, y: Value, sf: bool) -> (Value, Value) {
+        self.flags_from = Some(FlagsFrom::Sub { x, y, sf });
         let b = &mut self.b;
         let (r, n) = if sf {
             let r = b.ins().isub(x, y);
@@ -281,6 +295,11 @@ impl Emit<'_> {
 
     /// Whether condition `cond` holds, as an I8 0/1.
     fn holds(&mut self, cond: u8) -> Value {
+        if let Some(from) = self.flags_from
+            && let Some(c) = self.holds_for(from, cond)
+        {
+            return c;
+        }
         let table = crate::pstate::cond_table(cond);
         let b = &mut self.b;
         let nzcv = b.ins().load(types::I64, flags(), self.cpu, NZCV);
@@ -290,6 +309,61 @@ impl Emit<'_> {
         let s = b.ins().ushr(t, nib);
         let s = b.ins().band_imm_s(s, 1);
         b.ins().icmp_imm_s(IntCC::NotEqual, s, 0)
+    }
+
+    /// Whether `cond` holds for the NZCV `from` gives, computed from the
+    /// operands (None: only the NZCV value tells, e.g. for VS).
+    fn holds_for(&mut self, from: FlagsFrom, cond: u8) -> Option<Value> {
+        use IntCC::{
+            Equal, NotEqual, SignedGreaterThan, SignedGreaterThanOrEqual, SignedLessThan,
+            SignedLessThanOrEqual, UnsignedGreaterThan, UnsignedGreaterThanOrEqual,
+            UnsignedLessThan, UnsignedLessThanOrEqual,
+        };
+        // At 32 bits the signed views are the low halves.
+        let signed = |e: &mut Self, v: Value, sf: bool| {
+            if sf {
+                v
+            } else {
+                e.b.ins().ireduce(types::I32, v)
+            }
+        };
+        Some(match from {
+            FlagsFrom::Sub { x, y, sf } => {
+                let (cc, signed_cmp) = match cond {
+                    0 => (Equal, false),
+                    1 => (NotEqual, false),
+                    2 => (UnsignedGreaterThanOrEqual, false),
+                    3 => (UnsignedLessThan, false),
+                    8 => (UnsignedGreaterThan, false),
+                    9 => (UnsignedLessThanOrEqual, false),
+                    10 => (SignedGreaterThanOrEqual, true),
+                    11 => (SignedLessThan, true),
+                    12 => (SignedGreaterThan, true),
+                    13 => (SignedLessThanOrEqual, true),
+                    _ => return None,
+                };
+                if signed_cmp {
+                    let (x, y) = (signed(self, x, sf), signed(self, y, sf));
+                    self.b.ins().icmp(cc, x, y)
+                } else {
+                    self.b.ins().icmp(cc, x, y)
+                }
+            }
+            FlagsFrom::Logic { r, sf } => {
+                let r = signed(self, r, sf);
+                let cc = match cond {
+                    0 => Equal,
+                    1 => NotEqual,
+                    // N: the sign; C and V are clear, so GE is PL and LT is MI.
+                    4 | 11 => SignedLessThan,
+                    5 | 10 => SignedGreaterThanOrEqual,
+                    12 => SignedGreaterThan,
+                    13 => SignedLessThanOrEqual,
+                    _ => return None,
+                };
+                self.b.ins().icmp_imm_s(cc, r, 0)
+            }
+        })
     }
 
     /// Ends the function: branch to `target` if `cond`, else past the block.
@@ -737,6 +811,7 @@ impl Emit<'_> {
                 let z = self.b.ins().ishl_imm_s(z, 30);
                 let nzcv = self.b.ins().bor(nflag, z);
                 self.b.ins().store(flags(), nzcv, self.cpu, NZCV);
+                self.flags_from = Some(FlagsFrom::Logic { r, sf });
                 self.w(d, r);
             }
             Op::Bitfield {

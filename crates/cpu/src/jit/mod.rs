@@ -574,6 +574,7 @@ impl CompiledBlocks {
                 start,
                 len: ops.len(),
                 links: &mut self.links,
+                flags_from: None,
             };
             let len = ops.len();
             let mut ended = false;
@@ -582,7 +583,9 @@ impl CompiledBlocks {
                     ended |= i == len - 1 && ends_natively(op);
                     continue;
                 }
-                // The interpreter runs it; any flow but NEXT leaves the block.
+                // The interpreter runs it (and may set NZCV); any flow but
+                // NEXT leaves the block.
+                e.flags_from = None;
                 let r = e.exec_op(i);
                 let out = e.b.create_block();
                 let cont = e.b.create_block();
