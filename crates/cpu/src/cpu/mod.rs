@@ -2,6 +2,7 @@
 
 use apf_abi::esr::{Esr, ec};
 
+mod compiled;
 mod exceptions;
 mod state;
 mod sysregs;
@@ -12,7 +13,7 @@ use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
 use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
-use crate::jit::{self, CompiledBlocks, DirectPages};
+use crate::jit::{CompiledBlocks, DirectPages};
 use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
 use crate::pstate::{Pstate, bits};
 use crate::sysreg::{SCTLR_WXN, SysRegs};
@@ -143,6 +144,17 @@ pub(crate) enum Flow {
     NotDecoded,
 }
 
+/// Where a run of compiled blocks may go on: blocks of code page `page`
+/// (decode-cache slab `slab`, ops in `arena`) while the retired count stays
+/// below `stop`.
+#[derive(Debug)]
+pub(crate) struct Chain<'a> {
+    pub(crate) page: u64,
+    pub(crate) slab: usize,
+    pub(crate) stop: u64,
+    pub(crate) arena: &'a [Op],
+}
+
 /// One vCPU: architectural state plus its decoded-instruction cache.
 #[derive(Debug)]
 pub struct Cpu {
@@ -191,7 +203,9 @@ impl Cpu {
             mmu: Mmu::new(),
             compiled: match config.engine {
                 Engine::Interpreter => None,
-                Engine::Compiler { after } => Some(Box::new(CompiledBlocks::new(after))),
+                Engine::Compiler { after } => {
+                    Some(Box::new(CompiledBlocks::new(after, Cpu::LAYOUT)))
+                }
             },
             direct: DirectPages::new(),
         }
@@ -317,7 +331,7 @@ impl Cpu {
                     let (flow, taken) = if let Some(blocks) = compiled.as_deref_mut()
                         && let Some(f) = blocks.entry(b, index, ops, self.cache.arena_generation)
                     {
-                        let chain = jit::Chain {
+                        let chain = Chain {
                             page,
                             slab,
                             stop,

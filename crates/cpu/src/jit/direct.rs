@@ -2,8 +2,9 @@
 //! loads and stores.
 //!
 //! An entry is filled after the interpreter has done an access (so the access
-//! was allowed, and apf-mem's TLB has the page), from [`Bus::host_page`]. It
-//! holds only what that allows:
+//! was allowed, and apf-mem's TLB has the page), from
+//! [`Bus::host_page`](crate::Bus::host_page), by the run loop
+//! (`Cpu::fill_direct`). It holds only what that allows:
 //! - the MMU is off, so a virtual address is the physical one and no
 //!   permission depends on the exception level;
 //! - a write entry exists only for a page the bus maps writable (apf-mem: a
@@ -14,9 +15,7 @@
 //! the run ends), when the decode cache takes in a new code page, and on every
 //! change to translation (TLB invalidation, SCTLR/TCR/TTBR writes).
 
-use crate::Cpu;
-use crate::bus::Bus;
-use crate::sysreg::SCTLR_M;
+use crate::bus::HostPage;
 
 /// Entries in the table (direct-mapped on the low bits of the page number).
 pub(crate) const DIRECT_PAGES: usize = 256;
@@ -71,25 +70,13 @@ impl DirectPages {
     pub(crate) fn flush(&mut self) {
         self.table.fill(DirectPage::EMPTY);
     }
-}
 
-impl Cpu {
-    /// The interpreter just accessed `va` (`write`: stored to it) for compiled
-    /// code: let the next access to its page go direct, when allowed.
-    pub(super) fn fill_direct<B: Bus>(&mut self, bus: &mut B, va: u64, write: bool) {
-        if self.sys.sctlr_el1 & SCTLR_M != 0 {
-            return;
-        }
-        let page = va & !0xFFF;
-        if write && self.cache.may_hold(page >> 12) {
-            return;
-        }
-        let Some(host) = bus.host_page(page, write) else {
-            return;
-        };
+    /// Lets compiled code read (`write`: and write) the guest page at `page`
+    /// (4 KiB aligned) through `host`, until the next flush.
+    pub(crate) fn insert(&mut self, page: u64, host: HostPage, write: bool) {
         let addend = host.addr().wrapping_sub(page);
         #[allow(clippy::cast_possible_truncation)]
-        let e = &mut self.direct.table[(va >> 12) as usize & (DIRECT_PAGES - 1)];
+        let e = &mut self.table[(page >> 12) as usize & (DIRECT_PAGES - 1)];
         if e.addend != addend || e.read_tag != page {
             *e = DirectPage::EMPTY;
             e.addend = addend;

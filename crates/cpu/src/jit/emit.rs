@@ -18,11 +18,11 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, SigRef, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-use super::direct::DIRECT_PAGES;
-use super::{
-    BLOCK_EPOCH, CALLS_EXEC, CALLS_FILL, CALLS_LEFT, CALLS_MISS, JUMP, LINK_CODE, LINK_EPOCH,
-    LINK_LEN, Link, NEXT, NZCV, PC, REGS, flags, ram_flags,
+use super::abi::{
+    CALLS_EXEC, CALLS_FILL, CALLS_LEFT, CALLS_MISS, CpuLayout, JUMP, LINK_CODE, LINK_EPOCH,
+    LINK_LEN, Link, NEXT, flags, ram_flags,
 };
+use super::direct::DIRECT_PAGES;
 use crate::decode::{CondSelOp, LoadExt, LogicOp, MovOp, MulOp, Op, Writeback, reg};
 use apf_abi::esr::AccessSize;
 
@@ -63,6 +63,8 @@ pub(super) struct Emit<'a> {
     /// What the NZCV in `Cpu` was last computed from in this block, if a
     /// native op set it: a condition on it can be a compare of the operands.
     pub(super) flags_from: Option<FlagsFrom>,
+    /// Where the `Cpu` fields are.
+    pub(super) layout: CpuLayout,
     /// Where the links of this block's ways out are kept.
     #[allow(clippy::vec_box)]
     pub(super) links: &'a mut Vec<Box<Link>>,
@@ -226,7 +228,7 @@ impl Emit<'_> {
     /// Calls the interpreter for op `i` with PC at it; returns its flow code.
     pub(super) fn exec_op(&mut self, i: usize) -> Value {
         let pc = self.pc_at(i);
-        self.b.ins().store(flags(), pc, self.cpu, PC);
+        self.b.ins().store(flags(), pc, self.cpu, self.layout.pc);
         let exec = self
             .b
             .ins()
@@ -245,12 +247,12 @@ impl Emit<'_> {
     }
 
     fn r(&mut self, slot: u8) -> Value {
-        let off = REGS + 8 * i32::from(slot & (reg::FILE as u8 - 1));
+        let off = self.layout.regs + 8 * i32::from(slot & (reg::FILE as u8 - 1));
         self.b.ins().load(types::I64, flags(), self.cpu, off)
     }
 
     fn w(&mut self, slot: u8, v: Value) {
-        let off = REGS + 8 * i32::from(slot & (reg::FILE as u8 - 1));
+        let off = self.layout.regs + 8 * i32::from(slot & (reg::FILE as u8 - 1));
         self.b.ins().store(flags(), v, self.cpu, off);
     }
 
@@ -302,7 +304,9 @@ impl Emit<'_> {
         }
         let table = crate::pstate::cond_table(cond);
         let b = &mut self.b;
-        let nzcv = b.ins().load(types::I64, flags(), self.cpu, NZCV);
+        let nzcv = b
+            .ins()
+            .load(types::I64, flags(), self.cpu, self.layout.nzcv);
         let nib = b.ins().ushr_imm_s(nzcv, 28);
         let nib = b.ins().band_imm_s(nib, 0xF);
         let t = b.ins().iconst(types::I64, i64::from(table));
@@ -398,7 +402,7 @@ impl Emit<'_> {
             Target::Fixed(bytes) => self.b.ins().iadd_imm_s(self.pc0, bytes),
             Target::Computed(v) => v,
         };
-        self.b.ins().store(flags(), pc, self.cpu, PC);
+        self.b.ins().store(flags(), pc, self.cpu, self.layout.pc);
         let on_page = match to {
             Target::Fixed(bytes) => (0..4096).contains(&(self.offset as i64 + bytes)),
             Target::Computed(_) => false,
@@ -429,7 +433,7 @@ impl Emit<'_> {
         let now = self
             .b
             .ins()
-            .load(types::I64, flags(), self.cpu, BLOCK_EPOCH);
+            .load(types::I64, flags(), self.cpu, self.layout.block_epoch);
         let same = self.b.ins().icmp(IntCC::Equal, epoch, now);
         self.b.ins().brif(same, current, &[], miss, &[]);
 
@@ -528,7 +532,9 @@ impl Emit<'_> {
                 let x = self.low32(x);
                 let y = self.b.ins().iconst(types::I64, i64::from(imm));
                 let (r, nzcv) = self.subs_flags(x, y, false);
-                self.b.ins().store(flags(), nzcv, self.cpu, NZCV);
+                self.b
+                    .ins()
+                    .store(flags(), nzcv, self.cpu, self.layout.nzcv);
                 self.w(d, r);
             }
             Op::SubsRegW { d, n, m } => {
@@ -537,7 +543,9 @@ impl Emit<'_> {
                 let y = self.r(m);
                 let y = self.low32(y);
                 let (r, nzcv) = self.subs_flags(x, y, false);
-                self.b.ins().store(flags(), nzcv, self.cpu, NZCV);
+                self.b
+                    .ins()
+                    .store(flags(), nzcv, self.cpu, self.layout.nzcv);
                 self.w(d, r);
             }
             Op::AddImm {
@@ -551,7 +559,9 @@ impl Emit<'_> {
                 let x = self.r(n);
                 let y = self.b.ins().iconst(types::I64, i64::from(imm));
                 let (r, nzcv) = self.subs_flags(x, y, true);
-                self.b.ins().store(flags(), nzcv, self.cpu, NZCV);
+                self.b
+                    .ins()
+                    .store(flags(), nzcv, self.cpu, self.layout.nzcv);
                 self.w(d, r);
             }
             Op::AddShifted {
@@ -567,7 +577,9 @@ impl Emit<'_> {
                 let x = self.r(n);
                 let y = self.r(m);
                 let (r, nzcv) = self.subs_flags(x, y, true);
-                self.b.ins().store(flags(), nzcv, self.cpu, NZCV);
+                self.b
+                    .ins()
+                    .store(flags(), nzcv, self.cpu, self.layout.nzcv);
                 self.w(d, r);
             }
             Op::AddShifted {
@@ -810,7 +822,9 @@ impl Emit<'_> {
                 let z = self.b.ins().uextend(types::I64, z);
                 let z = self.b.ins().ishl_imm_s(z, 30);
                 let nzcv = self.b.ins().bor(nflag, z);
-                self.b.ins().store(flags(), nzcv, self.cpu, NZCV);
+                self.b
+                    .ins()
+                    .store(flags(), nzcv, self.cpu, self.layout.nzcv);
                 self.flags_from = Some(FlagsFrom::Logic { r, sf });
                 self.w(d, r);
             }
