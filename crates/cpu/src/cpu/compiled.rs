@@ -10,6 +10,7 @@ use super::{Chain, Cpu, Flow};
 use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
 use crate::jit::{BlockFn, Calls, CompiledBlocks, CpuLayout, EnterFn, JUMP, Link, NEXT};
+use crate::mmu::AccessKind;
 use crate::pstate::Pstate;
 use crate::sysreg::SCTLR_M;
 
@@ -95,18 +96,29 @@ impl Cpu {
     );
 
     /// The interpreter just accessed `va` (`write`: stored to it) for compiled
-    /// code: let the next access to its page go direct, when allowed (see
-    /// `jit/direct.rs`): with the MMU off, and for a write only to a page
-    /// holding no decoded code.
+    /// code: let the next accesses to its page at this EL go direct, as that
+    /// one was allowed (see `jit/direct.rs`). Not for Device memory, nor for a
+    /// write to a page holding decoded code.
     fn fill_direct<B: Bus>(&mut self, bus: &mut B, va: u64, write: bool) {
-        if self.sys.sctlr_el1 & SCTLR_M != 0 {
-            return;
-        }
         let page = va & !0xFFF;
-        if write && self.cache.may_hold(page >> 12) {
+        let pa_page = if self.sys.sctlr_el1 & SCTLR_M == 0 {
+            page
+        } else {
+            let kind = if write {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            };
+            // A TLB hit: the access just translated.
+            match self.translate(bus, va, kind, self.pstate.el == 0) {
+                Ok(t) if !t.device => t.pa & !0xFFF,
+                _ => return,
+            }
+        };
+        if write && self.cache.may_hold(pa_page >> 12) {
             return;
         }
-        if let Some(host) = bus.host_page(page, write) {
+        if let Some(host) = bus.host_page(pa_page, write) {
             self.direct.insert(page, host, write);
         }
     }

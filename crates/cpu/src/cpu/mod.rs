@@ -41,6 +41,9 @@ pub enum Engine {
     /// A block entered `after` times is compiled to host code (Cranelift) and
     /// runs compiled from then on; ops the compiler does not handle still call
     /// the interpreter. On a host without a Cranelift backend, the interpreter.
+    /// Not the default yet: two-vCPU APF runs with store read errors can hang
+    /// under it (`crates/vm/tests/end_to_end.rs`, about 1 run in 10), cause
+    /// not found yet.
     Compiler {
         /// Entries before a block is compiled (0: at its first).
         after: u32,
@@ -48,14 +51,13 @@ pub enum Engine {
 }
 
 impl Default for CpuConfig {
-    /// MPIDR 0, 100 MHz counter, one tick per instruction, blocks compiled
-    /// after 50 entries.
+    /// MPIDR 0, 100 MHz counter, one tick per instruction, interpreted.
     fn default() -> CpuConfig {
         CpuConfig {
             mpidr: 0,
             cntfrq: 100_000_000,
             time_scale: TimeScale::default(),
-            engine: Engine::Compiler { after: 50 },
+            engine: Engine::Interpreter,
         }
     }
 }

@@ -81,11 +81,14 @@ impl Cpu {
                 s.ttbr0_el1 = v;
                 self.mmu
                     .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
+                // Direct pages are not ASID-tagged.
+                self.direct.flush();
             }
             SysReg::Ttbr1El1 => {
                 s.ttbr1_el1 = v;
                 self.mmu
                     .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
+                self.direct.flush();
             }
             SysReg::TcrEl1 => {
                 s.tcr_el1 = v;
@@ -448,11 +451,10 @@ impl Cpu {
     /// operand `v`. The by-VA forms drop the page under every ASID (more than
     /// asked, which is always allowed).
     fn tlbi(&mut self, op2: u8, v: u64) {
+        // Direct pages are few and untagged: every TLBI forgets them all.
+        self.direct.flush();
         match op2 {
-            0 => {
-                self.mmu.flush();
-                self.direct.flush();
-            }
+            0 => self.mmu.flush(),
             2 => {
                 let asid = self.mmu.asid_bits(self.sys.tcr_el1, v);
                 self.mmu.flush_asid(asid);

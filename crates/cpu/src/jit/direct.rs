@@ -2,18 +2,20 @@
 //! loads and stores.
 //!
 //! An entry is filled after the interpreter has done an access (so the access
-//! was allowed, and apf-mem's TLB has the page), from
+//! was allowed at this EL, and apf-mem's TLB has the page), from
 //! [`Bus::host_page`](crate::Bus::host_page), by the run loop
-//! (`Cpu::fill_direct`). It holds only what that allows:
-//! - the MMU is off, so a virtual address is the physical one and no
-//!   permission depends on the exception level;
-//! - a write entry exists only for a page the bus maps writable (apf-mem: a
-//!   page already dirty-tracked) and holding no decoded code, so a store never
-//!   skips the decode cache's check.
+//! (`Cpu::fill_direct`), keyed by the virtual page. It holds only what that
+//! access allowed:
+//! - a read entry lets reads of the page through, a write entry writes too
+//!   (the access was a write: the stage-1 and apf-mem's dirty tracking saw it);
+//! - never a write entry for a page holding decoded code, so a store never
+//!   skips the decode cache's check;
+//! - never Device memory.
 //!
 //! Every entry is forgotten when a run starts (a host page is valid only until
-//! the run ends), when the decode cache takes in a new code page, and on every
-//! change to translation (TLB invalidation, SCTLR/TCR/TTBR writes).
+//! the run ends), when the decode cache takes in a new code page, and on
+//! everything that changes what a virtual address may reach: SCTLR, TCR, MAIR
+//! and TTBR writes, every TLBI, and (MMU on) a change of exception level.
 
 use crate::bus::HostPage;
 
