@@ -6,7 +6,7 @@ set -euo pipefail
 usage() {
 	cat <<'EOF'
 usage: bench/coremark/run.sh [--runs K] [--n1 N] [--n2 N] [--qemu-scale S] [--profile]
-                              [--apf FILE] [--qemu FILE]
+                              [--engine compiler|interpreter] [--apf FILE] [--qemu FILE]
 
   --runs K     timing rounds, each apf then QEMU at N1 and N2 iterations (default 1; 0: none)
   --n1, --n2   apf's two iteration counts (default 2000 and 4000, about 5 and 10 s);
@@ -15,6 +15,8 @@ usage: bench/coremark/run.sh [--runs K] [--n1 N] [--n2 N] [--qemu-scale S] [--pr
                time (default 5)
   --profile    also profile apf on CoreMark: perf report and host instructions per guest
                instruction, into target/coremark/profile.txt
+  --engine E   how apf runs the guest: compiler (default: blocks compiled once hot) or
+               interpreter
   --apf FILE   the apf binary (default: cargo build --release, then target/release/apf)
   --qemu FILE  the QEMU binary (default: qemu-system-aarch64)
 
@@ -53,10 +55,10 @@ fail() {
 	exit 1
 }
 
-runs=1 n1=2000 n2=4000 qemu_scale=5 profile=0 apf="" qemu=qemu-system-aarch64
+runs=1 n1=2000 n2=4000 qemu_scale=5 profile=0 apf="" qemu=qemu-system-aarch64 engine=compiler
 while (($#)); do
 	case "$1" in
-	--runs | --n1 | --n2 | --qemu-scale | --apf | --qemu)
+	--runs | --n1 | --n2 | --qemu-scale | --apf | --qemu | --engine)
 		(($# >= 2)) || die "$1 needs a value"
 		case "$1" in
 		--runs) runs=$2 ;;
@@ -64,6 +66,7 @@ while (($#)); do
 		--n2) n2=$2 ;;
 		--qemu-scale) qemu_scale=$2 ;;
 		--apf) apf=$2 ;;
+		--engine) engine=$2 ;;
 		--qemu) qemu=$2 ;;
 		esac
 		shift 2
@@ -87,6 +90,10 @@ done
 ((n2 * qemu_scale <= 2000000000)) ||
 	die "--n2 times --qemu-scale ($n2 x $qemu_scale) must fit CoreMark's 32-bit iteration count"
 ((runs > 0 || profile)) || die "--runs 0 without --profile does nothing"
+case "$engine" in
+compiler | interpreter) APF_ARGS+=(--engine "$engine") ;;
+*) die "--engine must be compiler or interpreter, not $engine" ;;
+esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)

@@ -76,6 +76,24 @@ enum Command {
     },
 }
 
+/// `--engine`: how guest code runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum EngineArg {
+    /// Every instruction interpreted.
+    Interpreter,
+    /// Blocks compiled to host code after 50 entries.
+    Compiler,
+}
+
+impl EngineArg {
+    fn engine(self) -> apf_vm::Engine {
+        match self {
+            EngineArg::Interpreter => apf_vm::Engine::Interpreter,
+            EngineArg::Compiler => apf_vm::Engine::Compiler { after: 50 },
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
     #[command(flatten)]
@@ -84,6 +102,10 @@ struct RunArgs {
     /// entered at EL1h) and stream its console until it powers off or --timeout passes.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["processes", "work", "duration", "console", "kernel"])]
     image: Option<PathBuf>,
+    /// How --image's vCPUs run guest code: interpreted, or blocks compiled to host
+    /// code once hot (Cranelift; not yet the default, see docs/jit).
+    #[arg(long, value_enum, default_value = "interpreter", requires = "image")]
+    engine: EngineArg,
     /// Boot this arm64 Linux Image (uncompressed) instead of the built-in guest and
     /// stream its console; the -p processes go to its init on the kernel command line
     /// (`apf.proc=...`) and are reported from its console.
@@ -504,6 +526,7 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
             RunOptions {
                 timeout,
                 echo_console: true,
+                ..Default::default()
             },
         )?;
         RunReport::new(label, &config, &run)
@@ -539,6 +562,7 @@ fn cmd_migrate_source(
         RunOptions {
             timeout,
             echo_console: false,
+            ..Default::default()
         },
         &mut observe,
     );
@@ -581,6 +605,7 @@ fn cmd_listen(args: &migrate::ListenArgs) -> Result<(), CliError> {
         RunOptions {
             timeout: args.timeout.0,
             echo_console: false,
+            ..Default::default()
         },
         &mut |_| ControlFlow::Continue(()),
         Box::new(|line| eprintln!("apf listen: {line}")),
@@ -709,6 +734,7 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         RunOptions {
             timeout,
             echo_console: true,
+            engine: args.engine.engine(),
         },
     )?;
     if let Some(json) = &args.json {
@@ -776,6 +802,7 @@ fn run_a_kernel(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         RunOptions {
             timeout,
             echo_console: true,
+            ..Default::default()
         },
     )?;
     let label = if config.apf { "APF on" } else { "APF off" };

@@ -1,6 +1,8 @@
 //! The boundary between a vCPU and everything outside it: guest memory (through
 //! the host's stage-2), MMIO, and the system registers the CPU does not own.
 
+use std::ptr::NonNull;
+
 pub use apf_abi::esr::AccessSize;
 
 /// Why an access through the [`Bus`] did not complete.
@@ -200,6 +202,46 @@ pub trait Bus {
     fn broadcast(&mut self, op: Broadcast) -> bool {
         let _ = op;
         false
+    }
+
+    /// RAM page `pa` (4 KiB aligned) for compiled code to read (`write`: and
+    /// write) with host loads and stores until this run ends, or None to keep
+    /// its accesses on [`Bus::read`] and [`Bus::write`]. Asked only after an
+    /// access to the page went through those (so it faulted in, and for a
+    /// write, dirty tracking saw it). Default: None.
+    fn host_page(&mut self, pa: u64, write: bool) -> Option<HostPage> {
+        let _ = (pa, write);
+        None
+    }
+}
+
+/// A guest RAM page in host memory, for compiled code's direct loads and stores.
+#[derive(Debug, Clone, Copy)]
+pub struct HostPage {
+    start: NonNull<u8>,
+}
+
+impl HostPage {
+    /// The page that starts at `start`.
+    ///
+    /// # Safety
+    ///
+    /// `start` is the first of 4096 bytes of host memory that hold the guest
+    /// page [`Bus::host_page`] was asked for. Until the [`Cpu::run`] that
+    /// asked returns, those bytes stay mapped and hold that page, this vCPU may
+    /// read them (and write them, if asked for writing) with naturally aligned
+    /// host loads and stores of 1 to 8 bytes, and any other thread accesses
+    /// them only with atomic operations.
+    ///
+    /// [`Cpu::run`]: crate::Cpu::run
+    #[allow(unsafe_code)]
+    pub unsafe fn new(start: NonNull<u8>) -> HostPage {
+        HostPage { start }
+    }
+
+    /// The page's host address.
+    pub(crate) fn addr(self) -> u64 {
+        self.start.as_ptr() as u64
     }
 }
 

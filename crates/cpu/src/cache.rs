@@ -391,6 +391,13 @@ pub(crate) struct DecodeCache {
     /// are set when a page is taken in and cleared only when every page is
     /// forgotten.
     filter: [u64; FILTER_BITS / 64],
+    /// Bumped whenever the arena is emptied (compiled blocks go with it).
+    pub(crate) arena_generation: u64,
+    /// Pages taken in since creation (a new code page may need store checks).
+    pub(crate) pages_taken: u64,
+    /// Bumped whenever block entries are forgotten, so that whoever kept a
+    /// block found here knows to look again.
+    pub(crate) block_epoch: u64,
 }
 
 impl std::fmt::Debug for DecodeCache {
@@ -438,6 +445,9 @@ impl DecodeCache {
             blocks: Vec::new(),
             arena: Vec::new(),
             filter: [0; FILTER_BITS / 64],
+            arena_generation: 0,
+            pages_taken: 0,
+            block_epoch: 0,
         }
     }
 
@@ -462,10 +472,12 @@ impl DecodeCache {
                     self.slab_of[e] = u32::try_from(self.slab.len() - 1).unwrap_or(0);
                 }
                 self.tags[e] = pfn;
+                self.pages_taken += 1;
                 let bit = filter_bit(pfn);
                 self.filter[bit / 64] |= 1 << (bit % 64);
                 self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);
                 self.blocks[self.slab_of[e] as usize].fill(NO_BLOCK);
+                self.block_epoch += 1;
                 e
             }
         };
@@ -520,6 +532,8 @@ impl DecodeCache {
                 b.fill(NO_BLOCK);
             }
             arena.clear();
+            self.arena_generation += 1;
+            self.block_epoch += 1;
         }
         let start = arena.len();
         arena.extend(self.slab[slab][index..end].iter().map(|&op| specialise(op)));
@@ -534,7 +548,7 @@ impl DecodeCache {
 
     /// Whether page `pfn` may be held (false: it surely is not).
     #[inline(always)]
-    fn may_hold(&self, pfn: u64) -> bool {
+    pub(crate) fn may_hold(&self, pfn: u64) -> bool {
         let bit = filter_bit(pfn);
         (self.filter[bit / 64] >> (bit % 64)) & 1 != 0
     }
@@ -583,6 +597,7 @@ impl DecodeCache {
         self.slab[s][first..=last].fill(Op::NotDecoded);
         // A block may span the reset slots from any earlier entry slot.
         self.blocks[s].fill(NO_BLOCK);
+        self.block_epoch += 1;
     }
 
     /// Forgets page `pfn`.

@@ -98,6 +98,11 @@ impl Pstate {
     }
 }
 
+/// The set of NZCV values (bit `NZCV >> 28`) condition `cond` holds for.
+pub(crate) const fn cond_table(cond: u8) -> u16 {
+    COND_HOLDS[(cond & 0xF) as usize]
+}
+
 /// Per condition, the set of NZCV values (bit `NZCV >> 28`) it holds for.
 // Both loop counters stay below 16, and `From` cannot be called in a const.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -4,8 +4,9 @@
 //! else can see the memory.
 
 use std::collections::{HashMap, HashSet};
+use std::ptr::NonNull;
 
-use crate::bus::{AccessSize, AtomicOp, Bus, BusError, SysRegId};
+use crate::bus::{AccessSize, AtomicOp, Bus, BusError, HostPage, SysRegId};
 
 #[derive(Debug)]
 struct Region {
@@ -157,6 +158,18 @@ impl Bus for RamBus {
     #[inline(always)]
     fn read(&mut self, addr: u64, size: AccessSize) -> Result<u64, BusError> {
         self.get(addr, size)
+    }
+
+    fn host_page(&mut self, pa: u64, _write: bool) -> Option<HostPage> {
+        if self.unmapped_pages.contains(&(pa >> 12)) {
+            return None;
+        }
+        let page = NonNull::new(self.slice_mut(pa, 4096)?.as_mut_ptr())?;
+        // SAFETY: the 4096 bytes are this bus's own, in a region that is
+        // never resized; the run that asked holds `&mut self` until it
+        // returns, so nothing else reads, writes, unmaps or frees them.
+        #[allow(unsafe_code)]
+        Some(unsafe { HostPage::new(page) })
     }
 
     #[inline(always)]

@@ -1,13 +1,15 @@
 //! Straight-line blocks against single steps: random loops of ALU ops, loads
-//! and stores (immediate and register offset, sign-extending loads too),
-//! forward branches, counter reads and a faulting load run once with a budget
-//! of one step per call (the single-op path), once with a large budget (whole
-//! blocks), and once with small odd budgets (blocks that do not fit fall back
-//! to single ops). Every run must end in the same state: the
+//! and stores (immediate and register offset, sign-extending loads, pre- and
+//! post-index writeback), forward branches, counter reads and a faulting load
+//! run once with a budget of one step per call (the single-op path), and with
+//! each engine once with a large budget (whole blocks) and once with small odd
+//! budgets (blocks that do not fit fall back to single ops). The compiler
+//! compiles every block at its first entry, so every compiled op is compared
+//! with the interpreter's. Every run must end in the same state: the
 //! registers, PC, PSTATE, the retired count, the exception registers and the
 //! data memory.
 
-use apf_cpu::{Cpu, CpuConfig, Exit, RamBus, SysReg};
+use apf_cpu::{Cpu, CpuConfig, Engine, Exit, RamBus, SysReg};
 
 const RAM: u64 = 0x4000_0000;
 const RAM_LEN: usize = 0x20000;
@@ -26,7 +28,8 @@ const PASSES: u64 = 3;
 mod rng;
 use rng::Rng;
 
-/// One random instruction: destinations are X0..X7; X28 is the data base.
+/// One random instruction: destinations are X0..X7; X28 is the data base and
+/// X25 a pointer into the data that writeback moves.
 fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
     let sf = rng.below_u32(2);
     let (rd, rn, rm, ra) = (
@@ -36,7 +39,7 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         rng.below_u32(8),
     );
     let width = if sf == 1 { 64 } else { 32 };
-    match rng.below_u32(18) {
+    match rng.below_u32(20) {
         // ADD/ADDS/SUB/SUBS (immediate)
         0 => {
             sf << 31
@@ -72,7 +75,7 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
         // MOVZ/MOVK
         3 => {
             sf << 31
-                | (2 + rng.below_u32(2)) << 29
+                | [0, 2, 3][rng.below_u32(3) as usize] << 29
                 | 0x1280_0000
                 | rng.below_u32(2 + 2 * sf) << 21
                 | rng.below_u32(65536) << 5
@@ -177,10 +180,61 @@ fn instruction(rng: &mut Rng, faulting_load: bool) -> u32 {
                 | 28 << 5
                 | rd
         }
+        // TBZ/TBNZ over the next instruction
+        17 => {
+            let bit = rng.below_u32(64);
+            (bit >> 5) << 31 | 0x3600_0000 | rng.below_u32(2) << 24 | (bit & 31) << 19 | 2 << 5 | rn
+        }
+        // LDR/STR X, pre- or post-index by -8 or 8 on X25
+        18 => {
+            let imm9 = if rng.below_u32(2) == 0 { 8 } else { 0x1F8 };
+            3 << 30
+                | 0x3800_0400
+                | rng.below_u32(2) << 22
+                | imm9 << 12
+                | rng.below_u32(2) << 11
+                | 25 << 5
+                | rd
+        }
         // LDR Xd, [X27]: a data abort (rarely: it ends the program), else NOP
         _ if faulting_load && rng.below_u32(80) == 0 => 0xF940_0000 | 27 << 5 | rd,
         _ => 0xD503_201F,
     }
+}
+
+/// A compare (CMP or TST, register or immediate, often of equal or small
+/// values) and right after it an op that reads the flags it set: B.cond over
+/// the next instruction, or CSEL/CSINC, under every condition.
+fn compare_and_use(rng: &mut Rng) -> [u32; 2] {
+    let sf = rng.below_u32(2);
+    let rn = rng.below_u32(8);
+    // Equal operands half the time (the conditions that differ only there).
+    let rm = if rng.below_u32(2) == 0 {
+        rn
+    } else {
+        rng.below_u32(8)
+    };
+    let compare = match rng.below_u32(3) {
+        // CMP Xn, Xm / CMP Wn, Wm
+        0 => sf << 31 | 0x6B00_001F | rm << 16 | rn << 5,
+        // CMP Xn, #imm / CMP Wn, #imm
+        1 => sf << 31 | 0x7100_001F | rng.below_u32(4096) << 10 | rn << 5,
+        // TST Xn, #1 << k / TST Wn, #1 << k (ANDS to ZR, one-bit mask)
+        _ => {
+            let width = if sf == 1 { 64 } else { 32 };
+            let k = rng.below_u32(width);
+            let immr = (width - k) % width;
+            sf << 31 | 0x7200_001F | sf << 22 | immr << 16 | rn << 5
+        }
+    };
+    let cond = rng.below_u32(16);
+    let reader = if rng.below_u32(2) == 0 {
+        0x5400_0000 | 2 << 5 | cond
+    } else {
+        let rd = rng.below_u32(8);
+        sf << 31 | 0x1A80_0000 | rm << 16 | cond << 12 | rng.below_u32(2) << 10 | rn << 5 | rd
+    };
+    [compare, reader]
 }
 
 fn program(seed: u64) -> Vec<u32> {
@@ -188,7 +242,15 @@ fn program(seed: u64) -> Vec<u32> {
     // Long enough to cross page ends; a fault possible in half the programs.
     let len = 50 + rng.below_u32(3000);
     let faulting = rng.below_u32(2) == 0;
-    let mut words: Vec<u32> = (0..len).map(|_| instruction(&mut rng, faulting)).collect();
+    let mut words: Vec<u32> = (0..len)
+        .flat_map(|_| {
+            if rng.below_u32(12) == 0 {
+                compare_and_use(&mut rng).to_vec()
+            } else {
+                vec![instruction(&mut rng, faulting)]
+            }
+        })
+        .collect();
     // SUBS X9, X9, #1; B.NE to the start: X9 = PASSES runs the body that many
     // times, and only code run before is in blocks. The NOP is what a last
     // forward branch skips.
@@ -200,15 +262,18 @@ fn program(seed: u64) -> Vec<u32> {
     words
 }
 
-/// A vCPU at EL1h on `words`, X0..X7 and the data seeded.
-fn machine(words: &[u32], seed: u64) -> (Cpu, RamBus) {
+/// A vCPU at EL1h on `words` run by `engine`, X0..X7 and the data seeded.
+fn machine(words: &[u32], seed: u64, engine: Engine) -> (Cpu, RamBus) {
     let mut bus = RamBus::with_region(RAM, RAM_LEN);
     assert!(bus.load_words(CODE, words));
     assert!(bus.load_words(VBAR, &[HVC1; 0x800 / 4]));
     let mut rng = Rng(seed ^ 0xDA7A);
     let data: Vec<u8> = (0..0x400).map(|_| rng.next().to_le_bytes()[0]).collect();
     assert!(bus.load(DATA, &data));
-    let mut cpu = Cpu::new(CpuConfig::default());
+    let mut cpu = Cpu::new(CpuConfig {
+        engine,
+        ..CpuConfig::default()
+    });
     cpu.set_pc(CODE);
     cpu.set_sysreg(SysReg::VbarEl1, VBAR);
     for i in 0..8 {
@@ -217,6 +282,7 @@ fn machine(words: &[u32], seed: u64) -> (Cpu, RamBus) {
     cpu.set_x(9, PASSES);
     cpu.set_x(27, HOLE);
     cpu.set_x(28, DATA);
+    cpu.set_x(25, DATA + 0x200);
     // A register-offset index: scaled by up to 8, it stays in the compared data.
     cpu.set_x(26, rng.next() & 0x3F);
     (cpu, bus)
@@ -233,9 +299,10 @@ struct Outcome {
     data: Vec<u8>,
 }
 
-/// Runs `words` to its HVC, `budget(call)` steps per call to [`Cpu::run`].
-fn run(words: &[u32], seed: u64, budget: impl Fn(u64) -> u64) -> Outcome {
-    let (mut cpu, mut bus) = machine(words, seed);
+/// Runs `words` to its HVC with `engine`, `budget(call)` steps per call to
+/// [`Cpu::run`].
+fn run(words: &[u32], seed: u64, engine: Engine, budget: impl Fn(u64) -> u64) -> Outcome {
+    let (mut cpu, mut bus) = machine(words, seed, engine);
     let mut calls = 0;
     loop {
         match cpu.run(&mut bus, budget(calls)) {
@@ -260,15 +327,20 @@ fn blocks_end_in_the_state_single_steps_do() {
     let mut faulted = 0;
     for seed in 0..200u64 {
         let words = program(seed);
-        let stepped = run(&words, seed, |_| 1);
-        let blocks = run(&words, seed, |_| 1 << 40);
-        assert_eq!(stepped, blocks, "seed {seed:#x}: blocks vs single steps");
-        // Budgets that end inside blocks: 3, 7, 11, ... steps per call.
-        let odd = run(&words, seed, |call| 3 + 4 * (call % 5));
-        assert_eq!(
-            stepped, odd,
-            "seed {seed:#x}: small budgets vs single steps"
-        );
+        let stepped = run(&words, seed, Engine::Interpreter, |_| 1);
+        for engine in [Engine::Interpreter, Engine::Compiler { after: 0 }] {
+            let blocks = run(&words, seed, engine, |_| 1 << 40);
+            assert_eq!(
+                stepped, blocks,
+                "seed {seed:#x}: {engine:?} blocks vs single steps"
+            );
+            // Budgets that end inside blocks: 3, 7, 11, ... steps per call.
+            let odd = run(&words, seed, engine, |call| 3 + 4 * (call % 5));
+            assert_eq!(
+                stepped, odd,
+                "seed {seed:#x}: {engine:?} small budgets vs single steps"
+            );
+        }
         faulted += u32::from(stepped.exception[2] == HOLE);
     }
     // The comparison covered precise data aborts in the middle of blocks.

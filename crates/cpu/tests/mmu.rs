@@ -4,7 +4,7 @@
 //! unaligned and page-crossing accesses, stage-2 faults on a walk, DC ZVA,
 //! and the same programs computing the same with the MMU on and off.
 
-use apf_cpu::{AccessSize, Bus, Cpu, CpuConfig, Exit, RamBus, SysReg};
+use apf_cpu::{AccessSize, Bus, Cpu, CpuConfig, Engine, Exit, RamBus, SysReg};
 
 const RAM: u64 = 0x4000_0000;
 const RAM_LEN: usize = 0x80_0000;
@@ -47,8 +47,16 @@ impl Machine {
     /// MMU on, EL1h, with CODE and VBAR mapped read-only and executable at both
     /// ELs, DATA's 64 KiB mapped Normal read-write at both, all identity, ASID 1.
     fn new() -> Machine {
+        Machine::with(CpuConfig::default().engine)
+    }
+
+    /// [`Machine::new`] with guest code run by `engine`.
+    fn with(engine: Engine) -> Machine {
         let mut m = Machine {
-            cpu: Cpu::new(CpuConfig::default()),
+            cpu: Cpu::new(CpuConfig {
+                engine,
+                ..CpuConfig::default()
+            }),
             bus: RamBus::with_region(RAM, RAM_LEN),
             next_table: TABLES,
             root: 0,
@@ -785,4 +793,149 @@ fn boot_system_registers() {
         m.fault_of(0xD530_0240, true).map(|(esr, _)| esr >> 26),
         Some(0)
     );
+}
+
+/// What a program that ends in an HVC left behind.
+#[derive(Debug, PartialEq, Eq)]
+struct End {
+    x: [u64; 8],
+    esr: u64,
+    far: u64,
+    data: [u64; 2],
+}
+
+/// Runs `words` at EL1 from CODE under each engine (the compiler compiling
+/// every block at its first entry) after `setup`, to an HVC from a vector or
+/// the program, and checks that both end in the same state. A block is built
+/// only once all its ops were decoded, so code that runs once stays on the
+/// single-op path: these programs check the engines agree on exception-level
+/// changes, TLBIs, TTBR writes and stores into code, not yet that compiled
+/// code's direct pages are forgotten at each (blocks.rs covers direct pages
+/// with the MMU off).
+fn both_engines(words: &[u32], setup: impl Fn(&mut Machine)) -> End {
+    let run = |engine| {
+        let mut m = Machine::with(engine);
+        assert!(m.bus.load_words(VBAR, &[HVC1; 0x800 / 4]));
+        m.cpu.invalidate_decoded(VBAR);
+        setup(&mut m);
+        m.cpu.set_pstate(0b0101);
+        assert!(matches!(m.run(words, 10_000), Exit::Hvc { .. }));
+        End {
+            x: std::array::from_fn(|i| m.cpu.x(i)),
+            esr: m.cpu.sysreg(SysReg::EsrEl1),
+            far: m.cpu.sysreg(SysReg::FarEl1),
+            data: [m.read(DATA), m.read(DATA + 0x1000)],
+        }
+    };
+    let interpreted = run(Engine::Interpreter);
+    assert_eq!(run(Engine::Compiler { after: 0 }), interpreted);
+    interpreted
+}
+
+const HVC0: u32 = 0xD400_0002;
+const HVC1: u32 = 0xD400_0022;
+const ERET: u32 = 0xD69F_03E0;
+const ISB: u32 = 0xD503_3FDF;
+const LDR_X3_X1: u32 = 0xF940_0023;
+const STR_X5_X4: u32 = 0xF900_0085;
+const MSR_TTBR0_X7: u32 = 0xD518_2007;
+const TLBI_VAE1_X6: u32 = 0xD508_8726;
+
+#[test]
+fn direct_pages_end_at_an_exception_level_change() {
+    // EL1 reads a page EL0 may not, twice (the second direct), then ERETs to
+    // EL0, whose read of it must fault.
+    let el1_only = 0x2000_0000u64;
+    let end = both_engines(&[LDR_X0_X1, LDR_X0_X1, ERET, HVC0], |m: &mut Machine| {
+        m.map(m.root, el1_only, DATA, NORMAL);
+        m.write(DATA, 0x5EC);
+        m.cpu.set_x(1, el1_only);
+        m.cpu.set_sysreg(SysReg::ElrEl1, CODE + 0x10);
+        m.cpu.set_sysreg(SysReg::SpsrEl1, EL0T);
+        assert!(m.bus.load_words(CODE + 0x10, &[LDR_X3_X1, HVC0]));
+    });
+    assert_eq!(end.x[0], 0x5EC);
+    assert_eq!(end.x[3], 0, "EL0 read nothing");
+    assert_eq!((end.esr, end.far), (dabt(true, false, 0x0F), el1_only));
+}
+
+#[test]
+fn direct_pages_end_at_a_tlbi() {
+    // Two stores (the second direct), then the page becomes read-only in the
+    // tables and a TLBI VAE1 drops it: the third store must fault.
+    let va = 0x2000_0000u64;
+    let end = both_engines(
+        &[
+            STR_X2_X1,
+            STR_X2_X1,
+            STR_X5_X4,
+            TLBI_VAE1_X6,
+            STR_X2_X1,
+            HVC0,
+        ],
+        |m: &mut Machine| {
+            m.map(m.root, va, DATA, NORMAL);
+            // The tables, identity-mapped so that the program can write them.
+            m.map_block(m.root, TABLES, TABLES, NORMAL);
+            let at = m.slot(m.root, va, 3);
+            m.cpu.set_x(1, va);
+            m.cpu.set_x(2, 0xD1);
+            m.cpu.set_x(4, at);
+            m.cpu.set_x(5, DATA | NORMAL | AP_RO | VALID_PAGE);
+            m.cpu.set_x(6, (1 << 48) | (va >> 12));
+        },
+    );
+    assert_eq!(end.data[0], 0xD1);
+    assert_eq!((end.esr, end.far), (dabt(false, true, 0x0F), va));
+}
+
+#[test]
+fn direct_pages_end_at_a_ttbr_write() {
+    // The same VA under ASID 1 and then ASID 2 reaches two different pages.
+    let va = 0x6000_0000u64;
+    let end = both_engines(
+        &[LDR_X0_X1, LDR_X0_X1, MSR_TTBR0_X7, ISB, LDR_X3_X1, HVC0],
+        |m: &mut Machine| {
+            m.write(DATA, 0xA);
+            m.write(DATA + 0x1000, 0xB);
+            m.map(m.root, va, DATA, NORMAL | NG);
+            let root2 = m.table();
+            for page in [CODE, VBAR] {
+                m.map(root2, page, page, NORMAL | AP_EL0 | AP_RO);
+            }
+            m.map(root2, va, DATA + 0x1000, NORMAL | NG);
+            m.cpu.set_x(1, va);
+            m.cpu.set_x(7, root2 | (2 << 48));
+        },
+    );
+    assert_eq!((end.x[0], end.x[3]), (0xA, 0xB));
+}
+
+#[test]
+fn stores_into_code_never_go_direct() {
+    // MMU off: the loop stores an ADD into its own page, then runs it; the
+    // second pass stores another. A direct store would skip the decode
+    // cache's check and run the first ADD twice.
+    let add_1 = 0x9100_0400; // add x0, x0, #1
+    let add_16 = 0x9100_4000; // add x0, x0, #16
+    let target = CODE + 0x40;
+    let mut words = vec![
+        0xB900_0085, // str w5, [x4]
+        0x9400_000F, // bl target (+0x3C from 0x04)
+        0xAA06_03E5, // mov x5, x6
+        0xF100_0529, // subs x9, x9, #1
+        0x54FF_FF81, // b.ne the start (-0x10)
+        HVC0,
+    ];
+    words.resize(0x40 / 4, 0xD503_201F);
+    words.extend([0xD503_201F, 0xD65F_03C0]); // target: nop (replaced), ret
+    let end = both_engines(&words, |m: &mut Machine| {
+        let sctlr = m.cpu.sysreg(SysReg::SctlrEl1);
+        m.cpu.set_sysreg(SysReg::SctlrEl1, sctlr & !SCTLR_M);
+        m.cpu.set_x(4, target);
+        m.cpu.set_x(5, add_1);
+        m.cpu.set_x(6, add_16);
+        m.cpu.set_x(9, 2);
+    });
+    assert_eq!(end.x[0], 17);
 }

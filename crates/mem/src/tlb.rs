@@ -144,6 +144,20 @@ impl VcpuTlb {
             .then(|| e.host.wrapping_add((gpa & OFFSET_MASK) as usize))
     }
 
+    /// The host address of page `gpa` (4 KiB aligned) if this TLB maps it now
+    /// for reads (`write`: for writes), so that a caller may make the accesses
+    /// a hit makes ([`VcpuTlb::read`], [`VcpuTlb::write`]) itself. The address
+    /// is valid as a hit is: until this vCPU next calls [`VcpuTlb::sync`] or
+    /// [`VcpuTlb::park`].
+    pub fn host_page(&self, gpa: u64, write: bool) -> Option<std::ptr::NonNull<u8>> {
+        let p = if write {
+            self.hit_write(gpa, 1)
+        } else {
+            self.hit_read(gpa, 1)
+        };
+        std::ptr::NonNull::new(p?)
+    }
+
     /// Reads a naturally aligned value (a misaligned access always misses).
     #[inline]
     pub fn read(&mut self, gpa: u64, size: AccessSize) -> Result<u64, TlbMiss> {

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use apf_mem::store::nbd::handshake::HandshakeError;
 use apf_mem::store::{
     IoBuf, IoCompletion, IoError, IoKind, IoRequest, NbdConfig, NbdError, NbdStore, NbdUrl, Slot,
     Store,
@@ -76,14 +77,21 @@ fn config(port: u16, export: &str) -> NbdConfig {
     c
 }
 
-/// Connects once the server listens: retries a refused connection for at
-/// most 10 s.
+/// Connects once the server listens and answers: retries a refused
+/// connection, and one the server reset during the handshake (a server still
+/// starting, seen from qemu-nbd on a loaded machine), for at most 10 s.
 fn connect(cfg: &NbdConfig, server: &mut Server) -> NbdStore {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match NbdStore::connect(cfg) {
             Ok(s) => return s,
-            Err(NbdError::Connect { .. }) if Instant::now() < deadline => {
+            Err(
+                NbdError::Connect { .. }
+                | NbdError::Handshake {
+                    source: HandshakeError::Io(_),
+                    ..
+                },
+            ) if Instant::now() < deadline => {
                 if let Ok(Some(status)) = server.child.try_wait() {
                     panic!("the server exited before accepting: {status}");
                 }

@@ -155,6 +155,7 @@ fn main() {
     let options = RunOptions {
         timeout: Duration::from_secs(secs + 60),
         echo_console: false,
+        ..Default::default()
     };
     let run = run_image_observed(&config, &image, options, &mut |live| {
         // Peaks between samples, at the monitor's rate.

@@ -16,6 +16,8 @@ pub mod snapshot;
 mod store;
 pub mod workload;
 
+/// How a flat image's vCPUs run guest code ([`RunOptions::engine`]).
+pub use apf_cpu::Engine;
 pub use boot::{ProcessOutcome, boot_block};
 pub use error::{ErrorClass, MigrateError, VmError};
 pub use linux::LinuxGuest;

@@ -12,7 +12,7 @@ use apf_abi::boot::{BOOT_BLOCK_GPA, BOOT_OFF_STOP, proc_state};
 use apf_abi::platform::{IMAGE_LOAD_ADDR, RAM_BASE, UART_INTID};
 use apf_abi::ppi::APF_DEFAULT_PPI;
 use apf_abi::sdei::SDEI_EVENT_ASYNC_PF;
-use apf_cpu::CpuConfig;
+use apf_cpu::{CpuConfig, Engine};
 use apf_host::gic::{Gic, SpiLine};
 use apf_host::machine::{Machine, StartRequest, StopReason};
 use apf_host::regs::mpidr_el1_of;
@@ -128,6 +128,9 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Echo the console to standard output.
     pub echo_console: bool,
+    /// How a flat image's vCPUs run guest code ([`run_image`]; the built-in
+    /// guest and Linux are always interpreted).
+    pub engine: Engine,
 }
 
 impl Default for RunOptions {
@@ -135,6 +138,7 @@ impl Default for RunOptions {
         RunOptions {
             timeout: Duration::from_secs(120),
             echo_console: false,
+            engine: Engine::Interpreter,
         }
     }
 }
@@ -436,7 +440,9 @@ pub fn run_image_observed(
 ) -> Result<VmRun, VmError> {
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
-    let vcpus = start_vcpus(config, &built, flat_image_boot(), vcpu::spawn)?;
+    let mut boot = flat_image_boot();
+    boot.cpu.engine = options.engine;
+    let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
     let observer_stopped = monitor::watch(
         &built.machine,
         &built.memory,

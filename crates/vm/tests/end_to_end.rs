@@ -50,6 +50,7 @@ fn run(config: &VmConfig) -> VmRun {
     let options = RunOptions {
         timeout: Duration::from_secs(300),
         echo_console: false,
+        ..Default::default()
     };
     let run = run_workloads(config, options).expect("the VM runs");
     assert_eq!(

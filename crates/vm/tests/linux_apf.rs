@@ -84,6 +84,7 @@ fn boot_with(config: &VmConfig, linux: &Artifacts, extra: &str) -> VmRun {
         RunOptions {
             timeout: TIMEOUT,
             echo_console: false,
+            ..Default::default()
         },
     )
     .expect("the VM runs")

@@ -57,6 +57,7 @@ fn run_case(case: &str, extra: &str, config: &VmConfig) -> Option<(VmRun, BTreeM
         RunOptions {
             timeout: TIMEOUT,
             echo_console: false,
+            ..Default::default()
         },
     )
     .expect("the VM runs");

@@ -111,6 +111,7 @@ fn run(config: &VmConfig, message: &str, then: Then) -> apf_vm::VmRun {
         RunOptions {
             timeout: TIMEOUT,
             echo_console: false,
+            ..Default::default()
         },
     )
     .expect("the VM runs")

@@ -71,6 +71,7 @@ fn a_running_linux_restores_lazily_and_finishes_its_work() {
     let options = RunOptions {
         timeout: Duration::from_secs(600),
         echo_console: false,
+        ..Default::default()
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config();

@@ -226,6 +226,7 @@ fn run_apf(image: &OracleImage) -> String {
     let options = apf_vm::RunOptions {
         timeout: HANG_GUARD,
         echo_console: false,
+        ..Default::default()
     };
     match apf_vm::run_image(&config, &bytes, options) {
         Ok(run) => run.uart,

@@ -56,6 +56,7 @@ fn run(image: &Image, config: &VmConfig) -> VmRun {
     let options = apf_vm::RunOptions {
         timeout: HANG_GUARD,
         echo_console: false,
+        ..Default::default()
     };
     let run = apf_vm::run_image(config, &bytes, options)
         .unwrap_or_else(|e| panic!("{}: {e}", image.name));

@@ -60,6 +60,7 @@ fn options() -> RunOptions {
     RunOptions {
         timeout: Duration::from_secs(300),
         echo_console: false,
+        ..Default::default()
     }
 }
 

@@ -155,6 +155,7 @@ fn a_broken_store_loses_no_data_and_hangs_no_vcpu() {
     let options = RunOptions {
         timeout: Duration::from_secs(secs + 300),
         echo_console: false,
+        ..Default::default()
     };
     let run = run_workloads_observed(&config, options, &mut |live| watchdog.observe(live))
         .expect("the VM runs");

@@ -63,6 +63,10 @@ impl Cpu {
 
     /// Installs `p`, moving the live SP to its bank and loading the new one.
     pub(crate) fn switch_pstate(&mut self, p: Pstate) {
+        // With the MMU on, what a direct page allows depends on the EL.
+        if p.el != self.pstate.el && self.sys.sctlr_el1 & crate::sysreg::SCTLR_M != 0 {
+            self.direct.flush();
+        }
         self.store_sp_bank();
         self.pstate = p;
         self.load_sp_bank();

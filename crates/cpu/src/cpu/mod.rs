@@ -2,6 +2,7 @@
 
 use apf_abi::esr::{Esr, ec};
 
+mod compiled;
 mod exceptions;
 mod state;
 mod sysregs;
@@ -12,6 +13,7 @@ use crate::bus::Bus;
 use crate::cache::{DecodeCache, OPS_PER_PAGE};
 use crate::decode::{Op, decode, reg};
 use crate::exception::Exception;
+use crate::jit::{CompiledBlocks, DirectPages};
 use crate::mmu::{AccessKind, Fault, Mmu, Translation, WalkRegs};
 use crate::pstate::{Pstate, bits};
 use crate::sysreg::{SCTLR_WXN, SysRegs};
@@ -26,15 +28,36 @@ pub struct CpuConfig {
     pub cntfrq: u64,
     /// Virtual time: counter ticks per retired instruction.
     pub time_scale: TimeScale,
+    /// How guest code runs.
+    pub engine: Engine,
+}
+
+/// How a vCPU runs guest code. Both engines retire the same instructions with
+/// the same effects; the compiler is faster on code that runs often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Every block is interpreted.
+    Interpreter,
+    /// A block entered `after` times is compiled to host code (Cranelift) and
+    /// runs compiled from then on; ops the compiler does not handle still call
+    /// the interpreter. On a host without a Cranelift backend, the interpreter.
+    /// Not the default yet: two-vCPU APF runs with store read errors can hang
+    /// under it (`crates/vm/tests/end_to_end.rs`, about 1 run in 10), cause
+    /// not found yet.
+    Compiler {
+        /// Entries before a block is compiled (0: at its first).
+        after: u32,
+    },
 }
 
 impl Default for CpuConfig {
-    /// MPIDR 0, 100 MHz counter, one tick per instruction.
+    /// MPIDR 0, 100 MHz counter, one tick per instruction, interpreted.
     fn default() -> CpuConfig {
         CpuConfig {
             mpidr: 0,
             cntfrq: 100_000_000,
             time_scale: TimeScale::default(),
+            engine: Engine::Interpreter,
         }
     }
 }
@@ -123,6 +146,17 @@ pub(crate) enum Flow {
     NotDecoded,
 }
 
+/// Where a run of compiled blocks may go on: blocks of code page `page`
+/// (decode-cache slab `slab`, ops in `arena`) while the retired count stays
+/// below `stop`.
+#[derive(Debug)]
+pub(crate) struct Chain<'a> {
+    pub(crate) page: u64,
+    pub(crate) slab: usize,
+    pub(crate) stop: u64,
+    pub(crate) arena: &'a [Op],
+}
+
 /// One vCPU: architectural state plus its decoded-instruction cache.
 #[derive(Debug)]
 pub struct Cpu {
@@ -144,6 +178,11 @@ pub struct Cpu {
     pub(crate) config: CpuConfig,
     pub(crate) cache: DecodeCache,
     pub(crate) mmu: Mmu,
+    /// Compiled blocks ([`Engine::Compiler`]); out of `self` while guest
+    /// code runs, as the arena is.
+    pub(crate) compiled: Option<Box<CompiledBlocks>>,
+    /// Guest pages compiled code accesses with host loads and stores.
+    pub(crate) direct: DirectPages,
 }
 
 impl Cpu {
@@ -164,6 +203,13 @@ impl Cpu {
             config,
             cache: DecodeCache::new(),
             mmu: Mmu::new(),
+            compiled: match config.engine {
+                Engine::Interpreter => None,
+                Engine::Compiler { after } => {
+                    Some(Box::new(CompiledBlocks::new(after, Cpu::LAYOUT)))
+                }
+            },
+            direct: DirectPages::new(),
         }
     }
 
@@ -174,15 +220,25 @@ impl Cpu {
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         // The block arena is out of the cache while guest code runs, so the
         // run loop borrows a block's ops while ops borrow `self` mutably.
+        // Host pages the bus hands out are valid for one run only.
+        self.direct.flush();
         let mut arena = std::mem::take(&mut self.cache.arena);
-        let exit = self.run_with(bus, budget, &mut arena);
+        let mut compiled = self.compiled.take();
+        let exit = self.run_with(bus, budget, &mut arena, compiled.as_deref_mut());
         self.cache.arena = arena;
+        self.compiled = compiled;
         exit
     }
 
     /// [`Cpu::run`] with the block arena taken out of the cache.
     #[inline(always)]
-    fn run_with<B: Bus>(&mut self, bus: &mut B, budget: u64, arena: &mut Vec<Op>) -> Exit {
+    fn run_with<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        budget: u64,
+        arena: &mut Vec<Op>,
+        mut compiled: Option<&mut CompiledBlocks>,
+    ) -> Exit {
         let mut left = budget;
         loop {
             if left == 0 {
@@ -214,7 +270,7 @@ impl Cpu {
                     .map(|n| (d, n))
             });
             let limit = deadline.map_or(left, |(_, n)| n.min(left));
-            let (steps, exit) = self.run_page(bus, limit, arena);
+            let (steps, exit) = self.run_page(bus, limit, arena, compiled.as_deref_mut());
             left -= steps;
             if let Some(exit) = exit {
                 return exit;
@@ -234,6 +290,7 @@ impl Cpu {
         bus: &mut B,
         limit: u64,
         arena: &mut Vec<Op>,
+        mut compiled: Option<&mut CompiledBlocks>,
     ) -> (u64, Option<Exit>) {
         let page = self.pc & !0xFFF;
         // The decode cache is keyed by PA page, so code mapped twice decodes once.
@@ -245,7 +302,12 @@ impl Cpu {
                 Err(f) => return self.fetch_translation_fault(f),
             }
         };
+        let taken_before = self.cache.pages_taken;
         let slab = self.cache.page(pa_page >> 12);
+        if self.cache.pages_taken != taken_before {
+            // A new code page: no direct store may skip its decode-cache check.
+            self.direct.flush();
+        }
         // Every step in here retires an instruction except the last one when
         // it is an exception entry, so the retired count is the step count.
         let start = self.retired;
@@ -267,19 +329,32 @@ impl Cpu {
                 Some(b) if b.len as u64 <= stop - retired => {
                     // Only the block's last op can read the count (MRS, MSR).
                     let last = retired + b.len as u64 - 1;
-                    let mut rest = arena[b.start..b.start + b.len].iter();
-                    let mut flow = Flow::Next;
-                    for op in rest.by_ref() {
-                        flow = self.exec(bus, op, last);
-                        if flow != Flow::Next {
-                            break;
+                    let ops = &arena[b.start..b.start + b.len];
+                    let (flow, taken) = if let Some(blocks) = compiled.as_deref_mut()
+                        && let Some(f) = blocks.entry(b, index, ops, self.cache.arena_generation)
+                    {
+                        let chain = Chain {
+                            page,
+                            slab,
+                            stop,
+                            arena,
+                        };
+                        self.run_compiled(bus, blocks, f, &mut retired, &chain)
+                    } else {
+                        let mut rest = ops.iter();
+                        let mut flow = Flow::Next;
+                        for op in rest.by_ref() {
+                            flow = self.exec(bus, op, last);
+                            if flow != Flow::Next {
+                                break;
+                            }
+                            self.pc = self.pc.wrapping_add(4);
                         }
-                        self.pc = self.pc.wrapping_add(4);
-                    }
-                    // The ops taken from the slice: all of them but the last
-                    // retired, and the last too unless it trapped or faulted
-                    // (PC may be at a vector now, so count from the slice).
-                    let taken = (b.len - rest.len()) as u64;
+                        // The ops taken from the slice: all of them but the last
+                        // retired, and the last too unless it trapped or faulted
+                        // (PC may be at a vector now, so count from the slice).
+                        (flow, (b.len - rest.len()) as u64)
+                    };
                     match flow {
                         // The block ended at a branch not taken or the page end.
                         Flow::Next => {
@@ -570,6 +645,7 @@ impl Cpu {
     /// when another vCPU broadcast a TLBI ([`Bus::broadcast`]).
     pub fn flush_tlb(&mut self) {
         self.mmu.flush();
+        self.direct.flush();
     }
 
     /// Moves the live SP into its bank.

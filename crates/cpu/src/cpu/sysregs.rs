@@ -72,6 +72,7 @@ impl Cpu {
                 s.sctlr_el1 = (v & SCTLR_WRITABLE) | SCTLR_RESET;
                 // Cached permissions depend on WXN; M on or off starts afresh.
                 self.mmu.flush();
+                self.direct.flush();
             }
             SysReg::ActlrEl1 => s.actlr_el1 = v,
             SysReg::CpacrEl1 => s.cpacr_el1 = v & CPACR_FPEN,
@@ -80,17 +81,21 @@ impl Cpu {
                 s.ttbr0_el1 = v;
                 self.mmu
                     .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
+                // Direct pages are not ASID-tagged.
+                self.direct.flush();
             }
             SysReg::Ttbr1El1 => {
                 s.ttbr1_el1 = v;
                 self.mmu
                     .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
+                self.direct.flush();
             }
             SysReg::TcrEl1 => {
                 s.tcr_el1 = v;
                 self.mmu
                     .sync(self.sys.tcr_el1, self.sys.ttbr0_el1, self.sys.ttbr1_el1);
                 self.mmu.flush();
+                self.direct.flush();
             }
             SysReg::SpsrEl1 => s.spsr_el1 = v & SPSR_MASK,
             SysReg::ElrEl1 => s.elr_el1 = v,
@@ -106,6 +111,7 @@ impl Cpu {
             SysReg::MairEl1 => {
                 s.mair_el1 = v;
                 self.mmu.flush();
+                self.direct.flush();
             }
             // No IMPLEMENTATION DEFINED attributes: RAZ/WI.
             SysReg::AmairEl1 => {}
@@ -445,6 +451,8 @@ impl Cpu {
     /// operand `v`. The by-VA forms drop the page under every ASID (more than
     /// asked, which is always allowed).
     fn tlbi(&mut self, op2: u8, v: u64) {
+        // Direct pages are few and untagged: every TLBI forgets them all.
+        self.direct.flush();
         match op2 {
             0 => self.mmu.flush(),
             2 => {

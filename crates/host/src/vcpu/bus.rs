@@ -6,7 +6,7 @@ use crate::machine::Machine;
 use crate::waker::VcpuWaker;
 use apf_abi::Gfn;
 use apf_abi::Gpa;
-use apf_cpu::{AccessSize, AtomicOp, Broadcast, Bus, BusError, SysRegId};
+use apf_cpu::{AccessSize, AtomicOp, Broadcast, Bus, BusError, HostPage, SysRegId};
 use apf_mem::{Resolve, TlbMiss, VcpuTlb};
 
 /// One vCPU's bus, borrowed for one slice of `Cpu::run`.
@@ -138,6 +138,16 @@ impl Bus for VcpuBus<'_> {
                         .ok_or(BusError::ExternalAbort)
                 }),
         }
+    }
+
+    fn host_page(&mut self, pa: u64, write: bool) -> Option<HostPage> {
+        let page = self.ram.host_page(pa, write)?;
+        // SAFETY: `VcpuTlb::host_page` gives a page its hits may access, valid
+        // until this vCPU's next `sync` or `park`; `Vcpu::step` makes those only
+        // between runs, so the page outlives the run that asked. Other threads
+        // touch mapped guest pages only through apf-mem's atomic accesses.
+        #[allow(unsafe_code)]
+        Some(unsafe { HostPage::new(page) })
     }
 
     // Always, with the miss out of line: called, a store paid a call and a
