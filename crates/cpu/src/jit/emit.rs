@@ -98,6 +98,20 @@ impl Emit<'_> {
         (base, addr, (wb != Writeback::None).then_some(moved))
     }
 
+    /// Base and address of a register-offset access.
+    fn reg_address(
+        &mut self,
+        n: u8,
+        m: u8,
+        ext: crate::decode::Extend,
+        shift: u8,
+    ) -> (Value, Value) {
+        let base = self.r(n);
+        let off = self.r(m);
+        let off = self.extend(off, ext, shift);
+        (base, self.b.ins().iadd(base, off))
+    }
+
     /// `extended` of exec::alu: UXTB..SXTX, then shifted left.
     fn extend(&mut self, v: Value, ext: crate::decode::Extend, amount: u8) -> Value {
         let unused = 64 - (8i64 << (ext.0 & 3));
@@ -693,10 +707,7 @@ impl Emit<'_> {
                 size,
                 sign,
             } => {
-                let base = self.r(n);
-                let off = self.r(m);
-                let off = self.extend(off, ext, shift);
-                let addr = self.b.ins().iadd(base, off);
+                let (base, addr) = self.reg_address(n, m, ext, shift);
                 self.access(
                     i,
                     n,
@@ -719,10 +730,7 @@ impl Emit<'_> {
                 shift,
                 size,
             } => {
-                let base = self.r(n);
-                let off = self.r(m);
-                let off = self.extend(off, ext, shift);
-                let addr = self.b.ins().iadd(base, off);
+                let (base, addr) = self.reg_address(n, m, ext, shift);
                 self.access(
                     i,
                     n,

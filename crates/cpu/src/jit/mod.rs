@@ -187,13 +187,7 @@ impl CompiledBlocks {
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
-        let defined = module.define_function(id, &mut self.ctx).is_ok();
-        module.clear_context(&mut self.ctx);
-        if !defined {
-            return None;
-        }
-        module.finalize_definitions().ok()?;
-        let code = module.get_finalized_function(id);
+        let code = define(module, &mut self.ctx, id)?;
         // SAFETY: `code` was just compiled with `enter_sig`, which is
         // `EnterFn`'s: three pointers in, an i64 out, the host's C convention.
         Some(unsafe { std::mem::transmute::<*const u8, EnterFn>(code) })
@@ -335,16 +329,25 @@ impl CompiledBlocks {
             e.b.seal_all_blocks();
             e.b.finalize(target);
         }
-        let defined = module.define_function(id, &mut self.ctx).is_ok();
-        module.clear_context(&mut self.ctx);
-        if !defined {
-            return None;
-        }
-        module.finalize_definitions().ok()?;
-        let code = module.get_finalized_function(id);
+        let code = define(module, &mut self.ctx, id)?;
         self.compiled += 1;
         Some(BlockFn(code))
     }
+}
+
+/// Compiles the function built in `ctx` as `id` and returns its code.
+fn define(
+    module: &mut JITModule,
+    ctx: &mut cranelift_codegen::Context,
+    id: cranelift_module::FuncId,
+) -> Option<*const u8> {
+    let defined = module.define_function(id, ctx).is_ok();
+    module.clear_context(ctx);
+    if !defined {
+        return None;
+    }
+    module.finalize_definitions().ok()?;
+    Some(module.get_finalized_function(id))
 }
 
 /// `taken << 8 | flow`, as compiled code returns it.
