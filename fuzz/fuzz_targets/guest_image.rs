@@ -175,6 +175,7 @@ fuzz_target!(|data: &[u8]| {
     let options = RunOptions {
         timeout: Duration::from_millis(20),
         echo_console: false,
+        ..RunOptions::default()
     };
     let run = run_image(&config, &image, options).expect("the VM builds and every vCPU returns");
     assert_eq!(run.mem_invariants, Ok(()), "memory invariants");
