@@ -56,6 +56,9 @@ impl DirectPage {
 #[derive(Debug)]
 pub(crate) struct DirectPages {
     table: Box<[DirectPage; DIRECT_PAGES]>,
+    /// Whether any entry was filled since the last flush (so that a vCPU that
+    /// never runs compiled code never clears the table).
+    filled: bool,
 }
 
 impl DirectPages {
@@ -65,17 +68,22 @@ impl DirectPages {
     pub(crate) fn new() -> DirectPages {
         DirectPages {
             table: Box::new([DirectPage::EMPTY; DIRECT_PAGES]),
+            filled: false,
         }
     }
 
     /// Forgets every page.
     pub(crate) fn flush(&mut self) {
-        self.table.fill(DirectPage::EMPTY);
+        if self.filled {
+            self.table.fill(DirectPage::EMPTY);
+            self.filled = false;
+        }
     }
 
     /// Lets compiled code read (`write`: and write) the guest page at `page`
     /// (4 KiB aligned) through `host`, until the next flush.
     pub(crate) fn insert(&mut self, page: u64, host: HostPage, write: bool) {
+        self.filled = true;
         let addend = host.addr().wrapping_sub(page);
         #[allow(clippy::cast_possible_truncation)]
         let e = &mut self.table[(page >> 12) as usize & (DIRECT_PAGES - 1)];
