@@ -11,12 +11,17 @@
 //! - **Memory.** A native load or store looks its page up in the direct-page
 //!   table (`direct.rs`): a hit is a host load or store, a miss runs the op in the
 //!   interpreter and then asks the bus for the page's host address.
+//! - **Chaining.** A way out of a compiled block to a fixed place on the same
+//!   page has a [`Link`]: the block there, which compiled code jumps to (a tail
+//!   call) while the decode cache's block epoch matches and the budget allows.
 //! - **Lifetime.** Compiled code is keyed by the block's arena position, and
 //!   arena ops never change until the arena is emptied; then every compiled
-//!   block is freed with it (the arena generation).
-//! - **Unsafe code.** This module is the only place in apf-cpu that has any: it
-//!   calls code it generated and that code writes the `Cpu` it is given, and it
-//!   reads and writes guest RAM through the bus's [`HostPage`](crate::HostPage)s.
+//!   block and link is freed with it (the arena generation).
+//! - **Unsafe code.** This module generates code that writes the `Cpu` it is
+//!   given and reads and writes guest RAM through the bus's
+//!   [`HostPage`](crate::HostPage)s; `cpu/compiled.rs` calls it. Those two and
+//!   the host-page vouches are apf-cpu's only unsafe code
+//!   (`crates/cli/tests/no_unsafe.rs`).
 //!
 //! [`Engine::Compiler`]: crate::Engine::Compiler
 
