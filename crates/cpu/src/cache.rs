@@ -393,8 +393,6 @@ pub(crate) struct DecodeCache {
     filter: [u64; FILTER_BITS / 64],
     /// Bumped whenever the arena is emptied (compiled blocks go with it).
     pub(crate) arena_generation: u64,
-    /// Pages taken in since creation (a new code page may need store checks).
-    pub(crate) pages_taken: u64,
     /// Bumped whenever block entries are forgotten, so that whoever kept a
     /// block found here knows to look again.
     pub(crate) block_epoch: u64,
@@ -446,7 +444,6 @@ impl DecodeCache {
             arena: Vec::new(),
             filter: [0; FILTER_BITS / 64],
             arena_generation: 0,
-            pages_taken: 0,
             block_epoch: 0,
         }
     }
@@ -472,7 +469,6 @@ impl DecodeCache {
                     self.slab_of[e] = u32::try_from(self.slab.len() - 1).unwrap_or(0);
                 }
                 self.tags[e] = pfn;
-                self.pages_taken += 1;
                 let bit = filter_bit(pfn);
                 self.filter[bit / 64] |= 1 << (bit % 64);
                 self.slab[self.slab_of[e] as usize].fill(Op::NotDecoded);

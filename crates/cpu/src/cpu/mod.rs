@@ -302,10 +302,11 @@ impl Cpu {
                 Err(f) => return self.fetch_translation_fault(f),
             }
         };
-        let taken_before = self.cache.pages_taken;
+        let epoch_before = self.cache.block_epoch;
         let slab = self.cache.page(pa_page >> 12);
-        if self.cache.pages_taken != taken_before {
-            // A new code page: no direct store may skip its decode-cache check.
+        if self.cache.block_epoch != epoch_before {
+            // A new code page (its blocks were forgotten): no direct store
+            // may skip its decode-cache check.
             self.direct.flush();
         }
         // Every step in here retires an instruction except the last one when
