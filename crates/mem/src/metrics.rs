@@ -151,8 +151,12 @@ counters!(
     EvictCounters / EvictCounts {
         /// Eviction batches.
         batches,
-        /// TLB shootdowns (one per batch).
+        /// TLB shootdowns: one per batch, and one per clock rotation that
+        /// found every candidate used since the hand last passed (so that
+        /// uses from then on are seen).
         shootdowns,
+        /// Rotations that found every candidate used since the hand last passed.
+        all_used,
         /// Pages chosen by the clock.
         chosen,
         /// Chosen pages that were dirty and written.

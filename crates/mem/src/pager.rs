@@ -127,9 +127,10 @@ pub(crate) enum Fault {
 /// The clock hand's verdict on one page ([`Pager::start_evicting`]).
 #[derive(Debug)]
 pub(crate) enum Pick {
-    /// Not a candidate (not resident, pinned, recently used, or dirty with no
-    /// slot to be had).
+    /// Not a candidate (not resident, pinned, or dirty with no slot to be had).
     Skip,
+    /// Used since the hand last passed; its accessed bit is clear now.
+    Used,
     /// Dirty, and the store has no slot for it.
     NoSlot(StoreFull),
     /// Now Evicting; a dirty page with the slot it will be written to.
@@ -690,7 +691,7 @@ impl Pager {
             return Pick::Skip;
         }
         if self.table.test_and_clear_accessed(index) {
-            return Pick::Skip;
+            return Pick::Used;
         }
         let mut g = self.table.lock(index);
         if g.state() != State::Resident || g.pins() != 0 {
@@ -856,7 +857,7 @@ pub(crate) mod tests {
     /// Marks page `index` Evicting (the first look only clears the accessed bit).
     fn choose(p: &Pager, index: usize) -> Pick {
         match p.start_evicting(index, true) {
-            Pick::Skip => p.start_evicting(index, true),
+            Pick::Used => p.start_evicting(index, true),
             pick => pick,
         }
     }

@@ -1,7 +1,9 @@
 //! The reclaimer: keeps resident pages under the host budget.
 //!
 //! When fewer than a batch of frames (`frames.rs`) are left it runs CLOCK over
-//! the pages (second chance on the accessed bit set at TLB fill), has the pager
+//! the pages (second chance on the accessed bit set at TLB fill; a rotation
+//! that finds every page used flushes the TLBs and lets the guest run before
+//! the next one, rather than taking pages it knows nothing about), has the pager
 //! mark a batch Evicting, shoots down every vCPU's TLB once for the whole batch,
 //! has the dirty ones written, then has them dropped with one `madvise` per run
 //! of pages. Clean pages with a valid store copy, and never-written pages, leave
@@ -34,6 +36,9 @@ struct Round {
     aborted: u64,
     /// Dirty pages passed over because the store had no slot for them.
     no_slot: Option<StoreFull>,
+    /// Chose nothing, every candidate having been used since the hand last
+    /// passed; the TLBs were flushed so that the next rotation can choose.
+    all_used: bool,
 }
 
 /// The reclaimer's clock hand, counters and reports (its wake-up is
@@ -133,8 +138,8 @@ impl Reclaimer {
                 }
                 continue;
             }
-            if round.chosen > 0 {
-                continue; // all rescued: try the next ones
+            if round.chosen > 0 || round.all_used {
+                continue; // all rescued, or all used: look again
             }
             if let Some(full) = round.no_slot {
                 // Every page that could leave is dirty and the store has no
@@ -173,13 +178,24 @@ impl Reclaimer {
     /// Evicts one batch. The caller holds the batch lock.
     fn evict_batch(&self, pager: &Pager, shoot: &Shootdown) -> Round {
         let ev = &self.counters;
-        let (mut victims, no_slot) = self.choose_victims(pager);
+        let (mut victims, no_slot, used) = self.choose_victims(pager);
         let mut round = Round {
             chosen: victims.len() as u64,
             no_slot,
             ..Round::default()
         };
         if victims.is_empty() {
+            if used && no_slot.is_none() {
+                // Every candidate was used since the hand last passed. Their
+                // bits are clear now, but a use hitting a TLB would not set
+                // one again: flush them all, so the next rotation sees which
+                // pages the guest used meanwhile (the shootdown lasts until
+                // every running vCPU ends its slice).
+                shoot.shoot_down();
+                bump(&ev.shootdowns);
+                bump(&ev.all_used);
+                round.all_used = true;
+            }
             return round;
         }
         bump(&ev.batches);
@@ -249,31 +265,33 @@ impl Reclaimer {
         round
     }
 
-    /// Runs the clock hand over at most two rotations and has up to a batch of
+    /// Runs the clock hand over at most one rotation and has up to a batch of
     /// unpinned resident pages without the accessed bit marked Evicting, each
     /// dirty one with the slot it will be written to. Dirty pages are passed
     /// over once the store has no slot left (returned), so a full store costs no
-    /// shootdown, and then one rotation is all: the budget is extended instead.
-    fn choose_victims(&self, pager: &Pager) -> (Vec<Victim>, Option<StoreFull>) {
+    /// shootdown. Also returns whether any page was passed over only for being
+    /// used since the hand last passed.
+    ///
+    /// Never a second rotation at once: the bits it would read were cleared
+    /// moments ago and, while the pages stay in the TLBs, would not be set again
+    /// by any use, so it would take the first pages it met however hot (the
+    /// guest kernel's, at the bottom of RAM, when every page was just used).
+    fn choose_victims(&self, pager: &Pager) -> (Vec<Victim>, Option<StoreFull>, bool) {
         let n = pager.pages();
         let want = usize::try_from(pager.frames().batch()).unwrap_or(usize::MAX);
         let mut hand = lock(&self.hand);
         let mut victims = Vec::new();
         let mut no_slot = None;
-        for step in 0..2 * n {
+        let mut used = false;
+        for _ in 0..n {
             if victims.len() >= want {
-                break;
-            }
-            // The second rotation finds only pages used since the first: with
-            // the dirty ones stuck for want of a slot, those are the guest's
-            // working set, and evicting them would read them straight back.
-            if step == n && no_slot.is_some() {
                 break;
             }
             let index = *hand;
             *hand = (*hand + 1) % n;
             match pager.start_evicting(index, no_slot.is_none()) {
                 Pick::Skip => {}
+                Pick::Used => used = true,
                 Pick::NoSlot(full) => no_slot = Some(full),
                 Pick::Chosen { dirty, new_slot } => victims.push(Victim {
                     index,
@@ -283,7 +301,7 @@ impl Reclaimer {
                 }),
             }
         }
-        (victims, no_slot)
+        (victims, no_slot, used)
     }
 }
 
@@ -307,12 +325,21 @@ mod tests {
         let r = Reclaimer::new();
         assert!(matches!(p.fault(BASE, true), Fault::Map { .. }));
         assert!(matches!(p.fault(Gfn(BASE.0 + 1), false), Fault::Map { .. }));
+        // Both pages were used since the hand last passed (never): the first
+        // rotation clears their bits, takes nothing and flushes the TLBs.
         let round = r.evict_batch(&p, &shoot);
-        // Batches of one: the hand passes page 0's accessed bit, then page 1's,
-        // and takes page 0 on its second rotation.
+        assert_eq!((round.chosen, round.all_used), (0, true));
+        assert_eq!(
+            shoot.epoch(),
+            1,
+            "the TLBs are flushed, so uses set bits again"
+        );
+        assert_eq!(p.word(0).state(), State::Resident);
+        // Batches of one: unused since, page 0 goes, then page 1.
+        let round = r.evict_batch(&p, &shoot);
         assert_eq!((round.chosen, round.freed, round.aborted), (1, 1, 0));
         assert_eq!(p.word(0).state(), State::InStore);
-        assert_eq!(shoot.epoch(), 1, "one shootdown per batch");
+        assert_eq!(shoot.epoch(), 2, "one shootdown per batch");
         let round = r.evict_batch(&p, &shoot);
         assert_eq!((round.chosen, round.freed), (1, 1));
         assert_eq!(p.word(1).state(), State::Untouched);
@@ -321,12 +348,14 @@ mod tests {
         assert_eq!(
             (
                 e.batches,
+                e.all_used,
+                e.shootdowns,
                 e.chosen,
                 e.written,
                 e.dropped_zero,
                 e.dropped_clean
             ),
-            (2, 2, 1, 1, 0)
+            (2, 1, 3, 2, 1, 1, 0)
         );
         assert_eq!(r.evict_batch(&p, &shoot).chosen, 0, "nothing left");
     }
@@ -347,7 +376,13 @@ mod tests {
         assert_eq!(*sink.0.lock().unwrap(), [(9, Ok(()))]);
         assert_eq!(p.word(2).state(), State::Resident);
         assert_eq!(p.frames().taken_over_budget(), 1);
-        assert_eq!(shoot.epoch(), 0, "a full store costs no shootdown");
+        let e = r.snapshot();
+        assert_eq!(
+            (e.shootdowns, e.all_used, e.batches),
+            (1, 1, 0),
+            "a full store costs no shootdown (the one is for the first rotation, \
+             which found both pages used)"
+        );
         let why = r.over_budget_reason().expect("explained");
         assert!(why.contains("full"), "{why}");
         // Both dirty pages stayed: nothing was lost.

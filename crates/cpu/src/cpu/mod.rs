@@ -41,9 +41,6 @@ pub enum Engine {
     /// A block entered `after` times is compiled to host code (Cranelift) and
     /// runs compiled from then on; ops the compiler does not handle still call
     /// the interpreter. On a host without a Cranelift backend, the interpreter.
-    /// Not the default yet: two-vCPU APF runs with store read errors can hang
-    /// under it (`crates/vm/tests/end_to_end.rs`, about 1 run in 10), cause
-    /// not found yet.
     Compiler {
         /// Entries before a block is compiled (0: at its first).
         after: u32,
