@@ -76,24 +76,6 @@ enum Command {
     },
 }
 
-/// `--engine`: how guest code runs.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum EngineArg {
-    /// Every instruction interpreted.
-    Interpreter,
-    /// Blocks compiled to host code after 50 entries.
-    Compiler,
-}
-
-impl EngineArg {
-    fn engine(self) -> apf_vm::Engine {
-        match self {
-            EngineArg::Interpreter => apf_vm::Engine::Interpreter,
-            EngineArg::Compiler => apf_vm::Engine::Compiler { after: 50 },
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 struct RunArgs {
     #[command(flatten)]
@@ -102,10 +84,6 @@ struct RunArgs {
     /// entered at EL1h) and stream its console until it powers off or --timeout passes.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["processes", "work", "duration", "console", "kernel"])]
     image: Option<PathBuf>,
-    /// How --image's vCPUs run guest code: interpreted, or blocks compiled to host
-    /// code once hot (Cranelift; not yet the default, see docs/jit).
-    #[arg(long, value_enum, default_value = "interpreter", requires = "image")]
-    engine: EngineArg,
     /// Boot this arm64 Linux Image (uncompressed) instead of the built-in guest and
     /// stream its console; the -p processes go to its init on the kernel command line
     /// (`apf.proc=...`) and are reported from its console.
@@ -388,17 +366,13 @@ impl Guest {
 fn run_one(
     config: &VmConfig,
     label: &str,
-    timeout: Duration,
+    options: RunOptions,
     guest: &Guest,
 ) -> Result<RunReport, CliError> {
     if let Some(dir) = vmargs::ensure_store_dir(config)? {
         eprintln!("apf: created the store directory {}", dir.display());
     }
     let bar = RunBar::new(config, label);
-    let options = RunOptions {
-        timeout,
-        ..RunOptions::default()
-    };
     let mut observe = |live: &apf_vm::Live<'_>| {
         bar.update(live);
         ControlFlow::Continue(())
@@ -524,14 +498,18 @@ fn cmd_run(args: &RunArgs) -> Result<(), CliError> {
         let run = run_workloads(
             &config,
             RunOptions {
-                timeout,
                 echo_console: true,
-                ..Default::default()
+                ..args.vm.run_options(timeout)
             },
         )?;
         RunReport::new(label, &config, &run)
     } else {
-        run_one(&config, label, timeout, &Guest::BuiltIn)?
+        run_one(
+            &config,
+            label,
+            args.vm.run_options(timeout),
+            &Guest::BuiltIn,
+        )?
     };
     print!("{}", report::render_run(&report));
     let runs = [report];
@@ -556,16 +534,8 @@ fn cmd_migrate_source(
         bar.update(live);
         ControlFlow::Continue(())
     };
-    let result = apf_vm::migrate::run_migrating(
-        config,
-        &to,
-        RunOptions {
-            timeout,
-            echo_console: false,
-            ..Default::default()
-        },
-        &mut observe,
-    );
+    let result =
+        apf_vm::migrate::run_migrating(config, &to, args.vm.run_options(timeout), &mut observe);
     bar.finish();
     let r = result?;
     let run = RunReport::new("source", config, &r.run);
@@ -605,7 +575,7 @@ fn cmd_listen(args: &migrate::ListenArgs) -> Result<(), CliError> {
         RunOptions {
             timeout: args.timeout.0,
             echo_console: false,
-            ..Default::default()
+            engine: args.engine.engine(),
         },
         &mut |_| ControlFlow::Continue(()),
         Box::new(|line| eprintln!("apf listen: {line}")),
@@ -732,9 +702,8 @@ fn run_an_image(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         &config,
         &image,
         RunOptions {
-            timeout,
             echo_console: true,
-            engine: args.engine.engine(),
+            ..args.vm.run_options(timeout)
         },
     )?;
     if let Some(json) = &args.json {
@@ -800,9 +769,8 @@ fn run_a_kernel(args: &RunArgs, path: &Path) -> Result<(), CliError> {
         &config,
         guest,
         RunOptions {
-            timeout,
             echo_console: true,
-            ..Default::default()
+            ..args.vm.run_options(timeout)
         },
     )?;
     let label = if config.apf { "APF on" } else { "APF off" };
@@ -847,7 +815,7 @@ fn guest_ending(run: &VmRun) -> Result<(), CliError> {
 fn off_and_on(
     config: &VmConfig,
     prefix: &str,
-    timeout: Duration,
+    options: RunOptions,
     guest: &Guest,
 ) -> Result<(RunReport, RunReport), CliError> {
     let off = VmConfig {
@@ -858,8 +826,8 @@ fn off_and_on(
         apf: true,
         ..config.clone()
     };
-    let a = run_one(&off, &format!("{prefix}APF off"), timeout, guest)?;
-    let b = run_one(&on, &format!("{prefix}APF on"), timeout, guest)?;
+    let a = run_one(&off, &format!("{prefix}APF off"), options, guest)?;
+    let b = run_one(&on, &format!("{prefix}APF on"), options, guest)?;
     Ok((a, b))
 }
 
@@ -868,7 +836,7 @@ fn cmd_compare(args: &CompareArgs) -> Result<(), CliError> {
     let config = guest.config(&args.vm)?;
     check_output("--json", args.json.as_deref())?;
     check_output("--chart", args.chart.as_deref())?;
-    let (off, on) = off_and_on(&config, "", args.timeout.0, &guest)?;
+    let (off, on) = off_and_on(&config, "", args.vm.run_options(args.timeout.0), &guest)?;
     print!("{}", report::render_side_by_side(&off, &on));
     let runs = [off, on];
     if let Some(path) = &args.json {
@@ -903,10 +871,7 @@ fn cmd_snapshot(args: &snapshot::SnapshotArgs) -> Result<(), CliError> {
         of,
         args.at.0,
         &args.out,
-        RunOptions {
-            timeout: args.timeout.0,
-            ..RunOptions::default()
-        },
+        args.vm.run_options(args.timeout.0),
         &mut observe,
     );
     bar.finish();
@@ -966,10 +931,7 @@ fn cmd_restore(args: &snapshot::RestoreArgs) -> Result<(), CliError> {
             mode,
             &config,
             &source,
-            RunOptions {
-                timeout: args.timeout.0,
-                ..RunOptions::default()
-            },
+            args.vm.run_options(args.timeout.0),
             &mut observe,
         );
         bar.finish();
@@ -1042,7 +1004,12 @@ fn cmd_sweep(args: &SweepArgs) -> Result<(), CliError> {
         guest.validate(config)?;
     }
     for (label, config) in &points {
-        let (off, on) = off_and_on(config, &format!("{label}, "), args.timeout.0, &guest)?;
+        let (off, on) = off_and_on(
+            config,
+            &format!("{label}, "),
+            args.vm.run_options(args.timeout.0),
+            &guest,
+        )?;
         sweep.points.push((label.clone(), off, on));
     }
     print!("{}", chart::render_sweep(&sweep));
@@ -1095,7 +1062,12 @@ fn cmd_trace(args: &TraceArgs) -> Result<(), CliError> {
     let config = args.vm.config(trace_config())?;
     let recorder = trace::Recorder::install()?;
     let label = if config.apf { "APF on" } else { "APF off" };
-    let report = run_one(&config, label, Duration::from_secs(120), &Guest::BuiltIn)?;
+    let report = run_one(
+        &config,
+        label,
+        args.vm.run_options(Duration::from_secs(120)),
+        &Guest::BuiltIn,
+    )?;
     let records = recorder.take();
     let filter = trace::Filter {
         vcpu: args.vcpu_filter,

@@ -94,6 +94,9 @@ pub struct ListenArgs {
     /// End the migrated run after this long whatever the guest does.
     #[arg(long, value_name = "DURATION", default_value = "120s")]
     pub timeout: Span,
+    /// How the vCPUs run guest code here (the source's choice does not travel).
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: crate::vmargs::EngineArg,
 }
 
 impl ListenArgs {

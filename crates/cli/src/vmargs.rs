@@ -2,6 +2,7 @@
 //! a TOML file (`--config`) and flags that override its values.
 
 use apf_abi::boot::WRITE_PCT_ALL;
+use apf_vm::RunOptions;
 use apf_vm::config::{
     ByteSize, ConfigError, ProcessConfig, Span, StoreKind, VmConfig, WorkloadKind,
 };
@@ -96,6 +97,26 @@ pub fn parse_process(text: &str) -> Result<ProcessConfig, String> {
     Ok(p)
 }
 
+/// `--engine`: how the vCPUs run guest code.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineArg {
+    /// Every instruction interpreted.
+    #[default]
+    Interpreter,
+    /// Blocks compiled to host code once hot (Cranelift; docs/jit).
+    Compiler,
+}
+
+impl EngineArg {
+    /// The engine this names.
+    pub fn engine(self) -> apf_vm::Engine {
+        match self {
+            EngineArg::Interpreter => apf_vm::Engine::Interpreter,
+            EngineArg::Compiler => apf_vm::Engine::Compiler { after: 50 },
+        }
+    }
+}
+
 /// What describes the VM.
 #[derive(Debug, Clone, Default, Args)]
 pub struct VmArgs {
@@ -152,6 +173,10 @@ pub struct VmArgs {
     /// Seed for the workloads and the store's latency.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How the vCPUs run guest code: interpreter, or compiler (blocks compiled to
+    /// host code once hot).
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: EngineArg,
 }
 
 /// A `--store` value: the kind, and the URL of an NBD store.
@@ -182,6 +207,15 @@ fn parse_store_kind(text: &str) -> Result<StoreChoice, String> {
 }
 
 impl VmArgs {
+    /// How to run it: `timeout`, and the engine asked for.
+    pub fn run_options(&self, timeout: std::time::Duration) -> RunOptions {
+        RunOptions {
+            timeout,
+            echo_console: false,
+            engine: self.engine.engine(),
+        }
+    }
+
     /// The configuration: `base` (or the config file), then the flags; checked for
     /// a run of the built-in guest.
     pub fn config(&self, base: VmConfig) -> Result<VmConfig, VmArgsError> {

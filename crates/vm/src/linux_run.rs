@@ -47,7 +47,7 @@ pub fn run_linux_observed(
     options: RunOptions,
     observe: Observer<'_>,
 ) -> Result<VmRun, VmError> {
-    let (built, boot) = build_linux(config, guest, options.echo_console)?;
+    let (built, boot) = build_linux(config, guest, options)?;
     let begin = Instant::now();
     let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
     let mut progress = LinuxProgress::new(config);
@@ -67,11 +67,11 @@ pub fn run_linux_observed(
 pub(crate) fn build_linux(
     config: &VmConfig,
     guest: LinuxGuest,
-    echo: bool,
+    options: RunOptions,
 ) -> Result<(Built, Boot), VmError> {
     config.validate_linux()?;
     let prepared = prepare(config, &guest)?;
-    let built = build_machine(config, echo)?;
+    let built = build_machine(config, options.echo_console)?;
     let write = |at: u64, bytes: &[u8]| {
         built
             .memory
@@ -87,7 +87,10 @@ pub(crate) fn build_linux(
     let boot = Boot {
         entry: prepared.layout.kernel.start,
         context: prepared.layout.dtb.start,
-        cpu: linux_cpu(),
+        cpu: CpuConfig {
+            engine: options.engine,
+            ..linux_cpu()
+        },
     };
     Ok((built, boot))
 }

@@ -128,8 +128,7 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Echo the console to standard output.
     pub echo_console: bool,
-    /// How a flat image's vCPUs run guest code ([`run_image`]; the built-in
-    /// guest and Linux are always interpreted).
+    /// How the vCPUs run guest code.
     pub engine: Engine,
 }
 
@@ -138,7 +137,7 @@ impl Default for RunOptions {
         RunOptions {
             timeout: Duration::from_secs(120),
             echo_console: false,
-            engine: Engine::Interpreter,
+            engine: Engine::default(),
         }
     }
 }
@@ -162,12 +161,16 @@ pub(crate) struct Boot {
     pub(crate) cpu: CpuConfig,
 }
 
-/// A flat image's boot: at its load address, x0 = 0, the default clock.
-pub(crate) fn flat_image_boot() -> Boot {
+/// A flat image's boot: at its load address, x0 = 0, the default clock, guest
+/// code run by `engine`.
+pub(crate) fn flat_image_boot(engine: Engine) -> Boot {
     Boot {
         entry: IMAGE_LOAD_ADDR,
         context: 0,
-        cpu: CpuConfig::default(),
+        cpu: CpuConfig {
+            engine,
+            ..CpuConfig::default()
+        },
     }
 }
 
@@ -440,9 +443,7 @@ pub fn run_image_observed(
 ) -> Result<VmRun, VmError> {
     let built = build(config, image, options.echo_console)?;
     let begin = Instant::now();
-    let mut boot = flat_image_boot();
-    boot.cpu.engine = options.engine;
-    let vcpus = start_vcpus(config, &built, boot, vcpu::spawn)?;
+    let vcpus = start_vcpus(config, &built, flat_image_boot(options.engine), vcpu::spawn)?;
     let observer_stopped = monitor::watch(
         &built.machine,
         &built.memory,
@@ -472,7 +473,7 @@ pub fn run_workloads_observed(
     let built = build(config, GUEST_IMAGE, options.echo_console)?;
     write_boot_block(config, &built)?;
     let begin = Instant::now();
-    let vcpus = start_vcpus(config, &built, flat_image_boot(), vcpu::spawn)?;
+    let vcpus = start_vcpus(config, &built, flat_image_boot(options.engine), vcpu::spawn)?;
     let mut progress = WorkloadProgress::new(config);
     let watched = drive_workloads(config, &built, begin, options, observe, &mut progress, None);
     let run = finish(
@@ -646,7 +647,8 @@ mod tests {
             let config = four_vcpus();
             let built = build(&config, GUEST_IMAGE, false).expect("the VM builds");
             let memory = Arc::downgrade(&built.memory);
-            let result = start_vcpus(&config, &built, flat_image_boot(), spawn).map(|_| ());
+            let result =
+                start_vcpus(&config, &built, flat_image_boot(Engine::default()), spawn).map(|_| ());
             let others = Arc::strong_count(&built.memory) - 1;
             drop(built);
             let _ = tx.send((result.err(), others, memory));

@@ -34,9 +34,10 @@ pub struct CpuConfig {
 
 /// How a vCPU runs guest code. Both engines retire the same instructions with
 /// the same effects; the compiler is faster on code that runs often.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// Every block is interpreted.
+    #[default]
     Interpreter,
     /// A block entered `after` times is compiled to host code (Cranelift) and
     /// runs compiled from then on; ops the compiler does not handle still call
@@ -54,7 +55,7 @@ impl Default for CpuConfig {
             mpidr: 0,
             cntfrq: 100_000_000,
             time_scale: TimeScale::default(),
-            engine: Engine::Interpreter,
+            engine: Engine::default(),
         }
     }
 }

@@ -699,7 +699,7 @@ fn land(
         vcpus: &state.vcpus,
         progress: &state.progress,
     };
-    let (vcpus, begin) = start_resumed(&config, &built, &resume).map_err(fail)?;
+    let (vcpus, begin) = start_resumed(&config, &built, &resume, options.engine).map_err(fail)?;
     let setup = begin - arrived;
     {
         let mut g = shared.lock();

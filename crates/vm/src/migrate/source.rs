@@ -143,7 +143,13 @@ pub fn run_migrating(
     let pages_url = format!("nbd://{}/{EXPORT}", server.local_addr());
 
     let begin = Instant::now();
-    let vcpus = start_vcpus_resumed(config, &built, flat_image_boot(), vcpu::spawn, None)?;
+    let vcpus = start_vcpus_resumed(
+        config,
+        &built,
+        flat_image_boot(options.engine),
+        vcpu::spawn,
+        None,
+    )?;
     let mut progress = WorkloadProgress::new(config);
     let stop = AtomicBool::new(false);
     let run_over = AtomicBool::new(false);

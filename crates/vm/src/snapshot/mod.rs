@@ -49,6 +49,7 @@ use crate::run::{
     drive_workloads, finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
 };
 use crate::store::{connect_nbd, open_store};
+use apf_cpu::Engine;
 use prefetch::Prefetcher;
 pub(crate) use prefetch::load as prefetch_pages;
 
@@ -101,9 +102,9 @@ pub fn take_snapshot(
         SnapshotOf::BuiltIn => {
             let built = crate::run::build(config, GUEST_IMAGE, options.echo_console)?;
             write_boot_block(config, &built)?;
-            (built, flat_image_boot())
+            (built, flat_image_boot(options.engine))
         }
-        SnapshotOf::Linux(g) => build_linux(config, g, options.echo_console)?,
+        SnapshotOf::Linux(g) => build_linux(config, g, options)?,
     };
     let begin = Instant::now();
     let vcpus = start_vcpus_resumed(config, &built, boot, vcpu::spawn, None)?;
@@ -442,7 +443,7 @@ impl Snapshot {
             vcpus: &state.vcpus,
             progress: &state.progress,
         };
-        let (vcpus, begin) = start_resumed(config, &built, &resume)?;
+        let (vcpus, begin) = start_resumed(config, &built, &resume, options.engine)?;
         let to_first_instruction = self.open_time + (begin - t0);
         let prefetcher = if mode == RestoreMode::LazyPrefetch {
             let base = built.memory.ram_base().gfn().0;
@@ -485,6 +486,7 @@ pub(crate) fn start_resumed(
     config: &VmConfig,
     built: &Built,
     r: &Resume<'_>,
+    engine: Engine,
 ) -> Result<(Vcpus, Instant), VmError> {
     built
         .machine
@@ -497,7 +499,7 @@ pub(crate) fn start_resumed(
     let vcpus = start_vcpus_resumed(
         config,
         built,
-        flat_image_boot(),
+        flat_image_boot(engine),
         vcpu::spawn,
         Some(r.vcpus.to_vec()),
     )?;
