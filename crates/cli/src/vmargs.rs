@@ -101,9 +101,9 @@ pub fn parse_process(text: &str) -> Result<ProcessConfig, String> {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineArg {
     /// Every instruction interpreted.
-    #[default]
     Interpreter,
     /// Blocks compiled to host code once hot (Cranelift; docs/jit).
+    #[default]
     Compiler,
 }
 
@@ -112,7 +112,7 @@ impl EngineArg {
     pub fn engine(self) -> apf_vm::Engine {
         match self {
             EngineArg::Interpreter => apf_vm::Engine::Interpreter,
-            EngineArg::Compiler => apf_vm::Engine::Compiler { after: 50 },
+            EngineArg::Compiler => apf_vm::Engine::default(),
         }
     }
 }
@@ -173,8 +173,8 @@ pub struct VmArgs {
     /// Seed for the workloads and the store's latency.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How the vCPUs run guest code: interpreter, or compiler (blocks compiled to
-    /// host code once hot).
+    /// How the vCPUs run guest code: compiler (blocks compiled to host code once
+    /// hot), or interpreter.
     #[arg(long, value_enum, default_value_t)]
     pub engine: EngineArg,
 }
