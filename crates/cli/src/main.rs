@@ -623,6 +623,12 @@ fn cmd_migrate_bench(args: &migrate::MigrateBenchArgs) -> Result<(), CliError> {
         what: "apf".into(),
         source: e,
     })?;
+    let setup = migrate::BenchSetup {
+        exe: &exe,
+        work: &work,
+        config_file: &config_file,
+        engine: args.vm.engine,
+    };
     let mut all = Vec::new();
     let mut text = String::new();
     for latency in &args.latencies {
@@ -630,9 +636,7 @@ fn cmd_migrate_bench(args: &migrate::MigrateBenchArgs) -> Result<(), CliError> {
         for (mode, apf, name) in migrate::BENCH_PLAN {
             eprintln!("apf migrate-bench: {name}, net latency {latency}");
             runs.push(migrate::bench_one(
-                &exe,
-                &work,
-                &config_file,
+                &setup,
                 &format!("{name} {latency}"),
                 (mode, apf, latency.0),
                 args.at.0,

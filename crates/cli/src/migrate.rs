@@ -494,16 +494,32 @@ fn read_report<T: for<'de> Deserialize<'de>>(
     Ok((parsed.report, parsed.run))
 }
 
+/// What every run of a benchmark shares.
+pub struct BenchSetup<'a> {
+    /// This executable.
+    pub exe: &'a Path,
+    /// The directory for the runs' reports.
+    pub work: &'a Path,
+    /// The VM's configuration, for both ends.
+    pub config_file: &'a Path,
+    /// How both ends run guest code.
+    pub engine: crate::vmargs::EngineArg,
+}
+
 /// Runs one migration between two child processes of this executable.
 pub fn bench_one(
-    exe: &Path,
-    work: &Path,
-    config_file: &Path,
+    setup: &BenchSetup<'_>,
     label: &str,
     (mode, apf, latency): (MigrateMode, bool, Duration),
     at: Duration,
     timeout: Duration,
 ) -> Result<BenchRun, BenchError> {
+    let BenchSetup {
+        exe,
+        work,
+        config_file,
+        engine,
+    } = *setup;
     let dst_json = work.join(format!("{label}-dst.json").replace([' ', ','], "_"));
     let src_json = work.join(format!("{label}-src.json").replace([' ', ','], "_"));
     let spawn = |cmd: &mut Command, what: &str| {
@@ -513,10 +529,12 @@ pub fn bench_one(
         })
     };
     let timeout_arg = format!("{}ms", timeout.as_millis());
+    let engine_arg = engine.name();
     let mut listen = Reaped(Some(spawn(
         Command::new(exe)
             .args(["listen", "--port", "0", "--bind", "127.0.0.1", "--apf"])
             .arg(if apf { "on" } else { "off" })
+            .args(["--engine", engine_arg])
             .arg("--timeout")
             .arg(&timeout_arg)
             .arg("--json")
@@ -555,6 +573,7 @@ pub fn bench_one(
             .arg(mode.name())
             .arg("--net-latency")
             .arg(format!("{}us", latency.as_micros()))
+            .args(["--engine", engine_arg])
             .arg("--timeout")
             .arg(&timeout_arg)
             .arg("--json")

@@ -115,6 +115,14 @@ impl EngineArg {
             EngineArg::Compiler => apf_vm::Engine::default(),
         }
     }
+
+    /// Its flag value, for a child process's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineArg::Interpreter => "interpreter",
+            EngineArg::Compiler => "compiler",
+        }
+    }
 }
 
 /// What describes the VM.
