@@ -529,12 +529,14 @@ pub fn bench_one(
         })
     };
     let timeout_arg = format!("{}ms", timeout.as_millis());
-    let engine_arg = engine.name();
+    let engine_arg = clap::ValueEnum::to_possible_value(&engine)
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
     let mut listen = Reaped(Some(spawn(
         Command::new(exe)
             .args(["listen", "--port", "0", "--bind", "127.0.0.1", "--apf"])
             .arg(if apf { "on" } else { "off" })
-            .args(["--engine", engine_arg])
+            .args(["--engine", &engine_arg])
             .arg("--timeout")
             .arg(&timeout_arg)
             .arg("--json")
@@ -573,7 +575,7 @@ pub fn bench_one(
             .arg(mode.name())
             .arg("--net-latency")
             .arg(format!("{}us", latency.as_micros()))
-            .args(["--engine", engine_arg])
+            .args(["--engine", &engine_arg])
             .arg("--timeout")
             .arg(&timeout_arg)
             .arg("--json")

@@ -112,15 +112,9 @@ impl EngineArg {
     pub fn engine(self) -> apf_vm::Engine {
         match self {
             EngineArg::Interpreter => apf_vm::Engine::Interpreter,
-            EngineArg::Compiler => apf_vm::Engine::default(),
-        }
-    }
-
-    /// Its flag value, for a child process's command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineArg::Interpreter => "interpreter",
-            EngineArg::Compiler => "compiler",
+            EngineArg::Compiler => apf_vm::Engine::Compiler {
+                after: apf_vm::Engine::COMPILE_AFTER,
+            },
         }
     }
 }

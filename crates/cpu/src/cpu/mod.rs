@@ -49,10 +49,10 @@ pub enum Engine {
 
 impl Engine {
     /// Entries before a block is compiled, by default. A compile costs about
-    /// 0.3 ms: a Linux boot compiled 27,000 blocks at 50 and ran twice as long
-    /// as interpreted; at this figure it compiles about 1,400 and takes 7.5 s
-    /// of CPU against 8.7 interpreted (docs/jit). A loop's blocks reach it in
-    /// well under a millisecond.
+    /// 0.3 ms: at 50, a Linux boot had compiled 27,096 blocks by its last
+    /// decode-arena reset and took about twice the interpreter's CPU time; at
+    /// this figure, 1,425, and 7.5 s of CPU against 8.7 interpreted
+    /// (docs/jit). A loop's blocks reach it in well under a millisecond.
     pub const COMPILE_AFTER: u32 = 5000;
 }
 
