@@ -519,6 +519,34 @@ impl<U> IoEngine<U> {
         })
     }
 
+    /// Waits until nothing is in the store or queued for it and nobody is acting
+    /// on completions, collecting them itself when nobody else does. Only for a
+    /// memory nothing starts I/O on any more: else it may never be idle.
+    pub(crate) fn wait_idle(&self, on: &impl OnReads) {
+        let mut st = lock(&self.st);
+        loop {
+            if st.inflight.is_empty() && !st.role_held {
+                if st.backlog.is_empty() {
+                    return;
+                }
+                drop(st);
+                self.submit_pending();
+                st = lock(&self.st);
+            } else if !st.role_held {
+                st.role_held = true;
+                drop(st);
+                self.reap(on, Some(ROLE_WAIT));
+                st = lock(&self.st);
+                self.release_role(&mut st);
+            } else {
+                // The holder notifies when it lets the role go.
+                st.blocked += 1;
+                st = wait(&self.dispatched, st);
+                st.blocked -= 1;
+            }
+        }
+    }
+
     /// How many times completions were dispatched so far.
     pub(crate) fn dispatches(&self) -> u64 {
         lock(&self.st).dispatches

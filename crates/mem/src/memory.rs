@@ -536,12 +536,15 @@ impl GuestMemory {
         }
     }
 
-    /// Checks that page words, counts, slots and metrics agree. Call it when no
-    /// other thread is using this memory (all vCPUs stopped, no fetch in flight).
+    /// Checks that page words, counts, slots and metrics agree. Call it once
+    /// nothing starts fetches any more (every vCPU and background loader
+    /// stopped): it waits for the I/O still in flight to end first, since a read
+    /// that completed during the scan would move a page it had already counted.
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
         let Inner { pager, reclaim, .. } = &*self.inner;
         // The reclaimer works on its own: see it between batches.
         let _batch = reclaim.between_batches();
+        pager.wait_io_idle();
         let pages = pager.pages();
         let mut scanned = [0u64; crate::page::STATES];
         let mut framed = 0u64;

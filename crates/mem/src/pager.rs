@@ -668,6 +668,12 @@ impl Pager {
         self.io.reaper_loop(self, stop);
     }
 
+    /// Waits until no I/O is in flight or queued and every completion has been
+    /// acted on (see `IoEngine::wait_idle`).
+    pub(crate) fn wait_io_idle(&self) {
+        self.io.wait_idle(self);
+    }
+
     /// Waits until completions were dispatched once more than `seen`.
     pub(crate) fn wait_dispatch_after(&self, seen: u64) {
         self.io.wait_dispatch_after(self, seen);

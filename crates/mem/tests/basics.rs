@@ -320,3 +320,27 @@ fn evicted_pages_give_their_memory_back() {
     drop(tlb);
     mem.check_invariants().unwrap();
 }
+
+/// The check waits for a read still in flight (here 50 ms of added latency) to
+/// end and be acted on, so a completion cannot move a page it has counted.
+#[test]
+fn the_invariant_check_waits_for_reads_in_flight() {
+    use apf_mem::store::{Latency, LatencyStore, Slot};
+    let cfg = MemConfig::new(BASE, 16 * PAGE, 16 * PAGE);
+    let slow = LatencyStore::new(
+        MemStore::new(1 << 20, 8),
+        Latency::Fixed(std::time::Duration::from_millis(50)),
+    );
+    let mem = GuestMemory::new(cfg, Box::new(slow)).expect("guest memory");
+    // A page whose copy is in the store, as a lazy restore places its image;
+    // frames are free, so its read starts at once.
+    let gfn = Gpa(BASE).gfn();
+    mem.place_in_store(gfn, Slot(0)).unwrap();
+    let sink = Arc::new(Recorder::default());
+    assert_eq!(mem.start_fetch(gfn, sink.clone(), 7), FetchStart::Started);
+    assert_eq!(mem.metrics().in_flight, 1);
+    mem.check_invariants().unwrap();
+    assert_eq!(mem.metrics().in_flight, 0);
+    assert_eq!(mem.metrics().pages.resident, 1);
+    assert_eq!(*sink.calls.lock().unwrap(), vec![(7, Ok(()))]);
+}

@@ -402,9 +402,25 @@ pub(crate) fn finish(
     work_done_at: Option<Duration>,
     observer_stopped: bool,
 ) -> Result<VmRun, VmError> {
+    finish_after(built, vcpus, begin, work_done_at, observer_stopped, || {})
+}
+
+/// [`finish`], with `stop_loaders` called once the vCPUs have stopped and before
+/// memory is counted and checked: a background loader (a lazy restore's
+/// prefetcher, a migration's copier) must not start fetches meanwhile.
+pub(crate) fn finish_after(
+    built: &Built,
+    vcpus: Vcpus,
+    begin: Instant,
+    work_done_at: Option<Duration>,
+    observer_stopped: bool,
+    stop_loaders: impl FnOnce(),
+) -> Result<VmRun, VmError> {
     built.machine.stop(StopReason::Host);
-    let vcpus = vcpus.join()?;
+    let vcpus = vcpus.join();
     let wall = begin.elapsed();
+    stop_loaders();
+    let vcpus = vcpus?;
     built.machine.uart.flush();
     let end = match built.machine.stop_reason() {
         Some(StopReason::SystemOff) => RunEnd::SystemOff,
@@ -413,14 +429,16 @@ pub(crate) fn finish(
         Some(StopReason::Host) | None => RunEnd::Timeout,
     };
     let uart = String::from_utf8_lossy(&lock(&built.console)).into_owned();
+    // Before the metrics: the check waits for the I/O in flight to end.
+    let mem_invariants = built.memory.check_invariants();
     Ok(VmRun {
         end,
         wall,
         work_done_at,
         uart,
         vcpus,
+        mem_invariants,
         mem: built.memory.metrics(),
-        mem_invariants: built.memory.check_invariants(),
         store: built.memory.store_info(),
         processes: Vec::new(),
         kernel_panic: None,

@@ -291,3 +291,47 @@ fn damaged_and_mismatched_snapshots_are_refused() {
     assert!(e.to_string().contains("not empty"), "{e}");
     assert_eq!(std::fs::read(dir.path().join(STATE_FILE)).unwrap(), state);
 }
+
+/// A lazy restore whose guest ends while its prefetcher still reads (a slow
+/// store: 5 ms a read): the run is counted and checked only once the prefetcher
+/// has stopped and its reads have ended, so nothing is in flight in the
+/// figures and the page counts agree with a scan of the pages.
+#[test]
+fn a_lazy_restore_is_counted_after_its_prefetcher_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = snapshot(&config(true), Duration::from_millis(600), dir.path());
+    let mut config = snap.config().clone();
+    config.store.latency = Span(Duration::from_millis(5));
+    config.budget = config.ram;
+    let r = snap
+        .restore(
+            RestoreMode::LazyPrefetch,
+            &config,
+            &ImageSource::Local,
+            options(),
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .expect("the snapshot restores");
+    assert_finished(&snap, &r, "lazy+prefetch");
+    let io = &r.run.mem.io;
+    eprintln!(
+        "prefetched {} of {} image pages; read {}, submitted {}, in flight {}; wall {:?}",
+        r.prefetched_pages,
+        r.image_pages,
+        io.pages_read,
+        io.reads_submitted,
+        r.run.mem.in_flight,
+        r.run.wall
+    );
+    assert!(r.prefetched_pages > 0, "the prefetcher ran");
+    assert_eq!(r.run.mem.in_flight, 0, "nothing in flight once counted");
+    assert_eq!(
+        io.reads_submitted,
+        io.pages_read + io.read_errors,
+        "every read submitted has ended"
+    );
+    assert!(
+        io.pages_read >= r.prefetched_pages,
+        "the prefetcher's reads are in the count: {io:?}"
+    );
+}

@@ -745,6 +745,7 @@ fn land(
             }
             observe(live)
         };
+        let mut copy_error = None;
         let run = run_resumed(
             &config,
             &built,
@@ -753,11 +754,16 @@ fn land(
             &resume,
             options,
             &mut watcher,
+            || {
+                stop.store(true, Ordering::Release);
+                copy_error = copier
+                    .join()
+                    .unwrap_or_else(|_| Some("the copier panicked".into()));
+            },
         );
+        // A run that failed before its end left the copier running: the scope
+        // waits for it.
         stop.store(true, Ordering::Release);
-        let copy_error = copier
-            .join()
-            .unwrap_or_else(|_| Some("the copier panicked".into()));
         (copy_error, run, complete)
     });
     let run = run?;

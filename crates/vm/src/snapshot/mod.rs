@@ -46,7 +46,8 @@ use crate::linux_run::{LinuxProgress, build_linux, drive_linux};
 use crate::monitor::Observer;
 use crate::run::{
     Built, GUEST_IMAGE, RunOptions, Vcpus, VmRun, WorkloadProgress, build_machine_over,
-    drive_workloads, finish, flat_image_boot, start_vcpus_resumed, with_outcomes, write_boot_block,
+    drive_workloads, finish, finish_after, flat_image_boot, start_vcpus_resumed, with_outcomes,
+    write_boot_block,
 };
 use crate::store::{connect_nbd, open_store};
 use apf_cpu::Engine;
@@ -453,8 +454,19 @@ impl Snapshot {
         } else {
             None
         };
-        let run = run_resumed(config, &built, vcpus, begin, &resume, options, observe)?;
-        let prefetched_pages = prefetcher.map_or(0, Prefetcher::stop);
+        let mut prefetched_pages = 0;
+        let run = run_resumed(
+            config,
+            &built,
+            vcpus,
+            begin,
+            &resume,
+            options,
+            observe,
+            || {
+                prefetched_pages = prefetcher.map_or(0, Prefetcher::stop);
+            },
+        )?;
         Ok(Restored {
             mode,
             prefetched_pages,
@@ -507,7 +519,9 @@ pub(crate) fn start_resumed(
 }
 
 /// Watches a resumed VM to the end of its run, as the run it continues would
-/// have been watched; its processes' outcomes span both parts.
+/// have been watched; its processes' outcomes span both parts. `stop_loaders`
+/// stops whatever fetches pages beside the vCPUs (see [`finish_after`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_resumed(
     config: &VmConfig,
     built: &Built,
@@ -516,6 +530,7 @@ pub(crate) fn run_resumed(
     r: &Resume<'_>,
     options: RunOptions,
     observe: Observer<'_>,
+    stop_loaders: impl FnOnce(),
 ) -> Result<VmRun, VmError> {
     Ok(match r.guest {
         GuestKind::BuiltIn => {
@@ -531,24 +546,26 @@ pub(crate) fn run_resumed(
             }
             let watched =
                 drive_workloads(config, built, begin, options, observe, &mut progress, None);
-            let run = finish(
+            let run = finish_after(
                 built,
                 vcpus,
                 begin,
                 progress.work_done_at,
                 watched.observer_stopped,
+                stop_loaders,
             )?;
             with_outcomes(config, built, run, &progress)
         }
         GuestKind::Linux => {
             let mut progress = LinuxProgress::new(config);
             let watched = drive_linux(built, begin, options, observe, &mut progress, None);
-            let run = finish(
+            let run = finish_after(
                 built,
                 vcpus,
                 begin,
                 progress.work_done_at,
                 watched.observer_stopped,
+                stop_loaders,
             )?;
             progress.report(config, run)
         }
