@@ -6,10 +6,11 @@
 mod common;
 
 use common::{
-    Server, apf, free_port, have_nbdkit, have_qemu_nbd, nbdkit, nbdkit_memory,
+    Server, apf, free_port, have_nbdkit, have_qemu_nbd, listener, nbdkit, nbdkit_memory, nbdkit_on,
     one_line_input_error, serve,
 };
 use serde_json::Value;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -145,22 +146,10 @@ fn a_snapshot_restores_side_by_side_and_from_nbd_servers() {
         );
     }
     if have_qemu_nbd() {
-        let port = free_port();
         let mut c = Command::new("qemu-nbd");
-        c.args([
-            "-r",
-            "-f",
-            "raw",
-            "-t",
-            "-b",
-            "127.0.0.1",
-            "-x",
-            "memory",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .arg(&image);
-        let server = serve(c, port);
+        c.args(["-r", "-f", "raw", "-t", "-x", "memory"])
+            .arg(&image);
+        let server = serve(c, listener(0));
         let (out, rs) = restore(&snap, &["--eager", "--from", &server.url("memory")]);
         assert!(out.status.success(), "{}", text(&out));
         assert_correct(&rs[0], "eager from qemu-nbd");
@@ -201,18 +190,15 @@ fn an_image_server_that_restarts_or_dies_mid_restore() {
     // A server killed mid-restore and started again on its port within the
     // client's reconnect window: nothing is lost.
     let log = dir.join("nbdkit.log");
-    let port = free_port();
-    let start = |log: &Path| {
-        let mut c = Command::new("nbdkit");
-        c.args(["-f", "--exit-with-parent", "-r", "-i", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["--filter=log", "--filter=delay", "file"])
-            .arg(&image)
-            .arg(format!("logfile={}", log.display()))
-            .arg("rdelay=1ms");
-        serve(c, port)
+    let first = listener(0);
+    let port = first.local_addr().unwrap().port();
+    let start = |on: TcpListener, log: &Path| {
+        let log = format!("logfile={}", log.display());
+        let args = ["-r", "--filter=log", "--filter=delay", "file"];
+        let args = [&args[..], &[image.to_str().unwrap(), &log, "rdelay=1ms"]].concat();
+        nbdkit_on(on, &args)
     };
-    let mut server: Server = start(&log);
+    let mut server: Server = start(first, &log);
     let json = dir.join("restart.json");
     let url = format!("nbd://127.0.0.1:{port}/");
     let child = Command::new(apf_bin)
@@ -224,7 +210,7 @@ fn an_image_server_that_restarts_or_dies_mid_restore() {
         .unwrap();
     wait_for_reads(&log, 1);
     server.kill();
-    let again_server = start(&dir.join("nbdkit-again.log"));
+    let again_server = start(listener(port), &dir.join("nbdkit-again.log"));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -240,7 +226,7 @@ fn an_image_server_that_restarts_or_dies_mid_restore() {
     // the reads fail like a broken disk. The run ends (no vCPU hangs); the
     // processes that needed the lost pages are killed and named, the VM runs on.
     let log = dir.join("nbdkit-gone.log");
-    let mut server = start(&log);
+    let mut server = start(listener(port), &log);
     let child = Command::new(apf_bin)
         .args(["restore", snap.to_str().unwrap(), "--from", &url])
         .args(["--latency", "0", "--timeout", "120s"])

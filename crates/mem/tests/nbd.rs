@@ -5,12 +5,11 @@
 #[path = "common/servers.rs"]
 mod servers;
 
-use servers::have;
+use servers::{Server, have, listener, nbdkit, nbdkit_on, serve};
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -20,54 +19,10 @@ use apf_mem::store::{
     Store,
 };
 
-/// A server process, killed on every path out of the test.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").port()
-}
-
-/// `nbdkit` in the foreground on 127.0.0.1:`port` with `args` (filters, plugin,
-/// parameters).
-fn nbdkit(port: u16, args: &[&str]) -> Server {
-    let child = Command::new("nbdkit")
-        .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start nbdkit");
-    Server { child }
-}
-
-fn qemu_nbd(port: u16, args: &[&str], file: &Path) -> Server {
-    let child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-t", "-b", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .args(args)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start qemu-nbd");
-    Server { child }
+fn qemu_nbd(args: &[&str], file: &Path) -> Server {
+    let mut c = Command::new("qemu-nbd");
+    c.args(["-f", "raw", "-t"]).args(args).arg(file);
+    serve(c, listener(0))
 }
 
 fn config(port: u16, export: &str) -> NbdConfig {
@@ -77,23 +32,21 @@ fn config(port: u16, export: &str) -> NbdConfig {
     c
 }
 
-/// Connects once the server listens and answers: retries a refused
-/// connection, and one the server reset during the handshake (a server still
-/// starting, seen from qemu-nbd on a loaded machine), for at most 10 s.
+/// Connects; retries a connection the server reset during the handshake (a
+/// server still starting, seen from qemu-nbd on a loaded machine) for at most
+/// 10 s. The server's socket listens from before it starts, so a connection
+/// is never refused while it does.
 fn connect(cfg: &NbdConfig, server: &mut Server) -> NbdStore {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match NbdStore::connect(cfg) {
             Ok(s) => return s,
-            Err(
-                NbdError::Connect { .. }
-                | NbdError::Handshake {
-                    source: HandshakeError::Io(_),
-                    ..
-                },
-            ) if Instant::now() < deadline => {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    panic!("the server exited before accepting: {status}");
+            Err(NbdError::Handshake {
+                source: HandshakeError::Io(_),
+                ..
+            }) if Instant::now() < deadline => {
+                if let Some(status) = server.exited() {
+                    panic!("the server exited before answering: {status}");
                 }
                 std::thread::yield_now();
             }
@@ -225,8 +178,8 @@ fn nbdkit_memory_write_then_read_at_depth_32() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(port, &["memory", "64M"]);
+    let mut server = nbdkit(&["memory", "64M"]);
+    let port = server.port;
     let store = connect(&config(port, "pages"), &mut server);
     assert_eq!(store.export_size(), 64 << 20);
     assert!(!store.is_read_only());
@@ -263,15 +216,15 @@ fn qemu_nbd_file_write_then_read_at_depth_32_and_read_only() {
         .set_len(32 << 20)
         .unwrap();
     {
-        let port = free_port();
-        let mut server = qemu_nbd(port, &["-x", "pages"], &file);
+        let mut server = qemu_nbd(&["-x", "pages"], &file);
+        let port = server.port;
         let store = connect(&config(port, "pages"), &mut server);
         assert_eq!(store.export_size(), 32 << 20);
         write_then_read(&store, &spread_slots(1024, 8192), 2, 32);
     }
     // The same file read-only: the pages are there, and writes are refused.
-    let port = free_port();
-    let mut server = qemu_nbd(port, &["-r", "-x", "pages"], &file);
+    let mut server = qemu_nbd(&["-r", "-x", "pages"], &file);
+    let port = server.port;
     let store = connect(&config(port, "pages"), &mut server);
     assert!(store.is_read_only());
     let slots = spread_slots(64, 8192);
@@ -299,8 +252,8 @@ fn a_read_only_config_refuses_writes_to_a_writable_server() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(port, &["memory", "1M"]);
+    let mut server = nbdkit(&["memory", "1M"]);
+    let port = server.port;
     let mut cfg = config(port, "");
     cfg.read_only = true;
     let store = connect(&cfg, &mut server);
@@ -320,8 +273,8 @@ fn nbdkit_read_only_export_refuses_writes() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(port, &["-r", "memory", "1M"]);
+    let mut server = nbdkit(&["-r", "memory", "1M"]);
+    let port = server.port;
     let store = connect(&config(port, ""), &mut server);
     assert!(store.is_read_only());
     assert!(store.info().description.contains("read-only"));
@@ -340,8 +293,8 @@ fn export_name_fallback_when_the_server_is_not_fixed_newstyle() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(port, &["--mask-handshake=0", "--no-sr", "memory", "8M"]);
+    let mut server = nbdkit(&["--mask-handshake=0", "--no-sr", "memory", "8M"]);
+    let port = server.port;
     let store = connect(&config(port, ""), &mut server);
     assert!(
         store.info().description.contains("NBD_OPT_EXPORT_NAME"),
@@ -357,18 +310,15 @@ fn error_filter_fails_some_reads_and_the_store_keeps_working() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(
-        port,
-        &[
-            "--log=null",
-            "--filter=error",
-            "memory",
-            "8M",
-            "error=EIO",
-            "error-pread-rate=50%",
-        ],
-    );
+    let mut server = nbdkit(&[
+        "--log=null",
+        "--filter=error",
+        "memory",
+        "8M",
+        "error=EIO",
+        "error-pread-rate=50%",
+    ]);
+    let port = server.port;
     let store = connect(&config(port, ""), &mut server);
     let slots: Vec<u32> = (0..256).collect();
     let mut p = Pages::new(slots.len());
@@ -412,17 +362,14 @@ fn delay_filter_completions_all_arrive() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(
-        port,
-        &[
-            "--filter=delay",
-            "memory",
-            "8M",
-            "rdelay=20ms",
-            "wdelay=20ms",
-        ],
-    );
+    let mut server = nbdkit(&[
+        "--filter=delay",
+        "memory",
+        "8M",
+        "rdelay=20ms",
+        "wdelay=20ms",
+    ]);
+    let port = server.port;
     let store = connect(&config(port, ""), &mut server);
     let t = Instant::now();
     write_then_read(&store, &spread_slots(128, 2048), 4, 32);
@@ -450,8 +397,8 @@ fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
         "rdelay=200ms",
         "wdelay=200ms",
     ];
-    let port = free_port();
-    let mut server = nbdkit(port, &args);
+    let mut server = nbdkit(&args);
+    let port = server.port;
     let store = connect(&config(port, ""), &mut server);
     let old: Vec<u32> = (0..64).collect();
     let mut src = Pages::new(old.len());
@@ -476,7 +423,7 @@ fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
     reqs.extend(requests(IoKind::Write, &mut new_src, &new, 200));
     store.submit(&reqs);
     server.kill();
-    let mut server = nbdkit(port, &args);
+    let mut server = nbdkit_on(listener(port), &args);
     let mut results = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut out = Vec::new();
@@ -487,7 +434,7 @@ fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
         for c in out.drain(..) {
             assert!(results.insert(c.tag, c.result).is_none());
         }
-        if let Ok(Some(s)) = server.child.try_wait() {
+        if let Some(s) = server.exited() {
             panic!("the restarted server exited: {s}");
         }
     }
@@ -516,8 +463,8 @@ fn server_killed_for_good_fails_every_request_within_the_timeout() {
     if !have("nbdkit", "nbdkit") {
         return;
     }
-    let port = free_port();
-    let mut server = nbdkit(port, &["--filter=delay", "memory", "8M", "rdelay=500ms"]);
+    let mut server = nbdkit(&["--filter=delay", "memory", "8M", "rdelay=500ms"]);
+    let port = server.port;
     let mut cfg = config(port, "");
     cfg.io_timeout = Duration::from_secs(1);
     cfg.reconnect_timeout = Duration::from_secs(1);
@@ -564,8 +511,8 @@ fn a_wrong_export_or_port_is_a_one_line_error() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let port = free_port();
-    let mut server = qemu_nbd(port, &["-x", "pages"], &file);
+    let mut server = qemu_nbd(&["-x", "pages"], &file);
+    let port = server.port;
     drop(connect(&config(port, "pages"), &mut server));
     let e = NbdStore::connect(&config(port, "nope")).unwrap_err();
     assert!(matches!(e, NbdError::Handshake { .. }), "{e}");
