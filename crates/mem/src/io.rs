@@ -300,17 +300,37 @@ impl<U> IoEngine<U> {
                 return r;
             }
             if !st.role_held && !st.inflight.is_empty() {
-                st.role_held = true;
-                drop(st);
-                self.reap(on, Some(ROLE_WAIT));
-                st = lock(&self.st);
-                self.release_role(&mut st);
+                st = self.reap_holding_role(on, st);
             } else {
-                st.blocked += 1;
-                st = wait(&self.dispatched, st);
-                st.blocked -= 1;
+                st = self.wait_dispatched(st);
             }
         }
+    }
+
+    /// Takes the collector role (free, as `st` shows), collects completions
+    /// for at most [`ROLE_WAIT`] without the lock, and lets the role go.
+    fn reap_holding_role<'a>(
+        &'a self,
+        on: &impl OnReads,
+        mut st: MutexGuard<'a, IoState<U>>,
+    ) -> MutexGuard<'a, IoState<U>> {
+        st.role_held = true;
+        drop(st);
+        self.reap(on, Some(ROLE_WAIT));
+        let mut st = lock(&self.st);
+        self.release_role(&mut st);
+        st
+    }
+
+    /// Waits, counted as blocked, for the role holder's next dispatch.
+    fn wait_dispatched<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, IoState<U>>,
+    ) -> MutexGuard<'a, IoState<U>> {
+        st.blocked += 1;
+        st = wait(&self.dispatched, st);
+        st.blocked -= 1;
+        st
     }
 
     fn release_role(&self, st: &mut IoState<U>) {
@@ -359,11 +379,7 @@ impl<U> IoEngine<U> {
                 .reaper_grace
                 .is_some_and(|g| st.last_reap.elapsed() >= g);
             if !st.role_held && !st.inflight.is_empty() && (self.collectors() == 0 || stale) {
-                st.role_held = true;
-                drop(st);
-                self.reap(on, Some(ROLE_WAIT));
-                st = lock(&self.st);
-                self.release_role(&mut st);
+                st = self.reap_holding_role(on, st);
                 continue;
             }
             st.reaper_waiting = true;
@@ -533,16 +549,10 @@ impl<U> IoEngine<U> {
                 self.submit_pending();
                 st = lock(&self.st);
             } else if !st.role_held {
-                st.role_held = true;
-                drop(st);
-                self.reap(on, Some(ROLE_WAIT));
-                st = lock(&self.st);
-                self.release_role(&mut st);
+                st = self.reap_holding_role(on, st);
             } else {
                 // The holder notifies when it lets the role go.
-                st.blocked += 1;
-                st = wait(&self.dispatched, st);
-                st.blocked -= 1;
+                st = self.wait_dispatched(st);
             }
         }
     }
