@@ -25,8 +25,8 @@ fn qemu_nbd(args: &[&str], file: &Path) -> Server {
     serve(c, listener(0))
 }
 
-fn config(port: u16, export: &str) -> NbdConfig {
-    let mut c = NbdConfig::new(NbdUrl::parse(&format!("nbd://127.0.0.1:{port}/{export}")).unwrap());
+fn config(server: &Server, export: &str) -> NbdConfig {
+    let mut c = NbdConfig::new(NbdUrl::parse(&server.url(export)).unwrap());
     c.io_timeout = Duration::from_secs(5);
     c.reconnect_timeout = Duration::from_secs(10);
     c
@@ -179,15 +179,14 @@ fn nbdkit_memory_write_then_read_at_depth_32() {
         return;
     }
     let mut server = nbdkit(&["memory", "64M"]);
-    let port = server.port;
-    let store = connect(&config(port, "pages"), &mut server);
+    let store = connect(&config(&server, "pages"), &mut server);
     assert_eq!(store.export_size(), 64 << 20);
     assert!(!store.is_read_only());
     assert!(
         store
             .info()
             .description
-            .starts_with(&format!("nbd nbd://127.0.0.1:{port}/pages")),
+            .starts_with(&format!("nbd {}", server.url("pages"))),
         "{}",
         store.info().description
     );
@@ -217,15 +216,13 @@ fn qemu_nbd_file_write_then_read_at_depth_32_and_read_only() {
         .unwrap();
     {
         let mut server = qemu_nbd(&["-x", "pages"], &file);
-        let port = server.port;
-        let store = connect(&config(port, "pages"), &mut server);
+        let store = connect(&config(&server, "pages"), &mut server);
         assert_eq!(store.export_size(), 32 << 20);
         write_then_read(&store, &spread_slots(1024, 8192), 2, 32);
     }
     // The same file read-only: the pages are there, and writes are refused.
     let mut server = qemu_nbd(&["-r", "-x", "pages"], &file);
-    let port = server.port;
-    let store = connect(&config(port, "pages"), &mut server);
+    let store = connect(&config(&server, "pages"), &mut server);
     assert!(store.is_read_only());
     let slots = spread_slots(64, 8192);
     let mut dst = Pages::new(slots.len());
@@ -253,8 +250,7 @@ fn a_read_only_config_refuses_writes_to_a_writable_server() {
         return;
     }
     let mut server = nbdkit(&["memory", "1M"]);
-    let port = server.port;
-    let mut cfg = config(port, "");
+    let mut cfg = config(&server, "");
     cfg.read_only = true;
     let store = connect(&cfg, &mut server);
     assert!(store.is_read_only());
@@ -274,8 +270,7 @@ fn nbdkit_read_only_export_refuses_writes() {
         return;
     }
     let mut server = nbdkit(&["-r", "memory", "1M"]);
-    let port = server.port;
-    let store = connect(&config(port, ""), &mut server);
+    let store = connect(&config(&server, ""), &mut server);
     assert!(store.is_read_only());
     assert!(store.info().description.contains("read-only"));
     let mut p = Pages::new(1);
@@ -294,8 +289,7 @@ fn export_name_fallback_when_the_server_is_not_fixed_newstyle() {
         return;
     }
     let mut server = nbdkit(&["--mask-handshake=0", "--no-sr", "memory", "8M"]);
-    let port = server.port;
-    let store = connect(&config(port, ""), &mut server);
+    let store = connect(&config(&server, ""), &mut server);
     assert!(
         store.info().description.contains("NBD_OPT_EXPORT_NAME"),
         "{}",
@@ -318,8 +312,7 @@ fn error_filter_fails_some_reads_and_the_store_keeps_working() {
         "error=EIO",
         "error-pread-rate=50%",
     ]);
-    let port = server.port;
-    let store = connect(&config(port, ""), &mut server);
+    let store = connect(&config(&server, ""), &mut server);
     let slots: Vec<u32> = (0..256).collect();
     let mut p = Pages::new(slots.len());
     let reads = requests(IoKind::Read, &mut p, &slots, 0);
@@ -369,8 +362,7 @@ fn delay_filter_completions_all_arrive() {
         "rdelay=20ms",
         "wdelay=20ms",
     ]);
-    let port = server.port;
-    let store = connect(&config(port, ""), &mut server);
+    let store = connect(&config(&server, ""), &mut server);
     let t = Instant::now();
     write_then_read(&store, &spread_slots(128, 2048), 4, 32);
     // Each page waited at least once for its write and once for its read.
@@ -398,8 +390,7 @@ fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
         "wdelay=200ms",
     ];
     let mut server = nbdkit(&args);
-    let port = server.port;
-    let store = connect(&config(port, ""), &mut server);
+    let store = connect(&config(&server, ""), &mut server);
     let old: Vec<u32> = (0..64).collect();
     let mut src = Pages::new(old.len());
     for (i, &s) in old.iter().enumerate() {
@@ -423,7 +414,7 @@ fn server_killed_and_restarted_within_the_timeout_loses_nothing() {
     reqs.extend(requests(IoKind::Write, &mut new_src, &new, 200));
     store.submit(&reqs);
     server.kill();
-    let mut server = nbdkit_on(listener(port), &args);
+    let mut server = nbdkit_on(listener(server.port), &args);
     let mut results = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut out = Vec::new();
@@ -464,8 +455,7 @@ fn server_killed_for_good_fails_every_request_within_the_timeout() {
         return;
     }
     let mut server = nbdkit(&["--filter=delay", "memory", "8M", "rdelay=500ms"]);
-    let port = server.port;
-    let mut cfg = config(port, "");
+    let mut cfg = config(&server, "");
     cfg.io_timeout = Duration::from_secs(1);
     cfg.reconnect_timeout = Duration::from_secs(1);
     let store = connect(&cfg, &mut server);
@@ -512,14 +502,14 @@ fn a_wrong_export_or_port_is_a_one_line_error() {
         .set_len(1 << 20)
         .unwrap();
     let mut server = qemu_nbd(&["-x", "pages"], &file);
-    let port = server.port;
-    drop(connect(&config(port, "pages"), &mut server));
-    let e = NbdStore::connect(&config(port, "nope")).unwrap_err();
+    let pages = config(&server, "pages");
+    drop(connect(&pages, &mut server));
+    let e = NbdStore::connect(&config(&server, "nope")).unwrap_err();
     assert!(matches!(e, NbdError::Handshake { .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("refused export \"nope\""), "{msg}");
     assert!(!msg.contains('\n'));
     drop(server);
-    let e = NbdStore::connect(&config(port, "pages")).unwrap_err();
+    let e = NbdStore::connect(&pages).unwrap_err();
     assert!(e.to_string().contains("is the NBD server running"), "{e}");
 }

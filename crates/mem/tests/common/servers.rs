@@ -72,8 +72,8 @@ pub fn listener(port: u16) -> TcpListener {
 ///
 /// Why not a free port the server binds itself: between this process
 /// learning the port and the server binding it, another test can take the
-/// same port, and a probe then finds the other server (CI once ran a client
-/// against a server that had just exited). Here the port is held from the
+/// same port, and a probe then finds the other server (CI once saw a client
+/// refused on a port a probe had just reached). Here the port is held from the
 /// bind on, and a client may connect at once: its connection waits in the
 /// backlog and the greeting comes once the server runs, so there is nothing
 /// to poll for.
