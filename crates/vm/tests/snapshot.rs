@@ -88,7 +88,17 @@ fn restore(snap: &Snapshot, mode: RestoreMode, apf: bool) -> Restored {
 /// and each scan did all its work (some before the snapshot, the rest after).
 fn assert_finished(snap: &Snapshot, r: &Restored, what: &str) {
     let run = &r.run;
-    assert_eq!(run.end, RunEnd::SystemOff, "{what}: console:\n{}", run.uart);
+    // A run that does not end says what each vCPU and page was waiting for.
+    assert_eq!(
+        run.end,
+        RunEnd::SystemOff,
+        "{what}: console:\n{}\nprocesses: {:?}\nvcpus: {:?}\nmemory: {:?}\ninvariants: {:?}",
+        run.uart,
+        run.processes,
+        run.vcpus,
+        run.mem,
+        run.mem_invariants
+    );
     assert_eq!(run.lost_pages(), 0, "{what}");
     run.mem_invariants.as_ref().expect("memory invariants");
     let before = &snap.state().progress;
