@@ -873,7 +873,7 @@ fn cmd_snapshot(args: &snapshot::SnapshotArgs) -> Result<(), CliError> {
     let taken = take_snapshot(
         &config,
         of,
-        args.at.0,
+        args.at,
         &args.out,
         args.vm.run_options(args.timeout.0),
         &mut observe,

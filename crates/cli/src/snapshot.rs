@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use apf_vm::config::{Span, VmConfig, WorkloadKind};
+use apf_vm::config::{SnapshotPoint, Span, VmConfig, WorkloadKind};
 use apf_vm::snapshot::{Restored, Snapshot};
 use clap::Args;
 use serde::Serialize;
@@ -20,14 +20,16 @@ pub struct SnapshotArgs {
     pub vm: VmArgs,
     #[command(flatten)]
     pub linux: LinuxArgs,
-    /// When to take it (e.g. 3s): from the start of the run, or with --kernel from the
-    /// init's start line (as the processes' times are).
-    #[arg(long, value_name = "DURATION")]
-    pub at: Span,
+    /// When to take it: a time (e.g. 3s) from the start of the run, or with --kernel
+    /// from the init's start line (as the processes' times are); or, for the built-in
+    /// guest, a share of the work (e.g. 30%): once the first process with work to do
+    /// has done that much of it, so every such process is mid-work.
+    #[arg(long, value_name = "WHEN")]
+    pub at: SnapshotPoint,
     /// The directory to write (made if missing; refused if not empty).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// End the run after this long if the snapshot time never comes [default: 120s].
+    /// End the run after this long if the snapshot point never comes [default: 120s].
     #[arg(long, value_name = "DURATION", default_value = "120s")]
     pub timeout: Span,
 }

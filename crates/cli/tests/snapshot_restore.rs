@@ -37,10 +37,10 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// A snapshot of [`CONFIG`] 300 ms in, at `dir/snap`.
+/// A snapshot of [`CONFIG`] once its scan has done 20% of its work, at `dir/snap`.
 fn snapshot(dir: &Path) -> PathBuf {
     let snap = dir.join("snap");
-    let mut args = vec!["snapshot", "--at", "300ms", "--out", snap.to_str().unwrap()];
+    let mut args = vec!["snapshot", "--at", "20%", "--out", snap.to_str().unwrap()];
     args.extend_from_slice(CONFIG);
     let out = apf(&args);
     assert!(out.status.success(), "{}", text(&out));

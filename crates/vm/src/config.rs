@@ -89,6 +89,56 @@ impl FromStr for Span {
     }
 }
 
+/// When a snapshot stops the VM, written as a duration (`3s`, `250ms`) or as a
+/// share of the work (`30%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPoint {
+    /// This long into the run; for a Linux guest, after its init's start line.
+    After(Duration),
+    /// Once the first of the built-in guest's processes with work to do has done
+    /// this percentage of it (1 to 99). Every such process is then mid-work,
+    /// however fast the host runs the guest, which a time cannot promise.
+    WorkDone(u8),
+}
+
+impl SnapshotPoint {
+    /// Whether a process with `work` to do, `done` of it done, has reached the point.
+    pub(crate) fn reached_by(self, done: u64, work: u64) -> bool {
+        match self {
+            SnapshotPoint::After(_) => false,
+            SnapshotPoint::WorkDone(percent) => {
+                work > 0 && u128::from(done) * 100 >= u128::from(work) * u128::from(percent)
+            }
+        }
+    }
+}
+
+impl FromStr for SnapshotPoint {
+    type Err = ParseValueError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let Some(percent) = text.trim().strip_suffix('%') else {
+            return text.parse::<Span>().map(|s| SnapshotPoint::After(s.0));
+        };
+        match percent.trim().parse::<u8>() {
+            Ok(p @ 1..=99) => Ok(SnapshotPoint::WorkDone(p)),
+            _ => Err(ParseValueError {
+                text: text.to_string(),
+                what: "snapshot point",
+                example: "`3s`, `250ms`, or a share of the work from `1%` to `99%`",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SnapshotPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotPoint::After(d) => Span(*d).fmt(f),
+            SnapshotPoint::WorkDone(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
@@ -515,6 +565,14 @@ pub enum ConfigError {
         /// The added latency.
         latency: Span,
     },
+    /// A snapshot point the run could never reach.
+    #[error("snapshot at {point}: {why}")]
+    SnapshotPoint {
+        /// The point asked for.
+        point: SnapshotPoint,
+        /// Why it cannot be reached, and what to give instead.
+        why: &'static str,
+    },
     /// A number out of its range.
     #[error("{name} = {value}: use a number from {range}")]
     Range {
@@ -702,6 +760,32 @@ mod tests {
         let t = VmConfig::from_toml("[store]\nkind = \"nbd\"\nurl = \"nbd://h/x\"\n").unwrap();
         assert_eq!(t.store.kind, StoreKind::Nbd);
         t.validate().unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_point_is_a_time_or_a_share_of_the_work() {
+        let parse = |t: &str| t.parse::<SnapshotPoint>();
+        assert_eq!(
+            parse("250ms"),
+            Ok(SnapshotPoint::After(Duration::from_millis(250)))
+        );
+        assert_eq!(parse(" 30% "), Ok(SnapshotPoint::WorkDone(30)));
+        for bad in ["0%", "100%", "-5%", "2.5%", "%", "30 percent"] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(bad.trim()), "{bad}: {e}");
+        }
+        assert_eq!(SnapshotPoint::WorkDone(30).to_string(), "30%");
+        assert_eq!(
+            SnapshotPoint::After(Duration::from_secs(3)).to_string(),
+            "3s"
+        );
+
+        let point = SnapshotPoint::WorkDone(30);
+        assert!(!point.reached_by(749, 2500));
+        assert!(point.reached_by(750, 2500));
+        assert!(!point.reached_by(0, 0), "no work is never 30% done");
+        assert!(point.reached_by(u64::MAX, u64::MAX), "no overflow");
+        assert!(!SnapshotPoint::After(Duration::ZERO).reached_by(1, 1));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! monitor (`monitor.rs`) watches it; then the results.
 
 use crate::boot::{ProcessOutcome, boot_block, outcomes, read_boot_block};
-use crate::config::VmConfig;
+use crate::config::{SnapshotPoint, VmConfig};
 use crate::error::VmError;
 use crate::monitor::{self, Live, Observer};
 use crate::store::open_store;
@@ -556,14 +556,23 @@ pub(crate) fn drive_workloads(
     options: RunOptions,
     observe: Observer<'_>,
     progress: &mut WorkloadProgress,
-    snapshot_at: Option<Duration>,
+    snapshot_at: Option<SnapshotPoint>,
 ) -> Watched {
     let finite: Vec<usize> = (0..config.processes.len())
         .filter(|&i| config.processes[i].work > 0)
         .collect();
     let mut snapshot_due = false;
     let mut snapshot_observer = |live: &Live<'_>| {
-        if snapshot_at.is_some_and(|at| progress.before + live.elapsed >= at) {
+        let due = match snapshot_at {
+            None => false,
+            Some(SnapshotPoint::After(at)) => progress.before + live.elapsed >= at,
+            Some(point) => live.boot_block().is_some_and(|now| {
+                finite
+                    .iter()
+                    .any(|&i| point.reached_by(now.results[i].progress, config.processes[i].work))
+            }),
+        };
+        if due {
             snapshot_due = true;
             return ControlFlow::Break(());
         }

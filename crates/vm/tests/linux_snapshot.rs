@@ -13,7 +13,9 @@ mod linux;
 mod qemu;
 
 use apf_abi::boot::proc_state;
-use apf_vm::config::{ByteSize, ProcessConfig, Span, StoreConfig, VmConfig, WorkloadKind};
+use apf_vm::config::{
+    ByteSize, ProcessConfig, SnapshotPoint, Span, StoreConfig, VmConfig, WorkloadKind,
+};
 use apf_vm::snapshot::{
     ImageSource, MEMORY_FILE, RestoreMode, Snapshot, SnapshotOf, take_snapshot,
 };
@@ -79,7 +81,7 @@ fn a_running_linux_restores_lazily_and_finishes_its_work() {
     let taken = take_snapshot(
         &config,
         SnapshotOf::Linux(guest),
-        Duration::from_millis(300),
+        SnapshotPoint::After(Duration::from_millis(300)),
         dir.path(),
         options,
         &mut |_| ControlFlow::Continue(()),

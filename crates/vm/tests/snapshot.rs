@@ -5,7 +5,9 @@
 //! Counts and correctness are asserted, never timings.
 
 use apf_abi::boot::proc_state;
-use apf_vm::config::{ByteSize, ProcessConfig, Span, StoreConfig, VmConfig, WorkloadKind};
+use apf_vm::config::{
+    ByteSize, ProcessConfig, SnapshotPoint, Span, StoreConfig, VmConfig, WorkloadKind,
+};
 use apf_vm::snapshot::{
     ImageSource, MEMORY_FILE, RestoreMode, Restored, STATE_FILE, Snapshot, SnapshotError,
     SnapshotOf, take_snapshot,
@@ -17,8 +19,9 @@ use std::path::Path;
 use std::time::Duration;
 
 /// 2 vCPUs, a scan and a calc on each; RAM 4× the budget; 200 µs added to
-/// every store I/O, so a scan takes seconds and a snapshot early on finds
-/// every process mid-work with fetches in flight.
+/// every store I/O, so a snapshot early on finds fetches in flight. Snapshots
+/// are taken at a share of the scans' work, never at a time: how far a scan
+/// gets in 600 ms depends on the host (on a fast one it had ended).
 fn config(apf: bool) -> VmConfig {
     let processes = (0..2)
         .flat_map(|vcpu| {
@@ -64,7 +67,7 @@ fn options() -> RunOptions {
     }
 }
 
-fn snapshot(config: &VmConfig, at: Duration, dir: &Path) -> Snapshot {
+fn snapshot(config: &VmConfig, at: SnapshotPoint, dir: &Path) -> Snapshot {
     let taken = take_snapshot(config, SnapshotOf::BuiltIn, at, dir, options(), &mut |_| {
         ControlFlow::Continue(())
     })
@@ -122,9 +125,9 @@ fn image_digest(dir: &Path) -> u32 {
 
 #[test]
 fn snapshots_mid_run_restore_eagerly_and_lazily_with_apf_off_and_on() {
-    for at_ms in [150, 600] {
+    for percent in [10, 50] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let snap = snapshot(&config(true), Duration::from_millis(at_ms), dir.path());
+        let snap = snapshot(&config(true), SnapshotPoint::WorkDone(percent), dir.path());
         let scans_mid_work = snap
             .state()
             .progress
@@ -133,7 +136,7 @@ fn snapshots_mid_run_restore_eagerly_and_lazily_with_apf_off_and_on() {
             .zip(&snap.config().processes)
             .filter(|(done, p)| p.kind == WorkloadKind::Scan && **done < p.work)
             .count();
-        assert_eq!(scans_mid_work, 2, "both scans were mid-work at {at_ms} ms");
+        assert_eq!(scans_mid_work, 2, "both scans were mid-work at {percent}%");
         let digest = image_digest(dir.path());
 
         let eager = restore(&snap, RestoreMode::Eager, true);
@@ -163,7 +166,7 @@ fn snapshots_mid_run_restore_eagerly_and_lazily_with_apf_off_and_on() {
 #[test]
 fn two_restores_of_one_snapshot_run_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let snap = snapshot(&config(true), Duration::from_millis(300), dir.path());
+    let snap = snapshot(&config(true), SnapshotPoint::WorkDone(25), dir.path());
     let digest = image_digest(dir.path());
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| restore(&snap, RestoreMode::Lazy, true));
@@ -182,12 +185,12 @@ fn two_restores_of_one_snapshot_run_at_once() {
 #[test]
 fn a_snapshot_taken_with_apf_off_restores_with_apf_on_and_the_other_way() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let off = snapshot(&config(false), Duration::from_millis(300), dir.path());
+    let off = snapshot(&config(false), SnapshotPoint::WorkDone(25), dir.path());
     let r = restore(&off, RestoreMode::Lazy, true);
     assert_finished(&off, &r, "taken off, restored on");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let on = snapshot(&config(true), Duration::from_millis(300), dir.path());
+    let on = snapshot(&config(true), SnapshotPoint::WorkDone(25), dir.path());
     let r = restore(&on, RestoreMode::Lazy, false);
     assert_finished(&on, &r, "taken on, restored off");
     assert_eq!(not_present(&r), 0);
@@ -200,7 +203,7 @@ fn open_err(dir: &Path) -> SnapshotError {
 #[test]
 fn damaged_and_mismatched_snapshots_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let snap = snapshot(&config(true), Duration::from_millis(100), dir.path());
+    let snap = snapshot(&config(true), SnapshotPoint::WorkDone(10), dir.path());
     let state = std::fs::read(dir.path().join(STATE_FILE)).expect("state");
     let image = dir.path().join(MEMORY_FILE);
     let fresh = |name: &str| {
@@ -292,7 +295,7 @@ fn damaged_and_mismatched_snapshots_are_refused() {
     let e = take_snapshot(
         &config(true),
         SnapshotOf::BuiltIn,
-        Duration::from_millis(50),
+        SnapshotPoint::After(Duration::from_millis(50)),
         dir.path(),
         options(),
         &mut |_| ControlFlow::Continue(()),
@@ -309,7 +312,7 @@ fn damaged_and_mismatched_snapshots_are_refused() {
 #[test]
 fn a_lazy_restore_is_counted_after_its_prefetcher_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let snap = snapshot(&config(true), Duration::from_millis(600), dir.path());
+    let snap = snapshot(&config(true), SnapshotPoint::WorkDone(50), dir.path());
     let mut config = snap.config().clone();
     config.store.latency = Span(Duration::from_millis(5));
     config.budget = config.ram;
@@ -344,4 +347,42 @@ fn a_lazy_restore_is_counted_after_its_prefetcher_stops() {
         io.pages_read >= r.prefetched_pages,
         "the prefetcher's reads are in the count: {io:?}"
     );
+}
+
+/// A share of the work the run can never reach is refused before anything runs
+/// or is written, with a message that says what to give instead.
+#[test]
+fn snapshot_points_a_run_cannot_reach_are_refused_before_anything_is_written() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("snap");
+    let endless = VmConfig {
+        processes: config(true)
+            .processes
+            .into_iter()
+            .map(|p| ProcessConfig { work: 0, ..p })
+            .collect(),
+        duration: Some(Span(Duration::from_secs(1))),
+        ..config(true)
+    };
+    for (config, percent, says) in [
+        (config(true), 0, "from 1% to 99%"),
+        (config(true), 100, "from 1% to 99%"),
+        (endless, 30, "no process has work"),
+    ] {
+        let e = take_snapshot(
+            &config,
+            SnapshotOf::BuiltIn,
+            SnapshotPoint::WorkDone(percent),
+            &dir,
+            options(),
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .expect_err("refused");
+        assert!(
+            e.to_string().contains(&format!("snapshot at {percent}%: "))
+                && e.to_string().contains(says),
+            "{e}"
+        );
+        assert!(!dir.exists(), "nothing written for {percent}%");
+    }
 }

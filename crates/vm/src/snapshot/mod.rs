@@ -39,7 +39,7 @@ use apf_mem::store::{
 use apf_mem::{ExportError, GuestMemory};
 
 use crate::boot::read_boot_block;
-use crate::config::VmConfig;
+use crate::config::{ConfigError, SnapshotPoint, VmConfig};
 use crate::error::VmError;
 use crate::linux::LinuxGuest;
 use crate::linux_run::{LinuxProgress, build_linux, drive_linux};
@@ -87,7 +87,7 @@ pub enum SnapshotOf {
 pub fn take_snapshot(
     config: &VmConfig,
     guest: SnapshotOf,
-    at: Duration,
+    at: SnapshotPoint,
     dir: &Path,
     options: RunOptions,
     observe: Observer<'_>,
@@ -97,6 +97,23 @@ pub fn take_snapshot(
         config.validate_linux_workloads()?;
     } else {
         config.validate()?;
+    }
+    let unreachable = |why| ConfigError::SnapshotPoint { point: at, why };
+    match at {
+        SnapshotPoint::After(_) => {}
+        SnapshotPoint::WorkDone(0 | 100..) => {
+            return Err(unreachable("give a share of the work from 1% to 99%").into());
+        }
+        SnapshotPoint::WorkDone(_) if linux => {
+            return Err(unreachable(
+                "a Linux guest's work is not followed as a share: give a time after its init's start, such as 3s",
+            )
+            .into());
+        }
+        SnapshotPoint::WorkDone(_) if config.processes.iter().all(|p| p.work == 0) => {
+            return Err(unreachable("no process has work to do (work > 0): give a time").into());
+        }
+        SnapshotPoint::WorkDone(_) => {}
     }
     prepare_output(dir)?;
     let (built, boot) = match guest {
@@ -112,7 +129,11 @@ pub fn take_snapshot(
     let mut workloads = WorkloadProgress::new(config);
     let mut console = LinuxProgress::new(config);
     let watched = if linux {
-        drive_linux(&built, begin, options, observe, &mut console, Some(at))
+        let after = match at {
+            SnapshotPoint::After(after) => Some(after),
+            SnapshotPoint::WorkDone(_) => None, // refused above
+        };
+        drive_linux(&built, begin, options, observe, &mut console, after)
     } else {
         drive_workloads(
             config,
@@ -135,9 +156,13 @@ pub fn take_snapshot(
         return Err(SnapshotError::Output {
             dir: dir.to_path_buf(),
             what: format!(
-                "the run ended after {:.2?}, before the snapshot time {at:.2?}{}: give a smaller --at",
+                "the run ended after {:.2?}, before the snapshot point {at}{}: give an earlier --at",
                 run.wall,
-                if linux { " after the init's start" } else { "" }
+                match at {
+                    SnapshotPoint::After(_) if linux => " after the init's start",
+                    SnapshotPoint::After(_) => "",
+                    SnapshotPoint::WorkDone(_) => " of the first process's work",
+                }
             ),
         }
         .into());
