@@ -35,13 +35,11 @@ fn decode(data: &[u8]) -> Vec<Op> {
                         }
                     }
                 }
-                9 => {
-                    if b & 1 == 0 {
-                        Op::Disable
-                    } else {
-                        Op::Reset
-                    }
-                }
+                9 => match b % 3 {
+                    0 => Op::Disable,
+                    1 => Op::Reset,
+                    _ => Op::VmmReenable,
+                },
                 10 => Op::MaskPe(b & 1 != 0),
                 11 => Op::FailWrites(b & 1 != 0),
                 _ => Op::FailInject(b & 1 != 0),

@@ -1,8 +1,8 @@
 //! Property test of the APF engine against the guest model in
 //! `support/engine_model.rs`: random sequences of faults, completions (some failed,
 //! some duplicated), guest entries, page-ready handling, IRQ_ACKs, enable, disable,
-//! reset, SEPARATE_READY on and off, PE masking and failing block writes or
-//! injections.
+//! reset, the VMM re-applying the control word (as a restore does), SEPARATE_READY
+//! on and off, PE masking and failing block writes or injections.
 
 #[path = "support/engine_model.rs"]
 mod engine_model;
@@ -22,6 +22,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(|separate| Op::Enable { separate }),
         1 => Just(Op::Disable),
         1 => Just(Op::Reset),
+        1 => Just(Op::VmmReenable),
         1 => any::<bool>().prop_map(Op::MaskPe),
         1 => prop::bool::weighted(0.3).prop_map(Op::FailWrites),
         1 => prop::bool::weighted(0.3).prop_map(Op::FailInject),
@@ -37,4 +38,33 @@ proptest! {
             return Err(TestCaseError::fail(e));
         }
     }
+}
+
+/// A re-enable (as a restore does) while the guest owes an ACK for a page-ready
+/// it took, with another task asleep: the guest's ACK must not swallow the
+/// wake-all, or that task sleeps for good.
+#[test]
+fn an_ack_owed_across_a_reenable_leaves_no_sleeper() {
+    let fault = |gfn| Op::Fault { gfn, el1: false };
+    let complete = Op::Complete {
+        pick: 0,
+        ok: true,
+        twice: false,
+    };
+    let ops = [
+        // The enable's own wake-all, taken and acknowledged.
+        Op::TakeReady,
+        Op::Ack,
+        fault(1),
+        Op::Entry,
+        fault(2),
+        Op::Entry,
+        complete.clone(),
+        Op::TakeReady,
+        Op::VmmReenable,
+        Op::Ack,
+        fault(3),
+        Op::Entry,
+    ];
+    engine_model::run(&ops).unwrap();
 }

@@ -11,8 +11,9 @@ use apf_abi::sdei::{
     SDEI_PE_UNMASK,
 };
 use apf_abi::shared::{OFF_READY_REASON, OFF_READY_TOKEN, REASON_PAGE_READY};
+use apf_abi::smccc::ASYNC_PF_FUNC_IRQ_ACK;
 use apf_host::apf::fake::FakeVcpu;
-use apf_host::apf::{ApfEngine, ApfEngineState, FaultDecision};
+use apf_host::apf::{ApfEngine, ApfEngineState, FaultDecision, ItemHandle};
 use apf_host::gic::{Gic, GicCpuInterface, GicState, GicStateError, IccReg, IrqLine, SpiLine};
 use apf_host::machine::{Machine, MachineState, MachineStateError, StartRequest};
 use apf_host::psci::{PowerState, Psci, PsciOutcome, PsciStateError};
@@ -313,6 +314,7 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
     assert!(target.ppi(APF_PPI), "page-ready raised");
     assert_eq!(target.peek(BLOCK + OFF_READY_REASON), REASON_PAGE_READY);
     assert_eq!(target.peek(BLOCK + OFF_READY_TOKEN), Token::WAKE_ALL.0);
+    assert_eq!(target.guest_ppi_handler(BLOCK, true), Some(Token::WAKE_ALL));
     assert!(fresh.irq_ack(&mut target));
     assert!(!target.ppi(APF_PPI));
 
@@ -346,6 +348,62 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
     let mut other = ApfEngine::new(0, true);
     assert!(other.restore_state(&mut target, &misaligned).is_err());
     assert!(!other.control().enabled);
+}
+
+/// A save between the guest taking a page-ready off its channel and its
+/// IRQ_ACK. The restored engine's wake-all goes out at once, and the ACK the
+/// guest still owes (for the page-ready from before the save) must not lower
+/// its line: the guest would never take it, and every later page-ready would
+/// wait behind it in the channel (a lazy restore's scan slept for good so).
+#[test]
+fn an_ack_owed_at_the_save_does_not_swallow_the_wake_all() {
+    let mut engine = ApfEngine::new(0, true);
+    let mut vcpu = FakeVcpu::new(0x10000);
+    engine
+        .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, APF_PPI)
+        .unwrap();
+    engine
+        .guest_enable(&mut vcpu, BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY)
+        .unwrap();
+    assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(Token::WAKE_ALL));
+    assert!(engine.irq_ack(&mut vcpu));
+    let fault_and_fetch = |engine: &mut ApfEngine, vcpu: &mut FakeVcpu, gfn: u64| {
+        let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, apf_abi::Gfn(gfn))
+        else {
+            panic!("the fault on {gfn:#x} is taken asynchronously");
+        };
+        assert!(vcpu.enter_guest(engine));
+        assert_eq!(vcpu.guest_sdei_handler(BLOCK), Some(token));
+        assert!(
+            engine
+                .port()
+                .complete(ItemHandle::from_cookie(cookie).unwrap(), true)
+        );
+        engine.service(vcpu);
+        token
+    };
+    let token = fault_and_fetch(&mut engine, &mut vcpu, 0x40005);
+    assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(token));
+    let saved = json_round_trip(&engine.save_state());
+
+    // The target: the guest's memory and its line as the GIC state keeps it.
+    let mut target = vcpu.clone();
+    target.claimed.clear();
+    assert!(target.ppi(APF_PPI));
+    let mut fresh = ApfEngine::new(0, true);
+    fresh.restore_state(&mut target, &saved).unwrap();
+    assert_eq!(target.peek(BLOCK + OFF_READY_TOKEN), Token::WAKE_ALL.0);
+    // The guest's handler goes on where the save stopped it: its ACK.
+    fresh.hypercall(&mut target, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
+    assert!(target.ppi(APF_PPI), "the wake-all is still raised");
+    assert_eq!(fresh.counters().snapshot().acks_before_taken, 1);
+    assert_eq!(target.guest_ppi_handler(BLOCK, true), Some(Token::WAKE_ALL));
+    assert!(fresh.irq_ack(&mut target));
+    assert!(!target.ppi(APF_PPI));
+    // And page-readies flow again.
+    let next = fault_and_fetch(&mut fresh, &mut target, 0x40006);
+    assert!(target.ppi(APF_PPI));
+    assert_eq!(target.guest_ppi_handler(BLOCK, true), Some(next));
 }
 
 fn machine(vcpus: usize) -> Machine {

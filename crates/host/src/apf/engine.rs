@@ -13,7 +13,7 @@
 //!          not-present still queued? ─► cancel both: silent
 //!          ready channel free and no page-ready awaiting ACK?
 //!                          ▼
-//!          block {token, reason=2}, PPI high ─► IRQ_ACK ─► PPI low, next
+//!          block {token, reason=2}, PPI high ─► guest takes it, IRQ_ACK ─► PPI low, next
 //! ```
 //!
 //! Everything here runs on the vCPU's own thread except
@@ -626,17 +626,34 @@ impl<W: AtomicWord> ApfEngine<W> {
         }
     }
 
-    /// The guest's IRQ_ACK: lowers the PPI and lets the next page-ready through.
+    /// The guest's IRQ_ACK: lowers the PPI and lets the next page-ready through,
+    /// once the guest has taken the pending one off its channel. An ACK that finds
+    /// it still there was for an earlier page-ready: one the guest took before a
+    /// restore or a re-enable replaced it with the wake-all, whose ACK must not
+    /// lower the wake-all's line (the guest would never see it, and the channel
+    /// would hold it for good). The line stays up until the guest takes it.
     /// Returns true if a page-ready was pending.
     pub fn irq_ack(&mut self, vcpu: &mut impl ApfVcpu) -> bool {
-        if self.page_ready_pending.take().is_none() {
+        let Some(token) = self.page_ready_pending else {
             bump(&self.counters.spurious_acks);
             return false;
+        };
+        if self.ready_untaken(vcpu, token) {
+            bump(&self.counters.acks_before_taken);
+            return true;
         }
+        self.page_ready_pending = None;
         vcpu.set_ppi_level(self.ppi, false);
         bump(&self.counters.acks);
         self.service(vcpu);
         true
+    }
+
+    /// Whether the page-ready `token` is still in its channel. A block that
+    /// cannot be read counts as taken: the line then goes down, as for any ACK.
+    fn ready_untaken(&self, vcpu: &mut impl ApfVcpu, token: Token) -> bool {
+        let (reason, token_at) = self.block_addr(self.ready_channel());
+        vcpu.read_u32(reason) == Ok(REASON_PAGE_READY) && vcpu.read_u32(token_at) == Ok(token.0)
     }
 
     /// Discards every work item and notification (disable, reset, re-enable).

@@ -45,6 +45,7 @@ pub enum Op {
     Enable { separate: bool },
     Disable,
     Reset,
+    VmmReenable,
     MaskPe(bool),
     FailWrites(bool),
     FailInject(bool),
@@ -206,6 +207,17 @@ impl World {
                 self.taken.clear();
                 self.unacked = false;
             }
+            // The VMM re-applies the control word, as a restore does; the guest
+            // goes on with what it was doing (an ACK it owes included). A block
+            // the engine cannot write is refused: a restore's target has memory
+            // that works.
+            Op::VmmReenable if !self.vcpu.fail_writes => {
+                let word = self.engine.control().encode();
+                self.engine
+                    .command(&mut self.vcpu, ApfCommand::SetControl(word))
+                    .map_err(|e| format!("re-applying the control word: {e}"))?;
+            }
+            Op::VmmReenable => {}
             Op::MaskPe(m) => self.vcpu.sdei.pe_masked = m,
             Op::FailWrites(f) => self.vcpu.fail_writes = f,
             Op::FailInject(f) => self.vcpu.fail_inject = f,
