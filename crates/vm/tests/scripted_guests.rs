@@ -161,10 +161,15 @@ fn hostile_never_ack() {
     // at most the 64 slots, and the rest went synchronous.
     assert_eq!((a.wake_all, a.page_ready, a.acks), (1, 0, 0), "{a:?}");
     assert!(a.outstanding_peak <= 64, "{a:?}");
+    // The guest counts the not-presents it was given: those injected less any
+    // withdrawn because the page came in before delivery (compared with the
+    // injected count, this failed once on a loaded host).
     assert_eq!(
-        a.not_present,
-        printed_value(&run, "not_present_within_slots")
+        a.not_present_delivered,
+        printed_value(&run, "not_present_within_slots"),
+        "{a:?}"
     );
+    assert!(a.not_present >= a.not_present_delivered, "{a:?}");
     assert!(
         run.vcpus[0].stats.faults.synchronous > 0,
         "{:?}",
