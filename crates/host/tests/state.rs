@@ -270,8 +270,9 @@ fn sdei_state_naming_an_unknown_event_is_refused() {
 const BLOCK: u64 = 0x4000_1000;
 const APF_PPI: u32 = 17;
 
-#[test]
-fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
+/// An engine a guest enabled with the separate ready channel, its enable's
+/// wake-all taken and acknowledged.
+fn enabled_engine() -> (ApfEngine, FakeVcpu) {
     let mut engine = ApfEngine::new(0, true);
     let mut vcpu = FakeVcpu::new(0x10000);
     engine
@@ -281,7 +282,13 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
         .guest_enable(&mut vcpu, BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY)
         .unwrap();
     assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(Token::WAKE_ALL));
-    engine.irq_ack(&mut vcpu);
+    assert!(engine.irq_ack(&mut vcpu));
+    (engine, vcpu)
+}
+
+#[test]
+fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
+    let (mut engine, mut vcpu) = enabled_engine();
     // Work in flight at the save: a not-present queued, not yet delivered.
     assert!(matches!(
         engine.try_async(&mut vcpu, apf_abi::Gfn(0x40005)),
@@ -354,19 +361,11 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
 /// IRQ_ACK. The restored engine's wake-all goes out at once, and the ACK the
 /// guest still owes (for the page-ready from before the save) must not lower
 /// its line: the guest would never take it, and every later page-ready would
-/// wait behind it in the channel (a lazy restore's scan slept for good so).
+/// wait behind it in the channel (the shape of two hangs, a restored and a
+/// migrated guest's).
 #[test]
 fn an_ack_owed_at_the_save_does_not_swallow_the_wake_all() {
-    let mut engine = ApfEngine::new(0, true);
-    let mut vcpu = FakeVcpu::new(0x10000);
-    engine
-        .configure(&mut vcpu, SDEI_EVENT_ASYNC_PF, APF_PPI)
-        .unwrap();
-    engine
-        .guest_enable(&mut vcpu, BLOCK | CONTROL_ENABLED | CONTROL_SEPARATE_READY)
-        .unwrap();
-    assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(Token::WAKE_ALL));
-    assert!(engine.irq_ack(&mut vcpu));
+    let (mut engine, mut vcpu) = enabled_engine();
     let fault_and_fetch = |engine: &mut ApfEngine, vcpu: &mut FakeVcpu, gfn: u64| {
         let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, apf_abi::Gfn(gfn))
         else {
