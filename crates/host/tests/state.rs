@@ -10,8 +10,9 @@ use apf_abi::sdei::{
     SDEI_EVENT_ASYNC_PF, SDEI_EVENT_COMPLETE, SDEI_EVENT_ENABLE, SDEI_EVENT_REGISTER,
     SDEI_PE_UNMASK,
 };
-use apf_abi::shared::{OFF_READY_REASON, OFF_READY_TOKEN, REASON_PAGE_READY};
-use apf_abi::smccc::ASYNC_PF_FUNC_IRQ_ACK;
+use apf_abi::shared::{
+    OFF_READY_REASON, OFF_READY_TOKEN, OFF_REASON, OFF_TOKEN, REASON_PAGE_READY,
+};
 use apf_host::apf::fake::FakeVcpu;
 use apf_host::apf::{ApfEngine, ApfEngineState, FaultDecision, ItemHandle};
 use apf_host::gic::{Gic, GicCpuInterface, GicState, GicStateError, IccReg, IrqLine, SpiLine};
@@ -304,6 +305,7 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
             block_gpa: BLOCK,
             send_always: false,
             separate_ready: true,
+            ready_awaiting_ack: false,
         }
     );
 
@@ -314,9 +316,24 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
     target.ppi_levels = 0;
     let mut fresh = ApfEngine::new(0, true);
     fresh.restore_state(&mut target, &saved).unwrap();
-    assert_eq!(fresh.save_state(), saved);
+    assert_eq!(
+        fresh.save_state(),
+        ApfEngineState {
+            ready_awaiting_ack: true,
+            ..saved
+        },
+        "the configuration, and the wake-all now awaits its ACK"
+    );
     assert_eq!(target.claimed, [BLOCK], "the block is claimed again");
     assert!(!target.sdei.pending, "the source's not-present is dropped");
+    assert_eq!(
+        (
+            target.peek(BLOCK + OFF_REASON),
+            target.peek(BLOCK + OFF_TOKEN)
+        ),
+        (0, 0),
+        "and its words with it, so the channel is free for the next"
+    );
     assert_eq!(fresh.outstanding(), 0);
     assert!(target.ppi(APF_PPI), "page-ready raised");
     assert_eq!(target.peek(BLOCK + OFF_READY_REASON), REASON_PAGE_READY);
@@ -357,52 +374,97 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
     assert!(!other.control().enabled);
 }
 
-/// A save between the guest taking a page-ready off its channel and its
-/// IRQ_ACK. The restored engine's wake-all goes out at once, and the ACK the
-/// guest still owes (for the page-ready from before the save) must not lower
-/// its line: the guest would never take it, and every later page-ready would
+/// The source's vCPU with a page-ready for a fetched page raised, and the
+/// guest's handler stopped by the save at `stage` of taking it.
+fn saved_in_page_ready_handler(stage: HandlerStage) -> (FakeVcpu, ApfEngineState, Token) {
+    let (mut engine, mut vcpu) = enabled_engine();
+    let FaultDecision::Async { token, cookie } = engine.try_async(&mut vcpu, apf_abi::Gfn(0x40005))
+    else {
+        panic!("the fault is taken asynchronously");
+    };
+    assert!(vcpu.enter_guest(&mut engine));
+    assert_eq!(vcpu.guest_sdei_handler(BLOCK), Some(token));
+    assert!(
+        engine
+            .port()
+            .complete(ItemHandle::from_cookie(cookie).unwrap(), true)
+    );
+    engine.service(&mut vcpu);
+    assert!(vcpu.ppi(APF_PPI));
+    if stage == HandlerStage::Cleared {
+        assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(token));
+    }
+    let saved = json_round_trip(&engine.save_state());
+    assert!(saved.ready_awaiting_ack);
+    // The target: the guest's memory, and its line as the GIC's state keeps it.
+    vcpu.claimed.clear();
+    (vcpu, saved, token)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandlerStage {
+    /// It has read the page-ready's words, not cleared them.
+    Read,
+    /// It has cleared them and not called IRQ_ACK yet.
+    Cleared,
+}
+
+/// A save while the guest's page-ready handler runs. The restored engine must
+/// leave that page-ready as it is, awaiting the guest's ACK, and send its
+/// wake-all after it: written over the words the guest is taking, the
+/// wake-all would be wiped by the guest's clear or lowered by its ACK, the
+/// guest would never take it, and every later page-ready on the vCPU would
 /// wait behind it in the channel (the shape of two hangs, a restored and a
 /// migrated guest's).
 #[test]
-fn an_ack_owed_at_the_save_does_not_swallow_the_wake_all() {
-    let (mut engine, mut vcpu) = enabled_engine();
-    let fault_and_fetch = |engine: &mut ApfEngine, vcpu: &mut FakeVcpu, gfn: u64| {
-        let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, apf_abi::Gfn(gfn))
+fn a_page_ready_the_guest_is_taking_at_the_save_is_acknowledged_before_the_wake_all() {
+    for stage in [HandlerStage::Read, HandlerStage::Cleared] {
+        let (mut target, saved, token) = saved_in_page_ready_handler(stage);
+        let mut fresh = ApfEngine::new(0, true);
+        fresh.restore_state(&mut target, &saved).unwrap();
+        let ready = (
+            target.peek(BLOCK + OFF_READY_REASON),
+            target.peek(BLOCK + OFF_READY_TOKEN),
+        );
+        match stage {
+            HandlerStage::Read => assert_eq!(ready, (REASON_PAGE_READY, token.0), "kept"),
+            HandlerStage::Cleared => assert_eq!(ready, (0, 0), "no wake-all before the ACK"),
+        }
+        assert!(target.ppi(APF_PPI), "{stage:?}: awaiting the ACK");
+        // The handler goes on where the save stopped it: it clears the words
+        // it read, and ACKs.
+        if stage == HandlerStage::Read {
+            assert_eq!(target.guest_ppi_handler(BLOCK, true), Some(token));
+        }
+        assert!(fresh.irq_ack(&mut target), "{stage:?}");
+        assert!(target.ppi(APF_PPI), "{stage:?}: the wake-all is raised");
+        assert_eq!(
+            target.guest_ppi_handler(BLOCK, true),
+            Some(Token::WAKE_ALL),
+            "{stage:?}"
+        );
+        assert!(fresh.irq_ack(&mut target));
+        assert!(!target.ppi(APF_PPI));
+        // And page-readies flow again.
+        let FaultDecision::Async { token, cookie } =
+            fresh.try_async(&mut target, apf_abi::Gfn(0x40006))
         else {
-            panic!("the fault on {gfn:#x} is taken asynchronously");
+            panic!("{stage:?}: the next fault is taken asynchronously");
         };
-        assert!(vcpu.enter_guest(engine));
-        assert_eq!(vcpu.guest_sdei_handler(BLOCK), Some(token));
+        assert!(target.enter_guest(&mut fresh));
+        assert_eq!(target.guest_sdei_handler(BLOCK), Some(token));
         assert!(
-            engine
+            fresh
                 .port()
                 .complete(ItemHandle::from_cookie(cookie).unwrap(), true)
         );
-        engine.service(vcpu);
-        token
-    };
-    let token = fault_and_fetch(&mut engine, &mut vcpu, 0x40005);
-    assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(token));
-    let saved = json_round_trip(&engine.save_state());
-
-    // The target: the guest's memory and its line as the GIC state keeps it.
-    let mut target = vcpu.clone();
-    target.claimed.clear();
-    assert!(target.ppi(APF_PPI));
-    let mut fresh = ApfEngine::new(0, true);
-    fresh.restore_state(&mut target, &saved).unwrap();
-    assert_eq!(target.peek(BLOCK + OFF_READY_TOKEN), Token::WAKE_ALL.0);
-    // The guest's handler goes on where the save stopped it: its ACK.
-    fresh.hypercall(&mut target, ASYNC_PF_FUNC_IRQ_ACK, 0, 0);
-    assert!(target.ppi(APF_PPI), "the wake-all is still raised");
-    assert_eq!(fresh.counters().snapshot().acks_before_taken, 1);
-    assert_eq!(target.guest_ppi_handler(BLOCK, true), Some(Token::WAKE_ALL));
-    assert!(fresh.irq_ack(&mut target));
-    assert!(!target.ppi(APF_PPI));
-    // And page-readies flow again.
-    let next = fault_and_fetch(&mut fresh, &mut target, 0x40006);
-    assert!(target.ppi(APF_PPI));
-    assert_eq!(target.guest_ppi_handler(BLOCK, true), Some(next));
+        fresh.service(&mut target);
+        assert_eq!(
+            target.guest_ppi_handler(BLOCK, true),
+            Some(token),
+            "{stage:?}"
+        );
+    }
 }
 
 fn machine(vcpus: usize) -> Machine {

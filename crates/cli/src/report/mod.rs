@@ -254,7 +254,6 @@ fn apf_counters(a: &ApfCountersSnapshot) -> BTreeMap<&'static str, u64> {
         ("failed_fetches", a.failed_fetches),
         ("acks", a.acks),
         ("spurious_acks", a.spurious_acks),
-        ("acks_before_taken", a.acks_before_taken),
         ("ready_write_failed", a.ready_write_failed),
         ("drained", a.drained),
     ])

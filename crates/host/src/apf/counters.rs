@@ -95,9 +95,6 @@ pub struct ApfCounters {
     pub acks: AtomicU64,
     /// IRQ_ACK calls with nothing pending.
     pub spurious_acks: AtomicU64,
-    /// IRQ_ACK calls that found the pending page-ready still in its channel (an
-    /// ACK for an earlier one, as across a restore): its line stayed up.
-    pub acks_before_taken: AtomicU64,
     /// Page-readies dropped because the shared block could not be written.
     pub ready_write_failed: AtomicU64,
     /// Work items discarded by disable or reset.
@@ -132,8 +129,6 @@ pub struct ApfCountersSnapshot {
     pub acks: u64,
     /// See [`ApfCounters::spurious_acks`].
     pub spurious_acks: u64,
-    /// See [`ApfCounters::acks_before_taken`].
-    pub acks_before_taken: u64,
     /// See [`ApfCounters::ready_write_failed`].
     pub ready_write_failed: u64,
     /// See [`ApfCounters::drained`].
@@ -187,7 +182,6 @@ impl ApfCounters {
             failed_fetches: r(&self.failed_fetches),
             acks: r(&self.acks),
             spurious_acks: r(&self.spurious_acks),
-            acks_before_taken: r(&self.acks_before_taken),
             ready_write_failed: r(&self.ready_write_failed),
             drained: r(&self.drained),
             outstanding: r(&self.outstanding),

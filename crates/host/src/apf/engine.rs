@@ -13,7 +13,7 @@
 //!          not-present still queued? ─► cancel both: silent
 //!          ready channel free and no page-ready awaiting ACK?
 //!                          ▼
-//!          block {token, reason=2}, PPI high ─► guest takes it, IRQ_ACK ─► PPI low, next
+//!          block {token, reason=2}, PPI high ─► IRQ_ACK ─► PPI low, next
 //! ```
 //!
 //! Everything here runs on the vCPU's own thread except
@@ -169,17 +169,36 @@ fn clear_channel_at(vcpu: &mut impl ApfVcpu, block: u64, channel: Channel) -> bo
     vcpu.write_u32(reason, REASON_NONE).is_ok() && vcpu.write_u32(token, 0).is_ok()
 }
 
+/// What an enable does with a page-ready the guest has not acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UnackedReady {
+    /// Dropped with the rest of the work: the guest's own ENABLE, a disable, a
+    /// reset.
+    Drop,
+    /// Kept awaiting the guest's IRQ_ACK, its words and line as they are: a VMM
+    /// re-enable or a restore may land while the guest is taking it (reading its
+    /// words, clearing them, about to ACK), and a wake-all written over it
+    /// would be wiped by the guest's clear or lowered by its ACK. The wake-all
+    /// follows that ACK.
+    Keep,
+}
+
 /// Claims the block at `gpa` and empties its channels: from here on the host
-/// owns them, and words left behind before a disable must not hold them busy.
-/// The claim comes before the first write, so the block written is never
-/// another vCPU's; a refusal gives it back and changes nothing else.
-fn take_block(vcpu: &mut impl ApfVcpu, gpa: u64) -> Result<(), EnableError> {
+/// owns them, and words left behind before a disable must not hold them busy
+/// (a page-ready kept by [`UnackedReady::Keep`] stays). The claim comes before
+/// the first write, so the block written is never another vCPU's; a refusal
+/// gives it back and changes nothing else.
+fn take_block(vcpu: &mut impl ApfVcpu, gpa: u64, unacked: UnackedReady) -> Result<(), EnableError> {
     if !vcpu.claim_shared_block(gpa, SHARED_HOST_WINDOW) {
         return Err(EnableError::BadBlock(gpa));
     }
-    if clear_channel_at(vcpu, gpa, Channel::NotPresent)
-        && clear_channel_at(vcpu, gpa, Channel::Ready)
-    {
+    let empty = |vcpu: &mut _, channel| {
+        let (reason, _) = channel_addrs(gpa, channel);
+        let kept = unacked == UnackedReady::Keep
+            && ApfVcpu::read_u32(vcpu, reason) == Ok(REASON_PAGE_READY);
+        kept || clear_channel_at(vcpu, gpa, channel)
+    };
+    if empty(vcpu, Channel::NotPresent) && empty(vcpu, Channel::Ready) {
         return Ok(());
     }
     vcpu.release_shared_block(gpa);
@@ -626,34 +645,17 @@ impl<W: AtomicWord> ApfEngine<W> {
         }
     }
 
-    /// The guest's IRQ_ACK: lowers the PPI and lets the next page-ready through,
-    /// once the guest has taken the pending one off its channel. An ACK that finds
-    /// it still there was for an earlier page-ready: one the guest took before a
-    /// restore or a re-enable replaced it with the wake-all, whose ACK must not
-    /// lower the wake-all's line (the guest would never see it, and the channel
-    /// would hold it for good). The line stays up until the guest takes it.
+    /// The guest's IRQ_ACK: lowers the PPI and lets the next page-ready through.
     /// Returns true if a page-ready was pending.
     pub fn irq_ack(&mut self, vcpu: &mut impl ApfVcpu) -> bool {
-        let Some(token) = self.page_ready_pending else {
+        if self.page_ready_pending.take().is_none() {
             bump(&self.counters.spurious_acks);
             return false;
-        };
-        if self.ready_untaken(vcpu, token) {
-            bump(&self.counters.acks_before_taken);
-            return true;
         }
-        self.page_ready_pending = None;
         vcpu.set_ppi_level(self.ppi, false);
         bump(&self.counters.acks);
         self.service(vcpu);
         true
-    }
-
-    /// Whether the page-ready `token` is still in its channel. A block that
-    /// cannot be read counts as taken: the line then goes down, as for any ACK.
-    fn ready_untaken(&self, vcpu: &mut impl ApfVcpu, token: Token) -> bool {
-        let (reason, token_at) = self.block_addr(self.ready_channel());
-        vcpu.read_u32(reason) == Ok(REASON_PAGE_READY) && vcpu.read_u32(token_at) == Ok(token.0)
     }
 
     /// Discards every work item and notification (disable, reset, re-enable).
@@ -680,7 +682,7 @@ impl<W: AtomicWord> ApfEngine<W> {
         self.recent_failures = [None; RECENT_FAILURES];
     }
 
-    fn check_control(&self, raw: u64) -> Result<ControlWord, EnableError> {
+    pub(super) fn check_control(&self, raw: u64) -> Result<ControlWord, EnableError> {
         if !self.offered {
             return Err(EnableError::NotOffered);
         }
@@ -700,7 +702,7 @@ impl<W: AtomicWord> ApfEngine<W> {
     /// Switches to `word`, whose block (if enabled) is already taken. The old
     /// block is released last: draining may still write it, and until then no
     /// other vCPU may have it.
-    fn switch_to(&mut self, vcpu: &mut impl ApfVcpu, word: ControlWord) {
+    fn switch_to(&mut self, vcpu: &mut impl ApfVcpu, word: ControlWord, unacked: UnackedReady) {
         self.drain(vcpu);
         let old = std::mem::replace(&mut self.control, word);
         if old.enabled {
@@ -710,19 +712,35 @@ impl<W: AtomicWord> ApfEngine<W> {
             // DESIGN §5.6: sleepers from before (a previous enable, the source host of
             // a migration) wake and retry.
             self.wake_all_pending = true;
+            if unacked == UnackedReady::Keep {
+                // Its token, while its words are still there; once the guest
+                // cleared them only the ACK is left to come.
+                self.page_ready_pending = Some(self.ready_in_channel(vcpu).unwrap_or(Token(0)));
+                vcpu.set_ppi_level(self.ppi, true);
+            }
             self.service(vcpu);
         }
     }
 
-    fn apply_control(
+    /// The page-ready in the ready channel, if it holds one.
+    fn ready_in_channel(&self, vcpu: &mut impl ApfVcpu) -> Option<Token> {
+        let (reason, token) = self.block_addr(self.ready_channel());
+        if vcpu.read_u32(reason) != Ok(REASON_PAGE_READY) {
+            return None;
+        }
+        vcpu.read_u32(token).ok().map(Token)
+    }
+
+    pub(super) fn apply_control(
         &mut self,
         vcpu: &mut impl ApfVcpu,
         word: ControlWord,
+        unacked: UnackedReady,
     ) -> Result<(), EnableError> {
         if word.enabled {
-            take_block(vcpu, word.gpa)?;
+            take_block(vcpu, word.gpa, unacked)?;
         }
-        self.switch_to(vcpu, word);
+        self.switch_to(vcpu, word, unacked);
         Ok(())
     }
 
@@ -733,20 +751,31 @@ impl<W: AtomicWord> ApfEngine<W> {
         if word.enabled == self.control.enabled {
             return Err(EnableError::Unchanged(word.enabled));
         }
-        self.apply_control(vcpu, word)
+        self.apply_control(vcpu, word, UnackedReady::Drop)
     }
 
     /// The VMM's SET_CONTROL (restore): always re-applies, and an enabling word
     /// queues a wake-all even if APF was already enabled. It claims its block as
     /// the guest's ENABLE does (a restored engine is the only record the machine
-    /// gets); moving to another block keeps the old one until it is drained.
+    /// gets); moving to another block keeps the old one until it is drained. A
+    /// page-ready the guest has not acknowledged in the same block and layout
+    /// stays awaiting its ACK ([`UnackedReady::Keep`]).
     pub fn vmm_set_control(
         &mut self,
         vcpu: &mut impl ApfVcpu,
         raw: u64,
     ) -> Result<(), EnableError> {
         let word = self.check_control(raw)?;
-        self.apply_control(vcpu, word)
+        let same_channels = self.control.enabled
+            && word.enabled
+            && word.gpa == self.control.gpa
+            && word.separate_ready == self.control.separate_ready;
+        let unacked = if same_channels && self.page_ready_pending.is_some() {
+            UnackedReady::Keep
+        } else {
+            UnackedReady::Drop
+        };
+        self.apply_control(vcpu, word, unacked)
     }
 
     /// Sets the SDEI event number (VMM). Validated by the control API.
@@ -764,7 +793,7 @@ impl<W: AtomicWord> ApfEngine<W> {
     /// event and PPI stay; the guest's next ENABLE queues the wake-all. The shared
     /// block is given back.
     pub fn reset(&mut self, vcpu: &mut impl ApfVcpu) {
-        self.switch_to(vcpu, ControlWord::DISABLED);
+        self.switch_to(vcpu, ControlWord::DISABLED, UnackedReady::Drop);
     }
 }
 

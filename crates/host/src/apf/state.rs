@@ -1,14 +1,16 @@
 //! One vCPU's APF configuration as data, for snapshots and migration.
 //!
-//! Only what the VMM and the guest configured is state. Work in flight (items,
-//! queued notifications, a page-ready awaiting IRQ_ACK) is dropped, as KVM drops
-//! its queue on migration: the restore re-enables, which queues a wake-all, so
-//! the guest's sleepers wake and retry their accesses (protocol §b.10, §d.14).
+//! Only what the VMM and the guest configured is state, and whether the guest
+//! owes an IRQ_ACK. Work in flight (items, queued notifications) is dropped, as
+//! KVM drops its queue on migration: the restore re-enables, which queues a
+//! wake-all, so the guest's sleepers wake and retry their accesses (protocol
+//! §b.10, §d.14). A page-ready the guest had not acknowledged stays as the guest
+//! may be taking it, and the wake-all follows its ACK.
 
 use serde::{Deserialize, Serialize};
 
 use super::completion::AtomicWord;
-use super::engine::{ApfEngine, EnableError};
+use super::engine::{ApfEngine, EnableError, UnackedReady};
 use super::vcpu::ApfVcpu;
 use super::vmm::{ApfCommand, ApfCommandError};
 use apf_abi::control::{CONTROL_GPA_MASK, ControlWord};
@@ -28,6 +30,11 @@ pub struct ApfEngineState {
     pub send_always: bool,
     /// The guest's ENABLE: page-ready has its own channel (ABI 1.1).
     pub separate_ready: bool,
+    /// A page-ready was raised and not acknowledged yet: the guest may be in
+    /// its handler, between reading the words, clearing them and its IRQ_ACK.
+    /// (Absent from snapshots older than this field: false.)
+    #[serde(default)]
+    pub ready_awaiting_ack: bool,
 }
 
 impl<W: AtomicWord> ApfEngine<W> {
@@ -41,13 +48,15 @@ impl<W: AtomicWord> ApfEngine<W> {
             block_gpa: control.gpa,
             send_always: control.send_always,
             separate_ready: control.separate_ready,
+            ready_awaiting_ack: self.page_ready_pending().is_some(),
         }
     }
 
     /// Drops everything in flight (and an undelivered not-present with it),
     /// installs `state`'s SDEI event and PPI (where set), and, if it was
     /// enabled, enables again: the shared block is claimed on the machine and
-    /// a wake-all page-ready goes to the guest as soon as its channel is free.
+    /// a wake-all page-ready goes to the guest as soon as its channel is free,
+    /// after the ACK of a page-ready the guest had not acknowledged.
     /// Restore the GIC and this vCPU's SDEI state first.
     ///
     /// A refusal (a value the control API refuses, a block that is not usable
@@ -98,7 +107,15 @@ impl<W: AtomicWord> ApfEngine<W> {
                 send_always: state.send_always,
                 separate_ready: state.separate_ready,
             };
-            self.command(vcpu, ApfCommand::SetControl(word.encode()))?;
+            // As SET_CONTROL, but a page-ready the guest may be taking stays
+            // awaiting its ACK: its words, and its line the GIC's state kept.
+            let word = self.check_control(word.encode())?;
+            let unacked = if state.ready_awaiting_ack {
+                UnackedReady::Keep
+            } else {
+                UnackedReady::Drop
+            };
+            self.apply_control(vcpu, word, unacked)?;
         }
         Ok(())
     }
