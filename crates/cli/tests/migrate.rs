@@ -17,6 +17,8 @@ struct Listen {
     child: Option<Child>,
     addr: SocketAddr,
     stderr: Option<std::process::ChildStderr>,
+    /// The rest of its stdout (its reports), read as it comes.
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Listen {
@@ -35,39 +37,52 @@ impl Listen {
             .split_whitespace()
             .find_map(|w| w.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("no address in {first:?}"));
-        // Drain the rest so the listener never blocks on its stdout.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        // Read the rest as it comes, so the listener never blocks on its
+        // stdout, and keep it: a run that fails says more in its report.
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut text);
+            text
+        });
         let stderr = child.stderr.take();
         Listen {
             child: Some(child),
             addr,
             stderr,
+            stdout: Some(stdout),
         }
+    }
+
+    /// Its stderr, then its stdout (the reports of the runs it took), read to
+    /// their ends: it returns once the listener has closed them (ended).
+    fn output(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        }
+        if let Some(out) = self.stdout.take().and_then(|t| t.join().ok()) {
+            text.push_str("\n--- apf listen's stdout ---\n");
+            text.push_str(&out);
+        }
+        text
     }
 
     /// Waits for it to end; returns (exit code, stderr).
     fn finish(mut self) -> (Option<i32>, String) {
-        let mut err = String::new();
-        if let Some(mut e) = self.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let text = self.output();
         let status = self.child.take().expect("child").wait().expect("wait");
-        (status.code(), err)
+        (status.code(), text)
     }
 }
 
 impl Listen {
-    /// Ends it (it would listen on) and returns its stderr.
+    /// Ends it (it would listen on) and returns its output.
     fn stop(mut self) -> String {
         if let Some(c) = &mut self.child {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let mut err = String::new();
-        if let Some(mut e) = self.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        err
+        self.output()
     }
 }
 
