@@ -374,22 +374,29 @@ fn apf_state_keeps_the_configuration_drops_work_and_wakes_all() {
     assert!(!other.control().enabled);
 }
 
-/// The source's vCPU with a page-ready for a fetched page raised, and the
-/// guest's handler stopped by the save at `stage` of taking it.
-fn saved_in_page_ready_handler(stage: HandlerStage) -> (FakeVcpu, ApfEngineState, Token) {
-    let (mut engine, mut vcpu) = enabled_engine();
-    let FaultDecision::Async { token, cookie } = engine.try_async(&mut vcpu, apf_abi::Gfn(0x40005))
-    else {
-        panic!("the fault is taken asynchronously");
+/// A fault on `gfn` taken asynchronously, its not-present taken by the guest,
+/// its fetch completed and serviced: returns its token (its page-ready sent if
+/// the channel was free).
+fn fault_fetched(engine: &mut ApfEngine, vcpu: &mut FakeVcpu, gfn: u64) -> Token {
+    let FaultDecision::Async { token, cookie } = engine.try_async(vcpu, apf_abi::Gfn(gfn)) else {
+        panic!("the fault on {gfn:#x} is taken asynchronously");
     };
-    assert!(vcpu.enter_guest(&mut engine));
+    assert!(vcpu.enter_guest(engine));
     assert_eq!(vcpu.guest_sdei_handler(BLOCK), Some(token));
     assert!(
         engine
             .port()
             .complete(ItemHandle::from_cookie(cookie).unwrap(), true)
     );
-    engine.service(&mut vcpu);
+    engine.service(vcpu);
+    token
+}
+
+/// The source's vCPU with a page-ready for a fetched page raised, and the
+/// guest's handler stopped by the save at `stage` of taking it.
+fn saved_in_page_ready_handler(stage: HandlerStage) -> (FakeVcpu, ApfEngineState, Token) {
+    let (mut engine, mut vcpu) = enabled_engine();
+    let token = fault_fetched(&mut engine, &mut vcpu, 0x40005);
     assert!(vcpu.ppi(APF_PPI));
     if stage == HandlerStage::Cleared {
         assert_eq!(vcpu.guest_ppi_handler(BLOCK, true), Some(token));
@@ -446,19 +453,7 @@ fn a_page_ready_the_guest_is_taking_at_the_save_is_acknowledged_before_the_wake_
         assert!(fresh.irq_ack(&mut target));
         assert!(!target.ppi(APF_PPI));
         // And page-readies flow again.
-        let FaultDecision::Async { token, cookie } =
-            fresh.try_async(&mut target, apf_abi::Gfn(0x40006))
-        else {
-            panic!("{stage:?}: the next fault is taken asynchronously");
-        };
-        assert!(target.enter_guest(&mut fresh));
-        assert_eq!(target.guest_sdei_handler(BLOCK), Some(token));
-        assert!(
-            fresh
-                .port()
-                .complete(ItemHandle::from_cookie(cookie).unwrap(), true)
-        );
-        fresh.service(&mut target);
+        let token = fault_fetched(&mut fresh, &mut target, 0x40006);
         assert_eq!(
             target.guest_ppi_handler(BLOCK, true),
             Some(token),
