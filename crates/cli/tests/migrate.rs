@@ -67,7 +67,7 @@ impl Listen {
         text
     }
 
-    /// Waits for it to end; returns (exit code, stderr).
+    /// Waits for it to end; returns (exit code, its output).
     fn finish(mut self) -> (Option<i32>, String) {
         let text = self.output();
         let status = self.child.take().expect("child").wait().expect("wait");

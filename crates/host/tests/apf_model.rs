@@ -46,11 +46,6 @@ proptest! {
 #[test]
 fn an_ack_owed_across_a_reenable_leaves_no_sleeper() {
     let fault = |gfn| Op::Fault { gfn, el1: false };
-    let complete = Op::Complete {
-        pick: 0,
-        ok: true,
-        twice: false,
-    };
     let ops = [
         // The enable's own wake-all, taken and acknowledged.
         Op::TakeReady,
@@ -59,7 +54,11 @@ fn an_ack_owed_across_a_reenable_leaves_no_sleeper() {
         Op::Entry,
         fault(2),
         Op::Entry,
-        complete.clone(),
+        Op::Complete {
+            pick: 0,
+            ok: true,
+            twice: false,
+        },
         Op::TakeReady,
         Op::VmmReenable,
         Op::Ack,

@@ -101,16 +101,9 @@ pub enum SnapshotPoint {
     WorkDone(u8),
 }
 
-impl SnapshotPoint {
-    /// Whether a process with `work` to do, `done` of it done, has reached the point.
-    pub(crate) fn reached_by(self, done: u64, work: u64) -> bool {
-        match self {
-            SnapshotPoint::After(_) => false,
-            SnapshotPoint::WorkDone(percent) => {
-                work > 0 && u128::from(done) * 100 >= u128::from(work) * u128::from(percent)
-            }
-        }
-    }
+/// Whether a process with `work` to do has done `percent` of it, `done` being done.
+pub(crate) fn share_done(percent: u8, done: u64, work: u64) -> bool {
+    work > 0 && u128::from(done) * 100 >= u128::from(work) * u128::from(percent)
 }
 
 impl FromStr for SnapshotPoint {
@@ -780,12 +773,10 @@ mod tests {
             "3s"
         );
 
-        let point = SnapshotPoint::WorkDone(30);
-        assert!(!point.reached_by(749, 2500));
-        assert!(point.reached_by(750, 2500));
-        assert!(!point.reached_by(0, 0), "no work is never 30% done");
-        assert!(point.reached_by(u64::MAX, u64::MAX), "no overflow");
-        assert!(!SnapshotPoint::After(Duration::ZERO).reached_by(1, 1));
+        assert!(!share_done(30, 749, 2500));
+        assert!(share_done(30, 750, 2500));
+        assert!(!share_done(30, 0, 0), "no work is never 30% done");
+        assert!(share_done(99, u64::MAX, u64::MAX), "no overflow");
     }
 
     #[test]

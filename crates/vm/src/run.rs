@@ -3,7 +3,7 @@
 //! monitor (`monitor.rs`) watches it; then the results.
 
 use crate::boot::{ProcessOutcome, boot_block, outcomes, read_boot_block};
-use crate::config::{SnapshotPoint, VmConfig};
+use crate::config::{SnapshotPoint, VmConfig, share_done};
 use crate::error::VmError;
 use crate::monitor::{self, Live, Observer};
 use crate::store::open_store;
@@ -566,10 +566,10 @@ pub(crate) fn drive_workloads(
         let due = match snapshot_at {
             None => false,
             Some(SnapshotPoint::After(at)) => progress.before + live.elapsed >= at,
-            Some(point) => live.boot_block().is_some_and(|now| {
-                finite
-                    .iter()
-                    .any(|&i| point.reached_by(now.results[i].progress, config.processes[i].work))
+            Some(SnapshotPoint::WorkDone(percent)) => live.boot_block().is_some_and(|now| {
+                finite.iter().any(|&i| {
+                    share_done(percent, now.results[i].progress, config.processes[i].work)
+                })
             }),
         };
         if due {
