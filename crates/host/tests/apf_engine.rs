@@ -956,3 +956,40 @@ fn a_vmm_offering_abi_1_0_reports_it_and_refuses_separate_ready() {
     );
     assert_eq!(r.status, SMCCC_RET_SUCCESS);
 }
+
+#[test]
+fn describe_names_each_item_its_page_and_the_notifications_in_flight() {
+    let mut rig = Rig::enabled(true);
+    let page = |gfn: Gfn| format!("<page {:#x}>", gfn.0);
+    let (t1, c1) = rig.fault_async(0x40005);
+    let text = rig.engine.describe(&mut rig.vcpu, page);
+    assert!(
+        text.contains(&format!(
+            "item(token={:#x} gfn=0x40005 InFlight: page <page 0x40005>)",
+            t1.0
+        )),
+        "{text}"
+    );
+    assert!(text.contains("not_present_pending=Some("), "{text}");
+    assert!(
+        text.contains(&format!(
+            "NotPresent=(reason Some(1), token Some({}))",
+            t1.0
+        )),
+        "{text}"
+    );
+    // Delivered and fetched: the page-ready is raised and awaits its ACK.
+    assert_eq!(rig.entry_sdei(), Some(t1));
+    assert!(rig.complete(c1, true));
+    rig.engine.service(&mut rig.vcpu);
+    let text = rig.engine.describe(&mut rig.vcpu, page);
+    assert!(!text.contains("item("), "{text}");
+    assert!(
+        text.contains(&format!("page_ready_pending=Some({})", t1.0)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Ready=(reason Some(2), token Some({}))", t1.0)),
+        "{text}"
+    );
+}

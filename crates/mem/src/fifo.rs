@@ -45,6 +45,11 @@ impl<T> ExpressFifo<T> {
         self.express.pop_front().or_else(|| self.rest.pop_front())
     }
 
+    /// Whether `is_it` picks an item of either lane.
+    pub(crate) fn contains(&self, is_it: impl Fn(&T) -> bool) -> bool {
+        self.express.iter().chain(&self.rest).any(is_it)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.express.len() + self.rest.len()
     }

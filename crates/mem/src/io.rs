@@ -639,6 +639,19 @@ impl<U> IoEngine<U> {
         (st.inflight.len() as u64, st.backlog.len() as u64)
     }
 
+    /// Where requests for `key` are (queued, in the store), and who collects,
+    /// for a report of what a hung run waited for.
+    pub(crate) fn describe_key(&self, key: usize) -> String {
+        let st = lock(&self.st);
+        format!(
+            "queued {} in_store {} role_held {} collecting_vcpus {}",
+            st.backlog.contains(|q| q.key == key),
+            st.inflight.values().filter(|f| f.key == key).count(),
+            st.role_held,
+            self.collectors()
+        )
+    }
+
     /// (reads, writes) in the store now.
     pub(crate) fn in_flight_by_kind(&self) -> (u64, u64) {
         let st = lock(&self.st);

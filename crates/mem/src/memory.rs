@@ -462,6 +462,16 @@ impl GuestMemory {
         pager.start_fetch(index, Waiter::Sink(sink, cookie))
     }
 
+    /// One line on page `gfn` and its fetch (state, pins, waiters, I/O), for
+    /// a report of what a hung run waited for.
+    pub fn describe_page(&self, gfn: Gfn) -> String {
+        let pager = &self.inner.pager;
+        match pager.index_of(gfn) {
+            Some(index) => pager.describe_page(index),
+            None => "not RAM".into(),
+        }
+    }
+
     /// Starts logging writes to guest RAM (for pre-copy migration): from now on
     /// every write, by a vCPU or the host, puts its page in the log that
     /// [`GuestMemory::take_dirty_log`] takes. Starting empties the log and

@@ -597,6 +597,25 @@ impl Pager {
         }
     }
 
+    /// One line on page `index` and its fetch: state, pins, frame, slot, the
+    /// waiters on its fetch, and whether it waits for a frame or its read is
+    /// queued or in the store.
+    pub(crate) fn describe_page(&self, PageIndex(index): PageIndex) -> String {
+        let w = self.table.peek(index);
+        let st = self.io.lock();
+        let waiters = st.waiters.get(&index).map_or(0, Vec::len);
+        let for_frame = st.frame_waiters.contains(|&i| i == index);
+        drop(st);
+        format!(
+            "{:?} pins {} framed {} slot {:?} waiters {waiters} waiting_for_frame {for_frame} io: {}",
+            w.state(),
+            w.pins(),
+            w.framed(),
+            w.slot(),
+            self.io.describe_key(index),
+        )
+    }
+
     /// Gives free frames to fetches waiting for one, oldest first.
     pub(crate) fn grant_frames(&self) {
         loop {

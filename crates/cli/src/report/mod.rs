@@ -65,6 +65,11 @@ pub struct RunReport {
     /// guest printed them; `{}` when it printed none (the built-in guest).
     #[serde(serialize_with = "in_order")]
     pub guest_module: Vec<(String, u64)>,
+    /// A run that timed out: per vCPU, where it was and what its APF engine
+    /// held (work items, notifications, channel words, the page-ready PPI),
+    /// to say what the guest was waiting for. Empty for a run that ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub at_timeout: Vec<String>,
 }
 
 /// Pairs as a JSON object, keeping their order (a map would sort them).
@@ -259,6 +264,15 @@ fn apf_counters(a: &ApfCountersSnapshot) -> BTreeMap<&'static str, u64> {
     ])
 }
 
+/// See [`RunReport::at_timeout`].
+fn vcpu_at_timeout(v: &apf_host::vcpu::VcpuTotals) -> String {
+    let cpu = &v.state.cpu;
+    format!(
+        "vcpu {}: pc {:#x} el {} daif {:#x}; icc {:?}; {}",
+        v.index, cpu.pc, cpu.pstate.el, cpu.pstate.daif, v.state.icc, v.apf_detail
+    )
+}
+
 fn vcpu_report(v: &apf_host::vcpu::VcpuTotals) -> VcpuReport {
     let s = &v.stats;
     let e = &s.exits;
@@ -383,6 +397,11 @@ impl RunReport {
             },
             invariant_violation: run.mem_invariants.as_ref().err().map(ToString::to_string),
             guest_module: run.guest_module.clone(),
+            at_timeout: if run.end == RunEnd::Timeout {
+                run.vcpus.iter().map(vcpu_at_timeout).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -214,6 +214,9 @@ pub fn render_run(r: &RunReport) -> String {
         count(m.budget_pages),
         count(m.ram_pages)
     );
+    for line in &r.at_timeout {
+        let _ = writeln!(out, "  at the timeout, {line}");
+    }
     if !r.guest_module.is_empty() {
         let mut t = Table::new(&["guest module", "count"]);
         for (name, value) in &r.guest_module {

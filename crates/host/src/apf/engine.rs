@@ -360,6 +360,55 @@ impl<W: AtomicWord> ApfEngine<W> {
             || (self.page_ready_pending.is_none() && (self.wake_all_pending || self.done.len > 0))
     }
 
+    /// One line on what this engine holds now: its work items, the
+    /// notifications queued and pending, and the words of its channels in
+    /// guest memory. A run whose guest hung says from this whether a fetch
+    /// never ended, a page-ready never went out, or the guest never took one.
+    /// `page` describes an item's page (its state in guest memory).
+    pub fn describe(&self, vcpu: &mut impl ApfVcpu, page: impl Fn(Gfn) -> String) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!(
+            "enabled={} block={:#x} separate_ready={}",
+            self.control.enabled, self.control.gpa, self.control.separate_ready
+        );
+        for item in self.items.iter().filter(|i| i.state != ItemState::Free) {
+            let _ = write!(
+                s,
+                " item(token={:#x} gfn={:#x} {:?}{}: page {})",
+                item.token.0,
+                item.gfn.0,
+                item.state,
+                if item.owed { "" } else { " unowed" },
+                page(item.gfn)
+            );
+        }
+        let done: Vec<u8> = (0..self.done.len)
+            .map(|i| self.done.ring[(self.done.head + i) % N])
+            .collect();
+        let _ = write!(
+            s,
+            " done={done:?} completions_waiting={} wake_all_pending={} \
+             not_present_pending={:?} page_ready_pending={:?} halted_on={:?}",
+            self.port.has_ready(),
+            self.wake_all_pending,
+            self.not_present_pending,
+            self.page_ready_pending.map(|t| t.0),
+            self.halted_on.map(|g| g.0),
+        );
+        if self.control.enabled {
+            for channel in [Channel::NotPresent, Channel::Ready] {
+                let (reason, token) = self.block_addr(channel);
+                let _ = write!(
+                    s,
+                    " {channel:?}=(reason {:?}, token {:?})",
+                    vcpu.read_u32(reason).ok(),
+                    vcpu.read_u32(token).ok()
+                );
+            }
+        }
+        s
+    }
+
     fn alloc_token(&mut self) -> Token {
         loop {
             self.next_id = self.next_id.wrapping_add(1) & 0xF_FFFF;

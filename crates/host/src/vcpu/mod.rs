@@ -85,6 +85,11 @@ pub struct VcpuTotals {
     /// was waiting for a page has its PC at the faulting instruction and
     /// retries it on resume.
     pub state: Box<VcpuState>,
+    /// What its APF engine held when the thread left (work items,
+    /// notifications, channel words: [`ApfEngine::describe`]) and the
+    /// page-ready PPI's state in the GIC. A run that did not end says from
+    /// this what its guest was waiting for.
+    pub apf_detail: String,
 }
 
 /// One vCPU's state as a snapshot holds it.
@@ -286,7 +291,34 @@ impl Vcpu {
             apf: self.apf.counters().snapshot(),
             counter: self.ctx.cpu.counter(),
             state: Box::new(self.save_state()),
+            apf_detail: self.apf_detail(),
         }
+    }
+
+    /// See [`VcpuTotals::apf_detail`].
+    fn apf_detail(&mut self) -> String {
+        let ppi = self.apf.ppi();
+        let gic = self.ctx.machine.gic.save_state();
+        let line = match (gic.redistributors.get(self.spec.index), ppi < 32) {
+            (Some(r), true) => {
+                let b = &r.sgi_ppi;
+                let bit = |w: u32| (w >> ppi) & 1;
+                format!(
+                    "ppi {ppi}: enabled {} level {} latch {} active {} priority {:#x}",
+                    bit(b.enabled),
+                    bit(b.level),
+                    bit(b.latch),
+                    bit(b.active),
+                    b.priority[ppi as usize]
+                )
+            }
+            _ => format!("ppi {ppi}: not a PPI of this vCPU"),
+        };
+        let memory = Arc::clone(self.ctx.ram.memory());
+        let items = self
+            .apf
+            .describe(&mut self.ctx, |gfn| memory.describe_page(gfn));
+        format!("{items}; {line}")
     }
 
     /// This vCPU's state; call between slices.
