@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{IoBuf, IoCompletion, IoError, IoKind, IoRequest, Slot, Store};
@@ -11,6 +12,11 @@ use crate::ram::{GuestRam, PAGE};
 
 /// How long to wait for completions at once before looking again.
 const WAIT: Duration = Duration::from_millis(100);
+
+/// Tags of every call's requests, never reused: a read that completes after
+/// its call gave up on it (a slow store, not a lost completion) must not be
+/// taken for a later call's request on the same store.
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
 
 /// Why [`read_slots`] stopped.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +43,9 @@ pub enum BulkReadError<E> {
 /// Reads every slot of `slots` from `store`, up to its queue depth at once,
 /// and calls `visit` with each page as its read completes (in completion
 /// order). Stops at the first error; requests still in flight are then waited
-/// for (up to `timeout` each) before the buffers are released.
+/// for (up to `timeout` each) before the buffers are released. Requests the
+/// store has not completed within `timeout` keep their buffers for good: the
+/// store may still write them.
 pub fn read_slots<E>(
     store: &dyn Store,
     slots: &[Slot],
@@ -53,7 +61,6 @@ pub fn read_slots<E>(
     // tag → (slot, buffer index)
     let mut inflight: HashMap<u64, (Slot, usize)> = HashMap::new();
     let mut next = slots.iter();
-    let mut tag = 0u64;
     let mut done: Vec<IoCompletion> = Vec::new();
     let mut page = vec![0u8; PAGE];
     let mut result = Ok(());
@@ -65,7 +72,7 @@ pub fn read_slots<E>(
                     free.push(b);
                     break;
                 };
-                tag += 1;
+                let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
                 inflight.insert(tag, (slot, b));
                 let ptr = NonNull::new(buffers.page_ptr(b)).expect("mapped");
                 batch.push(IoRequest {
@@ -91,8 +98,11 @@ pub fn read_slots<E>(
         while store.complete(&mut done, Some(WAIT)) == 0 {
             waited += WAIT;
             if waited >= timeout {
-                // The buffers stay mapped: a store that lost a completion has
-                // finished with its buffer (the Store contract).
+                // A store that lost a completion has finished with its buffer
+                // (the Store contract), but a slow one has not: its late read
+                // must land in memory nobody else is given. The buffers stay
+                // mapped (leaked: `depth` pages, once per stall).
+                std::mem::forget(buffers);
                 return Err(BulkReadError::Stalled(inflight.len(), timeout));
             }
         }
@@ -120,15 +130,18 @@ pub fn read_slots<E>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::store::MemStore;
+    use crate::store::{StoreFull, StoreInfo};
 
-    #[test]
-    fn every_slot_is_read_once_with_its_contents() {
-        let store = MemStore::new(64, 4);
-        let src = GuestRam::new(64 * PAGE).unwrap();
+    /// A store whose slot n holds a page of byte n, for n in 0..pages.
+    fn store_with_pages(pages: u8, depth: usize) -> MemStore {
+        let store = MemStore::new(u32::from(pages), depth);
+        let src = GuestRam::new(usize::from(pages) * PAGE).unwrap();
         let mut reqs = Vec::new();
-        for n in 0..64u8 {
+        for n in 0..pages {
             let slot = store.alloc_slot().unwrap();
             // SAFETY: page n of our mapping, written before the request.
             unsafe { crate::ram::copy_to_shared(&[n; PAGE], src.page_ptr(usize::from(n))) };
@@ -142,15 +155,27 @@ mod tests {
         }
         store.submit(&reqs);
         let mut out = Vec::new();
-        while out.len() < 64 {
+        while out.len() < usize::from(pages) {
             store.complete(&mut out, Some(WAIT));
         }
+        store
+    }
+
+    fn holds_its_own_byte(slot: Slot, page: &[u8]) -> Result<(), String> {
+        match page.iter().find(|&&b| u32::from(b) != slot.0) {
+            Some(b) => Err(format!("slot {} read back byte {b}", slot.0)),
+            None => Ok(()),
+        }
+    }
+
+    #[test]
+    fn every_slot_is_read_once_with_its_contents() {
+        let store = store_with_pages(64, 4);
         let want: Vec<Slot> = (0..64).rev().map(Slot).collect();
         let mut seen = Vec::new();
         read_slots(&store, &want, Duration::from_secs(5), |slot, page| {
-            assert!(page.iter().all(|&b| u32::from(b) == slot.0), "{slot:?}");
             seen.push(slot);
-            Ok::<(), ()>(())
+            holds_its_own_byte(slot, page)
         })
         .unwrap();
         seen.sort();
@@ -160,5 +185,103 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(e, BulkReadError::Visit("stop")));
+    }
+
+    /// When [`Parked`] lets its requests through.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Release {
+        Never,
+        /// The oldest one at each `complete`.
+        OldestOneAtATime,
+        /// All at the next `complete`, the newest first.
+        AllNewestFirst,
+    }
+
+    /// A slow store: requests wait, buffers and all, until the test lets them
+    /// through to the memory store behind it.
+    #[derive(Debug)]
+    struct Parked {
+        inner: MemStore,
+        parked: Mutex<Vec<IoRequest>>,
+        release: Mutex<Release>,
+    }
+
+    impl Store for Parked {
+        fn info(&self) -> StoreInfo {
+            self.inner.info()
+        }
+        fn alloc_slot(&self) -> Result<Slot, StoreFull> {
+            self.inner.alloc_slot()
+        }
+        fn free_slot(&self, slot: Slot) {
+            self.inner.free_slot(slot);
+        }
+        fn submit(&self, reqs: &[IoRequest]) {
+            self.parked.lock().unwrap().extend_from_slice(reqs);
+        }
+        fn complete(&self, out: &mut Vec<IoCompletion>, wait: Option<Duration>) -> usize {
+            let through: Vec<IoRequest> = {
+                let mut parked = self.parked.lock().unwrap();
+                match *self.release.lock().unwrap() {
+                    Release::Never => Vec::new(),
+                    Release::OldestOneAtATime if parked.is_empty() => Vec::new(),
+                    Release::OldestOneAtATime => vec![parked.remove(0)],
+                    Release::AllNewestFirst => parked.drain(..).rev().collect(),
+                }
+            };
+            if through.is_empty() {
+                return self.inner.complete(out, wait);
+            }
+            self.inner.submit(&through);
+            self.inner.complete(out, None)
+        }
+    }
+
+    /// Reads slot 1 from `store` with nothing let through: the call gives up
+    /// with the read still in the store.
+    fn stall_on_slot_1(store: &Parked) {
+        *store.release.lock().unwrap() = Release::Never;
+        let e = read_slots(store, &[Slot(1)], WAIT * 3, holds_its_own_byte).unwrap_err();
+        assert!(matches!(e, BulkReadError::Stalled(1, _)), "{e}");
+    }
+
+    #[test]
+    fn a_read_that_ends_after_its_call_gave_up_writes_a_buffer_no_later_call_uses() {
+        let store = Parked {
+            inner: store_with_pages(4, 4),
+            parked: Mutex::new(Vec::new()),
+            release: Mutex::new(Release::Never),
+        };
+        stall_on_slot_1(&store);
+        // The next call's read of slot 2 lands first, then the stalled read of
+        // slot 1: into the first call's buffer, which must not be this one's.
+        *store.release.lock().unwrap() = Release::AllNewestFirst;
+        read_slots(
+            &store,
+            &[Slot(2)],
+            Duration::from_secs(5),
+            holds_its_own_byte,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_read_that_ends_after_its_call_gave_up_is_not_taken_for_a_later_calls_read() {
+        let store = Parked {
+            inner: store_with_pages(4, 4),
+            parked: Mutex::new(Vec::new()),
+            release: Mutex::new(Release::Never),
+        };
+        stall_on_slot_1(&store);
+        // The stalled read of slot 1 completes before the next call's read of
+        // slot 2 has run: its completion must not end that read.
+        *store.release.lock().unwrap() = Release::OldestOneAtATime;
+        read_slots(
+            &store,
+            &[Slot(2)],
+            Duration::from_secs(5),
+            holds_its_own_byte,
+        )
+        .unwrap();
     }
 }
