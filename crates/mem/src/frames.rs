@@ -49,7 +49,7 @@ impl Frames {
         }
     }
 
-    fn limit(&self) -> u64 {
+    pub(crate) fn limit(&self) -> u64 {
         self.budget + self.extra.load(Ordering::Acquire)
     }
 

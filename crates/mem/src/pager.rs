@@ -598,20 +598,25 @@ impl Pager {
     }
 
     /// One line on page `index` and its fetch: state, pins, frame, slot, the
-    /// waiters on its fetch, and whether it waits for a frame or its read is
-    /// queued or in the store.
+    /// waiters on its fetch, whether it waits for a frame (and the frames in
+    /// use now: a later count may be after the reclaimer freed some), and
+    /// whether its read is queued or in the store.
     pub(crate) fn describe_page(&self, PageIndex(index): PageIndex) -> String {
         let w = self.table.peek(index);
         let st = self.io.lock();
         let waiters = st.waiters.get(&index).map_or(0, Vec::len);
         let for_frame = st.frame_waiters.contains(|&i| i == index);
+        let frame_waiters = st.frame_waiters.len();
         drop(st);
         format!(
-            "{:?} pins {} framed {} slot {:?} waiters {waiters} waiting_for_frame {for_frame} io: {}",
+            "{:?} pins {} framed {} slot {:?} waiters {waiters} waiting_for_frame {for_frame} \
+             (frames used {} of {}, fetches waiting for one {frame_waiters}) io: {}",
             w.state(),
             w.pins(),
             w.framed(),
             w.slot(),
+            self.frames.used(),
+            self.frames.limit(),
             self.io.describe_key(index),
         )
     }
