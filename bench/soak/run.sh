@@ -79,7 +79,7 @@ migration_lane() {
       > "$d/destination.txt" 2>&1 &
     local listener=$! addr=""
     while [ -z "$addr" ] && kill -0 "$listener" 2>/dev/null; do
-      addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$d/destination.txt" || true)
+      addr=$(grep -so '127\.0\.0\.1:[0-9]*' "$d/destination.txt" || true)
       [ -n "$addr" ] || sleep 0.1
     done
     local what="post-copy migration at $at" src=0 dst=0
