@@ -237,51 +237,37 @@ mod tests {
         }
     }
 
-    /// Reads slot 1 from `store` with nothing let through: the call gives up
-    /// with the read still in the store.
-    fn stall_on_slot_1(store: &Parked) {
-        *store.release.lock().unwrap() = Release::Never;
-        let e = read_slots(store, &[Slot(1)], WAIT * 3, holds_its_own_byte).unwrap_err();
+    /// Reads slot 1 with nothing let through, so the call gives up with the
+    /// read still in the store; then reads slot 2 with the requests let
+    /// through by `release`, the stalled one among them.
+    fn read_slot_2_after_a_stall(release: Release) -> Result<(), BulkReadError<String>> {
+        let store = Parked {
+            inner: store_with_pages(4, 4),
+            parked: Mutex::new(Vec::new()),
+            release: Mutex::new(Release::Never),
+        };
+        let e = read_slots(&store, &[Slot(1)], WAIT * 3, holds_its_own_byte).unwrap_err();
         assert!(matches!(e, BulkReadError::Stalled(1, _)), "{e}");
+        *store.release.lock().unwrap() = release;
+        read_slots(
+            &store,
+            &[Slot(2)],
+            Duration::from_secs(5),
+            holds_its_own_byte,
+        )
     }
 
     #[test]
     fn a_read_that_ends_after_its_call_gave_up_writes_a_buffer_no_later_call_uses() {
-        let store = Parked {
-            inner: store_with_pages(4, 4),
-            parked: Mutex::new(Vec::new()),
-            release: Mutex::new(Release::Never),
-        };
-        stall_on_slot_1(&store);
-        // The next call's read of slot 2 lands first, then the stalled read of
-        // slot 1: into the first call's buffer, which must not be this one's.
-        *store.release.lock().unwrap() = Release::AllNewestFirst;
-        read_slots(
-            &store,
-            &[Slot(2)],
-            Duration::from_secs(5),
-            holds_its_own_byte,
-        )
-        .unwrap();
+        // Slot 2's read lands first, then the stalled read of slot 1: into the
+        // first call's buffer, which must not be the second's.
+        read_slot_2_after_a_stall(Release::AllNewestFirst).unwrap();
     }
 
     #[test]
     fn a_read_that_ends_after_its_call_gave_up_is_not_taken_for_a_later_calls_read() {
-        let store = Parked {
-            inner: store_with_pages(4, 4),
-            parked: Mutex::new(Vec::new()),
-            release: Mutex::new(Release::Never),
-        };
-        stall_on_slot_1(&store);
-        // The stalled read of slot 1 completes before the next call's read of
-        // slot 2 has run: its completion must not end that read.
-        *store.release.lock().unwrap() = Release::OldestOneAtATime;
-        read_slots(
-            &store,
-            &[Slot(2)],
-            Duration::from_secs(5),
-            holds_its_own_byte,
-        )
-        .unwrap();
+        // The stalled read of slot 1 completes before slot 2's has run: its
+        // completion must not end that read.
+        read_slot_2_after_a_stall(Release::OldestOneAtATime).unwrap();
     }
 }
